@@ -1,0 +1,258 @@
+"""Typed async reads of the AssetDAO and its assets, over one connection. All errors leave as ChainError."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from eth_utils import to_checksum_address
+from web3 import AsyncWeb3
+
+from chain.codec import AbiFunction, dao_functions, erc20_functions, event_topics
+from chain.connection import classify_rpc_error, translate_exception
+from chain.types import AssetInfo, ProposalData
+from dloop.errors import ChainError, ContractRevert, RateLimited
+
+
+@dataclass(frozen=True)
+class BlockHeader:
+    number: int
+    hash: str
+    parent_hash: str
+    timestamp: int
+    base_fee_per_gas: int | None
+
+
+@dataclass(frozen=True)
+class RawLog:
+    address: str
+    topics: tuple[str, ...]
+    data: str
+    block_number: int
+    block_hash: str
+    tx_hash: str
+    log_index: int
+    removed: bool
+
+
+def _hex(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        return "0x" + bytes(value).hex()
+    return str(value)
+
+
+def _int(value: Any) -> int:
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+def parse_block(raw: dict[str, Any]) -> BlockHeader:
+    base_fee = raw.get("baseFeePerGas")
+    return BlockHeader(
+        number=_int(raw["number"]),
+        hash=_hex(raw["hash"]),
+        parent_hash=_hex(raw["parentHash"]),
+        timestamp=_int(raw["timestamp"]),
+        base_fee_per_gas=None if base_fee is None else _int(base_fee),
+    )
+
+
+def parse_log(raw: dict[str, Any]) -> RawLog:
+    return RawLog(
+        address=to_checksum_address(raw["address"]),
+        topics=tuple(_hex(t) for t in raw["topics"]),
+        data=_hex(raw["data"]),
+        block_number=_int(raw["blockNumber"]),
+        block_hash=_hex(raw["blockHash"]),
+        tx_hash=_hex(raw["transactionHash"]),
+        log_index=_int(raw["logIndex"]),
+        removed=bool(raw.get("removed", False)),
+    )
+
+
+class ChainClient:
+    """Reads used by listener, voter and reconciler. Each call has a timeout."""
+
+    def __init__(self, w3: AsyncWeb3[Any], contract_address: str, *, timeout: float = 20.0) -> None:
+        self.w3 = w3
+        self.contract = to_checksum_address(contract_address)
+        self.timeout = timeout
+        self._assets: dict[str, AssetInfo] = {}
+        self._batch_lock = anyio.Lock()  # web3 gives every batch on a socket the same id
+        self.batches_refused = False
+
+    # -- raw JSON-RPC ----------------------------------------------------------------------------------
+    async def request(self, method: str, params: Sequence[Any]) -> Any:
+        try:
+            with anyio.fail_after(self.timeout):
+                response = await self.w3.provider.make_request(method, list(params))
+        except ChainError:
+            raise
+        except Exception as exc:
+            raise translate_exception(exc) from exc
+        if "error" in response:
+            error = response["error"]
+            raise classify_rpc_error(dict(error) if isinstance(error, dict) else {"message": str(error)})
+        return response.get("result")
+
+    async def batch(self, requests: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """One JSON-RPC batch; results (or ChainError instances) in request order."""
+        calls = [(method, list(params)) for method, params in requests]
+        async with self._batch_lock:
+            try:
+                with anyio.fail_after(self.timeout):
+                    responses = await self.w3.provider.make_batch_request(calls)  # type: ignore[arg-type,unused-ignore]
+            except Exception as exc:
+                raise translate_exception(exc) from exc
+        if not isinstance(responses, list):
+            error = responses.get("error", {}) if isinstance(responses, dict) else {}
+            raise classify_rpc_error(error if isinstance(error, dict) else {"message": str(error)})
+        answers: list[dict[str, Any]] = [dict(r) for r in responses if isinstance(r, dict)]
+        if len(answers) != len(calls):
+            raise ChainError(f"batch of {len(calls)} answered with {len(answers)} responses")
+        results: list[Any] = []
+        for answer in answers:
+            error = answer.get("error")
+            results.append(
+                classify_rpc_error(dict(error)) if isinstance(error, dict) else answer.get("result")
+            )
+        return results
+
+    async def call_many(
+        self, requests: Sequence[tuple[str, Sequence[Any]]], *, batch_size: int, concurrency: int = 8
+    ) -> list[Any]:
+        """Batches of `batch_size`; when the provider refuses or caps batches, bounded concurrency instead."""
+        results: list[Any] = [None] * len(requests)
+        chunks = [range(i, min(i + batch_size, len(requests))) for i in range(0, len(requests), batch_size)]
+        limiter = anyio.CapacityLimiter(concurrency)
+
+        async def single(i: int) -> None:
+            async with limiter:
+                try:
+                    results[i] = await self.request(*requests[i])
+                except ChainError as exc:
+                    results[i] = exc
+
+        async def run_chunk(chunk: range) -> None:
+            if not self.batches_refused and len(chunk) > 1:
+                try:
+                    answered = await self.batch([requests[i] for i in chunk])
+                except RateLimited:
+                    raise
+                except ChainError:
+                    self.batches_refused = True  # remember: this provider does not do batches
+                else:
+                    for i, value in zip(chunk, answered, strict=True):
+                        results[i] = value
+                    return
+            async with anyio.create_task_group() as tg:
+                for i in chunk:
+                    tg.start_soon(single, i)
+
+        for chunk in chunks:
+            await run_chunk(chunk)
+        return results
+
+    # -- typed reads -----------------------------------------------------------------------------------
+    async def chain_id(self) -> int:
+        return _int(await self.request("eth_chainId", []))
+
+    async def block_number(self) -> int:
+        return _int(await self.request("eth_blockNumber", []))
+
+    async def block(self, number: int | str = "latest") -> BlockHeader:
+        tag = hex(number) if isinstance(number, int) else number
+        raw = await self.request("eth_getBlockByNumber", [tag, False])
+        if raw is None:
+            raise ChainError(f"block {number} not found")
+        return parse_block(raw)
+
+    async def code_at(self, address: str) -> str:
+        return str(await self.request("eth_getCode", [to_checksum_address(address), "latest"]))
+
+    async def call(self, fn: AbiFunction, *args: Any, to: str | None = None, block: str = "latest") -> Any:
+        raw = await self.request("eth_call", [{"to": to or self.contract, "data": fn.encode(*args)}, block])
+        values = decode_result(fn, raw)
+        return values[0] if len(values) == 1 else values
+
+    async def proposal_count(self) -> int:
+        return int(await self.call(dao_functions()["getProposalCount"]))
+
+    async def has_voted(self, proposal_id: int, voter: str) -> bool:
+        return bool(await self.call(dao_functions()["hasVoted"], proposal_id, to_checksum_address(voter)))
+
+    async def read_proposal(self, proposal_id: int) -> ProposalData:
+        raw = await self.call(dao_functions()["getProposal"], proposal_id)
+        return await self.proposal_from_tuple(raw)
+
+    async def proposal_from_tuple(self, raw: tuple[Any, ...]) -> ProposalData:
+        asset = await self.asset_info(str(raw[2]))
+        return proposal_from_values(raw, asset)
+
+    async def asset_info(self, address: str) -> AssetInfo:
+        """decimals() and symbol() of an asset, cached; anything not a readable ERC-20 is 'unknown'."""
+        key = address.lower()
+        if key not in self._assets:
+            self._assets[key] = await self._read_asset(to_checksum_address(address))
+        return self._assets[key]
+
+    async def _read_asset(self, address: str) -> AssetInfo:
+        functions = erc20_functions()
+        code = await self.code_at(address)
+        if code in ("0x", "", "0x0"):
+            return AssetInfo(address, None, None, "asset address has no contract code")
+        try:
+            decimals = int(await self.call(functions["decimals"], to=address))
+        except (ContractRevert, ValueError) as exc:
+            return AssetInfo(address, None, None, f"asset has no readable decimals(): {exc}")
+        if not 0 <= decimals <= 77:
+            return AssetInfo(address, None, None, f"asset reports implausible decimals {decimals}")
+        try:
+            symbol = str(await self.call(functions["symbol"], to=address))[:64]
+        except (ContractRevert, ValueError):
+            symbol = None
+        return AssetInfo(address, symbol, decimals)
+
+    async def get_logs(self, from_block: int, to_block: int) -> list[RawLog]:
+        raw = await self.request(
+            "eth_getLogs",
+            [
+                {
+                    "address": self.contract,
+                    "fromBlock": hex(from_block),
+                    "toBlock": hex(to_block),
+                    "topics": [list(event_topics())],
+                }
+            ],
+        )
+        return [parse_log(item) for item in raw or []]
+
+
+def decode_result(fn: AbiFunction, raw: Any) -> tuple[Any, ...]:
+    """Decode an eth_call result; an empty result (no code, or a non-conforming contract) is a ValueError."""
+    data = bytes.fromhex(str(raw).removeprefix("0x"))
+    if not data and fn.output_types:
+        raise ValueError(f"{fn.name}() returned no data")
+    try:
+        return fn.decode(data)
+    except Exception as exc:  # eth_abi's decoding errors share no useful base
+        raise ValueError(f"{fn.name}() returned undecodable data: {exc}") from exc
+
+
+def proposal_from_values(raw: Sequence[Any], asset: AssetInfo) -> ProposalData:
+    return ProposalData(
+        proposal_id=int(raw[0]),
+        proposal_type=int(raw[1]),
+        asset_address=to_checksum_address(raw[2]),
+        amount=int(raw[3]),
+        description=str(raw[4]),
+        proposer=to_checksum_address(raw[5]),
+        created_at=int(raw[6]),
+        voting_ends=int(raw[7]),
+        yes_votes=int(raw[8]),
+        no_votes=int(raw[9]),
+        status=int(raw[10]),
+        executed=bool(raw[11]),
+        asset=asset,
+    )

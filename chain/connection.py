@@ -1,0 +1,92 @@
+"""WebSocket connections to the node, and translation of web3/websockets errors into the service's tree."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from web3 import AsyncWeb3, WebSocketProvider
+from web3.exceptions import (
+    PersistentConnectionError,
+    ProviderConnectionError,
+    TimeExhausted,
+    TooManyRequests,
+    Web3RPCError,
+)
+
+from chain.codec import decode_revert
+from dloop.errors import (
+    ChainError,
+    ContractRevert,
+    InsufficientFunds,
+    NonceError,
+    RateLimited,
+    TransientChainError,
+    Underpriced,
+)
+
+
+@asynccontextmanager
+async def open_ws(
+    url: str, *, request_timeout: float = 20.0, ping_interval: float = 5.0, ping_timeout: float = 10.0
+) -> AsyncIterator[AsyncWeb3[Any]]:
+    """A fresh client per connection; tight pings so a frozen peer is noticed in seconds, not minutes."""
+    provider = WebSocketProvider(
+        url,
+        websocket_kwargs={"ping_interval": ping_interval, "ping_timeout": ping_timeout, "max_size": 2**26},
+        request_timeout=request_timeout,
+        max_connection_retries=1,
+        subscription_response_queue_size=20_000,
+    )
+    try:
+        w3 = AsyncWeb3(provider)
+        await provider.connect()
+    except (OSError, ProviderConnectionError, PersistentConnectionError, TimeoutError) as exc:
+        raise TransientChainError(f"cannot connect to {url}: {exc}") from exc
+    try:
+        yield w3
+    finally:
+        await provider.disconnect()
+
+
+def classify_rpc_error(error: dict[str, Any]) -> ChainError:
+    """Map a JSON-RPC error object to the service's error tree."""
+    code = error.get("code")
+    message = str(error.get("message", ""))
+    lowered = message.lower()
+    data = error.get("data")
+    if code == -32005 or "too many requests" in lowered or "rate limit" in lowered:
+        return RateLimited(message)
+    if code == 3 or "execution reverted" in lowered or "revert" in lowered:
+        raw = data if isinstance(data, str) else (data or {}).get("data") if isinstance(data, dict) else None
+        return ContractRevert(decode_revert(raw), message)
+    if "insufficient funds" in lowered:
+        return InsufficientFunds(message)
+    if "nonce too low" in lowered or "nonce too high" in lowered or "invalid nonce" in lowered:
+        return NonceError(message)
+    if "underpriced" in lowered or "fee too low" in lowered or "max fee per gas less than" in lowered:
+        return Underpriced(message)
+    if code in (-32603, -32000) and ("timeout" in lowered or "timed out" in lowered):
+        return TransientChainError(message)
+    return ChainError(f"RPC error {code}: {message}")
+
+
+def translate_exception(exc: BaseException) -> ChainError:
+    """Map an exception raised by web3/websockets/OS to the service's error tree."""
+    if isinstance(exc, ChainError):
+        return exc
+    if isinstance(exc, TooManyRequests):
+        return RateLimited(str(exc))
+    if isinstance(exc, Web3RPCError) and isinstance(exc.rpc_response, dict) and "error" in exc.rpc_response:
+        error = exc.rpc_response["error"]
+        if isinstance(error, dict):
+            return classify_rpc_error(dict(error))
+    if isinstance(
+        exc, OSError | TimeoutError | TimeExhausted | PersistentConnectionError | ProviderConnectionError
+    ):
+        return TransientChainError(f"{type(exc).__name__}: {exc}")
+    name = type(exc).__module__
+    if name.startswith("websockets"):
+        return TransientChainError(f"connection lost: {type(exc).__name__}: {exc}")
+    return ChainError(f"{type(exc).__name__}: {exc}")

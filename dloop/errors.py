@@ -1,0 +1,59 @@
+"""The one exception tree of the service.
+
+Library code raises these; web3, SQLAlchemy and OS errors are translated where they are caught (`from exc`).
+"""
+
+from __future__ import annotations
+
+
+class DloopError(Exception):
+    """Root of every error the service raises on purpose."""
+
+
+class ConfigError(DloopError):
+    """A setting is missing or invalid. The message names the setting, never a secret value."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+class SchemaOutOfDate(DloopError):
+    """The database schema is not at the migration head."""
+
+
+class StorageError(DloopError):
+    """The database could not be read or written."""
+
+
+class ChainError(DloopError):
+    """A chain call failed."""
+
+
+class TransientChainError(ChainError):
+    """Worth retrying with backoff: timeouts, dropped connections, rate limits."""
+
+
+class RateLimited(TransientChainError):
+    """HTTP 429 or JSON-RPC -32005."""
+
+
+class ContractRevert(ChainError):
+    """The contract reverted; `error_name` is the decoded custom error when known."""
+
+    def __init__(self, error_name: str, detail: str = "") -> None:
+        super().__init__(f"{error_name}{': ' + detail if detail else ''}")
+        self.error_name = error_name
+
+
+class InsufficientFunds(ChainError):
+    """The sending account cannot pay for gas."""
+
+
+class NonceError(ChainError):
+    """Nonce too low or too high: the lane must resync from the chain."""
+
+
+class Underpriced(ChainError):
+    """Replacement or transaction fee too low: bump and resend."""

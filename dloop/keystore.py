@@ -1,0 +1,32 @@
+"""Encrypted JSON keystores (geth/eth-account format), one file per node, sorted by file name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from eth_account import Account
+
+from dloop.errors import ConfigError
+
+
+def load_keystore_dir(directory: Path, password_file: Path) -> list[str]:
+    if not directory.is_dir():
+        raise ConfigError("DLOOP_KEYSTORE_DIR", f"{directory} is not a directory")
+    try:
+        password = password_file.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError("DLOOP_KEYSTORE_PASSWORD_FILE", f"cannot be read ({exc.strerror})") from None
+    files = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise ConfigError("DLOOP_KEYSTORE_DIR", f"{directory} holds no keystore files")
+    keys: list[str] = []
+    for path in files:
+        try:
+            keyfile = json.loads(path.read_text())
+            keys.append("0x" + bytes(Account.decrypt(keyfile, password)).hex())
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(
+                "DLOOP_KEYSTORE_DIR", f"{path.name} could not be decrypted with the password file"
+            ) from None
+    return keys

@@ -1,0 +1,325 @@
+"""One `Settings` object, built once by the CLI from the environment and an optional `.env` file.
+
+Every problem is a `ConfigError` naming the setting; secret values never appear in a message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from eth_utils import is_checksum_address, to_checksum_address
+
+from dloop.errors import ConfigError
+
+NODE_COUNT = 5
+DEFAULT_NODE_NAMES = tuple(f"ai-gov-{i:02d}" for i in range(1, NODE_COUNT + 1))
+DEFAULT_NODE_STRATEGIES = ("conservative", "aggressive", "conservative", "aggressive", "conservative")
+_HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+
+
+class PrivateKey:
+    """A node's signing key. Its repr and str never show the value."""
+
+    __slots__ = ("_hex",)
+
+    def __init__(self, hex_key: str) -> None:
+        self._hex = hex_key if hex_key.startswith("0x") else "0x" + hex_key
+
+    def reveal(self) -> str:
+        """The 0x-prefixed hex, for signing only."""
+        return self._hex
+
+    def __repr__(self) -> str:
+        return "PrivateKey(<hidden>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PrivateKey) and other._hex.lower() == self._hex.lower()
+
+    def __hash__(self) -> int:
+        return hash(self._hex.lower())
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    name: str
+    key: PrivateKey
+    strategy: str
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    """Thresholds of the built-in strategies (amounts in token units)."""
+
+    conservative_max_amount: int = 1_000
+    aggressive_max_amount: int = 5_000
+    stablecoins: tuple[str, ...] = ("USDC", "EURT")
+    growth_assets: tuple[str, ...] = ("WBTC", "PAXG")
+    conservative_divestment_support: float = 0.5
+    aggressive_divestment_support: float = 0.6
+    aggressive_investment_support: float = 0.7
+
+
+@dataclass(frozen=True)
+class Settings:
+    rpc_ws_url: str
+    contract_address: str
+    nodes: tuple[NodeSettings, ...]
+    database_url: str = "sqlite+aiosqlite:///dloop.db"
+    http_host: str = "127.0.0.1"
+    http_port: int = 5001
+    api_token: str | None = field(default=None, repr=False)
+    # listener
+    start_block: int | None = None
+    backfill_blocks: int = 10_000
+    log_chunk_blocks: int = 2_000
+    head_timeout: float = 30.0
+    confirmations: int = 0
+    # voter
+    batch_size: int = 25
+    max_fee_gwei: float = 500.0
+    replace_after_blocks: int = 3
+    round_deadline: float = 90.0
+    max_in_flight: int = 16
+    gas_margin: float = 1.25
+    lease_seconds: float = 120.0
+    # reconciler
+    reconcile_interval: float = 300.0
+    rpc_batch_size: int = 50
+    rpc_timeout: float = 20.0
+    strategies: StrategySettings = StrategySettings()
+    log_level: str = "INFO"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse KEY=VALUE lines (comments, blank lines, `export ` and quotes allowed)."""
+    values: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def load_settings(environ: Mapping[str, str], env_file: Path | None = None) -> Settings:
+    """Build and validate settings; the process environment wins over the env file."""
+    source: dict[str, str] = {}
+    if env_file is not None:
+        if not env_file.is_file():
+            raise ConfigError("env file", f"{env_file} does not exist")
+        source.update(read_env_file(env_file))
+    source.update({k: v for k, v in environ.items() if v != ""})
+    return _Parser(source).settings()
+
+
+class _Parser:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def settings(self) -> Settings:
+        d = Settings.__dataclass_fields__
+        return Settings(
+            rpc_ws_url=self.ws_url("DLOOP_RPC_WS_URL"),
+            contract_address=self.address("DLOOP_CONTRACT_ADDRESS"),
+            nodes=self.nodes(),
+            database_url=self.database_url(),
+            http_host=self.env.get("DLOOP_HTTP_HOST", d["http_host"].default),  # type: ignore[arg-type]
+            http_port=self.integer("DLOOP_HTTP_PORT", 5001, minimum=0, maximum=65535),
+            api_token=self.env.get("DLOOP_API_TOKEN"),
+            start_block=self.optional_integer("DLOOP_START_BLOCK"),
+            backfill_blocks=self.integer("DLOOP_BACKFILL_BLOCKS", 10_000, minimum=0),
+            log_chunk_blocks=self.integer("DLOOP_LOG_CHUNK_BLOCKS", 2_000, minimum=1),
+            head_timeout=self.number("DLOOP_HEAD_TIMEOUT", 30.0, minimum=0.1),
+            confirmations=self.integer("DLOOP_CONFIRMATIONS", 0, minimum=0),
+            batch_size=self.integer("DLOOP_BATCH_SIZE", 25, minimum=1),
+            max_fee_gwei=self.number("DLOOP_MAX_FEE_GWEI", 500.0, minimum=0.000000001),
+            replace_after_blocks=self.integer("DLOOP_REPLACE_AFTER_BLOCKS", 3, minimum=1),
+            round_deadline=self.number("DLOOP_ROUND_DEADLINE", 90.0, minimum=1.0),
+            max_in_flight=self.integer("DLOOP_MAX_IN_FLIGHT", 16, minimum=1),
+            gas_margin=self.number("DLOOP_GAS_MARGIN", 1.25, minimum=1.0),
+            lease_seconds=self.number("DLOOP_LEASE_SECONDS", 120.0, minimum=1.0),
+            reconcile_interval=self.number("DLOOP_RECONCILE_INTERVAL", 300.0, minimum=1.0),
+            rpc_batch_size=self.integer("DLOOP_RPC_BATCH_SIZE", 50, minimum=1),
+            rpc_timeout=self.number("DLOOP_RPC_TIMEOUT", 20.0, minimum=0.1),
+            strategies=self.strategy_settings(),
+            log_level=self.log_level(),
+        )
+
+    # -- scalars ---------------------------------------------------------------------------------------
+    def integer(
+        self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        raw = self.env.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw.replace("_", ""))
+        except ValueError:
+            raise ConfigError(name, f"must be a whole number, got {raw!r}") from None
+        if minimum is not None and value < minimum:
+            raise ConfigError(name, f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(name, f"must be at most {maximum}, got {value}")
+        return value
+
+    def optional_integer(self, name: str) -> int | None:
+        return None if name not in self.env else self.integer(name, 0, minimum=0)
+
+    def number(self, name: str, default: float, *, minimum: float) -> float:
+        raw = self.env.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(name, f"must be a number, got {raw!r}") from None
+        if not value >= minimum:  # also rejects NaN
+            raise ConfigError(name, f"must be at least {minimum:g}, got {raw}")
+        return value
+
+    def names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = self.env.get(name)
+        if raw is None:
+            return default
+        items = tuple(part.strip() for part in raw.split(",") if part.strip())
+        if not items:
+            raise ConfigError(name, "must list at least one value, separated by commas")
+        return items
+
+    def log_level(self) -> str:
+        level = self.env.get("DLOOP_LOG_LEVEL", "INFO").upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError("DLOOP_LOG_LEVEL", f"must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+        return level
+
+    # -- structured values -----------------------------------------------------------------------------
+    def ws_url(self, name: str) -> str:
+        raw = self.env.get(name)
+        if raw is None:
+            raise ConfigError(name, "is required (a WebSocket RPC URL such as ws://127.0.0.1:8545)")
+        parts = urlsplit(raw)
+        if parts.scheme not in {"ws", "wss"}:
+            raise ConfigError(name, f"must start with ws:// or wss://, got scheme {parts.scheme or 'none'!r}")
+        try:
+            port_ok = parts.hostname is not None and (parts.port is None or parts.port > 0)
+        except ValueError:
+            port_ok = False
+        if not port_ok:
+            raise ConfigError(name, "must name a host and a valid port, e.g. ws://127.0.0.1:8545")
+        return raw
+
+    def address(self, name: str) -> str:
+        raw = self.env.get(name)
+        if raw is None:
+            raise ConfigError(name, "is required (the AssetDAO contract address, 0x + 40 hex digits)")
+        return parse_address(name, raw)
+
+    def database_url(self) -> str:
+        raw = self.env.get("DLOOP_DATABASE_URL", "sqlite+aiosqlite:///dloop.db")
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(raw)
+        except ArgumentError:
+            raise ConfigError(
+                "DLOOP_DATABASE_URL", "is not a database URL such as sqlite+aiosqlite:///dloop.db"
+            ) from None
+        return raw
+
+    def nodes(self) -> tuple[NodeSettings, ...]:
+        keys = self.node_keys()
+        names = self.names("DLOOP_NODE_NAMES", DEFAULT_NODE_NAMES[: len(keys)])
+        if len(names) != len(keys):
+            raise ConfigError("DLOOP_NODE_NAMES", f"lists {len(names)} names for {len(keys)} node keys")
+        if len(set(names)) != len(names):
+            raise ConfigError("DLOOP_NODE_NAMES", "names must be unique")
+        default_strategies = tuple(DEFAULT_NODE_STRATEGIES[i % NODE_COUNT] for i in range(len(keys)))
+        strategies = self.names("DLOOP_NODE_STRATEGIES", default_strategies)
+        if len(strategies) != len(keys):
+            raise ConfigError(
+                "DLOOP_NODE_STRATEGIES", f"lists {len(strategies)} strategies for {len(keys)} nodes"
+            )
+        if len(set(keys)) != len(keys):
+            raise ConfigError("node keys", "the same private key is configured for two nodes")
+        return tuple(NodeSettings(n, k, s) for n, k, s in zip(names, keys, strategies, strict=True))
+
+    def node_keys(self) -> list[PrivateKey]:
+        if "DLOOP_KEYSTORE_DIR" in self.env:
+            return self.keystore_keys()
+        if "DLOOP_NODE_KEYS" in self.env:
+            parts = [p.strip() for p in self.env["DLOOP_NODE_KEYS"].split(",") if p.strip()]
+            if not parts:
+                raise ConfigError("DLOOP_NODE_KEYS", "lists no keys")
+            return [parse_private_key(f"DLOOP_NODE_KEYS (entry {i})", p) for i, p in enumerate(parts, 1)]
+        found = [
+            parse_private_key(f"AI_NODE_{i}_PRIVATE_KEY", self.env[f"AI_NODE_{i}_PRIVATE_KEY"])
+            for i in range(1, NODE_COUNT + 1)
+            if f"AI_NODE_{i}_PRIVATE_KEY" in self.env
+        ]
+        if not found:
+            raise ConfigError(
+                "AI_NODE_1_PRIVATE_KEY",
+                "no node keys configured (set AI_NODE_1_PRIVATE_KEY..AI_NODE_5_PRIVATE_KEY, "
+                "DLOOP_NODE_KEYS, or DLOOP_KEYSTORE_DIR)",
+            )
+        return found
+
+    def keystore_keys(self) -> list[PrivateKey]:
+        from dloop.keystore import load_keystore_dir
+
+        password_file = self.env.get("DLOOP_KEYSTORE_PASSWORD_FILE")
+        if password_file is None:
+            raise ConfigError("DLOOP_KEYSTORE_PASSWORD_FILE", "is required with DLOOP_KEYSTORE_DIR")
+        return [
+            PrivateKey(k)
+            for k in load_keystore_dir(Path(self.env["DLOOP_KEYSTORE_DIR"]), Path(password_file))
+        ]
+
+    def strategy_settings(self) -> StrategySettings:
+        d = StrategySettings()
+        return StrategySettings(
+            conservative_max_amount=self.integer(
+                "DLOOP_CONSERVATIVE_MAX_AMOUNT", d.conservative_max_amount, minimum=0
+            ),
+            aggressive_max_amount=self.integer(
+                "DLOOP_AGGRESSIVE_MAX_AMOUNT", d.aggressive_max_amount, minimum=0
+            ),
+            stablecoins=tuple(s.upper() for s in self.names("DLOOP_STABLECOINS", d.stablecoins)),
+            growth_assets=tuple(s.upper() for s in self.names("DLOOP_GROWTH_ASSETS", d.growth_assets)),
+        )
+
+
+def parse_address(setting: str, raw: str) -> str:
+    """A 0x + 40-hex address; mixed case must carry a valid EIP-55 checksum."""
+    value = raw.strip()
+    if not _ADDRESS.match(value):
+        digits = len(value) - 2 if value.startswith("0x") else len(value)
+        raise ConfigError(setting, f"must be 0x followed by 40 hex digits (got {digits} characters after 0x)")
+    body = value[2:]
+    if body != body.lower() and body != body.upper() and not is_checksum_address(value):
+        raise ConfigError(setting, "has an invalid EIP-55 checksum (a typo?)")
+    return str(to_checksum_address(value))
+
+
+def parse_private_key(setting: str, raw: str) -> PrivateKey:
+    value = raw.strip()
+    if not _HEX_KEY.match(value):
+        raise ConfigError(setting, "is not a private key (expected 64 hex digits, with or without 0x)")
+    if int(value.removeprefix("0x"), 16) == 0:
+        raise ConfigError(setting, "is not a valid private key (zero)")
+    return PrivateKey(value)

@@ -1,0 +1,56 @@
+"""Engine and session factory. The only SQLite-specific code of the service lives here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from dloop.errors import ConfigError
+
+SessionFactory = async_sessionmaker[AsyncSession]
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    url = make_url(database_url)
+    if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def check_database_location(database_url: str) -> None:
+    """Fail at start-up, naming the setting, when an SQLite file cannot be created or written."""
+    path = sqlite_path(database_url)
+    if path is None:
+        return
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise ConfigError("DLOOP_DATABASE_URL", f"directory {directory} does not exist")
+    target = path if path.exists() else directory
+    if not os.access(target, os.W_OK):
+        raise ConfigError("DLOOP_DATABASE_URL", f"{target} is not writable")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers (the API, a user's sqlite3 shell) work while the voter writes.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def create_engine(database_url: str) -> AsyncEngine:
+    engine = create_async_engine(database_url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def session_factory(engine: AsyncEngine) -> SessionFactory:
+    return async_sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,230 @@
+"""Tables of the vote queue and history. Named for the people who query them with plain SQL.
+
+Amounts and weights are uint256 on chain and do not fit an SQLite INTEGER: they are stored as exact decimal
+text. Times are naive UTC datetimes, which `sqlite3` shows as readable `YYYY-MM-DD HH:MM:SS`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes in Python, naive UTC in the database (readable, and portable to PostgreSQL)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        return None if value is None else value.replace(tzinfo=dt.UTC)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class VoteState(enum.StrEnum):
+    PENDING = "pending"  # proposal seen, waiting for DLOOP_CONFIRMATIONS
+    QUEUED = "queued"  # waiting for the voter
+    SENT = "sent"  # signed, hash and nonce persisted, broadcast
+    CONFIRMED = "confirmed"  # mined with status 1 (or our VoteCast seen)
+    FAILED = "failed"  # mined with status 0, or a terminal error
+    ALREADY_VOTED = "already_voted"  # hasVoted was true before we sent anything
+    CLOSED = "closed"  # proposal no longer open for voting
+    NO_VOTE = "no_vote"  # the strategy declined; the reason says why
+
+
+OPEN_VOTE_STATES = (VoteState.PENDING, VoteState.QUEUED, VoteState.SENT)
+
+
+class ProposalSource(enum.StrEnum):
+    SUBSCRIPTION = "subscription"
+    BACKFILL = "backfill"
+    RECONCILE = "reconcile"
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    address: Mapped[str] = mapped_column(String(42), unique=True)
+    strategy: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Proposal(Base):
+    __tablename__ = "proposals"
+    __table_args__ = (UniqueConstraint("chain_id", "contract", "proposal_id", name="uq_proposals_chain_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    contract: Mapped[str] = mapped_column(String(42))
+    proposal_id: Mapped[int] = mapped_column(BigInteger)
+    proposal_type: Mapped[int] = mapped_column(Integer)
+    proposal_type_name: Mapped[str] = mapped_column(String(32))
+    asset_address: Mapped[str] = mapped_column(String(42))
+    asset_symbol: Mapped[str | None] = mapped_column(String(64))
+    asset_decimals: Mapped[int | None] = mapped_column(Integer)
+    amount: Mapped[str] = mapped_column(String(80))  # raw uint256, exact decimal text
+    amount_units: Mapped[str | None] = mapped_column(String(100))  # amount / 10**decimals, exact text
+    description: Mapped[str] = mapped_column(Text)
+    proposer: Mapped[str] = mapped_column(String(42))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    voting_ends_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    status: Mapped[int] = mapped_column(Integer)
+    status_name: Mapped[str] = mapped_column(String(32))
+    executed: Mapped[bool] = mapped_column(Boolean, default=False)
+    yes_votes: Mapped[str] = mapped_column(String(80), default="0")
+    no_votes: Mapped[str] = mapped_column(String(80), default="0")
+    content_hash: Mapped[str] = mapped_column(String(66))  # what a decision was made on (reorg check)
+    first_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    source: Mapped[str] = mapped_column(String(16))
+    block_number: Mapped[int | None] = mapped_column(BigInteger)
+    block_hash: Mapped[str | None] = mapped_column(String(66))
+    tx_hash: Mapped[str | None] = mapped_column(String(66))
+    log_index: Mapped[int | None] = mapped_column(Integer)
+    read_error: Mapped[str | None] = mapped_column(Text)  # why the asset or proposal read was incomplete
+
+
+class Vote(Base):
+    """One row per proposal and node: the queue and the history in one."""
+
+    __tablename__ = "votes"
+    __table_args__ = (
+        UniqueConstraint("proposal_ref", "node_id", name="uq_votes_proposal_ref"),
+        Index("ix_votes_state_lease", "state", "lease_expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    proposal_ref: Mapped[int] = mapped_column(ForeignKey("proposals.id", ondelete="CASCADE"))
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"))
+    state: Mapped[str] = mapped_column(String(16), default=VoteState.QUEUED)
+    decision: Mapped[str | None] = mapped_column(String(8))  # for / against / none
+    confidence: Mapped[float | None] = mapped_column(Float)
+    reason: Mapped[str | None] = mapped_column(Text)
+    tx_hash: Mapped[str | None] = mapped_column(String(66))  # latest broadcast; history in vote_transactions
+    nonce: Mapped[int | None] = mapped_column(BigInteger)
+    max_fee_per_gas: Mapped[str | None] = mapped_column(String(40))
+    max_priority_fee_per_gas: Mapped[str | None] = mapped_column(String(40))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    queued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    confirmed_block: Mapped[int | None] = mapped_column(BigInteger)
+    gas_used: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class VoteTransaction(Base):
+    """Every signed transaction of a vote (first send, replacements), persisted before broadcast."""
+
+    __tablename__ = "vote_transactions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vote_id: Mapped[int] = mapped_column(ForeignKey("votes.id", ondelete="CASCADE"), index=True)
+    tx_hash: Mapped[str] = mapped_column(String(66), unique=True)
+    nonce: Mapped[int] = mapped_column(BigInteger)
+    max_fee_per_gas: Mapped[str] = mapped_column(String(40))
+    max_priority_fee_per_gas: Mapped[str] = mapped_column(String(40))
+    gas_limit: Mapped[int] = mapped_column(BigInteger)
+    raw_transaction: Mapped[str] = mapped_column(Text)  # signed bytes, to rebroadcast a dropped tx
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    outcome: Mapped[str | None] = mapped_column(String(16))  # mined / failed / replaced / dropped
+
+
+class ChainCursor(Base):
+    __tablename__ = "chain_cursor"
+
+    stream: Mapped[str] = mapped_column(String(64), primary_key=True)
+    block_number: Mapped[int] = mapped_column(BigInteger)
+    block_hash: Mapped[str | None] = mapped_column(String(66))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class RecentBlock(Base):
+    """Hashes of the latest blocks, to find the fork point of a reorg."""
+
+    __tablename__ = "recent_blocks"
+
+    number: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    hash: Mapped[str] = mapped_column(String(66))
+    parent_hash: Mapped[str] = mapped_column(String(66))
+    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ChainLog(Base):
+    """Every contract log processed, so a log seen twice changes nothing and reorged logs are marked."""
+
+    __tablename__ = "chain_logs"
+    __table_args__ = (UniqueConstraint("block_hash", "log_index", name="uq_chain_logs_block_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    block_number: Mapped[int] = mapped_column(BigInteger, index=True)
+    block_hash: Mapped[str] = mapped_column(String(66))
+    tx_hash: Mapped[str] = mapped_column(String(66))
+    log_index: Mapped[int] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(32))
+    proposal_id: Mapped[int | None] = mapped_column(BigInteger)
+    removed: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Round(Base):
+    __tablename__ = "rounds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # manual / scheduled / startup
+    state: Mapped[str] = mapped_column(String(16), default="running")  # running / done / failed
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    proposals_scanned: Mapped[int] = mapped_column(Integer, default=0)
+    new_proposals: Mapped[int] = mapped_column(Integer, default=0)
+    missing_votes: Mapped[int] = mapped_column(Integer, default=0)
+    resolved_transactions: Mapped[int] = mapped_column(Integer, default=0)
+    votes_sent: Mapped[int] = mapped_column(Integer, default=0)
+    votes_confirmed: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)

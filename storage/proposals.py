@@ -1,0 +1,158 @@
+"""Recording proposals and their per-node vote rows. Each function is one short transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from chain.types import LogRef, ProposalData, format_units, status_name, type_name
+from storage.engine import SessionFactory
+from storage.models import Node, Proposal, Vote, VoteState, utcnow
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    id: int
+    name: str
+    address: str
+    strategy: str
+
+
+async def sync_nodes(sessions: SessionFactory, nodes: Iterable[tuple[str, str, str]]) -> list[NodeRecord]:
+    """Insert or update the configured nodes (name, address, strategy); returns them with their ids."""
+    async with sessions.begin() as session:
+        records = []
+        for name, address, strategy in nodes:
+            node = (await session.execute(select(Node).where(Node.address == address))).scalar_one_or_none()
+            if node is None:
+                node = (await session.execute(select(Node).where(Node.name == name))).scalar_one_or_none()
+            if node is None:
+                node = Node(name=name, address=address, strategy=strategy)
+                session.add(node)
+            else:
+                node.name, node.address, node.strategy = name, address, strategy
+            await session.flush()
+            records.append(NodeRecord(node.id, node.name, node.address, node.strategy))
+        return records
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    proposal_row_id: int
+    created: bool  # a new proposal row
+    content_changed: bool  # same id, different content (a reorg replaced it)
+    votes_added: int
+
+
+def _apply(row: Proposal, data: ProposalData) -> None:
+    row.proposal_type = data.proposal_type
+    row.proposal_type_name = type_name(data.proposal_type)
+    row.asset_address = data.asset_address
+    row.asset_symbol = data.asset.symbol
+    row.asset_decimals = data.asset.decimals
+    row.amount = str(data.amount)
+    row.amount_units = format_units(data.amount_units)
+    row.description = data.description
+    row.proposer = data.proposer
+    row.created_at = data.created_at_utc
+    row.voting_ends_at = data.voting_ends_utc
+    row.read_error = data.asset.error
+    row.content_hash = data.content_hash()
+    refresh_tally(row, data)
+
+
+def refresh_tally(row: Proposal, data: ProposalData) -> None:
+    row.status = data.status
+    row.status_name = status_name(data.status)
+    row.executed = data.executed
+    row.yes_votes = str(data.yes_votes)
+    row.no_votes = str(data.no_votes)
+
+
+async def record_proposal(
+    sessions: SessionFactory,
+    *,
+    chain_id: int,
+    contract: str,
+    data: ProposalData,
+    source: str,
+    node_ids: Sequence[int],
+    log: LogRef | None = None,
+    initial_state: VoteState = VoteState.QUEUED,
+) -> RecordResult:
+    """Insert the proposal and one vote row per node, or refresh it; seen twice, it changes nothing twice.
+
+    If the stored content differs (a reorg put other content under the same id), decisions made on the old
+    content are discarded: votes not yet sent go back to the queue.
+    """
+    for _attempt in range(2):
+        try:
+            return await _record(sessions, chain_id, contract, data, source, node_ids, log, initial_state)
+        except IntegrityError:
+            continue  # another writer inserted the same proposal or vote row first: read it back
+    return await _record(sessions, chain_id, contract, data, source, node_ids, log, initial_state)
+
+
+async def _record(
+    sessions: SessionFactory,
+    chain_id: int,
+    contract: str,
+    data: ProposalData,
+    source: str,
+    node_ids: Sequence[int],
+    log: LogRef | None,
+    initial_state: VoteState,
+) -> RecordResult:
+    async with sessions.begin() as session:
+        row = (
+            await session.execute(
+                select(Proposal).where(
+                    Proposal.chain_id == chain_id,
+                    Proposal.contract == contract,
+                    Proposal.proposal_id == data.proposal_id,
+                )
+            )
+        ).scalar_one_or_none()
+        created = row is None
+        content_changed = False
+        if row is None:
+            row = Proposal(chain_id=chain_id, contract=contract, proposal_id=data.proposal_id, source=source)
+            _apply(row, data)
+            session.add(row)
+        else:
+            content_changed = row.content_hash != data.content_hash()
+            if content_changed:
+                _apply(row, data)
+                row.source = source
+            else:
+                refresh_tally(row, data)
+        if log is not None and (created or content_changed or row.block_hash is None):
+            row.block_number, row.block_hash = log.block_number, log.block_hash
+            row.tx_hash, row.log_index = log.tx_hash, log.log_index
+        await session.flush()
+        if content_changed:
+            await session.execute(
+                update(Vote)
+                .where(Vote.proposal_ref == row.id, Vote.state.in_([VoteState.QUEUED, VoteState.NO_VOTE]))
+                .values(
+                    state=VoteState.QUEUED,
+                    decision=None,
+                    confidence=None,
+                    reason=None,
+                    decided_at=None,
+                    last_error="proposal content changed on chain (reorg); decided again",
+                )
+            )
+        existing = set(
+            (await session.execute(select(Vote.node_id).where(Vote.proposal_ref == row.id))).scalars().all()
+        )
+        missing = [n for n in node_ids if n not in existing]
+        now = utcnow()
+        session.add_all(
+            Vote(proposal_ref=row.id, node_id=n, state=initial_state, attempts=0, queued_at=now)
+            for n in missing
+        )
+        return RecordResult(row.id, created, content_changed, len(missing))

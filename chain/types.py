@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal
 
 from eth_utils import keccak
 
@@ -77,7 +77,8 @@ class ProposalData:
         """The amount in token units, through the asset's own decimals (USDC 6, WBTC 8)."""
         if self.asset.decimals is None:
             return None
-        return Decimal(self.amount).scaleb(-self.asset.decimals)
+        # uint256 has 78 digits; the default 28-digit context would round it.
+        return Decimal(self.amount).scaleb(-self.asset.decimals, context=Context(prec=100))
 
     @property
     def created_at_utc(self) -> dt.datetime:

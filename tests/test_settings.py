@@ -1,0 +1,171 @@
+"""Settings: every invalid value gives one readable line naming the setting, never a secret."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+
+from dloop.errors import ConfigError
+from dloop.settings import PrivateKey, load_settings, parse_address
+
+KEYS = [
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+    "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
+    "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
+]
+CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {"DLOOP_RPC_WS_URL": "ws://127.0.0.1:8545", "DLOOP_CONTRACT_ADDRESS": CONTRACT}
+    env.update({f"AI_NODE_{i}_PRIVATE_KEY": key for i, key in enumerate(KEYS, 1)})
+    env.update(extra)
+    return env
+
+
+def test_defaults_and_five_nodes() -> None:
+    settings = load_settings(base_env())
+    assert [n.name for n in settings.nodes] == [f"ai-gov-0{i}" for i in range(1, 6)]
+    assert [n.strategy for n in settings.nodes] == [
+        "conservative",
+        "aggressive",
+        "conservative",
+        "aggressive",
+        "conservative",
+    ]
+    assert settings.http_host == "127.0.0.1" and settings.http_port == 5001
+    assert settings.database_url == "sqlite+aiosqlite:///dloop.db"
+    assert settings.log_chunk_blocks == 2000 and settings.head_timeout == 30.0
+    assert settings.nodes[1].key.reveal() == "0x" + KEYS[1]  # 0x added when missing
+
+
+def test_keys_never_in_repr() -> None:
+    settings = load_settings(base_env(DLOOP_API_TOKEN="s3cret-token"))
+    text = repr(settings) + str(settings.nodes)
+    for key in KEYS:
+        assert key.removeprefix("0x") not in text
+    assert "s3cret-token" not in text
+    assert repr(PrivateKey(KEYS[0])) == "PrivateKey(<hidden>)"
+
+
+def test_node_keys_from_comma_list() -> None:
+    env = {
+        "DLOOP_RPC_WS_URL": "ws://h:1",
+        "DLOOP_CONTRACT_ADDRESS": CONTRACT,
+        "DLOOP_NODE_KEYS": ",".join(KEYS[:3]),
+    }
+    assert len(load_settings(env).nodes) == 3
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "fragment"),
+    [
+        ("DLOOP_CONTRACT_ADDRESS", CONTRACT + "1", "40 hex digits"),  # the 41-digit address from production
+        ("DLOOP_CONTRACT_ADDRESS", CONTRACT[:-1], "40 hex digits"),
+        ("DLOOP_CONTRACT_ADDRESS", "assetdao.eth", "40 hex digits"),
+        ("DLOOP_CONTRACT_ADDRESS", CONTRACT[:5] + CONTRACT[5:].swapcase(), "checksum"),
+        ("DLOOP_RPC_WS_URL", "http://127.0.0.1:8545", "ws://"),
+        ("DLOOP_RPC_WS_URL", "ws://", "host"),
+        ("DLOOP_RPC_WS_URL", "ws://127.0.0.1:99999", "port"),
+        ("AI_NODE_3_PRIVATE_KEY", "0x1234", "not a private key"),
+        ("AI_NODE_1_PRIVATE_KEY", "zz" * 32, "not a private key"),
+        ("DLOOP_HTTP_PORT", "eighty", "whole number"),
+        ("DLOOP_HTTP_PORT", "70000", "at most 65535"),
+        ("DLOOP_BATCH_SIZE", "0", "at least 1"),
+        ("DLOOP_HEAD_TIMEOUT", "nan", "at least"),
+        ("DLOOP_DATABASE_URL", "not a url", "database URL"),
+        ("DLOOP_NODE_NAMES", "a,b", "2 names for 5"),
+        ("DLOOP_NODE_STRATEGIES", "conservative", "1 strategies for 5"),
+        ("DLOOP_LOG_LEVEL", "LOUD", "DEBUG"),
+    ],
+)
+def test_invalid_value_names_the_setting(setting: str, value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(base_env(**{setting: value}))
+    assert info.value.setting == setting
+    assert fragment in str(info.value)
+    assert str(info.value).startswith(setting)
+    if "PRIVATE_KEY" in setting:
+        assert value not in str(info.value)
+
+
+def test_missing_required_settings() -> None:
+    for name in ("DLOOP_RPC_WS_URL", "DLOOP_CONTRACT_ADDRESS"):
+        env = base_env()
+        del env[name]
+        with pytest.raises(ConfigError, match=name):
+            load_settings(env)
+    no_keys = {k: v for k, v in base_env().items() if "PRIVATE_KEY" not in k}
+    with pytest.raises(ConfigError, match="no node keys"):
+        load_settings(no_keys)
+
+
+def test_duplicate_key_rejected() -> None:
+    with pytest.raises(ConfigError, match="same private key"):
+        load_settings(base_env(AI_NODE_2_PRIVATE_KEY=KEYS[0]))
+
+
+def test_lowercase_and_checksummed_addresses_accepted() -> None:
+    assert parse_address("X", CONTRACT.lower()) == CONTRACT
+    assert parse_address("X", CONTRACT) == CONTRACT
+
+
+def test_env_file_and_environment_precedence(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    lines = [f"export AI_NODE_{i}_PRIVATE_KEY={k}" for i, k in enumerate(KEYS, 1)]
+    lines += [
+        "# comment",
+        f'DLOOP_CONTRACT_ADDRESS="{CONTRACT}"',
+        "DLOOP_RPC_WS_URL=ws://file:1",
+        "DLOOP_HTTP_PORT=6000",
+    ]
+    env_file.write_text("\n".join(lines) + "\n")
+    settings = load_settings({"DLOOP_HTTP_PORT": "7000"}, env_file)
+    assert settings.http_port == 7000 and settings.rpc_ws_url == "ws://file:1" and len(settings.nodes) == 5
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings({}, tmp_path / "missing.env")
+
+
+def test_keystore_directory(tmp_path: Path) -> None:
+    keystores = tmp_path / "keys"
+    keystores.mkdir()
+    for i, key in enumerate(KEYS[:2]):
+        (keystores / f"node{i}.json").write_text(json.dumps(Account.encrypt(key, "pw", iterations=2)))
+    (tmp_path / "pw").write_text("pw\n")
+    env = {
+        "DLOOP_RPC_WS_URL": "ws://h:1",
+        "DLOOP_CONTRACT_ADDRESS": CONTRACT,
+        "DLOOP_KEYSTORE_DIR": str(keystores),
+        "DLOOP_KEYSTORE_PASSWORD_FILE": str(tmp_path / "pw"),
+    }
+    settings = load_settings(env)
+    assert [n.key.reveal() for n in settings.nodes] == [KEYS[0], "0x" + KEYS[1]]
+    (tmp_path / "pw").write_text("wrong\n")
+    with pytest.raises(ConfigError, match="DLOOP_KEYSTORE_DIR"):
+        load_settings(env)
+
+
+def test_strategy_lists_and_thresholds() -> None:
+    settings = load_settings(base_env(DLOOP_STABLECOINS="usdc, dai", DLOOP_CONSERVATIVE_MAX_AMOUNT="2000"))
+    assert settings.strategies.stablecoins == ("USDC", "DAI")
+    assert settings.strategies.conservative_max_amount == 2000
+
+
+def test_logs_mask_hex_secrets() -> None:
+    # A key that slipped into a log line by accident is masked; tx hashes in hash fields are kept.
+    code = (
+        "import logging; from dloop.logs import configure_logging, log_event;"
+        "configure_logging();"
+        f"log_event(logging.getLogger('t'), 'oops', detail='key {KEYS[0]}', tx_hash='{KEYS[1]}')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    line = json.loads(result.stderr.strip())
+    assert KEYS[0] not in result.stderr and "<redacted-32-bytes>" in line["detail"]
+    assert line["tx_hash"] == KEYS[1] and line["event"] == "oops"

@@ -1,0 +1,136 @@
+"""Migrations and the proposal/vote records, on a real SQLite file."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+from sqlalchemy import func, select
+
+from chain.types import AssetInfo, LogRef, ProposalData
+from dloop.errors import ConfigError, SchemaOutOfDate
+from storage.engine import check_database_location, create_engine, session_factory
+from storage.migrations import downgrade, ensure_schema_current, upgrade
+from storage.models import Vote, VoteState
+from storage.proposals import record_proposal, sync_nodes
+
+pytestmark = pytest.mark.anyio
+
+USDC = AssetInfo("0x" + "11" * 20, "USDC", 6)
+PROPOSAL = ProposalData(
+    proposal_id=1,
+    proposal_type=0,
+    asset_address=USDC.address,
+    amount=2_500_000_000,
+    description="Allocate 2,500 USDC to the stablecoin reserve",
+    proposer="0x" + "22" * 20,
+    created_at=1_700_000_000,
+    voting_ends=1_700_259_200,
+    yes_votes=0,
+    no_votes=0,
+    status=1,
+    executed=False,
+    asset=USDC,
+)
+NODES = [(f"ai-gov-0{i}", "0x" + f"{i:02d}" * 20, "conservative") for i in range(1, 6)]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_upgrade_downgrade_upgrade_and_views(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'dloop.db'}"
+    with pytest.raises(SchemaOutOfDate, match="dloop migrate"):
+        await ensure_schema_current(url)
+    await upgrade(url)
+    await ensure_schema_current(url)
+    await downgrade(url)
+    with pytest.raises(SchemaOutOfDate):
+        await ensure_schema_current(url)
+    await upgrade(url)
+
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    nodes = await sync_nodes(sessions, NODES)
+    await record_proposal(
+        sessions, chain_id=31337, contract="0x" + "aa" * 20, data=PROPOSAL, source="subscription",
+        node_ids=[n.id for n in nodes], log=LogRef(5, "0x" + "bb" * 32, "0x" + "cc" * 32, 0),
+    )  # fmt: skip
+    await engine.dispose()
+
+    # What a user sees with plain sqlite3: readable UTC times, exact amounts, one row per vote.
+    with sqlite3.connect(tmp_path / "dloop.db") as db:
+        rows = db.execute(
+            "SELECT node, state, amount, asset, queued_at FROM vote_history ORDER BY node"
+        ).fetchall()
+        assert [r[0] for r in rows] == [n[0] for n in NODES]
+        assert {r[1] for r in rows} == {"queued"} and rows[0][2] == "2500" and rows[0][3] == "USDC"
+        assert rows[0][4][:4] == "20" + rows[0][4][2:4] and rows[0][4][4] == "-"  # 'YYYY-MM-DD HH:MM:SS...'
+        tally = db.execute(
+            "SELECT proposal_id, nodes_pending, node_votes, onchain_yes FROM proposal_tally"
+        ).fetchall()
+        assert (
+            tally[0][0] == 1 and tally[0][1] == 5 and "ai-gov-01=queued" in tally[0][2] and tally[0][3] == "0"
+        )
+        created = db.execute("SELECT created_at FROM proposals").fetchone()[0]
+        assert created.startswith("2023-11-14 22:13:20")
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_record_proposal_is_idempotent_and_handles_content_change(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
+    await upgrade(url)
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    nodes = await sync_nodes(sessions, NODES)
+    ids = [n.id for n in nodes]
+    kwargs = {"chain_id": 1, "contract": "0x" + "aa" * 20, "source": "backfill", "node_ids": ids}
+
+    first = await record_proposal(sessions, data=PROPOSAL, **kwargs)  # type: ignore[arg-type]
+    assert first.created and first.votes_added == 5
+
+    # The same proposal delivered twice, concurrently: still one proposal and five vote rows.
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(lambda: record_proposal(sessions, data=PROPOSAL, **kwargs))  # type: ignore[arg-type]
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Vote)) == 5
+
+    # A node decided "no vote"; then a reorg puts other content under the same id: the decision is dropped.
+    async with sessions.begin() as session:
+        vote = (await session.execute(select(Vote).limit(1))).scalar_one()
+        vote.state, vote.decision, vote.reason = VoteState.NO_VOTE, "none", "amount too large"
+    replaced = dataclasses.replace(PROPOSAL, amount=1, description="Other content")
+    again = await record_proposal(sessions, data=replaced, **kwargs)  # type: ignore[arg-type]
+    assert again.content_changed and not again.created and again.votes_added == 0
+    async with sessions() as session:
+        states = (await session.execute(select(Vote.state, Vote.decision))).all()
+    assert {tuple(s) for s in states} == {("queued", None)}
+
+    # Adding a sixth node later gives every known proposal its row.
+    more = await sync_nodes(sessions, [*NODES, ("ai-gov-06", "0x" + "06" * 20, "aggressive")])
+    added = await record_proposal(sessions, data=replaced, **{**kwargs, "node_ids": [n.id for n in more]})  # type: ignore[arg-type]
+    assert added.votes_added == 1
+    await engine.dispose()
+
+
+def test_database_location_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="DLOOP_DATABASE_URL"):
+        check_database_location(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'x.db'}")
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        import os
+
+        if os.geteuid() != 0:  # root can write anywhere
+            with pytest.raises(ConfigError, match="not writable"):
+                check_database_location(f"sqlite+aiosqlite:///{locked / 'x.db'}")
+    finally:
+        locked.chmod(0o700)
+    check_database_location(f"sqlite+aiosqlite:///{tmp_path / 'ok.db'}")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from chain.types import LogRef, ProposalData, format_units, status_name, type_name
 from storage.engine import SessionFactory
@@ -107,52 +108,75 @@ async def _record(
     initial_state: VoteState,
 ) -> RecordResult:
     async with sessions.begin() as session:
-        row = (
-            await session.execute(
-                select(Proposal).where(
-                    Proposal.chain_id == chain_id,
-                    Proposal.contract == contract,
-                    Proposal.proposal_id == data.proposal_id,
-                )
+        return await record_proposal_in(
+            session,
+            chain_id=chain_id,
+            contract=contract,
+            data=data,
+            source=source,
+            node_ids=node_ids,
+            log=log,
+            initial_state=initial_state,
+        )
+
+
+async def record_proposal_in(
+    session: AsyncSession,
+    *,
+    chain_id: int,
+    contract: str,
+    data: ProposalData,
+    source: str,
+    node_ids: Sequence[int],
+    log: LogRef | None = None,
+    initial_state: VoteState = VoteState.QUEUED,
+) -> RecordResult:
+    """`record_proposal` inside the caller's transaction (the listener adds its log record and cursor)."""
+    row = (
+        await session.execute(
+            select(Proposal).where(
+                Proposal.chain_id == chain_id,
+                Proposal.contract == contract,
+                Proposal.proposal_id == data.proposal_id,
             )
-        ).scalar_one_or_none()
-        created = row is None
-        content_changed = False
-        if row is None:
-            row = Proposal(chain_id=chain_id, contract=contract, proposal_id=data.proposal_id, source=source)
-            _apply(row, data)
-            session.add(row)
-        else:
-            content_changed = row.content_hash != data.content_hash()
-            if content_changed:
-                _apply(row, data)
-                row.source = source
-            else:
-                refresh_tally(row, data)
-        if log is not None and (created or content_changed or row.block_hash is None):
-            row.block_number, row.block_hash = log.block_number, log.block_hash
-            row.tx_hash, row.log_index = log.tx_hash, log.log_index
-        await session.flush()
+        )
+    ).scalar_one_or_none()
+    created = row is None
+    content_changed = False
+    if row is None:
+        row = Proposal(chain_id=chain_id, contract=contract, proposal_id=data.proposal_id, source=source)
+        _apply(row, data)
+        session.add(row)
+    else:
+        content_changed = row.content_hash != data.content_hash()
         if content_changed:
-            await session.execute(
-                update(Vote)
-                .where(Vote.proposal_ref == row.id, Vote.state.in_([VoteState.QUEUED, VoteState.NO_VOTE]))
-                .values(
-                    state=VoteState.QUEUED,
-                    decision=None,
-                    confidence=None,
-                    reason=None,
-                    decided_at=None,
-                    last_error="proposal content changed on chain (reorg); decided again",
-                )
+            _apply(row, data)
+            row.source = source
+        else:
+            refresh_tally(row, data)
+    if log is not None and (created or content_changed or row.block_hash is None):
+        row.block_number, row.block_hash = log.block_number, log.block_hash
+        row.tx_hash, row.log_index = log.tx_hash, log.log_index
+    await session.flush()
+    if content_changed:
+        await session.execute(
+            update(Vote)
+            .where(Vote.proposal_ref == row.id, Vote.state.in_([VoteState.QUEUED, VoteState.NO_VOTE]))
+            .values(
+                state=VoteState.QUEUED,
+                decision=None,
+                confidence=None,
+                reason=None,
+                decided_at=None,
+                last_error="proposal content changed on chain (reorg); decided again",
             )
-        existing = set(
-            (await session.execute(select(Vote.node_id).where(Vote.proposal_ref == row.id))).scalars().all()
         )
-        missing = [n for n in node_ids if n not in existing]
-        now = utcnow()
-        session.add_all(
-            Vote(proposal_ref=row.id, node_id=n, state=initial_state, attempts=0, queued_at=now)
-            for n in missing
-        )
-        return RecordResult(row.id, created, content_changed, len(missing))
+    existing = set(
+        (await session.execute(select(Vote.node_id).where(Vote.proposal_ref == row.id))).scalars().all()
+    )
+    missing = [n for n in node_ids if n not in existing]
+    now = utcnow()
+    session.add_all(
+        Vote(proposal_ref=row.id, node_id=n, state=initial_state, attempts=0, queued_at=now) for n in missing
+    )
+    return RecordResult(row.id, created, content_changed, len(missing))

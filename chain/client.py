@@ -84,33 +84,38 @@ class ChainClient:
 
     # -- raw JSON-RPC ----------------------------------------------------------------------------------
     async def request(self, method: str, params: Sequence[Any]) -> Any:
+        # Through the request manager, so web3 knows the request: an error answer to a request it does not
+        # know is raised as a "stray error" inside the next, unrelated request.
         try:
             with anyio.fail_after(self.timeout):
-                response = await self.w3.provider.make_request(method, list(params))
-        except ChainError:
-            raise
+                return await self.w3.manager.socket_request(method, list(params))  # type: ignore[arg-type]
         except Exception as exc:
             raise translate_exception(exc) from exc
-        if "error" in response:
-            error = response["error"]
-            raise classify_rpc_error(dict(error) if isinstance(error, dict) else {"message": str(error)})
-        return response.get("result")
 
     async def batch(self, requests: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
         """One JSON-RPC batch; results (or ChainError instances) in request order."""
-        calls = [(method, list(params)) for method, params in requests]
+        provider = self.w3.provider
+        processor = provider._request_processor  # type: ignore[attr-defined]
         async with self._batch_lock:
             try:
                 with anyio.fail_after(self.timeout):
-                    responses = await self.w3.provider.make_batch_request(calls)  # type: ignore[arg-type,unused-ignore]
+                    sent = await provider.send_batch_request([(m, list(p)) for m, p in requests])
+                    for request in sent:
+                        processor.cache_request_information(
+                            request["id"],
+                            request["method"],
+                            request["params"],
+                            response_formatters=((), (), ()),
+                        )
+                    responses = await provider.recv_for_batch_request(sent)
             except Exception as exc:
                 raise translate_exception(exc) from exc
         if not isinstance(responses, list):
             error = responses.get("error", {}) if isinstance(responses, dict) else {}
-            raise classify_rpc_error(error if isinstance(error, dict) else {"message": str(error)})
+            raise classify_rpc_error(dict(error) if isinstance(error, dict) else {"message": str(error)})
         answers: list[dict[str, Any]] = [dict(r) for r in responses if isinstance(r, dict)]
-        if len(answers) != len(calls):
-            raise ChainError(f"batch of {len(calls)} answered with {len(answers)} responses")
+        if len(answers) != len(requests):
+            raise ChainError(f"batch of {len(requests)} answered with {len(answers)} responses")
         results: list[Any] = []
         for answer in answers:
             error = answer.get("error")

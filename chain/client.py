@@ -95,7 +95,7 @@ class ChainClient:
     async def batch(self, requests: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
         """One JSON-RPC batch; results (or ChainError instances) in request order."""
         provider = self.w3.provider
-        processor = provider._request_processor  # type: ignore[attr-defined]
+        processor = provider._request_processor
         async with self._batch_lock:
             try:
                 with anyio.fail_after(self.timeout):

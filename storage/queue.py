@@ -1,0 +1,565 @@
+"""The vote queue: leases and state changes of `votes` rows. Each function is one short transaction.
+
+Every change is a conditional UPDATE (`WHERE state = ... AND lease_owner = ...`) whose row count says whether
+this writer won: two voters, or the voter and the listener, can race on a row and only one change applies.
+Portable SQL only (SQLAlchemy Core), no SQLite-specific statements.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dloop.errors import StorageError
+from storage.engine import SessionFactory
+from storage.models import Proposal, Vote, VoteState, VoteTransaction, utcnow
+
+# Rows deferred after an error are "leased" to nobody until a time: the lease query skips them till then.
+DEFERRED_OWNER = "deferred"
+
+
+@dataclass(frozen=True)
+class QueuedVote:
+    """A queued vote row with what the voter needs to decide on it."""
+
+    vote_id: int
+    node_id: int
+    proposal_row_id: int
+    proposal_id: int  # on chain
+    content_hash: str  # of the stored proposal
+    voting_ends_at: dt.datetime
+    attempts: int
+
+
+@dataclass(frozen=True)
+class SignedTx:
+    """A signed vote transaction, persisted before it is broadcast."""
+
+    tx_hash: str
+    nonce: int
+    max_fee_per_gas: int
+    max_priority_fee_per_gas: int
+    gas_limit: int
+    raw_transaction: bytes
+
+
+@dataclass(frozen=True)
+class SentVote:
+    """A `sent` row and every transaction ever signed for it (first send, replacements, older attempts)."""
+
+    vote_id: int
+    node_id: int
+    proposal_id: int
+    nonce: int
+    tx_hash: str
+    transactions: tuple[SignedTx, ...]
+
+    @property
+    def latest(self) -> SignedTx:
+        """The transaction currently expected to land (the last one signed with the row's nonce)."""
+        same_nonce = [tx for tx in self.transactions if tx.nonce == self.nonce]
+        for tx in same_nonce:
+            if tx.tx_hash == self.tx_hash:
+                return tx
+        return same_nonce[-1] if same_nonce else self.transactions[-1]
+
+
+def _lease_free(now: dt.datetime) -> ColumnElement[bool]:
+    return or_(Vote.lease_expires_at.is_(None), Vote.lease_expires_at < now)
+
+
+async def _in_transaction(sessions: SessionFactory, work: Any) -> Any:
+    try:
+        async with sessions.begin() as session:
+            return await work(session)
+    except SQLAlchemyError as exc:
+        raise StorageError(f"vote queue: {exc}") from exc
+
+
+# -- leasing ---------------------------------------------------------------------------------------------
+
+
+async def queued_candidates(
+    sessions: SessionFactory, *, node_ids: Collection[int], max_proposals: int, now: dt.datetime | None = None
+) -> list[QueuedVote]:
+    """Free queued rows of the `max_proposals` most urgent proposals (earliest end of voting first)."""
+    moment = now or utcnow()
+
+    async def work(session: AsyncSession) -> list[QueuedVote]:
+        free = and_(Vote.state == VoteState.QUEUED, _lease_free(moment), Vote.node_id.in_(list(node_ids)))
+        proposals = (
+            select(Proposal.id, Proposal.voting_ends_at)
+            .join(Vote, Vote.proposal_ref == Proposal.id)
+            .where(free)
+            .distinct()
+            .order_by(Proposal.voting_ends_at, Proposal.id)
+            .limit(max_proposals)
+        )
+        ids = [row.id for row in (await session.execute(proposals)).all()]
+        if not ids:
+            return []
+        rows = await session.execute(_queued_select().where(free, Vote.proposal_ref.in_(ids)))
+        return [_queued(row) for row in rows.all()]
+
+    result: list[QueuedVote] = await _in_transaction(sessions, work)
+    return result
+
+
+def _queued_select() -> Any:
+    return select(
+        Vote.id,
+        Vote.node_id,
+        Vote.proposal_ref,
+        Proposal.proposal_id,
+        Proposal.content_hash,
+        Proposal.voting_ends_at,
+        Vote.attempts,
+    ).join(Proposal, Proposal.id == Vote.proposal_ref)
+
+
+def _queued(row: Any) -> QueuedVote:
+    return QueuedVote(
+        vote_id=row.id,
+        node_id=row.node_id,
+        proposal_row_id=row.proposal_ref,
+        proposal_id=int(row.proposal_id),
+        content_hash=row.content_hash,
+        voting_ends_at=row.voting_ends_at,
+        attempts=row.attempts,
+    )
+
+
+async def lease(
+    sessions: SessionFactory,
+    vote_ids: Sequence[int],
+    *,
+    owner: str,
+    lease_seconds: float,
+    now: dt.datetime | None = None,
+) -> list[QueuedVote]:
+    """Take the free queued rows among `vote_ids` for `owner`; returns the rows this owner now holds."""
+    if not vote_ids:
+        return []
+    moment = now or utcnow()
+    expires = moment + dt.timedelta(seconds=lease_seconds)
+
+    async def work(session: AsyncSession) -> list[QueuedVote]:
+        await session.execute(
+            update(Vote)
+            .where(Vote.id.in_(list(vote_ids)), Vote.state == VoteState.QUEUED, _lease_free(moment))
+            .values(lease_owner=owner, lease_expires_at=expires)
+        )
+        # Read back what we hold: rows another voter leased first are not ours.
+        rows = await session.execute(
+            _queued_select().where(
+                Vote.id.in_(list(vote_ids)),
+                Vote.state == VoteState.QUEUED,
+                Vote.lease_owner == owner,
+                Vote.lease_expires_at == expires,
+            )
+        )
+        return [_queued(row) for row in rows.all()]
+
+    result: list[QueuedVote] = await _in_transaction(sessions, work)
+    return result
+
+
+async def release(
+    sessions: SessionFactory,
+    vote_ids: Sequence[int],
+    *,
+    owner: str,
+    error: str | None = None,
+    defer_until: dt.datetime | None = None,
+) -> int:
+    """Give leased rows back to the queue (now, or not before `defer_until`); they stay `queued`."""
+    if not vote_ids:
+        return 0
+    values: dict[str, Any] = {
+        "lease_owner": DEFERRED_OWNER if defer_until else None,
+        "lease_expires_at": defer_until,
+    }
+    if error is not None:
+        values["last_error"] = error
+
+    async def work(session: AsyncSession) -> int:
+        result = await session.execute(
+            update(Vote)
+            .where(Vote.id.in_(list(vote_ids)), Vote.state == VoteState.QUEUED, Vote.lease_owner == owner)
+            .values(**values)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    count: int = await _in_transaction(sessions, work)
+    return count
+
+
+async def release_owner(sessions: SessionFactory, owner: str) -> int:
+    """Give back every queued row `owner` holds (after its connection dropped mid-round)."""
+
+    async def work(session: AsyncSession) -> int:
+        result = await session.execute(
+            update(Vote)
+            .where(Vote.state == VoteState.QUEUED, Vote.lease_owner == owner)
+            .values(lease_owner=None, lease_expires_at=None)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    count: int = await _in_transaction(sessions, work)
+    return count
+
+
+async def count_leasable(
+    sessions: SessionFactory, *, node_ids: Collection[int], now: dt.datetime | None = None
+) -> int:
+    moment = now or utcnow()
+
+    async def work(session: AsyncSession) -> int:
+        query = (
+            select(func.count())
+            .select_from(Vote)
+            .where(Vote.state == VoteState.QUEUED, _lease_free(moment), Vote.node_id.in_(list(node_ids)))
+        )
+        return int((await session.execute(query)).scalar_one())
+
+    count: int = await _in_transaction(sessions, work)
+    return count
+
+
+# -- decisions without a transaction ---------------------------------------------------------------------
+
+
+async def finish_unsent(
+    sessions: SessionFactory,
+    vote_id: int,
+    *,
+    owner: str,
+    state: VoteState,
+    decision: str | None,
+    confidence: float | None,
+    reason: str,
+) -> bool:
+    """queued -> already_voted / closed / no_vote / failed, by the lease holder, without any transaction."""
+    now = utcnow()
+
+    async def work(session: AsyncSession) -> bool:
+        result = await session.execute(
+            update(Vote)
+            .where(Vote.id == vote_id, Vote.state == VoteState.QUEUED, Vote.lease_owner == owner)
+            .values(
+                state=state,
+                decision=decision,
+                confidence=confidence,
+                reason=reason,
+                decided_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                last_error=reason if state == VoteState.FAILED else None,
+            )
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    done: bool = await _in_transaction(sessions, work)
+    return done
+
+
+# -- transactions ----------------------------------------------------------------------------------------
+
+
+def _tx_row(vote_id: int, tx: SignedTx) -> dict[str, Any]:
+    return {
+        "vote_id": vote_id,
+        "tx_hash": tx.tx_hash,
+        "nonce": tx.nonce,
+        "max_fee_per_gas": str(tx.max_fee_per_gas),
+        "max_priority_fee_per_gas": str(tx.max_priority_fee_per_gas),
+        "gas_limit": tx.gas_limit,
+        "raw_transaction": "0x" + tx.raw_transaction.hex(),
+        "created_at": utcnow(),
+    }
+
+
+async def record_sent(
+    sessions: SessionFactory,
+    vote_id: int,
+    *,
+    owner: str,
+    tx: SignedTx,
+    decision: str,
+    confidence: float,
+    reason: str,
+) -> bool:
+    """queued -> sent with the signed transaction, BEFORE it is broadcast. False: the lease was lost."""
+    now = utcnow()
+
+    async def work(session: AsyncSession) -> bool:
+        result = await session.execute(
+            update(Vote)
+            .where(Vote.id == vote_id, Vote.state == VoteState.QUEUED, Vote.lease_owner == owner)
+            .values(
+                state=VoteState.SENT,
+                decision=decision,
+                confidence=confidence,
+                reason=reason,
+                decided_at=now,
+                tx_hash=tx.tx_hash,
+                nonce=tx.nonce,
+                max_fee_per_gas=str(tx.max_fee_per_gas),
+                max_priority_fee_per_gas=str(tx.max_priority_fee_per_gas),
+                attempts=Vote.attempts + 1,
+                sent_at=now,
+                last_error=None,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        await session.execute(insert(VoteTransaction).values(**_tx_row(vote_id, tx)))
+        return True
+
+    done: bool = await _in_transaction(sessions, work)
+    return done
+
+
+async def record_replacement(sessions: SessionFactory, vote_id: int, tx: SignedTx, *, note: str) -> bool:
+    """A replacement (same nonce, higher fees) of a `sent` vote, persisted before it is broadcast."""
+
+    async def work(session: AsyncSession) -> bool:
+        result = await session.execute(
+            update(Vote)
+            .where(Vote.id == vote_id, Vote.state == VoteState.SENT, Vote.nonce == tx.nonce)
+            .values(
+                tx_hash=tx.tx_hash,
+                max_fee_per_gas=str(tx.max_fee_per_gas),
+                max_priority_fee_per_gas=str(tx.max_priority_fee_per_gas),
+                last_error=note,
+            )
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        await session.execute(insert(VoteTransaction).values(**_tx_row(vote_id, tx)))
+        return True
+
+    done: bool = await _in_transaction(sessions, work)
+    return done
+
+
+async def mark_confirmed(
+    sessions: SessionFactory, vote_id: int, *, tx_hash: str, block_number: int, gas_used: int | None
+) -> bool:
+    """sent -> confirmed. Also accepts a row already confirmed (the listener's VoteCast handler may win)."""
+    now = utcnow()
+
+    async def work(session: AsyncSession) -> bool:
+        result = await session.execute(
+            update(Vote)
+            .where(Vote.id == vote_id, Vote.state.in_([VoteState.SENT, VoteState.CONFIRMED]))
+            .values(
+                state=VoteState.CONFIRMED,
+                tx_hash=tx_hash,
+                confirmed_block=block_number,
+                gas_used=gas_used,
+                confirmed_at=func.coalesce(Vote.confirmed_at, now),
+                last_error=None,
+            )
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        await _settle_outcomes(session, vote_id, tx_hash, "mined")
+        return True
+
+    done: bool = await _in_transaction(sessions, work)
+    return done
+
+
+async def _settle_outcomes(session: AsyncSession, vote_id: int, tx_hash: str, outcome: str) -> None:
+    await session.execute(
+        update(VoteTransaction)
+        .where(VoteTransaction.vote_id == vote_id, VoteTransaction.tx_hash == tx_hash)
+        .values(outcome=outcome)
+    )
+    # The others with the same nonce can never be mined now.
+    nonce = select(VoteTransaction.nonce).where(VoteTransaction.tx_hash == tx_hash).scalar_subquery()
+    await session.execute(
+        update(VoteTransaction)
+        .where(
+            VoteTransaction.vote_id == vote_id,
+            VoteTransaction.tx_hash != tx_hash,
+            VoteTransaction.nonce == nonce,
+            VoteTransaction.outcome.is_(None),
+        )
+        .values(outcome="replaced")
+    )
+
+
+async def mark_failed(
+    sessions: SessionFactory,
+    vote_id: int,
+    *,
+    reason: str,
+    tx_hash: str | None = None,
+    block_number: int | None = None,
+    gas_used: int | None = None,
+) -> bool:
+    """sent -> failed: mined with status 0, or rejected for good. `reason` names the contract error."""
+
+    async def work(session: AsyncSession) -> bool:
+        values: dict[str, Any] = {"state": VoteState.FAILED, "last_error": reason}
+        if tx_hash is not None:
+            values.update(tx_hash=tx_hash, confirmed_block=block_number, gas_used=gas_used)
+        result = await session.execute(
+            update(Vote).where(Vote.id == vote_id, Vote.state == VoteState.SENT).values(**values)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        if tx_hash is not None:
+            await _settle_outcomes(session, vote_id, tx_hash, "failed")
+        return True
+
+    done: bool = await _in_transaction(sessions, work)
+    return done
+
+
+async def resolve_sent(
+    sessions: SessionFactory,
+    vote_id: int,
+    *,
+    state: VoteState,
+    reason: str,
+    tx_outcome: str | None = None,
+    defer_until: dt.datetime | None = None,
+) -> bool:
+    """sent -> queued (the vote was not cast and can be sent again) or -> already_voted / closed.
+
+    `tx_outcome` marks the row's unsettled transactions (e.g. "rejected", "dropped"). Back in the queue,
+    the row may wait until `defer_until`.
+    """
+
+    async def work(session: AsyncSession) -> bool:
+        values: dict[str, Any] = {"state": state, "last_error": reason}
+        if state == VoteState.QUEUED:
+            values.update(
+                tx_hash=None,
+                nonce=None,
+                lease_owner=DEFERRED_OWNER if defer_until else None,
+                lease_expires_at=defer_until,
+            )
+        else:
+            values["reason"] = reason
+        result = await session.execute(
+            update(Vote).where(Vote.id == vote_id, Vote.state == VoteState.SENT).values(**values)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        if tx_outcome is not None:
+            await session.execute(
+                update(VoteTransaction)
+                .where(VoteTransaction.vote_id == vote_id, VoteTransaction.outcome.is_(None))
+                .values(outcome=tx_outcome)
+            )
+        return True
+
+    done: bool = await _in_transaction(sessions, work)
+    return done
+
+
+async def set_note(sessions: SessionFactory, vote_id: int, note: str) -> None:
+    """Record why a sent vote is waiting (fee cap, stuck) without changing its state."""
+
+    async def work(session: AsyncSession) -> None:
+        await session.execute(
+            update(Vote).where(Vote.id == vote_id, Vote.state == VoteState.SENT).values(last_error=note)
+        )
+
+    await _in_transaction(sessions, work)
+
+
+async def reopen_confirmed(
+    sessions: SessionFactory,
+    *,
+    vote_ids: Sequence[int] = (),
+    tx_hashes: Sequence[str] = (),
+    reason: str = "vote transaction reorged out of the chain; checking it again",
+) -> int:
+    """confirmed -> sent, for votes whose transaction a reorg removed: the voter then resolves them from the
+    chain (receipt again, rebroadcast from the stored bytes, or back to the queue)."""
+    if not vote_ids and not tx_hashes:
+        return 0
+
+    async def work(session: AsyncSession) -> int:
+        match = or_(Vote.id.in_(list(vote_ids)), Vote.tx_hash.in_(list(tx_hashes)))
+        ids = list(
+            (await session.execute(select(Vote.id).where(match, Vote.state == VoteState.CONFIRMED))).scalars()
+        )
+        if not ids:
+            return 0
+        result = await session.execute(
+            update(Vote)
+            .where(Vote.id.in_(ids), Vote.state == VoteState.CONFIRMED)
+            .values(
+                state=VoteState.SENT,
+                confirmed_block=None,
+                gas_used=None,
+                confirmed_at=None,
+                last_error=reason,
+            )
+        )
+        await session.execute(
+            update(VoteTransaction)
+            .where(VoteTransaction.vote_id.in_(ids), VoteTransaction.outcome.in_(["mined", "replaced"]))
+            .values(outcome=None)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    count: int = await _in_transaction(sessions, work)
+    return count
+
+
+async def sent_votes(sessions: SessionFactory, node_id: int) -> list[SentVote]:
+    """Every `sent` row of a node with all its signed transactions, oldest nonce first."""
+
+    async def work(session: AsyncSession) -> list[SentVote]:
+        rows = (
+            await session.execute(
+                select(Vote.id, Vote.node_id, Proposal.proposal_id, Vote.nonce, Vote.tx_hash)
+                .join(Proposal, Proposal.id == Vote.proposal_ref)
+                .where(Vote.node_id == node_id, Vote.state == VoteState.SENT)
+                .order_by(Vote.nonce)
+            )
+        ).all()
+        if not rows:
+            return []
+        txs = (
+            await session.execute(
+                select(VoteTransaction)
+                .where(VoteTransaction.vote_id.in_([r.id for r in rows]))
+                .order_by(VoteTransaction.id)
+            )
+        ).scalars()
+        by_vote: dict[int, list[SignedTx]] = {}
+        for t in txs:
+            by_vote.setdefault(t.vote_id, []).append(
+                SignedTx(
+                    tx_hash=t.tx_hash,
+                    nonce=int(t.nonce),
+                    max_fee_per_gas=int(t.max_fee_per_gas),
+                    max_priority_fee_per_gas=int(t.max_priority_fee_per_gas),
+                    gas_limit=int(t.gas_limit),
+                    raw_transaction=bytes.fromhex(t.raw_transaction.removeprefix("0x")),
+                )
+            )
+        return [
+            SentVote(r.id, r.node_id, int(r.proposal_id), int(r.nonce), r.tx_hash, tuple(by_vote[r.id]))
+            for r in rows
+            if r.id in by_vote and r.nonce is not None and r.tx_hash is not None
+        ]
+
+    result: list[SentVote] = await _in_transaction(sessions, work)
+    return result

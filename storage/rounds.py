@@ -1,0 +1,152 @@
+"""Bookkeeping of voting rounds (reconcile pass + drain). Each function is one short transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+from storage.engine import SessionFactory
+from storage.models import Round, Vote, utcnow
+
+
+class RoundKind(enum.StrEnum):
+    STARTUP = "startup"
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+
+
+class RoundState(enum.StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    id: int
+    kind: str
+    state: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    proposals_scanned: int
+    new_proposals: int
+    missing_votes: int
+    resolved_transactions: int
+    votes_sent: int
+    votes_confirmed: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ReconcileCounts:
+    proposals_scanned: int = 0
+    new_proposals: int = 0
+    missing_votes: int = 0
+    resolved_transactions: int = 0
+
+
+def _record(row: Round) -> RoundRecord:
+    return RoundRecord(
+        id=row.id,
+        kind=row.kind,
+        state=row.state,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        proposals_scanned=row.proposals_scanned,
+        new_proposals=row.new_proposals,
+        missing_votes=row.missing_votes,
+        resolved_transactions=row.resolved_transactions,
+        votes_sent=row.votes_sent,
+        votes_confirmed=row.votes_confirmed,
+        error=row.error,
+    )
+
+
+async def start_round(sessions: SessionFactory, kind: RoundKind | str) -> RoundRecord:
+    async with sessions.begin() as session:
+        row = Round(
+            kind=str(kind),
+            state=RoundState.RUNNING,
+            started_at=utcnow(),
+            proposals_scanned=0,
+            new_proposals=0,
+            missing_votes=0,
+            resolved_transactions=0,
+            votes_sent=0,
+            votes_confirmed=0,
+        )
+        session.add(row)
+        await session.flush()
+        return _record(row)
+
+
+async def record_reconcile(sessions: SessionFactory, round_id: int, counts: ReconcileCounts) -> None:
+    """What the reconcile pass of a running round found (progress before the drain)."""
+    async with sessions.begin() as session:
+        await session.execute(
+            update(Round)
+            .where(Round.id == round_id, Round.state == RoundState.RUNNING)
+            .values(
+                proposals_scanned=counts.proposals_scanned,
+                new_proposals=counts.new_proposals,
+                missing_votes=counts.missing_votes,
+                resolved_transactions=counts.resolved_transactions,
+            )
+        )
+
+
+async def finish_round(
+    sessions: SessionFactory, round_id: int, *, state: RoundState, error: str | None = None
+) -> RoundRecord | None:
+    """Close a running round; votes sent/confirmed are counted from the vote rows touched meanwhile."""
+    async with sessions.begin() as session:
+        row = await session.get(Round, round_id)
+        if row is None:
+            return None
+        if row.state == RoundState.RUNNING:
+            now = utcnow()
+            row.votes_sent = await _count_between(session, Vote.sent_at, row.started_at, now)
+            row.votes_confirmed = await _count_between(session, Vote.confirmed_at, row.started_at, now)
+            row.state = state
+            row.finished_at = now
+            row.error = error[:2000] if error else None
+            await session.flush()
+        return _record(row)
+
+
+async def _count_between(
+    session: AsyncSession,
+    column: InstrumentedAttribute[dt.datetime | None],
+    start: dt.datetime,
+    end: dt.datetime,
+) -> int:
+    stmt = select(func.count()).select_from(Vote).where(column >= start, column <= end)
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def get_round(sessions: SessionFactory, round_id: int) -> RoundRecord | None:
+    async with sessions() as session:
+        row = await session.get(Round, round_id)
+        return None if row is None else _record(row)
+
+
+async def last_round(sessions: SessionFactory) -> RoundRecord | None:
+    async with sessions() as session:
+        row = (await session.execute(select(Round).order_by(Round.id.desc()).limit(1))).scalar_one_or_none()
+        return None if row is None else _record(row)
+
+
+async def fail_interrupted_rounds(sessions: SessionFactory) -> int:
+    """Rounds left `running` by a stopped process can never finish: close them at start-up."""
+    async with sessions.begin() as session:
+        result = await session.execute(
+            update(Round)
+            .where(Round.state == RoundState.RUNNING)
+            .values(state=RoundState.FAILED, finished_at=utcnow(), error="interrupted: the service stopped")
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,94 @@
+"""Helpers for the service tests: settings pointing at a devnet, a migrated SQLite file, node records."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from web3 import Web3
+
+from chain.accounts import node_accounts
+from dloop.anvil import AnvilProcess
+from dloop.devnet import DevnetInfo, asset_dao
+from dloop.settings import Settings, load_settings
+from storage.engine import SessionFactory, create_engine, session_factory
+from storage.migrations import upgrade
+from storage.proposals import NodeRecord, sync_nodes
+
+
+def devnet_environ(ws_url: str, devnet: DevnetInfo, db_path: Path, **extra: str) -> dict[str, str]:
+    """The environment a user would set for this devnet (what `dloop devnet` writes to .env.devnet)."""
+    env = {
+        "DLOOP_RPC_WS_URL": ws_url,
+        "DLOOP_CONTRACT_ADDRESS": devnet.contract_address,
+        "DLOOP_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
+        "DLOOP_START_BLOCK": str(devnet.deployment_block),
+        "DLOOP_HTTP_PORT": "0",
+    }
+    for number, key in enumerate(devnet.node_keys, start=1):
+        env[f"AI_NODE_{number}_PRIVATE_KEY"] = key
+    env.update(extra)
+    return env
+
+
+def devnet_settings(ws_url: str, devnet: DevnetInfo, db_path: Path, **overrides: Any) -> Settings:
+    settings = load_settings(devnet_environ(ws_url, devnet, db_path))
+    return dataclasses.replace(settings, **overrides) if overrides else settings
+
+
+@dataclass
+class Database:
+    sessions: SessionFactory
+    nodes: list[NodeRecord]
+
+
+@asynccontextmanager
+async def migrated_database(settings: Settings) -> AsyncIterator[Database]:
+    await upgrade(settings.database_url)
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    try:
+        nodes = await sync_nodes(
+            sessions, [(a.name, a.address, a.strategy) for a in node_accounts(settings.nodes)]
+        )
+        yield Database(sessions, nodes)
+    finally:
+        await engine.dispose()
+
+
+def create_proposals(
+    anvil: AnvilProcess, devnet: DevnetInfo, count: int, *, first_index: int = 0
+) -> list[int]:
+    from dloop.devnet import create_proposals as create
+
+    w3 = Web3(Web3.HTTPProvider(anvil.http_url))
+    return create(
+        w3,
+        devnet.contract_address,
+        devnet.proposer_key,
+        devnet.token_addresses,
+        count,
+        first_index=first_index,
+    )
+
+
+def cast_vote(
+    anvil: AnvilProcess, devnet: DevnetInfo, node_index: int, proposal_id: int, support: bool
+) -> None:
+    """A node votes outside the service (e.g. the old bot with the same key)."""
+    w3 = Web3(Web3.HTTPProvider(anvil.http_url))
+    account = w3.eth.account.from_key(devnet.node_keys[node_index])
+    dao = asset_dao(w3, devnet.contract_address)
+    tx = dao.functions.vote(proposal_id, support).build_transaction(
+        {"from": account.address, "nonce": w3.eth.get_transaction_count(account.address)}
+    )
+    receipt = w3.eth.wait_for_transaction_receipt(
+        w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction),
+        timeout=10,
+        poll_latency=0.01,
+    )
+    assert receipt["status"] == 1

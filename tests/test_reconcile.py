@@ -1,0 +1,252 @@
+"""The reconcile pass against a real anvil and a real SQLite file; its planning without a chain."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from sqlalchemy import select
+from web3 import Web3
+
+from dloop.anvil import AnvilProcess
+from dloop.devnet import DevnetInfo, deploy_devnet
+from dloop.settings import Settings
+from dloop.wakeup import WorkSignal
+from listener.reconcile import (
+    KnownProposal,
+    Receipt,
+    Reconciler,
+    VoteRow,
+    ids_to_read,
+    mined_receipt,
+    plan_vote_fixes,
+)
+from storage.models import Proposal, Round, Vote, VoteState, VoteTransaction, utcnow
+from storage.rounds import RoundKind, get_round
+from tests.support.rpc_proxy import rpc_proxy
+from tests.support.service import Database, cast_vote, create_proposals, devnet_settings, migrated_database
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# -- pure planning ------------------------------------------------------------------------------------------
+
+
+def test_ids_to_read_starts_at_one_includes_the_newest_and_has_no_cap() -> None:
+    assert ids_to_read(0, {}, 100) == []
+    assert ids_to_read(120, {}, 100) == list(range(1, 121))
+
+
+def test_ids_to_read_skips_only_what_can_no_longer_change() -> None:
+    known = {
+        1: KnownProposal(1, status=1, voting_ends=50, has_open_votes=False),  # ended, nothing open: skip
+        2: KnownProposal(2, status=1, voting_ends=50, has_open_votes=True),  # ended, a vote still queued
+        3: KnownProposal(3, status=1, voting_ends=500, has_open_votes=False),  # open: tally may move
+        4: KnownProposal(4, status=5, voting_ends=500, has_open_votes=False),  # canceled: final
+    }
+    assert ids_to_read(5, known, chain_time=100) == [2, 3, 5]
+
+
+def test_plan_vote_fixes_never_moves_a_row_towards_sending() -> None:
+    rows = [
+        VoteRow(1, proposal_id=7, node_id=1, state="queued", tx_hash=None),
+        VoteRow(2, proposal_id=7, node_id=2, state="sent", tx_hash="0xaa"),
+        VoteRow(3, proposal_id=8, node_id=1, state="queued", tx_hash=None),
+        VoteRow(4, proposal_id=8, node_id=2, state="pending", tx_hash=None),
+        VoteRow(5, proposal_id=8, node_id=3, state="confirmed", tx_hash="0xbb"),
+        VoteRow(6, proposal_id=9, node_id=1, state="queued", tx_hash=None),  # not read this pass
+    ]
+    fixes = plan_vote_fixes(rows, open_ids={8}, read_ids={7, 8}, has_voted={(8, 1): True, (8, 3): True})
+    assert [(f.vote_id, f.to_state) for f in fixes] == [
+        (1, VoteState.CLOSED),
+        (3, VoteState.ALREADY_VOTED),
+        (4, VoteState.QUEUED),
+    ]
+
+
+def test_mined_receipt_needs_success_and_depth() -> None:
+    ok = Receipt("0x1", status=1, block_number=10, gas_used=50_000)
+    reverted = Receipt("0x2", status=0, block_number=10, gas_used=50_000)
+    assert mined_receipt([None, reverted, ok], head=10, confirmations=0) == ok
+    assert mined_receipt([ok], head=10, confirmations=2) is None
+    assert mined_receipt([reverted, None], head=20, confirmations=0) is None
+
+
+# -- against anvil ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chain() -> Iterator[tuple[AnvilProcess, DevnetInfo]]:
+    with AnvilProcess(port=0) as node:
+        yield node, deploy_devnet(node.http_url, proposals=0)
+
+
+@pytest.fixture
+def node(chain: tuple[AnvilProcess, DevnetInfo]) -> Iterator[AnvilProcess]:
+    anvil, _ = chain
+    snapshot = anvil.rpc("evm_snapshot")
+    yield anvil
+    assert anvil.rpc("evm_revert", [snapshot]) is True
+
+
+@pytest.fixture
+def devnet(chain: tuple[AnvilProcess, DevnetInfo]) -> DevnetInfo:
+    return chain[1]
+
+
+@pytest.fixture
+def settings(node: AnvilProcess, devnet: DevnetInfo, tmp_path: Path) -> Settings:
+    return devnet_settings(node.ws_url, devnet, tmp_path / "reconcile.db", rpc_batch_size=10)
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    async with migrated_database(settings) as database:
+        yield database
+
+
+def reconciler(settings: Settings, db: Database, **options: float) -> Reconciler:
+    return Reconciler(settings, db.sessions, db.nodes, WorkSignal(), 31337, backoff_max=0.2, **options)  # type: ignore[arg-type]
+
+
+async def vote_states(db: Database) -> dict[tuple[int, int], str]:
+    async with db.sessions() as session:
+        rows = await session.execute(
+            select(Proposal.proposal_id, Vote.node_id, Vote.state).join(
+                Proposal, Vote.proposal_ref == Proposal.id
+            )
+        )
+        return {(pid, node_id): state for pid, node_id, state in rows}
+
+
+async def test_a_pass_finds_every_proposal_and_a_second_pass_changes_nothing(
+    node: AnvilProcess, devnet: DevnetInfo, settings: Settings, db: Database
+) -> None:
+    created = create_proposals(node, devnet, 23)
+    assert created == list(range(1, 24))
+    signal = WorkSignal()
+    rec = Reconciler(settings, db.sessions, db.nodes, signal, 31337)
+    first = await rec.reconcile()
+    assert (first.proposal_count, first.proposals_scanned, first.new_proposals) == (23, 23, 23)
+    assert first.missing_votes == 23 * 5 and first.read_errors == ()
+    states = await vote_states(db)
+    assert len(states) == 23 * 5 and set(states.values()) == {VoteState.QUEUED}
+    second = await rec.reconcile()
+    assert (second.new_proposals, second.missing_votes, second.proposals_scanned) == (0, 0, 23)
+    assert await vote_states(db) == states
+
+
+async def test_votes_cast_elsewhere_are_marked_and_ended_proposals_closed(
+    node: AnvilProcess, devnet: DevnetInfo, settings: Settings, db: Database
+) -> None:
+    create_proposals(node, devnet, 3)
+    cast_vote(node, devnet, node_index=0, proposal_id=2, support=True)
+    rec = reconciler(settings, db)
+    result = await rec.reconcile()
+    assert result.already_voted == 1
+    states = await vote_states(db)
+    first_node = db.nodes[0].id
+    assert states[(2, first_node)] == VoteState.ALREADY_VOTED
+    assert sum(1 for s in states.values() if s == VoteState.QUEUED) == 14
+
+    node.rpc("evm_increaseTime", [devnet.voting_period + 60])
+    node.rpc("evm_mine")
+    closed = await rec.reconcile()
+    assert closed.closed_votes == 14 and closed.proposals_scanned == 3
+    assert set((await vote_states(db)).values()) == {VoteState.CLOSED, VoteState.ALREADY_VOTED}
+    # Nothing open any more: a third pass has nothing to read.
+    assert (await rec.reconcile()).proposals_scanned == 0
+
+
+async def test_a_sent_vote_whose_transaction_was_mined_is_confirmed(
+    node: AnvilProcess, devnet: DevnetInfo, settings: Settings, db: Database
+) -> None:
+    create_proposals(node, devnet, 1)
+    rec = reconciler(settings, db)
+    await rec.reconcile()
+    # The voter signed, recorded and broadcast a vote, then stopped before seeing it mined.
+    w3 = Web3(Web3.HTTPProvider(node.http_url))
+    before = w3.eth.block_number
+    cast_vote(node, devnet, node_index=1, proposal_id=1, support=False)
+    tx_hash = "0x" + bytes(w3.eth.get_block(before + 1)["transactions"][0]).hex()
+    async with db.sessions.begin() as session:
+        vote = (await session.execute(select(Vote).where(Vote.node_id == db.nodes[1].id))).scalar_one()
+        vote.state, vote.tx_hash, vote.nonce, vote.sent_at = VoteState.SENT, tx_hash, 0, utcnow()
+        session.add(
+            VoteTransaction(
+                vote_id=vote.id,
+                tx_hash=tx_hash,
+                nonce=0,
+                max_fee_per_gas="1",
+                max_priority_fee_per_gas="1",
+                gas_limit=100_000,
+                raw_transaction="0x",
+            )
+        )
+    result = await rec.reconcile()
+    assert result.resolved_transactions == 1
+    async with db.sessions() as session:
+        vote = (await session.execute(select(Vote).where(Vote.node_id == db.nodes[1].id))).scalar_one()
+        assert vote.state == VoteState.CONFIRMED and vote.confirmed_block == before + 1
+        tx = (await session.execute(select(VoteTransaction))).scalar_one()
+        assert tx.outcome == "mined"
+
+
+async def test_reconcile_completes_through_a_provider_that_caps_batches(
+    node: AnvilProcess, devnet: DevnetInfo, settings: Settings, db: Database
+) -> None:
+    import dataclasses
+
+    create_proposals(node, devnet, 12)
+    async with rpc_proxy(node.ws_url, max_batch=3) as proxy:
+        capped = dataclasses.replace(settings, rpc_ws_url=proxy.url)
+        result = await reconciler(capped, db).reconcile()
+    assert (result.proposals_scanned, result.new_proposals, result.read_errors) == (12, 12, ())
+    assert proxy.stats.batches_refused >= 1 and proxy.stats.batches_forwarded == 0
+
+
+async def test_rate_limited_reads_back_off_and_complete(
+    node: AnvilProcess, devnet: DevnetInfo, settings: Settings, db: Database
+) -> None:
+    import dataclasses
+
+    create_proposals(node, devnet, 6)
+    async with rpc_proxy(node.ws_url, max_batch=0, rate_limit_first=8) as proxy:
+        limited = dataclasses.replace(settings, rpc_ws_url=proxy.url)
+        rec = reconciler(limited, db)
+        result = await rec.reconcile()
+    assert (result.proposals_scanned, result.new_proposals, result.read_errors) == (6, 6, ())
+    assert proxy.stats.rate_limited == 8 and rec.status.rpc_errors["RateLimited"] >= 1
+
+
+async def test_twenty_concurrent_triggers_start_one_round(
+    node: AnvilProcess, devnet: DevnetInfo, settings: Settings, db: Database
+) -> None:
+    create_proposals(node, devnet, 2)
+    rec = reconciler(settings, db)
+    tickets = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(rec.run)  # the start-up round begins at once
+
+        async def trigger() -> None:
+            tickets.append(await rec.trigger(RoundKind.MANUAL))
+
+        async with anyio.create_task_group() as triggers:
+            for _ in range(20):
+                triggers.start_soon(trigger)
+        await rec.wait_for_round(tickets[0].round_id)
+        tg.cancel_scope.cancel()
+    assert len({t.round_id for t in tickets}) == 1 and all(t.joined for t in tickets)
+    async with db.sessions() as session:
+        rounds = (await session.execute(select(Round))).scalars().all()
+    assert len(rounds) == 1 and rounds[0].kind == "startup"
+    record = await get_round(db.sessions, rounds[0].id)
+    assert record is not None and record.state == "done" and record.new_proposals == 2
+    assert record.missing_votes == 10 and record.proposals_scanned == 2

@@ -1,0 +1,56 @@
+"""The Litestar application: routes, JSON errors, OpenAPI at /schema, context injected at construction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+
+from dloop.errors import DloopError
+from dloop.logs import log_event
+from web.errors import handle_http_exception, handle_service_error, handle_unexpected
+from web.ports import WebContext
+from web.routes import ROUTES
+
+logger = logging.getLogger(__name__)
+
+
+def _context(state: State) -> WebContext:
+    context: WebContext = state.context
+    return context
+
+
+def create_app(context: WebContext) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        log_event(logger, "http_app_started", nodes=len(context.nodes), contract=context.scope.contract)
+        try:
+            yield
+        finally:
+            log_event(logger, "http_app_stopped")
+
+    return Litestar(
+        route_handlers=ROUTES,
+        state=State({"context": context}),
+        dependencies={"context": Provide(_context, sync_to_thread=False)},
+        exception_handlers={
+            HTTPException: handle_http_exception,
+            DloopError: handle_service_error,
+            Exception: handle_unexpected,
+        },
+        openapi_config=OpenAPIConfig(
+            title="dloop governance voting service",
+            version="1.0.0",
+            description="Status of the five governance nodes, their votes, and a manual voting trigger.",
+            path="/schema",
+        ),
+        lifespan=[lifespan],
+        logging_config=None,
+        debug=False,
+    )

@@ -1,0 +1,104 @@
+"""Prometheus text exposition (format 0.0.4), written by hand: a few gauges, counters and histograms."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS: tuple[float, ...] = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    vote_counts: Mapping[tuple[str, str], int]  # (node, state) -> rows
+    queue_by_state: Mapping[str, int]
+    head_block: int | None
+    head_lag_seconds: float | None
+    reconnects: int
+    sent_latencies: Sequence[float]
+    mined_latencies: Sequence[float]
+    rpc_errors: Mapping[str, int]
+    proposals_known: int
+    proposals_active: int
+    listener_up: bool
+    voter_up: bool
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
+
+
+def _number(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    return repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+
+    def sample(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
+        self.lines.append(f"{name}{_labels(labels or {})} {_number(value)}")
+
+    def histogram(self, name: str, help_text: str, values: Iterable[float], buckets: Sequence[float]) -> None:
+        self.family(name, "histogram", help_text)
+        observed = sorted(values)
+        for bound in buckets:
+            self.sample(
+                f"{name}_bucket", sum(1 for v in observed if v <= bound), {"le": _number(float(bound))}
+            )
+        self.sample(f"{name}_bucket", len(observed), {"le": "+Inf"})
+        self.sample(f"{name}_sum", round(sum(observed), 6))
+        self.sample(f"{name}_count", len(observed))
+
+
+def render(snapshot: MetricsSnapshot) -> str:
+    out = _Writer()
+    out.family("dloop_votes", "gauge", "Vote rows by node and state.")
+    for (node, state), count in sorted(snapshot.vote_counts.items()):
+        out.sample("dloop_votes", count, {"node": node, "state": state})
+    out.family("dloop_queue_depth", "gauge", "Votes waiting to be sent or mined, by state.")
+    for state, count in sorted(snapshot.queue_by_state.items()):
+        out.sample("dloop_queue_depth", count, {"state": state})
+    out.family("dloop_proposals", "gauge", "Known proposals, and those open for voting.")
+    out.sample("dloop_proposals", snapshot.proposals_known, {"scope": "known"})
+    out.sample("dloop_proposals", snapshot.proposals_active, {"scope": "active"})
+    out.family("dloop_head_block", "gauge", "Latest block head received by the listener.")
+    if snapshot.head_block is not None:
+        out.sample("dloop_head_block", snapshot.head_block)
+    out.family("dloop_head_lag_seconds", "gauge", "Seconds since the latest block head arrived.")
+    if snapshot.head_lag_seconds is not None:
+        out.sample("dloop_head_lag_seconds", round(snapshot.head_lag_seconds, 3))
+    out.family("dloop_listener_reconnects_total", "counter", "WebSocket reconnections of the listener.")
+    out.sample("dloop_listener_reconnects_total", snapshot.reconnects)
+    out.family("dloop_component_up", "gauge", "Whether a component of the service is running.")
+    out.sample("dloop_component_up", int(snapshot.listener_up), {"component": "listener"})
+    out.sample("dloop_component_up", int(snapshot.voter_up), {"component": "voter"})
+    out.histogram(
+        "dloop_vote_sent_seconds",
+        "Seconds from the proposal event being recorded to the vote transaction being sent.",
+        snapshot.sent_latencies,
+        LATENCY_BUCKETS,
+    )
+    out.histogram(
+        "dloop_vote_mined_seconds",
+        "Seconds from the proposal event being recorded to the vote transaction being mined.",
+        snapshot.mined_latencies,
+        LATENCY_BUCKETS,
+    )
+    out.family("dloop_rpc_errors_total", "counter", "Chain RPC errors by kind.")
+    for kind, count in sorted(snapshot.rpc_errors.items()):
+        out.sample("dloop_rpc_errors_total", count, {"kind": kind})
+    return "\n".join(out.lines) + "\n"

@@ -1,0 +1,79 @@
+"""What the HTTP layer needs from the rest of the service, as small values and callables.
+
+The web package never imports the listener or the voter: `dloop.service` adapts their status objects into
+these views and hands a `WebContext` to `create_app`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from storage.engine import SessionFactory
+from storage.proposals import NodeRecord
+from storage.queries import ContractScope
+
+
+@dataclass(frozen=True)
+class ListenerView:
+    running: bool
+    connected: bool
+    subscribed: bool
+    head_block: int | None = None
+    head_received_at: dt.datetime | None = None  # wall clock when the latest head arrived
+    head_timestamp: int | None = None  # chain time of that head
+    reconnects: int = 0
+    last_error: str | None = None
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VoterView:
+    running: bool
+    in_flight: int = 0
+    last_error: str | None = None
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeChainState:
+    """Live chain facts of one node account; `error` set when they could not be read."""
+
+    address: str
+    eth_balance_wei: int | None = None
+    dloop_balance_wei: int | None = None
+    next_nonce: int | None = None
+    required_wei: int = 0  # what one vote may cost at current fees: below this the node is unfunded
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    round_id: int
+    joined: bool
+    started_at: dt.datetime
+
+
+class RoundControl(Protocol):
+    async def trigger(self) -> TriggerResult: ...
+
+    def phase(self, round_id: int) -> str | None:
+        """The live phase (reconciling / draining) of a round that is running in this process."""
+        ...
+
+
+@dataclass(frozen=True)
+class WebContext:
+    sessions: SessionFactory
+    scope: ContractScope
+    nodes: Sequence[NodeRecord]
+    rounds: RoundControl
+    listener: Callable[[], ListenerView]
+    voter: Callable[[], VoterView]
+    node_chain: Callable[[], Awaitable[Sequence[NodeChainState]]]
+    rpc_errors: Callable[[], Mapping[str, int]]
+    api_token: str | None = None
+    head_timeout: float = 30.0
+    started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))

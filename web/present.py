@@ -1,0 +1,283 @@
+"""Pure conversions from query results and status views to response bodies. No I/O."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
+
+import msgspec
+
+from chain.types import format_units
+from storage.models import OPEN_VOTE_STATES, VoteState
+from storage.queries import NodeVoteStats, ProposalView, VoteView
+from storage.rounds import RoundRecord
+from web.ports import ListenerView, NodeChainState, VoterView
+from web.schemas import (
+    ActiveProposal,
+    ActiveProposalsResponse,
+    HealthCheck,
+    ListenerOut,
+    NodeOut,
+    NodeVoteBrief,
+    ProposalOut,
+    QueueOut,
+    RoundOut,
+    TransactionOut,
+    VoteOut,
+    VoterOut,
+)
+
+NODE_ACTIVE, NODE_UNFUNDED, NODE_ERROR = "active", "unfunded", "error"
+
+
+def units(wei: int | None, decimals: int = 18) -> str | None:
+    return None if wei is None else format_units(Decimal(wei).scaleb(-decimals))
+
+
+def end_time(view: ProposalView) -> int:
+    return int(view.voting_ends_at.timestamp())
+
+
+def vote_brief(vote: VoteView) -> NodeVoteBrief:
+    return NodeVoteBrief(
+        vote.node_name, vote.state, vote.decision, vote.confidence, vote.reason, vote.tx_hash
+    )
+
+
+def active_proposal(view: ProposalView) -> ActiveProposal:
+    return ActiveProposal(
+        id=view.proposal_id,
+        proposer=view.proposer,
+        description=view.description,
+        proposal_type=view.proposal_type,
+        proposal_type_name=view.proposal_type_name,
+        asset_address=view.asset_address,
+        asset_symbol=view.asset_symbol,
+        amount=view.amount,
+        amount_units=view.amount_units,
+        votes_for=view.yes_votes,
+        votes_against=view.no_votes,
+        end_time=end_time(view),
+        end_time_utc=view.voting_ends_at,
+        state=view.status,
+        status=view.status_name,
+        executed=view.executed,
+        votes=[vote_brief(v) for v in view.votes],
+    )
+
+
+def vote_out(vote: VoteView) -> VoteOut:
+    return VoteOut(
+        id=vote.vote_id,
+        proposal_id=vote.proposal_id,
+        node=vote.node_name,
+        node_address=vote.node_address,
+        state=vote.state,
+        decision=vote.decision,
+        confidence=vote.confidence,
+        reason=vote.reason,
+        tx_hash=vote.tx_hash,
+        nonce=vote.nonce,
+        attempts=vote.attempts,
+        last_error=vote.last_error,
+        queued_at=vote.queued_at,
+        decided_at=vote.decided_at,
+        sent_at=vote.sent_at,
+        confirmed_at=vote.confirmed_at,
+        confirmed_block=vote.confirmed_block,
+        gas_used=vote.gas_used,
+        transactions=[
+            TransactionOut(
+                t.tx_hash,
+                t.nonce,
+                t.max_fee_per_gas,
+                t.max_priority_fee_per_gas,
+                t.gas_limit,
+                t.created_at,
+                t.outcome,
+            )
+            for t in vote.transactions
+        ],
+    )
+
+
+def proposal_out(view: ProposalView) -> ProposalOut:
+    return ProposalOut(
+        id=view.proposal_id,
+        proposer=view.proposer,
+        description=view.description,
+        proposal_type=view.proposal_type,
+        proposal_type_name=view.proposal_type_name,
+        asset_address=view.asset_address,
+        asset_symbol=view.asset_symbol,
+        asset_decimals=view.asset_decimals,
+        amount=view.amount,
+        amount_units=view.amount_units,
+        votes_for=view.yes_votes,
+        votes_against=view.no_votes,
+        created_at=view.created_at,
+        end_time=end_time(view),
+        end_time_utc=view.voting_ends_at,
+        state=view.status,
+        status=view.status_name,
+        executed=view.executed,
+        first_seen_at=view.first_seen_at,
+        source=view.source,
+        block_number=view.block_number,
+        tx_hash=view.tx_hash,
+        read_error=view.read_error,
+        votes=[vote_out(v) for v in view.votes],
+    )
+
+
+def round_out(record: RoundRecord, phase: str | None) -> RoundOut:
+    return RoundOut(
+        id=record.id,
+        kind=record.kind,
+        state=record.state,
+        phase=phase if record.state == "running" else None,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        proposals_scanned=record.proposals_scanned,
+        new_proposals=record.new_proposals,
+        missing_votes=record.missing_votes,
+        resolved_transactions=record.resolved_transactions,
+        votes_sent=record.votes_sent,
+        votes_confirmed=record.votes_confirmed,
+        error=record.error,
+    )
+
+
+def node_status(chain: NodeChainState | None) -> str:
+    if chain is None or chain.error is not None or chain.eth_balance_wei is None:
+        return NODE_ERROR
+    if chain.eth_balance_wei < max(chain.required_wei, 1):
+        return NODE_UNFUNDED
+    return NODE_ACTIVE
+
+
+def node_out(stats: NodeVoteStats, chain: NodeChainState | None) -> NodeOut:
+    error = chain.error if chain is not None else "chain state unavailable"
+    return NodeOut(
+        name=stats.name,
+        address=stats.address,
+        strategy=stats.strategy,
+        status=node_status(chain),
+        eth_balance=units(chain.eth_balance_wei) if chain else None,
+        eth_balance_wei=str(chain.eth_balance_wei) if chain and chain.eth_balance_wei is not None else None,
+        dloop_weight=units(chain.dloop_balance_wei) if chain else None,
+        dloop_weight_wei=str(chain.dloop_balance_wei)
+        if chain and chain.dloop_balance_wei is not None
+        else None,
+        next_nonce=chain.next_nonce if chain else None,
+        votes_cast=stats.cast,
+        votes_pending=stats.pending,
+        votes_failed=stats.failed,
+        votes_by_state=dict(sorted(stats.by_state.items())),
+        last_vote_at=stats.last_vote_at,
+        error=error,
+    )
+
+
+def queue_out(counts: Mapping[tuple[str, str], int]) -> QueueOut:
+    by_state = {str(state): 0 for state in VoteState}
+    for (_node, state), count in counts.items():
+        by_state[state] = by_state.get(state, 0) + count
+    return QueueOut(depth=sum(by_state[str(s)] for s in OPEN_VOTE_STATES), by_state=by_state)
+
+
+def head_age(listener: ListenerView, now: dt.datetime) -> float | None:
+    if listener.head_received_at is None:
+        return None
+    return max(0.0, (now - listener.head_received_at).total_seconds())
+
+
+def chain_now(listener: ListenerView, now: dt.datetime) -> dt.datetime:
+    """The chain's clock: the latest head's timestamp plus the time since it arrived; else the wall clock.
+
+    Proposals are open until the chain's time passes votingEnds, and a devnet's clock may run ahead.
+    """
+    if listener.head_timestamp is None or listener.head_received_at is None:
+        return now
+    head = dt.datetime.fromtimestamp(listener.head_timestamp, dt.UTC)
+    return head + max(dt.timedelta(0), now - listener.head_received_at)
+
+
+def plain(value: object, depth: int = 0) -> object:
+    """Anything a status object holds, as JSON-safe values (unknown objects become their str)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if depth > 4:
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v, depth + 1) for v in value]
+    return str(value)
+
+
+def listener_out(listener: ListenerView, now: dt.datetime) -> ListenerOut:
+    age = head_age(listener, now)
+    return ListenerOut(
+        running=listener.running,
+        connected=listener.connected,
+        subscribed=listener.subscribed,
+        head_block=listener.head_block,
+        head_age_seconds=None if age is None else round(age, 3),
+        reconnects=listener.reconnects,
+        last_error=listener.last_error,
+        details={k: plain(v) for k, v in listener.extra.items()},
+    )
+
+
+def voter_out(voter: VoterView) -> VoterOut:
+    return VoterOut(
+        running=voter.running,
+        in_flight=voter.in_flight,
+        last_error=voter.last_error,
+        details={k: plain(v) for k, v in voter.extra.items()},
+    )
+
+
+def health_checks(
+    *, database_error: str | None, listener: ListenerView, now: dt.datetime, head_timeout: float
+) -> dict[str, HealthCheck]:
+    age = head_age(listener, now)
+    if age is None:
+        head = HealthCheck(False, "no block head received yet")
+    elif age > head_timeout:
+        head = HealthCheck(
+            False, f"latest head {listener.head_block} is {age:.1f} s old (limit {head_timeout:g} s)"
+        )
+    else:
+        head = HealthCheck(True, f"block {listener.head_block}, {age:.1f} s old")
+    return {
+        "database": HealthCheck(database_error is None, database_error or "reachable"),
+        "chain": HealthCheck(
+            listener.connected,
+            "connected" if listener.connected else (listener.last_error or "not connected"),
+        ),
+        "subscription": HealthCheck(
+            listener.subscribed,
+            "subscribed to contract logs and new heads" if listener.subscribed else "not subscribed",
+        ),
+        "head": head,
+    }
+
+
+def encode_active_proposals(body: ActiveProposalsResponse) -> bytes:
+    """Compact JSON with a newline after each proposal object: still one valid JSON document, and
+    line-oriented tools see one proposal per line (`grep -c '"state":1'` counts active proposals,
+    `grep votesFor` prints one line per proposal)."""
+    head = msgspec.json.encode({"success": body.success, "count": body.count, "timestamp": body.timestamp})
+    lines: Iterable[bytes] = (msgspec.json.encode(p) for p in body.proposals)
+    joined = b",\n".join(lines)
+    inner = b'"proposals":[\n' + joined + b"\n]" if body.proposals else b'"proposals":[]'
+    return head[:-1] + b"," + inner + b"}\n"
+
+
+def node_chain_by_address(states: Sequence[NodeChainState]) -> dict[str, NodeChainState]:
+    return {s.address.lower(): s for s in states}

@@ -1,0 +1,273 @@
+"""Thin request handlers: validate input, call a query or a port, present the result."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Sequence
+from typing import Annotated
+
+import anyio
+from litestar import MediaType, Response, get, post
+from litestar.exceptions import NotFoundException, ValidationException
+from litestar.params import Parameter
+
+from dloop.errors import DloopError
+from storage import queries
+from storage.models import VoteState
+from storage.rounds import get_round, last_round
+from web.auth import trigger_guard
+from web.metrics import CONTENT_TYPE, MetricsSnapshot, render
+from web.ports import NodeChainState, WebContext
+from web.present import (
+    active_proposal,
+    chain_now,
+    encode_active_proposals,
+    head_age,
+    health_checks,
+    listener_out,
+    node_chain_by_address,
+    node_out,
+    node_status,
+    proposal_out,
+    queue_out,
+    round_out,
+    vote_out,
+    voter_out,
+)
+from web.schemas import (
+    ActiveProposalsResponse,
+    HealthResponse,
+    NodesResponse,
+    NodeStatusOut,
+    OverviewResponse,
+    ProposalResponse,
+    ProposalsOut,
+    RoundResponse,
+    SystemOut,
+    TriggerResponse,
+    VotesResponse,
+)
+
+MAX_ID = 2**63 - 1  # ids are BIGINT in the database
+NODE_READ_TIMEOUT = 5.0
+
+VoteStateParam = enum.Enum("VoteStateParam", {s.name: s.value for s in VoteState}, type=str)  # type: ignore[misc]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def parse_id(raw: str, what: str) -> int:
+    """A positive whole number; anything else is a malformed request (400), not an unknown id (404)."""
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 19 or not 1 <= int(text) <= MAX_ID:
+        raise ValidationException(
+            detail=f"{what} must be a whole number from 1 to {MAX_ID}, got {raw[:40]!r}"
+        )
+    return int(text)
+
+
+async def read_node_chain(context: WebContext) -> dict[str, NodeChainState]:
+    """Live balances and nonces; a chain that does not answer in time marks every node 'error'."""
+    try:
+        with anyio.fail_after(NODE_READ_TIMEOUT):
+            states: Sequence[NodeChainState] = await context.node_chain()
+    except (TimeoutError, DloopError) as exc:
+        reason = "timed out reading the chain" if isinstance(exc, TimeoutError) else str(exc)
+        states = [NodeChainState(address=n.address, error=reason) for n in context.nodes]
+    return node_chain_by_address(states)
+
+
+@get("/", summary="Service overview", sync_to_thread=False)
+async def overview(context: WebContext) -> OverviewResponse:
+    now = utcnow()
+    listener = context.listener()
+    voter = context.voter()
+    stats = await queries.node_vote_stats(context.sessions, context.scope)
+    chain = await read_node_chain(context)
+    configured = {n.address.lower() for n in context.nodes}
+    statuses = [
+        NodeStatusOut(
+            name=s.name,
+            address=s.address,
+            strategy=s.strategy,
+            status=node_status(chain.get(s.address.lower())),
+            votes_cast=s.cast,
+            votes_pending=s.pending,
+            votes_failed=s.failed,
+            last_vote_at=s.last_vote_at,
+        )
+        for s in stats
+        if s.address.lower() in configured
+    ]
+    counts = await queries.vote_counts(context.sessions, context.scope)
+    proposal_counts = await queries.proposal_counts(
+        context.sessions, context.scope, now=chain_now(listener, now)
+    )
+    latest = await last_round(context.sessions)
+    running = listener.running and voter.running
+    healthy = running and listener.connected and listener.subscribed
+    return OverviewResponse(
+        message="DLoop governance voting service is running"
+        if running
+        else "DLoop governance service is degraded",
+        status="running" if healthy else "degraded",
+        timestamp=now,
+        system=SystemOut(
+            is_running=running,
+            total_nodes=len(context.nodes),
+            active_nodes=sum(1 for s in statuses if s.status == "active"),
+            node_statuses=statuses,
+        ),
+        listener=listener_out(listener, now),
+        voter=voter_out(voter),
+        queue=queue_out(counts),
+        proposals=ProposalsOut(
+            proposal_counts["total"], proposal_counts["active"], proposal_counts["highest_id"]
+        ),
+        last_round=round_out(latest, context.rounds.phase(latest.id)) if latest else None,
+        uptime_seconds=round((now - context.started_at).total_seconds(), 3),
+    )
+
+
+@get("/health", summary="Health of database, chain connection, subscription and head", sync_to_thread=False)
+async def health(context: WebContext) -> Response[HealthResponse]:
+    now = utcnow()
+    try:
+        await queries.check_database(context.sessions)
+        database_error = None
+    except DloopError as exc:
+        database_error = str(exc)
+    checks = health_checks(
+        database_error=database_error, listener=context.listener(), now=now, head_timeout=context.head_timeout
+    )
+    healthy = all(check.ok for check in checks.values())
+    body = HealthResponse("healthy" if healthy else "unhealthy", healthy, now, checks)
+    return Response(body, status_code=200 if healthy else 503, media_type=MediaType.JSON)
+
+
+@get("/nodes", summary="Each node's account, funding, weight and votes", sync_to_thread=False)
+async def nodes(context: WebContext) -> NodesResponse:
+    stats = await queries.node_vote_stats(context.sessions, context.scope)
+    chain = await read_node_chain(context)
+    configured = {n.address.lower() for n in context.nodes}
+    items = [node_out(s, chain.get(s.address.lower())) for s in stats if s.address.lower() in configured]
+    return NodesResponse(success=True, nodes=items, count=len(items), timestamp=utcnow())
+
+
+@get(
+    "/active-proposals",
+    summary="Proposals open for voting, one per line",
+    description="Compact JSON, a newline after each proposal object: `grep -c '\"state\":1'` counts them.",
+    sync_to_thread=False,
+)
+async def active_proposals(context: WebContext) -> Response[ActiveProposalsResponse]:
+    now = utcnow()
+    views = await queries.active_proposals(
+        context.sessions, context.scope, now=chain_now(context.listener(), now)
+    )
+    items = [active_proposal(v) for v in views]
+    body = ActiveProposalsResponse(success=True, count=len(items), timestamp=now, proposals=items)
+    # Pre-encoded bytes pass through unchanged; the annotation documents the shape in the OpenAPI schema.
+    return Response(content=encode_active_proposals(body), media_type=MediaType.JSON)  # type: ignore[arg-type]
+
+
+@get("/proposals/{proposal_id:str}", summary="One proposal with every node's decision", sync_to_thread=False)
+async def proposal(context: WebContext, proposal_id: str) -> ProposalResponse:
+    number = parse_id(proposal_id, "proposal id")
+    view = await queries.proposal_detail(context.sessions, context.scope, number)
+    if view is None:
+        raise NotFoundException(detail=f"proposal {number} is not known (yet) to this service")
+    return ProposalResponse(success=True, proposal=proposal_out(view), timestamp=utcnow())
+
+
+@get("/votes", summary="Vote history, filtered and paginated (newest proposals first)", sync_to_thread=False)
+async def votes(
+    context: WebContext,
+    node: Annotated[str | None, Parameter(description="node name, e.g. ai-gov-01", max_length=64)] = None,
+    proposal: Annotated[int | None, Parameter(description="proposal id", ge=1, le=MAX_ID)] = None,
+    state: Annotated[VoteStateParam | None, Parameter(description="vote state")] = None,
+    limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+    offset: Annotated[int, Parameter(ge=0, le=10_000_000)] = 0,
+) -> VotesResponse:
+    if node is not None and node not in {n.name for n in context.nodes}:
+        known = ", ".join(sorted(n.name for n in context.nodes))
+        raise ValidationException(detail=f"node: unknown node {node[:64]!r} (known: {known})")
+    page = await queries.list_votes(
+        context.sessions,
+        context.scope,
+        node=node,
+        proposal_id=proposal,
+        state=state.value if state is not None else None,
+        limit=limit,
+        offset=offset,
+    )
+    return VotesResponse(
+        success=True,
+        votes=[vote_out(v) for v in page.items],
+        total=page.total,
+        limit=page.limit,
+        offset=page.offset,
+        timestamp=utcnow(),
+    )
+
+
+@post(
+    "/trigger-voting",
+    status_code=202,
+    guards=[trigger_guard],
+    summary="Start a voting round (reconcile, then drain) or join the running one; answers at once",
+    sync_to_thread=False,
+)
+async def trigger_voting(context: WebContext) -> TriggerResponse:
+    ticket = await context.rounds.trigger()
+    return TriggerResponse(
+        success=True,
+        message="Voting round triggered successfully",
+        round_id=ticket.round_id,
+        joined=ticket.joined,
+        timestamp=utcnow(),
+    )
+
+
+@get("/rounds/{round_id:str}", summary="Progress and result of a voting round", sync_to_thread=False)
+async def round_detail(context: WebContext, round_id: str) -> RoundResponse:
+    number = parse_id(round_id, "round id")
+    record = await get_round(context.sessions, number)
+    if record is None:
+        raise NotFoundException(detail=f"round {number} does not exist")
+    return RoundResponse(
+        success=True, round=round_out(record, context.rounds.phase(number)), timestamp=utcnow()
+    )
+
+
+@get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE, sync_to_thread=False)
+async def metrics(context: WebContext) -> Response[str]:
+    now = utcnow()
+    listener = context.listener()
+    counts = await queries.vote_counts(context.sessions, context.scope)
+    latencies = await queries.vote_latencies(context.sessions, context.scope)
+    proposal_counts = await queries.proposal_counts(
+        context.sessions, context.scope, now=chain_now(listener, now)
+    )
+    queue = queue_out(counts)
+    snapshot = MetricsSnapshot(
+        vote_counts=counts,
+        queue_by_state={s: queue.by_state.get(s, 0) for s in ("pending", "queued", "sent")},
+        head_block=listener.head_block,
+        head_lag_seconds=head_age(listener, now),
+        reconnects=listener.reconnects,
+        sent_latencies=[v.to_sent for v in latencies if v.to_sent is not None],
+        mined_latencies=[v.to_mined for v in latencies if v.to_mined is not None],
+        rpc_errors=context.rpc_errors(),
+        proposals_known=proposal_counts["total"],
+        proposals_active=proposal_counts["active"],
+        listener_up=listener.running,
+        voter_up=context.voter().running,
+    )
+    return Response(render(snapshot), media_type=CONTENT_TYPE)
+
+
+ROUTES = [overview, health, nodes, active_proposals, proposal, votes, trigger_voting, round_detail, metrics]

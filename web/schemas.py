@@ -1,0 +1,261 @@
+"""Response bodies of the HTTP API: msgspec Structs, camelCase on the wire; they also feed the OpenAPI schema.
+
+uint256 values (amounts, tallies, balances in wei) are decimal strings: they do not fit a JSON number that
+JavaScript reads exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+
+
+class Api(msgspec.Struct, rename="camel", omit_defaults=False):
+    """Base of every response object."""
+
+
+class ErrorResponse(Api):
+    error: str
+    reason: str
+    status: int
+    success: bool = False
+
+
+class NodeVoteBrief(Api):
+    node: str
+    state: str
+    decision: str | None
+    confidence: float | None
+    reason: str | None
+    tx_hash: str | None
+
+
+class ActiveProposal(Api):
+    id: int
+    proposer: str
+    description: str
+    proposal_type: int
+    proposal_type_name: str
+    asset_address: str
+    asset_symbol: str | None
+    amount: str
+    amount_units: str | None
+    votes_for: str
+    votes_against: str
+    end_time: int
+    end_time_utc: dt.datetime
+    state: int  # the contract's integer status: 1 = Active
+    status: str
+    executed: bool
+    votes: list[NodeVoteBrief]
+
+
+class ActiveProposalsResponse(Api):
+    """Served with one proposal per line (see web.encoding) so `grep -c '"state":1'` counts proposals."""
+
+    success: bool
+    count: int
+    timestamp: dt.datetime
+    proposals: list[ActiveProposal]
+
+
+class TransactionOut(Api):
+    tx_hash: str
+    nonce: int
+    max_fee_per_gas: str
+    max_priority_fee_per_gas: str
+    gas_limit: int
+    created_at: dt.datetime
+    outcome: str | None
+
+
+class VoteOut(Api):
+    id: int
+    proposal_id: int
+    node: str
+    node_address: str
+    state: str
+    decision: str | None
+    confidence: float | None
+    reason: str | None
+    tx_hash: str | None
+    nonce: int | None
+    attempts: int
+    last_error: str | None
+    queued_at: dt.datetime
+    decided_at: dt.datetime | None
+    sent_at: dt.datetime | None
+    confirmed_at: dt.datetime | None
+    confirmed_block: int | None
+    gas_used: int | None
+    transactions: list[TransactionOut]
+
+
+class ProposalOut(Api):
+    id: int
+    proposer: str
+    description: str
+    proposal_type: int
+    proposal_type_name: str
+    asset_address: str
+    asset_symbol: str | None
+    asset_decimals: int | None
+    amount: str
+    amount_units: str | None
+    votes_for: str
+    votes_against: str
+    created_at: dt.datetime
+    end_time: int
+    end_time_utc: dt.datetime
+    state: int
+    status: str
+    executed: bool
+    first_seen_at: dt.datetime
+    source: str
+    block_number: int | None
+    tx_hash: str | None
+    read_error: str | None
+    votes: list[VoteOut]
+
+
+class ProposalResponse(Api):
+    success: bool
+    proposal: ProposalOut
+    timestamp: dt.datetime
+
+
+class VotesResponse(Api):
+    success: bool
+    votes: list[VoteOut]
+    total: int
+    limit: int
+    offset: int
+    timestamp: dt.datetime
+
+
+class NodeOut(Api):
+    name: str
+    address: str
+    strategy: str
+    status: str  # active / unfunded / error
+    eth_balance: str | None
+    eth_balance_wei: str | None
+    dloop_weight: str | None
+    dloop_weight_wei: str | None
+    next_nonce: int | None
+    votes_cast: int
+    votes_pending: int
+    votes_failed: int
+    votes_by_state: dict[str, int]
+    last_vote_at: dt.datetime | None
+    error: str | None
+
+
+class NodesResponse(Api):
+    success: bool
+    nodes: list[NodeOut]
+    count: int
+    timestamp: dt.datetime
+
+
+class RoundOut(Api):
+    id: int
+    kind: str
+    state: str
+    phase: str | None
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    proposals_scanned: int
+    new_proposals: int
+    missing_votes: int
+    resolved_transactions: int
+    votes_sent: int
+    votes_confirmed: int
+    error: str | None
+
+
+class RoundResponse(Api):
+    success: bool
+    round: RoundOut
+    timestamp: dt.datetime
+
+
+class TriggerResponse(Api):
+    success: bool
+    message: str
+    round_id: int
+    joined: bool
+    timestamp: dt.datetime
+
+
+class HealthCheck(Api):
+    ok: bool
+    detail: str
+
+
+class HealthResponse(Api):
+    status: str  # healthy / unhealthy
+    healthy: bool
+    timestamp: dt.datetime
+    checks: dict[str, HealthCheck]
+
+
+class ListenerOut(Api):
+    running: bool
+    connected: bool
+    subscribed: bool
+    head_block: int | None
+    head_age_seconds: float | None
+    reconnects: int
+    last_error: str | None
+    details: dict[str, object]
+
+
+class VoterOut(Api):
+    running: bool
+    in_flight: int
+    last_error: str | None
+    details: dict[str, object]
+
+
+class QueueOut(Api):
+    depth: int  # votes still to be sent or mined (pending + queued + sent)
+    by_state: dict[str, int]
+
+
+class NodeStatusOut(Api):
+    name: str
+    address: str
+    strategy: str
+    status: str
+    votes_cast: int
+    votes_pending: int
+    votes_failed: int
+    last_vote_at: dt.datetime | None
+
+
+class SystemOut(Api):
+    is_running: bool
+    total_nodes: int
+    active_nodes: int
+    node_statuses: list[NodeStatusOut]
+
+
+class ProposalsOut(Api):
+    known: int
+    active: int
+    highest_id: int
+
+
+class OverviewResponse(Api):
+    message: str
+    status: str  # running / degraded
+    timestamp: dt.datetime
+    system: SystemOut
+    listener: ListenerOut
+    voter: VoterOut
+    queue: QueueOut
+    proposals: ProposalsOut
+    last_round: RoundOut | None
+    uptime_seconds: float

@@ -224,7 +224,7 @@ class ChainClient:
             "eth_getLogs",
             [
                 {
-                    "address": self.contract,
+                    "address": [self.contract],  # a list: web3's ENS middleware fails on a str here
                     "fromBlock": hex(from_block),
                     "toBlock": hex(to_block),
                     "topics": [list(event_topics())],

@@ -1,0 +1,267 @@
+"""Recent block hashes, new heads and reorgs.
+
+A reorg is noticed when a new head contradicts a stored hash (another block at its height, or an unknown
+parent), when a processed log's block is not the stored block at its height, when a `removed: true` log
+arrives, or at start-up when stored hashes differ from the chain. Everything recorded above the fork point is
+then marked removed, the canonical logs of the replaced range are processed again, and confirmed votes
+from the replaced blocks are checked against their receipts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from chain.client import BlockHeader, ChainClient, RawLog, parse_block
+from dloop.errors import ChainError
+from dloop.logs import log_event
+from listener.context import ListenerContext, stored
+from listener.planning import deepest_queueable_block, head_conflicts
+from listener.processor import LogProcessor
+from listener.status import StatusBoard
+from storage import chain_state
+from storage.chain_state import StoredBlock
+
+_FETCH_ATTEMPTS = 3  # a window that does not chain means the chain moved while we read it: read again
+
+
+class BlockTracker:
+    def __init__(
+        self, ctx: ListenerContext, board: StatusBoard, processor: LogProcessor, logger: logging.Logger
+    ) -> None:
+        self.ctx = ctx
+        self.board = board
+        self.processor = processor
+        self.logger = logger
+        self.blocks: dict[int, StoredBlock] = {}
+        self.log_blocks: dict[int, set[str]] = {}  # block hashes of logs processed live, by number
+
+    async def load(self) -> None:
+        self.blocks = {b.number: b for b in await stored(chain_state.load_recent_blocks, self.ctx.sessions)}
+
+    @property
+    def top(self) -> int | None:
+        return max(self.blocks) if self.blocks else None
+
+    # -- live heads and logs ----------------------------------------------------------------------------
+    def remember_logs(self, logs: Iterable[RawLog]) -> None:
+        for raw in logs:
+            self.log_blocks.setdefault(raw.block_number, set()).add(raw.block_hash)
+
+    def stale_logs(self, logs: Iterable[RawLog]) -> list[RawLog]:
+        """Logs from a block that is not the block we stored at that height."""
+        return [
+            raw
+            for raw in logs
+            if raw.block_number in self.blocks and self.blocks[raw.block_number].hash != raw.block_hash
+        ]
+
+    def conflicting_head(self, heads: Sequence[BlockHeader]) -> BlockHeader | None:
+        """The first head (in arrival order) that contradicts stored hashes, earlier heads or live logs."""
+        known = {n: b.hash for n, b in self.blocks.items()}
+        for head in heads:
+            if head_conflicts(known, head.number, head.hash, head.parent_hash):
+                return head
+            if any(h != head.hash for h in self.log_blocks.get(head.number, ())):
+                return head
+            known[head.number] = head.hash
+        return None
+
+    async def record_heads(self, heads: Sequence[BlockHeader]) -> int:
+        """Store non-conflicting heads, advance the cursor, queue proposals now deep enough."""
+        if not heads:
+            return 0
+        newest = max(heads, key=lambda h: h.number)
+        blocks = [StoredBlock(h.number, h.hash, h.parent_hash) for h in heads]
+        queue_up_to = (
+            deepest_queueable_block(newest.number, self.ctx.confirmations)
+            if self.ctx.confirmations > 1
+            else None
+        )
+        # Logs of block h may arrive just after head h: the cursor stays one block behind the head.
+        queued = await stored(
+            chain_state.record_heads,
+            self.ctx.sessions,
+            stream=self.ctx.stream,
+            heads=blocks,
+            keep_blocks=self.ctx.keep_blocks,
+            cursor_block=newest.number - 1,
+            chain_id=self.ctx.chain_id,
+            contract=self.ctx.contract,
+            queue_up_to_block=queue_up_to,
+        )
+        for block in blocks:
+            self.blocks[block.number] = block
+        self._prune(newest.number)
+        self._note_head(newest)
+        self.board.cursor_block = max(self.board.cursor_block or 0, newest.number - 1)
+        if queued:
+            self.board.votes_queued += queued
+            self.ctx.signal.notify()
+            log_event(self.logger, "pending_votes_queued", votes=queued, head=newest.number)
+        return queued
+
+    def _note_head(self, head: BlockHeader) -> None:
+        self.board.last_head_number = head.number
+        self.board.last_head_timestamp = head.timestamp
+        self.board.last_head_time = dt.datetime.now(dt.UTC)
+
+    def _prune(self, newest: int) -> None:
+        floor = newest - self.ctx.keep_blocks
+        for number in [n for n in self.blocks if n <= floor]:
+            del self.blocks[number]
+        for number in [n for n in self.log_blocks if n <= floor]:
+            del self.log_blocks[number]
+
+    # -- checking stored hashes against the chain --------------------------------------------------------
+    async def reconcile(
+        self, client: ChainClient, *, reason: str, removed_from_block: int | None = None
+    ) -> int:
+        """Compare stored block hashes and recorded logs of the recent window with the chain; on any
+        difference (or a removed log at `removed_from_block`), handle the reorg. Then store the canonical
+        window. Returns the vote rows queued."""
+        latest, window = await self._canonical_window(client)
+        mismatches = [n for n, b in self.blocks.items() if n not in window or window[n].hash != b.hash]
+        first = min(window)
+        recorded = await stored(chain_state.log_hashes_between, self.ctx.sessions, first, 2**62)
+        mismatches += [n for n, hashes in recorded.items() if n not in window or hashes != {window[n].hash}]
+        if removed_from_block is not None:
+            mismatches.append(removed_from_block)
+        queued = 0
+        fork = min(mismatches) - 1 if mismatches else None
+        if fork is not None:
+            queued = await self._handle_reorg(client, fork, latest, window, reason)
+        await stored(
+            chain_state.replace_recent_blocks,
+            self.ctx.sessions,
+            above=latest.number if fork is None else fork,
+            blocks=[StoredBlock(h.number, h.hash, h.parent_hash) for h in window.values()],
+            keep_blocks=self.ctx.keep_blocks,
+        )
+        self.blocks = {n: StoredBlock(h.number, h.hash, h.parent_hash) for n, h in window.items()}
+        self.log_blocks = {}
+        self._note_head(latest)
+        return queued
+
+    async def _canonical_window(self, client: ChainClient) -> tuple[BlockHeader, dict[int, BlockHeader]]:
+        """The latest block and the canonical headers of the recent window (plus older stored heights)."""
+        for _attempt in range(_FETCH_ATTEMPTS):
+            latest = await client.block("latest")
+            low = max(0, latest.number - self.ctx.keep_blocks + 1)
+            numbers = sorted(set(range(low, latest.number)) | {n for n in self.blocks if n < low})
+            answers = await client.call_many(
+                [("eth_getBlockByNumber", [hex(n), False]) for n in numbers],
+                batch_size=self.ctx.rpc_batch_size,
+            )
+            window = {latest.number: latest}
+            for number, answer in zip(numbers, answers, strict=True):
+                window[number] = _header(number, answer)
+            if all(window[n].parent_hash == window[n - 1].hash for n in range(low + 1, latest.number + 1)):
+                return latest, window
+        raise ChainError("the chain kept changing while its recent blocks were read")
+
+    async def _handle_reorg(
+        self,
+        client: ChainClient,
+        fork: int,
+        latest: BlockHeader,
+        window: dict[int, BlockHeader],
+        reason: str,
+    ) -> int:
+        ctx = self.ctx
+        self.board.reorgs_seen += 1
+        log_event(
+            self.logger,
+            "reorg_detected",
+            level=logging.WARNING,
+            reason=reason,
+            fork_block=fork,
+            head=latest.number,
+            depth=max(0, (self.top or latest.number) - fork),
+        )
+        orphaned = await stored(
+            chain_state.orphan_after,
+            ctx.sessions,
+            stream=ctx.stream,
+            chain_id=ctx.chain_id,
+            contract=ctx.contract,
+            fork_block=fork,
+        )
+        cursor = self.board.cursor_block
+        self.board.cursor_block = fork if cursor is None else min(cursor, fork)
+        queued = await self.processor.read_range(
+            client, fork + 1, latest.number, source="backfill", head_number=latest.number
+        )
+        queued += await self._recheck_votes(client, fork, window)
+        await self.processor.refresh_tallies(client, orphaned.proposal_ids)
+        log_event(
+            self.logger,
+            "reorg_handled",
+            fork_block=fork,
+            head=latest.number,
+            logs_removed=orphaned.logs_removed,
+            proposals_rechecked=sorted(orphaned.proposal_ids),
+            proposals_parked=sorted(orphaned.parked_proposals),
+        )
+        return queued
+
+    async def _recheck_votes(self, client: ChainClient, fork: int, window: dict[int, BlockHeader]) -> int:
+        """Confirmed votes from replaced blocks: still on chain (maybe in another block), or back to queue."""
+        ctx = self.ctx
+        votes = await stored(
+            chain_state.confirmed_votes_after,
+            ctx.sessions,
+            chain_id=ctx.chain_id,
+            contract=ctx.contract,
+            block=fork,
+        )
+        queued = 0
+        for vote in votes:
+            block = await self._canonical_block_of(client, vote.tx_hash, window)
+            if block is not None:
+                if block != vote.confirmed_block:
+                    await stored(chain_state.move_vote_confirmation, ctx.sessions, vote.vote_id, block)
+                continue
+            reason = f"vote tx {vote.tx_hash} left the chain in a reorg (fork at block {fork})"
+            if await stored(
+                chain_state.requeue_orphaned_vote,
+                ctx.sessions,
+                vote.vote_id,
+                parked=vote.proposal_parked,
+                reason=reason,
+            ):
+                queued += 0 if vote.proposal_parked else 1
+                log_event(
+                    self.logger,
+                    "vote_requeued_after_reorg",
+                    level=logging.WARNING,
+                    proposal=vote.proposal_id,
+                    node_id=vote.node_id,
+                    tx=vote.tx_hash,
+                )
+        if queued:
+            self.board.votes_queued += queued
+            ctx.signal.notify()
+        return queued
+
+    async def _canonical_block_of(
+        self, client: ChainClient, tx_hash: str | None, window: dict[int, BlockHeader]
+    ) -> int | None:
+        if tx_hash is None:
+            return None
+        receipt: Any = await client.request("eth_getTransactionReceipt", [tx_hash])
+        if not isinstance(receipt, dict) or receipt.get("blockHash") is None:
+            return None
+        number = int(str(receipt["blockNumber"]), 16)
+        header = window.get(number) or await client.block(number)
+        return number if header.hash.lower() == str(receipt["blockHash"]).lower() else None
+
+
+def _header(number: int, answer: Any) -> BlockHeader:
+    if isinstance(answer, ChainError):
+        raise answer
+    if not isinstance(answer, dict):
+        raise ChainError(f"block {number} not found")
+    return parse_block(answer)

@@ -1,0 +1,344 @@
+"""The real-time listener: one WebSocket connection at a time, subscribed to the contract's logs and to new
+heads, with a backfill from the cursor on every (re)connect, a head watchdog and reconnects with backoff.
+
+Per connection: subscribe first and buffer what arrives, backfill from the cursor up to the head, check the
+recent blocks for reorgs, then process the buffer and everything after it. The backfill and the buffer
+overlap; `chain_logs` (unique block hash + log index) makes the overlap harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from eth_utils import to_checksum_address
+from web3 import AsyncWeb3
+from web3.types import LogsSubscriptionArg
+
+from chain.client import ChainClient
+from chain.codec import event_topics
+from chain.connection import open_ws, translate_exception
+from dloop.errors import ChainError, ConfigError, DloopError, TransientChainError
+from dloop.logs import log_event
+from dloop.settings import Settings
+from dloop.wakeup import WorkSignal
+from listener.blocks import BlockTracker
+from listener.context import ListenerContext, stored
+from listener.messages import BadMessage, HeadMessage, LogMessage, Message, parse_subscription_message
+from listener.planning import backfill_start, reconnect_delay
+from listener.processor import LogProcessor
+from listener.status import BackfillProgress, ListenerStatus, StatusBoard, terminal_stream
+from storage import chain_state
+from storage.engine import SessionFactory
+from storage.proposals import NodeRecord
+
+logger = logging.getLogger("dloop.listener")
+
+
+class HeadTimeout(TransientChainError):
+    """No new head within DLOOP_HEAD_TIMEOUT: the connection is treated as dead."""
+
+
+class Listener:
+    """Follows the AssetDAO in real time and queues a vote row per node for every new proposal.
+
+    `run` never returns on its own and never exits because a connection was lost; it reconnects with
+    exponential backoff and jitter. `task_status.started()` is called once the first connection is live
+    (subscribed and caught up), so `await tg.start(listener.run)` returns when nothing can be missed.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: SessionFactory,
+        nodes: Sequence[NodeRecord],
+        signal: WorkSignal,
+        chain_id: int,
+        *,
+        reconnect_base_delay: float = 0.5,
+        reconnect_max_delay: float = 30.0,
+        recent_blocks: int = 256,
+        find_deployment_block: bool = True,
+        progress_interval: float = 5.0,
+        progress_bar: bool | None = None,
+        ping_interval: float = 5.0,
+        ping_timeout: float = 10.0,
+        max_batch: int = 2000,
+    ) -> None:
+        self.settings = settings
+        contract = to_checksum_address(settings.contract_address)
+        self.ctx = ListenerContext(
+            sessions=sessions,
+            signal=signal,
+            chain_id=chain_id,
+            contract=contract,
+            stream=chain_state.stream_name(chain_id, contract),
+            node_ids=tuple(n.id for n in nodes),
+            node_by_address={n.address.lower(): n.id for n in nodes},
+            confirmations=settings.confirmations,
+            rpc_batch_size=settings.rpc_batch_size,
+            keep_blocks=max(2, recent_blocks),
+        )
+        self.reconnect_base_delay = reconnect_base_delay
+        self.reconnect_max_delay = reconnect_max_delay
+        self.find_deployment_block = find_deployment_block
+        self.progress_interval = progress_interval
+        self.progress_bar = progress_bar
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.max_batch = max_batch
+        self._board = StatusBoard()
+        self._processor = LogProcessor(self.ctx, self._board, logger, chunk_blocks=settings.log_chunk_blocks)
+        self._tracker = BlockTracker(self.ctx, self._board, self._processor, logger)
+        self._last_head_at = 0.0
+        self._random = random.Random()
+
+    @property
+    def status(self) -> ListenerStatus:
+        return self._board.snapshot()
+
+    # -- the reconnect loop -----------------------------------------------------------------------------
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        started = False
+
+        def on_live() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+
+        attempt = 0
+        loaded = False
+        while True:
+            went_live = False
+            try:
+                if not loaded:
+                    await self._tracker.load()
+                    loaded = True
+                went_live = await self._connection(on_live)
+                reason = "the node closed the connection"
+            except Exception as exc:
+                fatal = _find(exc, ConfigError)
+                if fatal is not None:
+                    raise fatal from exc
+                reason = _describe(exc)
+                if not any(isinstance(leaf, DloopError) for leaf in _leaves(exc)):
+                    logger.error("listener_unexpected_error", exc_info=exc)  # a bug: keep the traceback
+            finally:
+                self._board.connected = False
+            if went_live:
+                attempt = 0
+            delay = reconnect_delay(
+                attempt,
+                base=self.reconnect_base_delay,
+                cap=self.reconnect_max_delay,
+                jitter=self._random.random(),
+            )
+            attempt += 1
+            self._board.reconnects += 1
+            self._board.last_error = reason
+            log_event(
+                logger,
+                "listener_reconnecting",
+                level=logging.WARNING,
+                reason=reason,
+                delay_seconds=round(delay, 3),
+                attempt=attempt,
+                reconnects=self._board.reconnects,
+            )
+            await anyio.sleep(delay)
+
+    async def _connection(self, on_live: Callable[[], None]) -> bool:
+        """One connection, until it fails. Returns (or raises) only when the connection is over."""
+        went_live = False
+        async with open_ws(
+            self.settings.rpc_ws_url,
+            request_timeout=self.settings.rpc_timeout,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+        ) as w3:
+            client = ChainClient(w3, self.ctx.contract, timeout=self.settings.rpc_timeout)
+            node_chain = await client.chain_id()
+            if node_chain != self.ctx.chain_id:
+                raise ConfigError(
+                    "DLOOP_RPC_WS_URL", f"the node is on chain {node_chain}, expected {self.ctx.chain_id}"
+                )
+            heads_id = await _subscribe(w3, "newHeads", None)
+            logs_filter = {"address": self.ctx.contract, "topics": [sorted(event_topics())]}
+            logs_id = await _subscribe(w3, "logs", cast(LogsSubscriptionArg, logs_filter))
+            send, receive = anyio.create_memory_object_stream[Message](max_buffer_size=math.inf)
+            async with send, receive, anyio.create_task_group() as tg:
+                tg.start_soon(self._read_subscriptions, w3, heads_id, logs_id, send)
+                await self._catch_up(client)
+                self._last_head_at = anyio.current_time()
+                tg.start_soon(self._watchdog)
+                self._board.connected = went_live = True
+                self._board.last_error = None
+                log_event(
+                    logger,
+                    "listener_live",
+                    head=self._board.last_head_number,
+                    cursor=self._board.cursor_block,
+                    reconnects=self._board.reconnects,
+                )
+                on_live()
+                await self._follow(client, receive)
+        return went_live
+
+    async def _read_subscriptions(
+        self, w3: AsyncWeb3[Any], heads_id: str, logs_id: str, send: MemoryObjectSendStream[Message]
+    ) -> None:
+        """Move every subscription message into our unbounded buffer at once: web3's queue never fills."""
+        try:
+            async for message in w3.socket.process_subscriptions():
+                parsed = parse_subscription_message(message, heads_id=heads_id, logs_id=logs_id)
+                if parsed is None:
+                    continue
+                if isinstance(parsed, HeadMessage):
+                    self._last_head_at = anyio.current_time()
+                send.send_nowait(parsed)
+        except ChainError:
+            raise
+        except Exception as exc:
+            raise translate_exception(exc) from exc
+        raise TransientChainError("the subscription stream ended")
+
+    async def _watchdog(self) -> None:
+        timeout = self.settings.head_timeout
+        while True:
+            silent = anyio.current_time() - self._last_head_at
+            if silent >= timeout:
+                raise HeadTimeout(f"no new head for {silent:.1f} s (DLOOP_HEAD_TIMEOUT is {timeout:g} s)")
+            await anyio.sleep(timeout - silent)
+
+    # -- catching up ------------------------------------------------------------------------------------
+    async def _catch_up(self, client: ChainClient) -> None:
+        latest = await client.block("latest")
+        cursor = await stored(chain_state.read_cursor, self.ctx.sessions, self.ctx.stream)
+        deployment = None
+        if cursor is None and self.settings.start_block is None and self.find_deployment_block:
+            deployment = await self._deployment_block(client, latest.number)
+        first = backfill_start(
+            cursor_block=None if cursor is None else cursor.block_number,
+            start_block=self.settings.start_block,
+            deployment_block=deployment,
+            head=latest.number,
+            backfill_blocks=self.settings.backfill_blocks,
+        )
+        self._board.cursor_block = None if cursor is None else cursor.block_number
+        if first <= latest.number:
+            progress = BackfillProgress(
+                self._board,
+                logger,
+                first_block=first,
+                last_block=latest.number,
+                interval=self.progress_interval,
+                bar=terminal_stream(self.progress_bar),
+            )
+            try:
+                await self._processor.read_range(
+                    client,
+                    first,
+                    latest.number,
+                    source="backfill",
+                    head_number=latest.number,
+                    progress=progress,
+                )
+            finally:
+                progress.finish()
+        await self._tracker.reconcile(client, reason="catch-up")
+
+    async def _deployment_block(self, client: ChainClient, head: int) -> int | None:
+        """The first block with the contract's code (binary search on eth_getCode); None when the node
+        has no history for that (a pruned node) or the contract has no code."""
+
+        async def has_code(number: int) -> bool:
+            code = await client.request("eth_getCode", [self.ctx.contract, hex(number)])
+            return str(code or "0x") not in ("0x", "0x0", "")
+
+        try:
+            if not await has_code(head):
+                return None
+            low, high = 0, head
+            while low < high:
+                middle = (low + high) // 2
+                if await has_code(middle):
+                    high = middle
+                else:
+                    low = middle + 1
+        except ChainError as exc:
+            log_event(logger, "deployment_block_unknown", level=logging.WARNING, error=str(exc))
+            return None
+        log_event(logger, "deployment_block_found", block=low)
+        return low
+
+    # -- following --------------------------------------------------------------------------------------
+    async def _follow(self, client: ChainClient, receive: MemoryObjectReceiveStream[Message]) -> None:
+        while True:
+            batch = [await receive.receive()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(receive.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            await self._handle_batch(client, batch)
+
+    async def _handle_batch(self, client: ChainClient, batch: Sequence[Message]) -> None:
+        heads = [m.header for m in batch if isinstance(m, HeadMessage)]
+        logs = [m.log for m in batch if isinstance(m, LogMessage) and not m.log.removed]
+        removed = [m.log for m in batch if isinstance(m, LogMessage) and m.log.removed]
+        for bad in (m for m in batch if isinstance(m, BadMessage)):
+            log_event(logger, "bad_subscription_message", level=logging.WARNING, problem=bad.error)
+        # A log proves its block was mined, even if its head is still on the way.
+        head_number = max(
+            [h.number for h in heads]
+            + [raw.block_number for raw in logs]
+            + [self._tracker.top or 0, self._board.last_head_number or 0]
+        )
+        await self._processor.process(client, logs, source="subscription", head_number=head_number)
+        self._tracker.remember_logs(logs)
+        stale = self._tracker.stale_logs(logs)
+        conflict = self._tracker.conflicting_head(heads)
+        if removed or stale or conflict is not None:
+            if removed:
+                reason = f"removed log in block {min(r.block_number for r in removed)}"
+            elif stale:
+                reason = f"log from a replaced block {stale[0].block_number}"
+            else:
+                assert conflict is not None
+                reason = f"new head {conflict.number} does not extend the stored chain"
+            await self._tracker.reconcile(
+                client,
+                reason=reason,
+                removed_from_block=min(r.block_number for r in removed) if removed else None,
+            )
+        else:
+            await self._tracker.record_heads(heads)
+
+
+async def _subscribe(w3: AsyncWeb3[Any], kind: str, arg: LogsSubscriptionArg | None) -> str:
+    try:
+        return str(await w3.eth.subscribe(kind, arg))  # type: ignore[arg-type]
+    except Exception as exc:
+        raise translate_exception(exc) from exc
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _find(exc: BaseException, kind: type[ConfigError]) -> ConfigError | None:
+    return next((leaf for leaf in _leaves(exc) if isinstance(leaf, kind)), None)
+
+
+def _describe(exc: BaseException) -> str:
+    leaves = _leaves(exc)
+    return "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in leaves)[:500]

@@ -1,0 +1,269 @@
+"""Contract logs into the durable queue: decode, read what the event does not carry, record idempotently."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Sequence
+
+from chain.client import ChainClient, RawLog, decode_result
+from chain.codec import ProposalCanceled, ProposalCreated, ProposalExecuted, VoteCast, dao_functions
+from chain.types import ProposalData, ProposalStatus
+from dloop.errors import ChainError, ContractRevert
+from dloop.logs import log_event
+from listener.context import ListenerContext, stored
+from listener.messages import DecodedLog, decode
+from listener.planning import ChunkPlan, deep_enough, is_range_error
+from listener.status import BackfillProgress, StatusBoard
+from storage import chain_state
+from storage.models import VoteState
+
+ProposalRead = ProposalData | str  # the data, or why it could not be read (bad data, recorded)
+
+
+class LogProcessor:
+    """Processes batches of logs in chain order. Every log is claimed in `chain_logs` in the transaction
+    that applies it, so replays (backfill after subscription, reconnects, reorg re-reads) change nothing."""
+
+    def __init__(
+        self, ctx: ListenerContext, board: StatusBoard, logger: logging.Logger, *, chunk_blocks: int
+    ) -> None:
+        self.ctx = ctx
+        self.board = board
+        self.logger = logger
+        self.chunk_blocks = max(1, chunk_blocks)  # halves for good when a provider refuses a range
+
+    # -- ranges -----------------------------------------------------------------------------------------
+    async def read_range(
+        self,
+        client: ChainClient,
+        first: int,
+        last: int,
+        *,
+        source: str,
+        head_number: int,
+        progress: BackfillProgress | None = None,
+    ) -> int:
+        """eth_getLogs over first..last in chunks, processing each and advancing the cursor after it."""
+        queued = 0
+        plan = ChunkPlan(first, last, self.chunk_blocks)
+        while (chunk := plan.current()) is not None:
+            try:
+                logs = await client.get_logs(*chunk)
+            except ChainError as exc:
+                smaller = plan.halved() if is_range_error(str(exc)) else None
+                if smaller is None:
+                    raise
+                log_event(
+                    self.logger,
+                    "log_range_too_large",
+                    level=logging.WARNING,
+                    from_block=chunk[0],
+                    to_block=chunk[1],
+                    new_chunk_blocks=smaller.size,
+                    error=str(exc),
+                )
+                plan, self.chunk_blocks = smaller, smaller.size
+                continue
+            queued += await self.process(client, logs, source=source, head_number=head_number)
+            await stored(chain_state.advance_cursor, self.ctx.sessions, self.ctx.stream, chunk[1])
+            self.board.cursor_block = max(self.board.cursor_block or 0, chunk[1])
+            if progress is not None:
+                progress.advance(chunk[1] - chunk[0] + 1, len(logs))
+            plan = plan.advanced()
+        return queued
+
+    # -- batches ----------------------------------------------------------------------------------------
+    async def process(
+        self, client: ChainClient, logs: Sequence[RawLog], *, source: str, head_number: int
+    ) -> int:
+        """Apply live logs in order; returns the vote rows queued. Removed logs are the caller's (reorgs)."""
+        decoded = [decode(raw) for raw in logs if not raw.removed and self._ours(raw)]
+        if not decoded:
+            return 0
+        seen = await stored(chain_state.processed_log_keys, self.ctx.sessions, [d.key for d in decoded])
+        todo = [d for d in decoded if d.key not in seen]
+        created = {d.event.proposal_id for d in todo if isinstance(d.event, ProposalCreated)}
+        reads = await self.read_proposals(client, created)
+        queued = 0
+        tallies: set[int] = set()
+        for item in todo:
+            queued += await self._apply(item, reads, source=source, head_number=head_number, tallies=tallies)
+        await self.refresh_tallies(client, tallies)
+        self.board.logs_processed += len(todo)
+        if todo:
+            self.board.last_event_time = dt.datetime.now(dt.UTC)
+        if queued:
+            self.board.votes_queued += queued
+            self.ctx.signal.notify()
+        return queued
+
+    def _ours(self, raw: RawLog) -> bool:
+        if raw.address.lower() == self.ctx.contract.lower():
+            return True
+        log_event(self.logger, "foreign_log_ignored", level=logging.WARNING, address=raw.address)
+        return False
+
+    async def _apply(
+        self,
+        item: DecodedLog,
+        reads: dict[int, ProposalRead],
+        *,
+        source: str,
+        head_number: int,
+        tallies: set[int],
+    ) -> int:
+        ctx, event = self.ctx, item.event
+        if event is None:
+            await self._record_bad(item, item.error or "undecodable log")
+            return 0
+        if isinstance(event, ProposalCreated):
+            data = reads.get(event.proposal_id, "getProposal was not read")
+            if isinstance(data, str):
+                await self._record_bad(item, data)
+                return 0
+            deep = deep_enough(item.raw.block_number, head_number, ctx.confirmations)
+            record = await stored(
+                chain_state.record_created_proposal,
+                ctx.sessions,
+                stream=ctx.stream,
+                chain_id=ctx.chain_id,
+                contract=ctx.contract,
+                data=data,
+                source=source,
+                node_ids=ctx.node_ids,
+                log=item.ref,
+                initial_state=VoteState.QUEUED if deep else VoteState.PENDING,
+            )
+            if record is None:
+                return 0
+            if data.asset.error is not None:
+                self._warn_bad(item, f"asset {data.asset.address}: {data.asset.error}")
+            log_event(
+                self.logger,
+                "proposal_recorded",
+                proposal=event.proposal_id,
+                block=item.raw.block_number,
+                tx=item.raw.tx_hash,
+                source=source,
+                created=record.record.created,
+                content_changed=record.record.content_changed,
+                votes_added=record.record.votes_added,
+                votes_queued=record.queued_votes,
+            )
+            return record.queued_votes
+        if isinstance(event, VoteCast):
+            node_id = ctx.node_by_address.get(event.voter.lower())
+            vote = await stored(
+                chain_state.record_vote_cast,
+                ctx.sessions,
+                stream=ctx.stream,
+                chain_id=ctx.chain_id,
+                contract=ctx.contract,
+                log=item.ref,
+                proposal_id=event.proposal_id,
+                voter_node_id=node_id,
+            )
+            if vote is not None and vote.known_proposal:
+                tallies.add(event.proposal_id)
+            if vote is not None and vote.confirmed:
+                log_event(
+                    self.logger,
+                    "vote_confirmed_by_log",
+                    proposal=event.proposal_id,
+                    voter=event.voter,
+                    block=item.raw.block_number,
+                    tx=item.raw.tx_hash,
+                )
+            return 0
+        executed = isinstance(event, ProposalExecuted)
+        assert isinstance(event, ProposalCanceled | ProposalExecuted)
+        closed = await stored(
+            chain_state.record_proposal_closed,
+            ctx.sessions,
+            stream=ctx.stream,
+            chain_id=ctx.chain_id,
+            contract=ctx.contract,
+            log=item.ref,
+            proposal_id=event.proposal_id,
+            event=item.name,
+            status=ProposalStatus.EXECUTED if executed else ProposalStatus.CANCELED,
+            executed=executed,
+        )
+        if closed is not None:
+            log_event(
+                self.logger,
+                "proposal_closed",
+                proposal=event.proposal_id,
+                event_name=item.name,
+                block=item.raw.block_number,
+                votes_closed=closed,
+            )
+        return 0
+
+    async def _record_bad(self, item: DecodedLog, error: str) -> None:
+        self._warn_bad(item, error)
+        await stored(
+            chain_state.record_bad_log,
+            self.ctx.sessions,
+            stream=self.ctx.stream,
+            log=item.ref,
+            event=item.name,
+            proposal_id=item.proposal_id,
+            error=error,
+        )
+
+    def _warn_bad(self, item: DecodedLog, error: str) -> None:
+        log_event(
+            self.logger,
+            "bad_log",
+            level=logging.WARNING,
+            event_name=item.name,
+            proposal=item.proposal_id,
+            block=item.raw.block_number,
+            tx=item.raw.tx_hash,
+            log_index=item.raw.log_index,
+            problem=error,
+        )
+
+    # -- reads ------------------------------------------------------------------------------------------
+    async def read_proposals(
+        self, client: ChainClient, proposal_ids: Iterable[int]
+    ) -> dict[int, ProposalRead]:
+        """getProposal for many ids in JSON-RPC batches. A revert or undecodable answer is bad data (a
+        reason string); a transient failure raises, so the log is retried after a reconnect."""
+        ids = sorted(set(proposal_ids))
+        if not ids:
+            return {}
+        fn = dao_functions()["getProposal"]
+        answers = await client.call_many(
+            [("eth_call", [{"to": client.contract, "data": fn.encode(pid)}, "latest"]) for pid in ids],
+            batch_size=self.ctx.rpc_batch_size,
+        )
+        reads: dict[int, ProposalRead] = {}
+        for pid, answer in zip(ids, answers, strict=True):
+            if isinstance(answer, ContractRevert):
+                reads[pid] = f"getProposal({pid}) reverted: {answer}"
+                continue
+            if isinstance(answer, ChainError):
+                raise answer
+            try:
+                values = decode_result(fn, answer)
+            except ValueError as exc:
+                reads[pid] = f"getProposal({pid}): {exc}"
+                continue
+            raw = values[0] if len(values) == 1 else values
+            reads[pid] = await client.proposal_from_tuple(raw)
+        return reads
+
+    async def refresh_tallies(self, client: ChainClient, proposal_ids: Iterable[int]) -> None:
+        reads = await self.read_proposals(client, proposal_ids)
+        fresh = [data for data in reads.values() if isinstance(data, ProposalData)]
+        if fresh:
+            await stored(
+                chain_state.refresh_proposal_tallies,
+                self.ctx.sessions,
+                chain_id=self.ctx.chain_id,
+                contract=self.ctx.contract,
+                proposals=fresh,
+            )

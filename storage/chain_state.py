@@ -1,0 +1,605 @@
+"""What the listener remembers about the chain: the cursor, recent block hashes and every contract log seen.
+
+Each public function is one short transaction. A log is "claimed" by inserting its `chain_logs` row (unique
+block_hash + log_index) in the same transaction as its effect, so the same log seen twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chain.types import LogRef, ProposalData, status_name
+from dloop.errors import StorageError
+from storage.engine import SessionFactory
+from storage.models import (
+    ChainCursor,
+    ChainLog,
+    Proposal,
+    RecentBlock,
+    Vote,
+    VoteState,
+    utcnow,
+)
+from storage.proposals import RecordResult, record_proposal_in, refresh_tally
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+LogKey = tuple[str, int]  # (block_hash, log_index)
+
+# Vote states a VoteCast of our own node may confirm. Confirmed and already_voted rows are final; no_vote
+# keeps the strategy's recorded decision (a VoteCast there means someone else used the key).
+CONFIRMABLE_STATES = (
+    VoteState.PENDING,
+    VoteState.QUEUED,
+    VoteState.SENT,
+    VoteState.FAILED,
+    VoteState.CLOSED,
+)
+CLOSABLE_STATES = (VoteState.PENDING, VoteState.QUEUED)
+
+
+def _storage_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Translate SQLAlchemy errors at the edge; retry once when a concurrent writer won an insert race."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            try:
+                return await fn(*args, **kwargs)
+            except IntegrityError:
+                return await fn(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"{fn.__name__}: {exc}") from exc
+
+    return wrapper
+
+
+def stream_name(chain_id: int, contract: str) -> str:
+    """The cursor's key: one cursor per chain and contract."""
+    return f"logs:{chain_id}:{contract.lower()}"
+
+
+# -- cursor -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CursorRecord:
+    """Every log in blocks <= block_number has been processed."""
+
+    block_number: int
+    block_hash: str | None
+
+
+@_storage_errors
+async def read_cursor(sessions: SessionFactory, stream: str) -> CursorRecord | None:
+    async with sessions() as session:
+        row = await session.get(ChainCursor, stream)
+        return None if row is None else CursorRecord(row.block_number, row.block_hash)
+
+
+@_storage_errors
+async def advance_cursor(
+    sessions: SessionFactory, stream: str, block_number: int, block_hash: str | None = None
+) -> None:
+    async with sessions.begin() as session:
+        await _advance_cursor_in(session, stream, block_number, block_hash)
+
+
+async def _advance_cursor_in(
+    session: AsyncSession, stream: str, block_number: int, block_hash: str | None = None
+) -> None:
+    """Move the cursor forward only (a late log of an old block must not move it back)."""
+    if block_number < 0:
+        return
+    row = await session.get(ChainCursor, stream)
+    if row is None:
+        session.add(ChainCursor(stream=stream, block_number=block_number, block_hash=block_hash))
+        await session.flush()
+    elif row.block_number < block_number:
+        row.block_number, row.block_hash = block_number, block_hash
+
+
+async def _rewind_cursor_in(session: AsyncSession, stream: str, block_number: int) -> None:
+    await session.execute(
+        update(ChainCursor)
+        .where(ChainCursor.stream == stream, ChainCursor.block_number > block_number)
+        .values(block_number=max(block_number, 0), block_hash=None, updated_at=utcnow())
+    )
+
+
+# -- recent blocks ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredBlock:
+    number: int
+    hash: str
+    parent_hash: str
+
+
+@_storage_errors
+async def load_recent_blocks(sessions: SessionFactory) -> list[StoredBlock]:
+    async with sessions() as session:
+        rows = (await session.execute(select(RecentBlock).order_by(RecentBlock.number))).scalars().all()
+        return [StoredBlock(r.number, r.hash, r.parent_hash) for r in rows]
+
+
+async def _put_blocks_in(session: AsyncSession, blocks: Sequence[StoredBlock], keep_blocks: int) -> None:
+    if not blocks:
+        return
+    numbers = [b.number for b in blocks]
+    # Delete-then-insert is the portable upsert; the table is small and bounded.
+    await session.execute(delete(RecentBlock).where(RecentBlock.number.in_(numbers)))
+    now = utcnow()
+    session.add_all(
+        RecentBlock(number=b.number, hash=b.hash, parent_hash=b.parent_hash, seen_at=now) for b in blocks
+    )
+    await session.execute(delete(RecentBlock).where(RecentBlock.number <= max(numbers) - keep_blocks))
+
+
+@_storage_errors
+async def record_heads(
+    sessions: SessionFactory,
+    *,
+    stream: str,
+    heads: Sequence[StoredBlock],
+    keep_blocks: int,
+    cursor_block: int,
+    chain_id: int,
+    contract: str,
+    queue_up_to_block: int | None,
+) -> int:
+    """Store new heads, advance the cursor and queue pending votes whose proposal is now deep enough.
+
+    Returns how many vote rows went from pending to queued.
+    """
+    async with sessions.begin() as session:
+        await _put_blocks_in(session, heads, keep_blocks)
+        await _advance_cursor_in(session, stream, cursor_block)
+        if queue_up_to_block is None:
+            return 0
+        return await _queue_deep_pending_in(session, chain_id, contract, queue_up_to_block)
+
+
+async def _queue_deep_pending_in(
+    session: AsyncSession, chain_id: int, contract: str, up_to_block: int
+) -> int:
+    deep = select(Proposal.id).where(
+        Proposal.chain_id == chain_id,
+        Proposal.contract == contract,
+        Proposal.block_number <= up_to_block,  # NULL (parked after a reorg) never matches
+    )
+    result = await session.execute(
+        update(Vote)
+        .where(Vote.state == VoteState.PENDING, Vote.proposal_ref.in_(deep))
+        .values(state=VoteState.QUEUED, queued_at=utcnow(), updated_at=utcnow())
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+@_storage_errors
+async def replace_recent_blocks(
+    sessions: SessionFactory, *, above: int, blocks: Sequence[StoredBlock], keep_blocks: int
+) -> None:
+    """After a reorg: forget every stored block above the fork point and store the canonical ones."""
+    async with sessions.begin() as session:
+        await session.execute(delete(RecentBlock).where(RecentBlock.number > above))
+        await _put_blocks_in(session, blocks, keep_blocks)
+
+
+# -- contract logs ----------------------------------------------------------------------------------------
+
+
+@_storage_errors
+async def processed_log_keys(sessions: SessionFactory, keys: Iterable[LogKey]) -> set[LogKey]:
+    """Which of these logs were already processed (and not removed since)."""
+    wanted = set(keys)
+    if not wanted:
+        return set()
+    hashes = {block_hash for block_hash, _ in wanted}
+    async with sessions() as session:
+        rows = await session.execute(
+            select(ChainLog.block_hash, ChainLog.log_index).where(
+                ChainLog.block_hash.in_(hashes), ChainLog.removed.is_(False)
+            )
+        )
+        return {(h, i) for h, i in rows.all() if (h, i) in wanted}
+
+
+@_storage_errors
+async def log_hashes_between(sessions: SessionFactory, first: int, last: int) -> dict[int, set[str]]:
+    """Block hashes of the live logs recorded in blocks first..last, by block number."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(ChainLog.block_number, ChainLog.block_hash)
+            .where(
+                ChainLog.block_number >= first,
+                ChainLog.block_number <= last,
+                ChainLog.removed.is_(False),
+            )
+            .distinct()
+        )
+        found: dict[int, set[str]] = {}
+        for number, block_hash in rows.all():
+            found.setdefault(number, set()).add(block_hash)
+        return found
+
+
+async def _claim_log_in(
+    session: AsyncSession, log: LogRef, event: str, proposal_id: int | None, error: str | None
+) -> bool:
+    """Insert the log's row; False when it was processed already. A removed log seen again is revived."""
+    row = (
+        await session.execute(
+            select(ChainLog).where(ChainLog.block_hash == log.block_hash, ChainLog.log_index == log.log_index)
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        session.add(
+            ChainLog(
+                block_number=log.block_number,
+                block_hash=log.block_hash,
+                tx_hash=log.tx_hash,
+                log_index=log.log_index,
+                event=event[:32],
+                proposal_id=proposal_id,
+                removed=False,
+                error=error,
+                seen_at=utcnow(),
+            )
+        )
+        await session.flush()  # the unique constraint decides a race here, inside the transaction
+        return True
+    if not row.removed:
+        return False
+    row.removed, row.error, row.seen_at = False, error, utcnow()
+    return True
+
+
+@dataclass(frozen=True)
+class CreatedRecord:
+    record: RecordResult
+    queued_votes: int  # vote rows now in state queued because of this log (new or promoted)
+
+
+@_storage_errors
+async def record_created_proposal(
+    sessions: SessionFactory,
+    *,
+    stream: str,
+    chain_id: int,
+    contract: str,
+    data: ProposalData,
+    source: str,
+    node_ids: Sequence[int],
+    log: LogRef,
+    initial_state: VoteState,
+) -> CreatedRecord | None:
+    """ProposalCreated: the log, the proposal, one vote row per node and the cursor in one transaction.
+
+    None when this log was processed before. Vote rows parked as pending (confirmations, or a reorg that
+    took the proposal's block away) are queued when `initial_state` is queued.
+    """
+    async with sessions.begin() as session:
+        if not await _claim_log_in(session, log, "ProposalCreated", data.proposal_id, data.asset.error):
+            return None
+        result = await record_proposal_in(
+            session,
+            chain_id=chain_id,
+            contract=contract,
+            data=data,
+            source=source,
+            node_ids=node_ids,
+            log=log,
+            initial_state=initial_state,
+        )
+        if result.content_changed:
+            # record_proposal resets queued/no_vote decisions; parked rows must not keep theirs either.
+            await session.execute(
+                update(Vote)
+                .where(Vote.proposal_ref == result.proposal_row_id, Vote.state == VoteState.PENDING)
+                .values(decision=None, confidence=None, reason=None, decided_at=None)
+            )
+        promoted = 0
+        if initial_state == VoteState.QUEUED:
+            promoted_rows = await session.execute(
+                update(Vote)
+                .where(Vote.proposal_ref == result.proposal_row_id, Vote.state == VoteState.PENDING)
+                .values(state=VoteState.QUEUED, queued_at=utcnow(), updated_at=utcnow())
+            )
+            promoted = int(getattr(promoted_rows, "rowcount", 0) or 0)
+        await _advance_cursor_in(session, stream, log.block_number - 1)
+        queued = promoted + (result.votes_added if initial_state == VoteState.QUEUED else 0)
+        return CreatedRecord(result, queued)
+
+
+async def _proposal_row_id_in(
+    session: AsyncSession, chain_id: int, contract: str, proposal_id: int
+) -> int | None:
+    return (
+        await session.execute(
+            select(Proposal.id).where(
+                Proposal.chain_id == chain_id,
+                Proposal.contract == contract,
+                Proposal.proposal_id == proposal_id,
+            )
+        )
+    ).scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class VoteCastRecord:
+    known_proposal: bool
+    confirmed: bool  # our node's vote row moved to confirmed by this log
+
+
+@_storage_errors
+async def record_vote_cast(
+    sessions: SessionFactory,
+    *,
+    stream: str,
+    chain_id: int,
+    contract: str,
+    log: LogRef,
+    proposal_id: int,
+    voter_node_id: int | None,
+) -> VoteCastRecord | None:
+    """VoteCast: the log and, when the voter is one of our nodes, its vote row confirmed with the block."""
+    async with sessions.begin() as session:
+        if not await _claim_log_in(session, log, "VoteCast", proposal_id, None):
+            return None
+        row_id = await _proposal_row_id_in(session, chain_id, contract, proposal_id)
+        confirmed = False
+        if row_id is not None and voter_node_id is not None:
+            now = utcnow()
+            result = await session.execute(
+                update(Vote)
+                .where(
+                    Vote.proposal_ref == row_id,
+                    Vote.node_id == voter_node_id,
+                    Vote.state.in_(CONFIRMABLE_STATES),
+                )
+                .values(
+                    state=VoteState.CONFIRMED,
+                    confirmed_block=log.block_number,
+                    confirmed_at=now,
+                    updated_at=now,
+                    tx_hash=func.coalesce(Vote.tx_hash, log.tx_hash),
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+            confirmed = bool(getattr(result, "rowcount", 0))
+        await _advance_cursor_in(session, stream, log.block_number - 1)
+        return VoteCastRecord(row_id is not None, confirmed)
+
+
+@_storage_errors
+async def record_proposal_closed(
+    sessions: SessionFactory,
+    *,
+    stream: str,
+    chain_id: int,
+    contract: str,
+    log: LogRef,
+    proposal_id: int,
+    event: str,
+    status: int,
+    executed: bool,
+) -> int | None:
+    """ProposalCanceled / ProposalExecuted: status updated, votes not yet sent become closed.
+
+    Returns the number of votes closed, None when this log was processed before.
+    """
+    async with sessions.begin() as session:
+        if not await _claim_log_in(session, log, event, proposal_id, None):
+            return None
+        row_id = await _proposal_row_id_in(session, chain_id, contract, proposal_id)
+        closed = 0
+        if row_id is not None:
+            values: dict[str, object] = {
+                "status": status,
+                "status_name": status_name(status),
+                "updated_at": utcnow(),
+            }
+            if executed:
+                values["executed"] = True
+            await session.execute(update(Proposal).where(Proposal.id == row_id).values(**values))
+            result = await session.execute(
+                update(Vote)
+                .where(Vote.proposal_ref == row_id, Vote.state.in_(CLOSABLE_STATES))
+                .values(
+                    state=VoteState.CLOSED,
+                    updated_at=utcnow(),
+                    last_error=f"proposal {event.removeprefix('Proposal').lower()} before our vote was sent",
+                )
+            )
+            closed = int(getattr(result, "rowcount", 0) or 0)
+        await _advance_cursor_in(session, stream, log.block_number - 1)
+        return closed
+
+
+@_storage_errors
+async def record_bad_log(
+    sessions: SessionFactory,
+    *,
+    stream: str,
+    log: LogRef,
+    event: str,
+    proposal_id: int | None,
+    error: str,
+) -> bool:
+    """A log that could not be processed (undecodable, getProposal reverted): recorded with the reason."""
+    async with sessions.begin() as session:
+        claimed = await _claim_log_in(session, log, event, proposal_id, error[:2000])
+        await _advance_cursor_in(session, stream, log.block_number - 1)
+        return claimed
+
+
+@_storage_errors
+async def refresh_proposal_tallies(
+    sessions: SessionFactory, *, chain_id: int, contract: str, proposals: Sequence[ProposalData]
+) -> int:
+    """Store fresh tallies and status read from the chain; proposals not recorded here are skipped."""
+    if not proposals:
+        return 0
+    by_id = {p.proposal_id: p for p in proposals}
+    async with sessions.begin() as session:
+        rows = (
+            (
+                await session.execute(
+                    select(Proposal).where(
+                        Proposal.chain_id == chain_id,
+                        Proposal.contract == contract,
+                        Proposal.proposal_id.in_(list(by_id)),
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for row in rows:
+            data = by_id[row.proposal_id]
+            if row.content_hash == data.content_hash():  # different content: a reorg the listener handles
+                refresh_tally(row, data)
+        return len(rows)
+
+
+# -- reorgs -----------------------------------------------------------------------------------------------
+
+PARKED_REASON = "the proposal's block left the chain in a reorg; waiting for it on the canonical chain"
+
+
+@dataclass(frozen=True)
+class OrphanResult:
+    logs_removed: int
+    proposal_ids: frozenset[int]  # proposals touched by removed logs or parked
+    parked_proposals: frozenset[int]  # proposals whose creation block was orphaned
+
+
+@_storage_errors
+async def orphan_after(
+    sessions: SessionFactory, *, stream: str, chain_id: int, contract: str, fork_block: int
+) -> OrphanResult:
+    """Everything recorded from blocks above the fork point is suspect: logs marked removed, proposals
+    created there parked (their queued votes go back to pending until their canonical log is processed),
+    and the cursor rewound to the fork point. The caller then re-reads the canonical logs."""
+    async with sessions.begin() as session:
+        touched = (
+            await session.execute(
+                select(ChainLog.proposal_id).where(
+                    ChainLog.block_number > fork_block, ChainLog.removed.is_(False)
+                )
+            )
+        ).scalars()
+        proposal_ids = {p for p in touched if p is not None}
+        removed = await session.execute(
+            update(ChainLog)
+            .where(ChainLog.block_number > fork_block, ChainLog.removed.is_(False))
+            .values(removed=True)
+        )
+        parked_rows = (
+            await session.execute(
+                select(Proposal.id, Proposal.proposal_id).where(
+                    Proposal.chain_id == chain_id,
+                    Proposal.contract == contract,
+                    Proposal.block_number > fork_block,
+                )
+            )
+        ).all()
+        parked: dict[int, int] = {row_id: pid for row_id, pid in parked_rows}
+        if parked:
+            await session.execute(
+                update(Proposal)
+                .where(Proposal.id.in_(list(parked)))
+                .values(block_number=None, block_hash=None, tx_hash=None, log_index=None, updated_at=utcnow())
+            )
+            await session.execute(
+                update(Vote)
+                .where(Vote.proposal_ref.in_(list(parked)), Vote.state == VoteState.QUEUED)
+                .values(state=VoteState.PENDING, last_error=PARKED_REASON, updated_at=utcnow())
+            )
+        await _rewind_cursor_in(session, stream, fork_block)
+        return OrphanResult(
+            int(getattr(removed, "rowcount", 0) or 0),
+            frozenset(proposal_ids | set(parked.values())),
+            frozenset(parked.values()),
+        )
+
+
+@dataclass(frozen=True)
+class ConfirmedVote:
+    vote_id: int
+    proposal_id: int
+    node_id: int
+    tx_hash: str | None
+    confirmed_block: int
+    proposal_parked: bool  # the proposal's own block is not on the canonical chain (yet)
+
+
+@_storage_errors
+async def confirmed_votes_after(
+    sessions: SessionFactory, *, chain_id: int, contract: str, block: int
+) -> list[ConfirmedVote]:
+    async with sessions() as session:
+        rows = await session.execute(
+            select(
+                Vote.id,
+                Proposal.proposal_id,
+                Vote.node_id,
+                Vote.tx_hash,
+                Vote.confirmed_block,
+                Proposal.block_hash,
+            )
+            .join(Proposal, Proposal.id == Vote.proposal_ref)
+            .where(
+                Proposal.chain_id == chain_id,
+                Proposal.contract == contract,
+                Vote.state == VoteState.CONFIRMED,
+                Vote.confirmed_block > block,
+            )
+            .order_by(Vote.id)
+        )
+        return [
+            ConfirmedVote(vote_id, pid, node_id, tx_hash, int(confirmed or 0), block_hash is None)
+            for vote_id, pid, node_id, tx_hash, confirmed, block_hash in rows.all()
+        ]
+
+
+@_storage_errors
+async def requeue_orphaned_vote(sessions: SessionFactory, vote_id: int, *, parked: bool, reason: str) -> bool:
+    """A confirmed vote whose transaction left the chain goes back to the queue (pending when its proposal
+    is parked); the voter checks hasVoted before sending anything."""
+    async with sessions.begin() as session:
+        result = await session.execute(
+            update(Vote)
+            .where(Vote.id == vote_id, Vote.state == VoteState.CONFIRMED)
+            .values(
+                state=VoteState.PENDING if parked else VoteState.QUEUED,
+                confirmed_block=None,
+                confirmed_at=None,
+                last_error=reason,
+                updated_at=utcnow(),
+            )
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+
+@_storage_errors
+async def move_vote_confirmation(sessions: SessionFactory, vote_id: int, block: int) -> bool:
+    """The vote's transaction is still on the chain, in another block after the reorg."""
+    async with sessions.begin() as session:
+        result = await session.execute(
+            update(Vote)
+            .where(Vote.id == vote_id, Vote.state == VoteState.CONFIRMED)
+            .values(confirmed_block=block, updated_at=utcnow())
+        )
+        return bool(getattr(result, "rowcount", 0))

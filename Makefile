@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP_PY := $(VENV)/.installed
 STAMP_NPM := node_modules/.installed
+# e.g. make bench BENCH_ARGS='--size tiny --only latency,burst'
+BENCH_ARGS ?=
 
 .PHONY: setup test lint demo devnet bench chaos compile clean
 
@@ -37,7 +39,7 @@ demo: setup
 	$(BIN)/dloop demo
 
 bench: setup
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

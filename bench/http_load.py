@@ -1,0 +1,260 @@
+"""HTTP under load: requests per second and p99 of /health and /active-proposals while a burst is voted,
+against a bare Litestar app returning the same JSON.
+
+Service run: a fresh devnet, `dloop run` warmed up on one proposal, then N proposals created at once (the
+burst). Once /active-proposals lists all of them, the load generator (bench/loadgen.py, its own process,
+keep-alive connections, bounded in time and count) hits /active-proposals, then /health, for `duration`
+seconds each while the five nodes vote. After the burst is voted, the same loads again on the idle service.
+Baseline: bench/bare_app.py (Litestar + uvicorn configured as the service's server) serving the JSON captured
+from the service at the end, same loads. Ratio = service during the burst / bare app, in req/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from bench.burst import warm_up
+from bench.harness import (
+    NODE_COUNT,
+    PYTHON,
+    ChainObserver,
+    ManagedProcess,
+    base_parser,
+    clean_environment,
+    devnet,
+    http_get,
+    service,
+    sign_proposals,
+    workdir,
+)
+from bench.report import (
+    REPO_ROOT,
+    Aim,
+    SummaryLine,
+    format_table,
+    result_document,
+    summary_line,
+    write_result,
+)
+from bench.rpc import WsRpc
+from dloop.anvil import free_port
+
+NAME = "http"
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"proposals": 10, "duration": 0.3},
+    "default": {"proposals": 1000, "duration": 5.0},
+}
+ENDPOINTS = ("/active-proposals", "/health")
+AIM = Aim(">=", 0.5)
+
+
+async def generate_load(url: str, duration: float, concurrency: int) -> dict[str, Any]:
+    process = await asyncio.create_subprocess_exec(
+        PYTHON,
+        str(REPO_ROOT / "bench" / "loadgen.py"),
+        "--url",
+        url,
+        "--duration",
+        str(duration),
+        "--concurrency",
+        str(concurrency),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO_ROOT,
+    )
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {err.decode(errors='replace')[-2000:]}")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def wait_listed(base_url: str, count: int, timeout: float) -> float:
+    """Until /active-proposals lists `count` proposals; the seconds that took."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        status, body = await asyncio.to_thread(http_get, f"{base_url}/active-proposals", 10.0)
+        if status == 200 and int(json.loads(body).get("count", 0)) >= count:
+            return time.perf_counter() - started
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"/active-proposals did not list {count} proposals within {timeout:g} s")
+
+
+async def service_phase(
+    proposals: int, duration: float, concurrency: int, directory: Path, timeout: float
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    loads: list[dict[str, Any]] = []
+    with devnet() as chain, service(chain, directory / "service") as (process, _startup):
+        base_url = process.base_url
+        observer = ChainObserver()
+        async with WsRpc(chain.ws_url) as rpc:
+            await observer.attach(rpc, chain.info.contract_address)
+            await warm_up(chain, rpc, observer, timeout)
+            creates = sign_proposals(chain, proposals)
+            expected = observer.vote_count + proposals * NODE_COUNT
+            started = time.perf_counter()
+            await rpc.send_raw_many(creates.raw)
+            listed_after = await wait_listed(base_url, proposals + 1, timeout)
+            for path in ENDPOINTS:
+                before = observer.vote_count
+                result = await generate_load(base_url + path, duration, concurrency)
+                result.update(
+                    server="service",
+                    condition="during burst",
+                    endpoint=path,
+                    votes_mined_during_load=observer.vote_count - before,
+                    burst_still_running=observer.vote_count < expected,
+                )
+                loads.append(result)
+            voted = await observer.wait_until(lambda: observer.vote_count >= expected, timeout)
+            burst_s = time.perf_counter() - started
+        for path in ENDPOINTS:
+            result = await generate_load(base_url + path, duration, concurrency)
+            result.update(server="service", condition="idle", endpoint=path)
+            loads.append(result)
+        bodies = {path: json.loads(http_get(base_url + path, 30.0)[1]) for path in ENDPOINTS}
+    burst = {"listed_after_s": listed_after, "burst_s": burst_s, "all_voted": voted, "bodies": bodies}
+    return loads, burst
+
+
+async def bare_phase(
+    bodies: dict[str, Any], duration: float, concurrency: int, directory: Path
+) -> list[dict[str, Any]]:
+    files = {}
+    for path, body in bodies.items():
+        files[path] = directory / f"{path.strip('/')}.json"
+        files[path].write_text(json.dumps(body))
+    port = free_port()
+    app = ManagedProcess(
+        "bare app",
+        [
+            PYTHON,
+            str(REPO_ROOT / "bench" / "bare_app.py"),
+            "--port",
+            str(port),
+            "--health",
+            str(files["/health"]),
+            "--active-proposals",
+            str(files["/active-proposals"]),
+        ],
+        clean_environment({}),
+        directory / "bare-app.log",
+    )
+    loads = []
+    try:
+        app.start()
+        app.wait_log_line("ready", 30)
+        for path in ENDPOINTS:
+            result = await generate_load(f"http://127.0.0.1:{port}{path}", duration, concurrency)
+            result.update(server="bare app", condition="idle", endpoint=path)
+            loads.append(result)
+    finally:
+        app.stop()
+    return loads
+
+
+def summarise(loads: Sequence[dict[str, Any]]) -> list[SummaryLine]:
+    def find(server: str, condition: str, endpoint: str) -> dict[str, Any] | None:
+        return next(
+            (
+                x
+                for x in loads
+                if (x["server"], x["condition"], x["endpoint"]) == (server, condition, endpoint)
+            ),
+            None,
+        )
+
+    lines = []
+    for path in ENDPOINTS:
+        service, bare = find("service", "during burst", path), find("bare app", "idle", path)
+        lines.append(
+            summary_line(
+                NAME,
+                f"{path} req/s during burst",
+                "req/s",
+                service["req_per_s"] if service else None,
+                bare["req_per_s"] if bare else None,
+                aim=AIM,
+            )
+        )
+        lines.append(
+            summary_line(
+                NAME,
+                f"{path} p99 during burst",
+                "ms",
+                service["latency_ms"]["p99"] if service else None,
+                bare["latency_ms"]["p99"] if bare else None,
+            )
+        )
+    return lines
+
+
+def table(loads: Sequence[dict[str, Any]]) -> str:
+    rows = [
+        [
+            x["endpoint"],
+            x["server"],
+            x["condition"],
+            x["ok"],
+            sum(x["errors"].values()) + x["requests"] - x["ok"],
+            x["req_per_s"],
+            x["latency_ms"]["p50"],
+            x["latency_ms"]["p99"],
+            x["mean_body_bytes"],
+        ]
+        for x in loads
+    ]
+    return format_table(
+        ["endpoint", "server", "condition", "ok", "failed", "req/s", "p50 ms", "p99 ms", "body bytes"], rows
+    )
+
+
+async def measure(
+    proposals: int, duration: float, concurrency: int, directory: Path, timeout: float
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    loads, burst = await service_phase(proposals, duration, concurrency, directory, timeout)
+    loads += await bare_phase(burst.pop("bodies"), duration, concurrency, directory)
+    return loads, burst
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = base_parser(__doc__ or NAME)
+    parser.add_argument("--proposals", type=int, help="proposals in the burst (default by --size)")
+    parser.add_argument("--duration", type=float, help="seconds of load per endpoint (default by --size)")
+    parser.add_argument("--concurrency", type=int, default=8, help="keep-alive connections of the load")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the burst")
+    args = parser.parse_args(argv)
+    proposals = args.proposals or SIZES[args.size]["proposals"]
+    duration = args.duration or SIZES[args.size]["duration"]
+    started_at, started = dt.datetime.now(dt.UTC), time.perf_counter()
+    print(f"{NAME}: {proposals} proposals, {duration:g} s per load ...", file=sys.stderr, flush=True)
+    with workdir(NAME, args.keep_workdir) as directory:
+        loads, burst = asyncio.run(measure(proposals, duration, args.concurrency, directory, args.timeout))
+    document = result_document(
+        NAME,
+        args.size,
+        {"proposals": proposals, "duration_s": duration, "concurrency": args.concurrency},
+        summarise(loads),
+        {"loads": loads, "burst": burst},
+        started_at=started_at,
+        duration_s=time.perf_counter() - started,
+    )
+    path = write_result(args.results_dir, document)
+    print(table(loads))
+    print(f"-> {path}")
+    return document
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""Event-to-vote latency: proposals created one at a time; from the ProposalCreated log to each VoteCast.
+
+For each mining mode (automine, then `--block-time`), on a fresh devnet each time, the voter under test is
+started (the baseline voter, then `dloop run`), one warm-up proposal is voted, and then `samples` proposals
+are created one after another, each once the five votes on the previous one are mined. A WebSocket log
+subscription of the benchmark itself timestamps the ProposalCreated log and each of the five VoteCast logs as
+they are announced; latency = VoteCast arrival - ProposalCreated arrival (both through the same stream, so its
+delay cancels out). Reported: p50/p95/p99 of the per-vote latency, of the first and of the last (fifth) vote
+of each proposal, the blocks between proposal and vote, and the service/baseline ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from bench.harness import (
+    NODE_COUNT,
+    VOTERS,
+    ChainObserver,
+    Devnet,
+    base_parser,
+    devnet,
+    sign_proposals,
+    workdir,
+)
+from bench.harness import voter as start_voter
+from bench.report import (
+    Aim,
+    SummaryLine,
+    distribution,
+    format_table,
+    result_document,
+    summary_line,
+    write_result,
+)
+from bench.rpc import WsRpc
+
+NAME = "latency"
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"samples": 3, "block_time": 0.5},
+    "default": {"samples": 100, "block_time": 1.0},
+}
+AIM = Aim("<=", 1.5)
+WARMUP = 1
+
+
+@dataclass
+class Samples:
+    per_vote_ms: list[float]
+    first_vote_ms: list[float]
+    all_votes_ms: list[float]
+    blocks_to_vote: list[int]
+    missed: int  # proposals whose five votes did not all arrive within the timeout
+
+
+async def measure(chain: Devnet, samples: int, timeout: float) -> Samples:
+    proposals = sign_proposals(chain, WARMUP + samples)
+    observer = ChainObserver()
+    result = Samples([], [], [], [], 0)
+    async with WsRpc(chain.ws_url) as rpc:
+        await observer.attach(rpc, chain.info.contract_address)
+        for index, (proposal_id, raw) in enumerate(zip(proposals.ids, proposals.raw, strict=True)):
+            await rpc.call("eth_sendRawTransaction", ["0x" + raw.hex()])
+            warmup = index < WARMUP
+            voted = await observer.wait_until(
+                lambda pid=proposal_id: observer.votes_on(pid) >= NODE_COUNT,  # type: ignore[misc]
+                timeout * (4 if warmup else 1),
+            )
+            if warmup:
+                continue
+            created = observer.created.get(proposal_id)
+            votes = sorted(observer.votes.get(proposal_id, {}).values(), key=lambda s: s.arrived)
+            if created is None or not voted:
+                result.missed += 1
+                continue
+            latencies = [(v.arrived - created.arrived) * 1000 for v in votes]
+            result.per_vote_ms += latencies
+            result.first_vote_ms.append(latencies[0])
+            result.all_votes_ms.append(latencies[-1])
+            result.blocks_to_vote += [v.block - created.block for v in votes]
+    return result
+
+
+def run_mode(
+    kind: str, block_time: float | None, samples: int, directory: Path, timeout: float
+) -> dict[str, Any]:
+    with devnet(block_time=block_time) as chain, start_voter(kind, chain, directory) as (_process, startup):
+        started = time.perf_counter()
+        measured = asyncio.run(measure(chain, samples, timeout))
+        elapsed = time.perf_counter() - started
+    return {
+        "voter": kind,
+        "mining": mode_name(block_time),
+        "startup_s": round(startup, 3),
+        "elapsed_s": round(elapsed, 3),
+        "samples": samples,
+        "missed": measured.missed,
+        "per_vote_ms": distribution(measured.per_vote_ms),
+        "first_vote_ms": distribution(measured.first_vote_ms),
+        "all_five_ms": distribution(measured.all_votes_ms),
+        "blocks_to_vote": distribution([float(b) for b in measured.blocks_to_vote]),
+    }
+
+
+def mode_name(block_time: float | None) -> str:
+    return "automine" if block_time is None else f"block-time {block_time:g}s"
+
+
+def summarise(runs: Sequence[dict[str, Any]]) -> list[SummaryLine]:
+    lines = []
+    for mining in dict.fromkeys(r["mining"] for r in runs):
+        by_voter = {r["voter"]: r for r in runs if r["mining"] == mining}
+        service, baseline = by_voter.get("service"), by_voter.get("baseline")
+        for q in ("p50", "p99"):
+            lines.append(
+                summary_line(
+                    NAME,
+                    f"{mining} vote {q}",
+                    "ms",
+                    service["per_vote_ms"][q] if service else None,
+                    baseline["per_vote_ms"][q] if baseline else None,
+                    aim=AIM,
+                )
+            )
+    return lines
+
+
+def table(runs: Sequence[dict[str, Any]]) -> str:
+    rows = []
+    for r in runs:
+        per_vote, five = r["per_vote_ms"], r["all_five_ms"]
+        rows.append(
+            [
+                r["mining"],
+                r["voter"],
+                per_vote["n"],
+                r["missed"],
+                per_vote["p50"],
+                per_vote["p95"],
+                per_vote["p99"],
+                five["p50"],
+                five["p99"],
+                r["blocks_to_vote"]["p50"],
+            ]
+        )
+    return format_table(
+        [
+            "mining",
+            "voter",
+            "votes",
+            "missed",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "5th p50 ms",
+            "5th p99 ms",
+            "blocks p50",
+        ],
+        rows,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = base_parser(__doc__ or NAME)
+    parser.add_argument("--samples", type=int, help="proposals per run (default by --size)")
+    parser.add_argument("--block-time", type=float, help="seconds per block in the interval mode")
+    parser.add_argument("--modes", default="automine,interval", help="automine,interval or one of them")
+    parser.add_argument("--voters", default=",".join(VOTERS), help="baseline,service or one of them")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for five votes")
+    args = parser.parse_args(argv)
+    preset = SIZES[args.size]
+    samples = args.samples or preset["samples"]
+    block_time = args.block_time or preset["block_time"]
+    modes = [None if m == "automine" else block_time for m in args.modes.split(",")]
+    voters = args.voters.split(",")
+    started_at, started = dt.datetime.now(dt.UTC), time.perf_counter()
+    runs = []
+    with workdir(NAME, args.keep_workdir) as directory:
+        for block in modes:
+            for kind in voters:
+                print(
+                    f"{NAME}: {mode_name(block)}, {kind}, {samples} samples ...", file=sys.stderr, flush=True
+                )
+                runs.append(run_mode(kind, block, samples, directory / f"{kind}-{block}", args.timeout))
+    summary = summarise(runs)
+    params = {"samples": samples, "warmup": WARMUP, "block_time": block_time, "voters": voters}
+    document = result_document(
+        NAME,
+        args.size,
+        params,
+        summary,
+        {"runs": runs},
+        started_at=started_at,
+        duration_s=time.perf_counter() - started,
+    )
+    path = write_result(args.results_dir, document)
+    print(table(runs))
+    print(f"-> {path}")
+    return document
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Pure helpers of the benchmarks: percentiles, ratios, aims, tables and the JSON result document."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100), linear interpolation between closest ranks; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def distribution(values: Sequence[float]) -> dict[str, float | int | None]:
+    """n, p50, p95, p99, max and mean of `values`."""
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
+        "max": max(values) if values else None,
+        "mean": sum(values) / len(values) if values else None,
+    }
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+@dataclass(frozen=True)
+class Aim:
+    """A target for a figure: `value <op> limit`, e.g. Aim("<=", 1.5)."""
+
+    op: str
+    limit: float
+
+    def met(self, value: float | None) -> bool | None:
+        if value is None:
+            return None
+        return value <= self.limit if self.op == "<=" else value >= self.limit
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.limit:g}"
+
+
+@dataclass(frozen=True)
+class SummaryLine:
+    """One line of a benchmark's summary: the service's figure, the baseline's, and how they compare.
+
+    `figure` is what the aim is checked on: usually the ratio, for memory an absolute value.
+    """
+
+    benchmark: str
+    metric: str
+    unit: str
+    service: float | None
+    baseline: float | None
+    figure: float | None
+    figure_name: str
+    aim: str | None
+    met: bool | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summary_line(
+    benchmark: str,
+    metric: str,
+    unit: str,
+    service: float | None,
+    baseline: float | None,
+    *,
+    figure: float | None = None,
+    figure_name: str = "ratio",
+    aim: Aim | None = None,
+) -> SummaryLine:
+    value = figure if figure is not None or figure_name != "ratio" else ratio(service, baseline)
+    return SummaryLine(
+        benchmark=benchmark,
+        metric=metric,
+        unit=unit,
+        service=service,
+        baseline=baseline,
+        figure=value,
+        figure_name=figure_name,
+        aim=str(aim) if aim is not None else None,
+        met=aim.met(value) if aim is not None else None,
+    )
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number for a table: significant digits, thousands separators; '-' for None."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+        return f"{value:.{decimals}f}"
+    return str(value)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table, numbers right-aligned."""
+    cells = [[fmt(cell) for cell in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    numeric = [
+        all(isinstance(row[i], int | float) or row[i] is None for row in rows) and bool(rows)
+        for i in range(len(headers))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(widths[i]) if numeric[i] else v.ljust(widths[i]) for i, v in enumerate(values)]
+        return "  ".join(parts).rstrip()
+
+    out = [line(list(headers)), line(["-" * w for w in widths])]
+    out += [line(row) for row in cells]
+    return "\n".join(out)
+
+
+def summary_table(lines: Sequence[SummaryLine | Mapping[str, Any]]) -> str:
+    rows = []
+    for item in lines:
+        data = item.to_json() if isinstance(item, SummaryLine) else dict(item)
+        rows.append(
+            [
+                data["benchmark"],
+                data["metric"],
+                data["unit"],
+                data["service"],
+                data["baseline"],
+                f"{data['figure_name']} {fmt(data['figure'])}",
+                data["aim"] or "",
+                "" if data["met"] is None else ("met" if data["met"] else "MISSED"),
+            ]
+        )
+    return format_table(["benchmark", "metric", "unit", "service", "baseline", "figure", "aim", ""], rows)
+
+
+def machine_info() -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": list(load) if load else None,
+    }
+
+
+def result_document(
+    benchmark: str,
+    size: str,
+    params: Mapping[str, Any],
+    summary: Sequence[SummaryLine],
+    details: Mapping[str, Any],
+    *,
+    started_at: dt.datetime,
+    duration_s: float,
+) -> dict[str, Any]:
+    """The JSON written to bench/results/<benchmark>.json: the keys every benchmark shares, then details."""
+    return {
+        "benchmark": benchmark,
+        "size": size,
+        "params": dict(params),
+        "machine": machine_info(),
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "duration_s": round(duration_s, 3),
+        "summary": [line.to_json() for line in summary],
+        "details": dict(details),
+    }
+
+
+def write_result(results_dir: Path, document: Mapping[str, Any]) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{document['benchmark']}.json"
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    os.replace(partial, path)
+    return path

@@ -29,12 +29,25 @@ from dloop.errors import (
 
 @asynccontextmanager
 async def open_ws(
-    url: str, *, request_timeout: float = 20.0, ping_interval: float = 5.0, ping_timeout: float = 10.0
+    url: str,
+    *,
+    request_timeout: float = 20.0,
+    ping_interval: float = 5.0,
+    ping_timeout: float = 10.0,
+    close_timeout: float = 2.0,
 ) -> AsyncIterator[AsyncWeb3[Any]]:
-    """A fresh client per connection; tight pings so a frozen peer is noticed in seconds, not minutes."""
+    """A fresh client per connection; tight pings so a frozen peer is noticed in seconds, not minutes.
+
+    `close_timeout` bounds the closing handshake: a frozen peer never answers it (websockets waits 10 s).
+    """
     provider = WebSocketProvider(
         url,
-        websocket_kwargs={"ping_interval": ping_interval, "ping_timeout": ping_timeout, "max_size": 2**26},
+        websocket_kwargs={
+            "ping_interval": ping_interval,
+            "ping_timeout": ping_timeout,
+            "close_timeout": close_timeout,
+            "max_size": 2**26,
+        },
         request_timeout=request_timeout,
         max_connection_retries=1,
         subscription_response_queue_size=20_000,

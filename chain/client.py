@@ -97,19 +97,28 @@ class ChainClient:
         provider = self.w3.provider
         processor = provider._request_processor
         async with self._batch_lock:
+            cache_keys: list[str | None] = []
             try:
                 with anyio.fail_after(self.timeout):
                     sent = await provider.send_batch_request([(m, list(p)) for m, p in requests])
                     for request in sent:
-                        processor.cache_request_information(
-                            request["id"],
-                            request["method"],
-                            request["params"],
-                            response_formatters=((), (), ()),
+                        cache_keys.append(
+                            processor.cache_request_information(
+                                request["id"],
+                                request["method"],
+                                request["params"],
+                                response_formatters=((), (), ()),
+                            )
                         )
                     responses = await provider.recv_for_batch_request(sent)
             except Exception as exc:
                 raise translate_exception(exc) from exc
+            finally:
+                # The batch answer is popped as a whole: drop its requests' entries too, or they fill web3's
+                # request-information cache (500) and evict the entries of requests still in flight.
+                for key in cache_keys:
+                    if key is not None:
+                        processor.pop_cached_request_information(key)
         if not isinstance(responses, list):
             error = responses.get("error", {}) if isinstance(responses, dict) else {}
             raise classify_rpc_error(dict(error) if isinstance(error, dict) else {"message": str(error)})

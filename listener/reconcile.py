@@ -53,6 +53,7 @@ T = TypeVar("T")
 
 ConnectChain = Callable[[], AbstractAsyncContextManager[ChainClient]]
 Drain = Callable[[], Awaitable[object]]
+ResolveSent = Callable[[], Awaitable[int]]
 
 
 # -- pure planning ------------------------------------------------------------------------------------------
@@ -224,6 +225,7 @@ class Reconciler:
         chain_id: int,
         *,
         drain: Drain | None = None,
+        resolve_sent: ResolveSent | None = None,
         connect: ConnectChain | None = None,
         concurrency: int = 8,
         read_attempts: int = 5,
@@ -236,6 +238,9 @@ class Reconciler:
         self.chain_id = chain_id
         self.contract = settings.contract_address
         self.drain = drain
+        # The voter's own resolution of `sent` rows (its lanes track receipts and replacements); without one,
+        # the reconciler confirms only rows whose transaction is mined with success.
+        self.resolve_sent = resolve_sent
         self._connect = connect or self._open_connection
         self.concurrency = concurrency
         self.read_attempts = read_attempts
@@ -406,7 +411,7 @@ class Reconciler:
 
         open_ids = {p.proposal_id for p in proposals if p.open_at(chain_time)}
         has_voted = await self._has_voted(client, sorted(open_ids), tag, errors)
-        sent = await self._sent_receipts(client)
+        sent = await self._sent_receipts(client) if self.resolve_sent is None else {}
 
         # -- writes: each one short transaction --------------------------------------------------------
         new_proposals = missing_votes = 0
@@ -428,7 +433,14 @@ class Reconciler:
         rows = await self._vote_rows({p.proposal_id for p in proposals})
         fixes = plan_vote_fixes(rows, open_ids, {p.proposal_id for p in proposals}, has_voted)
         applied = collections.Counter(await self._apply_fixes(fixes))
-        resolved = await self._resolve_sent(sent, head_block.number, confirmations)
+        if self.resolve_sent is None:
+            resolved = await self._resolve_sent(sent, head_block.number, confirmations)
+        else:
+            try:
+                resolved = await self.resolve_sent()
+            except ChainError as exc:  # e.g. the voter is between connections: its lanes adopt them later
+                errors.append(f"resolving sent votes: {exc}")
+                resolved = 0
         return ReconcileResult(
             proposal_count=count,
             read_block=read_block,

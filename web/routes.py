@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from collections.abc import Sequence
 from typing import Annotated
 
@@ -51,8 +50,6 @@ from web.schemas import (
 
 MAX_ID = 2**63 - 1  # ids are BIGINT in the database
 NODE_READ_TIMEOUT = 5.0
-
-VoteStateParam = enum.Enum("VoteStateParam", {s.name: s.value for s in VoteState}, type=str)  # type: ignore[misc]
 
 
 def utcnow() -> dt.datetime:
@@ -188,7 +185,7 @@ async def votes(
     context: WebContext,
     node: Annotated[str | None, Parameter(description="node name, e.g. ai-gov-01", max_length=64)] = None,
     proposal: Annotated[int | None, Parameter(description="proposal id", ge=1, le=MAX_ID)] = None,
-    state: Annotated[VoteStateParam | None, Parameter(description="vote state")] = None,
+    vote_state: Annotated[VoteState | None, Parameter(query="state", description="vote state")] = None,
     limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
     offset: Annotated[int, Parameter(ge=0, le=10_000_000)] = 0,
 ) -> VotesResponse:
@@ -200,7 +197,7 @@ async def votes(
         context.scope,
         node=node,
         proposal_id=proposal,
-        state=state.value if state is not None else None,
+        state=vote_state.value if vote_state is not None else None,
         limit=limit,
         offset=offset,
     )

@@ -1,0 +1,299 @@
+"""The `dloop` commands: run, migrate, status, trigger (and demo, in dloop.demo).
+
+This is the process edge: settings are loaded here once (environment over `.env`), logging is configured
+here, and every failure a user can fix leaves as a DloopError that the CLI prints as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+
+from chain.accounts import node_accounts
+from chain.client import ChainClient
+from chain.connection import open_ws
+from dloop.errors import ChainError, ConfigError, DloopError
+from dloop.logs import configure_logging, log_event
+from dloop.settings import Settings, load_settings
+from storage.engine import check_database_location, create_engine, session_factory
+from storage.migrations import ensure_schema_current, upgrade
+from storage.proposals import sync_nodes
+
+logger = logging.getLogger("dloop.service")
+
+PREFLIGHT_TIMEOUT = 15.0
+
+
+# -- settings ------------------------------------------------------------------------------------------------
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The environment wins over the env file: `--env-file FILE`, else `.env` when present."""
+    explicit: Path | None = getattr(args, "env_file", None)
+    env_file = explicit if explicit is not None else (Path(".env") if Path(".env").is_file() else None)
+    return load_settings(os.environ, env_file)
+
+
+def safe_url(url: str) -> str:
+    """scheme://host:port of an RPC URL: hosted providers put API keys in the path or the query."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}"
+
+
+def service_url(settings: Settings, override: str | None = None) -> str:
+    if override:
+        return override.rstrip("/")
+    host = settings.http_host
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.http_port}"
+
+
+# -- migrate -------------------------------------------------------------------------------------------------
+
+
+def migrate_command(args: argparse.Namespace) -> int:
+    database_url = args.database_url or settings_from(args).database_url
+    check_database_location(database_url)
+    anyio.run(upgrade, database_url)
+    print(f"database schema is up to date ({_describe_db(database_url)})")
+    return 0
+
+
+def _describe_db(database_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(database_url).render_as_string(hide_password=True)
+
+
+# -- run -----------------------------------------------------------------------------------------------------
+
+
+async def preflight_chain(settings: Settings) -> int:
+    """Reach the node, check the contract has code; returns the chain id. Problems name the setting."""
+    where = safe_url(settings.rpc_ws_url)
+    try:
+        with anyio.fail_after(PREFLIGHT_TIMEOUT):
+            async with open_ws(settings.rpc_ws_url, request_timeout=min(settings.rpc_timeout, 10.0)) as w3:
+                client = ChainClient(w3, settings.contract_address, timeout=min(settings.rpc_timeout, 10.0))
+                chain_id = await client.chain_id()
+                code = await client.code_at(settings.contract_address)
+    except TimeoutError:
+        raise ConfigError(
+            "DLOOP_RPC_WS_URL", f"{where} did not answer within {PREFLIGHT_TIMEOUT:g} s"
+        ) from None
+    except ChainError as exc:
+        raise ConfigError("DLOOP_RPC_WS_URL", f"cannot use {where}: {_first_line(exc)}") from None
+    if code in ("0x", "", "0x0"):
+        raise ConfigError(
+            "DLOOP_CONTRACT_ADDRESS",
+            f"no contract code at {settings.contract_address} on chain {chain_id} ({where})",
+        )
+    return chain_id
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+async def stop_on_signals(cancel: Callable[[], None]) -> None:
+    """SIGINT or SIGTERM: cancel the service's task group (a clean stop, exit status 0)."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log_event(logger, "shutdown_requested", signal=signal.Signals(signum).name)
+            cancel()
+            return
+
+
+async def serve(
+    settings: Settings,
+    *,
+    on_ready: Callable[[Any], None] | None = None,
+    handle_signals: bool = True,
+) -> None:
+    """Preflight, then the service until cancelled (or a signal when `handle_signals`)."""
+    from dloop.service import Service  # imports the whole service: only for commands that run it
+
+    check_database_location(settings.database_url)
+    chain_id = await preflight_chain(settings)
+    await ensure_schema_current(settings.database_url)
+    engine = create_engine(settings.database_url)
+    try:
+        sessions = session_factory(engine)
+        accounts = node_accounts(settings.nodes)
+        nodes = await sync_nodes(sessions, [(a.name, a.address, a.strategy) for a in accounts])
+        service = Service(settings, sessions, nodes, accounts, chain_id)
+        service.http.bind()  # a busy port fails here, before anything starts
+        log_event(
+            logger,
+            "service_starting",
+            chain_id=chain_id,
+            rpc=safe_url(settings.rpc_ws_url),
+            contract=settings.contract_address,
+            nodes=[n.name for n in nodes],
+            http=service.http.url,
+        )
+        async with anyio.create_task_group() as tg:
+            if handle_signals:
+                tg.start_soon(stop_on_signals, tg.cancel_scope.cancel)
+            await tg.start(service.run)
+            if on_ready is not None:
+                on_ready(service)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await engine.dispose()
+        log_event(logger, "service_stopped")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    configure_logging(settings.log_level)
+    run_async(serve, settings)
+    return 0
+
+
+def run_async(function: Callable[..., Any], *args: Any) -> None:
+    """anyio.run, with a service error raised inside the task group surfacing as itself (one line)."""
+    try:
+        anyio.run(function, *args)
+    except BaseExceptionGroup as group:
+        first = _first_dloop_error(group)
+        if first is None:
+            raise
+        raise first from group
+
+
+def _first_dloop_error(exc: BaseException) -> DloopError | None:
+    if isinstance(exc, DloopError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_dloop_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+# -- status and trigger: clients of the running service ----------------------------------------------------
+
+
+def _client_settings(args: argparse.Namespace) -> tuple[str, str | None]:
+    settings = settings_from(args)
+    return service_url(settings, args.url), settings.api_token
+
+
+def _request(method: str, url: str, *, token: str | None = None, timeout: float = 10.0) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        return httpx.request(method, url, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        base = url.split("/", 3)
+        raise DloopError(
+            f"cannot reach the service at {'/'.join(base[:3])} ({exc}); is `dloop run` running?"
+        ) from None
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        raise DloopError(f"the service answered {response.status_code} without JSON") from None
+    if not isinstance(body, dict):
+        raise DloopError(f"the service answered {response.status_code} with unexpected JSON")
+    return body
+
+
+def trigger_command(args: argparse.Namespace) -> int:
+    base, token = _client_settings(args)
+    response = _request("POST", f"{base}/trigger-voting", token=token)
+    body = _json(response)
+    if response.status_code != 202:
+        print(f"dloop: trigger refused ({response.status_code}): {body.get('reason', body)}")
+        return 1
+    round_id = int(body["roundId"])
+    verb = "joined the running" if body.get("joined") else "started"
+    print(f"{verb} voting round {round_id}")
+    if not args.wait:
+        print(f"progress: curl -s {base}/rounds/{round_id}")
+        return 0
+    end = time.monotonic() + args.timeout
+    while time.monotonic() < end:
+        result = _json(_request("GET", f"{base}/rounds/{round_id}"))["round"]
+        if result["state"] != "running":
+            print(_round_line(result))
+            return 0 if result["state"] == "done" else 1
+        time.sleep(0.5)
+    print(f"round {round_id} still running after {args.timeout:g} s")
+    return 1
+
+
+def _round_line(r: dict[str, Any]) -> str:
+    text = (
+        f"round {r['id']} ({r['kind']}) {r['state']}: scanned {r['proposalsScanned']} proposals, "
+        f"{r['newProposals']} new, {r['missingVotes']} missing votes, {r['resolvedTransactions']} resolved, "
+        f"{r['votesSent']} sent, {r['votesConfirmed']} confirmed"
+    )
+    return text + (f"; error: {r['error']}" if r.get("error") else "")
+
+
+def status_command(args: argparse.Namespace) -> int:
+    base, _token = _client_settings(args)
+    overview = _json(_request("GET", f"{base}/"))
+    health_response = _request("GET", f"{base}/health")
+    health = _json(health_response)
+    print(format_status(base, overview, health))
+    return 0 if health_response.status_code == 200 else 1
+
+
+def format_status(base: str, overview: dict[str, Any], health: dict[str, Any]) -> str:
+    """A human summary of `GET /` and `GET /health`."""
+    lines = [f"dloop service at {base}: {overview['status']} ({health['status']})"]
+    for name, check in health.get("checks", {}).items():
+        lines.append(f"  {'ok ' if check['ok'] else 'BAD'} {name:<13} {check['detail']}")
+    listener = overview["listener"]
+    age = listener.get("headAgeSeconds")
+    lines.append(
+        f"listener: {'live' if listener['connected'] else 'not connected'}, head {listener.get('headBlock')}"
+        + (f" ({age:.1f} s ago)" if isinstance(age, int | float) else "")
+        + f", reconnects {listener['reconnects']}"
+    )
+    queue = overview["queue"]
+    by_state = queue["byState"]
+    lines.append(
+        f"queue: {queue['depth']} open ("
+        + ", ".join(f"{by_state.get(s, 0)} {s}" for s in ("pending", "queued", "sent"))
+        + "); "
+        + ", ".join(
+            f"{by_state.get(s, 0)} {s}" for s in ("confirmed", "already_voted", "no_vote", "closed", "failed")
+        )
+    )
+    proposals = overview["proposals"]
+    lines.append(f"proposals: {proposals['known']} known, {proposals['active']} open for voting")
+    last = overview.get("lastRound")
+    lines.append("last round: " + (_round_line(last) if last else "none yet"))
+    system = overview["system"]
+    lines.append(f"nodes: {system['activeNodes']} of {system['totalNodes']} active")
+    for node in system["nodeStatuses"]:
+        lines.append(
+            f"  {node['name']:<12} {node['strategy']:<13} {node['status']:<9} cast {node['votesCast']:>4}  "
+            f"pending {node['votesPending']:>3}  failed {node['votesFailed']:>3}  "
+            f"last vote {node['lastVoteAt'] or '-'}"
+        )
+    return "\n".join(lines)

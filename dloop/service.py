@@ -1,0 +1,303 @@
+"""The service: one anyio task group owning the HTTP server, the voter, the listener and the reconciler.
+
+Everything is built from one `Settings`, one session factory and the node records synced at start-up. Each
+component is started with `tg.start` (in that order: the API answers while the listener backfills); on
+cancellation (SIGINT/SIGTERM in `dloop run`) each one stops on its own terms: the voter's state changes
+and hash records are shielded, uvicorn finishes its requests, queued rows simply stay queued.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+
+from chain.accounts import NodeAccount
+from chain.client import ChainClient, decode_result
+from chain.codec import dao_functions, erc20_functions
+from dloop.errors import ChainError, TransientChainError
+from dloop.logs import log_event
+from dloop.settings import Settings
+from dloop.wakeup import WorkSignal
+from listener.listener import Listener
+from listener.reconcile import Reconciler, ws_chain_client
+from storage.engine import SessionFactory
+from storage.proposals import NodeRecord
+from storage.queries import ContractScope
+from storage.rounds import RoundKind, fail_interrupted_rounds
+from voter.service import Voter
+from web.app import create_app
+from web.ports import ListenerView, NodeChainState, TriggerResult, VoterView, WebContext
+from web.server import HttpServer
+
+logger = logging.getLogger(__name__)
+
+VOTE_GAS_ALLOWANCE = 150_000  # gas a vote may need, for the "unfunded" status of /nodes
+PRIORITY_FEE_WEI = 1_000_000_000
+
+
+def required_balance(base_fee_wei: int | None) -> int:
+    """What one vote may cost at the current base fee (twice the base fee plus the tip)."""
+    return VOTE_GAS_ALLOWANCE * (2 * (base_fee_wei or 0) + PRIORITY_FEE_WEI)
+
+
+class ChainReads:
+    """A long-lived connection for the API's live reads (balances, weights, nonces); reconnects on failure."""
+
+    def __init__(self, settings: Settings, nodes: Sequence[NodeRecord]) -> None:
+        self.settings = settings
+        self.nodes = tuple(nodes)
+        self.client: ChainClient | None = None
+        self._broken = anyio.Event()
+        self._dloop_token: str | None = None
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        started = False
+        delay = 0.5
+        while True:
+            try:
+                async with ws_chain_client(self.settings) as client:
+                    self.client, self._broken = client, anyio.Event()
+                    delay = 0.5
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await self._broken.wait()
+            except ChainError as exc:
+                log_event(logger, "api_chain_reconnect", level=logging.DEBUG, error=str(exc))
+            finally:
+                self.client = None
+            if not started:  # the API must come up even when the chain is down: /health says so
+                started = True
+                task_status.started()
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def node_states(self) -> list[NodeChainState]:
+        client = self.client
+        if client is None:
+            raise TransientChainError("no connection to the chain")
+        try:
+            return await self._read(client)
+        except TransientChainError:
+            self._broken.set()
+            raise
+
+    async def _read(self, client: ChainClient) -> list[NodeChainState]:
+        if self._dloop_token is None:
+            self._dloop_token = str(await client.call(dao_functions()["dloopToken"]))
+        balance_of = erc20_functions()["balanceOf"]
+        requests: list[tuple[str, list[object]]] = [("eth_getBlockByNumber", ["latest", False])]
+        for node in self.nodes:
+            requests += [
+                ("eth_getBalance", [node.address, "latest"]),
+                ("eth_getTransactionCount", [node.address, "pending"]),
+                ("eth_call", [{"to": self._dloop_token, "data": balance_of.encode(node.address)}, "latest"]),
+            ]
+        answers = await client.call_many(requests, batch_size=self.settings.rpc_batch_size)
+        head = answers[0]
+        base_fee = None
+        if isinstance(head, Mapping) and head.get("baseFeePerGas") is not None:
+            base_fee = int(str(head["baseFeePerGas"]), 16)
+        required = required_balance(base_fee)
+        states = []
+        for index, node in enumerate(self.nodes):
+            balance, nonce, weight = answers[1 + 3 * index : 4 + 3 * index]
+            errors = [str(a) for a in (balance, nonce, weight) if isinstance(a, ChainError)]
+            try:
+                dloop = None if isinstance(weight, ChainError) else int(decode_result(balance_of, weight)[0])
+            except ValueError as exc:
+                dloop, errors = None, [*errors, f"balanceOf: {exc}"]
+            states.append(
+                NodeChainState(
+                    address=node.address,
+                    eth_balance_wei=None if isinstance(balance, ChainError) else int(str(balance), 16),
+                    dloop_balance_wei=dloop,
+                    next_nonce=None if isinstance(nonce, ChainError) else int(str(nonce), 16),
+                    required_wei=required,
+                    error="; ".join(errors) or None,
+                )
+            )
+        return states
+
+
+@dataclass
+class Running:
+    """Which components are running right now (for /, /health and /metrics)."""
+
+    flags: dict[str, bool] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> bool:
+        return self.flags.get(name, False)
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: SessionFactory,
+        nodes: Sequence[NodeRecord],
+        accounts: tuple[NodeAccount, ...],
+        chain_id: int,
+        *,
+        enable_listener: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.nodes = tuple(nodes)
+        self.chain_id = chain_id
+        self.signal = WorkSignal()
+        self.running = Running()
+        self.enable_listener = enable_listener
+        self.listener = Listener(settings, sessions, self.nodes, self.signal, chain_id, progress_bar=False)
+        self.voter = Voter(settings, sessions, accounts, self.nodes, self.signal, chain_id)
+        self.reconciler = Reconciler(
+            settings,
+            sessions,
+            self.nodes,
+            self.signal,
+            chain_id,
+            drain=self._drain,
+            resolve_sent=self._resolve_sent,
+        )
+        self.reads = ChainReads(settings, self.nodes)
+        self.app = create_app(self.web_context())
+        self.http = HttpServer(self.app, settings.http_host, settings.http_port)
+
+    # -- what the web layer sees -----------------------------------------------------------------------
+    def web_context(self) -> WebContext:
+        return WebContext(
+            sessions=self.sessions,
+            scope=ContractScope(self.chain_id, self.settings.contract_address),
+            nodes=self.nodes,
+            rounds=_Rounds(self.reconciler),
+            listener=self.listener_view,
+            voter=self.voter_view,
+            node_chain=self.reads.node_states,
+            rpc_errors=self.rpc_errors,
+            api_token=self.settings.api_token,
+            head_timeout=self.settings.head_timeout,
+        )
+
+    def listener_view(self) -> ListenerView:
+        status = self.listener.status
+        head_timestamp = None
+        if status.head_lag_seconds is not None:
+            head_timestamp = int(dt.datetime.now(dt.UTC).timestamp() - status.head_lag_seconds)
+        return ListenerView(
+            running=self.running["listener"],
+            connected=status.connected,
+            subscribed=status.connected,  # "connected" means subscribed, caught up and following live
+            head_block=status.last_head_number,
+            head_received_at=status.last_head_time,
+            head_timestamp=head_timestamp,
+            reconnects=status.reconnects,
+            last_error=status.last_error,
+            extra={
+                "cursorBlock": status.cursor_block,
+                "logsProcessed": status.logs_processed,
+                "votesQueued": status.votes_queued,
+                "reorgsSeen": status.reorgs_seen,
+                "lastEventTime": status.last_event_time,
+                "backfill": {
+                    "active": status.backfill_active,
+                    "doneBlocks": status.backfill_done_blocks,
+                    "totalBlocks": status.backfill_total_blocks,
+                    "blocksPerSecond": status.backfill_blocks_per_second,
+                },
+            },
+        )
+
+    def voter_view(self) -> VoterView:
+        status = self.voter.status
+        errors = [f"{n.name}: {n.last_error}" for n in status.nodes if n.last_error]
+        last = status.last_round
+        return VoterView(
+            running=self.running["voter"] and status.connected,
+            in_flight=sum(n.in_flight for n in status.nodes),
+            last_error="; ".join(errors) or None,
+            extra={
+                "rounds": status.rounds,
+                "roundRunning": status.round_running,
+                "votesSent": status.votes_sent,
+                "votesConfirmed": status.votes_confirmed,
+                "votesFailed": status.votes_failed,
+                "replaced": status.replaced,
+                "rebroadcast": status.rebroadcast,
+                "lastRound": None
+                if last is None
+                else {
+                    "sent": last.sent,
+                    "confirmed": last.confirmed,
+                    "leased": last.leased,
+                    "at": last.finished_at,
+                },
+                "unfundedNodes": [n.name for n in status.nodes if n.unfunded],
+            },
+        )
+
+    def rpc_errors(self) -> dict[str, int]:
+        return dict(self.reconciler.status.rpc_errors)
+
+    # -- rounds ----------------------------------------------------------------------------------------
+    async def _drain(self) -> None:
+        await self.voter.drain()
+
+    async def _resolve_sent(self) -> int:
+        return await self.voter.recheck_sent()
+
+    # -- the task group --------------------------------------------------------------------------------
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        interrupted = await fail_interrupted_rounds(self.sessions)
+        if interrupted:
+            log_event(logger, "rounds_interrupted_before", count=interrupted)
+        self.http.bind()
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._component, "reads", self.reads.run)
+            await tg.start(self._component, "web", self.http.run)
+            await tg.start(self._component, "voter", self.voter.run)
+            if self.enable_listener:
+                await tg.start(self._component, "listener", self.listener.run)
+            await tg.start(self._component, "reconciler", self.reconciler.run)
+            log_event(
+                logger,
+                "service_started",
+                url=self.http.url,
+                nodes=len(self.nodes),
+                chain_id=self.chain_id,
+                contract=self.settings.contract_address,
+                listener=self.enable_listener,
+            )
+            task_status.started()
+
+    async def _component(
+        self,
+        name: str,
+        run: Callable[..., Awaitable[None]],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self.running.flags[name] = True
+        try:
+            await run(task_status=task_status)
+        finally:
+            self.running.flags[name] = False
+            log_event(logger, "component_stopped", component=name)
+
+
+class _Rounds:
+    """`web.ports.RoundControl` over the reconciler."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.reconciler = reconciler
+
+    async def trigger(self) -> TriggerResult:
+        ticket = await self.reconciler.trigger(RoundKind.MANUAL)
+        return TriggerResult(ticket.round_id, ticket.joined, ticket.started_at)
+
+    def phase(self, round_id: int) -> str | None:
+        return self.reconciler.phase(round_id)

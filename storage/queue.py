@@ -8,11 +8,14 @@ Portable SQL only (SQLAlchemy Core), no SQLite-specific statements.
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 from collections.abc import Collection, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
+import anyio
+from sqlalchemy import ColumnElement, and_, case, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,6 +35,8 @@ class QueuedVote:
     node_id: int
     proposal_row_id: int
     proposal_id: int  # on chain
+    chain_id: int
+    contract: str
     content_hash: str  # of the stored proposal
     voting_ends_at: dt.datetime
     attempts: int
@@ -74,9 +79,21 @@ def _lease_free(now: dt.datetime) -> ColumnElement[bool]:
     return or_(Vote.lease_expires_at.is_(None), Vote.lease_expires_at < now)
 
 
-async def _in_transaction(sessions: SessionFactory, work: Any) -> Any:
+# The voter's lanes and watchers write concurrently. SQLite has one writer at a time and its busy handler
+# sleeps up to 100 ms per retry, so writers of one process take turns here instead (each write is a few ms).
+_write_locks: weakref.WeakKeyDictionary[SessionFactory, anyio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _write_lock(sessions: SessionFactory) -> anyio.Lock:
+    lock = _write_locks.get(sessions)
+    if lock is None:
+        lock = _write_locks[sessions] = anyio.Lock()
+    return lock
+
+
+async def _in_transaction(sessions: SessionFactory, work: Any, *, write: bool = True) -> Any:
     try:
-        async with sessions.begin() as session:
+        async with _write_lock(sessions) if write else nullcontext(), sessions.begin() as session:
             return await work(session)
     except SQLAlchemyError as exc:
         raise StorageError(f"vote queue: {exc}") from exc
@@ -107,7 +124,7 @@ async def queued_candidates(
         rows = await session.execute(_queued_select().where(free, Vote.proposal_ref.in_(ids)))
         return [_queued(row) for row in rows.all()]
 
-    result: list[QueuedVote] = await _in_transaction(sessions, work)
+    result: list[QueuedVote] = await _in_transaction(sessions, work, write=False)
     return result
 
 
@@ -117,6 +134,8 @@ def _queued_select() -> Any:
         Vote.node_id,
         Vote.proposal_ref,
         Proposal.proposal_id,
+        Proposal.chain_id,
+        Proposal.contract,
         Proposal.content_hash,
         Proposal.voting_ends_at,
         Vote.attempts,
@@ -129,6 +148,8 @@ def _queued(row: Any) -> QueuedVote:
         node_id=row.node_id,
         proposal_row_id=row.proposal_ref,
         proposal_id=int(row.proposal_id),
+        chain_id=int(row.chain_id),
+        contract=row.contract,
         content_hash=row.content_hash,
         voting_ends_at=row.voting_ends_at,
         attempts=row.attempts,
@@ -228,7 +249,7 @@ async def count_leasable(
         )
         return int((await session.execute(query)).scalar_one())
 
-    count: int = await _in_transaction(sessions, work)
+    count: int = await _in_transaction(sessions, work, write=False)
     return count
 
 
@@ -351,51 +372,62 @@ async def record_replacement(sessions: SessionFactory, vote_id: int, tx: SignedT
     return done
 
 
+@dataclass(frozen=True)
+class Confirmation:
+    vote_id: int
+    tx_hash: str
+    block_number: int
+    gas_used: int | None
+
+
 async def mark_confirmed(
     sessions: SessionFactory, vote_id: int, *, tx_hash: str, block_number: int, gas_used: int | None
 ) -> bool:
     """sent -> confirmed. Also accepts a row already confirmed (the listener's VoteCast handler may win)."""
+    done = await mark_confirmed_many(sessions, [Confirmation(vote_id, tx_hash, block_number, gas_used)])
+    return vote_id in done
+
+
+async def mark_confirmed_many(sessions: SessionFactory, confirmations: Sequence[Confirmation]) -> set[int]:
+    """Several sent -> confirmed changes in one transaction, each conditional; returns the ids changed."""
+    if not confirmations:
+        return set()
     now = utcnow()
 
-    async def work(session: AsyncSession) -> bool:
-        result = await session.execute(
-            update(Vote)
-            .where(Vote.id == vote_id, Vote.state.in_([VoteState.SENT, VoteState.CONFIRMED]))
-            .values(
-                state=VoteState.CONFIRMED,
-                tx_hash=tx_hash,
-                confirmed_block=block_number,
-                gas_used=gas_used,
-                confirmed_at=func.coalesce(Vote.confirmed_at, now),
-                last_error=None,
+    async def work(session: AsyncSession) -> set[int]:
+        done = set()
+        for item in confirmations:
+            result = await session.execute(
+                update(Vote)
+                .where(Vote.id == item.vote_id, Vote.state.in_([VoteState.SENT, VoteState.CONFIRMED]))
+                .values(
+                    state=VoteState.CONFIRMED,
+                    tx_hash=item.tx_hash,
+                    confirmed_block=item.block_number,
+                    gas_used=item.gas_used,
+                    confirmed_at=func.coalesce(Vote.confirmed_at, now),
+                    last_error=None,
+                )
             )
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            return False
-        await _settle_outcomes(session, vote_id, tx_hash, "mined")
-        return True
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                await _settle_outcomes(session, item.vote_id, item.tx_hash, "mined")
+                done.add(item.vote_id)
+        return done
 
-    done: bool = await _in_transaction(sessions, work)
-    return done
+    result: set[int] = await _in_transaction(sessions, work)
+    return result
 
 
 async def _settle_outcomes(session: AsyncSession, vote_id: int, tx_hash: str, outcome: str) -> None:
-    await session.execute(
-        update(VoteTransaction)
-        .where(VoteTransaction.vote_id == vote_id, VoteTransaction.tx_hash == tx_hash)
-        .values(outcome=outcome)
-    )
-    # The others with the same nonce can never be mined now.
-    nonce = select(VoteTransaction.nonce).where(VoteTransaction.tx_hash == tx_hash).scalar_subquery()
+    # Unsettled transactions of a vote are those of its current attempt, all with the same nonce: once one
+    # is mined, the others can never be.
     await session.execute(
         update(VoteTransaction)
         .where(
             VoteTransaction.vote_id == vote_id,
-            VoteTransaction.tx_hash != tx_hash,
-            VoteTransaction.nonce == nonce,
-            VoteTransaction.outcome.is_(None),
+            or_(VoteTransaction.tx_hash == tx_hash, VoteTransaction.outcome.is_(None)),
         )
-        .values(outcome="replaced")
+        .values(outcome=case((VoteTransaction.tx_hash == tx_hash, outcome), else_="replaced"))
     )
 
 
@@ -561,5 +593,5 @@ async def sent_votes(sessions: SessionFactory, node_id: int) -> list[SentVote]:
             if r.id in by_vote and r.nonce is not None and r.tx_hash is not None
         ]
 
-    result: list[SentVote] = await _in_transaction(sessions, work)
+    result: list[SentVote] = await _in_transaction(sessions, work, write=False)
     return result

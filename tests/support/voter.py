@@ -1,0 +1,234 @@
+"""Helpers for the voter tests: a devnet per test, a migrated SQLite file, queued work and chain checks."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+from eth_account import Account
+from sqlalchemy import select
+from web3 import Web3
+
+from chain.accounts import NodeAccount, node_accounts
+from chain.client import ChainClient
+from chain.codec import dao_functions, event_topics
+from chain.connection import open_ws
+from chain.types import ProposalData
+from dloop.anvil import AnvilProcess
+from dloop.devnet import DevnetInfo, asset_dao, deploy_devnet
+from dloop.settings import DEFAULT_NODE_STRATEGIES, NodeSettings, PrivateKey, Settings
+from dloop.wakeup import WorkSignal
+from storage.engine import SessionFactory, create_engine, session_factory
+from storage.migrations import upgrade
+from storage.models import Node, Proposal, Vote, VoteTransaction
+from storage.proposals import NodeRecord, record_proposal, sync_nodes
+from voter.service import Voter
+
+VOTE_CAST = next(topic for topic, name in event_topics().items() if name == "VoteCast")
+
+
+def rpc(url: str, method: str, params: list[Any] | None = None) -> Any:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        reply = json.loads(response.read())
+    if "error" in reply:
+        raise RuntimeError(f"{method}: {reply['error']}")
+    return reply["result"]
+
+
+@contextmanager
+def devnet_chain(proposals: int, *, block_time: float | None = None) -> Iterator[tuple[AnvilProcess, DevnetInfo]]:
+    with AnvilProcess(block_time=block_time) as node:
+        yield node, deploy_devnet(node.http_url, proposals)
+
+
+def voter_settings(node: AnvilProcess, info: DevnetInfo, database_url: str, **overrides: Any) -> Settings:
+    keys: list[str] = overrides.pop("node_keys", list(info.node_keys))
+    nodes = tuple(
+        NodeSettings(f"ai-gov-{i:02d}", PrivateKey(key), DEFAULT_NODE_STRATEGIES[(i - 1) % 5])
+        for i, key in enumerate(keys, start=1)
+    )
+    settings = Settings(
+        rpc_ws_url=node.ws_url,
+        contract_address=info.contract_address,
+        nodes=nodes,
+        database_url=database_url,
+        rpc_timeout=10.0,
+    )
+    return replace(settings, **overrides)
+
+
+@dataclass
+class Harness:
+    """What a voter test needs: chain, settings, database, node rows and a voter factory."""
+
+    node: AnvilProcess
+    info: DevnetInfo
+    settings: Settings
+    sessions: SessionFactory
+    accounts: tuple[NodeAccount, ...]
+    nodes: list[NodeRecord]
+    signal: WorkSignal
+
+    def voter(self, **knobs: Any) -> Voter:
+        return Voter(
+            self.settings, self.sessions, self.accounts, self.nodes, self.signal, self.info.chain_id, **knobs
+        )
+
+    @property
+    def addresses(self) -> list[str]:
+        return [a.address for a in self.accounts]
+
+    def rpc(self, method: str, params: list[Any] | None = None) -> Any:
+        return rpc(self.node.http_url, method, params)
+
+    def web3(self) -> Web3:
+        return Web3(Web3.HTTPProvider(self.node.http_url))
+
+
+async def make_harness(node: AnvilProcess, info: DevnetInfo, tmp_path: Path, **overrides: Any) -> Harness:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'voter.db'}"
+    await upgrade(url)
+    settings = voter_settings(node, info, url, **overrides)
+    sessions = session_factory(create_engine(url))
+    accounts = node_accounts(settings.nodes)
+    nodes = await sync_nodes(sessions, [(a.name, a.address, a.strategy) for a in accounts])
+    return Harness(node, info, settings, sessions, accounts, nodes, WorkSignal())
+
+
+async def read_proposals(h: Harness, ids: list[int] | None = None) -> list[ProposalData]:
+    async with open_ws(h.node.ws_url) as w3:
+        client = ChainClient(w3, h.info.contract_address)
+        count = await client.proposal_count()
+        return [await client.read_proposal(i) for i in (ids or range(1, count + 1))]
+
+
+async def queue_proposals(h: Harness, ids: list[int] | None = None) -> list[ProposalData]:
+    """What the listener does: read each proposal and record it with one queued row per node."""
+    proposals = await read_proposals(h, ids)
+    for data in proposals:
+        await record_proposal(
+            h.sessions,
+            chain_id=h.info.chain_id,
+            contract=h.info.contract_address,
+            data=data,
+            source="backfill",
+            node_ids=[n.id for n in h.nodes],
+        )
+    return proposals
+
+
+@dataclass(frozen=True)
+class VoteRow:
+    proposal_id: int
+    node: str
+    address: str
+    state: str
+    decision: str | None
+    confidence: float | None
+    reason: str | None
+    tx_hash: str | None
+    last_error: str | None
+
+
+async def vote_rows(sessions: SessionFactory) -> list[VoteRow]:
+    async with sessions() as session:
+        rows = await session.execute(
+            select(
+                Proposal.proposal_id,
+                Node.name,
+                Node.address,
+                Vote.state,
+                Vote.decision,
+                Vote.confidence,
+                Vote.reason,
+                Vote.tx_hash,
+                Vote.last_error,
+            )
+            .join(Proposal, Proposal.id == Vote.proposal_ref)
+            .join(Node, Node.id == Vote.node_id)
+            .order_by(Proposal.proposal_id, Node.name)
+        )
+        return [VoteRow(int(r[0]), *r[1:]) for r in rows.all()]
+
+
+async def vote_transactions(sessions: SessionFactory) -> list[tuple[int, str, int, str | None]]:
+    """(vote id, tx hash, nonce, outcome) of every signed transaction."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(
+                VoteTransaction.vote_id, VoteTransaction.tx_hash, VoteTransaction.nonce, VoteTransaction.outcome
+            ).order_by(VoteTransaction.id)
+        )
+        return [(int(r[0]), r[1], int(r[2]), r[3]) for r in rows.all()]
+
+
+def vote_events(url: str, contract: str) -> list[tuple[int, str, bool]]:
+    """(proposal id, voter, support) of every VoteCast on chain."""
+    logs = rpc(url, "eth_getLogs", [{"address": contract, "fromBlock": "0x0", "toBlock": "latest", "topics": [VOTE_CAST]}])
+    return [
+        (int(log["topics"][1], 16), Web3.to_checksum_address("0x" + log["topics"][2][-40:]), int(log["data"][:66], 16) == 1)
+        for log in logs
+    ]
+
+
+def check_exactly_once(url: str, contract: str, addresses: list[str]) -> Counter[str]:
+    """The invariant: each node's transaction count equals its VoteCast events, and no (proposal, node)
+    pair has two votes. Returns the votes per node."""
+    events = vote_events(url, contract)
+    pairs = Counter((pid, voter) for pid, voter, _ in events)
+    assert all(n == 1 for n in pairs.values()), [p for p, n in pairs.items() if n > 1]
+    per_node = Counter(voter for _, voter, _ in events)
+    for address in addresses:
+        nonce = int(rpc(url, "eth_getTransactionCount", [address, "latest"]), 16)
+        assert nonce == per_node[address], f"{address}: {nonce} transactions, {per_node[address]} votes"
+    return per_node
+
+
+def vote_by_hand(url: str, contract: str, key: str, proposal_id: int, support: bool) -> None:
+    w3 = Web3(Web3.HTTPProvider(url))
+    account = Account.from_key(key)
+    tx = asset_dao(w3, contract).functions.vote(proposal_id, support).build_transaction(
+        {"from": account.address, "nonce": w3.eth.get_transaction_count(account.address)}
+    )
+    tx_hash = w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
+    assert w3.eth.wait_for_transaction_receipt(tx_hash, timeout=10, poll_latency=0.02)["status"] == 1
+
+
+def cancel_proposal(url: str, contract: str, proposer_key: str, proposal_id: int) -> None:
+    w3 = Web3(Web3.HTTPProvider(url))
+    account = Account.from_key(proposer_key)
+    tx = asset_dao(w3, contract).functions.cancelProposal(proposal_id).build_transaction(
+        {"from": account.address, "nonce": w3.eth.get_transaction_count(account.address)}
+    )
+    tx_hash = w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
+    assert w3.eth.wait_for_transaction_receipt(tx_hash, timeout=10, poll_latency=0.02)["status"] == 1
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll an async or sync predicate until it returns something truthy (state lives in another task,
+    process or the chain, so there is no event to await)."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if hasattr(value, "__await__"):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await anyio.sleep(interval)
+
+
+def has_voted(url: str, contract: str, proposal_id: int, address: str) -> bool:
+    data = dao_functions()["hasVoted"].encode(proposal_id, address)
+    return int(rpc(url, "eth_call", [{"to": contract, "data": data}, "latest"]), 16) == 1

@@ -1,0 +1,698 @@
+"""One node's sending lane: its own nonces, a bound on transactions in flight, and a receipt watcher.
+
+Every signed transaction is persisted (row `sent`) before it is broadcast, so after a crash each `sent` row
+is resolved from the chain: receipt, account nonce, `hasVoted`. Rebroadcasting the same signed bytes is
+always safe (same hash, same nonce); a new vote is only ever signed for a row that is provably not cast.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from eth_account.typed_transactions.typed_transaction import TypedTransaction
+from hexbytes import HexBytes
+
+from chain.accounts import NodeAccount
+from chain.client import ChainClient
+from chain.codec import dao_functions
+from chain.types import ProposalData
+from dloop.errors import ChainError, ContractRevert, DloopError, TransientChainError
+from dloop.logs import log_event
+from dloop.settings import Settings
+from storage import queue
+from storage.engine import SessionFactory
+from storage.models import VoteState, utcnow
+from storage.proposals import NodeRecord
+from storage.queue import QueuedVote, SignedTx
+from voter.fees import GWEI, Fees, bump_fees, gas_limit, gwei_to_wei, includable, initial_fees
+from voter.outcomes import Action, classify
+from voter.retry import with_backoff
+from voter.strategies import Decision, NodeConfig
+
+log = logging.getLogger("dloop.voter")
+
+StepHook = Callable[[str], None]
+
+
+def _int(value: Any) -> int:
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+@dataclass(frozen=True)
+class VoteJob:
+    row: QueuedVote
+    proposal: ProposalData
+    decision: Decision
+
+
+@dataclass
+class Counters:
+    """Counts of one round (or of the voter's life)."""
+
+    sent: int = 0
+    confirmed: int = 0
+    failed: int = 0
+    closed: int = 0
+    already_voted: int = 0
+    no_vote: int = 0
+    deferred: int = 0
+    replaced: int = 0
+    rebroadcast: int = 0
+    requeued: int = 0
+
+
+@dataclass
+class Tracked:
+    """A vote whose transaction is in flight: every hash signed for it, and the one expected to land."""
+
+    vote_id: int
+    proposal_id: int
+    nonce: int
+    hashes: list[str]
+    latest: SignedTx
+    data: str
+    sent_block: int
+    rebroadcasts: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class FeeOracle:
+    """Base fee and priority fee from the chain, shared by the lanes and cached briefly."""
+
+    def __init__(self, cap_wei: int, ttl: float = 0.5) -> None:
+        self.cap_wei = cap_wei
+        self.ttl = ttl
+        self._lock = anyio.Lock()
+        self._at = -1e9
+        self._base = 0
+        self._priority = 0
+        self.head = 0  # number of the latest block seen
+
+    async def read(self, client: ChainClient, *, fresh: bool = False) -> tuple[int, int]:
+        """(base fee of the latest block, suggested priority fee)."""
+        async with self._lock:
+            if fresh or anyio.current_time() - self._at > self.ttl:
+                block = await with_backoff(client.block, "latest")
+                priority = _int(await with_backoff(client.request, "eth_maxPriorityFeePerGas", []))
+                self._base, self._priority = block.base_fee_per_gas or 0, priority
+                self.head = max(self.head, block.number)
+                self._at = anyio.current_time()
+            return self._base, self._priority
+
+    async def initial(self, client: ChainClient) -> tuple[Fees, int]:
+        base, priority = await self.read(client)
+        return initial_fees(base, priority, self.cap_wei), base
+
+
+class NodeLane:
+    def __init__(
+        self,
+        *,
+        account: NodeAccount,
+        node: NodeRecord,
+        config: NodeConfig,
+        settings: Settings,
+        sessions: SessionFactory,
+        owner: str,
+        chain_id: int,
+        fees: FeeOracle,
+        totals: Counters,
+        step_hook: StepHook | None = None,
+        receipt_poll_interval: float = 0.2,
+        stall_seconds: float = 5.0,
+    ) -> None:
+        self.account = account
+        self.node = node
+        self.config = config
+        self.settings = settings
+        self.sessions = sessions
+        self.owner = owner
+        self.chain_id = chain_id
+        self.fees = fees
+        self.totals = totals
+        self.step_hook = step_hook
+        self.receipt_poll_interval = receipt_poll_interval
+        self.stall_seconds = stall_seconds
+        self.client: ChainClient | None = None
+        self.lock = anyio.Lock()  # nonce assignment and in-flight bookkeeping
+        self.next_nonce: int | None = None
+        self.tracked: dict[int, Tracked] = {}
+        self.unfunded = False
+        self.needed_wei = 0
+        self.last_error: str | None = None
+        self.last_vote_at: dt.datetime | None = None
+        self._changed = anyio.Event()  # a transaction was tracked or settled
+
+    # -- plumbing --------------------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return self.account.address
+
+    @property
+    def cap_wei(self) -> int:
+        return gwei_to_wei(self.settings.max_fee_gwei)
+
+    def _chain(self) -> ChainClient:
+        if self.client is None:
+            raise ChainError("voter is not connected")
+        return self.client
+
+    def _step(self, name: str) -> None:
+        if self.step_hook is not None:
+            self.step_hook(name)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def _error(self, text: str) -> None:
+        self.last_error = text
+        log_event(log, "node_error", level=logging.WARNING, node=self.node.name, error=text)
+
+    async def attach(self, client: ChainClient) -> None:
+        """A new connection: forget in-memory state, resolve every `sent` row, then sync the nonce."""
+        self.client = client
+        self.tracked.clear()
+        self.next_nonce = None
+        await self.adopt_sent()
+        await self.resync_nonce()
+
+    def detach(self) -> None:
+        self.client = None
+        self._notify()
+
+    async def resync_nonce(self) -> None:
+        pending = _int(
+            await with_backoff(self._chain().request, "eth_getTransactionCount", [self.address, "pending"])
+        )
+        highest = max((t.nonce + 1 for t in self.tracked.values()), default=0)
+        previous, self.next_nonce = self.next_nonce, max(pending, highest)
+        if previous != self.next_nonce:
+            log_event(log, "nonce_synced", node=self.node.name, nonce=self.next_nonce, previous=previous)
+
+    async def check_funding(self) -> None:
+        """An unfunded node is tried again once its balance covers the transaction it could not pay."""
+        if not self.unfunded:
+            return
+        balance = _int(await with_backoff(self._chain().request, "eth_getBalance", [self.address, "latest"]))
+        if balance > 0 and balance >= self.needed_wei:
+            self.unfunded = False
+            self.last_error = None
+            log_event(log, "node_funded", node=self.node.name, balance_wei=balance)
+
+    # -- restart safety --------------------------------------------------------------------------------
+    async def adopt_sent(self) -> int:
+        """Resolve `sent` rows this lane does not track yet (after a crash, a reconnect or a reorg)."""
+        client = self._chain()
+        rows = [
+            r for r in await queue.sent_votes(self.sessions, self.node.id) if r.vote_id not in self.tracked
+        ]
+        if not rows:
+            return 0
+        head = await with_backoff(client.block_number)
+        async with self.lock:
+            for row in rows:
+                self.tracked[row.vote_id] = Tracked(
+                    vote_id=row.vote_id,
+                    proposal_id=row.proposal_id,
+                    nonce=row.nonce,
+                    hashes=[tx.tx_hash for tx in row.transactions],
+                    latest=row.latest,
+                    data=calldata_of(row.latest),
+                    sent_block=head,
+                )
+        log_event(log, "sent_rows_adopted", node=self.node.name, count=len(rows))
+        await self.poll_receipts()
+        for row in rows:
+            tracked = self.tracked.get(row.vote_id)
+            if tracked is not None:
+                await self.check(tracked, head, adopting=True)
+        self._notify()
+        return len(rows)
+
+    # -- sending ---------------------------------------------------------------------------------------
+    @property
+    def full(self) -> bool:
+        return len(self.tracked) >= self.settings.max_in_flight
+
+    async def wait_for_slot(self) -> None:
+        while self.full:
+            await self._changed.wait()
+
+    async def send(self, job: VoteJob, counters: Counters) -> None:
+        """Estimate, sign, persist, broadcast one vote. Every outcome is written to the row."""
+        client = self._chain()
+        row = job.row
+        support = bool(job.decision.support)
+        data = dao_functions()["vote"].encode(job.proposal.proposal_id, support)
+        try:
+            estimate = _int(
+                await with_backoff(
+                    client.request,
+                    "eth_estimateGas",
+                    [{"from": self.address, "to": client.contract, "data": data}],
+                )
+            )
+        except ChainError as exc:
+            await self._unsent(job, exc, counters)
+            return
+        fees, base = await self.fees.initial(client)
+        if not includable(fees, base):
+            await self._defer(
+                row,
+                f"fee cap {self.settings.max_fee_gwei:g} gwei is below the base fee {base / GWEI:g} gwei",
+                counters,
+            )
+            return
+        gas = gas_limit(estimate, self.settings.gas_margin)
+        async with self.lock:
+            if self.unfunded or self.next_nonce is None:
+                await self._defer(row, self.last_error or "node not ready", counters, backoff=False)
+                return
+            nonce = self.next_nonce
+            signed = self._sign(nonce, data, gas, fees)
+            with anyio.CancelScope(shield=True):
+                recorded = await queue.record_sent(
+                    self.sessions,
+                    row.vote_id,
+                    owner=self.owner,
+                    tx=signed,
+                    decision=job.decision.label,
+                    confidence=job.decision.confidence,
+                    reason=job.decision.reason,
+                )
+            if not recorded:
+                log_event(log, "lease_lost", level=logging.WARNING, node=self.node.name, vote=row.vote_id)
+                return
+            self._step("persisted")
+            # The head as of the fee read (a moment old at most): "not mined after N blocks" counts from it.
+            tracked = Tracked(
+                row.vote_id, row.proposal_id, nonce, [signed.tx_hash], signed, data, self.fees.head
+            )
+            self.tracked[row.vote_id] = tracked
+            self.next_nonce = nonce + 1
+            try:
+                await self._broadcast(signed)
+            except ChainError as exc:
+                await self._rejected(tracked, exc, counters)
+                return
+            self._step("broadcast")
+        counters.sent += 1
+        self.totals.sent += 1
+        log_event(
+            log,
+            "vote_sent",
+            node=self.node.name,
+            proposal=row.proposal_id,
+            decision=job.decision.label,
+            tx=signed.tx_hash,
+            nonce=nonce,
+            max_fee_gwei=fees.max_fee_per_gas / GWEI,
+        )
+        self._notify()
+
+    def _sign(self, nonce: int, data: str, gas: int, fees: Fees) -> SignedTx:
+        tx_hash, raw = self.account.sign_transaction(
+            {
+                "chainId": self.chain_id,
+                "nonce": nonce,
+                "to": self._chain().contract,
+                "data": data,
+                "gas": gas,
+                "maxFeePerGas": fees.max_fee_per_gas,
+                "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
+                "value": 0,
+                "type": 2,
+            }
+        )
+        return SignedTx(tx_hash, nonce, fees.max_fee_per_gas, fees.max_priority_fee_per_gas, gas, raw)
+
+    async def _broadcast(self, tx: SignedTx) -> None:
+        try:
+            await with_backoff(
+                self._chain().request, "eth_sendRawTransaction", ["0x" + tx.raw_transaction.hex()]
+            )
+        except ChainError as exc:
+            if classify(exc) != Action.ACCEPTED:  # "already known": the node has exactly this transaction
+                raise
+
+    async def _unsent(self, job: VoteJob, exc: ChainError, counters: Counters) -> None:
+        """The gas estimate failed: nothing was signed. Contract errors decide the row's fate."""
+        row = job.row
+        action = classify(exc)
+        name = exc.error_name if isinstance(exc, ContractRevert) else str(exc)
+        if action == Action.CLOSED:
+            await self._finish(
+                row, VoteState.CLOSED, f"closed: the contract rejects votes ({name})", counters
+            )
+        elif action == Action.ALREADY_VOTED:
+            await self._finish(
+                row, VoteState.ALREADY_VOTED, f"already voted: the contract says {name}", counters
+            )
+        elif action == Action.TERMINAL:
+            await self._finish(row, VoteState.FAILED, f"the contract rejects the vote: {name}", counters)
+        elif action == Action.UNFUNDED:
+            self._mark_unfunded(str(exc), 0)
+            await self._defer(row, f"node unfunded: {exc}", counters, backoff=False)
+        else:
+            await self._defer(row, f"gas estimate failed: {exc}", counters)
+
+    async def _finish(self, row: QueuedVote, state: VoteState, reason: str, counters: Counters) -> None:
+        done = await queue.finish_unsent(
+            self.sessions,
+            row.vote_id,
+            owner=self.owner,
+            state=state,
+            decision=None,
+            confidence=None,
+            reason=reason,
+        )
+        if done:
+            setattr(counters, state.value, getattr(counters, state.value) + 1)
+            if state == VoteState.FAILED:
+                self.totals.failed += 1
+            log_event(
+                log, f"vote_{state.value}", node=self.node.name, proposal=row.proposal_id, reason=reason
+            )
+
+    async def _defer(self, row: QueuedVote, error: str, counters: Counters, *, backoff: bool = True) -> None:
+        """Back to the queue; after repeated trouble not before a growing delay (so no round spins on it)."""
+        delay = min(2.0 ** max(row.attempts, 1), 60.0) if backoff else None
+        until = utcnow() + dt.timedelta(seconds=delay) if delay else None
+        await queue.release(self.sessions, [row.vote_id], owner=self.owner, error=error, defer_until=until)
+        counters.deferred += 1
+        self._error(error)
+
+    def _mark_unfunded(self, error: str, needed_wei: int) -> None:
+        if not self.unfunded:
+            log_event(log, "node_unfunded", level=logging.WARNING, node=self.node.name, error=error)
+        self.unfunded = True
+        self.needed_wei = needed_wei
+        self.last_error = f"unfunded: {error}"
+
+    async def _rejected(self, tracked: Tracked, exc: ChainError, counters: Counters) -> None:
+        """The node refused a new transaction (lock held). Decide from the error what the row becomes."""
+        action = classify(exc)
+        if action == Action.BACKOFF:
+            # Maybe accepted, maybe not: keep tracking; the watcher finds a receipt or rebroadcasts the bytes.
+            self._error(f"broadcast uncertain, will check the chain: {exc}")
+            return
+        if action == Action.BUMP_FEES and await self._bump_rejected(tracked):
+            counters.sent += 1
+            self.totals.sent += 1
+            self._notify()
+            return
+        # Refused for good: the nonce stays unused and the row goes back to the queue (or ends).
+        del self.tracked[tracked.vote_id]
+        self.next_nonce = tracked.nonce
+        tx = tracked.latest
+        if action == Action.UNFUNDED:
+            self._mark_unfunded(str(exc), tx.gas_limit * tx.max_fee_per_gas)
+            await self._requeue(tracked, f"node unfunded: {exc}", backoff=False)
+        elif action == Action.RESYNC_NONCE:
+            await self._requeue(tracked, f"nonce {tracked.nonce} refused: {exc}")
+            await self.resync_nonce()
+        elif action in (Action.TERMINAL, Action.CLOSED, Action.ALREADY_VOTED):
+            reason = f"transaction refused by the node: {exc}"
+            if await queue.mark_failed(self.sessions, tracked.vote_id, reason=reason):
+                counters.failed += 1
+                self.totals.failed += 1
+        else:
+            await self._requeue(tracked, f"transaction refused by the node: {exc}")
+        counters.requeued += 1
+        self._notify()
+
+    async def _requeue(self, tracked: Tracked, reason: str, *, backoff: bool = True) -> None:
+        until = utcnow() + dt.timedelta(seconds=5.0) if backoff else None
+        with anyio.CancelScope(shield=True):
+            await queue.resolve_sent(
+                self.sessions,
+                tracked.vote_id,
+                state=VoteState.QUEUED,
+                reason=reason,
+                tx_outcome="rejected",
+                defer_until=until,
+            )
+        self._error(reason)
+
+    async def _bump_rejected(self, tracked: Tracked) -> bool:
+        """An underpriced first send: re-sign the same nonce with fees bumped from fresh chain values."""
+        for _ in range(3):
+            base, priority = await self.fees.read(self._chain(), fresh=True)
+            old = Fees(tracked.latest.max_fee_per_gas, tracked.latest.max_priority_fee_per_gas)
+            bump = bump_fees(old, base_fee=base, priority_fee=priority, cap_wei=self.cap_wei)
+            if bump.fees is None:
+                self._error(bump.reason)
+                return False
+            signed = self._sign(tracked.nonce, tracked.data, tracked.latest.gas_limit, bump.fees)
+            with anyio.CancelScope(shield=True):
+                if not await queue.record_replacement(
+                    self.sessions, tracked.vote_id, signed, note="underpriced at first send; fees bumped"
+                ):
+                    return False
+            tracked.hashes.append(signed.tx_hash)
+            tracked.latest = signed
+            try:
+                await self._broadcast(signed)
+                return True
+            except ChainError as exc:
+                if classify(exc) != Action.BUMP_FEES:
+                    return False
+        return False
+
+    # -- watching --------------------------------------------------------------------------------------
+    async def watch(self) -> None:
+        """Poll receipts of the lane's transactions while any are in flight; resolve stuck or dropped ones."""
+        last_head = -1
+        last_change = anyio.current_time()
+        while True:
+            if not self.tracked:
+                await self._changed.wait()
+                continue
+            await anyio.sleep(self.receipt_poll_interval)
+            client = self.client
+            if client is None:
+                continue
+            try:
+                head = await with_backoff(client.block_number)
+                now = anyio.current_time()
+                if head != last_head:
+                    last_head, last_change = head, now
+                    await self.poll_receipts()
+                stalled = now - last_change >= self.stall_seconds
+                for tracked in list(self.tracked.values()):
+                    if stalled or head - tracked.sent_block >= self.settings.replace_after_blocks:
+                        await self.check(tracked, head)
+                if stalled:
+                    last_change = now  # check a stalled chain again only after another interval
+            except TransientChainError:
+                raise  # the connection is gone: the voter reconnects
+            except DloopError as exc:
+                self._error(f"watching transactions: {exc}")
+                await anyio.sleep(1.0)
+
+    async def poll_receipts(self) -> None:
+        items = list(self.tracked.values())
+        if not items:
+            return
+        requests = [("eth_getTransactionReceipt", [h]) for t in items for h in t.hashes]
+        results = await with_backoff(
+            self._chain().call_many, requests, batch_size=self.settings.rpc_batch_size
+        )
+        index = 0
+        mined: list[tuple[Tracked, Mapping[str, Any]]] = []
+        for tracked in items:
+            # A single request answers an AttributeDict, a batch a dict: both are Mappings.
+            receipts = [r for r in results[index : index + len(tracked.hashes)] if isinstance(r, Mapping)]
+            index += len(tracked.hashes)
+            if receipts:
+                mined.append((tracked, receipts[0]))
+        await self._settle(mined)
+
+    async def _settle(self, mined: list[tuple[Tracked, Mapping[str, Any]]]) -> None:
+        """Confirmed votes in one transaction; reverted ones with their decoded error."""
+        mined = [(t, r) for t, r in mined if self.tracked.pop(t.vote_id, None) is not None]
+        confirmations = [
+            queue.Confirmation(
+                t.vote_id, str(r["transactionHash"]), _int(r["blockNumber"]), _int(r["gasUsed"])
+            )
+            for t, r in mined
+            if _int(r["status"]) == 1
+        ]
+        if confirmations:
+            with anyio.CancelScope(shield=True):
+                await queue.mark_confirmed_many(self.sessions, confirmations)
+            self.totals.confirmed += len(confirmations)
+            self.last_vote_at = utcnow()
+            for item in confirmations:
+                log_event(log, "vote_confirmed", node=self.node.name, vote=item.vote_id, tx=item.tx_hash)
+                self._step("confirmed")
+        for tracked, receipt in mined:
+            if _int(receipt["status"]) == 1:
+                continue
+            tx_hash, block = str(receipt["transactionHash"]), _int(receipt["blockNumber"])
+            name = await self._revert_name(tracked, block)
+            reason = f"reverted on chain: {name}"
+            with anyio.CancelScope(shield=True):
+                await queue.mark_failed(
+                    self.sessions,
+                    tracked.vote_id,
+                    reason=reason,
+                    tx_hash=tx_hash,
+                    block_number=block,
+                    gas_used=_int(receipt["gasUsed"]),
+                )
+            self.totals.failed += 1
+            self._error(f"proposal {tracked.proposal_id}: {reason}")
+            log_event(
+                log, "vote_failed", node=self.node.name, proposal=tracked.proposal_id, tx=tx_hash, error=name
+            )
+        if mined:
+            self._notify()
+
+    async def _revert_name(self, tracked: Tracked, block: int) -> str:
+        """Re-run the call at the block that mined it to get the custom error's name."""
+        call = {
+            "from": self.address,
+            "to": self._chain().contract,
+            "data": tracked.data,
+            "gas": hex(tracked.latest.gas_limit),
+        }
+        try:
+            await self._chain().request("eth_call", [call, hex(block)])
+        except ContractRevert as exc:
+            return exc.error_name
+        except ChainError as exc:
+            return f"unknown (replay failed: {exc})"
+        return "unknown (the replay did not revert; out of gas?)"
+
+    async def check(self, tracked: Tracked, head: int, *, adopting: bool = False) -> None:
+        """A transaction without a receipt: still pending, replaced by someone, dropped, or stuck."""
+        client = self._chain()
+        mined = _int(await with_backoff(client.request, "eth_getTransactionCount", [self.address, "latest"]))
+        if mined > tracked.nonce:
+            await self._nonce_used_elsewhere(tracked)
+            return
+        known = await with_backoff(client.request, "eth_getTransactionByHash", [tracked.latest.tx_hash])
+        base, _ = await self.fees.read(client)
+        stale = head - tracked.sent_block >= self.settings.replace_after_blocks
+        if known is not None:
+            if stale and not adopting:
+                await self.replace(tracked, head, f"not mined after {head - tracked.sent_block} blocks")
+            return
+        # Unknown to the node and its nonce unused: dropped.
+        if tracked.latest.max_fee_per_gas < base or tracked.rebroadcasts >= 2:
+            await self.replace(tracked, head, "dropped and not includable as signed")
+            return
+        async with self.lock:
+            if tracked.vote_id not in self.tracked:
+                return
+            try:
+                await self._broadcast(tracked.latest)
+            except ChainError as exc:
+                self._error(f"rebroadcast of {tracked.latest.tx_hash} refused: {exc}")
+                if classify(exc) == Action.RESYNC_NONCE:
+                    return  # mined meanwhile: the next receipt poll settles it
+            tracked.rebroadcasts += 1
+            tracked.sent_block = head
+        self.totals.rebroadcast += 1
+        log_event(
+            log,
+            "vote_rebroadcast",
+            node=self.node.name,
+            proposal=tracked.proposal_id,
+            tx=tracked.latest.tx_hash,
+        )
+
+    async def _nonce_used_elsewhere(self, tracked: Tracked) -> None:
+        """The nonce is used but none of our hashes has a receipt (checked once more): hasVoted decides."""
+        await self.poll_receipts()
+        if tracked.vote_id not in self.tracked:
+            return
+        voted = await with_backoff(self._chain().has_voted, tracked.proposal_id, self.address)
+        self.tracked.pop(tracked.vote_id, None)
+        used = f"nonce {tracked.nonce} was used by a transaction that is not one of this vote's"
+        with anyio.CancelScope(shield=True):
+            if voted:
+                await queue.resolve_sent(
+                    self.sessions,
+                    tracked.vote_id,
+                    state=VoteState.ALREADY_VOTED,
+                    reason=f"already voted: {used}, and hasVoted is true (a vote sent outside this service)",
+                    tx_outcome="dropped",
+                )
+            else:
+                await queue.resolve_sent(
+                    self.sessions,
+                    tracked.vote_id,
+                    state=VoteState.QUEUED,
+                    reason=f"{used}; hasVoted is false, so the vote is queued again",
+                    tx_outcome="dropped",
+                )
+                self.totals.requeued += 1
+        log_event(
+            log, "vote_nonce_used_elsewhere", node=self.node.name, proposal=tracked.proposal_id, voted=voted
+        )
+        self._notify()
+
+    async def replace(self, tracked: Tracked, head: int, why: str) -> None:
+        """Same nonce, same call, fees bumped by at least 12.5% within the cap; the old hash stays known."""
+        client = self._chain()
+        base, priority = await self.fees.read(client, fresh=True)
+        old = Fees(tracked.latest.max_fee_per_gas, tracked.latest.max_priority_fee_per_gas)
+        bump = bump_fees(old, base_fee=base, priority_fee=priority, cap_wei=self.cap_wei)
+        async with self.lock:
+            if tracked.vote_id not in self.tracked:
+                return
+            tracked.sent_block = head  # wait another interval before the next attempt, whatever happens
+            if bump.fees is None:
+                note = f"{why}; cannot replace: {bump.reason}"
+                await queue.set_note(self.sessions, tracked.vote_id, note)
+                self._error(note)
+                return
+            previous = tracked.latest
+            signed = self._sign(tracked.nonce, tracked.data, previous.gas_limit, bump.fees)
+            with anyio.CancelScope(shield=True):
+                if not await queue.record_replacement(
+                    self.sessions, tracked.vote_id, signed, note=f"replaced: {why}"
+                ):
+                    self.tracked.pop(tracked.vote_id, None)  # settled elsewhere (e.g. the listener)
+                    return
+            tracked.hashes.append(signed.tx_hash)
+            tracked.latest = signed
+            tracked.rebroadcasts = 0
+            try:
+                await self._broadcast(signed)
+            except ChainError as exc:
+                tracked.latest = previous  # keep expecting the one the node has
+                self._error(f"replacement of {previous.tx_hash} refused: {exc}")
+                return
+            self._step("replaced")
+        self.totals.replaced += 1
+        log_event(
+            log,
+            "vote_replaced",
+            node=self.node.name,
+            proposal=tracked.proposal_id,
+            tx=signed.tx_hash,
+            replaces=previous.tx_hash,
+            why=why,
+            max_fee_gwei=signed.max_fee_per_gas / GWEI,
+        )
+
+    async def settle_all(self, deadline: float) -> None:
+        """Wait (up to the deadline) until nothing of this lane is in flight."""
+        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+            while self.tracked:
+                await self._changed.wait()
+
+
+def calldata_of(tx: SignedTx) -> str:
+    """The call data of a stored signed transaction (a replacement re-signs the same call)."""
+    decoded = TypedTransaction.from_bytes(HexBytes(tx.raw_transaction)).as_dict()
+    return "0x" + bytes(decoded["data"]).hex()

@@ -1,0 +1,520 @@
+"""The voter: drains the vote queue for all nodes in bounded batches, each node through its own lane.
+
+A round leases up to `batch_size` proposals' rows (all nodes), reads those proposals, the `hasVoted` flags and
+the chain time in one consistent snapshot, decides per node, and hands the votes to the node lanes, which
+send concurrently. Receipts are awaited by each lane's watcher, never by the round. Work not done by the
+round's deadline goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import random
+import secrets
+import socket
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+
+from chain.accounts import NodeAccount
+from chain.client import ChainClient, decode_result
+from chain.codec import dao_functions
+from chain.connection import open_ws
+from chain.types import ProposalData, status_name
+from dloop.errors import ChainError, ConfigError, TransientChainError
+from dloop.logs import log_event
+from dloop.settings import Settings
+from dloop.wakeup import WorkSignal
+from storage import queue
+from storage.engine import SessionFactory
+from storage.models import VoteState, utcnow
+from storage.proposals import NodeRecord, record_proposal
+from storage.queue import QueuedVote
+from voter.fees import gwei_to_wei
+from voter.lane import Counters, FeeOracle, NodeLane, StepHook, VoteJob
+from voter.planning import plan_batch, rows_by_node
+from voter.retry import with_backoff
+from voter.strategies import Decision, Tally, decide, node_config
+
+log = logging.getLogger("dloop.voter")
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    """What one round did."""
+
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    batches: int
+    leased: int
+    sent: int
+    confirmed: int
+    failed: int
+    closed: int
+    already_voted: int
+    no_vote: int
+    deferred: int
+    in_flight: int  # transactions still awaiting a receipt when the round ended
+    deadline_reached: bool
+    left_work: bool  # queued rows of sendable nodes remain (the next round starts at once)
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    address: str
+    strategy: str
+    next_nonce: int | None
+    in_flight: int
+    unfunded: bool
+    last_error: str | None
+    last_vote_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class VoterStatus:
+    connected: bool
+    rounds: int
+    round_running: bool
+    last_round: DrainResult | None
+    votes_sent: int
+    votes_confirmed: int
+    votes_failed: int
+    replaced: int
+    rebroadcast: int
+    nodes: tuple[NodeStatus, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Proposals, hasVoted flags and the chain time, all read at one block."""
+
+    block_number: int
+    chain_time: int
+    proposals: dict[int, ProposalData | ChainError]
+    voted: dict[tuple[int, str], bool | ChainError]
+
+
+def process_owner_id() -> str:
+    """A lease owner unique to this process run."""
+    return f"voter-{socket.gethostname()[:24]}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Voter:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: SessionFactory,
+        accounts: tuple[NodeAccount, ...],
+        nodes: Sequence[NodeRecord],
+        signal: WorkSignal,
+        chain_id: int,
+        *,
+        owner: str | None = None,
+        poll_interval: float = 3.0,
+        receipt_poll_interval: float = 0.2,
+        stall_seconds: float = 5.0,
+        step_hook: StepHook | None = None,
+    ) -> None:
+        if len(accounts) != len(nodes):
+            raise ConfigError("nodes", f"{len(accounts)} node accounts but {len(nodes)} node rows")
+        for account, node in zip(accounts, nodes, strict=True):
+            if account.address.lower() != node.address.lower():
+                raise ConfigError("nodes", f"node row {node.name} is not the account of {account.name}")
+        self.settings = settings
+        self.sessions = sessions
+        self.signal = signal
+        self.chain_id = chain_id
+        self.owner = owner or process_owner_id()
+        self.poll_interval = poll_interval
+        self.step_hook = step_hook
+        self.totals = Counters()
+        fees = FeeOracle(gwei_to_wei(settings.max_fee_gwei))
+        # Strategies load here, at start: an unknown one is a ConfigError naming DLOOP_NODE_STRATEGIES.
+        self.lanes = [
+            NodeLane(
+                account=account,
+                node=node,
+                config=node_config(account.strategy, settings.strategies),
+                settings=settings,
+                sessions=sessions,
+                owner=self.owner,
+                chain_id=chain_id,
+                fees=fees,
+                totals=self.totals,
+                step_hook=step_hook,
+                receipt_poll_interval=receipt_poll_interval,
+                stall_seconds=stall_seconds,
+            )
+            for account, node in zip(accounts, nodes, strict=True)
+        ]
+        self._by_node = {lane.node.id: lane for lane in self.lanes}
+        self._client: ChainClient | None = None
+        self._round_lock = anyio.Lock()
+        self._rounds = 0
+        self._last_round: DrainResult | None = None
+
+    # -- status ----------------------------------------------------------------------------------------
+    @property
+    def status(self) -> VoterStatus:
+        return VoterStatus(
+            connected=self._client is not None,
+            rounds=self._rounds,
+            round_running=self._round_lock.locked(),
+            last_round=self._last_round,
+            votes_sent=self.totals.sent,
+            votes_confirmed=self.totals.confirmed,
+            votes_failed=self.totals.failed,
+            replaced=self.totals.replaced,
+            rebroadcast=self.totals.rebroadcast,
+            nodes=tuple(
+                NodeStatus(
+                    name=lane.node.name,
+                    address=lane.address,
+                    strategy=lane.config.strategy_name,
+                    next_nonce=lane.next_nonce,
+                    in_flight=len(lane.tracked),
+                    unfunded=lane.unfunded,
+                    last_error=lane.last_error,
+                    last_vote_at=lane.last_vote_at,
+                )
+                for lane in self.lanes
+            ),
+        )
+
+    # -- long-running service --------------------------------------------------------------------------
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Connect (a fresh client per connection), resolve `sent` rows, then vote whenever work is queued.
+
+        Reports started once the first connection is ready; reconnects with backoff on transient errors.
+        """
+        started = False
+        delay = 0.5
+        while True:
+            lost: BaseException | None = None
+            try:
+                async with self._connected() as tg:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    delay = 0.5
+                    await self._serve()
+                    tg.cancel_scope.cancel()
+            except* TransientChainError as group:
+                lost = group.exceptions[0]
+            log_event(log, "voter_reconnecting", level=logging.WARNING, error=str(lost), delay=delay)
+            await anyio.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 30.0)
+
+    async def _serve(self) -> None:
+        more = True  # a round at start
+        while True:
+            if not more:
+                await self.signal.wait(self.poll_interval)
+            result = await self._locked_round(None)
+            more = result.left_work
+
+    @asynccontextmanager
+    async def _connected(self) -> AsyncIterator[anyio.abc.TaskGroup]:
+        """A fresh WebSocket client, lanes attached (`sent` rows resolved), watchers running."""
+        settings = self.settings
+        async with open_ws(settings.rpc_ws_url, request_timeout=settings.rpc_timeout) as w3:
+            client = ChainClient(w3, settings.contract_address, timeout=settings.rpc_timeout)
+            try:
+                async with anyio.create_task_group() as tg:
+                    await self._attach(client)
+                    for lane in self.lanes:
+                        tg.start_soon(lane.watch)
+                    yield tg
+            finally:
+                self._detach()
+
+    async def _attach(self, client: ChainClient) -> None:
+        actual = await with_backoff(client.chain_id)
+        if actual != self.chain_id:
+            raise ChainError(f"connected to chain {actual}, expected chain {self.chain_id}")
+        # Rows this process held when its previous connection dropped are free again.
+        await queue.release_owner(self.sessions, self.owner)
+        async with anyio.create_task_group() as tg:
+            for lane in self.lanes:
+                tg.start_soon(lane.attach, client)
+        self._client = client
+        log_event(log, "voter_connected", owner=self.owner, nodes=len(self.lanes))
+
+    def _detach(self) -> None:
+        self._client = None
+        for lane in self.lanes:
+            lane.detach()
+
+    # -- rounds ----------------------------------------------------------------------------------------
+    async def drain(self, *, deadline: float | None = None) -> DrainResult:
+        """One round: lease batches until the queue is empty or the deadline (an `anyio.current_time()`
+        value; default now + DLOOP_ROUND_DEADLINE) passes. Undone work stays queued.
+
+        While `run()` is active this uses its connection; otherwise it connects, resolves `sent` rows,
+        runs the round and waits (until the deadline) for the receipts of what it sent.
+        """
+        end = deadline if deadline is not None else anyio.current_time() + self.settings.round_deadline
+        if self._client is not None:
+            return await self._locked_round(end)
+        confirmed, failed = self.totals.confirmed, self.totals.failed
+        async with self._connected() as tg:
+            result = await self._locked_round(end)
+            async with anyio.create_task_group() as settle:
+                for lane in self.lanes:
+                    settle.start_soon(lane.settle_all, end)
+            tg.cancel_scope.cancel()
+        return dataclasses.replace(
+            result,
+            confirmed=self.totals.confirmed - confirmed,
+            failed=self.totals.failed - failed,
+            in_flight=sum(len(lane.tracked) for lane in self.lanes),
+        )
+
+    async def recheck_sent(self) -> int:
+        """Resolve `sent` rows no lane tracks yet (e.g. confirmed votes a reorg handler reopened) now."""
+        async with self._round_lock:
+            counts = [await lane.adopt_sent() for lane in self.lanes]
+        return sum(counts)
+
+    async def _locked_round(self, deadline: float | None) -> DrainResult:
+        end = deadline if deadline is not None else anyio.current_time() + self.settings.round_deadline
+        async with self._round_lock:
+            result = await self._round(end)
+        self._rounds += 1
+        self._last_round = result
+        log_event(log, "voter_round", **{k: v for k, v in result.__dict__.items() if not k.endswith("_at")})
+        return result
+
+    async def _round(self, deadline: float) -> DrainResult:
+        client = self._require_client()
+        started = utcnow()
+        counters = Counters()
+        confirmed_before, failed_before = self.totals.confirmed, self.totals.failed
+        batches = leased_total = 0
+        for lane in self.lanes:
+            await lane.check_funding()
+        for lane in self.lanes:
+            await lane.adopt_sent()
+        while anyio.current_time() < deadline:
+            sendable = self._sendable()
+            if not sendable:
+                break
+            candidates = await queue.queued_candidates(
+                self.sessions, node_ids=sendable, max_proposals=self.settings.batch_size
+            )
+            planned = plan_batch(candidates, batch_size=self.settings.batch_size, node_ids=sendable)
+            if not planned:
+                break
+            leased = await queue.lease(
+                self.sessions,
+                [row.vote_id for row in planned],
+                owner=self.owner,
+                lease_seconds=self.settings.lease_seconds,
+            )
+            if not leased:
+                break  # another voter took them
+            batches += 1
+            leased_total += len(leased)
+            self._step("leased")
+            await self._process_batch(client, leased, deadline, counters)
+        deadline_reached = anyio.current_time() >= deadline
+        sendable = self._sendable()
+        left = bool(sendable) and await queue.count_leasable(self.sessions, node_ids=sendable) > 0
+        return DrainResult(
+            started_at=started,
+            finished_at=utcnow(),
+            batches=batches,
+            leased=leased_total,
+            sent=counters.sent,
+            confirmed=self.totals.confirmed - confirmed_before,
+            failed=self.totals.failed - failed_before,
+            closed=counters.closed,
+            already_voted=counters.already_voted,
+            no_vote=counters.no_vote,
+            deferred=counters.deferred,
+            in_flight=sum(len(lane.tracked) for lane in self.lanes),
+            deadline_reached=deadline_reached,
+            left_work=left,
+        )
+
+    def _sendable(self) -> list[int]:
+        return [lane.node.id for lane in self.lanes if not lane.unfunded]
+
+    def _require_client(self) -> ChainClient:
+        if self._client is None:
+            raise ChainError("voter is not connected")
+        return self._client
+
+    def _step(self, name: str) -> None:
+        if self.step_hook is not None:
+            self.step_hook(name)
+
+    async def _process_batch(
+        self, client: ChainClient, rows: list[QueuedVote], deadline: float, counters: Counters
+    ) -> None:
+        try:
+            snapshot = await self.read_snapshot(client, rows)
+        except ChainError as exc:
+            await self._release(rows, f"reading the proposals failed: {exc}", counters)
+            if isinstance(exc, TransientChainError):
+                raise
+            return
+        await self._refresh_changed(rows, snapshot)
+        jobs: dict[int, list[VoteJob]] = {}
+        for node_id, node_rows in rows_by_node(rows).items():
+            lane = self._by_node[node_id]
+            for row in node_rows:
+                job = await self._decide_row(lane, row, snapshot, counters)
+                if job is not None:
+                    jobs.setdefault(node_id, []).append(job)
+        async with anyio.create_task_group() as tg:
+            for node_id, lane_jobs in jobs.items():
+                tg.start_soon(self._send_lane, self._by_node[node_id], lane_jobs, deadline, counters)
+
+    async def _decide_row(
+        self, lane: NodeLane, row: QueuedVote, snapshot: Snapshot, counters: Counters
+    ) -> VoteJob | None:
+        """Already voted, closed, no vote: the row ends here without a transaction. Else a job."""
+        data = snapshot.proposals.get(row.proposal_id)
+        voted = snapshot.voted.get((row.proposal_id, lane.address))
+        if not isinstance(data, ProposalData) or not isinstance(voted, bool):
+            problem = data if isinstance(data, ChainError) else voted
+            await self._release([row], f"reading proposal {row.proposal_id} failed: {problem}", counters)
+            return None
+        finish: tuple[VoteState, Decision | None, str]
+        if voted:
+            finish = (
+                VoteState.ALREADY_VOTED,
+                None,
+                f"already voted: hasVoted was true before sending ({lane.address})",
+            )
+        elif not data.open_at(snapshot.chain_time):
+            finish = (VoteState.CLOSED, None, closed_reason(data, snapshot.chain_time))
+        else:
+            try:
+                decision = decide(data, Tally.of(data), snapshot.chain_time, lane.config)
+            except Exception as exc:  # a user's strategy may raise anything; the row must not stay leased
+                finish = (VoteState.FAILED, None, f"strategy {lane.config.strategy_name} raised {exc!r}")
+            else:
+                if decision.support is not None:
+                    return VoteJob(row, data, decision)
+                finish = (VoteState.NO_VOTE, decision, decision.reason)
+        state, decision_or_none, reason = finish
+        done = await queue.finish_unsent(
+            self.sessions,
+            row.vote_id,
+            owner=self.owner,
+            state=state,
+            decision=decision_or_none.label if decision_or_none else None,
+            confidence=decision_or_none.confidence if decision_or_none else None,
+            reason=reason,
+        )
+        if done:
+            setattr(counters, state.value, getattr(counters, state.value) + 1)
+            if state == VoteState.FAILED:
+                self.totals.failed += 1
+            log_event(
+                log, f"vote_{state.value}", node=lane.node.name, proposal=row.proposal_id, reason=reason
+            )
+        return None
+
+    async def _send_lane(
+        self, lane: NodeLane, jobs: list[VoteJob], deadline: float, counters: Counters
+    ) -> None:
+        """One node's votes of the batch, in order; what the deadline or its trouble stops stays queued."""
+        for index, job in enumerate(jobs):
+            remaining = deadline - anyio.current_time()
+            if remaining > 0 and not lane.unfunded:
+                with anyio.move_on_after(remaining):
+                    await lane.wait_for_slot()
+            if anyio.current_time() >= deadline or lane.unfunded or lane.full:
+                why = lane.last_error if lane.unfunded else "round deadline reached"
+                await self._release([j.row for j in jobs[index:]], why or "not sent", counters)
+                return
+            try:
+                await lane.send(job, counters)
+            except TransientChainError:
+                await self._release([j.row for j in jobs[index:]], "connection trouble", counters)
+                raise
+
+    async def _release(self, rows: Sequence[QueuedVote], error: str, counters: Counters) -> None:
+        with anyio.CancelScope(shield=True):
+            count = await queue.release(
+                self.sessions, [r.vote_id for r in rows], owner=self.owner, error=error
+            )
+        counters.deferred += count
+
+    async def _refresh_changed(self, rows: Sequence[QueuedVote], snapshot: Snapshot) -> None:
+        """Content on chain differs from the stored proposal (a reorg): store what we decide on."""
+        seen: set[int] = set()
+        for row in rows:
+            data = snapshot.proposals.get(row.proposal_id)
+            if row.proposal_id in seen or not isinstance(data, ProposalData):
+                continue
+            seen.add(row.proposal_id)
+            if data.content_hash() != row.content_hash:
+                log_event(log, "proposal_content_changed", level=logging.WARNING, proposal=row.proposal_id)
+                await record_proposal(
+                    self.sessions,
+                    chain_id=row.chain_id,
+                    contract=row.contract,
+                    data=data,
+                    source="reconcile",
+                    node_ids=[],
+                )
+
+    async def read_snapshot(self, client: ChainClient, rows: Sequence[QueuedVote]) -> Snapshot:
+        """getProposal for each proposal and hasVoted for each (proposal, node), at one block, batched."""
+        block = await with_backoff(client.block, "latest")
+        tag = hex(block.number)
+        functions = dao_functions()
+        ids = sorted({row.proposal_id for row in rows})
+        pairs = sorted({(row.proposal_id, self._by_node[row.node_id].address) for row in rows})
+        requests = [
+            ("eth_call", [{"to": client.contract, "data": functions["getProposal"].encode(i)}, tag])
+            for i in ids
+        ]
+        requests += [
+            ("eth_call", [{"to": client.contract, "data": functions["hasVoted"].encode(i, a)}, tag])
+            for i, a in pairs
+        ]
+        results = await with_backoff(client.call_many, requests, batch_size=self.settings.rpc_batch_size)
+        proposals: dict[int, ProposalData | ChainError] = {}
+        for proposal_id, raw in zip(ids, results[: len(ids)], strict=True):
+            proposals[proposal_id] = await self._proposal(client, raw)
+        voted: dict[tuple[int, str], bool | ChainError] = {}
+        for pair, raw in zip(pairs, results[len(ids) :], strict=True):
+            voted[pair] = raw if isinstance(raw, ChainError) else _decoded_bool(raw)
+        return Snapshot(block.number, block.timestamp, proposals, voted)
+
+    async def _proposal(self, client: ChainClient, raw: object) -> ProposalData | ChainError:
+        if isinstance(raw, ChainError):
+            return raw
+        try:
+            values = decode_result(dao_functions()["getProposal"], raw)
+            return await client.proposal_from_tuple(values)
+        except ValueError as exc:
+            return ChainError(f"getProposal: {exc}")
+        except ChainError as exc:
+            return exc
+
+
+def _decoded_bool(raw: object) -> bool | ChainError:
+    try:
+        return bool(decode_result(dao_functions()["hasVoted"], raw)[0])
+    except ValueError as exc:
+        return ChainError(f"hasVoted: {exc}")
+
+
+def closed_reason(data: ProposalData, chain_time: int) -> str:
+    if data.status != 1:
+        return f"closed: proposal status is {status_name(data.status)}"
+    ended = dt.datetime.fromtimestamp(data.voting_ends, dt.UTC)
+    return f"closed: voting ended at {ended:%Y-%m-%d %H:%M:%S} UTC (chain time {chain_time})"

@@ -127,6 +127,7 @@ async def serve(
     *,
     on_ready: Callable[[Any], None] | None = None,
     handle_signals: bool = True,
+    enable_listener: bool = True,
 ) -> None:
     """Preflight, then the service until cancelled (or a signal when `handle_signals`)."""
     from dloop.service import Service  # imports the whole service: only for commands that run it
@@ -139,7 +140,7 @@ async def serve(
         sessions = session_factory(engine)
         accounts = node_accounts(settings.nodes)
         nodes = await sync_nodes(sessions, [(a.name, a.address, a.strategy) for a in accounts])
-        service = Service(settings, sessions, nodes, accounts, chain_id)
+        service = Service(settings, sessions, nodes, accounts, chain_id, enable_listener=enable_listener)
         service.http.bind()  # a busy port fails here, before anything starts
         log_event(
             logger,

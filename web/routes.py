@@ -8,8 +8,9 @@ from typing import Annotated
 
 import anyio
 from litestar import MediaType, Response, get, post
+from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, ValidationException
-from litestar.params import Parameter
+from litestar.params import FromPath, QueryParameter
 
 from dloop.errors import DloopError
 from storage import queries
@@ -48,6 +49,7 @@ from web.schemas import (
     VotesResponse,
 )
 
+Ctx = NamedDependency[WebContext]  # provided by the app (web.app), by name
 MAX_ID = 2**63 - 1  # ids are BIGINT in the database
 NODE_READ_TIMEOUT = 5.0
 
@@ -66,7 +68,7 @@ def parse_id(raw: str, what: str) -> int:
     return int(text)
 
 
-async def read_node_chain(context: WebContext) -> dict[str, NodeChainState]:
+async def read_node_chain(context: Ctx) -> dict[str, NodeChainState]:
     """Live balances and nonces; a chain that does not answer in time marks every node 'error'."""
     try:
         with anyio.fail_after(NODE_READ_TIMEOUT):
@@ -77,8 +79,8 @@ async def read_node_chain(context: WebContext) -> dict[str, NodeChainState]:
     return node_chain_by_address(states)
 
 
-@get("/", summary="Service overview", sync_to_thread=False)
-async def overview(context: WebContext) -> OverviewResponse:
+@get("/", summary="Service overview")
+async def overview(context: Ctx) -> OverviewResponse:
     now = utcnow()
     listener = context.listener()
     voter = context.voter()
@@ -129,8 +131,8 @@ async def overview(context: WebContext) -> OverviewResponse:
     )
 
 
-@get("/health", summary="Health of database, chain connection, subscription and head", sync_to_thread=False)
-async def health(context: WebContext) -> Response[HealthResponse]:
+@get("/health", summary="Health of database, chain connection, subscription and head")
+async def health(context: Ctx) -> Response[HealthResponse]:
     now = utcnow()
     try:
         await queries.check_database(context.sessions)
@@ -145,8 +147,8 @@ async def health(context: WebContext) -> Response[HealthResponse]:
     return Response(body, status_code=200 if healthy else 503, media_type=MediaType.JSON)
 
 
-@get("/nodes", summary="Each node's account, funding, weight and votes", sync_to_thread=False)
-async def nodes(context: WebContext) -> NodesResponse:
+@get("/nodes", summary="Each node's account, funding, weight and votes")
+async def nodes(context: Ctx) -> NodesResponse:
     stats = await queries.node_vote_stats(context.sessions, context.scope)
     chain = await read_node_chain(context)
     configured = {n.address.lower() for n in context.nodes}
@@ -158,9 +160,8 @@ async def nodes(context: WebContext) -> NodesResponse:
     "/active-proposals",
     summary="Proposals open for voting, one per line",
     description="Compact JSON, a newline after each proposal object: `grep -c '\"state\":1'` counts them.",
-    sync_to_thread=False,
 )
-async def active_proposals(context: WebContext) -> Response[ActiveProposalsResponse]:
+async def active_proposals(context: Ctx) -> Response[ActiveProposalsResponse]:
     now = utcnow()
     views = await queries.active_proposals(
         context.sessions, context.scope, now=chain_now(context.listener(), now)
@@ -171,8 +172,8 @@ async def active_proposals(context: WebContext) -> Response[ActiveProposalsRespo
     return Response(content=encode_active_proposals(body), media_type=MediaType.JSON)  # type: ignore[arg-type]
 
 
-@get("/proposals/{proposal_id:str}", summary="One proposal with every node's decision", sync_to_thread=False)
-async def proposal(context: WebContext, proposal_id: str) -> ProposalResponse:
+@get("/proposals/{proposal_id:str}", summary="One proposal with every node's decision")
+async def proposal(context: Ctx, proposal_id: FromPath[str]) -> ProposalResponse:
     number = parse_id(proposal_id, "proposal id")
     view = await queries.proposal_detail(context.sessions, context.scope, number)
     if view is None:
@@ -180,14 +181,16 @@ async def proposal(context: WebContext, proposal_id: str) -> ProposalResponse:
     return ProposalResponse(success=True, proposal=proposal_out(view), timestamp=utcnow())
 
 
-@get("/votes", summary="Vote history, filtered and paginated (newest proposals first)", sync_to_thread=False)
+@get("/votes", summary="Vote history, filtered and paginated (newest proposals first)")
 async def votes(
-    context: WebContext,
-    node: Annotated[str | None, Parameter(description="node name, e.g. ai-gov-01", max_length=64)] = None,
-    proposal: Annotated[int | None, Parameter(description="proposal id", ge=1, le=MAX_ID)] = None,
-    vote_state: Annotated[VoteState | None, Parameter(query="state", description="vote state")] = None,
-    limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
-    offset: Annotated[int, Parameter(ge=0, le=10_000_000)] = 0,
+    context: Ctx,
+    node: Annotated[
+        str | None, QueryParameter(description="node name, e.g. ai-gov-01", max_length=64)
+    ] = None,
+    proposal: Annotated[int | None, QueryParameter(description="proposal id", ge=1, le=MAX_ID)] = None,
+    vote_state: Annotated[VoteState | None, QueryParameter(name="state", description="vote state")] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+    offset: Annotated[int, QueryParameter(ge=0, le=10_000_000)] = 0,
 ) -> VotesResponse:
     if node is not None and node not in {n.name for n in context.nodes}:
         known = ", ".join(sorted(n.name for n in context.nodes))
@@ -216,9 +219,8 @@ async def votes(
     status_code=202,
     guards=[trigger_guard],
     summary="Start a voting round (reconcile, then drain) or join the running one; answers at once",
-    sync_to_thread=False,
 )
-async def trigger_voting(context: WebContext) -> TriggerResponse:
+async def trigger_voting(context: Ctx) -> TriggerResponse:
     ticket = await context.rounds.trigger()
     return TriggerResponse(
         success=True,
@@ -229,8 +231,8 @@ async def trigger_voting(context: WebContext) -> TriggerResponse:
     )
 
 
-@get("/rounds/{round_id:str}", summary="Progress and result of a voting round", sync_to_thread=False)
-async def round_detail(context: WebContext, round_id: str) -> RoundResponse:
+@get("/rounds/{round_id:str}", summary="Progress and result of a voting round")
+async def round_detail(context: Ctx, round_id: FromPath[str]) -> RoundResponse:
     number = parse_id(round_id, "round id")
     record = await get_round(context.sessions, number)
     if record is None:
@@ -240,8 +242,8 @@ async def round_detail(context: WebContext, round_id: str) -> RoundResponse:
     )
 
 
-@get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE, sync_to_thread=False)
-async def metrics(context: WebContext) -> Response[str]:
+@get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE)
+async def metrics(context: Ctx) -> Response[str]:
     now = utcnow()
     listener = context.listener()
     counts = await queries.vote_counts(context.sessions, context.scope)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
+import anyio.abc
+import httpx
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 from web3 import Web3
 
 from chain.accounts import node_accounts
@@ -18,6 +25,8 @@ from dloop.settings import Settings, load_settings
 from storage.engine import SessionFactory, create_engine, session_factory
 from storage.migrations import upgrade
 from storage.proposals import NodeRecord, sync_nodes
+
+T = TypeVar("T")
 
 
 def devnet_environ(ws_url: str, devnet: DevnetInfo, db_path: Path, **extra: str) -> dict[str, str]:
@@ -92,3 +101,66 @@ def cast_vote(
         poll_latency=0.01,
     )
     assert receipt["status"] == 1
+
+
+@dataclass
+class RunningService:
+    """A service running in its own event loop thread (the test's thread stays free for curl and httpx)."""
+
+    service: Any
+    portal: BlockingPortal
+    url: str
+
+    def call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return self.portal.call(function, *args)
+
+
+@contextmanager
+def running_service(settings: Settings, *, enable_listener: bool = True) -> Iterator[RunningService]:
+    """The code path of `dloop run` (preflight, schema check, node sync, task group) minus signals."""
+    from dloop.commands import serve
+
+    async def serve_started(*, task_status: anyio.abc.TaskStatus[Any]) -> None:
+        await serve(
+            settings, handle_signals=False, enable_listener=enable_listener, on_ready=task_status.started
+        )
+
+    with start_blocking_portal() as portal:
+        future, service = portal.start_task(serve_started)
+        try:
+            yield RunningService(service, portal, f"http://127.0.0.1:{service.http.port}")
+        finally:
+            future.cancel()
+            with contextlib.suppress(concurrent.futures.CancelledError):
+                future.result(timeout=15)
+
+
+def migrate(settings: Settings) -> None:
+    anyio.run(upgrade, settings.database_url)
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll an outside condition (HTTP, the database, the chain) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def queue_settled(url: str, expected_votes: int) -> bool:
+    """Every vote row the service knows is out of the sending path, and there are `expected_votes` of them."""
+    overview = httpx.get(f"{url}/", timeout=10).json()
+    by_state = overview["queue"]["byState"]
+    return overview["queue"]["depth"] == 0 and sum(by_state.values()) == expected_votes
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True

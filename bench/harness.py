@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -29,6 +30,7 @@ from bench.rpc import WsRpc
 from chain.codec import dao_functions, event_topics
 from dloop.anvil import AnvilProcess, free_port, json_rpc
 from dloop.devnet import ZERO_ADDRESS, DevnetInfo, deploy_devnet, env_file_values, proposal_plan
+from storage.migrations import upgrade
 
 PYTHON = sys.executable
 PROPOSAL_CREATED = next(t for t, name in event_topics().items() if name == "ProposalCreated")
@@ -390,17 +392,11 @@ class ServiceProcess(ManagedProcess):
         return f"http://127.0.0.1:{self.port}"
 
     def migrate(self) -> None:
-        done = subprocess.run(
-            [PYTHON, "-m", "dloop.cli", "migrate"],
-            cwd=REPO_ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"dloop migrate failed ({done.returncode}): {done.stderr[-2000:]}")
+        """What `dloop migrate` does (the same alembic upgrade), without starting another interpreter."""
+        url = self.env["DLOOP_DATABASE_URL"]
+        # In a thread of its own: the caller may be inside an event loop already.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(lambda: asyncio.run(upgrade(url))).result()
 
     def start_ready(self, timeout: float = 60.0) -> float:
         """Migrate, start, wait until /health answers; the seconds that took."""

@@ -1,0 +1,141 @@
+"""Each benchmark runs once at its tiny size, so the scripts cannot rot; plus the pure report helpers.
+
+The figures of a tiny run mean nothing; only the shape of the JSON and the sanity of the counts are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.report import Aim, fmt, format_table, percentile, summary_line
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COMMON_KEYS = {"benchmark", "size", "params", "machine", "started_at", "duration_s", "summary", "details"}
+SUMMARY_KEYS = {"benchmark", "metric", "unit", "service", "baseline", "figure", "figure_name", "aim", "met"}
+
+
+def run_benchmark(script: str, results_dir: Path, *extra: str) -> dict[str, Any]:
+    command = [sys.executable, str(REPO_ROOT / "bench" / script), "--size", "tiny"]
+    done = subprocess.run(
+        [*command, "--results-dir", str(results_dir), *extra],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    files = list(results_dir.glob("*.json"))
+    assert len(files) == 1, files
+    document: dict[str, Any] = json.loads(files[0].read_text())
+    assert document.keys() >= COMMON_KEYS
+    assert document["size"] == "tiny"
+    assert document["summary"], "a benchmark without summary lines"
+    for line in document["summary"]:
+        assert line.keys() >= SUMMARY_KEYS
+    assert "->" in done.stdout  # the table was printed, then where the JSON went
+    return document
+
+
+def test_latency(tmp_path: Path) -> None:
+    document = run_benchmark("latency.py", tmp_path, "--samples", "2", "--block-time", "0.25")
+    runs = document["details"]["runs"]
+    assert {(r["mining"], r["voter"]) for r in runs} == {
+        ("automine", "baseline"),
+        ("automine", "service"),
+        ("block-time 0.25s", "baseline"),
+        ("block-time 0.25s", "service"),
+    }
+    for run in runs:
+        assert run["missed"] == 0, run
+        assert run["per_vote_ms"]["n"] == 2 * 5
+        assert run["per_vote_ms"]["p50"] > 0
+    assert {line["metric"] for line in document["summary"]} >= {"automine vote p50", "automine vote p99"}
+
+
+def test_burst(tmp_path: Path) -> None:
+    document = run_benchmark("burst.py", tmp_path)
+    runs = document["details"]["runs"]
+    assert [r["voter"] for r in runs] == ["baseline (pre-signed)", "service"]
+    for run in runs:
+        assert run["complete"] and run["votes_mined"] == run["votes_expected"] == 50, run
+        assert run["duplicate_votes"] == 0
+        assert run["votes_per_s"] > 0
+    assert runs[1]["memory"]["peak_rss_mb"] > 0
+
+
+def test_reconcile_scan(tmp_path: Path) -> None:
+    document = run_benchmark("reconcile_scan.py", tmp_path)
+    runs = document["details"]["runs"]
+    assert [r["rpc_batch_size"] for r in runs] == [50, 1]
+    for run in runs:
+        assert run["proposals_scanned"] == run["new_proposals"] == 20, run
+        assert run["read_errors"] == 0
+        assert run["requests"] >= 20 * 6  # getProposal and five hasVoted per proposal
+    assert runs[0]["batches_sent"] > 0 and runs[1]["batches_sent"] == 0
+
+
+def test_http(tmp_path: Path) -> None:
+    document = run_benchmark("http_load.py", tmp_path)
+    loads = document["details"]["loads"]
+    assert {(x["server"], x["condition"], x["endpoint"]) for x in loads} == {
+        (server, condition, endpoint)
+        for server, condition in (("service", "during burst"), ("service", "idle"), ("bare app", "idle"))
+        for endpoint in ("/active-proposals", "/health")
+    }
+    for load in loads:
+        assert load["ok"] > 0 and load["ok"] == load["requests"] and not load["errors"], load
+
+
+def test_memory(tmp_path: Path) -> None:
+    document = run_benchmark("memory.py", tmp_path)
+    points = document["details"]["points"]
+    assert [p["proposals"] for p in points] == [0, 5, 10]
+    assert all(p["rss_mb"] > 10 and p["peak_rss_mb"] >= p["rss_mb"] for p in points)
+
+
+def test_run_all_rejects_an_unknown_benchmark() -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "run_all.py"), "--only", "nonsense"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "unknown benchmark" in done.stderr
+
+
+# -- pure helpers --------------------------------------------------------------------------------------------
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([], 50) is None
+
+
+def test_summary_line_ratio_and_aim() -> None:
+    line = summary_line("x", "m", "ms", 30.0, 20.0, aim=Aim("<=", 1.5))
+    assert line.figure == pytest.approx(1.5) and line.met is True
+    missed = summary_line("x", "m", "votes/s", 50.0, 100.0, aim=Aim(">=", 0.6))
+    assert missed.figure == pytest.approx(0.5) and missed.met is False
+    absolute = summary_line("x", "rss", "MB", 250.0, None, figure=250.0, figure_name="MB", aim=Aim("<=", 200))
+    assert absolute.met is False
+    assert summary_line("x", "m", "ms", None, 1.0).figure is None
+
+
+def test_table_formatting() -> None:
+    assert fmt(None) == "-" and fmt(1234567) == "1,234,567" and fmt(0.012345) == "0.0123"
+    assert fmt(12.345) == "12.3" and fmt(2500.4) == "2,500"
+    text = format_table(["name", "value"], [["a", 1.5], ["bb", 22.25]])
+    lines = text.splitlines()
+    assert lines[0].startswith("name") and lines[2].endswith("1.50") and lines[3].endswith("22.2")

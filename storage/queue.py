@@ -293,6 +293,22 @@ async def finish_unsent(
 # -- transactions ----------------------------------------------------------------------------------------
 
 
+async def _add_tx(session: AsyncSession, vote_id: int, tx: SignedTx) -> None:
+    """Insert a signed transaction; signing is deterministic, so a refused one signed again has the same
+    hash: then the stored row is reused (its outcome reset)."""
+    known = (
+        await session.execute(select(VoteTransaction.vote_id).where(VoteTransaction.tx_hash == tx.tx_hash))
+    ).scalar_one_or_none()
+    if known is None:
+        await session.execute(insert(VoteTransaction).values(**_tx_row(vote_id, tx)))
+    elif known == vote_id:
+        await session.execute(
+            update(VoteTransaction).where(VoteTransaction.tx_hash == tx.tx_hash).values(outcome=None)
+        )
+    else:
+        raise StorageError(f"transaction {tx.tx_hash} is already stored for another vote")
+
+
 def _tx_row(vote_id: int, tx: SignedTx) -> dict[str, Any]:
     return {
         "vote_id": vote_id,
@@ -342,7 +358,7 @@ async def record_sent(
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             return False
-        await session.execute(insert(VoteTransaction).values(**_tx_row(vote_id, tx)))
+        await _add_tx(session, vote_id, tx)
         return True
 
     done: bool = await _in_transaction(sessions, work)
@@ -365,7 +381,7 @@ async def record_replacement(sessions: SessionFactory, vote_id: int, tx: SignedT
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             return False
-        await session.execute(insert(VoteTransaction).values(**_tx_row(vote_id, tx)))
+        await _add_tx(session, vote_id, tx)
         return True
 
     done: bool = await _in_transaction(sessions, work)

@@ -170,9 +170,9 @@ class NodeLane:
         self._changed.set()
         self._changed = anyio.Event()
 
-    def _error(self, text: str) -> None:
+    def _error(self, text: str, **fields: Any) -> None:
         self.last_error = text
-        log_event(log, "node_error", level=logging.WARNING, node=self.node.name, error=text)
+        log_event(log, "node_error", level=logging.WARNING, node=self.node.name, error=text, **fields)
 
     async def attach(self, client: ChainClient) -> None:
         """A new connection: forget in-memory state, resolve every `sent` row, then sync the nonce."""
@@ -579,15 +579,16 @@ class NodeLane:
             await self._nonce_used_elsewhere(tracked)
             return
         known = await with_backoff(client.request, "eth_getTransactionByHash", [tracked.latest.tx_hash])
-        base, _ = await self.fees.read(client)
         stale = head - tracked.sent_block >= self.settings.replace_after_blocks
         if known is not None:
             if stale and not adopting:
                 await self.replace(tracked, head, f"not mined after {head - tracked.sent_block} blocks")
             return
-        # Unknown to the node and its nonce unused: dropped.
+        # Unknown to the node and its nonce unused: dropped. Rebroadcast the same bytes if they can still be
+        # included, else replace them with higher fees.
+        base, _ = await self.fees.read(client, fresh=True)
         if tracked.latest.max_fee_per_gas < base or tracked.rebroadcasts >= 2:
-            await self.replace(tracked, head, "dropped and not includable as signed")
+            await self.replace(tracked, head, "dropped, and not includable as signed")
             return
         async with self.lock:
             if tracked.vote_id not in self.tracked:
@@ -595,11 +596,18 @@ class NodeLane:
             try:
                 await self._broadcast(tracked.latest)
             except ChainError as exc:
-                self._error(f"rebroadcast of {tracked.latest.tx_hash} refused: {exc}")
-                if classify(exc) == Action.RESYNC_NONCE:
-                    return  # mined meanwhile: the next receipt poll settles it
-            tracked.rebroadcasts += 1
-            tracked.sent_block = head
+                self._error(f"rebroadcast refused: {exc}", tx=tracked.latest.tx_hash)
+                action = classify(exc)
+                if action != Action.BUMP_FEES:
+                    return  # e.g. nonce too low: mined meanwhile, the next receipt poll settles it
+                bump = True
+            else:
+                bump = False
+                tracked.rebroadcasts += 1
+                tracked.sent_block = head
+        if bump:
+            await self.replace(tracked, head, "dropped, and underpriced as signed")
+            return
         self.totals.rebroadcast += 1
         log_event(
             log,
@@ -670,7 +678,7 @@ class NodeLane:
                 await self._broadcast(signed)
             except ChainError as exc:
                 tracked.latest = previous  # keep expecting the one the node has
-                self._error(f"replacement of {previous.tx_hash} refused: {exc}")
+                self._error(f"replacement refused: {exc}", tx=signed.tx_hash, nonce=tracked.nonce)
                 return
             self._step("replaced")
         self.totals.replaced += 1
@@ -680,7 +688,7 @@ class NodeLane:
             node=self.node.name,
             proposal=tracked.proposal_id,
             tx=signed.tx_hash,
-            replaces=previous.tx_hash,
+            nonce=tracked.nonce,
             why=why,
             max_fee_gwei=signed.max_fee_per_gas / GWEI,
         )

@@ -159,6 +159,7 @@ class Voter:
         self._round_lock = anyio.Lock()
         self._rounds = 0
         self._last_round: DrainResult | None = None
+        self._serving = False  # run() is active (connected or reconnecting)
 
     # -- status ----------------------------------------------------------------------------------------
     @property
@@ -196,21 +197,25 @@ class Voter:
         """
         started = False
         delay = 0.5
-        while True:
-            lost: BaseException | None = None
-            try:
-                async with self._connected() as tg:
-                    if not started:
-                        task_status.started()
-                        started = True
-                    delay = 0.5
-                    await self._serve()
-                    tg.cancel_scope.cancel()
-            except* TransientChainError as group:
-                lost = group.exceptions[0]
-            log_event(log, "voter_reconnecting", level=logging.WARNING, error=str(lost), delay=delay)
-            await anyio.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 30.0)
+        self._serving = True
+        try:
+            while True:
+                lost: BaseException | None = None
+                try:
+                    async with self._connected() as tg:
+                        if not started:
+                            task_status.started()
+                            started = True
+                        delay = 0.5
+                        await self._serve()
+                        tg.cancel_scope.cancel()
+                except* TransientChainError as group:
+                    lost = group.exceptions[0]
+                log_event(log, "voter_reconnecting", level=logging.WARNING, error=str(lost), delay=delay)
+                await anyio.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 30.0)
+        finally:
+            self._serving = False
 
     async def _serve(self) -> None:
         more = True  # a round at start
@@ -263,6 +268,8 @@ class Voter:
         end = deadline if deadline is not None else anyio.current_time() + self.settings.round_deadline
         if self._client is not None:
             return await self._locked_round(end)
+        if self._serving:
+            raise TransientChainError("the voter is reconnecting to the node; try again shortly")
         confirmed, failed = self.totals.confirmed, self.totals.failed
         async with self._connected() as tg:
             result = await self._locked_round(end)
@@ -278,7 +285,12 @@ class Voter:
         )
 
     async def recheck_sent(self) -> int:
-        """Resolve `sent` rows no lane tracks yet (e.g. confirmed votes a reorg handler reopened) now."""
+        """Resolve `sent` rows no lane tracks yet (e.g. confirmed votes a reorg handler reopened) now.
+
+        Needs a connection (`run()` active); without one it does nothing: every connection starts with it.
+        """
+        if self._client is None:
+            return 0
         async with self._round_lock:
             counts = [await lane.adopt_sent() for lane in self.lanes]
         return sum(counts)
@@ -289,7 +301,13 @@ class Voter:
             result = await self._round(end)
         self._rounds += 1
         self._last_round = result
-        log_event(log, "voter_round", **{k: v for k, v in result.__dict__.items() if not k.endswith("_at")})
+        quiet = result.leased == 0 and result.confirmed == 0
+        log_event(
+            log,
+            "voter_round",
+            level=logging.DEBUG if quiet else logging.INFO,
+            **{k: v for k, v in result.__dict__.items() if not k.endswith("_at")},
+        )
         return result
 
     async def _round(self, deadline: float) -> DrainResult:

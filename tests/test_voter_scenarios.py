@@ -1,0 +1,192 @@
+"""The voter when the chain misbehaves: unfunded node, closed proposals, votes cast by hand, a stuck or
+dropped transaction, a reorg. Each test has its own anvil; the invariant (transactions == VoteCast events per
+node) is checked at the end of each."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import anyio
+import pytest
+from eth_account import Account
+
+from storage import queue
+from storage.models import VoteState
+from tests.support.voter import (
+    Harness,
+    cancel_proposal,
+    check_exactly_once,
+    devnet_chain,
+    make_harness,
+    queue_proposals,
+    vote_by_hand,
+    vote_rows,
+    vote_transactions,
+    wait_until,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def states(rows: list) -> Counter[str]:  # type: ignore[type-arg]
+    return Counter(r.state for r in rows)
+
+
+async def test_unfunded_node_waits_while_the_others_vote(tmp_path: Path) -> None:
+    fresh = Account.create()
+    with devnet_chain(3) as (node, info):
+        h = await make_harness(node, info, tmp_path, node_keys=[*info.node_keys[:4], fresh.key.hex()])
+        await queue_proposals(h)
+        voter = h.voter()
+        first = await voter.drain()
+        rows = await vote_rows(h.sessions)
+        assert states([r for r in rows if r.node != "ai-gov-05"]) == {VoteState.CONFIRMED: 12}
+        assert states([r for r in rows if r.node == "ai-gov-05"]) == {VoteState.QUEUED: 3}
+        assert all("unfunded" in (r.last_error or "") for r in rows if r.node == "ai-gov-05")
+        status = voter.status.nodes[4]
+        assert status.unfunded and "nsufficient funds" in (status.last_error or "")
+        assert not first.left_work  # the unfunded node's rows do not make rounds spin
+        check_exactly_once(node.http_url, info.contract_address, h.addresses)
+
+        h.rpc("anvil_setBalance", [fresh.address, hex(10**18)])
+        await voter.drain()
+        rows = await vote_rows(h.sessions)
+        assert states(rows) == {VoteState.CONFIRMED: 15}
+        assert not voter.status.nodes[4].unfunded
+        assert check_exactly_once(node.http_url, info.contract_address, h.addresses)[fresh.address] == 3
+
+
+async def test_canceled_while_queued_is_closed_without_a_transaction(tmp_path: Path) -> None:
+    with devnet_chain(3) as (node, info):
+        h = await make_harness(node, info, tmp_path)
+        await queue_proposals(h)
+        cancel_proposal(node.http_url, info.contract_address, info.proposer_key, 2)
+        result = await h.voter().drain()
+        rows = await vote_rows(h.sessions)
+        assert states([r for r in rows if r.proposal_id == 2]) == {VoteState.CLOSED: 5}
+        assert all("canceled" in (r.reason or "") and r.tx_hash is None for r in rows if r.proposal_id == 2)
+        assert states([r for r in rows if r.proposal_id != 2]) == {VoteState.CONFIRMED: 10}
+        assert result.closed == 5
+        assert list(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == [2] * 5
+
+
+async def test_past_voting_period_is_closed_without_a_transaction(tmp_path: Path) -> None:
+    with devnet_chain(2) as (node, info):
+        h = await make_harness(node, info, tmp_path)
+        await queue_proposals(h)
+        h.rpc("evm_increaseTime", [info.voting_period + 60])
+        h.rpc("evm_mine")
+        await h.voter().drain()
+        rows = await vote_rows(h.sessions)
+        assert states(rows) == {VoteState.CLOSED: 10}
+        assert all("voting ended" in (r.reason or "") for r in rows)
+        assert sum(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == 0
+
+
+async def test_node_that_voted_by_hand_is_already_voted(tmp_path: Path) -> None:
+    with devnet_chain(2) as (node, info):
+        h = await make_harness(node, info, tmp_path)
+        await queue_proposals(h)
+        vote_by_hand(node.http_url, info.contract_address, info.node_keys[0], 1, False)
+        await h.voter().drain()
+        rows = await vote_rows(h.sessions)
+        done = {(r.proposal_id, r.node): r for r in rows}
+        assert done[(1, "ai-gov-01")].state == VoteState.ALREADY_VOTED
+        assert done[(1, "ai-gov-01")].tx_hash is None
+        assert "hasVoted" in (done[(1, "ai-gov-01")].reason or "")
+        assert states(rows) == {VoteState.CONFIRMED: 9, VoteState.ALREADY_VOTED: 1}
+        per_node = check_exactly_once(node.http_url, info.contract_address, h.addresses)
+        assert per_node[h.addresses[0]] == 2  # the hand vote and proposal 2
+
+
+async def running_voter(h: Harness, tg: anyio.abc.TaskGroup) -> object:
+    voter = h.voter(receipt_poll_interval=0.05, poll_interval=0.5, stall_seconds=60.0)
+    await tg.start(voter.run)
+    return voter
+
+
+async def test_stuck_transaction_is_replaced_and_only_one_vote_counts(tmp_path: Path) -> None:
+    with devnet_chain(1) as (node, info):
+        h = await make_harness(node, info, tmp_path)
+        h.rpc("evm_setAutomine", [False])  # mining paused
+        await queue_proposals(h)
+        async with anyio.create_task_group() as tg:
+            voter = await running_voter(h, tg)
+            await wait_until(lambda: _count_state(h, VoteState.SENT, 5))
+            originals = {tx for _, tx, _, _ in await vote_transactions(h.sessions)}
+            assert len(originals) == 5 and h.rpc("txpool_status")["pending"] == "0x5"
+            # Blocks go on without our transactions: the base fee jumps above what they can pay.
+            h.rpc("anvil_setNextBlockBaseFeePerGas", [hex(100 * 10**9)])
+            h.rpc("anvil_mine", ["0x3"])
+            await wait_until(lambda: _transactions(h, 10))
+            h.rpc("evm_setAutomine", [True])  # mining resumes
+            h.rpc("evm_mine")
+            await wait_until(lambda: _count_state(h, VoteState.CONFIRMED, 5))
+            assert voter.status.replaced == 5  # type: ignore[attr-defined]
+            tg.cancel_scope.cancel()
+        rows = await vote_rows(h.sessions)
+        txs = await vote_transactions(h.sessions)
+        assert {r.tx_hash for r in rows}.isdisjoint(originals)  # the replacements were mined
+        assert Counter(outcome for _, _, _, outcome in txs) == {"replaced": 5, "mined": 5}
+        assert all(nonce == 0 for _, _, nonce, _ in txs)  # same nonce: the replacement took its place
+        assert list(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == [1] * 5
+
+
+async def test_dropped_transaction_is_rebroadcast_from_its_signed_bytes(tmp_path: Path) -> None:
+    with devnet_chain(1) as (node, info):
+        h = await make_harness(node, info, tmp_path)
+        h.rpc("evm_setAutomine", [False])
+        await queue_proposals(h)
+        async with anyio.create_task_group() as tg:
+            voter = await running_voter(h, tg)
+            await wait_until(lambda: _count_state(h, VoteState.SENT, 5))
+            dropped = next(r.tx_hash for r in await vote_rows(h.sessions) if r.node == "ai-gov-01")
+            h.rpc("anvil_dropTransaction", [dropped])
+            h.rpc("anvil_mine", ["0x3"])  # the others are mined; the dropped one is missed for 3 blocks
+            await wait_until(lambda: voter.status.rebroadcast >= 1)  # type: ignore[attr-defined]
+            h.rpc("evm_mine")
+            await wait_until(lambda: _count_state(h, VoteState.CONFIRMED, 5))
+            tg.cancel_scope.cancel()
+        rows = await vote_rows(h.sessions)
+        assert next(r.tx_hash for r in rows if r.node == "ai-gov-01") == dropped  # same bytes, same hash
+        assert len(await vote_transactions(h.sessions)) == 5  # nothing re-signed
+        assert list(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == [1] * 5
+
+
+async def test_vote_reorged_out_is_sent_again(tmp_path: Path) -> None:
+    with devnet_chain(1) as (node, info):
+        h = await make_harness(node, info, tmp_path)
+        await queue_proposals(h)
+        voter = h.voter()
+        await voter.drain()
+        rows = await vote_rows(h.sessions)
+        assert states(rows) == {VoteState.CONFIRMED: 5}
+        first_vote_block = min(
+            int(h.rpc("eth_getTransactionReceipt", [r.tx_hash])["blockNumber"], 16) for r in rows
+        )
+        head = int(h.rpc("eth_blockNumber"), 16)
+        h.rpc("anvil_reorg", [head - first_vote_block + 1, []])  # the vote blocks replaced by empty ones
+        assert sum(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == 0
+        # The listener's reorg handling reopens the votes whose transactions are gone:
+        reopened = await queue.reopen_confirmed(h.sessions, tx_hashes=[r.tx_hash for r in rows if r.tx_hash])
+        assert reopened == 5
+        result = await voter.drain()
+        assert result.confirmed == 5 and voter.status.rebroadcast == 5
+        again = await vote_rows(h.sessions)
+        assert states(again) == {VoteState.CONFIRMED: 5}
+        assert [r.tx_hash for r in again] == [r.tx_hash for r in rows]  # the same signed transactions
+        assert list(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == [1] * 5
+
+
+async def _count_state(h: Harness, state: VoteState, expected: int) -> bool:
+    return sum(r.state == state for r in await vote_rows(h.sessions)) == expected
+
+
+async def _transactions(h: Harness, expected: int) -> bool:
+    return len(await vote_transactions(h.sessions)) >= expected

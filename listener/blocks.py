@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from chain.client import BlockHeader, ChainClient, RawLog, parse_block
@@ -252,16 +252,23 @@ class BlockTracker:
         if tx_hash is None:
             return None
         receipt: Any = await client.request("eth_getTransactionReceipt", [tx_hash])
-        if not isinstance(receipt, dict) or receipt.get("blockHash") is None:
+        if not isinstance(receipt, Mapping) or receipt.get("blockHash") is None:
             return None
-        number = int(str(receipt["blockNumber"]), 16)
-        header = window.get(number) or await client.block(number)
-        return number if header.hash.lower() == str(receipt["blockHash"]).lower() else None
+        mined = parse_block(
+            {
+                "number": receipt["blockNumber"],
+                "hash": receipt["blockHash"],
+                "parentHash": "0x",
+                "timestamp": 0,
+            }
+        )  # the same number and hash parsing as for headers
+        header = window.get(mined.number) or await client.block(mined.number)
+        return mined.number if header.hash.lower() == mined.hash.lower() else None
 
 
 def _header(number: int, answer: Any) -> BlockHeader:
     if isinstance(answer, ChainError):
         raise answer
-    if not isinstance(answer, dict):
+    if not isinstance(answer, Mapping):
         raise ChainError(f"block {number} not found")
-    return parse_block(answer)
+    return parse_block(dict(answer))

@@ -214,6 +214,7 @@ class Listener:
         while True:
             silent = anyio.current_time() - self._last_head_at
             if silent >= timeout:
+                self._board.connected = False  # known dead now, before the (bounded) closing handshake
                 raise HeadTimeout(f"no new head for {silent:.1f} s (DLOOP_HEAD_TIMEOUT is {timeout:g} s)")
             await anyio.sleep(timeout - silent)
 

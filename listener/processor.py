@@ -123,6 +123,8 @@ class LogProcessor:
                 await self._record_bad(item, data)
                 return 0
             deep = deep_enough(item.raw.block_number, head_number, ctx.confirmations)
+            # Parameter changes and "other" proposals may have no asset: only a real address can be bad.
+            asset_problem = data.asset.error if int(data.asset_address, 16) != 0 else None
             record = await stored(
                 chain_state.record_created_proposal,
                 ctx.sessions,
@@ -134,11 +136,12 @@ class LogProcessor:
                 node_ids=ctx.node_ids,
                 log=item.ref,
                 initial_state=VoteState.QUEUED if deep else VoteState.PENDING,
+                log_error=None if asset_problem is None else f"asset {data.asset_address}: {asset_problem}",
             )
             if record is None:
                 return 0
-            if data.asset.error is not None:
-                self._warn_bad(item, f"asset {data.asset.address}: {data.asset.error}")
+            if asset_problem is not None:
+                self._warn_bad(item, f"asset {data.asset_address}: {asset_problem}")
             log_event(
                 self.logger,
                 "proposal_recorded",

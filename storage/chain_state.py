@@ -282,14 +282,16 @@ async def record_created_proposal(
     node_ids: Sequence[int],
     log: LogRef,
     initial_state: VoteState,
+    log_error: str | None = None,
 ) -> CreatedRecord | None:
     """ProposalCreated: the log, the proposal, one vote row per node and the cursor in one transaction.
 
-    None when this log was processed before. Vote rows parked as pending (confirmations, or a reorg that
+    None when this log was processed before. `log_error` notes bad data (an asset that is not an ERC-20)
+    on the log's row. Vote rows parked as pending (confirmations, or a reorg that
     took the proposal's block away) are queued when `initial_state` is queued.
     """
     async with sessions.begin() as session:
-        if not await _claim_log_in(session, log, "ProposalCreated", data.proposal_id, data.asset.error):
+        if not await _claim_log_in(session, log, "ProposalCreated", data.proposal_id, log_error):
             return None
         result = await record_proposal_in(
             session,

@@ -98,7 +98,9 @@ async def open_database(path: Path, info: DevnetInfo) -> Database:
 def make_settings(ws_url: str, info: DevnetInfo, database_url: str, **overrides: Any) -> Settings:
     nodes = tuple(
         NodeSettings(name, PrivateKey(key), strategy)
-        for name, key, strategy in zip(DEFAULT_NODE_NAMES, info.node_keys, DEFAULT_NODE_STRATEGIES, strict=True)
+        for name, key, strategy in zip(
+            DEFAULT_NODE_NAMES, info.node_keys, DEFAULT_NODE_STRATEGIES, strict=True
+        )
     )
     base = Settings(
         rpc_ws_url=ws_url,
@@ -155,7 +157,9 @@ async def chain_logs(db: Database) -> list[ChainLog]:
 
 async def proposal(db: Database, proposal_id: int) -> Proposal:
     async with db.sessions() as session:
-        return (await session.execute(select(Proposal).where(Proposal.proposal_id == proposal_id))).scalar_one()
+        return (
+            await session.execute(select(Proposal).where(Proposal.proposal_id == proposal_id))
+        ).scalar_one()
 
 
 async def votes_of(db: Database, proposal_id: int) -> list[Vote]:
@@ -192,7 +196,9 @@ async def wait_for_queue(
 async def wait_until(condition: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.02) -> None:
     """Poll a cheap in-memory condition (the listener's status)."""
     with anyio.fail_after(timeout):
-        while not condition():
+        while True:
+            if condition():
+                return
             await anyio.sleep(interval)
 
 
@@ -201,5 +207,7 @@ async def wait_until_async(
 ) -> None:
     """Poll an async condition (a database query)."""
     with anyio.fail_after(timeout):
-        while not await condition():
+        while True:
+            if await condition():
+                return
             await anyio.sleep(interval)

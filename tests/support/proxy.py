@@ -40,7 +40,7 @@ def text_frame(text: str) -> bytes:
     return header + payload
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: kept in a set
 class _Link:
     client_reader: asyncio.StreamReader
     client_writer: asyncio.StreamWriter

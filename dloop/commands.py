@@ -22,7 +22,7 @@ import httpx
 from chain.accounts import node_accounts
 from chain.client import ChainClient
 from chain.connection import open_ws
-from dloop.errors import ChainError, ConfigError, DloopError
+from dloop.errors import ChainError, ConfigError, DloopError, TransientChainError
 from dloop.logs import configure_logging, log_event
 from dloop.settings import Settings, load_settings
 from storage.engine import check_database_location, create_engine, session_factory
@@ -98,8 +98,13 @@ async def preflight_chain(settings: Settings) -> int:
         raise ConfigError(
             "DLOOP_RPC_WS_URL", f"{where} did not answer within {PREFLIGHT_TIMEOUT:g} s"
         ) from None
+    except TransientChainError as exc:
+        reason = _first_line(exc).replace(settings.rpc_ws_url, where)
+        reason = reason.removeprefix(f"cannot connect to {where}: ")
+        raise ConfigError("DLOOP_RPC_WS_URL", f"cannot connect to {where} ({reason})") from None
     except ChainError as exc:
-        raise ConfigError("DLOOP_RPC_WS_URL", f"cannot use {where}: {_first_line(exc)}") from None
+        reason = _first_line(exc).replace(settings.rpc_ws_url, where)
+        raise ConfigError("DLOOP_RPC_WS_URL", f"{where} failed a basic request: {reason}") from None
     if code in ("0x", "", "0x0"):
         raise ConfigError(
             "DLOOP_CONTRACT_ADDRESS",
@@ -151,21 +156,24 @@ async def serve(
             nodes=[n.name for n in nodes],
             http=service.http.url,
         )
-        async with anyio.create_task_group() as tg:
-            if handle_signals:
-                tg.start_soon(stop_on_signals, tg.cancel_scope.cancel)
-            await tg.start(service.run)
-            if on_ready is not None:
-                on_ready(service)
+        try:
+            async with anyio.create_task_group() as tg:
+                if handle_signals:
+                    tg.start_soon(stop_on_signals, tg.cancel_scope.cancel)
+                await tg.start(service.run)
+                if on_ready is not None:
+                    on_ready(service)
+        finally:
+            log_event(logger, "service_stopped")
     finally:
         with anyio.CancelScope(shield=True):
             await engine.dispose()
-        log_event(logger, "service_stopped")
 
 
 def run_command(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure_logging(settings.log_level)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its schema check chatter is not an event
     run_async(serve, settings)
     return 0
 

@@ -1,0 +1,242 @@
+"""`dloop run/migrate/status/trigger` as a user runs them: real processes, signals, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from web3 import Web3
+
+from dloop.anvil import AnvilProcess, free_port
+from dloop.devnet import DevnetInfo, asset_dao, deploy_devnet
+from tests.support.service import create_proposals, devnet_environ, wait_until
+
+DLOOP = [sys.executable, "-m", "dloop.cli"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    """Only what a user would set: no DLOOP_* leaking in from the developer's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DLOOP_", "AI_NODE_"))}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def dloop(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*DLOOP, *args],
+        env=clean_env(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class ServiceProcess:
+    """`dloop run` in the background, its JSON log in a file."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, log: Path) -> None:
+        self.log = log
+        self._log_file = log.open("a")
+        self.process = subprocess.Popen(
+            [*DLOOP, "run"], env=clean_env(env), cwd=cwd, stdout=self._log_file, stderr=subprocess.STDOUT
+        )
+        self.url = f"http://127.0.0.1:{env['DLOOP_HTTP_PORT']}"
+
+    def wait_ready(self) -> None:
+        def up() -> bool:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                return httpx.get(f"{self.url}/", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=30, what="dloop run to answer")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 10) -> int:
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            self._log_file.close()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log_file.close()
+
+
+@pytest.fixture(scope="module")
+def chain() -> Iterator[tuple[AnvilProcess, DevnetInfo]]:
+    with AnvilProcess(port=0, block_time=0.5) as node:  # interval mining: votes stay in flight for a while
+        yield node, deploy_devnet(node.http_url, proposals=0)
+
+
+@pytest.fixture
+def env(chain: tuple[AnvilProcess, DevnetInfo], tmp_path: Path) -> dict[str, str]:
+    anvil, devnet = chain
+    return devnet_environ(
+        anvil.ws_url,
+        devnet,
+        tmp_path / "dloop.db",
+        DLOOP_HTTP_PORT=str(free_port()),
+        DLOOP_LEASE_SECONDS="2",  # rows leased by a stopped process come back quickly
+        DLOOP_RECONCILE_INTERVAL="3600",
+    )
+
+
+# -- configuration problems: one line, the setting named, no traceback ---------------------------------------
+
+
+def test_configuration_problems_fail_with_one_line_naming_the_setting(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    migrated = {**env, "DLOOP_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'migrated.db'}"}
+    assert dloop(["migrate"], migrated, tmp_path).returncode == 0
+    cases = {
+        "truncated address": (
+            {**env, "DLOOP_CONTRACT_ADDRESS": env["DLOOP_CONTRACT_ADDRESS"][:-1]},
+            "DLOOP_CONTRACT_ADDRESS",
+        ),
+        "no RPC URL": ({k: v for k, v in env.items() if k != "DLOOP_RPC_WS_URL"}, "DLOOP_RPC_WS_URL"),
+        "unreachable node": (
+            {**env, "DLOOP_RPC_WS_URL": f"ws://127.0.0.1:{free_port()}"},
+            "DLOOP_RPC_WS_URL",
+        ),
+        "no contract code": (
+            {**migrated, "DLOOP_CONTRACT_ADDRESS": "0x" + "ab" * 20},
+            "DLOOP_CONTRACT_ADDRESS",
+        ),
+        "schema not migrated": (env, "database schema"),
+        "port in use": (migrated, "DLOOP_HTTP_PORT"),
+    }
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", int(env["DLOOP_HTTP_PORT"])))
+        busy.listen()
+        # Concurrently: each process spends ~2 s importing web3 and friends.
+        running = {
+            name: subprocess.Popen(
+                [*DLOOP, "run"],
+                env=clean_env(case_env),
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for name, (case_env, _setting) in cases.items()
+        }
+        results = {name: process.communicate(timeout=60) for name, process in running.items()}
+    for name, (_env, setting) in cases.items():
+        _stdout, stderr = results[name]
+        assert running[name].returncode == 2, (name, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"dloop: error: {setting}"), (name, stderr)
+        assert "Traceback" not in stderr
+    assert "no contract code" in results["no contract code"][1]
+    assert "run `dloop migrate`" in results["schema not migrated"][1]
+
+
+# -- a running service ---------------------------------------------------------------------------------------
+
+
+def test_run_status_trigger_and_a_clean_sigterm(
+    chain: tuple[AnvilProcess, DevnetInfo], env: dict[str, str], tmp_path: Path
+) -> None:
+    anvil, devnet = chain
+    assert dloop(["migrate"], env, tmp_path).returncode == 0
+    service = ServiceProcess(env, tmp_path, tmp_path / "run.log")
+    try:
+        service.wait_ready()
+        create_proposals(anvil, devnet, 2, first_index=100)
+        triggered = dloop(["trigger", "--wait", "--timeout", "60"], env, tmp_path)
+        assert triggered.returncode == 0, triggered.stdout + triggered.stderr
+        assert "voting round" in triggered.stdout and " done: " in triggered.stdout
+        status = dloop(["status"], env, tmp_path)
+        assert (
+            "ai-gov-01" in status.stdout
+            and "queue:" in status.stdout
+            and "last round: round" in status.stdout
+        )
+        assert status.returncode in (0, 1), status.stderr  # 1 only if /health is unhealthy
+        code = service.stop(signal.SIGTERM)
+    finally:
+        service.kill()
+    assert code == 0, service.log.read_text()[-3000:]
+    log = service.log.read_text()
+    assert '"event": "shutdown_requested"' in log and '"event": "service_stopped"' in log
+    assert "Traceback" not in log
+
+
+def _states(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as connection:
+        return dict(connection.execute("SELECT state, count(*) FROM votes GROUP BY state").fetchall())
+
+
+def test_sigterm_during_a_burst_then_restart_loses_nothing_and_doubles_nothing(
+    chain: tuple[AnvilProcess, DevnetInfo], env: dict[str, str], tmp_path: Path
+) -> None:
+    anvil, devnet = chain
+    db = Path(env["DLOOP_DATABASE_URL"].removeprefix("sqlite+aiosqlite:///"))
+    assert dloop(["migrate"], env, tmp_path).returncode == 0
+    first = ServiceProcess(env, tmp_path, tmp_path / "first.log")
+    try:
+        first.wait_ready()
+        w3 = Web3(Web3.HTTPProvider(anvil.http_url))
+        before = int(asset_dao(w3, devnet.contract_address).functions.getProposalCount().call())
+        burst = create_proposals(anvil, devnet, 12, first_index=200)
+        wait_until(lambda: _states(db).get("sent", 0) > 0, timeout=30, what="the first votes sent")
+        code = first.stop(signal.SIGTERM)
+    finally:
+        first.kill()
+    assert code == 0, first.log.read_text()[-3000:]
+    stopped = _states(db)
+    assert stopped.get("queued", 0) + stopped.get("sent", 0) > 0, stopped  # stopped mid-burst
+
+    second = ServiceProcess(env, tmp_path, tmp_path / "second.log")
+    try:
+        second.wait_ready()
+        expected = (before + len(burst)) * 5
+
+        def settled() -> bool:
+            states = _states(db)
+            return sum(states.values()) == expected and not any(
+                states.get(s) for s in ("pending", "queued", "sent")
+            )
+
+        wait_until(settled, timeout=60, what="every vote settled after the restart")
+        assert second.stop(signal.SIGTERM) == 0
+    finally:
+        second.kill()
+
+    # On chain: every node voted exactly once on every proposal of the burst.
+    dao = asset_dao(w3, devnet.contract_address)
+    events = dao.events.VoteCast.get_logs(from_block=0)
+    per_vote: dict[tuple[int, str], int] = {}
+    for event in events:
+        key = (int(event["args"]["proposalId"]), str(event["args"]["voter"]))
+        per_vote[key] = per_vote.get(key, 0) + 1
+    assert all(count == 1 for count in per_vote.values()), {k: c for k, c in per_vote.items() if c > 1}
+    for proposal_id in burst:
+        for address in devnet.node_addresses:
+            assert per_vote.get((proposal_id, address)) == 1, (proposal_id, address)
+    with sqlite3.connect(db) as connection:
+        confirmed = connection.execute(
+            "SELECT count(*) FROM votes v JOIN proposals p ON p.id = v.proposal_ref "
+            "WHERE v.state = 'confirmed' AND p.proposal_id >= ?",
+            (burst[0],),
+        ).fetchone()[0]
+    assert confirmed == len(burst) * 5

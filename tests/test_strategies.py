@@ -156,7 +156,9 @@ VALIDATION: list[tuple[ProposalData, int, str]] = [
 
 @pytest.mark.parametrize(("data", "chain_time", "words"), VALIDATION, ids=[v[2] for v in VALIDATION])
 @pytest.mark.parametrize("config", [CONSERVATIVE, AGGRESSIVE], ids=["conservative", "aggressive"])
-def test_validation_gives_no_vote(config: NodeConfig, data: ProposalData, chain_time: int, words: str) -> None:
+def test_validation_gives_no_vote(
+    config: NodeConfig, data: ProposalData, chain_time: int, words: str
+) -> None:
     decision = decide(data, Tally(0, 0), chain_time, config)
     assert decision.support is None
     assert decision.label == "none"

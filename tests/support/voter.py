@@ -46,7 +46,9 @@ def rpc(url: str, method: str, params: list[Any] | None = None) -> Any:
 
 
 @contextmanager
-def devnet_chain(proposals: int, *, block_time: float | None = None) -> Iterator[tuple[AnvilProcess, DevnetInfo]]:
+def devnet_chain(
+    proposals: int, *, block_time: float | None = None
+) -> Iterator[tuple[AnvilProcess, DevnetInfo]]:
     with AnvilProcess(block_time=block_time) as node:
         yield node, deploy_devnet(node.http_url, proposals)
 
@@ -166,7 +168,10 @@ async def vote_transactions(sessions: SessionFactory) -> list[tuple[int, str, in
     async with sessions() as session:
         rows = await session.execute(
             select(
-                VoteTransaction.vote_id, VoteTransaction.tx_hash, VoteTransaction.nonce, VoteTransaction.outcome
+                VoteTransaction.vote_id,
+                VoteTransaction.tx_hash,
+                VoteTransaction.nonce,
+                VoteTransaction.outcome,
             ).order_by(VoteTransaction.id)
         )
         return [(int(r[0]), r[1], int(r[2]), r[3]) for r in rows.all()]
@@ -174,9 +179,17 @@ async def vote_transactions(sessions: SessionFactory) -> list[tuple[int, str, in
 
 def vote_events(url: str, contract: str) -> list[tuple[int, str, bool]]:
     """(proposal id, voter, support) of every VoteCast on chain."""
-    logs = rpc(url, "eth_getLogs", [{"address": contract, "fromBlock": "0x0", "toBlock": "latest", "topics": [VOTE_CAST]}])
+    logs = rpc(
+        url,
+        "eth_getLogs",
+        [{"address": contract, "fromBlock": "0x0", "toBlock": "latest", "topics": [VOTE_CAST]}],
+    )
     return [
-        (int(log["topics"][1], 16), Web3.to_checksum_address("0x" + log["topics"][2][-40:]), int(log["data"][:66], 16) == 1)
+        (
+            int(log["topics"][1], 16),
+            Web3.to_checksum_address("0x" + log["topics"][2][-40:]),
+            int(log["data"][:66], 16) == 1,
+        )
         for log in logs
     ]
 
@@ -197,8 +210,10 @@ def check_exactly_once(url: str, contract: str, addresses: list[str]) -> Counter
 def vote_by_hand(url: str, contract: str, key: str, proposal_id: int, support: bool) -> None:
     w3 = Web3(Web3.HTTPProvider(url))
     account = Account.from_key(key)
-    tx = asset_dao(w3, contract).functions.vote(proposal_id, support).build_transaction(
-        {"from": account.address, "nonce": w3.eth.get_transaction_count(account.address)}
+    tx = (
+        asset_dao(w3, contract)
+        .functions.vote(proposal_id, support)
+        .build_transaction({"from": account.address, "nonce": w3.eth.get_transaction_count(account.address)})
     )
     tx_hash = w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
     assert w3.eth.wait_for_transaction_receipt(tx_hash, timeout=10, poll_latency=0.02)["status"] == 1
@@ -207,8 +222,10 @@ def vote_by_hand(url: str, contract: str, key: str, proposal_id: int, support: b
 def cancel_proposal(url: str, contract: str, proposer_key: str, proposal_id: int) -> None:
     w3 = Web3(Web3.HTTPProvider(url))
     account = Account.from_key(proposer_key)
-    tx = asset_dao(w3, contract).functions.cancelProposal(proposal_id).build_transaction(
-        {"from": account.address, "nonce": w3.eth.get_transaction_count(account.address)}
+    tx = (
+        asset_dao(w3, contract)
+        .functions.cancelProposal(proposal_id)
+        .build_transaction({"from": account.address, "nonce": w3.eth.get_transaction_count(account.address)})
     )
     tx_hash = w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
     assert w3.eth.wait_for_transaction_receipt(tx_hash, timeout=10, poll_latency=0.02)["status"] == 1

@@ -1,8 +1,8 @@
 """Run the voter in its own process until no vote is open, for the crash tests.
 
-Usage: python -m tests.support.voter_runner '<json>' with ws_url, contract, chain_id, node_keys, database_url, and optional
-batch_size, lease_seconds, kill_at [step, n] (SIGKILL itself at the n-th time the voter reaches `step`:
-leased / persisted / broadcast / confirmed), timeout. Exit 0 when done, 3 on timeout.
+Usage: python -m tests.support.voter_runner '<json>' with ws_url, contract, chain_id, node_keys,
+database_url, and optional batch_size, lease_seconds, kill_at [step, n] (SIGKILL itself at the n-th time the
+voter reaches `step`: leased / persisted / broadcast / confirmed), timeout. Exit 0 when done, 3 on timeout.
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ async def main(config: dict[str, Any]) -> int:
     with anyio.move_on_after(config.get("timeout", 60.0)):
         async with anyio.create_task_group() as tg:
             await tg.start(voter.run)
-            while await open_votes():
+            while True:  # the votes' state lives in the database: poll it
+                if not await open_votes():
+                    break
                 await anyio.sleep(0.1)
             tg.cancel_scope.cancel()
             return 0

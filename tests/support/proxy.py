@@ -180,11 +180,13 @@ class TcpProxy:
     async def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
         """Wait for a condition on the proxy's state (connections, recorded messages)."""
         deadline = time.monotonic() + timeout
-        while not condition():
+        while True:
+            self._changed.clear()  # before the check: a change right after it still wakes us
+            if condition():
+                return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("proxy condition not met in time")
-            self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 

@@ -1,0 +1,218 @@
+"""The listener's pure decisions and parsing, without a chain."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+
+import pytest
+
+from chain.client import BlockHeader, RawLog
+from chain.codec import ProposalCreated, VoteCast, event_topics
+from listener.messages import BadMessage, HeadMessage, LogMessage, decode, parse_subscription_message
+from listener.planning import (
+    ChunkPlan,
+    backfill_start,
+    deep_enough,
+    deepest_queueable_block,
+    head_conflicts,
+    is_range_error,
+    reconnect_delay,
+)
+from listener.status import BackfillProgress, StatusBoard
+
+TOPICS = {name: topic for topic, name in event_topics().items()}
+CONTRACT = "0x5FC8d32690cc91D4c39d9d3abcBD16989F875707"
+PROPOSER = "0x976EA74026E726554dB657fA54763abd0C3a0aa9"
+
+
+def word(value: int) -> str:
+    return "0x" + f"{value:064x}"
+
+
+def address_word(address: str) -> str:
+    return "0x" + "0" * 24 + address[2:].lower()
+
+
+def raw_log(topics: list[str], data: str, *, removed: bool = False, block: int = 7) -> dict[str, object]:
+    return {
+        "address": CONTRACT.lower(),
+        "topics": topics,
+        "data": data,
+        "blockNumber": hex(block),
+        "blockHash": "0x" + "ab" * 32,
+        "transactionHash": "0x" + "cd" * 32,
+        "logIndex": "0x2",
+        "removed": removed,
+    }
+
+
+# -- chunks ----------------------------------------------------------------------------------------------
+
+
+def test_chunk_plan_walks_the_range_and_halves_on_refusal() -> None:
+    plan = ChunkPlan(10, 35, 10)
+    seen = []
+    refused_once = False
+    while (chunk := plan.current()) is not None:
+        if chunk == (20, 29) and not refused_once:
+            refused_once = True
+            halved = plan.halved()
+            assert halved is not None
+            plan = halved
+            continue
+        seen.append(chunk)
+        plan = plan.advanced()
+    assert seen == [(10, 19), (20, 24), (25, 29), (30, 34), (35, 35)]
+    assert plan.finished and plan.advanced() == plan
+
+
+def test_a_single_block_cannot_be_halved() -> None:
+    assert ChunkPlan(5, 9, 1).halved() is None
+    assert ChunkPlan(5, 9, 3).halved() == ChunkPlan(5, 9, 1)
+    assert ChunkPlan(9, 5, 10).current() is None  # nothing to read
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("query returned more than 10000 results", True),
+        ("Log response size exceeded. You can make eth_getLogs requests with up to a 2K block range", True),
+        ("block range too large", True),
+        ("exceed maximum block range: 5000", True),
+        ("too many results, try a smaller range", True),
+        ("Too Many Requests", False),
+        ("execution reverted", False),
+        ("connection lost", False),
+    ],
+)
+def test_range_errors_are_told_apart_from_other_errors(message: str, expected: bool) -> None:
+    assert is_range_error(message) is expected
+
+
+# -- start, backoff, depth, heads --------------------------------------------------------------------------
+
+
+def test_backfill_starts_after_the_cursor_else_start_block_else_deployment_else_recent_blocks() -> None:
+    common = {"head": 50_000, "backfill_blocks": 10_000}
+    assert backfill_start(cursor_block=41, start_block=5, deployment_block=3, **common) == 42
+    assert backfill_start(cursor_block=None, start_block=5, deployment_block=3, **common) == 5
+    assert backfill_start(cursor_block=None, start_block=None, deployment_block=3, **common) == 3
+    assert backfill_start(cursor_block=None, start_block=None, deployment_block=None, **common) == 40_000
+    assert (
+        backfill_start(cursor_block=None, start_block=None, deployment_block=None, head=7, backfill_blocks=10)
+        == 0
+    )
+
+
+def test_reconnect_delay_grows_exponentially_with_jitter_and_a_cap() -> None:
+    low = [reconnect_delay(n, base=0.5, cap=30.0, jitter=0.0) for n in range(10)]
+    high = [reconnect_delay(n, base=0.5, cap=30.0, jitter=1.0) for n in range(10)]
+    assert low[:4] == [0.25, 0.5, 1.0, 2.0]
+    assert high[:4] == [0.5, 1.0, 2.0, 4.0]
+    assert max(high) == 30.0 and max(low) == 15.0
+    assert reconnect_delay(10_000, base=0.5, cap=30.0, jitter=0.5) <= 30.0
+
+
+def test_depth_counts_the_block_itself() -> None:
+    assert deep_enough(100, 100, 0) and deep_enough(100, 100, 1)
+    assert not deep_enough(100, 101, 3) and deep_enough(100, 102, 3)
+    assert deepest_queueable_block(102, 3) == 100
+    assert deep_enough(100, 99, 0)  # a log ahead of its head, with no confirmations required
+
+
+def test_a_head_conflicts_with_another_block_at_its_height_or_an_unknown_parent() -> None:
+    known = {9: "0x09", 10: "0x10"}
+    assert not head_conflicts(known, 11, "0x11", "0x10")
+    assert head_conflicts(known, 11, "0x11", "0xff")  # parent is not our block 10
+    assert head_conflicts(known, 10, "0xaa", "0x09")  # another block 10 (anvil_reorg emits these)
+    assert not head_conflicts(known, 10, "0x10", "0x09")  # the same head again
+    assert not head_conflicts({}, 11, "0x11", "0x10")  # nothing stored yet
+
+
+# -- messages and logs -------------------------------------------------------------------------------------
+
+
+def test_subscription_messages_become_heads_logs_or_bad_messages() -> None:
+    head = {
+        "number": "0x10",
+        "hash": "0x" + "11" * 32,
+        "parentHash": "0x" + "22" * 32,
+        "timestamp": "0x5",
+        "baseFeePerGas": "0x7",
+    }
+    parsed = parse_subscription_message(
+        {"subscription": "0xh", "result": head}, heads_id="0xh", logs_id="0xl"
+    )
+    assert parsed == HeadMessage(BlockHeader(16, "0x" + "11" * 32, "0x" + "22" * 32, 5, 7))
+    created = raw_log([TOPICS["ProposalCreated"], word(3), word(1), address_word(PROPOSER)], word(0))
+    message = parse_subscription_message(
+        {"subscription": "0xl", "result": created}, heads_id="0xh", logs_id="0xl"
+    )
+    assert isinstance(message, LogMessage) and message.log.block_number == 7 and not message.log.removed
+    bad = parse_subscription_message(
+        {"subscription": "0xl", "result": {"topics": []}}, heads_id="0xh", logs_id="0xl"
+    )
+    assert isinstance(bad, BadMessage) and "KeyError" in bad.error
+    assert (
+        parse_subscription_message({"subscription": "0xother", "result": head}, heads_id="0xh", logs_id="0xl")
+        is None
+    )
+
+
+def test_logs_decode_into_events_and_bad_logs_keep_their_reason() -> None:
+    decoded = decode(
+        parsed_log([TOPICS["ProposalCreated"], word(3), word(1), address_word(PROPOSER)], word(0))
+    )
+    assert decoded.event == ProposalCreated(3, 1, PROPOSER, 0) and decoded.error is None
+    assert decoded.key == ("0x" + "ab" * 32, 2) and decoded.ref.block_number == 7
+
+    vote = decode(parsed_log([TOPICS["VoteCast"], word(3), address_word(PROPOSER)], word(1) + word(5)[2:]))
+    assert vote.event == VoteCast(3, PROPOSER, True, 5)
+
+    truncated = decode(parsed_log([TOPICS["ProposalCreated"], word(9)], "0x"))
+    assert truncated.event is None and truncated.name == "ProposalCreated" and truncated.proposal_id == 9
+    assert "undecodable" in (truncated.error or "")
+
+    foreign = decode(parsed_log(["0x" + "ee" * 32], "0x"))
+    assert foreign.name == "unknown" and foreign.event is None and foreign.proposal_id is None
+
+
+def parsed_log(topics: list[str], data: str) -> RawLog:
+    message = parse_subscription_message(
+        {"subscription": "l", "result": raw_log(topics, data)}, heads_id="h", logs_id="l"
+    )
+    assert isinstance(message, LogMessage)
+    return message.log
+
+
+# -- status ------------------------------------------------------------------------------------------------
+
+
+def test_status_snapshot_is_frozen_and_computes_head_lag() -> None:
+    board = StatusBoard(last_head_number=5, last_head_timestamp=1_000)
+    status = board.snapshot(now=dt.datetime.fromtimestamp(1_012.5, dt.UTC))
+    assert status.head_lag_seconds == 12.5 and status.last_head_number == 5
+    with pytest.raises(AttributeError):
+        status.connected = True  # type: ignore[misc]
+    board.reconnects = 3
+    assert status.reconnects == 0 and board.snapshot().reconnects == 3
+
+
+def test_backfill_progress_logs_blocks_done_total_and_rate(caplog: pytest.LogCaptureFixture) -> None:
+    board = StatusBoard()
+    bar = io.StringIO()
+    logger = logging.getLogger("test.backfill")
+    progress = BackfillProgress(board, logger, first_block=100, last_block=199, interval=0.0, bar=bar)
+    assert board.backfill_active and board.backfill_total_blocks == 100
+    with caplog.at_level(logging.INFO, logger="test.backfill"):
+        progress.advance(40, 3)
+        progress.advance(60, 0)
+        progress.finish()
+    events = [(r.getMessage(), r.dloop_fields) for r in caplog.records]  # type: ignore[attr-defined]
+    assert [name for name, _ in events] == ["backfill_progress", "backfill_progress", "backfill_done"]
+    assert events[0][1]["blocks_done"] == 40 and events[0][1]["blocks_total"] == 100
+    assert events[-1][1]["logs"] == 3 and events[-1][1]["blocks_per_second"] is not None
+    assert not board.backfill_active and board.backfill_done_blocks == 100
+    assert "100/100 blocks" in bar.getvalue() and bar.getvalue().endswith("\n")

@@ -1,0 +1,280 @@
+"""storage.chain_state on a real SQLite file: idempotent log records, cursor, recent blocks, reorg records."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from chain.types import AssetInfo, LogRef, ProposalData
+from storage import chain_state
+from storage.chain_state import StoredBlock
+from storage.engine import SessionFactory, create_engine, session_factory
+from storage.migrations import upgrade
+from storage.models import ChainLog, Proposal, RecentBlock, Vote, VoteState
+from storage.proposals import NodeRecord, sync_nodes
+
+pytestmark = pytest.mark.anyio
+
+CHAIN, CONTRACT = 31337, "0x5FC8d32690cc91D4c39d9d3abcBD16989F875707"
+STREAM = chain_state.stream_name(CHAIN, CONTRACT)
+USDC = AssetInfo("0x" + "11" * 20, "USDC", 6)
+DATA = ProposalData(
+    proposal_id=1,
+    proposal_type=0,
+    asset_address=USDC.address,
+    amount=500_000_000,
+    description="Allocate 500 USDC to the reserve",
+    proposer="0x" + "22" * 20,
+    created_at=1_700_000_000,
+    voting_ends=1_700_259_200,
+    yes_votes=0,
+    no_votes=0,
+    status=1,
+    executed=False,
+    asset=USDC,
+)
+
+
+def ref(block: int, index: int = 0, fork: str = "a") -> LogRef:
+    return LogRef(
+        block, "0x" + f"{block:02x}{fork}".ljust(64, "0"), "0x" + f"{block:02x}{index}".ljust(64, "f"), index
+    )
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[tuple[SessionFactory, list[NodeRecord]]]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'dloop.db'}"
+    await upgrade(url)
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    nodes = await sync_nodes(
+        sessions, [(f"ai-gov-0{i}", "0x" + f"{i:02d}" * 20, "conservative") for i in range(1, 6)]
+    )
+    yield sessions, nodes
+    await engine.dispose()
+
+
+async def created(
+    sessions: SessionFactory,
+    nodes: list[NodeRecord],
+    log: LogRef,
+    data: ProposalData = DATA,
+    state: VoteState = VoteState.QUEUED,
+) -> chain_state.CreatedRecord | None:
+    return await chain_state.record_created_proposal(
+        sessions,
+        stream=STREAM,
+        chain_id=CHAIN,
+        contract=CONTRACT,
+        data=data,
+        source="subscription",
+        node_ids=[n.id for n in nodes],
+        log=log,
+        initial_state=state,
+    )
+
+
+async def states(sessions: SessionFactory) -> list[str]:
+    async with sessions() as session:
+        return list((await session.execute(select(Vote.state).order_by(Vote.node_id))).scalars().all())
+
+
+async def test_cursor_only_moves_forward(store: tuple[SessionFactory, list[NodeRecord]]) -> None:
+    sessions, _ = store
+    assert await chain_state.read_cursor(sessions, STREAM) is None
+    await chain_state.advance_cursor(sessions, STREAM, 10, "0xaa")
+    await chain_state.advance_cursor(sessions, STREAM, 5)
+    assert await chain_state.read_cursor(sessions, STREAM) == chain_state.CursorRecord(10, "0xaa")
+    await chain_state.advance_cursor(sessions, STREAM, 12)
+    assert (await chain_state.read_cursor(sessions, STREAM)) == chain_state.CursorRecord(12, None)
+
+
+async def test_the_same_created_log_twice_changes_nothing(
+    store: tuple[SessionFactory, list[NodeRecord]],
+) -> None:
+    sessions, nodes = store
+    first = await created(sessions, nodes, ref(20))
+    assert first is not None and first.record.created and first.queued_votes == 5
+    assert await created(sessions, nodes, ref(20)) is None
+    assert await states(sessions) == ["queued"] * 5
+    assert (await chain_state.read_cursor(sessions, STREAM)) == chain_state.CursorRecord(19, None)
+    assert await chain_state.processed_log_keys(sessions, [(ref(20).block_hash, 0), ("0xother", 0)]) == {
+        (ref(20).block_hash, 0)
+    }
+
+
+async def test_pending_rows_are_queued_when_the_proposal_is_deep_or_seen_again(
+    store: tuple[SessionFactory, list[NodeRecord]],
+) -> None:
+    sessions, nodes = store
+    record = await created(sessions, nodes, ref(30), state=VoteState.PENDING)
+    assert record is not None and record.queued_votes == 0
+    assert await states(sessions) == ["pending"] * 5
+    heads = [StoredBlock(n, f"0x{n:064x}", f"0x{n - 1:064x}") for n in range(30, 33)]
+    queued = await chain_state.record_heads(
+        sessions,
+        stream=STREAM,
+        heads=heads,
+        keep_blocks=2,
+        cursor_block=31,
+        chain_id=CHAIN,
+        contract=CONTRACT,
+        queue_up_to_block=29,
+    )
+    assert queued == 0 and await states(sessions) == ["pending"] * 5
+    assert [b.number for b in await chain_state.load_recent_blocks(sessions)] == [31, 32]  # bounded
+    queued = await chain_state.record_heads(
+        sessions,
+        stream=STREAM,
+        heads=[StoredBlock(33, f"0x{33:064x}", f"0x{32:064x}")],
+        keep_blocks=2,
+        cursor_block=32,
+        chain_id=CHAIN,
+        contract=CONTRACT,
+        queue_up_to_block=30,
+    )
+    assert queued == 5 and await states(sessions) == ["queued"] * 5
+
+
+async def test_vote_cast_confirms_our_row_once_and_never_clobbers(
+    store: tuple[SessionFactory, list[NodeRecord]],
+) -> None:
+    sessions, nodes = store
+    await created(sessions, nodes, ref(40))
+
+    async def cast(log: LogRef, node: NodeRecord | None) -> chain_state.VoteCastRecord | None:
+        return await chain_state.record_vote_cast(
+            sessions,
+            stream=STREAM,
+            chain_id=CHAIN,
+            contract=CONTRACT,
+            log=log,
+            proposal_id=1,
+            voter_node_id=None if node is None else node.id,
+        )
+
+    assert await cast(ref(41, 0), nodes[0]) == chain_state.VoteCastRecord(True, True)
+    assert await cast(ref(41, 0), nodes[0]) is None  # replay
+    assert await cast(ref(42, 0), nodes[0]) == chain_state.VoteCastRecord(True, False)  # already confirmed
+    assert await cast(ref(42, 1), None) == chain_state.VoteCastRecord(True, False)  # someone else
+    async with sessions() as session:
+        vote = (await session.execute(select(Vote).where(Vote.node_id == nodes[0].id))).scalar_one()
+    assert vote.state == "confirmed" and vote.confirmed_block == 41 and vote.tx_hash == ref(41, 0).tx_hash
+    assert await states(sessions) == ["confirmed"] + ["queued"] * 4
+
+
+async def test_closing_event_closes_votes_not_yet_sent(
+    store: tuple[SessionFactory, list[NodeRecord]],
+) -> None:
+    sessions, nodes = store
+    await created(sessions, nodes, ref(50))
+    async with sessions.begin() as session:
+        await session.execute(update(Vote).where(Vote.node_id == nodes[1].id).values(state=VoteState.SENT))
+
+    async def close() -> int | None:
+        return await chain_state.record_proposal_closed(
+            sessions,
+            stream=STREAM,
+            chain_id=CHAIN,
+            contract=CONTRACT,
+            log=ref(51),
+            proposal_id=1,
+            event="ProposalCanceled",
+            status=5,
+            executed=False,
+        )
+
+    assert await close() == 4
+    assert await close() is None
+    assert await states(sessions) == ["closed", "sent", "closed", "closed", "closed"]
+    async with sessions() as session:
+        row = (await session.execute(select(Proposal))).scalar_one()
+    assert row.status_name == "canceled"
+
+
+async def test_bad_logs_are_recorded_with_their_reason(
+    store: tuple[SessionFactory, list[NodeRecord]],
+) -> None:
+    sessions, _ = store
+    bad = {"stream": STREAM, "log": ref(60), "event": "unknown", "proposal_id": None, "error": "undecodable"}
+    assert await chain_state.record_bad_log(sessions, **bad)  # type: ignore[arg-type]
+    assert not await chain_state.record_bad_log(sessions, **bad)  # type: ignore[arg-type]
+    async with sessions() as session:
+        log = (await session.execute(select(ChainLog))).scalar_one()
+    assert (log.event, log.error, log.removed) == ("unknown", "undecodable", False)
+
+
+async def test_orphaning_marks_logs_parks_proposals_and_rewinds_the_cursor(
+    store: tuple[SessionFactory, list[NodeRecord]],
+) -> None:
+    sessions, nodes = store
+    await created(sessions, nodes, ref(70))
+    await created(sessions, nodes, ref(75), data=dataclasses.replace(DATA, proposal_id=2))
+    await chain_state.record_vote_cast(
+        sessions,
+        stream=STREAM,
+        chain_id=CHAIN,
+        contract=CONTRACT,
+        log=ref(76),
+        proposal_id=1,
+        voter_node_id=nodes[0].id,
+    )
+    await chain_state.advance_cursor(sessions, STREAM, 80)
+
+    result = await chain_state.orphan_after(
+        sessions, stream=STREAM, chain_id=CHAIN, contract=CONTRACT, fork_block=72
+    )
+    assert result.logs_removed == 2 and result.proposal_ids == {1, 2} and result.parked_proposals == {2}
+    assert (await chain_state.read_cursor(sessions, STREAM)) == chain_state.CursorRecord(72, None)
+    async with sessions() as session:
+        removed = dict((await session.execute(select(ChainLog.block_number, ChainLog.removed))).all())
+        parked = (await session.execute(select(Proposal).where(Proposal.proposal_id == 2))).scalar_one()
+    assert removed == {70: False, 75: True, 76: True}
+    assert parked.block_hash is None and parked.block_number is None
+
+    # The vote confirmed in an orphaned block is found and goes back to the queue.
+    [confirmed] = await chain_state.confirmed_votes_after(
+        sessions, chain_id=CHAIN, contract=CONTRACT, block=72
+    )
+    assert confirmed.confirmed_block == 76 and not confirmed.proposal_parked
+    assert await chain_state.requeue_orphaned_vote(sessions, confirmed.vote_id, parked=False, reason="reorg")
+    assert not await chain_state.requeue_orphaned_vote(
+        sessions, confirmed.vote_id, parked=False, reason="reorg"
+    )
+
+    # The canonical log of proposal 2 (another block hash) brings it back, with new content: decided again.
+    again = await created(
+        sessions, nodes, ref(74, fork="b"), data=dataclasses.replace(DATA, proposal_id=2, amount=1)
+    )
+    assert again is not None and again.record.content_changed and again.queued_votes == 5
+    async with sessions() as session:
+        back = (await session.execute(select(Proposal).where(Proposal.proposal_id == 2))).scalar_one()
+        rows = (await session.execute(select(Vote.state))).scalars().all()
+    assert back.block_number == 74 and back.block_hash == ref(74, fork="b").block_hash
+    assert sorted(rows) == ["queued"] * 10
+
+    # The same orphaned log coming back (a reorg back to the first chain) is processed again.
+    assert await chain_state.processed_log_keys(sessions, [(ref(75).block_hash, 0)]) == set()
+    assert await created(sessions, nodes, ref(75), data=dataclasses.replace(DATA, proposal_id=2)) is not None
+
+
+async def test_replacing_recent_blocks_drops_everything_above_the_fork(
+    store: tuple[SessionFactory, list[NodeRecord]],
+) -> None:
+    sessions, _ = store
+    old = [StoredBlock(n, f"0x{n:063x}a", "0x") for n in range(1, 6)]
+    await chain_state.replace_recent_blocks(sessions, above=0, blocks=old, keep_blocks=256)
+    new = [StoredBlock(n, f"0x{n:063x}b", "0x") for n in range(3, 5)]
+    await chain_state.replace_recent_blocks(sessions, above=2, blocks=new, keep_blocks=256)
+    async with sessions() as session:
+        stored = dict((await session.execute(select(RecentBlock.number, RecentBlock.hash))).all())
+    assert stored == {1: old[0].hash, 2: old[1].hash, 3: new[0].hash, 4: new[1].hash}

@@ -248,6 +248,12 @@ class Service:
         await self.voter.drain()
 
     async def _resolve_sent(self) -> int:
+        """The voter's lanes resolve `sent` rows (receipts, replacements, drops); ask them to adopt any they
+        do not track. A running voter round adopts them itself, and a disconnected voter does when it
+        attaches: waiting for either would only hold up the reconcile pass."""
+        status = self.voter.status
+        if not status.connected or status.round_running:
+            return 0
         return await self.voter.recheck_sent()
 
     # -- the task group --------------------------------------------------------------------------------

@@ -204,7 +204,13 @@ def _first_dloop_error(exc: BaseException) -> DloopError | None:
 
 
 def _client_settings(args: argparse.Namespace) -> tuple[str, str | None]:
-    settings = settings_from(args)
+    """The service URL and API token. With `--url`, a client needs no node keys or RPC settings."""
+    try:
+        settings = settings_from(args)
+    except ConfigError:
+        if not args.url:
+            raise
+        return args.url.rstrip("/"), os.environ.get("DLOOP_API_TOKEN") or None
     return service_url(settings, args.url), settings.api_token
 
 

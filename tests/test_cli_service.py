@@ -15,6 +15,7 @@ import httpx
 import pytest
 from web3 import Web3
 
+from dloop import cli
 from dloop.anvil import AnvilProcess, free_port
 from dloop.devnet import DevnetInfo, asset_dao, deploy_devnet
 from tests.support.service import create_proposals, devnet_environ, wait_until
@@ -154,7 +155,11 @@ def test_configuration_problems_fail_with_one_line_naming_the_setting(
 
 
 def test_run_status_trigger_and_a_clean_sigterm(
-    chain: tuple[AnvilProcess, DevnetInfo], env: dict[str, str], tmp_path: Path
+    chain: tuple[AnvilProcess, DevnetInfo],
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     anvil, devnet = chain
     assert dloop(["migrate"], env, tmp_path).returncode == 0
@@ -162,16 +167,16 @@ def test_run_status_trigger_and_a_clean_sigterm(
     try:
         service.wait_ready()
         create_proposals(anvil, devnet, 2, first_index=100)
-        triggered = dloop(["trigger", "--wait", "--timeout", "60"], env, tmp_path)
-        assert triggered.returncode == 0, triggered.stdout + triggered.stderr
-        assert "voting round" in triggered.stdout and " done: " in triggered.stdout
-        status = dloop(["status"], env, tmp_path)
-        assert (
-            "ai-gov-01" in status.stdout
-            and "queue:" in status.stdout
-            and "last round: round" in status.stdout
-        )
-        assert status.returncode in (0, 1), status.stderr  # 1 only if /health is unhealthy
+        # The client commands run in this process (plain HTTP clients): same settings, same CLI entry point.
+        monkeypatch.chdir(tmp_path)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert cli.main(["trigger", "--wait", "--timeout", "60"]) == 0
+        triggered = capsys.readouterr().out
+        assert "voting round" in triggered and " done: " in triggered, triggered
+        assert cli.main(["status"]) in (0, 1)  # 1 only when /health is unhealthy
+        status = capsys.readouterr().out
+        assert "ai-gov-01" in status and "queue:" in status and "last round: round" in status, status
         code = service.stop(signal.SIGTERM)
     finally:
         service.kill()

@@ -70,6 +70,7 @@ class Listener:
         ping_interval: float = 5.0,
         ping_timeout: float = 10.0,
         max_batch: int = 2000,
+        probe_idle_chain: bool = True,
     ) -> None:
         self.settings = settings
         contract = to_checksum_address(settings.contract_address)
@@ -93,10 +94,12 @@ class Listener:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.max_batch = max_batch
+        self.probe_idle_chain = probe_idle_chain
         self._board = StatusBoard()
         self._processor = LogProcessor(self.ctx, self._board, logger, chunk_blocks=settings.log_chunk_blocks)
         self._tracker = BlockTracker(self.ctx, self._board, self._processor, logger)
         self._last_head_at = 0.0
+        self._last_head_seen: int | None = None  # newest head number received (maybe not processed yet)
         self._random = random.Random()
 
     @property
@@ -177,7 +180,8 @@ class Listener:
                 tg.start_soon(self._read_subscriptions, w3, heads_id, logs_id, send)
                 await self._catch_up(client)
                 self._last_head_at = anyio.current_time()
-                tg.start_soon(self._watchdog)
+                self._last_head_seen = self._board.last_head_number
+                tg.start_soon(self._watchdog, client)
                 self._board.connected = went_live = True
                 self._board.last_error = None
                 log_event(
@@ -202,6 +206,7 @@ class Listener:
                     continue
                 if isinstance(parsed, HeadMessage):
                     self._last_head_at = anyio.current_time()
+                    self._last_head_seen = max(self._last_head_seen or 0, parsed.header.number)
                 send.send_nowait(parsed)
         except ChainError:
             raise
@@ -209,14 +214,31 @@ class Listener:
             raise translate_exception(exc) from exc
         raise TransientChainError("the subscription stream ended")
 
-    async def _watchdog(self) -> None:
+    async def _watchdog(self, client: ChainClient) -> None:
+        """No new head within DLOOP_HEAD_TIMEOUT: the connection is dead, unless (with `probe_idle_chain`)
+        the node answers eth_blockNumber in time with no newer block: then the chain is idle (an automining
+        devnet without traffic) and the connection is alive."""
         timeout = self.settings.head_timeout
         while True:
             silent = anyio.current_time() - self._last_head_at
-            if silent >= timeout:
-                self._board.connected = False  # known dead now, before the (bounded) closing handshake
-                raise HeadTimeout(f"no new head for {silent:.1f} s (DLOOP_HEAD_TIMEOUT is {timeout:g} s)")
-            await anyio.sleep(timeout - silent)
+            if silent < timeout:
+                await anyio.sleep(timeout - silent)
+                continue
+            if self.probe_idle_chain and await self._chain_is_idle(client, timeout):
+                self._last_head_at = anyio.current_time()
+                continue
+            self._board.connected = False  # known dead now, before the (bounded) closing handshake
+            raise HeadTimeout(f"no new head for {silent:.1f} s (DLOOP_HEAD_TIMEOUT is {timeout:g} s)")
+
+    async def _chain_is_idle(self, client: ChainClient, timeout: float) -> bool:
+        try:
+            with anyio.fail_after(timeout):
+                number = await client.block_number()
+        except (ChainError, TimeoutError):
+            return False  # a frozen or broken connection
+        seen = self._last_head_seen
+        # A newer block than any head received means the subscription is broken, not the chain idle.
+        return seen is not None and number <= seen
 
     # -- catching up ------------------------------------------------------------------------------------
     async def _catch_up(self, client: ChainClient) -> None:

@@ -34,6 +34,9 @@ T = TypeVar("T")
 
 LogKey = tuple[str, int]  # (block_hash, log_index)
 
+# Bulk UPDATEs here never read the updated objects back: skip the ORM's session synchronisation (a SELECT).
+_NO_SYNC = {"synchronize_session": False}
+
 # Vote states a VoteCast of our own node may confirm. Confirmed and already_voted rows are final; no_vote
 # keeps the strategy's recorded decision (a VoteCast there means someone else used the key).
 CONFIRMABLE_STATES = (
@@ -111,7 +114,8 @@ async def _rewind_cursor_in(session: AsyncSession, stream: str, block_number: in
     await session.execute(
         update(ChainCursor)
         .where(ChainCursor.stream == stream, ChainCursor.block_number > block_number)
-        .values(block_number=max(block_number, 0), block_hash=None, updated_at=utcnow())
+        .values(block_number=max(block_number, 0), block_hash=None, updated_at=utcnow()),
+        execution_options=_NO_SYNC,
     )
 
 
@@ -180,7 +184,8 @@ async def _queue_deep_pending_in(
     result = await session.execute(
         update(Vote)
         .where(Vote.state == VoteState.PENDING, Vote.proposal_ref.in_(deep))
-        .values(state=VoteState.QUEUED, queued_at=utcnow(), updated_at=utcnow())
+        .values(state=VoteState.QUEUED, queued_at=utcnow(), updated_at=utcnow()),
+        execution_options=_NO_SYNC,
     )
     return int(getattr(result, "rowcount", 0) or 0)
 
@@ -308,14 +313,16 @@ async def record_created_proposal(
             await session.execute(
                 update(Vote)
                 .where(Vote.proposal_ref == result.proposal_row_id, Vote.state == VoteState.PENDING)
-                .values(decision=None, confidence=None, reason=None, decided_at=None)
+                .values(decision=None, confidence=None, reason=None, decided_at=None),
+                execution_options=_NO_SYNC,
             )
         promoted = 0
-        if initial_state == VoteState.QUEUED:
+        if initial_state == VoteState.QUEUED and not result.created:  # a new proposal has no parked rows
             promoted_rows = await session.execute(
                 update(Vote)
                 .where(Vote.proposal_ref == result.proposal_row_id, Vote.state == VoteState.PENDING)
-                .values(state=VoteState.QUEUED, queued_at=utcnow(), updated_at=utcnow())
+                .values(state=VoteState.QUEUED, queued_at=utcnow(), updated_at=utcnow()),
+                execution_options=_NO_SYNC,
             )
             promoted = int(getattr(promoted_rows, "rowcount", 0) or 0)
         await _advance_cursor_in(session, stream, log.block_number - 1)
@@ -377,7 +384,8 @@ async def record_vote_cast(
                     tx_hash=func.coalesce(Vote.tx_hash, log.tx_hash),
                     lease_owner=None,
                     lease_expires_at=None,
-                )
+                ),
+                execution_options=_NO_SYNC,
             )
             confirmed = bool(getattr(result, "rowcount", 0))
         await _advance_cursor_in(session, stream, log.block_number - 1)
@@ -414,7 +422,9 @@ async def record_proposal_closed(
             }
             if executed:
                 values["executed"] = True
-            await session.execute(update(Proposal).where(Proposal.id == row_id).values(**values))
+            await session.execute(
+                update(Proposal).where(Proposal.id == row_id).values(**values), execution_options=_NO_SYNC
+            )
             result = await session.execute(
                 update(Vote)
                 .where(Vote.proposal_ref == row_id, Vote.state.in_(CLOSABLE_STATES))
@@ -422,7 +432,8 @@ async def record_proposal_closed(
                     state=VoteState.CLOSED,
                     updated_at=utcnow(),
                     last_error=f"proposal {event.removeprefix('Proposal').lower()} before our vote was sent",
-                )
+                ),
+                execution_options=_NO_SYNC,
             )
             closed = int(getattr(result, "rowcount", 0) or 0)
         await _advance_cursor_in(session, stream, log.block_number - 1)
@@ -506,7 +517,8 @@ async def orphan_after(
         removed = await session.execute(
             update(ChainLog)
             .where(ChainLog.block_number > fork_block, ChainLog.removed.is_(False))
-            .values(removed=True)
+            .values(removed=True),
+            execution_options=_NO_SYNC,
         )
         parked_rows = (
             await session.execute(
@@ -522,12 +534,16 @@ async def orphan_after(
             await session.execute(
                 update(Proposal)
                 .where(Proposal.id.in_(list(parked)))
-                .values(block_number=None, block_hash=None, tx_hash=None, log_index=None, updated_at=utcnow())
+                .values(
+                    block_number=None, block_hash=None, tx_hash=None, log_index=None, updated_at=utcnow()
+                ),
+                execution_options=_NO_SYNC,
             )
             await session.execute(
                 update(Vote)
                 .where(Vote.proposal_ref.in_(list(parked)), Vote.state == VoteState.QUEUED)
-                .values(state=VoteState.PENDING, last_error=PARKED_REASON, updated_at=utcnow())
+                .values(state=VoteState.PENDING, last_error=PARKED_REASON, updated_at=utcnow()),
+                execution_options=_NO_SYNC,
             )
         await _rewind_cursor_in(session, stream, fork_block)
         return OrphanResult(
@@ -590,7 +606,8 @@ async def requeue_orphaned_vote(sessions: SessionFactory, vote_id: int, *, parke
                 confirmed_at=None,
                 last_error=reason,
                 updated_at=utcnow(),
-            )
+            ),
+            execution_options=_NO_SYNC,
         )
         return bool(getattr(result, "rowcount", 0))
 
@@ -602,6 +619,7 @@ async def move_vote_confirmation(sessions: SessionFactory, vote_id: int, block: 
         result = await session.execute(
             update(Vote)
             .where(Vote.id == vote_id, Vote.state == VoteState.CONFIRMED)
-            .values(confirmed_block=block, updated_at=utcnow())
+            .values(confirmed_block=block, updated_at=utcnow()),
+            execution_options=_NO_SYNC,
         )
         return bool(getattr(result, "rowcount", 0))

@@ -17,8 +17,10 @@ from web3 import Web3
 
 from dloop.anvil import AnvilProcess
 from dloop.devnet import asset_dao, deploy_devnet
+from dloop.errors import ConfigError
 from dloop.logs import configure_logging
 from dloop.wakeup import WorkSignal
+from listener import Listener
 from storage.models import ChainCursor, Vote
 from tests.support.listener_env import (
     Chain,
@@ -187,7 +189,7 @@ async def test_stalled_connection_is_detected_by_the_head_timeout(tmp_path: Path
                     await wait_for_queue(db, signal, set(during), timeout=10)
                     await wait_until(lambda: listener.status.connected, timeout=10)
             print(f"stall detected after {detected:.2f} s")
-            assert detected < 5
+            assert detected < 8  # head timeout, a probe of the same length, the bounded close
             states = await vote_states(db)
             assert states == {pid: ["queued"] * 5 for pid in [*before, *during]}
         finally:
@@ -430,3 +432,21 @@ async def test_status_reports_heads_events_and_backfill(chain: Chain, db: Databa
     assert status.backfill_done_blocks == status.backfill_total_blocks > 0
     assert status.logs_processed == 3 and status.votes_queued == 15
     assert status.cursor_block is not None and status.cursor_block >= head - 1
+
+
+async def test_an_idle_chain_is_not_a_dead_connection(chain: Chain, db: Database) -> None:
+    """Automine without traffic makes no heads: the watchdog asks the node before it reconnects."""
+    settings = make_settings(chain.anvil.ws_url, chain.info, db.url, head_timeout=0.3)
+    async with running_listener(settings, db) as listener:
+        await anyio.sleep(1.2)  # four head timeouts of silence
+        assert listener.status.reconnects == 0 and listener.status.connected
+    async with running_listener(settings, db, probe_idle_chain=False) as listener:
+        await wait_until(lambda: listener.status.reconnects >= 1, timeout=5)
+        assert "no new head" in (listener.status.last_error or "")
+
+
+async def test_a_node_on_another_chain_is_a_configuration_error(chain: Chain, db: Database) -> None:
+    settings = make_settings(chain.anvil.ws_url, chain.info, db.url)
+    listener = Listener(settings, db.sessions, db.nodes, WorkSignal(), chain_id=1)
+    with anyio.fail_after(10), pytest.raises(ConfigError, match="chain 31337, expected 1"):
+        await listener.run()

@@ -200,17 +200,24 @@ def test_status_snapshot_is_frozen_and_computes_head_lag() -> None:
     assert status.reconnects == 0 and board.snapshot().reconnects == 3
 
 
-def test_backfill_progress_logs_blocks_done_total_and_rate(caplog: pytest.LogCaptureFixture) -> None:
+def test_backfill_progress_logs_blocks_done_total_and_rate() -> None:
     board = StatusBoard()
     bar = io.StringIO()
     logger = logging.getLogger("test.backfill")
-    progress = BackfillProgress(board, logger, first_block=100, last_block=199, interval=0.0, bar=bar)
-    assert board.backfill_active and board.backfill_total_blocks == 100
-    with caplog.at_level(logging.INFO, logger="test.backfill"):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        progress = BackfillProgress(board, logger, first_block=100, last_block=199, interval=0.0, bar=bar)
+        assert board.backfill_active and board.backfill_total_blocks == 100
         progress.advance(40, 3)
         progress.advance(60, 0)
         progress.finish()
-    events = [(r.getMessage(), r.dloop_fields) for r in caplog.records]  # type: ignore[attr-defined]
+    finally:
+        logger.removeHandler(handler)
+    events = [(r.getMessage(), r.dloop_fields) for r in records]  # type: ignore[attr-defined]
     assert [name for name, _ in events] == ["backfill_progress", "backfill_progress", "backfill_done"]
     assert events[0][1]["blocks_done"] == 40 and events[0][1]["blocks_total"] == 100
     assert events[-1][1]["logs"] == 3 and events[-1][1]["blocks_per_second"] is not None

@@ -313,11 +313,17 @@ class Reconciler:
             with anyio.CancelScope(shield=True):
                 await finish_round(self.sessions, round_id, state=RoundState.FAILED, error="interrupted")
             raise
-        except DloopError as exc:
-            self.status.last_error = str(exc)
-            log_event(logger, "round_failed", level=logging.WARNING, round=round_id, error=str(exc))
+        except Exception as exc:
+            # A failed round must not stop the service: the listener and the voter go on, the next round
+            # (scheduled or triggered) tries again. Anything not ours is a bug: keep its traceback.
+            reason = str(exc) if isinstance(exc, DloopError) else f"{type(exc).__name__}: {exc}"
+            self.status.last_error = reason
+            if isinstance(exc, DloopError):
+                log_event(logger, "round_failed", level=logging.WARNING, round=round_id, error=reason)
+            else:
+                logger.error("round_crashed", exc_info=exc, extra={"dloop_fields": {"round": round_id}})
             with anyio.CancelScope(shield=True):
-                return await finish_round(self.sessions, round_id, state=RoundState.FAILED, error=str(exc))
+                return await finish_round(self.sessions, round_id, state=RoundState.FAILED, error=reason)
         error = "; ".join(result.read_errors)[:2000] or None
         with anyio.CancelScope(shield=True):
             record = await finish_round(self.sessions, round_id, state=RoundState.DONE, error=error)

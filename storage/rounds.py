@@ -103,7 +103,8 @@ async def record_reconcile(sessions: SessionFactory, round_id: int, counts: Reco
 async def finish_round(
     sessions: SessionFactory, round_id: int, *, state: RoundState, error: str | None = None
 ) -> RoundRecord | None:
-    """Close a running round; votes sent/confirmed are counted from the vote rows touched meanwhile."""
+    """Close a running round. Votes sent/confirmed are those sent or mined while it ran (by the round's
+    drain or by the voter reacting to the listener meanwhile)."""
     async with sessions.begin() as session:
         row = await session.get(Round, round_id)
         if row is None:

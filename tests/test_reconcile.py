@@ -250,3 +250,27 @@ async def test_twenty_concurrent_triggers_start_one_round(
     record = await get_round(db.sessions, rounds[0].id)
     assert record is not None and record.state == "done" and record.new_proposals == 2
     assert record.missing_votes == 10 and record.proposals_scanned == 2
+
+
+async def test_a_failed_round_is_recorded_and_the_next_one_still_runs(
+    node: AnvilProcess, devnet: DevnetInfo, settings: Settings, db: Database
+) -> None:
+    import dataclasses
+
+    from dloop.anvil import free_port
+
+    dead = dataclasses.replace(settings, rpc_ws_url=f"ws://127.0.0.1:{free_port()}")
+    rec = Reconciler(dead, db.sessions, db.nodes, WorkSignal(), 31337, read_attempts=1, backoff_max=0.01)
+    async with anyio.create_task_group() as tg:
+        await tg.start(rec.run)
+        await rec.wait_for_round(1)
+        failed = await get_round(db.sessions, 1)
+        assert failed is not None and failed.state == "failed" and failed.error
+        assert "cannot connect" in failed.error and rec.status.last_error
+        rec.settings = settings  # the node is back
+        ticket = await rec.trigger(RoundKind.MANUAL)
+        assert (ticket.round_id, ticket.joined) == (2, False)
+        await rec.wait_for_round(2)
+        tg.cancel_scope.cancel()
+    done = await get_round(db.sessions, 2)
+    assert done is not None and done.state == "done" and done.error is None

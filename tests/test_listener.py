@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -450,3 +451,32 @@ async def test_a_node_on_another_chain_is_a_configuration_error(chain: Chain, db
     listener = Listener(settings, db.sessions, db.nodes, WorkSignal(), chain_id=1)
     with anyio.fail_after(10), pytest.raises(ConfigError, match="chain 31337, expected 1"):
         await listener.run()
+
+
+def _refuse_wide_log_ranges(max_blocks: int) -> Callable[[str], str | None]:
+    """A provider that answers eth_getLogs over more than `max_blocks` blocks as Infura does."""
+
+    def intercept(text: str) -> str | None:
+        message = json.loads(text)
+        if not isinstance(message, dict) or message.get("method") != "eth_getLogs":
+            return None
+        query = message["params"][0]
+        if int(query["toBlock"], 16) - int(query["fromBlock"], 16) + 1 <= max_blocks:
+            return None
+        error = {"code": -32005, "message": "query returned more than 10000 results"}
+        return json.dumps({"jsonrpc": "2.0", "id": message["id"], "error": error})
+
+    return intercept
+
+
+async def test_backfill_halves_its_chunks_when_the_provider_refuses_a_range(
+    chain: Chain, db: Database
+) -> None:
+    ids = await chain.create_async(30)
+    async with TcpProxy(chain.anvil.port) as proxy:
+        proxy.intercept = _refuse_wide_log_ranges(8)
+        settings = make_settings(proxy.ws_url, chain.info, db.url, log_chunk_blocks=64)
+        async with running_listener(settings, db) as listener:
+            assert all_queued(await vote_states(db), set(ids))
+            assert listener.status.reconnects == 0
+        assert proxy.intercepted == 3  # 64, 32 and 16 blocks refused; 8 accepted from then on

@@ -65,6 +65,20 @@ async def test_websocket_messages_are_recorded_injected_stalled_and_dropped(node
         proxy.resume()
         assert json.loads(await ws.recv())["id"] == 2
 
+        def rate_limit(text: str) -> str | None:
+            request = json.loads(text)
+            if request.get("method") != "eth_chainId":
+                return None
+            error = {"code": -32005, "message": "Too Many Requests"}
+            return json.dumps({"jsonrpc": "2.0", "id": request["id"], "error": error})
+
+        proxy.intercept = rate_limit
+        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 3, "method": "eth_chainId", "params": []}))
+        assert json.loads(await ws.recv())["error"]["code"] == -32005
+        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 4, "method": "eth_blockNumber", "params": []}))
+        assert json.loads(await ws.recv())["result"] == "0x0"
+        assert proxy.intercepted == 1
+
         assert await proxy.drop_all() == 1
         with pytest.raises(ConnectionClosed):
             await ws.recv()

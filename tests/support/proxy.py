@@ -5,10 +5,12 @@ Bytes are forwarded both ways untouched. Faults:
 - `stall()` / `resume()`: keep the sockets open but forward nothing (a frozen peer), then carry on;
 - `refuse_new = True`: accept and immediately close new connections (a node that is down);
 - `inject_text(text)`: send a synthetic WebSocket text frame to the client of every WebSocket connection, at
-  a frame boundary (e.g. an `eth_subscription` message with a `removed: true` log).
-Server-to-client traffic of WebSocket connections is parsed into frames (after the HTTP 101 answer) so that
-injection never splits a frame, and text messages are recorded in `server_messages` for tests to inspect.
-Plain HTTP connections are forwarded as raw bytes.
+  a frame boundary (e.g. an `eth_subscription` message with a `removed: true` log);
+- `intercept = fn`: `fn(text)` sees every WebSocket message from a client (text, or UTF-8 binary as web3
+  sends); when it returns a string, that goes back to the client as the answer and the message is not
+  forwarded (fake RPC errors, rate limits, refused batches).
+WebSocket traffic is parsed into frames (after the HTTP upgrade) so that injection never splits a frame, and
+server text messages are recorded in `server_messages` for tests to inspect. Plain HTTP is forwarded raw.
 
 Use it in the test's event loop (asyncio backend): `async with TcpProxy(anvil.port) as proxy: proxy.ws_url`.
 """
@@ -76,9 +78,11 @@ class TcpProxy:
         self.requested_port = port
         self.record = record
         self.refuse_new = False
+        self.intercept: Callable[[str], str | None] | None = None
+        self.intercepted = 0  # client messages answered by `intercept` instead of the server
         self.connections_opened = 0  # accepted and connected upstream
         self.connections_refused = 0
-        self.server_messages: list[str] = []  # text messages server -> client, in order
+        self.server_messages: list[str] = []  # data messages server -> client (UTF-8), in order
         self._links: set[_Link] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
@@ -154,16 +158,17 @@ class TcpProxy:
         """Send `text` as a WebSocket text frame to the client of every open WebSocket connection (after
         the current message if one is being forwarded in fragments). Returns the number of connections."""
         frame = text_frame(text)
-        count = 0
-        for link in self._links:
-            if not link.websocket:
-                continue
-            count += 1
-            if link.in_message:
-                link.pending.append(frame)
-            else:
-                link.client_writer.write(frame)
-        return count
+        links = [link for link in self._links if link.websocket]
+        for link in links:
+            self._deliver(link, frame)
+        return len(links)
+
+    @staticmethod
+    def _deliver(link: _Link, frame: bytes) -> None:
+        if link.in_message:
+            link.pending.append(frame)
+        else:
+            link.client_writer.write(frame)
 
     def inject_json(self, payload: Any) -> int:
         return self.inject_text(json.dumps(payload))
@@ -225,12 +230,45 @@ class TcpProxy:
             self._pulse()
 
     async def _pump_up(self, link: _Link) -> None:
-        """Client to server: raw bytes."""
+        """Client to server: the HTTP request head, then WebSocket frames (or raw bytes for plain HTTP)."""
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            while data := await link.client_reader.read(65536):
+            head = await link.client_reader.readuntil(b"\r\n\r\n")
+            await self._flowing.wait()
+            link.upstream_writer.write(head)
+            await link.upstream_writer.drain()
+            if b"upgrade: websocket" not in head.lower():
+                while data := await link.client_reader.read(65536):
+                    await self._flowing.wait()
+                    link.upstream_writer.write(data)
+                    await link.upstream_writer.drain()
+                return
+            held: list[bytes] = []  # raw frames of the message being received
+            parts: list[bytes] = []
+            data_message = False  # text, or binary (web3 sends its JSON-RPC requests as binary frames)
+            while True:
+                frame, fin, opcode, compressed, payload = await _read_frame(link.client_reader)
                 await self._flowing.wait()
-                link.upstream_writer.write(data)
-                await link.upstream_writer.drain()
+                if opcode >= 0x8:  # control frames pass at once, even inside a fragmented message
+                    link.upstream_writer.write(frame)
+                    await link.upstream_writer.drain()
+                    continue
+                if opcode != _OP_CONTINUATION:
+                    data_message = opcode in (_OP_TEXT, _OP_BINARY) and not compressed
+                held.append(frame)
+                parts.append(payload)
+                if not fin:
+                    continue
+                answer = None
+                if self.intercept is not None and data_message:
+                    with contextlib.suppress(UnicodeDecodeError):
+                        answer = self.intercept(b"".join(parts).decode())
+                if answer is None:
+                    link.upstream_writer.write(b"".join(held))
+                    await link.upstream_writer.drain()
+                else:
+                    self.intercepted += 1
+                    self._deliver(link, text_frame(answer))
+                held, parts = [], []
 
     async def _pump_down(self, link: _Link) -> None:
         """Server to client: the HTTP answer head, then WebSocket frames one by one (or raw bytes)."""
@@ -265,7 +303,7 @@ class TcpProxy:
         else:
             return  # control frames may sit inside a fragmented message
         link.in_message = not fin
-        if fin and link.fragment_opcode == _OP_TEXT and not link.fragment_compressed and self.record:
+        if fin and not link.fragment_compressed and self.record:  # text, or UTF-8 binary
             with contextlib.suppress(UnicodeDecodeError):
                 self.server_messages.append(b"".join(link.fragments).decode())
                 self._pulse()

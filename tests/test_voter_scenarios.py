@@ -11,8 +11,11 @@ import anyio
 import pytest
 from eth_account import Account
 
+from dloop.anvil import AnvilProcess
+from dloop.devnet import create_proposals, deploy_devnet
 from storage import queue
 from storage.models import VoteState
+from tests.support.rpc_proxy import rpc_proxy
 from tests.support.voter import (
     Harness,
     cancel_proposal,
@@ -25,6 +28,7 @@ from tests.support.voter import (
     vote_transactions,
     wait_until,
 )
+from voter.service import Voter
 
 pytestmark = pytest.mark.anyio
 
@@ -105,7 +109,7 @@ async def test_node_that_voted_by_hand_is_already_voted(tmp_path: Path) -> None:
         assert per_node[h.addresses[0]] == 2  # the hand vote and proposal 2
 
 
-async def running_voter(h: Harness, tg: anyio.abc.TaskGroup) -> object:
+async def running_voter(h: Harness, tg: anyio.abc.TaskGroup) -> Voter:
     voter = h.voter(receipt_poll_interval=0.05, poll_interval=0.5, stall_seconds=60.0)
     await tg.start(voter.run)
     return voter
@@ -128,7 +132,7 @@ async def test_stuck_transaction_is_replaced_and_only_one_vote_counts(tmp_path: 
             h.rpc("evm_setAutomine", [True])  # mining resumes
             h.rpc("evm_mine")
             await wait_until(lambda: _count_state(h, VoteState.CONFIRMED, 5))
-            assert voter.status.replaced == 5  # type: ignore[attr-defined]
+            assert voter.status.replaced == 5
             tg.cancel_scope.cancel()
         rows = await vote_rows(h.sessions)
         txs = await vote_transactions(h.sessions)
@@ -149,7 +153,7 @@ async def test_dropped_transaction_is_rebroadcast_from_its_signed_bytes(tmp_path
             dropped = next(r.tx_hash for r in await vote_rows(h.sessions) if r.node == "ai-gov-01")
             h.rpc("anvil_dropTransaction", [dropped])
             h.rpc("anvil_mine", ["0x3"])  # the others are mined; the dropped one is missed for 3 blocks
-            await wait_until(lambda: voter.status.rebroadcast >= 1)  # type: ignore[attr-defined]
+            await wait_until(lambda: voter.status.rebroadcast >= 1)
             h.rpc("evm_mine")
             await wait_until(lambda: _count_state(h, VoteState.CONFIRMED, 5))
             tg.cancel_scope.cancel()
@@ -190,3 +194,40 @@ async def _count_state(h: Harness, state: VoteState, expected: int) -> bool:
 
 async def _transactions(h: Harness, expected: int) -> bool:
     return len(await vote_transactions(h.sessions)) >= expected
+
+
+async def test_through_a_rate_limiting_provider(tmp_path: Path) -> None:
+    with devnet_chain(6) as (node, info):
+        async with rpc_proxy(node.ws_url, rate_limit_first=8) as proxy:
+            h = await make_harness(node, info, tmp_path, rpc_ws_url=proxy.url)
+            await queue_proposals(h)
+            await h.voter().drain()
+            assert proxy.stats.rate_limited == 8
+        assert states(await vote_rows(h.sessions)) == {VoteState.CONFIRMED: 30}
+        assert list(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == [6] * 5
+
+
+async def test_reconnects_after_the_node_restarts(tmp_path: Path) -> None:
+    state = tmp_path / "chain.json"
+    with AnvilProcess(state_file=state) as node:
+        info = deploy_devnet(node.http_url, 2)
+        port = node.port
+        h = await make_harness(node, info, tmp_path)
+        await queue_proposals(h)
+        async with anyio.create_task_group() as tg:
+            voter = await running_voter(h, tg)
+            await wait_until(lambda: _count_state(h, VoteState.CONFIRMED, 10))
+            node.stop()  # the node goes away (its state is dumped) ...
+            await anyio.sleep(0.5)
+            node.requested_port = port
+            node.start()  # ... and comes back on the same port with the same chain
+            create_proposals(
+                h.web3(), info.contract_address, info.proposer_key, info.token_addresses, 2, first_index=2
+            )
+            await queue_proposals(h, [3, 4])
+            h.signal.notify()
+            await wait_until(lambda: _count_state(h, VoteState.CONFIRMED, 20), timeout=30)
+            status = voter.status
+            assert status.connected and status.reconnects >= 1 and status.last_connection_error
+            tg.cancel_scope.cancel()
+        assert list(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == [4] * 5

@@ -31,7 +31,7 @@ from storage.proposals import NodeRecord
 from storage.queue import QueuedVote, SignedTx
 from voter.fees import GWEI, Fees, bump_fees, gas_limit, gwei_to_wei, includable, initial_fees
 from voter.outcomes import Action, classify
-from voter.retry import with_backoff
+from voter.retry import call_many_retrying, with_backoff
 from voter.strategies import Decision, NodeConfig
 
 log = logging.getLogger("dloop.voter")
@@ -501,9 +501,7 @@ class NodeLane:
         if not items:
             return
         requests = [("eth_getTransactionReceipt", [h]) for t in items for h in t.hashes]
-        results = await with_backoff(
-            self._chain().call_many, requests, batch_size=self.settings.rpc_batch_size
-        )
+        results = await call_many_retrying(self._chain(), requests, batch_size=self.settings.rpc_batch_size)
         index = 0
         mined: list[tuple[Tracked, Mapping[str, Any]]] = []
         for tracked in items:

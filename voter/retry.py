@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 import anyio
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from chain.client import ChainClient
 from dloop.errors import TransientChainError
 
 P = ParamSpec("P")
@@ -34,3 +36,20 @@ async def with_backoff(
         with attempt:
             return await fn(*args, **kwargs)
     raise AssertionError("unreachable: tenacity reraises the last error")
+
+
+async def call_many_retrying(
+    client: ChainClient, requests: Sequence[tuple[str, Sequence[Any]]], *, batch_size: int
+) -> list[Any]:
+    """`client.call_many`, then the requests answered with a transient error (rate limit, timeout) again,
+    with jittered backoff, up to 3 more times. Other errors stay in the results for the caller."""
+    results = await with_backoff(client.call_many, requests, batch_size=batch_size)
+    for attempt in range(3):
+        again = [i for i, r in enumerate(results) if isinstance(r, TransientChainError)]
+        if not again:
+            break
+        await anyio.sleep(random.uniform(0.1, 0.3) * 2**attempt)
+        answers = await with_backoff(client.call_many, [requests[i] for i in again], batch_size=batch_size)
+        for i, answer in zip(again, answers, strict=True):
+            results[i] = answer
+    return results

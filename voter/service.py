@@ -39,7 +39,7 @@ from storage.queue import QueuedVote
 from voter.fees import gwei_to_wei
 from voter.lane import Counters, FeeOracle, NodeLane, StepHook, VoteJob
 from voter.planning import plan_batch, rows_by_node
-from voter.retry import with_backoff
+from voter.retry import call_many_retrying, with_backoff
 from voter.strategies import Decision, Tally, decide, node_config
 
 log = logging.getLogger("dloop.voter")
@@ -88,6 +88,8 @@ class VoterStatus:
     votes_failed: int
     replaced: int
     rebroadcast: int
+    reconnects: int
+    last_connection_error: str | None
     nodes: tuple[NodeStatus, ...] = field(default_factory=tuple)
 
 
@@ -160,6 +162,8 @@ class Voter:
         self._rounds = 0
         self._last_round: DrainResult | None = None
         self._serving = False  # run() is active (connected or reconnecting)
+        self._reconnects = 0
+        self._connection_error: str | None = None
 
     # -- status ----------------------------------------------------------------------------------------
     @property
@@ -174,6 +178,8 @@ class Voter:
             votes_failed=self.totals.failed,
             replaced=self.totals.replaced,
             rebroadcast=self.totals.rebroadcast,
+            reconnects=self._reconnects,
+            last_connection_error=self._connection_error,
             nodes=tuple(
                 NodeStatus(
                     name=lane.node.name,
@@ -211,6 +217,8 @@ class Voter:
                         tg.cancel_scope.cancel()
                 except* TransientChainError as group:
                     lost = group.exceptions[0]
+                self._reconnects += 1
+                self._connection_error = str(lost)
                 log_event(log, "voter_reconnecting", level=logging.WARNING, error=str(lost), delay=delay)
                 await anyio.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 30.0)
@@ -503,7 +511,7 @@ class Voter:
             ("eth_call", [{"to": client.contract, "data": functions["hasVoted"].encode(i, a)}, tag])
             for i, a in pairs
         ]
-        results = await with_backoff(client.call_many, requests, batch_size=self.settings.rpc_batch_size)
+        results = await call_many_retrying(client, requests, batch_size=self.settings.rpc_batch_size)
         proposals: dict[int, ProposalData | ChainError] = {}
         for proposal_id, raw in zip(ids, results[: len(ids)], strict=True):
             proposals[proposal_id] = await self._proposal(client, raw)
@@ -517,7 +525,7 @@ class Voter:
             return raw
         try:
             values = decode_result(dao_functions()["getProposal"], raw)
-            return await client.proposal_from_tuple(values)
+            return await with_backoff(client.proposal_from_tuple, values)
         except ValueError as exc:
             return ChainError(f"getProposal: {exc}")
         except ChainError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 from web3 import AsyncWeb3, WebSocketProvider
 from web3.exceptions import (
@@ -25,6 +26,16 @@ from dloop.errors import (
     TransientChainError,
     Underpriced,
 )
+
+
+def safe_url(url: str) -> str:
+    """scheme://host:port of an RPC URL: hosted providers put API keys in the path or the query."""
+    parts = urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{parts.hostname or '?'}{port}"
 
 
 @asynccontextmanager
@@ -56,7 +67,8 @@ async def open_ws(
         w3 = AsyncWeb3(provider)
         await provider.connect()
     except (OSError, ProviderConnectionError, PersistentConnectionError, TimeoutError) as exc:
-        raise TransientChainError(f"cannot connect to {url}: {exc}") from exc
+        detail = str(exc).replace(url, safe_url(url))  # web3 repeats the full URL in its message
+        raise TransientChainError(f"cannot connect to {safe_url(url)}: {detail}") from exc
     try:
         yield w3
     finally:

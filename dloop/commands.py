@@ -14,14 +14,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
 
 from chain.accounts import node_accounts
 from chain.client import ChainClient
-from chain.connection import open_ws
+from chain.connection import open_ws, safe_url
 from dloop.errors import ChainError, ConfigError, DloopError, TransientChainError
 from dloop.logs import configure_logging, log_event
 from dloop.settings import Settings, load_settings
@@ -42,14 +41,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
     explicit: Path | None = getattr(args, "env_file", None)
     env_file = explicit if explicit is not None else (Path(".env") if Path(".env").is_file() else None)
     return load_settings(os.environ, env_file)
-
-
-def safe_url(url: str) -> str:
-    """scheme://host:port of an RPC URL: hosted providers put API keys in the path or the query."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}"
 
 
 def service_url(settings: Settings, override: str | None = None) -> str:

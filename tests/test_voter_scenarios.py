@@ -10,11 +10,12 @@ from pathlib import Path
 import anyio
 import pytest
 from eth_account import Account
+from sqlalchemy import select, update
 
 from dloop.anvil import AnvilProcess
 from dloop.devnet import create_proposals, deploy_devnet
 from storage import queue
-from storage.models import VoteState
+from storage.models import Proposal, VoteState
 from tests.support.rpc_proxy import rpc_proxy
 from tests.support.voter import (
     Harness,
@@ -231,3 +232,16 @@ async def test_reconnects_after_the_node_restarts(tmp_path: Path) -> None:
             assert status.connected and status.reconnects >= 1 and status.last_connection_error
             tg.cancel_scope.cancel()
         assert list(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == [4] * 5
+
+
+async def test_stored_content_that_differs_from_chain_is_refreshed_before_deciding(tmp_path: Path) -> None:
+    with devnet_chain(1) as (node, info):
+        h = await make_harness(node, info, tmp_path)
+        [chain_data] = await queue_proposals(h)
+        async with h.sessions.begin() as session:  # as if a reorg had put other content under this id
+            await session.execute(update(Proposal).values(description="stale", content_hash="0xstale"))
+        await h.voter().drain()
+        async with h.sessions() as session:
+            row = (await session.execute(select(Proposal))).scalar_one()
+        assert (row.description, row.content_hash) == (chain_data.description, chain_data.content_hash())
+        assert states(await vote_rows(h.sessions)) == {VoteState.CONFIRMED: 5}

@@ -527,6 +527,8 @@ class NodeLane:
                 await queue.mark_confirmed_many(self.sessions, confirmations)
             self.totals.confirmed += len(confirmations)
             self.last_vote_at = utcnow()
+            if not self.unfunded:
+                self.last_error = None  # votes land again: earlier trouble is over
             for item in confirmations:
                 log_event(log, "vote_confirmed", node=self.node.name, vote=item.vote_id, tx=item.tx_hash)
                 self._step("confirmed")

@@ -27,7 +27,7 @@ from chain.client import ChainClient, decode_result
 from chain.codec import dao_functions
 from chain.connection import open_ws
 from chain.types import ProposalData, status_name
-from dloop.errors import ChainError, ConfigError, TransientChainError
+from dloop.errors import ChainError, ConfigError, StorageError, TransientChainError
 from dloop.logs import log_event
 from dloop.settings import Settings
 from dloop.wakeup import WorkSignal
@@ -215,7 +215,9 @@ class Voter:
                         delay = 0.5
                         await self._serve()
                         tg.cancel_scope.cancel()
-                except* TransientChainError as group:
+                except* (TransientChainError, StorageError) as group:
+                    # The node or the database is away for now (a locked SQLite file, a dropped socket):
+                    # start over with a fresh connection; queued work waits, `sent` rows are resolved again.
                     lost = group.exceptions[0]
                 self._reconnects += 1
                 self._connection_error = str(lost)

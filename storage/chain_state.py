@@ -47,6 +47,8 @@ CONFIRMABLE_STATES = (
     VoteState.CLOSED,
 )
 CLOSABLE_STATES = (VoteState.PENDING, VoteState.QUEUED)
+CLOSED_BY_EVENT = "closed on chain by "  # the reason of votes closed by a ProposalCanceled/Executed log
+CLOSING_EVENTS = ("ProposalCanceled", "ProposalExecuted")
 
 
 def _storage_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -431,7 +433,7 @@ async def record_proposal_closed(
                 .values(
                     state=VoteState.CLOSED,
                     updated_at=utcnow(),
-                    last_error=f"proposal {event.removeprefix('Proposal').lower()} before our vote was sent",
+                    last_error=f"{CLOSED_BY_EVENT}{event} before our vote was sent",
                 ),
                 execution_options=_NO_SYNC,
             )
@@ -489,6 +491,7 @@ async def refresh_proposal_tallies(
 # -- reorgs -----------------------------------------------------------------------------------------------
 
 PARKED_REASON = "the proposal's block left the chain in a reorg; waiting for it on the canonical chain"
+REOPENED_REASON = "the event that closed the proposal left the chain in a reorg"
 
 
 @dataclass(frozen=True)
@@ -508,12 +511,13 @@ async def orphan_after(
     async with sessions.begin() as session:
         touched = (
             await session.execute(
-                select(ChainLog.proposal_id).where(
+                select(ChainLog.proposal_id, ChainLog.event).where(
                     ChainLog.block_number > fork_block, ChainLog.removed.is_(False)
                 )
             )
-        ).scalars()
-        proposal_ids = {p for p in touched if p is not None}
+        ).all()
+        proposal_ids = {pid for pid, _ in touched if pid is not None}
+        unclosed = {pid for pid, event in touched if pid is not None and event in CLOSING_EVENTS}
         removed = await session.execute(
             update(ChainLog)
             .where(ChainLog.block_number > fork_block, ChainLog.removed.is_(False))
@@ -545,6 +549,33 @@ async def orphan_after(
                 .values(state=VoteState.PENDING, last_error=PARKED_REASON, updated_at=utcnow()),
                 execution_options=_NO_SYNC,
             )
+        if unclosed:
+            # The cancel/execute that closed these votes is gone: they wait again (the tally refresh
+            # restores the status; a canonical closing log closes them again).
+            rows = (
+                await session.execute(
+                    select(Proposal.id, Proposal.block_number).where(
+                        Proposal.chain_id == chain_id,
+                        Proposal.contract == contract,
+                        Proposal.proposal_id.in_(sorted(unclosed)),
+                    )
+                )
+            ).all()
+            for state, refs in (
+                (VoteState.QUEUED, [row_id for row_id, block in rows if block is not None]),
+                (VoteState.PENDING, [row_id for row_id, block in rows if block is None]),  # parked
+            ):
+                if refs:
+                    await session.execute(
+                        update(Vote)
+                        .where(
+                            Vote.proposal_ref.in_(refs),
+                            Vote.state == VoteState.CLOSED,
+                            Vote.last_error.startswith(CLOSED_BY_EVENT),
+                        )
+                        .values(state=state, last_error=REOPENED_REASON, updated_at=utcnow()),
+                        execution_options=_NO_SYNC,
+                    )
         await _rewind_cursor_in(session, stream, fork_block)
         return OrphanResult(
             int(getattr(removed, "rowcount", 0) or 0),

@@ -480,3 +480,17 @@ async def test_backfill_halves_its_chunks_when_the_provider_refuses_a_range(
             assert all_queued(await vote_states(db), set(ids))
             assert listener.status.reconnects == 0
         assert proxy.intercepted == 3  # 64, 32 and 16 blocks refused; 8 accepted from then on
+
+
+async def test_a_cancel_that_leaves_the_chain_reopens_the_votes(chain: Chain, db: Database) -> None:
+    signal = WorkSignal()
+    settings = make_settings(chain.anvil.ws_url, chain.info, db.url)
+    async with running_listener(settings, db, signal) as listener:
+        [pid] = await chain.create_async(1)
+        await wait_for_queue(db, signal, {pid})
+        await chain.transact_async(chain.info.proposer_key, "cancelProposal", pid)
+        await wait_until_async(lambda: _states_are(db, pid, ["closed"] * 5))
+        await chain.rpc("anvil_reorg", [1, []])  # the block of the cancel is replaced by an empty one
+        await wait_until(lambda: listener.status.reorgs_seen >= 1)
+        await wait_for_queue(db, signal, {pid}, timeout=10)
+        assert (await proposal(db, pid)).status_name == "active"

@@ -13,7 +13,7 @@ from web3 import AsyncWeb3
 from chain.codec import AbiFunction, dao_functions, erc20_functions, event_topics
 from chain.connection import classify_rpc_error, translate_exception
 from chain.types import AssetInfo, ProposalData
-from dloop.errors import ChainError, ContractRevert, RateLimited
+from dloop.errors import ChainError, ContractRevert, TransientChainError
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,10 @@ def parse_log(raw: dict[str, Any]) -> RawLog:
     )
 
 
+# Learnt once per process: endpoints that refuse or cap JSON-RPC batches get single requests instead.
+_ENDPOINTS_REFUSING_BATCHES: set[str] = set()
+
+
 class ChainClient:
     """Reads used by listener, voter and reconciler. Each call has a timeout."""
 
@@ -80,7 +84,19 @@ class ChainClient:
         self.timeout = timeout
         self._assets: dict[str, AssetInfo] = {}
         self._batch_lock = anyio.Lock()  # web3 gives every batch on a socket the same id
-        self.batches_refused = False
+        self._endpoint = str(getattr(w3.provider, "endpoint_uri", ""))
+
+    @property
+    def batches_refused(self) -> bool:
+        """Whether this endpoint was seen to refuse JSON-RPC batches (remembered across reconnects)."""
+        return self._endpoint in _ENDPOINTS_REFUSING_BATCHES
+
+    @batches_refused.setter
+    def batches_refused(self, refused: bool) -> None:
+        if refused:
+            _ENDPOINTS_REFUSING_BATCHES.add(self._endpoint)
+        else:
+            _ENDPOINTS_REFUSING_BATCHES.discard(self._endpoint)
 
     # -- raw JSON-RPC ----------------------------------------------------------------------------------
     async def request(self, method: str, params: Sequence[Any]) -> Any:
@@ -152,10 +168,15 @@ class ChainClient:
             if not self.batches_refused and len(chunk) > 1:
                 try:
                     answered = await self.batch([requests[i] for i in chunk])
-                except RateLimited:
-                    raise
-                except ChainError:
-                    self.batches_refused = True  # remember: this provider does not do batches
+                except TransientChainError:
+                    raise  # rate limits, timeouts, a lost connection: not a refusal
+                except ChainError as exc:
+                    # A refusal answered without a request id is raised by web3 as a "stray error" on every
+                    # later request of this socket: remember the refusal, and have the caller reconnect.
+                    self.batches_refused = True
+                    raise TransientChainError(
+                        f"provider refused a JSON-RPC batch ({exc}); not batching"
+                    ) from exc
                 else:
                     for i, value in zip(chunk, answered, strict=True):
                         results[i] = value

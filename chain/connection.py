@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -72,7 +73,9 @@ async def open_ws(
     try:
         yield w3
     finally:
-        await provider.disconnect()
+        # web3 re-raises the stray errors of a dead socket while closing it; the socket is gone either way.
+        with contextlib.suppress(Exception):
+            await provider.disconnect()
 
 
 def classify_rpc_error(error: dict[str, Any]) -> ChainError:

@@ -165,10 +165,6 @@ def parse_receipt(raw: Any) -> Receipt | None:
     )
 
 
-class BatchesRefused(TransientChainError):
-    """The provider refused a batch; the pass is repeated on a new connection with single requests."""
-
-
 # -- results ------------------------------------------------------------------------------------------------
 
 
@@ -250,7 +246,6 @@ class Reconciler:
         self._current: RoundTicket | None = None
         self._requested = anyio.Event()
         self._finished: dict[int, anyio.Event] = {}
-        self._batches_refused = False  # learnt once per process: this provider does not take batches
 
     def _open_connection(self) -> AbstractAsyncContextManager[ChainClient]:
         return ws_chain_client(self.settings)
@@ -356,7 +351,6 @@ class Reconciler:
             with attempt:
                 try:
                     async with self._connect() as client:
-                        client.batches_refused = client.batches_refused or self._batches_refused
                         result = await self._pass(client)
                 except ChainError as exc:
                     self.status.rpc_errors[type(exc).__name__] += 1
@@ -469,16 +463,12 @@ class Reconciler:
         results: list[Any] = [None] * len(requests)
         pending = list(range(len(requests)))
         for attempt in range(self.read_attempts):
-            refused_before = client.batches_refused
             try:
+                # A refused batch raises TransientChainError: the pass starts again on a fresh connection,
+                # and ChainClient remembers not to batch with this provider.
                 answers = await client.call_many(
                     [requests[i] for i in pending], batch_size=batch_size, concurrency=self.concurrency
                 )
-                if client.batches_refused and not refused_before:
-                    # web3 files a refusal without an id as a "stray error" that breaks every later request
-                    # on the socket: start the pass again on a fresh connection, without batches.
-                    self._batches_refused = True
-                    raise BatchesRefused("the provider refused a JSON-RPC batch; reading without batches")
             except RateLimited as exc:
                 self.status.rpc_errors[type(exc).__name__] += 1
                 if attempt == self.read_attempts - 1:

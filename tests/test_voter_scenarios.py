@@ -14,8 +14,8 @@ from sqlalchemy import select, update
 
 from dloop.anvil import AnvilProcess
 from dloop.devnet import create_proposals, deploy_devnet
-from storage import queue
-from storage.models import Proposal, VoteState
+from storage import chain_state, queue
+from storage.models import Proposal, Vote, VoteState
 from tests.support.rpc_proxy import rpc_proxy
 from tests.support.voter import (
     Harness,
@@ -164,7 +164,8 @@ async def test_dropped_transaction_is_rebroadcast_from_its_signed_bytes(tmp_path
         assert list(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == [1] * 5
 
 
-async def test_vote_reorged_out_is_sent_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reopen", ["reopen_confirmed", "listener_requeue"])
+async def test_vote_reorged_out_is_sent_again(tmp_path: Path, reopen: str) -> None:
     with devnet_chain(1) as (node, info):
         h = await make_harness(node, info, tmp_path)
         await queue_proposals(h)
@@ -178,14 +179,25 @@ async def test_vote_reorged_out_is_sent_again(tmp_path: Path) -> None:
         head = int(h.rpc("eth_blockNumber"), 16)
         h.rpc("anvil_reorg", [head - first_vote_block + 1, []])  # the vote blocks replaced by empty ones
         assert sum(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == 0
-        # The listener's reorg handling reopens the votes whose transactions are gone:
-        reopened = await queue.reopen_confirmed(h.sessions, tx_hashes=[r.tx_hash for r in rows if r.tx_hash])
-        assert reopened == 5
+        if reopen == "reopen_confirmed":
+            # confirmed -> sent: the voter resolves the rows from the chain and rebroadcasts the same bytes.
+            hashes = [r.tx_hash for r in rows if r.tx_hash]
+            assert await queue.reopen_confirmed(h.sessions, tx_hashes=hashes) == 5
+        else:
+            # The listener's reorg handling: confirmed -> queued; hasVoted is false: the vote is sent again.
+            async with h.sessions() as session:
+                ids = list((await session.execute(select(Vote.id))).scalars())
+            for vote_id in ids:
+                assert await chain_state.requeue_orphaned_vote(
+                    h.sessions, vote_id, parked=False, reason="reorg"
+                )
         result = await voter.drain()
-        assert result.confirmed == 5 and voter.status.rebroadcast == 5
+        assert result.confirmed == 5
         again = await vote_rows(h.sessions)
         assert states(again) == {VoteState.CONFIRMED: 5}
-        assert [r.tx_hash for r in again] == [r.tx_hash for r in rows]  # the same signed transactions
+        if reopen == "reopen_confirmed":
+            assert voter.status.rebroadcast == 5
+            assert [r.tx_hash for r in again] == [r.tx_hash for r in rows]  # the same signed transactions
         assert list(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == [1] * 5
 
 

@@ -187,6 +187,8 @@ class NodeLane:
         self._notify()
 
     async def resync_nonce(self) -> None:
+        """The next nonce: the account's pending count, or past the highest one still in flight (a gap
+        below it is a dropped transaction, which the watcher rebroadcasts)."""
         pending = _int(
             await with_backoff(self._chain().request, "eth_getTransactionCount", [self.address, "pending"])
         )

@@ -457,6 +457,10 @@ class Voter:
         self, lane: NodeLane, jobs: list[VoteJob], deadline: float, counters: Counters
     ) -> None:
         """One node's votes of the batch, in order; what the deadline or its trouble stops stays queued."""
+        # The account's nonce can move back (a reorg took a mined vote away): sync before signing, or the
+        # new transactions would wait behind a gap forever.
+        async with lane.lock:
+            await lane.resync_nonce()
         for index, job in enumerate(jobs):
             remaining = deadline - anyio.current_time()
             if remaining > 0 and not lane.unfunded:

@@ -257,3 +257,17 @@ async def test_stored_content_that_differs_from_chain_is_refreshed_before_decidi
             row = (await session.execute(select(Proposal))).scalar_one()
         assert (row.description, row.content_hash) == (chain_data.description, chain_data.content_hash())
         assert states(await vote_rows(h.sessions)) == {VoteState.CONFIRMED: 5}
+
+
+async def test_fee_cap_below_the_base_fee_keeps_votes_queued_and_says_so(tmp_path: Path) -> None:
+    with devnet_chain(1) as (node, info):
+        h = await make_harness(node, info, tmp_path, max_fee_gwei=5.0)
+        await queue_proposals(h)
+        h.rpc("anvil_setNextBlockBaseFeePerGas", [hex(10 * 10**9)])
+        voter = h.voter()
+        result = await voter.drain()
+        rows = await vote_rows(h.sessions)
+        assert states(rows) == {VoteState.QUEUED: 5} and result.sent == 0 and result.deferred == 5
+        assert all("fee cap 5 gwei is below the base fee 10 gwei" in (r.last_error or "") for r in rows)
+        assert "fee cap" in (voter.status.nodes[0].last_error or "")
+        assert sum(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == 0

@@ -94,15 +94,22 @@ class FeeOracle:
         self.head = 0  # number of the latest block seen
 
     async def read(self, client: ChainClient, *, fresh: bool = False) -> tuple[int, int]:
-        """(base fee of the latest block, suggested priority fee)."""
+        """(base fee of the next block, suggested priority fee)."""
         async with self._lock:
             if fresh or anyio.current_time() - self._at > self.ttl:
-                block = await with_backoff(client.block, "latest")
-                priority = _int(await with_backoff(client.request, "eth_maxPriorityFeePerGas", []))
-                self._base, self._priority = block.base_fee_per_gas or 0, priority
-                self.head = max(self.head, block.number)
+                self._base, self.head = await self._next_base_fee(client)
+                self._priority = _int(await with_backoff(client.request, "eth_maxPriorityFeePerGas", []))
                 self._at = anyio.current_time()
             return self._base, self._priority
+
+    async def _next_base_fee(self, client: ChainClient) -> tuple[int, int]:
+        """eth_feeHistory's last base fee is the next block's; the latest block's as a fallback."""
+        try:
+            history = await with_backoff(client.request, "eth_feeHistory", ["0x1", "latest", []])
+            return _int(history["baseFeePerGas"][-1]), max(self.head, _int(history["oldestBlock"]))
+        except (ChainError, KeyError, IndexError, TypeError, ValueError):
+            block = await with_backoff(client.block, "latest")
+            return block.base_fee_per_gas or 0, max(self.head, block.number)
 
     async def initial(self, client: ChainClient) -> tuple[Fees, int]:
         base, priority = await self.read(client)
@@ -443,7 +450,10 @@ class NodeLane:
         self._error(reason)
 
     async def _bump_rejected(self, tracked: Tracked) -> bool:
-        """An underpriced first send: re-sign the same nonce with fees bumped from fresh chain values."""
+        """An underpriced first send: re-sign the same nonce with fees bumped from fresh chain values.
+
+        True when a bumped transaction was accepted, or may have been (then the watcher checks the chain).
+        """
         for _ in range(3):
             base, priority = await self.fees.read(self._chain(), fresh=True)
             old = Fees(tracked.latest.max_fee_per_gas, tracked.latest.max_priority_fee_per_gas)
@@ -463,7 +473,11 @@ class NodeLane:
                 await self._broadcast(signed)
                 return True
             except ChainError as exc:
-                if classify(exc) != Action.BUMP_FEES:
+                action = classify(exc)
+                if action == Action.BACKOFF:
+                    self._error(f"broadcast uncertain, will check the chain: {exc}")
+                    return True
+                if action != Action.BUMP_FEES:
                     return False
         return False
 

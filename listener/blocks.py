@@ -196,6 +196,10 @@ class BlockTracker:
         )
         queued += await self._recheck_votes(client, fork, window)
         await self.processor.refresh_tallies(client, orphaned.proposal_ids)
+        if orphaned.votes_reopened:
+            queued += orphaned.votes_reopened
+            self.board.votes_queued += orphaned.votes_reopened
+            ctx.signal.notify()
         log_event(
             self.logger,
             "reorg_handled",
@@ -204,6 +208,7 @@ class BlockTracker:
             logs_removed=orphaned.logs_removed,
             proposals_rechecked=sorted(orphaned.proposal_ids),
             proposals_parked=sorted(orphaned.parked_proposals),
+            votes_reopened=orphaned.votes_reopened,
         )
         return queued
 

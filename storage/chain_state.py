@@ -499,6 +499,7 @@ class OrphanResult:
     logs_removed: int
     proposal_ids: frozenset[int]  # proposals touched by removed logs or parked
     parked_proposals: frozenset[int]  # proposals whose creation block was orphaned
+    votes_reopened: int = 0  # closed by a cancel/execute that left the chain, queued again
 
 
 @_storage_errors
@@ -549,6 +550,7 @@ async def orphan_after(
                 .values(state=VoteState.PENDING, last_error=PARKED_REASON, updated_at=utcnow()),
                 execution_options=_NO_SYNC,
             )
+        reopened = 0
         if unclosed:
             # The cancel/execute that closed these votes is gone: they wait again (the tally refresh
             # restores the status; a canonical closing log closes them again).
@@ -566,7 +568,7 @@ async def orphan_after(
                 (VoteState.PENDING, [row_id for row_id, block in rows if block is None]),  # parked
             ):
                 if refs:
-                    await session.execute(
+                    result = await session.execute(
                         update(Vote)
                         .where(
                             Vote.proposal_ref.in_(refs),
@@ -576,11 +578,14 @@ async def orphan_after(
                         .values(state=state, last_error=REOPENED_REASON, updated_at=utcnow()),
                         execution_options=_NO_SYNC,
                     )
+                    if state == VoteState.QUEUED:
+                        reopened += int(getattr(result, "rowcount", 0) or 0)
         await _rewind_cursor_in(session, stream, fork_block)
         return OrphanResult(
             int(getattr(removed, "rowcount", 0) or 0),
             frozenset(proposal_ids | set(parked.values())),
             frozenset(parked.values()),
+            reopened,
         )
 
 

@@ -493,4 +493,8 @@ async def test_a_cancel_that_leaves_the_chain_reopens_the_votes(chain: Chain, db
         await chain.rpc("anvil_reorg", [1, []])  # the block of the cancel is replaced by an empty one
         await wait_until(lambda: listener.status.reorgs_seen >= 1)
         await wait_for_queue(db, signal, {pid}, timeout=10)
-        assert (await proposal(db, pid)).status_name == "active"
+        await wait_until_async(lambda: _status_is(db, pid, "active"))
+
+
+async def _status_is(db: Database, pid: int, status: str) -> bool:
+    return (await proposal(db, pid)).status_name == status

@@ -1,0 +1,359 @@
+"""Process-level helpers for the chaos suite: `dloop run` as a real process (start, SIGKILL, restart), the
+size knob shared by `make test` and `make chaos`, and the end-to-end invariants checked after every fault.
+
+Sizes: `DLOOP_CHAOS_SCALE=full` (set by `make chaos`) runs every scenario at the issue's full size; anything
+else (the default) runs the small size that fits `make test`. `DLOOP_CHAOS_SEED` fixes the random moments.
+Tests may read the environment; library code does not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import httpx
+from web3 import Web3
+
+from dloop.anvil import AnvilProcess, free_port
+from dloop.devnet import DevnetInfo
+from storage.migrations import upgrade
+from tests.support.service import devnet_environ
+from tests.support.voter import rpc, vote_events
+
+REPO = Path(__file__).resolve().parents[2]
+DLOOP = [sys.executable, "-m", "dloop.cli"]
+T = TypeVar("T")
+
+
+# -- sizes -------------------------------------------------------------------------------------------------
+
+
+def full_scale() -> bool:
+    return os.environ.get("DLOOP_CHAOS_SCALE", "").lower() == "full"
+
+
+def sized(small: T, full: T) -> T:
+    """The small value inside `make test`, the full one under `make chaos` (DLOOP_CHAOS_SCALE=full)."""
+    return full if full_scale() else small
+
+
+def chaos_random(name: str) -> random.Random:
+    """A reproducible random source per scenario (DLOOP_CHAOS_SEED changes every scenario's draws)."""
+    return random.Random(f"{os.environ.get('DLOOP_CHAOS_SEED', '7')}:{name}")
+
+
+def report(line: str) -> None:
+    """A figure for docs/reliability.md: printed (see it with -s) and appended to DLOOP_CHAOS_REPORT."""
+    print(f"[chaos] {line}", flush=True)
+    target = os.environ.get("DLOOP_CHAOS_REPORT")
+    if target:
+        with open(target, "a", encoding="utf-8") as out:
+            out.write(line + "\n")
+
+
+# -- the environment of a `dloop` process ----------------------------------------------------------------
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    """What a user would set, and nothing from the developer's shell (no DLOOP_* or node keys)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DLOOP_", "AI_NODE_"))}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def service_env(ws_url: str, devnet: DevnetInfo, db_path: Path, **extra: str) -> dict[str, str]:
+    """`devnet_environ` plus the knobs the chaos tests share: a fixed free HTTP port (restarts reuse it),
+    short leases so a killed process's rows come back quickly, and no timed reconcile pass."""
+    settings = {
+        "DLOOP_HTTP_PORT": str(free_port()),
+        "DLOOP_LEASE_SECONDS": "2",
+        "DLOOP_RECONCILE_INTERVAL": "3600",
+        "DLOOP_RPC_TIMEOUT": "5",
+    }
+    settings.update(extra)
+    return devnet_environ(ws_url, devnet, db_path, **settings)
+
+
+def migrate_db(db_path: Path) -> None:
+    anyio.run(upgrade, f"sqlite+aiosqlite:///{db_path}")
+
+
+def db_path_of(env: dict[str, str]) -> Path:
+    return Path(env["DLOOP_DATABASE_URL"].removeprefix("sqlite+aiosqlite:///"))
+
+
+def run_dloop(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*DLOOP, *args],
+        env=clean_env(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# -- `dloop run` ---------------------------------------------------------------------------------------------
+
+
+class DloopRun:
+    """`dloop run` as a real process, its JSON log appended to `log` (one file across restarts)."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, log: Path) -> None:
+        self.env = env
+        self.cwd = cwd
+        self.log = log
+        self.url = f"http://127.0.0.1:{env['DLOOP_HTTP_PORT']}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.starts = 0
+        self.kills = 0
+
+    def start(self) -> DloopRun:
+        assert self.process is None or self.process.poll() is not None, "already running"
+        with self.log.open("ab") as out:
+            out.write(f'{{"event": "chaos_process_start", "start": {self.starts + 1}}}\n'.encode())
+            out.flush()
+            self.process = subprocess.Popen(
+                [*DLOOP, "run"],
+                env=clean_env(self.env),
+                cwd=self.cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self.started_at = time.monotonic()
+        self.starts += 1
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def get(self, path: str, timeout: float = 5.0) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", timeout=timeout)
+
+    def overview(self) -> dict[str, Any]:
+        body: dict[str, Any] = self.get("/").json()
+        return body
+
+    def wait_ready(self, timeout: float = 45.0) -> float:
+        """Until `GET /` answers; returns the seconds since the process was started."""
+
+        def up() -> bool:
+            if not self.alive:
+                raise AssertionError(f"dloop run exited ({self.exit_code}):\n{self.log_tail()}")
+            try:
+                return self.get("/", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        poll_until(up, timeout=timeout, what="dloop run to answer")
+        return time.monotonic() - self.started_at
+
+    def wait_live(self, timeout: float = 45.0) -> None:
+        """Until the listener is subscribed and caught up."""
+        self.wait_ready(timeout)
+        poll_until(
+            lambda: self.alive and self.overview()["listener"]["connected"],
+            timeout=timeout,
+            what="the listener to be live",
+        )
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind runs."""
+        if self.alive:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+            self.kills += 1
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"dloop run ignored SIGTERM for {timeout} s") from None
+        return int(self.process.returncode)
+
+    def close(self) -> None:
+        if self.alive:
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The JSON events of every run so far (lines that are not JSON are skipped)."""
+        found = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict) and (name is None or event.get("event") == name):
+                    found.append(event)
+        return found
+
+    def tracebacks(self) -> list[str]:
+        text = self.log.read_text(errors="replace")
+        return [chunk[:600] for chunk in text.split("Traceback (most recent call last)")[1:]]
+
+    def __enter__(self) -> DloopRun:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def poll_until(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll an outside condition (a process, HTTP, the chain, the database) until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- what the chain and the database say ---------------------------------------------------------------------
+
+
+def vote_cast_count(anvil: AnvilProcess, devnet: DevnetInfo) -> int:
+    return len(vote_events(anvil.http_url, devnet.contract_address))
+
+
+def proposal_count(anvil: AnvilProcess, devnet: DevnetInfo) -> int:
+    from chain.codec import dao_functions
+
+    data = dao_functions()["getProposalCount"].encode()
+    return int(rpc(anvil.http_url, "eth_call", [{"to": devnet.contract_address, "data": data}, "latest"]), 16)
+
+
+def db_rows(db_path: Path) -> list[tuple[int, str, str, str | None, str | None]]:
+    """(proposal id, node address, state, decision, reason) of every vote row, read with sqlite3."""
+    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)) as db:
+        rows = db.execute(
+            "SELECT p.proposal_id, n.address, v.state, v.decision, v.reason FROM votes v "
+            "JOIN proposals p ON p.id = v.proposal_ref JOIN nodes n ON n.id = v.node_id"
+        ).fetchall()
+    return [(int(r[0]), str(r[1]), str(r[2]), r[3], r[4]) for r in rows]
+
+
+def db_states(db_path: Path) -> Counter[str]:
+    return Counter(state for _pid, _addr, state, _d, _r in db_rows(db_path))
+
+
+OPEN_STATES = ("pending", "queued", "sent")
+
+
+def settled(db_path: Path, expected_rows: int) -> bool:
+    """All `expected_rows` vote rows exist and none is still on its way."""
+    try:
+        states = db_states(db_path)
+    except sqlite3.Error:
+        return False  # not created yet, or busy
+    return sum(states.values()) == expected_rows and not any(states[s] for s in OPEN_STATES)
+
+
+@dataclass
+class VoteAudit:
+    """The end-to-end invariant, counted rather than asserted so the figures can be reported."""
+
+    proposals: int
+    nodes: int
+    votes_on_chain: int
+    missed: list[tuple[int, str]] = field(default_factory=list)  # (proposal, node) with no vote but owed one
+    doubled: list[tuple[int, str]] = field(default_factory=list)  # (proposal, node) with two VoteCast
+    nonce_mismatch: dict[str, tuple[int, int]] = field(default_factory=dict)  # address -> (txs, votes)
+    states: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.missed or self.doubled or self.nonce_mismatch)
+
+    def summary(self) -> str:
+        return (
+            f"{self.proposals} proposals x {self.nodes} nodes: {self.votes_on_chain} votes on chain, "
+            f"missed {len(self.missed)}, doubled {len(self.doubled)}, "
+            f"nonce mismatches {len(self.nonce_mismatch)}, rows {dict(sorted(self.states.items()))}"
+        )
+
+
+def audit_votes(
+    anvil: AnvilProcess,
+    devnet: DevnetInfo,
+    db_path: Path,
+    proposal_ids: Iterable[int],
+    *,
+    addresses: Iterable[str] | None = None,
+) -> VoteAudit:
+    """For each node: on-chain transaction count == its VoteCast count; no (proposal, node) with two
+    VoteCast; every proposal of `proposal_ids` that the node decided to vote on (row `confirmed`, or any row
+    not ended without a vote) has its vote on chain. The devnet's proposals all get a for/against decision,
+    so a row in `no_vote`, `closed` or `failed` for them counts as missed too."""
+    ids = sorted(set(proposal_ids))
+    nodes = [Web3.to_checksum_address(a) for a in (addresses or devnet.node_addresses)]
+    events = vote_events(anvil.http_url, devnet.contract_address)
+    per_pair = Counter((pid, voter) for pid, voter, _ in events)
+    rows = {(pid, Web3.to_checksum_address(addr)): state for pid, addr, state, _d, _r in db_rows(db_path)}
+    audit = VoteAudit(len(ids), len(nodes), len(events))
+    audit.states = Counter(state for (pid, _addr), state in rows.items() if pid in set(ids))
+    audit.doubled = sorted(pair for pair, n in per_pair.items() if n > 1)
+    for pid in ids:
+        for address in nodes:
+            if per_pair[(pid, address)] == 0:
+                audit.missed.append((pid, address))
+    per_node = Counter(voter for _pid, voter, _ in events)
+    for address in nodes:
+        nonce = int(rpc(anvil.http_url, "eth_getTransactionCount", [address, "latest"]), 16)
+        if nonce != per_node[address]:
+            audit.nonce_mismatch[address] = (nonce, per_node[address])
+    return audit
+
+
+# -- anvil faults --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def frozen(anvil: AnvilProcess) -> Iterator[None]:
+    """SIGSTOP anvil (the process is alive, its sockets open, nothing answers), SIGCONT on exit."""
+    assert anvil.pid is not None
+    os.kill(anvil.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(anvil.pid, signal.SIGCONT)
+
+
+def mine(anvil: AnvilProcess, blocks: int = 1) -> None:
+    for _ in range(blocks):
+        anvil.rpc("evm_mine")

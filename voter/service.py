@@ -15,7 +15,8 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -43,6 +44,8 @@ from voter.retry import call_many_retrying, with_backoff
 from voter.strategies import Decision, Tally, decide, node_config
 
 log = logging.getLogger("dloop.voter")
+READ_RETRY = 10.0  # seconds before a row whose proposal could not be read is tried again
+MAX_TRIES_PER_ROUND = 3
 
 
 @dataclass(frozen=True)
@@ -327,9 +330,9 @@ class Voter:
         confirmed_before, failed_before = self.totals.confirmed, self.totals.failed
         batches = leased_total = 0
         for lane in self.lanes:
-            await lane.check_funding()
-        for lane in self.lanes:
-            await lane.adopt_sent()
+            await self._lane_safely(lane, lane.check_funding)
+            await self._lane_safely(lane, lane.adopt_sent)
+        handled: Counter[int] = Counter()  # what keeps coming back waits for the next round
         while anyio.current_time() < deadline:
             sendable = self._sendable()
             if not sendable:
@@ -348,6 +351,10 @@ class Voter:
             )
             if not leased:
                 break  # another voter took them
+            if all(handled[row.vote_id] >= MAX_TRIES_PER_ROUND for row in leased):
+                await self._release(leased, "tried again in the next round", counters)
+                break
+            handled.update(row.vote_id for row in leased)
             batches += 1
             leased_total += len(leased)
             self._step("leased")
@@ -372,6 +379,16 @@ class Voter:
             left_work=left,
         )
 
+    async def _lane_safely(self, lane: NodeLane, step: Callable[[], Awaitable[object]]) -> None:
+        """One node's trouble must not stop the others: a non-transient chain error stays on its lane."""
+        try:
+            await step()
+        except TransientChainError:
+            raise
+        except ChainError as exc:
+            lane.last_error = f"{getattr(step, '__name__', 'step')}: {exc}"
+            log_event(log, "node_error", level=logging.WARNING, node=lane.node.name, error=lane.last_error)
+
     def _sendable(self) -> list[int]:
         return [lane.node.id for lane in self.lanes if not lane.unfunded]
 
@@ -390,8 +407,14 @@ class Voter:
         try:
             snapshot = await self.read_snapshot(client, rows)
         except ChainError as exc:
-            await self._release(rows, f"reading the proposals failed: {exc}", counters)
-            if isinstance(exc, TransientChainError):
+            transient = isinstance(exc, TransientChainError)
+            await self._release(
+                rows,
+                f"reading the proposals failed: {exc}",
+                counters,
+                defer=None if transient else READ_RETRY,
+            )
+            if transient:
                 raise
             return
         await self._refresh_changed(rows, snapshot)
@@ -414,7 +437,13 @@ class Voter:
         voted = snapshot.voted.get((row.proposal_id, lane.address))
         if not isinstance(data, ProposalData) or not isinstance(voted, bool):
             problem = data if isinstance(data, ChainError) else voted
-            await self._release([row], f"reading proposal {row.proposal_id} failed: {problem}", counters)
+            transient = isinstance(problem, TransientChainError)  # e.g. rate limited: next round at once
+            await self._release(
+                [row],
+                f"reading proposal {row.proposal_id} failed: {problem}",
+                counters,
+                defer=None if transient else READ_RETRY,
+            )
             return None
         finish: tuple[VoteState, Decision | None, str]
         if voted:
@@ -460,7 +489,7 @@ class Voter:
         # The account's nonce can move back (a reorg took a mined vote away): sync before signing, or the
         # new transactions would wait behind a gap forever.
         async with lane.lock:
-            await lane.resync_nonce()
+            await self._lane_safely(lane, lane.resync_nonce)
         for index, job in enumerate(jobs):
             remaining = deadline - anyio.current_time()
             if remaining > 0 and not lane.unfunded:
@@ -475,11 +504,19 @@ class Voter:
             except TransientChainError:
                 await self._release([j.row for j in jobs[index:]], "connection trouble", counters)
                 raise
+            except ChainError as exc:  # this vote's trouble: it waits, the lane goes on
+                lane.last_error = f"proposal {job.row.proposal_id}: {exc}"
+                await self._release([job.row], lane.last_error, counters, defer=READ_RETRY)
 
-    async def _release(self, rows: Sequence[QueuedVote], error: str, counters: Counters) -> None:
+    async def _release(
+        self, rows: Sequence[QueuedVote], error: str, counters: Counters, *, defer: float | None = None
+    ) -> None:
+        """Back to the queue; with `defer` not before that many seconds (a read that failed for a reason
+        that may last would otherwise be retried in a tight loop)."""
+        until = utcnow() + dt.timedelta(seconds=defer) if defer else None
         with anyio.CancelScope(shield=True):
             count = await queue.release(
-                self.sessions, [r.vote_id for r in rows], owner=self.owner, error=error
+                self.sessions, [r.vote_id for r in rows], owner=self.owner, error=error, defer_until=until
             )
         counters.deferred += count
 

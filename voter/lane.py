@@ -407,6 +407,10 @@ class NodeLane:
     async def _rejected(self, tracked: Tracked, exc: ChainError, counters: Counters) -> None:
         """The node refused a new transaction (lock held). Decide from the error what the row becomes."""
         action = classify(exc)
+        if action == Action.BUMP_FEES and "replacement" in str(exc).lower():
+            # A pending transaction we do not track holds this nonce (sent outside the service): never
+            # replace it; take the next free nonce instead.
+            action = Action.RESYNC_NONCE
         if action == Action.BACKOFF:
             # Maybe accepted, maybe not: keep tracking; the watcher finds a receipt or rebroadcasts the bytes.
             self._error(f"broadcast uncertain, will check the chain: {exc}")

@@ -209,13 +209,13 @@ async def _transactions(h: Harness, expected: int) -> bool:
     return len(await vote_transactions(h.sessions)) >= expected
 
 
-async def test_through_a_rate_limiting_provider(tmp_path: Path) -> None:
+async def test_through_a_rate_limiting_provider_that_caps_batches(tmp_path: Path) -> None:
     with devnet_chain(6) as (node, info):
-        async with rpc_proxy(node.ws_url, rate_limit_first=8) as proxy:
+        async with rpc_proxy(node.ws_url, max_batch=3, rate_limit_first=8) as proxy:
             h = await make_harness(node, info, tmp_path, rpc_ws_url=proxy.url)
             await queue_proposals(h)
             await h.voter().drain()
-            assert proxy.stats.rate_limited == 8
+            assert proxy.stats.rate_limited == 8 and proxy.stats.batches_refused >= 1
         assert states(await vote_rows(h.sessions)) == {VoteState.CONFIRMED: 30}
         assert list(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == [6] * 5
 

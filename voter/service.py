@@ -284,14 +284,30 @@ class Voter:
         if self._serving:
             raise TransientChainError("the voter is reconnecting to the node; try again shortly")
         confirmed, failed = self.totals.confirmed, self.totals.failed
-        async with self._connected() as tg:
-            result = await self._locked_round(end)
-            async with anyio.create_task_group() as settle:
-                for lane in self.lanes:
-                    settle.start_soon(lane.settle_all, end)
-            tg.cancel_scope.cancel()
+        results: list[DrainResult] = []
+        delay = 0.2
+        while True:  # a dropped connection (or a provider that spoils it) is reconnected until the deadline
+            lost: BaseException | None = None
+            try:
+                async with self._connected() as tg:
+                    results.append(await self._locked_round(end))
+                    async with anyio.create_task_group() as settle:
+                        for lane in self.lanes:
+                            settle.start_soon(lane.settle_all, end)
+                    tg.cancel_scope.cancel()
+            except* TransientChainError as group:
+                lost = group.exceptions[0]
+            if lost is None:
+                break
+            if anyio.current_time() + delay >= end:
+                raise TransientChainError(f"drain gave up at its deadline: {lost}") from lost
+            log_event(log, "voter_reconnecting", level=logging.WARNING, error=str(lost), delay=delay)
+            self._reconnects += 1
+            self._connection_error = str(lost)
+            await anyio.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 5.0)
         return dataclasses.replace(
-            result,
+            combined(results),
             confirmed=self.totals.confirmed - confirmed,
             failed=self.totals.failed - failed,
             in_flight=sum(len(lane.tracked) for lane in self.lanes),
@@ -580,6 +596,17 @@ def _decoded_bool(raw: object) -> bool | ChainError:
         return bool(decode_result(dao_functions()["hasVoted"], raw)[0])
     except ValueError as exc:
         return ChainError(f"hasVoted: {exc}")
+
+
+def combined(results: Sequence[DrainResult]) -> DrainResult:
+    """Rounds of one drain (across reconnects) as one result: counts added, the last round's flags."""
+    last = results[-1]
+    counts = {
+        f.name: sum(getattr(r, f.name) for r in results)
+        for f in dataclasses.fields(DrainResult)
+        if f.type in ("int", int)
+    }
+    return dataclasses.replace(last, started_at=results[0].started_at, **counts)
 
 
 def closed_reason(data: ProposalData, chain_time: int) -> str:

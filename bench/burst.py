@@ -28,6 +28,7 @@ from bench.harness import (
     Devnet,
     ManagedProcess,
     base_parser,
+    cpu_seconds,
     devnet,
     memory_mb,
     sign_proposals,
@@ -93,6 +94,9 @@ async def timed_burst(
     service: ManagedProcess | None = None,
 ) -> dict[str, Any]:
     observer = ChainObserver()
+    pids = {"anvil": chain.anvil.pid or 0, "benchmark": os.getpid()}
+    if service is not None:
+        pids["service"] = service.pid
     async with WsRpc(chain.ws_url) as rpc:
         await observer.attach(rpc, chain.info.contract_address)
         if service is not None:
@@ -103,6 +107,7 @@ async def timed_burst(
         sampler = MemorySampler(service.pid) if service is not None else None
         if sampler is not None:
             sampler.start()
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started = time.perf_counter()
         await rpc.send_raw_many(creates.raw)
         creates_sent = time.perf_counter()
@@ -110,6 +115,7 @@ async def timed_burst(
             await rpc.send_raw_many(votes)
         votes_sent = time.perf_counter()
         complete = await observer.wait_until(lambda: observer.vote_count >= expected, timeout)
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         memory = sampler.stop() if sampler is not None else None
     ids = list(creates.ids)
     last_vote = observer.last_vote_time(ids)
@@ -130,6 +136,9 @@ async def timed_burst(
         "votes_sent_s": (votes_sent - started) if presigned_votes else None,
         "first_vote_s": (min(first_votes) - started) if first_votes else None,
         "memory": memory,
+        # CPU seconds each process used between the first send and the last vote: with 2 cores, the
+        # service's share shows whether it is CPU-bound (close to elapsed) or waiting.
+        "cpu_s": cpu,
     }
 
 

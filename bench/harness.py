@@ -257,6 +257,14 @@ def memory_mb(pid: int) -> dict[str, float]:
     return {"rss_mb": values.get("VmRSS", 0.0), "peak_rss_mb": values.get("VmHWM", 0.0)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (its threads included)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    # fields[0] is the state (field 3 of proc(5)); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:

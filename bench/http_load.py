@@ -12,9 +12,11 @@ from the service at the end, same loads. Ratio = service during the burst / bare
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -80,15 +82,23 @@ async def generate_load(url: str, duration: float, concurrency: int) -> dict[str
     return result
 
 
-async def wait_listed(base_url: str, count: int, timeout: float) -> float:
-    """Until /active-proposals lists `count` proposals; the seconds that took."""
+def active_in_database(database: Path) -> int:
+    """Active proposals the service has recorded, read from its SQLite file (read-only; WAL lets us).
+
+    Polling /active-proposals instead would load the service with exactly the request being measured.
+    """
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as db:
+        return int(db.execute("SELECT COUNT(*) FROM proposals WHERE status = 1").fetchone()[0])
+
+
+async def wait_listed(database: Path, count: int, timeout: float) -> float:
+    """Until the service has recorded `count` active proposals; the seconds that took."""
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
-        status, body = await asyncio.to_thread(http_get, f"{base_url}/active-proposals", 10.0)
-        if status == 200 and int(json.loads(body).get("count", 0)) >= count:
+        if await asyncio.to_thread(active_in_database, database) >= count:
             return time.perf_counter() - started
         await asyncio.sleep(0.1)
-    raise RuntimeError(f"/active-proposals did not list {count} proposals within {timeout:g} s")
+    raise RuntimeError(f"the service did not record {count} proposals within {timeout:g} s")
 
 
 async def service_phase(
@@ -105,7 +115,7 @@ async def service_phase(
             expected = observer.vote_count + proposals * NODE_COUNT
             started = time.perf_counter()
             await rpc.send_raw_many(creates.raw)
-            listed_after = await wait_listed(base_url, proposals + 1, timeout)
+            listed_after = await wait_listed(process.database, proposals + 1, timeout)
             for path in ENDPOINTS:
                 before = observer.vote_count
                 result = await generate_load(base_url + path, duration, concurrency)
@@ -119,13 +129,21 @@ async def service_phase(
                 loads.append(result)
             voted = await observer.wait_until(lambda: observer.vote_count >= expected, timeout)
             burst_s = time.perf_counter() - started
-        for path in ENDPOINTS:
-            result = await generate_load(base_url + path, duration, concurrency)
-            result.update(server="service", condition="idle", endpoint=path)
-            loads.append(result)
+        loads += await idle_loads("service", base_url, duration, concurrency)
         bodies = {path: json.loads(http_get(base_url + path, 30.0)[1]) for path in ENDPOINTS}
     burst = {"listed_after_s": listed_after, "burst_s": burst_s, "all_voted": voted, "bodies": bodies}
     return loads, burst
+
+
+async def idle_loads(server: str, base_url: str, duration: float, concurrency: int) -> list[dict[str, Any]]:
+    """Both endpoints with `concurrency` connections, then /health over one (what a single user sees)."""
+    loads = []
+    for path, connections in [*((p, concurrency) for p in ENDPOINTS), ("/health", 1)]:
+        result = await generate_load(base_url + path, duration, connections)
+        condition = "idle" if connections == concurrency else f"idle, {connections} connection"
+        result.update(server=server, condition=condition, endpoint=path)
+        loads.append(result)
+    return loads
 
 
 async def bare_phase(
@@ -155,10 +173,7 @@ async def bare_phase(
     try:
         app.start()
         app.wait_log_line("ready", 30)
-        for path in ENDPOINTS:
-            result = await generate_load(f"http://127.0.0.1:{port}{path}", duration, concurrency)
-            result.update(server="bare app", condition="idle", endpoint=path)
-            loads.append(result)
+        loads += await idle_loads("bare app", f"http://127.0.0.1:{port}", duration, concurrency)
     finally:
         app.stop()
     return loads
@@ -206,6 +221,7 @@ def table(loads: Sequence[dict[str, Any]]) -> str:
             x["endpoint"],
             x["server"],
             x["condition"],
+            x["concurrency"],
             x["ok"],
             sum(x["errors"].values()) + x["requests"] - x["ok"],
             x["req_per_s"],
@@ -216,7 +232,19 @@ def table(loads: Sequence[dict[str, Any]]) -> str:
         for x in loads
     ]
     return format_table(
-        ["endpoint", "server", "condition", "ok", "failed", "req/s", "p50 ms", "p99 ms", "body bytes"], rows
+        [
+            "endpoint",
+            "server",
+            "condition",
+            "conns",
+            "ok",
+            "failed",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "body bytes",
+        ],
+        rows,
     )
 
 

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -166,6 +167,22 @@ def summary_table(lines: Sequence[SummaryLine | Mapping[str, Any]]) -> str:
     return format_table(["benchmark", "metric", "unit", "service", "baseline", "figure", "aim", ""], rows)
 
 
+def git_state() -> dict[str, Any]:
+    """The commit measured, and whether the work tree had uncommitted changes (the service runs from it)."""
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout.strip()
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD") or None, "uncommitted_changes": changed}
+
+
 def machine_info() -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
@@ -173,6 +190,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "load_average_at_start": list(load) if load else None,
+        "git": git_state(),
     }
 
 

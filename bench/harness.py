@@ -185,6 +185,7 @@ def sign_votes(chain: Devnet, proposal_ids: Sequence[int]) -> list[bytes]:
 class SeenLog:
     arrived: float  # time.perf_counter() when the notification was read
     block: int
+    wall: float  # the same moment as time.time(), to compare with the service's log timestamps
 
 
 @dataclass
@@ -209,7 +210,7 @@ class ChainObserver:
         if log.get("removed"):
             return
         topics = log["topics"]
-        seen = SeenLog(arrived, int(log["blockNumber"], 16))
+        seen = SeenLog(arrived, int(log["blockNumber"], 16), time.time() - (time.perf_counter() - arrived))
         proposal_id = int(topics[1], 16)
         if topics[0] == PROPOSAL_CREATED:
             self.created.setdefault(proposal_id, seen)

@@ -45,6 +45,7 @@ from bench.report import (
     write_result,
 )
 from bench.rpc import WsRpc
+from bench.stages import ObservedProposal, service_moments, stage_breakdown
 
 NAME = "latency"
 SIZES: dict[str, dict[str, Any]] = {
@@ -62,12 +63,13 @@ class Samples:
     all_votes_ms: list[float]
     blocks_to_vote: list[int]
     missed: int  # proposals whose five votes did not all arrive within the timeout
+    observed: dict[int, ObservedProposal]
 
 
 async def measure(chain: Devnet, samples: int, timeout: float) -> Samples:
     proposals = sign_proposals(chain, WARMUP + samples)
     observer = ChainObserver()
-    result = Samples([], [], [], [], 0)
+    result = Samples([], [], [], [], 0, {})
     async with WsRpc(chain.ws_url) as rpc:
         await observer.attach(rpc, chain.info.contract_address)
         for index, (proposal_id, raw) in enumerate(zip(proposals.ids, proposals.raw, strict=True)):
@@ -89,16 +91,21 @@ async def measure(chain: Devnet, samples: int, timeout: float) -> Samples:
             result.first_vote_ms.append(latencies[0])
             result.all_votes_ms.append(latencies[-1])
             result.blocks_to_vote += [v.block - created.block for v in votes]
+            result.observed[proposal_id] = ObservedProposal(created.wall, [v.wall for v in votes])
     return result
 
 
 def run_mode(
     kind: str, block_time: float | None, samples: int, directory: Path, timeout: float
 ) -> dict[str, Any]:
-    with devnet(block_time=block_time) as chain, start_voter(kind, chain, directory) as (_process, startup):
+    with devnet(block_time=block_time) as chain, start_voter(kind, chain, directory) as (process, startup):
         started = time.perf_counter()
         measured = asyncio.run(measure(chain, samples, timeout))
         elapsed = time.perf_counter() - started
+    stages = None
+    if kind == "service":  # the service's own log says where the time went
+        with process.log_path.open(errors="replace") as log:
+            stages = stage_breakdown(measured.observed, service_moments(log))
     return {
         "voter": kind,
         "mining": mode_name(block_time),
@@ -110,6 +117,7 @@ def run_mode(
         "first_vote_ms": distribution(measured.first_vote_ms),
         "all_five_ms": distribution(measured.all_votes_ms),
         "blocks_to_vote": distribution([float(b) for b in measured.blocks_to_vote]),
+        "service_stages": stages,
     }
 
 
@@ -171,6 +179,23 @@ def table(runs: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def stage_table(runs: Sequence[dict[str, Any]]) -> str:
+    """p50 / p95 of each stage of the service's latency, per mining mode."""
+    rows = []
+    for r in runs:
+        for stage, values in (r.get("service_stages") or {}).items():
+            rows.append(
+                [
+                    r["mining"],
+                    stage.removesuffix("_ms").replace("_", " "),
+                    values["n"],
+                    values["p50"],
+                    values["p95"],
+                ]
+            )
+    return format_table(["mining", "service stage", "n", "p50 ms", "p95 ms"], rows) if rows else ""
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = base_parser(__doc__ or NAME)
     parser.add_argument("--samples", type=int, help="proposals per run (default by --size)")
@@ -206,6 +231,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     path = write_result(args.results_dir, document)
     print(table(runs))
+    stages = stage_table(runs)
+    if stages:
+        print()
+        print(stages)
     print(f"-> {path}")
     return document
 

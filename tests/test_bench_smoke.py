@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bench.report import Aim, fmt, format_table, percentile, summary_line
+from bench.stages import ObservedProposal, service_moments, stage_breakdown
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMON_KEYS = {"benchmark", "size", "params", "machine", "started_at", "duration_s", "summary", "details"}
@@ -138,3 +139,21 @@ def test_table_formatting() -> None:
     text = format_table(["name", "value"], [["a", 1.5], ["bb", 22.25]])
     lines = text.splitlines()
     assert lines[0].startswith("name") and lines[2].endswith("1.50") and lines[3].endswith("22.2")
+
+
+def test_stage_breakdown_from_the_service_log() -> None:
+    log = [
+        "not json",
+        '{"ts": "2026-01-01T00:00:00.030+00:00", "event": "proposal_recorded", "proposal": 7}',
+        '{"ts": "2026-01-01T00:00:00.080+00:00", "event": "vote_sent", "proposal": 7, "node": "a"}',
+        '{"ts": "2026-01-01T00:00:00.100+00:00", "event": "vote_sent", "proposal": 7, "node": "b"}',
+        '{"ts": "2026-01-01T00:00:00.100+00:00", "event": "vote_sent", "proposal": "oops"}',
+    ]
+    moments = service_moments(log)
+    assert list(moments) == [7] and len(moments[7].sent) == 2
+    created = moments[7].recorded - 0.030  # type: ignore[operator]
+    stages = stage_breakdown({7: ObservedProposal(created, [created + 0.105, created + 0.110])}, moments)
+    assert stages["created_to_recorded_ms"]["p50"] == pytest.approx(30, abs=0.01)
+    assert stages["recorded_to_first_send_ms"]["p50"] == pytest.approx(50, abs=0.01)
+    assert stages["first_to_last_send_ms"]["p50"] == pytest.approx(20, abs=0.01)
+    assert stages["last_send_to_last_vote_mined_ms"]["p50"] == pytest.approx(10, abs=0.01)

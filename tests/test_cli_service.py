@@ -95,7 +95,7 @@ def env(chain: tuple[AnvilProcess, DevnetInfo], tmp_path: Path) -> dict[str, str
         devnet,
         tmp_path / "dloop.db",
         DLOOP_HTTP_PORT=str(free_port()),
-        DLOOP_LEASE_SECONDS="2",  # rows leased by a stopped process come back quickly
+        # Default lease: a stopped process hands its leases back, so a restart need not wait for them.
         DLOOP_RECONCILE_INTERVAL="3600",
     )
 

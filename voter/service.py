@@ -229,6 +229,13 @@ class Voter:
                 delay = min(delay * 2, 30.0)
         finally:
             self._serving = False
+            # On shutdown, hand back the queued rows this process leased, so a restart votes them at once
+            # instead of waiting for the leases to expire. Rows already `sent` are not leases.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                try:
+                    await queue.release_owner(self.sessions, self.owner)
+                except StorageError as exc:
+                    log_event(log, "voter_lease_release_failed", level=logging.WARNING, error=str(exc))
 
     async def _serve(self) -> None:
         more = True  # a round at start

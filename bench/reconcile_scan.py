@@ -154,7 +154,8 @@ def summarise(runs: Sequence[dict[str, Any]]) -> list[SummaryLine]:
         lines.append(
             summary_line(
                 NAME,
-                f"{metric} ({(batched or single or {}).get('proposals_scanned', 0):,} proposals), speed-up",
+                f"{metric}, {(batched or single or {}).get('proposals_scanned', 0):,} proposals: "
+                "batched (service) vs one call at a time (baseline)",
                 "s",
                 b,
                 s,

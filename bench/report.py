@@ -183,6 +183,24 @@ def git_state() -> dict[str, Any]:
     return {"commit": git("rev-parse", "--short", "HEAD") or None, "uncommitted_changes": changed}
 
 
+def summary_markdown(lines: Sequence[Mapping[str, Any]]) -> str:
+    """The summary as a Markdown table (for the README's Performance section)."""
+    out = [
+        "| benchmark | metric | service | baseline | figure | aim | |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for data in lines:
+        unit = f" {data['unit']}"
+        service = "-" if data["service"] is None else fmt(data["service"]) + unit
+        baseline = "-" if data["baseline"] is None else fmt(data["baseline"]) + unit
+        verdict = "" if data["met"] is None else ("met" if data["met"] else "missed")
+        out.append(
+            f"| {data['benchmark']} | {data['metric']} | {service} | {baseline} | "
+            f"{data['figure_name']} {fmt(data['figure'])} | {data['aim'] or ''} | {verdict} |"
+        )
+    return "\n".join(out)
+
+
 def machine_info() -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {

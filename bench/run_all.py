@@ -2,8 +2,8 @@
 
 `python bench/run_all.py [--size tiny|default] [--only latency,burst] [--results-dir DIR]`; `make bench` runs
 the default sizes. Each benchmark writes bench/results/<name>.json; the summary goes to
-bench/results/summary.json as well. Aims are reported, not asserted: the exit code is non-zero only when a
-benchmark failed to run.
+bench/results/summary.json and, as a Markdown table for the README, summary.md. Aims are reported, not
+asserted: the exit code is non-zero only when a benchmark failed to run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from bench.report import DEFAULT_RESULTS_DIR, REPO_ROOT, machine_info, summary_table
+from bench.report import DEFAULT_RESULTS_DIR, REPO_ROOT, machine_info, summary_markdown, summary_table
 
 # name -> script; cheapest first, so a broken set-up shows early.
 BENCHMARKS: dict[str, str] = {
@@ -85,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "summary": lines,
     }
     (args.results_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.results_dir / "summary.md").write_text(summary_markdown(lines) + "\n")
     return 1 if failed else 0
 
 

@@ -41,5 +41,12 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
+# The chaos and bad-input suite at full size (docs/reliability.md); the figures land in $(CHAOS_REPORT).
+CHAOS_REPORT ?= /tmp/dloop-chaos-report.txt
+chaos: setup
+	rm -f $(CHAOS_REPORT)
+	DLOOP_CHAOS_SCALE=full DLOOP_CHAOS_REPORT=$(CHAOS_REPORT) $(BIN)/python -m pytest -q -s -rxX --timeout=3600 \
+		$(wildcard tests/test_chaos*.py tests/test_bad_input*.py tests/test_security*.py)
+
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from bench.harness import (
     NODE_COUNT,
+    AnvilWatchdog,
     ChainObserver,
     Devnet,
     ManagedProcess,
@@ -33,6 +34,7 @@ from bench.harness import (
     memory_mb,
     sign_proposals,
     sign_votes,
+    stop_on_sigterm,
     voter,
     workdir,
 )
@@ -81,7 +83,9 @@ async def warm_up(chain: Devnet, rpc: WsRpc, observer: ChainObserver, timeout: f
     """One proposal voted before the clock starts: the service is subscribed and has its caches warm."""
     warm = sign_proposals(chain, 1)
     await rpc.send_raw_many(warm.raw)
-    if not await observer.wait_until(lambda: observer.votes_on(warm.first_id) >= NODE_COUNT, timeout):
+    async with AnvilWatchdog(chain, observer, warm.raw):
+        voted = await observer.wait_until(lambda: observer.votes_on(warm.first_id) >= NODE_COUNT, timeout)
+    if not voted:
         raise RuntimeError(f"warm-up proposal {warm.first_id} not voted within {timeout:g} s")
 
 
@@ -108,13 +112,14 @@ async def timed_burst(
         if sampler is not None:
             sampler.start()
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        started = time.perf_counter()
-        await rpc.send_raw_many(creates.raw)
-        creates_sent = time.perf_counter()
-        if votes:
-            await rpc.send_raw_many(votes)
-        votes_sent = time.perf_counter()
-        complete = await observer.wait_until(lambda: observer.vote_count >= expected, timeout)
+        async with AnvilWatchdog(chain, observer, [*creates.raw, *votes]) as watchdog:
+            started = time.perf_counter()
+            await rpc.send_raw_many(creates.raw)
+            creates_sent = time.perf_counter()
+            if votes:  # node-major per proposal: five accounts in flight, each account's votes in order
+                await rpc.send_raw_many(votes, window=NODE_COUNT)
+            votes_sent = time.perf_counter()
+            complete = await observer.wait_until(lambda: observer.vote_count >= expected, timeout)
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         memory = sampler.stop() if sampler is not None else None
     ids = list(creates.ids)
@@ -139,6 +144,7 @@ async def timed_burst(
         # CPU seconds each process used between the first send and the last vote: with 2 cores, the
         # service's share shows whether it is CPU-bound (close to elapsed) or waiting.
         "cpu_s": cpu,
+        "anvil_kicks": watchdog.kicks,
     }
 
 
@@ -216,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--voters", default="baseline,service", help="baseline,service or one of them")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for all votes")
     args = parser.parse_args(argv)
+    stop_on_sigterm()
     proposals = args.proposals or SIZES[args.size]["proposals"]
     started_at, started = dt.datetime.now(dt.UTC), time.perf_counter()
     runs = []

@@ -475,10 +475,76 @@ async def create_on_chain(chain: Devnet, count: int, *, timeout: float = 600.0) 
     """Create `count` proposals as fast as anvil takes them; returns once all are mined."""
     proposals = sign_proposals(chain, count)
     async with WsRpc(chain.ws_url) as rpc:
-        await rpc.send_raw_many(proposals.raw)
+        await rpc.send_raw_many(proposals.raw, window=1)
     deadline = time.monotonic() + timeout
     while proposal_count(chain) < proposals.ids.stop - 1:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{count} proposals not mined within {timeout:g} s")
         await asyncio.sleep(0.05)
     return proposals
+
+
+class AnvilWatchdog:
+    """Unsticks anvil's automine, and counts how often it had to.
+
+    Under concurrent submission anvil 1.7.1 has been seen to leave transactions in its pool for good (listed
+    as `queued` with the account's next nonce, never mined). When nothing new is announced for `quiet`
+    seconds while the pool holds transactions, the watchdog mines a block and re-sends `resend` (our own
+    signed transactions; already mined ones are refused harmlessly). Results report the kicks: a run with
+    kicks measured anvil's hiccup as well as the voter.
+    """
+
+    def __init__(
+        self, chain: Devnet, observer: ChainObserver, resend: Sequence[bytes] = (), *, quiet: float = 3.0
+    ) -> None:
+        self.chain = chain
+        self.observer = observer
+        self.resend = list(resend)
+        self.quiet = quiet
+        self.kicks = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def _progress(self) -> tuple[int, int]:
+        return len(self.observer.created), self.observer.vote_count
+
+    async def _watch(self) -> None:
+        last, since = self._progress(), time.perf_counter()
+        while True:
+            await asyncio.sleep(0.5)
+            now = self._progress()
+            if now != last:
+                last, since = now, time.perf_counter()
+                continue
+            if time.perf_counter() - since < self.quiet:
+                continue
+            status = await asyncio.to_thread(self.chain.rpc, "txpool_status")
+            if int(status.get("pending", "0x0"), 16) + int(status.get("queued", "0x0"), 16) == 0:
+                since = time.perf_counter()
+                continue
+            self.kicks += 1
+            print(f"anvil watchdog: pool stuck ({status}), mining a block", file=sys.stderr, flush=True)
+            await asyncio.to_thread(self.chain.rpc, "evm_mine")
+            for raw in self.resend:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.chain.rpc, "eth_sendRawTransaction", ["0x" + raw.hex()])
+            since = time.perf_counter()
+
+    async def __aenter__(self) -> AnvilWatchdog:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends a benchmark like Ctrl-C: context managers stop anvil, the service and the apps it started
+    (they run in sessions of their own, so a signal to our process group does not reach them)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)

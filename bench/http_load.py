@@ -30,6 +30,7 @@ from bench.burst import warm_up
 from bench.harness import (
     NODE_COUNT,
     PYTHON,
+    AnvilWatchdog,
     ChainObserver,
     ManagedProcess,
     base_parser,
@@ -38,6 +39,7 @@ from bench.harness import (
     http_get,
     service,
     sign_proposals,
+    stop_on_sigterm,
     workdir,
 )
 from bench.report import (
@@ -113,25 +115,32 @@ async def service_phase(
             await warm_up(chain, rpc, observer, timeout)
             creates = sign_proposals(chain, proposals)
             expected = observer.vote_count + proposals * NODE_COUNT
-            started = time.perf_counter()
-            await rpc.send_raw_many(creates.raw)
-            listed_after = await wait_listed(process.database, proposals + 1, timeout)
-            for path in ENDPOINTS:
-                before = observer.vote_count
-                result = await generate_load(base_url + path, duration, concurrency)
-                result.update(
-                    server="service",
-                    condition="during burst",
-                    endpoint=path,
-                    votes_mined_during_load=observer.vote_count - before,
-                    burst_still_running=observer.vote_count < expected,
-                )
-                loads.append(result)
-            voted = await observer.wait_until(lambda: observer.vote_count >= expected, timeout)
-            burst_s = time.perf_counter() - started
+            async with AnvilWatchdog(chain, observer, creates.raw) as watchdog:
+                started = time.perf_counter()
+                await rpc.send_raw_many(creates.raw)
+                listed_after = await wait_listed(process.database, proposals + 1, timeout)
+                for path in ENDPOINTS:
+                    before = observer.vote_count
+                    result = await generate_load(base_url + path, duration, concurrency)
+                    result.update(
+                        server="service",
+                        condition="during burst",
+                        endpoint=path,
+                        votes_mined_during_load=observer.vote_count - before,
+                        burst_still_running=observer.vote_count < expected,
+                    )
+                    loads.append(result)
+                voted = await observer.wait_until(lambda: observer.vote_count >= expected, timeout)
+                burst_s = time.perf_counter() - started
         loads += await idle_loads("service", base_url, duration, concurrency)
         bodies = {path: json.loads(http_get(base_url + path, 30.0)[1]) for path in ENDPOINTS}
-    burst = {"listed_after_s": listed_after, "burst_s": burst_s, "all_voted": voted, "bodies": bodies}
+    burst = {
+        "listed_after_s": listed_after,
+        "burst_s": burst_s,
+        "all_voted": voted,
+        "anvil_kicks": watchdog.kicks,
+        "bodies": bodies,
+    }
     return loads, burst
 
 
@@ -263,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--concurrency", type=int, default=8, help="keep-alive connections of the load")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the burst")
     args = parser.parse_args(argv)
+    stop_on_sigterm()
     proposals = args.proposals or SIZES[args.size]["proposals"]
     duration = args.duration or SIZES[args.size]["duration"]
     started_at, started = dt.datetime.now(dt.UTC), time.perf_counter()

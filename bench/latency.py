@@ -27,11 +27,13 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from bench.harness import (
     NODE_COUNT,
     VOTERS,
+    AnvilWatchdog,
     ChainObserver,
     Devnet,
     base_parser,
     devnet,
     sign_proposals,
+    stop_on_sigterm,
     workdir,
 )
 from bench.harness import voter as start_voter
@@ -64,13 +66,14 @@ class Samples:
     blocks_to_vote: list[int]
     missed: int  # proposals whose five votes did not all arrive within the timeout
     observed: dict[int, ObservedProposal]
+    anvil_kicks: int = 0
 
 
 async def measure(chain: Devnet, samples: int, timeout: float) -> Samples:
     proposals = sign_proposals(chain, WARMUP + samples)
     observer = ChainObserver()
     result = Samples([], [], [], [], 0, {})
-    async with WsRpc(chain.ws_url) as rpc:
+    async with WsRpc(chain.ws_url) as rpc, AnvilWatchdog(chain, observer, proposals.raw) as watchdog:
         await observer.attach(rpc, chain.info.contract_address)
         for index, (proposal_id, raw) in enumerate(zip(proposals.ids, proposals.raw, strict=True)):
             await rpc.call("eth_sendRawTransaction", ["0x" + raw.hex()])
@@ -92,6 +95,7 @@ async def measure(chain: Devnet, samples: int, timeout: float) -> Samples:
             result.all_votes_ms.append(latencies[-1])
             result.blocks_to_vote += [v.block - created.block for v in votes]
             result.observed[proposal_id] = ObservedProposal(created.wall, [v.wall for v in votes])
+        result.anvil_kicks = watchdog.kicks
     return result
 
 
@@ -118,6 +122,7 @@ def run_mode(
         "all_five_ms": distribution(measured.all_votes_ms),
         "blocks_to_vote": distribution([float(b) for b in measured.blocks_to_vote]),
         "service_stages": stages,
+        "anvil_kicks": measured.anvil_kicks,
     }
 
 
@@ -204,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--voters", default=",".join(VOTERS), help="baseline,service or one of them")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for five votes")
     args = parser.parse_args(argv)
+    stop_on_sigterm()
     preset = SIZES[args.size]
     samples = args.samples or preset["samples"]
     block_time = args.block_time or preset["block_time"]

@@ -23,12 +23,14 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from bench.burst import warm_up
 from bench.harness import (
     NODE_COUNT,
+    AnvilWatchdog,
     ChainObserver,
     base_parser,
     devnet,
     memory_mb,
     service,
     sign_proposals,
+    stop_on_sigterm,
     workdir,
 )
 from bench.report import Aim, SummaryLine, format_table, result_document, summary_line, write_result
@@ -51,11 +53,15 @@ async def measure(chunks: int, chunk: int, directory: Path, timeout: float) -> d
             await warm_up(chain, rpc, observer, timeout)
             points.append({"proposals": 0, "seconds": 0.0, **memory_mb(process.pid)})
             started = time.perf_counter()
+            kicks = 0
             for index in range(1, chunks + 1):
                 creates = sign_proposals(chain, chunk)  # signing is outside the service: not its memory
                 expected = observer.vote_count + chunk * NODE_COUNT
-                await rpc.send_raw_many(creates.raw)
-                if not await observer.wait_until(lambda e=expected: observer.vote_count >= e, timeout):  # type: ignore[misc]
+                async with AnvilWatchdog(chain, observer, creates.raw) as watchdog:
+                    await rpc.send_raw_many(creates.raw)
+                    voted = await observer.wait_until(lambda e=expected: observer.vote_count >= e, timeout)  # type: ignore[misc]
+                kicks += watchdog.kicks
+                if not voted:
                     raise RuntimeError(f"burst {index}: votes incomplete after {timeout:g} s")
                 points.append(
                     {
@@ -65,7 +71,7 @@ async def measure(chunks: int, chunk: int, directory: Path, timeout: float) -> d
                     }
                 )
         duplicates = observer.duplicate_votes
-    return {"startup_s": startup, "points": points, "duplicate_votes": duplicates}
+    return {"startup_s": startup, "points": points, "duplicate_votes": duplicates, "anvil_kicks": kicks}
 
 
 def growth(points: Sequence[dict[str, Any]]) -> dict[str, float | None]:
@@ -118,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--chunk", type=int, help="proposals per burst (default by --size)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for one burst")
     args = parser.parse_args(argv)
+    stop_on_sigterm()
     chunks = args.chunks or SIZES[args.size]["chunks"]
     chunk = args.chunk or SIZES[args.size]["chunk"]
     started_at, started = dt.datetime.now(dt.UTC), time.perf_counter()

@@ -25,7 +25,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from bench.harness import Devnet, base_parser, create_on_chain, devnet, workdir
+from bench.harness import Devnet, base_parser, create_on_chain, devnet, stop_on_sigterm, workdir
 from bench.report import Aim, SummaryLine, format_table, result_document, summary_line, write_result
 from chain.accounts import node_accounts
 from chain.client import ChainClient
@@ -190,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = base_parser(__doc__ or NAME)
     parser.add_argument("--proposals", type=int, help="proposals on chain (default by --size)")
     args = parser.parse_args(argv)
+    stop_on_sigterm()
     proposals = args.proposals or SIZES[args.size]["proposals"]
     started_at, started = dt.datetime.now(dt.UTC), time.perf_counter()
     print(f"{NAME}: {proposals} proposals ...", file=sys.stderr, flush=True)

@@ -116,8 +116,8 @@ async def timed_burst(
             started = time.perf_counter()
             await rpc.send_raw_many(creates.raw)
             creates_sent = time.perf_counter()
-            if votes:  # node-major per proposal: five accounts in flight, each account's votes in order
-                await rpc.send_raw_many(votes, window=NODE_COUNT)
+            if votes:
+                await rpc.send_raw_many(votes)
             votes_sent = time.perf_counter()
             complete = await observer.wait_until(lambda: observer.vote_count >= expected, timeout)
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}

@@ -475,7 +475,7 @@ async def create_on_chain(chain: Devnet, count: int, *, timeout: float = 600.0) 
     """Create `count` proposals as fast as anvil takes them; returns once all are mined."""
     proposals = sign_proposals(chain, count)
     async with WsRpc(chain.ws_url) as rpc:
-        await rpc.send_raw_many(proposals.raw, window=1)
+        await rpc.send_raw_many(proposals.raw)
     deadline = time.monotonic() + timeout
     while proposal_count(chain) < proposals.ids.stop - 1:
         if time.monotonic() > deadline:
@@ -487,10 +487,10 @@ async def create_on_chain(chain: Devnet, count: int, *, timeout: float = 600.0) 
 class AnvilWatchdog:
     """Unsticks anvil's automine, and counts how often it had to.
 
-    Under concurrent submission anvil 1.7.1 has been seen to leave transactions in its pool for good (listed
-    as `queued` with the account's next nonce, never mined). When nothing new is announced for `quiet`
-    seconds while the pool holds transactions, the watchdog mines a block and re-sends `resend` (our own
-    signed transactions; already mined ones are refused harmlessly). Results report the kicks: a run with
+    Under concurrent submission anvil 1.7.1's automine can leave ready transactions `pending` until the next
+    one arrives (and once left some `queued` with the account's next nonce). When nothing new is announced
+    for `quiet` seconds while the pool holds transactions, the watchdog mines a block and re-sends `resend`
+    (our own signed transactions; already mined ones are refused harmlessly). Results report the kicks: a run with
     kicks measured anvil's hiccup as well as the voter.
     """
 
@@ -502,6 +502,7 @@ class AnvilWatchdog:
         self.resend = list(resend)
         self.quiet = quiet
         self.kicks = 0
+        self.stuck: list[dict[str, int]] = []  # the pool's transactions by sender at each kick
         self._task: asyncio.Task[None] | None = None
 
     def _progress(self) -> tuple[int, int]:
@@ -522,7 +523,18 @@ class AnvilWatchdog:
                 since = time.perf_counter()
                 continue
             self.kicks += 1
-            print(f"anvil watchdog: pool stuck ({status}), mining a block", file=sys.stderr, flush=True)
+            pool = await asyncio.to_thread(self.chain.rpc, "txpool_inspect")
+            stuck = {
+                f"{kind} {sender[:10]}": len(txs)
+                for kind in ("pending", "queued")
+                for sender, txs in (pool.get(kind) or {}).items()
+            }
+            self.stuck.append(stuck)
+            print(
+                f"anvil watchdog: nothing mined for {self.quiet:g} s, pool {stuck}; mining a block",
+                file=sys.stderr,
+                flush=True,
+            )
             await asyncio.to_thread(self.chain.rpc, "evm_mine")
             for raw in self.resend:
                 with contextlib.suppress(Exception):

@@ -490,8 +490,8 @@ class AnvilWatchdog:
     Under concurrent submission anvil 1.7.1's automine can leave ready transactions `pending` until the next
     one arrives (and once left some `queued` with the account's next nonce). When nothing new is announced
     for `quiet` seconds while the pool holds transactions, the watchdog mines a block and re-sends `resend`
-    (our own signed transactions; already mined ones are refused harmlessly). Results report the kicks: a run with
-    kicks measured anvil's hiccup as well as the voter.
+    (our own signed transactions; already mined ones are refused harmlessly). Results report the kicks: a
+    run with kicks measured anvil's hiccup as well as the voter.
     """
 
     def __init__(

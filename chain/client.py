@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import anyio
 from eth_utils import to_checksum_address
@@ -13,7 +14,7 @@ from web3 import AsyncWeb3
 from chain.codec import AbiFunction, dao_functions, erc20_functions, event_topics
 from chain.connection import classify_rpc_error, translate_exception
 from chain.types import AssetInfo, ProposalData
-from dloop.errors import ChainError, ContractRevert, TransientChainError
+from dloop.errors import ChainError, ContractRevert, RateLimited, TransientChainError
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,29 @@ def parse_log(raw: dict[str, Any]) -> RawLog:
     )
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+RATE_LIMIT_ATTEMPTS = 6  # 0.3^6: a provider refusing 30 % of requests still answers each one
+
+
+async def retry_rate_limited(call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Retry a rate-limit answer with backoff and jitter, so that no caller drops its connection (and
+    re-reads everything) over a provider's momentary refusal. Other errors pass straight through."""
+    attempt = 0
+    while True:
+        try:
+            return await call(*args, **kwargs)
+        except RateLimited:
+            attempt += 1
+            if attempt >= RATE_LIMIT_ATTEMPTS:
+                raise
+            await _rate_limit_pause(attempt)
+
+
+async def _rate_limit_pause(attempt: int) -> None:
+    await anyio.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))
+
+
 # Learnt once per process: endpoints that refuse or cap JSON-RPC batches get single requests instead.
 _ENDPOINTS_REFUSING_BATCHES: set[str] = set()
 
@@ -100,6 +124,10 @@ class ChainClient:
 
     # -- raw JSON-RPC ----------------------------------------------------------------------------------
     async def request(self, method: str, params: Sequence[Any]) -> Any:
+        """One JSON-RPC request; rate-limit answers are retried (see `retry_rate_limited`)."""
+        return await retry_rate_limited(self._request_once, method, params)
+
+    async def _request_once(self, method: str, params: Sequence[Any]) -> Any:
         # Through the request manager, so web3 knows the request: an error answer to a request it does not
         # know is raised as a "stray error" inside the next, unrelated request.
         try:
@@ -109,7 +137,20 @@ class ChainClient:
             raise translate_exception(exc) from exc
 
     async def batch(self, requests: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-        """One JSON-RPC batch; results (or ChainError instances) in request order."""
+        """One JSON-RPC batch; results (or ChainError instances) in request order. Items answered with a
+        rate limit are asked again (a smaller batch each time), like single requests."""
+        results = await retry_rate_limited(self._batch_once, requests)
+        for attempt in range(1, RATE_LIMIT_ATTEMPTS):
+            limited = [i for i, result in enumerate(results) if isinstance(result, RateLimited)]
+            if not limited:
+                break
+            await _rate_limit_pause(attempt)
+            again = await retry_rate_limited(self._batch_once, [requests[i] for i in limited])
+            for i, result in zip(limited, again, strict=True):
+                results[i] = result
+        return results
+
+    async def _batch_once(self, requests: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
         provider = self.w3.provider
         processor = provider._request_processor
         async with self._batch_lock:

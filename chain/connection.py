@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,12 +11,15 @@ from urllib.parse import urlsplit
 
 from web3 import AsyncWeb3, WebSocketProvider
 from web3.exceptions import (
+    BadResponseFormat,
     PersistentConnectionError,
     ProviderConnectionError,
+    TaskNotRunning,
     TimeExhausted,
     TooManyRequests,
     Web3RPCError,
 )
+from websockets.exceptions import InvalidStatus
 
 from chain.codec import decode_revert
 from dloop.errors import (
@@ -65,10 +69,14 @@ async def open_ws(
         subscription_response_queue_size=20_000,
     )
     try:
-        w3 = AsyncWeb3(provider)
+        # No default middleware: its validation step sent eth_chainId before and after every eth_call
+        # (three round trips for one read), and its ENS step rewrote filters. Requests go out as written.
+        w3 = AsyncWeb3(provider, middleware=[])
         await provider.connect()
-    except (OSError, ProviderConnectionError, PersistentConnectionError, TimeoutError) as exc:
+    except (OSError, ProviderConnectionError, PersistentConnectionError, TimeoutError, InvalidStatus) as exc:
         detail = str(exc).replace(url, safe_url(url))  # web3 repeats the full URL in its message
+        if isinstance(translate_exception(exc), RateLimited) or "429" in detail:
+            raise RateLimited(f"cannot connect to {safe_url(url)}: rate limited ({detail})") from exc
         raise TransientChainError(f"cannot connect to {safe_url(url)}: {detail}") from exc
     try:
         yield w3
@@ -78,12 +86,39 @@ async def open_ws(
             await provider.disconnect()
 
 
+# Providers word "your eth_getLogs range or result set is too big" in many ways (Infura even uses -32005).
+_RANGE_ERROR_PHRASES = (
+    "range too large",
+    "range is too large",
+    "block range",
+    "too many results",
+    "too many logs",
+    "query returned more than",
+    "more than 10000",
+    "exceed maximum block range",
+    "exceeds the range",
+    "response size",
+    "response is too big",
+    "logs matched by query exceeds",
+    "result window",
+    "too large",
+)
+
+
+def is_log_range_error(message: str) -> bool:
+    """Whether an eth_getLogs error asks for a smaller block range."""
+    lowered = message.lower()
+    return any(phrase in lowered for phrase in _RANGE_ERROR_PHRASES)
+
+
 def classify_rpc_error(error: dict[str, Any]) -> ChainError:
     """Map a JSON-RPC error object to the service's error tree."""
     code = error.get("code")
     message = str(error.get("message", ""))
     lowered = message.lower()
     data = error.get("data")
+    if is_log_range_error(message):
+        return ChainError(f"RPC error {code}: {message}")  # Infura words this as -32005 too: not a rate limit
     if code == -32005 or "too many requests" in lowered or "rate limit" in lowered:
         return RateLimited(message)
     if code == 3 or "execution reverted" in lowered or "revert" in lowered:
@@ -114,6 +149,12 @@ def translate_exception(exc: BaseException) -> ChainError:
         exc, OSError | TimeoutError | TimeExhausted | PersistentConnectionError | ProviderConnectionError
     ):
         return TransientChainError(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, json.JSONDecodeError | BadResponseFormat | TaskNotRunning):
+        # After one unparsable message web3 re-raises it on every later request of the socket: only a new
+        # connection helps, so this is transient (reconnect), not a lasting error.
+        return TransientChainError(f"malformed answer from the node: {type(exc).__name__}: {exc}")
+    if isinstance(exc, InvalidStatus) and exc.response.status_code == 429:
+        return RateLimited(f"handshake answered HTTP 429: {exc}")
     name = type(exc).__module__
     if name.startswith("websockets"):
         return TransientChainError(f"connection lost: {type(exc).__name__}: {exc}")

@@ -5,29 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# Providers word "your eth_getLogs range or result set is too big" in many ways (Infura even uses -32005).
-_RANGE_ERROR_PHRASES = (
-    "range too large",
-    "range is too large",
-    "block range",
-    "too many results",
-    "too many logs",
-    "query returned more than",
-    "more than 10000",
-    "exceed maximum block range",
-    "exceeds the range",
-    "response size",
-    "response is too big",
-    "logs matched by query exceeds",
-    "result window",
-    "too large",
-)
+from chain.connection import is_log_range_error
 
-
-def is_range_error(message: str) -> bool:
-    """Whether an eth_getLogs error asks for a smaller block range."""
-    lowered = message.lower()
-    return any(phrase in lowered for phrase in _RANGE_ERROR_PHRASES)
+# Whether an eth_getLogs error asks for a smaller block range (the phrases live with the RPC errors).
+is_range_error = is_log_range_error
 
 
 @dataclass(frozen=True)

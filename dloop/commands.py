@@ -21,7 +21,7 @@ import httpx
 from chain.accounts import node_accounts
 from chain.client import ChainClient
 from chain.connection import open_ws, safe_url
-from dloop.errors import ChainError, ConfigError, DloopError, TransientChainError
+from dloop.errors import ChainError, ConfigError, DloopError, RateLimited, TransientChainError
 from dloop.logs import configure_logging, log_event
 from dloop.settings import Settings, load_settings
 from storage.engine import check_database_location, create_engine, session_factory
@@ -81,10 +81,7 @@ async def preflight_chain(settings: Settings) -> int:
     where = safe_url(settings.rpc_ws_url)
     try:
         with anyio.fail_after(PREFLIGHT_TIMEOUT):
-            async with open_ws(settings.rpc_ws_url, request_timeout=min(settings.rpc_timeout, 10.0)) as w3:
-                client = ChainClient(w3, settings.contract_address, timeout=min(settings.rpc_timeout, 10.0))
-                chain_id = await client.chain_id()
-                code = await client.code_at(settings.contract_address)
+            chain_id, code = await _read_chain_identity(settings)
     except TimeoutError:
         raise ConfigError(
             "DLOOP_RPC_WS_URL", f"{where} did not answer within {PREFLIGHT_TIMEOUT:g} s"
@@ -102,6 +99,21 @@ async def preflight_chain(settings: Settings) -> int:
             f"no contract code at {settings.contract_address} on chain {chain_id} ({where})",
         )
     return chain_id
+
+
+async def _read_chain_identity(settings: Settings) -> tuple[int, str]:
+    """(chain id, contract code); a rate-limited provider is asked again until PREFLIGHT_TIMEOUT."""
+    timeout = min(settings.rpc_timeout, 10.0)
+    delay = 0.2
+    while True:
+        try:
+            async with open_ws(settings.rpc_ws_url, request_timeout=timeout) as w3:
+                client = ChainClient(w3, settings.contract_address, timeout=timeout)
+                return await client.chain_id(), await client.code_at(settings.contract_address)
+        except RateLimited as exc:
+            log_event(logger, "preflight_rate_limited", level=logging.WARNING, error=str(exc), delay=delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 3.0)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 from web3.types import LogsSubscriptionArg
 
-from chain.client import ChainClient
+from chain.client import ChainClient, retry_rate_limited
 from chain.codec import event_topics
 from chain.connection import open_ws, translate_exception
 from dloop.errors import ChainError, ConfigError, DloopError, TransientChainError
@@ -109,9 +109,11 @@ class Listener:
     # -- the reconnect loop -----------------------------------------------------------------------------
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         started = False
+        went_live = False  # this connection got live; set by on_live, since most connections end in an error
 
         def on_live() -> None:
-            nonlocal started
+            nonlocal started, went_live
+            went_live = True
             if not started:
                 started = True
                 task_status.started()
@@ -124,7 +126,7 @@ class Listener:
                 if not loaded:
                     await self._tracker.load()
                     loaded = True
-                went_live = await self._connection(on_live)
+                await self._connection(on_live)
                 reason = "the node closed the connection"
             except Exception as exc:
                 fatal = _find(exc, ConfigError)
@@ -346,10 +348,13 @@ class Listener:
 
 
 async def _subscribe(w3: AsyncWeb3[Any], kind: str, arg: LogsSubscriptionArg | None) -> str:
-    try:
-        return str(await w3.eth.subscribe(kind, arg))  # type: ignore[arg-type]
-    except Exception as exc:
-        raise translate_exception(exc) from exc
+    async def once() -> str:
+        try:
+            return str(await w3.eth.subscribe(kind, arg))  # type: ignore[arg-type]
+        except Exception as exc:
+            raise translate_exception(exc) from exc
+
+    return await retry_rate_limited(once)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

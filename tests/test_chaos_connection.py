@@ -203,11 +203,6 @@ def anyio_backend() -> str:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Listener.run resets its backoff only when _connection returns; a live connection that ends "
-    "with an error (the usual case) keeps the attempt count, so delays grow towards 30 s across drops",
-)
 async def test_the_listener_backoff_starts_over_after_a_connection_that_was_live(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

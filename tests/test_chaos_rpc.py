@@ -44,24 +44,14 @@ from tests.support.voter import (
 NODES = 5
 PROPOSALS = sized(12, 49)
 
-# Known to fail today (see the focused reproducers at the end): xfail until fixed, then they must pass.
-BROKEN_BY_RATE_LIMITS = pytest.mark.xfail(
-    strict=True,
-    reason="listener reconnects on every -32005 and never gets live (bug B in docs/reliability.md)",
-)
-BROKEN_BY_MALFORMED = pytest.mark.xfail(
-    strict=True, reason="one malformed answer stops the voter for good (bug A in docs/reliability.md)"
-)
 PLANS = sized(
     [pytest.param(FaultPlan(max_batch=0), id="every-batch-refused")],
     [
         pytest.param(FaultPlan(max_batch=0), id="every-batch-refused"),
         pytest.param(FaultPlan(max_batch=3), id="batches-over-3-refused"),
         pytest.param(FaultPlan(delayed=0.1, delay_seconds=2.0), id="delays"),
-        pytest.param(
-            FaultPlan(rate_limited=0.3, handshake_429=0.3), id="rate-limits", marks=BROKEN_BY_RATE_LIMITS
-        ),
-        pytest.param(FaultPlan(garbled=0.05), id="malformed", marks=BROKEN_BY_MALFORMED),
+        pytest.param(FaultPlan(rate_limited=0.3, handshake_429=0.3), id="rate-limits"),
+        pytest.param(FaultPlan(garbled=0.05), id="malformed"),
     ],
 )
 SETTLE_TIMEOUT = sized(60.0, 300.0)  # 2 s delays make a 49-proposal burst take minutes
@@ -128,11 +118,6 @@ def anyio_backend() -> str:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: web3 re-raises a malformed answer on every later request of the socket; translate_exception "
-    "makes it a plain ChainError, so the voter never reconnects and stops voting",
-)
 async def test_one_malformed_answer_does_not_stop_the_voter(tmp_path: Path) -> None:
     with devnet_chain(3) as (node, info):
         async with faulty_rpc_proxy(node.ws_url, FaultPlan()) as proxy:
@@ -157,11 +142,6 @@ async def test_one_malformed_answer_does_not_stop_the_voter(tmp_path: Path) -> N
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the listener retries no single request; any -32005 reconnects it, and with 30% of requests "
-    "rate-limited it never gets live again (new proposals wait for the reconcile pass)",
-)
 async def test_the_listener_keeps_up_through_30_percent_rate_limits(tmp_path: Path) -> None:
     with AnvilProcess() as anvil:
         info = deploy_devnet(anvil.http_url, proposals=0)
@@ -183,11 +163,6 @@ async def test_the_listener_keeps_up_through_30_percent_rate_limits(tmp_path: Pa
             await db.engine.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: dloop run's preflight does not retry: one -32005 at start-up exits 2 "
-    "('DLOOP_RPC_WS_URL: cannot connect ... (Too Many Requests)')",
-)
 def test_start_up_through_a_rate_limited_first_request(tmp_path: Path) -> None:
     with AnvilProcess() as anvil, proxy_in_thread(anvil.ws_url, FaultPlan()) as proxy:
         devnet = deploy_devnet(anvil.http_url, proposals=0)

@@ -203,8 +203,25 @@ def check_exactly_once(url: str, contract: str, addresses: list[str]) -> Counter
     per_node = Counter(voter for _, voter, _ in events)
     for address in addresses:
         nonce = int(rpc(url, "eth_getTransactionCount", [address, "latest"]), 16)
-        assert nonce == per_node[address], f"{address}: {nonce} transactions, {per_node[address]} votes"
+        if nonce != per_node[address]:
+            raise AssertionError(
+                f"{address}: {nonce} transactions, {per_node[address]} votes; its transactions: "
+                f"{transactions_of(url, address)}"
+            )
     return per_node
+
+
+def transactions_of(url: str, address: str) -> list[tuple[int, int, str, int]]:
+    """(block, nonce, input prefix, receipt status) of every transaction sent by `address`, to explain a
+    broken invariant."""
+    found = []
+    for number in range(int(rpc(url, "eth_blockNumber"), 16) + 1):
+        block = rpc(url, "eth_getBlockByNumber", [hex(number), True])
+        for tx in block["transactions"]:
+            if tx["from"].lower() == address.lower():
+                status = int(rpc(url, "eth_getTransactionReceipt", [tx["hash"]])["status"], 16)
+                found.append((number, int(tx["nonce"], 16), tx["input"][:74], status))
+    return found
 
 
 def vote_by_hand(url: str, contract: str, key: str, proposal_id: int, support: bool) -> None:

@@ -197,12 +197,20 @@ def vote_events(url: str, contract: str) -> list[tuple[int, str, bool]]:
 def check_exactly_once(url: str, contract: str, addresses: list[str]) -> Counter[str]:
     """The invariant: each node's transaction count equals its VoteCast events, and no (proposal, node)
     pair has two votes. Returns the votes per node."""
-    events = vote_events(url, contract)
+    # A transaction a killed process had already handed to the node can be mined while we read: read the
+    # nonces on both sides of the logs, and again until nothing moved in between.
+    for _ in range(50):
+        before = [rpc(url, "eth_getTransactionCount", [a, "latest"]) for a in addresses]
+        events = vote_events(url, contract)
+        nonces = [rpc(url, "eth_getTransactionCount", [a, "latest"]) for a in addresses]
+        if nonces == before:
+            break
+        time.sleep(0.1)
     pairs = Counter((pid, voter) for pid, voter, _ in events)
     assert all(n == 1 for n in pairs.values()), [p for p, n in pairs.items() if n > 1]
     per_node = Counter(voter for _, voter, _ in events)
-    for address in addresses:
-        nonce = int(rpc(url, "eth_getTransactionCount", [address, "latest"]), 16)
+    for address, raw_nonce in zip(addresses, nonces, strict=True):
+        nonce = int(raw_nonce, 16)
         if nonce != per_node[address]:
             raise AssertionError(
                 f"{address}: {nonce} transactions, {per_node[address]} votes; its transactions: "

@@ -42,7 +42,11 @@ from bench.report import Aim, SummaryLine, format_table, result_document, summar
 from bench.rpc import WsRpc
 
 NAME = "burst"
-SIZES: dict[str, dict[str, Any]] = {"tiny": {"proposals": 10}, "default": {"proposals": 1000}}
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"proposals": 10},
+    "medium": {"proposals": 200},
+    "default": {"proposals": 1000},
+}
 AIM = Aim(">=", 0.6)
 
 

@@ -25,7 +25,7 @@ from typing import IO, Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from bench.report import DEFAULT_RESULTS_DIR, REPO_ROOT
+from bench.report import DEFAULT_RESULTS_DIR, REPO_ROOT, SIZES
 from bench.rpc import WsRpc
 from chain.codec import dao_functions, event_topics
 from dloop.anvil import AnvilProcess, free_port, json_rpc
@@ -45,7 +45,12 @@ NODE_COUNT = 5
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--size", choices=("tiny", "default"), default="default", help="preset counts")
+    parser.add_argument(
+        "--size",
+        choices=SIZES,
+        default="default",
+        help="preset counts: tiny (smoke test), medium (~10 min on a shared 2-core machine), default",
+    )
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR, help="where JSON goes")
     parser.add_argument(
         "--keep-workdir", action="store_true", help="keep the temporary directory (service logs, db)"
@@ -487,15 +492,16 @@ async def create_on_chain(chain: Devnet, count: int, *, timeout: float = 600.0) 
 class AnvilWatchdog:
     """Unsticks anvil's automine, and counts how often it had to.
 
-    Under concurrent submission anvil 1.7.1's automine can leave ready transactions `pending` until the next
-    one arrives (and once left some `queued` with the account's next nonce). When nothing new is announced
-    for `quiet` seconds while the pool holds transactions, the watchdog mines a block and re-sends `resend`
-    (our own signed transactions; already mined ones are refused harmlessly). Results report the kicks: a
+    When transactions arrive faster than it mines, anvil 1.7.1's automine leaves ready ones `pending` until
+    the next transaction arrives (seen with the service's 5 x 16 in-flight votes, and once as `queued` with
+    the account's next nonce). When nothing new is announced for `quiet` seconds while the pool holds
+    transactions, the watchdog mines a block, and re-sends `resend` (our own signed transactions; mined ones
+    are refused harmlessly) if any are queued. Results report the kicks: a
     run with kicks measured anvil's hiccup as well as the voter.
     """
 
     def __init__(
-        self, chain: Devnet, observer: ChainObserver, resend: Sequence[bytes] = (), *, quiet: float = 3.0
+        self, chain: Devnet, observer: ChainObserver, resend: Sequence[bytes] = (), *, quiet: float = 1.5
     ) -> None:
         self.chain = chain
         self.observer = observer
@@ -519,7 +525,8 @@ class AnvilWatchdog:
             if time.perf_counter() - since < self.quiet:
                 continue
             status = await asyncio.to_thread(self.chain.rpc, "txpool_status")
-            if int(status.get("pending", "0x0"), 16) + int(status.get("queued", "0x0"), 16) == 0:
+            queued = int(status.get("queued", "0x0"), 16)
+            if int(status.get("pending", "0x0"), 16) + queued == 0:
                 since = time.perf_counter()
                 continue
             self.kicks += 1
@@ -536,7 +543,7 @@ class AnvilWatchdog:
                 flush=True,
             )
             await asyncio.to_thread(self.chain.rpc, "evm_mine")
-            for raw in self.resend:
+            for raw in self.resend if queued else ():
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self.chain.rpc, "eth_sendRawTransaction", ["0x" + raw.hex()])
             since = time.perf_counter()

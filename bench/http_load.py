@@ -57,6 +57,7 @@ from dloop.anvil import free_port
 NAME = "http"
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"proposals": 10, "duration": 0.3},
+    "medium": {"proposals": 200, "duration": 3.0},
     "default": {"proposals": 1000, "duration": 5.0},
 }
 ENDPOINTS = ("/active-proposals", "/health")

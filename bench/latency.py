@@ -52,6 +52,7 @@ from bench.stages import ObservedProposal, service_moments, stage_breakdown
 NAME = "latency"
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"samples": 3, "block_time": 0.5},
+    "medium": {"samples": 30, "block_time": 1.0},
     "default": {"samples": 100, "block_time": 1.0},
 }
 AIM = Aim("<=", 1.5)

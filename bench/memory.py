@@ -39,6 +39,7 @@ from bench.rpc import WsRpc
 NAME = "memory"
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"chunks": 2, "chunk": 5},
+    "medium": {"chunks": 5, "chunk": 200},
     "default": {"chunks": 10, "chunk": 1000},
 }
 AIM_MB = Aim("<=", 200)

@@ -40,7 +40,11 @@ from storage.migrations import upgrade
 from storage.proposals import sync_nodes
 
 NAME = "reconcile_scan"
-SIZES: dict[str, dict[str, Any]] = {"tiny": {"proposals": 20}, "default": {"proposals": 5000}}
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"proposals": 20},
+    "medium": {"proposals": 1000},
+    "default": {"proposals": 5000},
+}
 AIM = Aim(">=", 10)
 BATCHED, SINGLE = 50, 1
 

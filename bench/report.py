@@ -16,6 +16,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS_DIR = REPO_ROOT / "bench" / "results"
+SIZES = ("tiny", "medium", "default")  # presets of every benchmark
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

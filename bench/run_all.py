@@ -1,7 +1,7 @@
 """Run every benchmark (each in its own process, one after another) and print one summary table.
 
-`python bench/run_all.py [--size tiny|default] [--only latency,burst] [--results-dir DIR]`; `make bench` runs
-the default sizes. Each benchmark writes bench/results/<name>.json; the summary goes to
+`python bench/run_all.py [--size tiny|medium|default] [--only latency,burst] [--results-dir DIR]`;
+`make bench` runs the default sizes. Each benchmark writes bench/results/<name>.json; the summary goes to
 bench/results/summary.json and, as a Markdown table for the README, summary.md. Aims are reported, not
 asserted: the exit code is non-zero only when a benchmark failed to run.
 """
@@ -21,7 +21,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from bench.report import DEFAULT_RESULTS_DIR, REPO_ROOT, machine_info, summary_markdown, summary_table
+from bench.report import DEFAULT_RESULTS_DIR, REPO_ROOT, SIZES, machine_info, summary_markdown, summary_table
 
 # name -> script; cheapest first, so a broken set-up shows early.
 BENCHMARKS: dict[str, str] = {
@@ -50,7 +50,7 @@ def run_one(name: str, size: str, results_dir: Path) -> tuple[bool, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", choices=("tiny", "default"), default="default")
+    parser.add_argument("--size", choices=SIZES, default="default", help="tiny, medium or default")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset")
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
     args = parser.parse_args(argv)

@@ -357,3 +357,33 @@ def frozen(anvil: AnvilProcess) -> Iterator[None]:
 def mine(anvil: AnvilProcess, blocks: int = 1) -> None:
     for _ in range(blocks):
         anvil.rpc("evm_mine")
+
+
+def vote_blocks(anvil: AnvilProcess, devnet: DevnetInfo) -> list[tuple[int, str, int]]:
+    """(proposal id, voter, block number) of every VoteCast on the canonical chain."""
+    from tests.support.voter import VOTE_CAST
+
+    logs = rpc(
+        anvil.http_url,
+        "eth_getLogs",
+        [
+            {
+                "address": devnet.contract_address,
+                "fromBlock": "0x0",
+                "toBlock": "latest",
+                "topics": [VOTE_CAST],
+            }
+        ],
+    )
+    return [
+        (
+            int(log["topics"][1], 16),
+            Web3.to_checksum_address("0x" + log["topics"][2][-40:]),
+            int(log["blockNumber"], 16),
+        )
+        for log in logs
+    ]
+
+
+def head_number(anvil: AnvilProcess) -> int:
+    return int(anvil.rpc("eth_blockNumber"), 16)

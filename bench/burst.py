@@ -1,10 +1,11 @@
 """Burst throughput: N proposals created as fast as possible; how long until all 5N votes are mined.
 
 Service run: a fresh devnet, `dloop run` started and warmed up on one proposal, then N createProposal
-transactions (signed in advance) are sent back to back over one WebSocket (up to 64 in flight); the clock runs
-from the first send to the last of the 5N VoteCast logs announced. Baseline run, on another fresh devnet: the
-same N creates sent the same way, followed at once by the 5N vote transactions pre-signed with the right
-nonces and sent straight to anvil; same clock. votes/s = 5N / elapsed; ratio = service / baseline.
+transactions (signed in advance) are sent back to back over one WebSocket (each once the previous is
+accepted); the clock runs from the first send to the last of the 5N VoteCast logs announced. Baseline run,
+on another fresh devnet: the same N creates sent the same way, followed at once by the 5N vote transactions
+pre-signed with the right nonces and sent straight to anvil (pipelined, 64 in flight); same clock.
+votes/s = 5N / elapsed; ratio = service / baseline.
 The service's RSS is sampled during its run (VmHWM = peak).
 """
 
@@ -86,7 +87,7 @@ class MemorySampler:
 async def warm_up(chain: Devnet, rpc: WsRpc, observer: ChainObserver, timeout: float) -> None:
     """One proposal voted before the clock starts: the service is subscribed and has its caches warm."""
     warm = sign_proposals(chain, 1)
-    await rpc.send_raw_many(warm.raw)
+    await rpc.send_raw_many(warm.raw, window=1)
     async with AnvilWatchdog(chain, observer, warm.raw):
         voted = await observer.wait_until(lambda: observer.votes_on(warm.first_id) >= NODE_COUNT, timeout)
     if not voted:
@@ -118,7 +119,7 @@ async def timed_burst(
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         async with AnvilWatchdog(chain, observer, [*creates.raw, *votes]) as watchdog:
             started = time.perf_counter()
-            await rpc.send_raw_many(creates.raw)
+            await rpc.send_raw_many(creates.raw, window=1)
             creates_sent = time.perf_counter()
             if votes:
                 await rpc.send_raw_many(votes)

@@ -480,7 +480,7 @@ async def create_on_chain(chain: Devnet, count: int, *, timeout: float = 600.0) 
     """Create `count` proposals as fast as anvil takes them; returns once all are mined."""
     proposals = sign_proposals(chain, count)
     async with WsRpc(chain.ws_url) as rpc:
-        await rpc.send_raw_many(proposals.raw)
+        await rpc.send_raw_many(proposals.raw, window=1)
     deadline = time.monotonic() + timeout
     while proposal_count(chain) < proposals.ids.stop - 1:
         if time.monotonic() > deadline:
@@ -543,10 +543,21 @@ class AnvilWatchdog:
                 flush=True,
             )
             await asyncio.to_thread(self.chain.rpc, "evm_mine")
-            for raw in self.resend if queued else ():
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.chain.rpc, "eth_sendRawTransaction", ["0x" + raw.hex()])
+            if queued:
+                await asyncio.to_thread(self._requeue)
             since = time.perf_counter()
+
+    def _requeue(self) -> None:
+        """Drop the stranded `queued` transactions (re-sending alone is refused as already known), then
+        send ours again in order; the ones already mined are refused with "nonce too low"."""
+        pool = self.chain.rpc("txpool_content")
+        for txs in (pool.get("queued") or {}).values():
+            for tx in txs.values():
+                with contextlib.suppress(Exception):
+                    self.chain.rpc("anvil_dropTransaction", [tx["hash"]])
+        for raw in self.resend:
+            with contextlib.suppress(Exception):
+                self.chain.rpc("eth_sendRawTransaction", ["0x" + raw.hex()])
 
     async def __aenter__(self) -> AnvilWatchdog:
         self._task = asyncio.create_task(self._watch())

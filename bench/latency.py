@@ -77,7 +77,7 @@ async def measure(chain: Devnet, samples: int, timeout: float) -> Samples:
     async with WsRpc(chain.ws_url) as rpc, AnvilWatchdog(chain, observer, proposals.raw) as watchdog:
         await observer.attach(rpc, chain.info.contract_address)
         for index, (proposal_id, raw) in enumerate(zip(proposals.ids, proposals.raw, strict=True)):
-            await rpc.call("eth_sendRawTransaction", ["0x" + raw.hex()])
+            await rpc.call("eth_sendRawTransaction", ["0x" + raw.hex()])  # one at a time anyway
             warmup = index < WARMUP
             voted = await observer.wait_until(
                 lambda pid=proposal_id: observer.votes_on(pid) >= NODE_COUNT,  # type: ignore[misc]

@@ -101,8 +101,8 @@ class WsRpc:
     async def send_raw_many(self, raw_transactions: Sequence[bytes], *, window: int = 64) -> list[str]:
         """eth_sendRawTransaction for each, in order, up to `window` in flight; their hashes.
 
-        Pipelined as fast as anvil takes them; anvil's automine can then leave some unmined, which
-        harness.AnvilWatchdog detects and flushes.
+        One account's transactions are best sent with window 1: pipelined, anvil's pool has stranded some
+        as `queued` (see harness.AnvilWatchdog).
         """
         limit = asyncio.Semaphore(window)
 

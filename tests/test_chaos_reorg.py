@@ -36,10 +36,10 @@ DEPTHS = sized([1, 2, 3], [1, 2, 3, 1, 2, 3, 3, 2, 1])
 
 
 INTERVAL_BUG = (
-    "after a reorg under interval mining the requeued votes are re-signed at the lane's old next nonce "
-    "(3 when the chain's count went back to 0): voter/lane.py Lane.resync_nonce takes "
-    "max(pending, highest tracked + 1) and the reorged-out transactions still count; the gapped "
-    "transactions are then 'replaced: not mined after 3 blocks' forever at the same nonce"
+    "after a reorg under interval mining the requeued votes are re-signed behind a nonce gap (nonces 3-5 "
+    "while the chain's count went back to 0) and replaced at the same nonce forever: the lane still tracks "
+    "the reorged-out transaction of the same vote, voter/lane.py Lane.resync_nonce counts it (highest "
+    "tracked + 1), and the re-send overwrites tracked[vote_id], so nothing ever fills the old nonces"
 )
 
 
@@ -106,5 +106,8 @@ def test_reorgs_of_depth_1_to_3_while_votes_are_in_flight_leave_every_vote_once_
         f"{min(recoveries):.1f}-{max(recoveries):.1f} s after each reorg"
     )
     assert audit.clean, audit
-    assert audit.states == {"confirmed": len(ids) * NODES}, audit.states
+    # A requeued vote whose old transaction the lane rebroadcast (and got mined) before the re-send ends
+    # `already_voted` rather than `confirmed`: on chain once either way.
+    assert set(audit.states) <= {"confirmed", "already_voted"}, audit.states
+    assert sum(audit.states.values()) == len(ids) * NODES, audit.states
     assert replaced_votes >= len(DEPTHS), "the reorgs replaced no votes: the scenario did not happen"

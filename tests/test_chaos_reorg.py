@@ -35,17 +35,9 @@ PER_WAVE = sized(3, 10)
 DEPTHS = sized([1, 2, 3], [1, 2, 3, 1, 2, 3, 3, 2, 1])
 
 
-INTERVAL_BUG = (
-    "after a reorg under interval mining the requeued votes are re-signed behind a nonce gap (nonces 3-5 "
-    "while the chain's count went back to 0) and replaced at the same nonce forever: the lane still tracks "
-    "the reorged-out transaction of the same vote, voter/lane.py Lane.resync_nonce counts it (highest "
-    "tracked + 1), and the re-send overwrites tracked[vote_id], so nothing ever fills the old nonces"
-)
-
-
 @pytest.mark.parametrize(
     "block_time",
-    [None, pytest.param(1.0, marks=pytest.mark.xfail(strict=True, reason=INTERVAL_BUG))],
+    [None, 1.0],
     ids=["automine", "blocktime1"],
 )
 def test_reorgs_of_depth_1_to_3_while_votes_are_in_flight_leave_every_vote_once_on_chain(
@@ -91,7 +83,7 @@ def test_reorgs_of_depth_1_to_3_while_votes_are_in_flight_leave_every_vote_once_
                         settled(db, len(ids) * NODES)
                         and len(vote_events(anvil.http_url, devnet.contract_address)) == len(ids) * NODES
                     ),
-                    timeout=sized(25, 90),
+                    timeout=sized(15, 90),
                     what=f"wave {wave} (reorg depth {depth}) voted again",
                     interval=0.1,
                 )

@@ -148,6 +148,7 @@ class NodeLane:
         self.client: ChainClient | None = None
         self.lock = anyio.Lock()  # nonce assignment and in-flight bookkeeping
         self.next_nonce: int | None = None
+        self.free_nonces: list[int] = []  # unused nonces below next_nonce (a gap a reorg left)
         self.tracked: dict[int, Tracked] = {}
         self.unfunded = False
         self.needed_wei = 0
@@ -186,6 +187,7 @@ class NodeLane:
         self.client = client
         self.tracked.clear()
         self.next_nonce = None
+        self.free_nonces = []
         await self.adopt_sent()
         await self.resync_nonce()
 
@@ -199,10 +201,37 @@ class NodeLane:
         pending = _int(
             await with_backoff(self._chain().request, "eth_getTransactionCount", [self.address, "pending"])
         )
-        highest = max((t.nonce + 1 for t in self.tracked.values()), default=0)
+        in_flight = {t.nonce for t in self.tracked.values()}
+        highest = max((n + 1 for n in in_flight), default=0)
         previous, self.next_nonce = self.next_nonce, max(pending, highest)
-        if previous != self.next_nonce:
-            log_event(log, "nonce_synced", node=self.node.name, nonce=self.next_nonce, previous=previous)
+        # Nonces below our highest in-flight one that the chain has not used and we do not hold: after a
+        # reorg dropped mined votes, later transactions wait behind this gap until new votes fill it.
+        self.free_nonces = [n for n in range(pending, highest) if n not in in_flight]
+        if previous != self.next_nonce or self.free_nonces:
+            log_event(
+                log,
+                "nonce_synced",
+                node=self.node.name,
+                nonce=self.next_nonce,
+                previous=previous,
+                gap=self.free_nonces,
+            )
+
+    def _take_nonce(self) -> int:
+        """The lowest free nonce: a gap first, else the next one."""
+        if self.free_nonces:
+            return self.free_nonces.pop(0)
+        assert self.next_nonce is not None
+        nonce = self.next_nonce
+        self.next_nonce += 1
+        return nonce
+
+    def _give_back_nonce(self, nonce: int) -> None:
+        """A nonce taken but not used (refused, or the lease was lost): the next transaction takes it."""
+        if self.next_nonce is not None and nonce == self.next_nonce - 1:
+            self.next_nonce = nonce
+        elif nonce not in self.free_nonces:
+            self.free_nonces = sorted([*self.free_nonces, nonce])
 
     async def check_funding(self) -> None:
         """An unfunded node is tried again once its balance covers the transaction it could not pay."""
@@ -283,7 +312,17 @@ class NodeLane:
             if self.unfunded or self.next_nonce is None:
                 await self._defer(row, self.last_error or "node not ready", counters, backoff=False)
                 return
-            nonce = self.next_nonce
+            # A vote sent again while its earlier transaction is still tracked (a reorg took that one off the
+            # chain and the row was queued again) reuses its nonce, fees bumped: at most one of the two can
+            # ever be mined, and no nonce gap is left behind.
+            previous = self.tracked.get(row.vote_id)
+            if previous is None:
+                nonce = self._take_nonce()
+            else:
+                nonce = previous.nonce
+                old = Fees(previous.latest.max_fee_per_gas, previous.latest.max_priority_fee_per_gas)
+                priority = fees.max_priority_fee_per_gas
+                fees = bump_fees(old, base_fee=base, priority_fee=priority, cap_wei=self.cap_wei).fees or fees
             signed = self._sign(nonce, data, gas, fees)
             with anyio.CancelScope(shield=True):
                 recorded = await queue.record_sent(
@@ -296,15 +335,15 @@ class NodeLane:
                     reason=job.decision.reason,
                 )
             if not recorded:
+                if previous is None:
+                    self._give_back_nonce(nonce)
                 log_event(log, "lease_lost", level=logging.WARNING, node=self.node.name, vote=row.vote_id)
                 return
             self._step("persisted")
             # The head as of the fee read (a moment old at most): "not mined after N blocks" counts from it.
-            tracked = Tracked(
-                row.vote_id, row.proposal_id, nonce, [signed.tx_hash], signed, data, self.fees.head
-            )
+            hashes = [*(previous.hashes if previous is not None else []), signed.tx_hash]
+            tracked = Tracked(row.vote_id, row.proposal_id, nonce, hashes, signed, data, self.fees.head)
             self.tracked[row.vote_id] = tracked
-            self.next_nonce = nonce + 1
             try:
                 await self._broadcast(signed)
             except ChainError as exc:
@@ -422,7 +461,7 @@ class NodeLane:
             return
         # Refused for good: the nonce stays unused and the row goes back to the queue (or ends).
         del self.tracked[tracked.vote_id]
-        self.next_nonce = tracked.nonce
+        self._give_back_nonce(tracked.nonce)
         tx = tracked.latest
         if action == Action.UNFUNDED:
             self._mark_unfunded(str(exc), tx.gas_limit * tx.max_fee_per_gas)

@@ -10,6 +10,7 @@ import anyio
 from litestar import MediaType, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, QueryParameter
 
 from dloop.errors import DloopError
@@ -37,6 +38,7 @@ from web.present import (
 )
 from web.schemas import (
     ActiveProposalsResponse,
+    ErrorResponse,
     HealthResponse,
     NodesResponse,
     NodeStatusOut,
@@ -52,6 +54,20 @@ from web.schemas import (
 Ctx = NamedDependency[WebContext]  # provided by the app (web.app), by name
 MAX_ID = 2**63 - 1  # ids are BIGINT in the database
 NODE_READ_TIMEOUT = 5.0
+
+
+def _error_specs(*statuses: int) -> dict[int, ResponseSpec]:
+    # The service's own error body ({success, error, reason, status}), not Litestar's default one.
+    return {
+        status: ResponseSpec(
+            ErrorResponse, description=f"error {status}, with a reason", generate_examples=False
+        )
+        for status in statuses
+    }
+
+
+ERRORS = _error_specs(400, 404, 500, 503)
+TRIGGER_ERRORS = _error_specs(400, 401, 403, 404, 500, 503)
 
 
 def utcnow() -> dt.datetime:
@@ -79,7 +95,7 @@ async def read_node_chain(context: Ctx) -> dict[str, NodeChainState]:
     return node_chain_by_address(states)
 
 
-@get("/", summary="Service overview")
+@get("/", responses=ERRORS, summary="Service overview")
 async def overview(context: Ctx) -> OverviewResponse:
     now = utcnow()
     listener = context.listener()
@@ -131,7 +147,7 @@ async def overview(context: Ctx) -> OverviewResponse:
     )
 
 
-@get("/health", summary="Health of database, chain connection, subscription and head")
+@get("/health", responses=ERRORS, summary="Health of database, chain connection, subscription and head")
 async def health(context: Ctx) -> Response[HealthResponse]:
     now = utcnow()
     try:
@@ -147,7 +163,7 @@ async def health(context: Ctx) -> Response[HealthResponse]:
     return Response(body, status_code=200 if healthy else 503, media_type=MediaType.JSON)
 
 
-@get("/nodes", summary="Each node's account, funding, weight and votes")
+@get("/nodes", responses=ERRORS, summary="Each node's account, funding, weight and votes")
 async def nodes(context: Ctx) -> NodesResponse:
     stats = await queries.node_vote_stats(context.sessions, context.scope)
     chain = await read_node_chain(context)
@@ -158,6 +174,7 @@ async def nodes(context: Ctx) -> NodesResponse:
 
 @get(
     "/active-proposals",
+    responses=ERRORS,
     summary="Proposals open for voting, one per line",
     description="Compact JSON, a newline after each proposal object: `grep -c '\"state\":1'` counts them.",
 )
@@ -172,7 +189,7 @@ async def active_proposals(context: Ctx) -> Response[ActiveProposalsResponse]:
     return Response(content=encode_active_proposals(body), media_type=MediaType.JSON)  # type: ignore[arg-type]
 
 
-@get("/proposals/{proposal_id:str}", summary="One proposal with every node's decision")
+@get("/proposals/{proposal_id:str}", responses=ERRORS, summary="One proposal with every node's decision")
 async def proposal(context: Ctx, proposal_id: FromPath[str]) -> ProposalResponse:
     number = parse_id(proposal_id, "proposal id")
     view = await queries.proposal_detail(context.sessions, context.scope, number)
@@ -181,7 +198,7 @@ async def proposal(context: Ctx, proposal_id: FromPath[str]) -> ProposalResponse
     return ProposalResponse(success=True, proposal=proposal_out(view), timestamp=utcnow())
 
 
-@get("/votes", summary="Vote history, filtered and paginated (newest proposals first)")
+@get("/votes", responses=ERRORS, summary="Vote history, filtered and paginated (newest proposals first)")
 async def votes(
     context: Ctx,
     node: Annotated[
@@ -216,6 +233,7 @@ async def votes(
 
 @post(
     "/trigger-voting",
+    responses=TRIGGER_ERRORS,
     status_code=202,
     guards=[trigger_guard],
     summary="Start a voting round (reconcile, then drain) or join the running one; answers at once",
@@ -231,7 +249,7 @@ async def trigger_voting(context: Ctx) -> TriggerResponse:
     )
 
 
-@get("/rounds/{round_id:str}", summary="Progress and result of a voting round")
+@get("/rounds/{round_id:str}", responses=ERRORS, summary="Progress and result of a voting round")
 async def round_detail(context: Ctx, round_id: FromPath[str]) -> RoundResponse:
     number = parse_id(round_id, "round id")
     record = await get_round(context.sessions, number)
@@ -242,7 +260,7 @@ async def round_detail(context: Ctx, round_id: FromPath[str]) -> RoundResponse:
     )
 
 
-@get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE)
+@get("/metrics", responses=ERRORS, summary="Prometheus metrics", media_type=CONTENT_TYPE)
 async def metrics(context: Ctx) -> Response[str]:
     now = utcnow()
     listener = context.listener()

@@ -1,10 +1,10 @@
 """Burst throughput: N proposals created as fast as possible; how long until all 5N votes are mined.
 
 Service run: a fresh devnet, `dloop run` started and warmed up on one proposal, then N createProposal
-transactions (signed in advance) are sent back to back over one WebSocket (each once the previous is
-accepted); the clock runs from the first send to the last of the 5N VoteCast logs announced. Baseline run,
-on another fresh devnet: the same N creates sent the same way, followed at once by the 5N vote transactions
-pre-signed with the right nonces and sent straight to anvil (pipelined, 64 in flight); same clock.
+transactions (signed in advance) are sent back to back over one WebSocket (pipelined, 64 in flight); the
+clock runs from the first send to the last of the 5N VoteCast logs announced. Baseline run, on another
+fresh devnet: the same N creates sent the same way, followed at once by the 5N vote transactions
+pre-signed with the right nonces and sent straight to anvil, pipelined too; same clock.
 votes/s = 5N / elapsed; ratio = service / baseline.
 The service's RSS is sampled during its run (VmHWM = peak).
 """
@@ -119,7 +119,7 @@ async def timed_burst(
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         async with AnvilWatchdog(chain, observer, [*creates.raw, *votes]) as watchdog:
             started = time.perf_counter()
-            await rpc.send_raw_many(creates.raw, window=1)
+            await rpc.send_raw_many(creates.raw)
             creates_sent = time.perf_counter()
             if votes:
                 await rpc.send_raw_many(votes)

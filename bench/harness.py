@@ -480,7 +480,7 @@ async def create_on_chain(chain: Devnet, count: int, *, timeout: float = 600.0) 
     """Create `count` proposals as fast as anvil takes them; returns once all are mined."""
     proposals = sign_proposals(chain, count)
     async with WsRpc(chain.ws_url) as rpc:
-        await rpc.send_raw_many(proposals.raw, window=1)
+        await rpc.send_raw_many(proposals.raw)
     deadline = time.monotonic() + timeout
     while proposal_count(chain) < proposals.ids.stop - 1:
         if time.monotonic() > deadline:

@@ -118,7 +118,7 @@ async def service_phase(
             expected = observer.vote_count + proposals * NODE_COUNT
             async with AnvilWatchdog(chain, observer, creates.raw) as watchdog:
                 started = time.perf_counter()
-                await rpc.send_raw_many(creates.raw, window=1)
+                await rpc.send_raw_many(creates.raw)
                 listed_after = await wait_listed(process.database, proposals + 1, timeout)
                 for path in ENDPOINTS:
                     before = observer.vote_count

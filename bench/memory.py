@@ -59,7 +59,7 @@ async def measure(chunks: int, chunk: int, directory: Path, timeout: float) -> d
                 creates = sign_proposals(chain, chunk)  # signing is outside the service: not its memory
                 expected = observer.vote_count + chunk * NODE_COUNT
                 async with AnvilWatchdog(chain, observer, creates.raw) as watchdog:
-                    await rpc.send_raw_many(creates.raw, window=1)
+                    await rpc.send_raw_many(creates.raw)
                     voted = await observer.wait_until(lambda e=expected: observer.vote_count >= e, timeout)  # type: ignore[misc]
                 kicks += watchdog.kicks
                 if not voted:

@@ -101,8 +101,8 @@ class WsRpc:
     async def send_raw_many(self, raw_transactions: Sequence[bytes], *, window: int = 64) -> list[str]:
         """eth_sendRawTransaction for each, in order, up to `window` in flight; their hashes.
 
-        One account's transactions are best sent with window 1: pipelined, anvil's pool has stranded some
-        as `queued` (see harness.AnvilWatchdog).
+        Pipelined, anvil's pool has been seen to strand some of one account's transactions as `queued`:
+        wrap the wait for them in harness.AnvilWatchdog, which repairs that.
         """
         limit = asyncio.Semaphore(window)
 

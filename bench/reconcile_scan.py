@@ -5,7 +5,8 @@ One devnet with N proposals (nobody has voted, so every proposal is open and eac
 and 5N hasVoted). For each mode, a freshly migrated SQLite file and the service's own `Reconciler.reconcile()`
 with `rpc_batch_size` 50 (batched) or 1 (one call at a time, sequential). The chain client is the service's,
 wrapped to time its reads, so the pass splits into RPC read time and the rest (decoding, database writes).
-Ratio = one-at-a-time / batched, for the whole pass and for its RPC reads.
+Ratio = one-at-a-time / batched, for the whole pass and for its RPC reads. A local anvil answers in ~0.1
+ms; `--rtt-ms 20` puts a delaying proxy in between to see the pass as against a remote provider.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+from bench.delay_proxy import DelayProxy
 from bench.harness import Devnet, base_parser, create_on_chain, devnet, stop_on_sigterm, workdir
 from bench.report import Aim, SummaryLine, format_table, result_document, summary_line, write_result
 from chain.accounts import node_accounts
@@ -79,14 +81,14 @@ class TimedChainClient(ChainClient):
             self.read_calls.append((len(requests), elapsed))
 
 
-def settings_for(chain: Devnet, database: Path, batch_size: int) -> Settings:
-    environ = env_file_values(chain.info, chain.ws_url)
+def settings_for(chain: Devnet, database: Path, batch_size: int, ws_url: str) -> Settings:
+    environ = env_file_values(chain.info, ws_url)
     environ["DLOOP_DATABASE_URL"] = f"sqlite+aiosqlite:///{database}"
     return dataclasses.replace(load_settings(environ), rpc_batch_size=batch_size)
 
 
-async def one_pass(chain: Devnet, database: Path, batch_size: int) -> dict[str, Any]:
-    settings = settings_for(chain, database, batch_size)
+async def one_pass(chain: Devnet, database: Path, batch_size: int, ws_url: str) -> dict[str, Any]:
+    settings = settings_for(chain, database, batch_size, ws_url)
     await upgrade(settings.database_url)
     engine = create_engine(settings.database_url)
     clients: list[TimedChainClient] = []
@@ -138,13 +140,19 @@ def count_lines(path: Path, text: str) -> int:
         return sum(1 for line in lines if text in line)
 
 
-async def measure(proposals: int, directory: Path) -> tuple[list[dict[str, Any]], float]:
+async def measure(proposals: int, directory: Path, rtt_ms: float) -> tuple[list[dict[str, Any]], float]:
     with devnet() as chain:
         started = time.perf_counter()
         await create_on_chain(chain, proposals)
         setup = time.perf_counter() - started
         # Batched first, on the colder chain: any warm-up effect favours the one-at-a-time run.
-        runs = [await one_pass(chain, directory / f"batch-{size}.db", size) for size in (BATCHED, SINGLE)]
+        # With --rtt-ms the reconciler reaches anvil through a delaying proxy, like a remote provider.
+        async with DelayProxy(chain.anvil.port, rtt_ms / 2000) as proxy:
+            ws_url = f"ws://127.0.0.1:{proxy.port}" if rtt_ms > 0 else chain.ws_url
+            runs = [
+                await one_pass(chain, directory / f"batch-{size}.db", size, ws_url)
+                for size in (BATCHED, SINGLE)
+            ]
     return runs, setup
 
 
@@ -193,6 +201,9 @@ def table(runs: Sequence[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = base_parser(__doc__ or NAME)
     parser.add_argument("--proposals", type=int, help="proposals on chain (default by --size)")
+    parser.add_argument(
+        "--rtt-ms", type=float, default=0.0, help="add this round-trip time to every RPC (a remote provider)"
+    )
     args = parser.parse_args(argv)
     stop_on_sigterm()
     proposals = args.proposals or SIZES[args.size]["proposals"]
@@ -200,13 +211,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"{NAME}: {proposals} proposals ...", file=sys.stderr, flush=True)
     with workdir(NAME, args.keep_workdir) as directory:
         log_to_file(directory / "reconcile.log")
-        runs, setup = asyncio.run(measure(proposals, directory))
+        runs, setup = asyncio.run(measure(proposals, directory, args.rtt_ms))
         logging.getLogger().handlers[0].flush()
         log_warnings = count_lines(directory / "reconcile.log", '"level": "warning"')
     document = result_document(
         NAME,
         args.size,
-        {"proposals": proposals, "batch_sizes": [BATCHED, SINGLE]},
+        {"proposals": proposals, "batch_sizes": [BATCHED, SINGLE], "added_rtt_ms": args.rtt_ms},
         summarise(runs),
         {"runs": runs, "setup_s": setup, "log_warnings": log_warnings},
         started_at=started_at,

@@ -121,7 +121,7 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         if value == 0:
             return "0"
-        if abs(value) >= 1000:
+        if abs(value) >= 999.5:  # what would round to 1000 gets its separator too
             return f"{value:,.0f}"
         decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
         return f"{value:.{decimals}f}"

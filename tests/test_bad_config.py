@@ -9,6 +9,7 @@ database path, unknown strategies.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,10 +63,16 @@ def test_each_wrong_setting_gives_one_line_naming_it_and_no_key(
         "short address": ({"DLOOP_CONTRACT_ADDRESS": devnet.contract_address[:12]}, "DLOOP_CONTRACT_ADDRESS"),
     }
     # Concurrently: each process spends ~2 s importing web3 and friends.
+    # Each case on its own copy of the migrated database: processes starting at once on one fresh database
+    # race to insert the node rows (see docs/reliability.md, "Smaller observations").
+    databases = {}
+    for index, name in enumerate(cases):
+        databases[name] = tmp_path / f"case{index}.db"
+        shutil.copy(tmp_path / "dloop.db", databases[name])
     running = {
         name: subprocess.Popen(
             [*DLOOP, "run"],
-            env=clean_env({**env, **change}),
+            env=clean_env({**env, "DLOOP_DATABASE_URL": f"sqlite+aiosqlite:///{databases[name]}", **change}),
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

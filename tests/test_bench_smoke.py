@@ -45,7 +45,7 @@ def run_benchmark(script: str, results_dir: Path, *extra: str) -> dict[str, Any]
 
 
 def test_latency(tmp_path: Path) -> None:
-    document = run_benchmark("latency.py", tmp_path, "--samples", "2", "--block-time", "0.25")
+    document = run_benchmark("latency.py", tmp_path, "--samples", "1", "--block-time", "0.25")
     runs = document["details"]["runs"]
     assert {(r["mining"], r["voter"]) for r in runs} == {
         ("automine", "baseline"),
@@ -55,7 +55,7 @@ def test_latency(tmp_path: Path) -> None:
     }
     for run in runs:
         assert run["missed"] == 0, run
-        assert run["per_vote_ms"]["n"] == 2 * 5
+        assert run["per_vote_ms"]["n"] == 5
         assert run["per_vote_ms"]["p50"] > 0
     assert {line["metric"] for line in document["summary"]} >= {"automine vote p50", "automine vote p99"}
 

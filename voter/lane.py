@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,10 @@ class Counters:
     requeued: int = 0
 
 
+# Replace an unmined transaction only after DLOOP_REPLACE_AFTER_BLOCKS blocks and at least this long.
+MIN_SECONDS_BEFORE_REPLACING = 3.0
+
+
 @dataclass
 class Tracked:
     """A vote whose transaction is in flight: every hash signed for it, and the one expected to land."""
@@ -79,6 +84,7 @@ class Tracked:
     sent_block: int
     rebroadcasts: int = 0
     notes: list[str] = field(default_factory=list)
+    sent_time: float = field(default_factory=time.monotonic)
 
 
 class FeeOracle:
@@ -638,7 +644,12 @@ class NodeLane:
             await self._nonce_used_elsewhere(tracked)
             return
         known = await with_backoff(client.request, "eth_getTransactionByHash", [tracked.latest.tx_hash])
-        stale = head - tracked.sent_block >= self.settings.replace_after_blocks
+        # Blocks and time both: under automine three blocks pass in milliseconds, and replacing a
+        # transaction that is being mined right now only earns "nonce too low".
+        stale = (
+            head - tracked.sent_block >= self.settings.replace_after_blocks
+            and time.monotonic() - tracked.sent_time >= MIN_SECONDS_BEFORE_REPLACING
+        )
         if known is not None:
             if stale and not adopting:
                 await self.replace(tracked, head, f"not mined after {head - tracked.sent_block} blocks")

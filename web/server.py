@@ -37,7 +37,9 @@ class _EmbeddedServer(uvicorn.Server):
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind before serving: a port in use fails start-up with one line naming the setting."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY on accepted connections only when the listening
+    # socket says it is TCP; with protocol 0 every response waited ~40 ms on Nagle and delayed ACKs.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

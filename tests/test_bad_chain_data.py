@@ -8,8 +8,9 @@ case is a ParameterChange and an Other with amount 0, which it accepts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,7 +29,7 @@ ODD_UNICODE = (
 )
 
 
-def _send(w3: Web3, key: str, tx: dict[str, object]) -> dict[str, object]:
+def _send(w3: Web3, key: str, tx: Mapping[str, Any]) -> dict[str, Any]:
     account = Account.from_key(key)
     tx = {
         "chainId": w3.eth.chain_id,
@@ -84,7 +85,8 @@ def test_odd_proposals_end_voted_or_with_a_reason_and_the_api_answers_for_each(
     for name, (kind, asset, amount, description) in cases.items():
         call = dao.functions.createProposal(int(kind), Web3.to_checksum_address(asset), amount, description)
         receipt = _send(w3, devnet.proposer_key, call.build_transaction({"from": devnet.proposer_address}))
-        (log,) = [entry for entry in receipt["logs"] if entry["topics"][0].to_0x_hex() == created_topic]  # type: ignore[index,union-attr]
+        logs: list[Any] = receipt["logs"]
+        (log,) = [entry for entry in logs if entry["topics"][0].to_0x_hex() == created_topic]
         ids[name] = int.from_bytes(log["topics"][1], "big")
 
     settings = devnet_settings(anvil.ws_url, devnet, tmp_path / "dloop.db", http_port=0)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 from eth_account import Account
+from eth_typing import HexStr
 
 from dloop.anvil import AnvilProcess
 from dloop.devnet import deploy_devnet
@@ -40,7 +41,7 @@ ENDPOINTS = [
 
 def _database_dump(db: Path) -> str:
     """Every value of every column of every table, as text (bytes as hex)."""
-    parts = []
+    parts: list[str] = []
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         tables = [
             r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
@@ -74,7 +75,7 @@ def test_no_key_in_logs_api_answers_or_database_and_keystores_from_a_password_fi
         keystores = tmp_path / "keystores"
         keystores.mkdir()
         for number, key in enumerate(devnet.node_keys, start=1):
-            encrypted = Account.encrypt(key, PASSWORD, iterations=2)
+            encrypted = Account.encrypt(HexStr(key), PASSWORD, iterations=2)
             (keystores / f"ai-gov-{number:02d}.json").write_text(json.dumps(encrypted))
         password_file = tmp_path / "keystore-password"
         password_file.write_text(PASSWORD + "\n")

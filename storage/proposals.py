@@ -23,7 +23,18 @@ class NodeRecord:
 
 
 async def sync_nodes(sessions: SessionFactory, nodes: Iterable[tuple[str, str, str]]) -> list[NodeRecord]:
-    """Insert or update the configured nodes (name, address, strategy); returns them with their ids."""
+    """Insert or update the configured nodes (name, address, strategy); returns them with their ids.
+
+    Two processes starting on one fresh database both insert: the loser reads the winner's rows instead.
+    """
+    wanted = list(nodes)
+    try:
+        return await _sync_nodes(sessions, wanted)
+    except IntegrityError:
+        return await _sync_nodes(sessions, wanted)
+
+
+async def _sync_nodes(sessions: SessionFactory, nodes: list[tuple[str, str, str]]) -> list[NodeRecord]:
     async with sessions.begin() as session:
         records = []
         for name, address, strategy in nodes:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,32 +16,9 @@ from web3 import Web3
 from dloop import cli
 from dloop.anvil import AnvilProcess, free_port
 from dloop.devnet import DevnetInfo, asset_dao, deploy_devnet
+from tests.support.chaos import DLOOP, clean_env
+from tests.support.chaos import run_dloop as dloop
 from tests.support.service import create_proposals, devnet_environ, wait_until
-
-DLOOP = [sys.executable, "-m", "dloop.cli"]
-REPO = Path(__file__).resolve().parents[1]
-
-
-def clean_env(extra: dict[str, str]) -> dict[str, str]:
-    """Only what a user would set: no DLOOP_* leaking in from the developer's shell."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DLOOP_", "AI_NODE_"))}
-    env["PYTHONPATH"] = str(REPO)
-    env.update(extra)
-    return env
-
-
-def dloop(
-    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*DLOOP, *args],
-        env=clean_env(env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 class ServiceProcess:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, select, true, update
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from chain.client import ChainClient, decode_result, proposal_from_values
@@ -94,6 +94,7 @@ class VoteRow:
     node_id: int
     state: str
     tx_hash: str | None
+    confirmed_block: int | None = None
 
 
 @dataclass(frozen=True)
@@ -112,15 +113,30 @@ def plan_vote_fixes(
     open_ids: set[int],
     read_ids: set[int],
     has_voted: Mapping[tuple[int, int], bool],
+    read_block: int | None = None,
 ) -> list[VoteFix]:
-    """State changes that move rows out of the sending path; nothing here can cause a vote.
+    """State changes the chain calls for. Only one can lead to a vote, and only when the chain says the
+    node has not voted: the voter checks `hasVoted` again before it signs anything.
 
     - a proposal read and no longer open: waiting rows -> closed;
     - an open proposal the node already voted on (hasVoted, and we never sent anything): -> already_voted;
-    - an open proposal read at a confirmed block: pending rows -> queued (the listener may be down).
+    - an open proposal read at a confirmed block: pending rows -> queued (the listener may be down);
+    - a row confirmed at or below the block read, whose node has not voted there: its transaction left the
+      chain in a reorg the listener did not see -> queued again.
     """
     fixes = []
     for row in rows:
+        if (
+            row.state == VoteState.CONFIRMED
+            and row.proposal_id in open_ids
+            and read_block is not None
+            and row.confirmed_block is not None
+            and row.confirmed_block <= read_block
+            and has_voted.get((row.proposal_id, row.node_id)) is False
+        ):
+            reason = f"confirmed at block {row.confirmed_block}, not voted on chain at {read_block} (reorg)"
+            fixes.append(VoteFix(row.vote_id, (VoteState.CONFIRMED,), VoteState.QUEUED, reason))
+            continue
         if row.proposal_id not in read_ids or row.state not in _WAITING:
             continue
         if row.proposal_id not in open_ids:
@@ -431,7 +447,7 @@ class Reconciler:
             if is_open:
                 missing_votes += recorded.votes_added
         rows = await self._vote_rows({p.proposal_id for p in proposals})
-        fixes = plan_vote_fixes(rows, open_ids, {p.proposal_id for p in proposals}, has_voted)
+        fixes = plan_vote_fixes(rows, open_ids, {p.proposal_id for p in proposals}, has_voted, read_block)
         applied = collections.Counter(await self._apply_fixes(fixes))
         if self.resolve_sent is None:
             resolved = await self._resolve_sent(sent, head_block.number, confirmations)
@@ -558,6 +574,7 @@ class Reconciler:
         async with self.sessions() as session:
             rows = await session.execute(
                 select(Vote.id, Proposal.proposal_id, Vote.node_id, Vote.state, Vote.tx_hash)
+                .add_columns(Vote.confirmed_block)
                 .join(Proposal, Vote.proposal_ref == Proposal.id)
                 .where(
                     Proposal.chain_id == self.chain_id,
@@ -571,14 +588,24 @@ class Reconciler:
         applied = []
         for fix in fixes:
             async with self.sessions.begin() as session:
+                requeue_confirmed = VoteState.CONFIRMED in fix.from_states
+                values: dict[str, object] = {
+                    "state": fix.to_state,
+                    "last_error": fix.reason,
+                    "updated_at": utcnow(),
+                }
+                if requeue_confirmed:
+                    values.update(confirmed_block=None, confirmed_at=None)
                 result = await session.execute(
                     update(Vote)
                     .where(
                         Vote.id == fix.vote_id,
                         Vote.state.in_([str(s) for s in fix.from_states]),
-                        Vote.tx_hash.is_(None),
+                        # Rows we sent a transaction for stay the voter's, except a confirmation the chain
+                        # no longer has.
+                        true() if requeue_confirmed else Vote.tx_hash.is_(None),
                     )
-                    .values(state=fix.to_state, last_error=fix.reason, updated_at=utcnow())
+                    .values(**values)
                 )
             if result.rowcount == 1:  # type: ignore[attr-defined]
                 applied.append(fix.to_state)

@@ -41,7 +41,7 @@ DEPTHS = sized([1, 2, 3], [1, 2, 3, 1, 2, 3, 3, 2, 1])
 IDLE_AUTOMINE_REORG_MISSED = pytest.mark.xfail(
     strict=False,
     reason="open bug: on an idle automine chain under load the listener can miss one anvil_reorg "
-    "(no later head arrives to expose it); the reconcile pass does not yet re-check confirmed votes",
+    "(no later head arrives to expose it); the reconcile pass repairs it, but this test runs none",
 )
 
 

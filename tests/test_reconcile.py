@@ -54,7 +54,7 @@ def test_ids_to_read_skips_only_what_can_no_longer_change() -> None:
     assert ids_to_read(5, known, chain_time=100) == [2, 3, 5]
 
 
-def test_plan_vote_fixes_never_moves_a_row_towards_sending() -> None:
+def test_plan_vote_fixes_moves_waiting_rows_out_of_the_sending_path() -> None:
     rows = [
         VoteRow(1, proposal_id=7, node_id=1, state="queued", tx_hash=None),
         VoteRow(2, proposal_id=7, node_id=2, state="sent", tx_hash="0xaa"),
@@ -69,6 +69,23 @@ def test_plan_vote_fixes_never_moves_a_row_towards_sending() -> None:
         (3, VoteState.ALREADY_VOTED),
         (4, VoteState.QUEUED),
     ]
+
+
+def test_a_confirmed_vote_the_chain_does_not_have_is_queued_again() -> None:
+    # A reorg the listener missed: the row says confirmed, the chain (read at block 50) says not voted.
+    rows = [
+        VoteRow(1, proposal_id=8, node_id=1, state="confirmed", tx_hash="0xaa", confirmed_block=40),
+        VoteRow(2, proposal_id=8, node_id=2, state="confirmed", tx_hash="0xbb", confirmed_block=40),
+        VoteRow(3, proposal_id=8, node_id=3, state="confirmed", tx_hash="0xcc", confirmed_block=55),  # newer
+        VoteRow(4, proposal_id=8, node_id=4, state="confirmed", tx_hash="0xdd", confirmed_block=40),  # unread
+        VoteRow(5, proposal_id=7, node_id=1, state="confirmed", tx_hash="0xee", confirmed_block=40),  # closed
+    ]
+    has_voted = {(8, 1): False, (8, 2): True, (8, 3): False, (7, 1): False}
+    fixes = plan_vote_fixes(rows, open_ids={8}, read_ids={7, 8}, has_voted=has_voted, read_block=50)
+    assert [(f.vote_id, f.to_state) for f in fixes] == [(1, VoteState.QUEUED)]
+    assert "reorg" in fixes[0].reason
+    # Without the block read, nothing confirmed is touched.
+    assert plan_vote_fixes(rows, open_ids={8}, read_ids={8}, has_voted=has_voted) == []
 
 
 def test_mined_receipt_needs_success_and_depth() -> None:
@@ -163,6 +180,28 @@ async def test_votes_cast_elsewhere_are_marked_and_ended_proposals_closed(
     assert set((await vote_states(db)).values()) == {VoteState.CLOSED, VoteState.ALREADY_VOTED}
     # Nothing open any more: a third pass has nothing to read.
     assert (await rec.reconcile()).proposals_scanned == 0
+
+
+async def test_a_confirmed_vote_that_silently_left_the_chain_is_queued_again(
+    node: AnvilProcess, devnet: DevnetInfo, settings: Settings, db: Database
+) -> None:
+    create_proposals(node, devnet, 1)
+    rec = reconciler(settings, db)
+    await rec.reconcile()
+    before_vote = node.rpc("evm_snapshot")
+    cast_vote(node, devnet, node_index=2, proposal_id=1, support=True)
+    w3 = Web3(Web3.HTTPProvider(node.http_url))
+    async with db.sessions.begin() as session:  # what the listener recorded from the VoteCast log
+        vote = (await session.execute(select(Vote).where(Vote.node_id == db.nodes[2].id))).scalar_one()
+        vote.state, vote.confirmed_block = VoteState.CONFIRMED, w3.eth.block_number
+    # The block goes away without a word (anvil sends no removed logs for evm_revert), and the chain moves on.
+    assert node.rpc("evm_revert", [before_vote]) is True
+    node.rpc("evm_mine")
+    node.rpc("evm_mine")
+    await rec.reconcile()
+    states = await vote_states(db)
+    assert states[(1, db.nodes[2].id)] == VoteState.QUEUED
+    assert list(states.values()).count(VoteState.QUEUED) == 5
 
 
 async def test_a_sent_vote_whose_transaction_was_mined_is_confirmed(

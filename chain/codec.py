@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from typing import Any
 
 from eth_abi import decode as abi_decode
@@ -32,8 +32,9 @@ class AbiFunction:
     def signature(self) -> str:
         return f"{self.name}({','.join(self.input_types)})"
 
-    @property
+    @cached_property
     def selector(self) -> bytes:
+        # Computed once per function: encode() runs on every eth_call and every vote.
         return keccak(text=self.signature)[:4]
 
     def encode(self, *args: Any) -> str:

@@ -157,7 +157,9 @@ async def test_dropped_connection_mid_burst_loses_and_duplicates_nothing(chain: 
                 assert await proxy.drop_all() >= 1
             await wait_for_queue(db, signal, set(range(1, 121)), timeout=30)
             # Under load the whole burst can be queued before the listener notices the dropped socket.
-            await wait_until(lambda: listener.status.reconnects >= 1, timeout=10)
+            await wait_until(
+                lambda: listener.status.reconnects >= 1 and proxy.connections_opened >= 2, timeout=20
+            )
             assert listener.status.reconnects >= 1
             assert proxy.connections_opened >= 2
     assert sorted(created) == list(range(1, 121))

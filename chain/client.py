@@ -12,9 +12,9 @@ from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 
 from chain.codec import AbiFunction, dao_functions, erc20_functions, event_topics
-from chain.connection import classify_rpc_error, translate_exception
+from chain.connection import MalformedFrames, classify_rpc_error, translate_exception
 from chain.types import AssetInfo, ProposalData
-from dloop.errors import ChainError, ContractRevert, RateLimited, TransientChainError
+from dloop.errors import ChainError, ContractRevert, MalformedAnswer, RateLimited, TransientChainError
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,10 @@ def parse_log(raw: dict[str, Any]) -> RawLog:
 P = ParamSpec("P")
 T = TypeVar("T")
 RATE_LIMIT_ATTEMPTS = 6  # 0.3^6: a provider refusing 30 % of requests still answers each one
+MALFORMED_GRACE = 1.0  # seconds an in-flight request may still be answered after a bad frame arrived
+MALFORMED_ATTEMPTS = 4  # a read asked again after a malformed answer: 5 % bad frames -> 1 in 160,000 fails
+# Sending these again is not a plain retry (the node may have taken the first one): callers decide.
+NOT_REPEATABLE = frozenset({"eth_sendRawTransaction", "eth_sendTransaction"})
 
 
 async def retry_rate_limited(call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -102,10 +106,19 @@ _ENDPOINTS_REFUSING_BATCHES: set[str] = set()
 class ChainClient:
     """Reads used by listener, voter and reconciler. Each call has a timeout."""
 
-    def __init__(self, w3: AsyncWeb3[Any], contract_address: str, *, timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        w3: AsyncWeb3[Any],
+        contract_address: str,
+        *,
+        timeout: float = 20.0,
+        malformed_grace: float = MALFORMED_GRACE,
+    ) -> None:
         self.w3 = w3
         self.contract = to_checksum_address(contract_address)
         self.timeout = timeout
+        self.malformed_grace = malformed_grace
+        self._frames: MalformedFrames | None = getattr(w3.provider, "malformed", None)
         self._assets: dict[str, AssetInfo] = {}
         self._batch_lock = anyio.Lock()  # web3 gives every batch on a socket the same id
         self._endpoint = str(getattr(w3.provider, "endpoint_uri", ""))
@@ -124,17 +137,67 @@ class ChainClient:
 
     # -- raw JSON-RPC ----------------------------------------------------------------------------------
     async def request(self, method: str, params: Sequence[Any]) -> Any:
-        """One JSON-RPC request; rate-limit answers are retried (see `retry_rate_limited`)."""
-        return await retry_rate_limited(self._request_once, method, params)
+        """One JSON-RPC request; rate-limit answers are retried (see `retry_rate_limited`), and so is a
+        malformed answer to a request that is safe to repeat (a read): the socket is fine, so every caller
+        (listener, voter, reconciler) keeps its connection. A broadcast's malformed answer is raised."""
+        attempt = 1
+        while True:
+            try:
+                return await retry_rate_limited(self._request_once, method, params)
+            except MalformedAnswer as exc:
+                if not exc.repeatable or attempt >= MALFORMED_ATTEMPTS:
+                    raise
+                attempt += 1
 
     async def _request_once(self, method: str, params: Sequence[Any]) -> Any:
         # Through the request manager, so web3 knows the request: an error answer to a request it does not
         # know is raised as a "stray error" inside the next, unrelated request.
         try:
             with anyio.fail_after(self.timeout):
-                return await self.w3.manager.socket_request(method, list(params))  # type: ignore[arg-type]
+                return await self._answer_or_malformed(
+                    self.w3.manager.socket_request(method, list(params)),  # type: ignore[arg-type]
+                    method,
+                )
+        except MalformedAnswer:
+            raise
         except Exception as exc:
             raise translate_exception(exc) from exc
+
+    async def _answer_or_malformed(self, answer: Awaitable[T], what: str) -> T:
+        """`answer`, or MalformedAnswer when a bad frame arrived while it was awaited and no answer followed
+        within `malformed_grace`: the bad frame was (almost surely) this request's answer. The socket is fine.
+
+        A request answered later than the grace after someone's bad frame is failed too (and retried):
+        the price of not waiting the whole timeout for the one that will never be answered.
+        """
+        frames = self._frames
+        if frames is None:
+            return await answer
+        bad_frame = frames.next  # taken before the request goes out: only frames after it count
+        outcome: list[T] = []
+        failure: list[Exception] = []
+        async with anyio.create_task_group() as tg:
+
+            async def await_answer() -> None:
+                try:
+                    outcome.append(await answer)
+                except Exception as exc:  # raised below as itself, not wrapped in an exception group
+                    failure.append(exc)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(await_answer)
+            await bad_frame.wait()
+            await anyio.sleep(self.malformed_grace)
+            tg.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
+        if outcome:
+            return outcome[0]
+        raise MalformedAnswer(
+            f"malformed answer to {what}: the node's answer was not JSON-RPC",
+            method=what,
+            repeatable=what not in NOT_REPEATABLE,
+        )
 
     async def batch(self, requests: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
         """One JSON-RPC batch; results (or ChainError instances) in request order. Items answered with a
@@ -167,7 +230,11 @@ class ChainClient:
                                 response_formatters=((), (), ()),
                             )
                         )
-                    responses = await provider.recv_for_batch_request(sent)
+                    responses = await self._answer_or_malformed(
+                        provider.recv_for_batch_request(sent), f"a batch of {len(sent)}"
+                    )
+            except MalformedAnswer:
+                raise
             except Exception as exc:
                 raise translate_exception(exc) from exc
             finally:
@@ -182,6 +249,10 @@ class ChainClient:
         answers: list[dict[str, Any]] = [dict(r) for r in responses if isinstance(r, dict)]
         if len(answers) != len(requests):
             raise ChainError(f"batch of {len(requests)} answered with {len(answers)} responses")
+        if [a.get("id") for a in answers] != [r["id"] for r in sent]:
+            # A late answer to an earlier batch given up on (see `_answer_or_malformed`): web3 files every
+            # batch answer under one key, so this socket can no longer tell batches apart.
+            raise TransientChainError("a batch was answered with another batch's answer")
         results: list[Any] = []
         for answer in answers:
             error = answer.get("error")
@@ -209,6 +280,8 @@ class ChainClient:
             if not self.batches_refused and len(chunk) > 1:
                 try:
                     answered = await self.batch([requests[i] for i in chunk])
+                except MalformedAnswer:
+                    pass  # only this answer was lost, and reads are safe to repeat: one by one below
                 except TransientChainError:
                     raise  # rate limits, timeouts, a lost connection: not a refusal
                 except ChainError as exc:

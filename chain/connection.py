@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
+import anyio
 from web3 import AsyncWeb3, WebSocketProvider
 from web3.exceptions import (
     BadResponseFormat,
@@ -19,6 +21,7 @@ from web3.exceptions import (
     TooManyRequests,
     Web3RPCError,
 )
+from web3.types import RPCResponse
 from websockets.exceptions import InvalidStatus
 
 from chain.codec import decode_revert
@@ -31,6 +34,9 @@ from dloop.errors import (
     TransientChainError,
     Underpriced,
 )
+from dloop.logs import log_event
+
+log = logging.getLogger("dloop.chain")
 
 
 def safe_url(url: str) -> str:
@@ -41,6 +47,54 @@ def safe_url(url: str) -> str:
     except ValueError:
         port = ""
     return f"{parts.scheme}://{parts.hostname or '?'}{port}"
+
+
+class MalformedFrames:
+    """Frames of one connection that were not JSON-RPC, and an event that fires at the next one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.next = anyio.Event()
+
+    def note(self) -> None:
+        self.count += 1
+        arrived, self.next = self.next, anyio.Event()
+        arrived.set()
+
+
+class FrameTolerantWebSocketProvider(WebSocketProvider):
+    """web3's WebSocketProvider, minus its one fatal reaction to a bad frame.
+
+    In web3 8.0.0 the provider's listener task parses every frame with `json.loads`; an exception ends the
+    task, and every later request of the socket re-raises it (`_handle_listener_task_exceptions`), so one
+    malformed answer spoils a healthy connection. (`silence_listener_task_exceptions=True` would keep the
+    task alive but also swallow a closed socket's error in a tight loop.) Here a frame that is not a JSON
+    object or batch is dropped and counted; `ChainClient` fails the request left without its answer.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.malformed = MalformedFrames()
+
+    async def socket_recv(self) -> RPCResponse:
+        if self._ws is None:
+            raise TransientChainError("the WebSocket is not connected")
+        while True:
+            raw = await self._ws.recv()
+            try:
+                answer = json.loads(raw)
+            except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+                answer = None
+            if isinstance(answer, dict | list):
+                return cast(RPCResponse, answer)
+            self.malformed.note()
+            log_event(
+                log,
+                "rpc_malformed_frame",
+                level=logging.WARNING,
+                frames=self.malformed.count,
+                start=str(raw[:80]),
+            )
 
 
 @asynccontextmanager
@@ -56,7 +110,7 @@ async def open_ws(
 
     `close_timeout` bounds the closing handshake: a frozen peer never answers it (websockets waits 10 s).
     """
-    provider = WebSocketProvider(
+    provider = FrameTolerantWebSocketProvider(
         url,
         websocket_kwargs={
             "ping_interval": ping_interval,
@@ -150,9 +204,10 @@ def translate_exception(exc: BaseException) -> ChainError:
     ):
         return TransientChainError(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, json.JSONDecodeError | BadResponseFormat | TaskNotRunning):
-        # After one unparsable message web3 re-raises it on every later request of the socket: only a new
-        # connection helps, so this is transient (reconnect), not a lasting error.
-        return TransientChainError(f"malformed answer from the node: {type(exc).__name__}: {exc}")
+        # web3's listener task ended (FrameTolerantWebSocketProvider drops bad frames, so something else
+        # killed it): web3 re-raises its error on every later request of the socket. Only a new connection
+        # helps, so this is transient (reconnect), not a lasting error.
+        return TransientChainError(f"connection unusable: {type(exc).__name__}: {exc}")
     if isinstance(exc, InvalidStatus) and exc.response.status_code == 429:
         return RateLimited(f"handshake answered HTTP 429: {exc}")
     name = type(exc).__module__

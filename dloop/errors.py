@@ -57,3 +57,25 @@ class NonceError(ChainError):
 
 class Underpriced(ChainError):
     """Replacement or transaction fee too low: bump and resend."""
+
+
+class MalformedAnswer(TransientChainError):
+    """The node's answer to one request was not JSON-RPC (a proxy's HTML error page, a cut frame).
+
+    Only that request is lost; the connection is kept. `repeatable` is false for requests that must not be
+    sent again blindly (a broadcast: the node may have taken it), so retry helpers leave those to the caller.
+    """
+
+    def __init__(self, message: str, *, method: str = "", repeatable: bool = True) -> None:
+        super().__init__(message)
+        self.method = method
+        self.repeatable = repeatable
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The error to report for `exc`: inside (nested) exception groups, the first DloopError, else the
+    first leaf. A task group's own text ("unhandled errors in a TaskGroup") names nothing."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves = [first_error(inner) for inner in exc.exceptions]
+    return next((leaf for leaf in leaves if isinstance(leaf, DloopError)), leaves[0] if leaves else exc)

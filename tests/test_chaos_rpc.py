@@ -45,7 +45,10 @@ NODES = 5
 PROPOSALS = sized(12, 49)
 
 PLANS = sized(
-    [pytest.param(FaultPlan(max_batch=0), id="every-batch-refused")],
+    [
+        pytest.param(FaultPlan(max_batch=0), id="every-batch-refused"),
+        pytest.param(FaultPlan(garbled=0.05), id="malformed"),
+    ],
     [
         pytest.param(FaultPlan(max_batch=0), id="every-batch-refused"),
         pytest.param(FaultPlan(max_batch=3), id="batches-over-3-refused"),
@@ -88,7 +91,8 @@ def test_votes_land_once_through_a_faulty_provider(plan: FaultPlan, tmp_path: Pa
             assert svc.alive, svc.log_tail()
             tracebacks = svc.tracebacks()
             listener_reconnects = svc.overview()["listener"]["reconnects"]
-            voter_reconnects = len(svc.events("voter_reconnecting"))
+            reconnect_errors = [event.get("error") for event in svc.events("voter_reconnecting")]
+            voter_reconnects = len(reconnect_errors)
             assert svc.stop() == 0, svc.log_tail()
         audit = audit_votes(anvil, devnet, db, ids)
     rpc_errors = sum(
@@ -107,6 +111,10 @@ def test_votes_land_once_through_a_faulty_provider(plan: FaultPlan, tmp_path: Pa
     assert not tracebacks, tracebacks[:3]
     injected = sum(proxy.counts[k] for k in ("rate_limited", "handshake_429", "delayed", "garbled"))
     assert injected + proxy.stats.batches_refused > 0
+    if plan.garbled and not (plan.rate_limited or plan.handshake_429 or plan.delayed or plan.max_batch):
+        # A malformed answer costs its request, not the connection (bug G): the voter never reconnects.
+        assert proxy.counts["garbled"] > 0
+        assert voter_reconnects == 0, reconnect_errors[:3]
 
 
 # -- focused reproducers of what the scenarios above found -------------------------------------------------
@@ -138,6 +146,7 @@ async def test_one_malformed_answer_does_not_stop_the_voter(tmp_path: Path) -> N
                 finally:
                     tg.cancel_scope.cancel()
             assert proxy.counts["garbled"] == 1
+            assert voter.status.reconnects == 0, voter.status.last_connection_error  # only the request lost
             check_exactly_once(node.http_url, info.contract_address, h.addresses)
 
 

@@ -7,10 +7,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import anyio
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from chain.client import ChainClient
-from dloop.errors import TransientChainError
+from dloop.errors import MalformedAnswer, TransientChainError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -23,10 +23,12 @@ async def with_backoff(
 ) -> T:
     """Call `fn`, retrying TransientChainError (RateLimited included) up to 4 times with jittered backoff.
 
-    Only for operations that are safe to repeat: reads, and broadcasting the same signed bytes.
+    Only for operations that are safe to repeat: reads, and broadcasting the same signed bytes. A malformed
+    answer to a broadcast is not repeated: the node took the transaction or not, and the caller (the lane:
+    "uncertain, keep tracking") finds out from the chain instead of from a "nonce too low" to the copy.
     """
     retrying = AsyncRetrying(
-        retry=retry_if_exception_type(TransientChainError),
+        retry=retry_if_exception(is_retried),
         wait=wait_random_exponential(multiplier=0.2, max=5.0),
         stop=stop_after_attempt(4),
         sleep=anyio.sleep,
@@ -36,6 +38,13 @@ async def with_backoff(
         with attempt:
             return await fn(*args, **kwargs)
     raise AssertionError("unreachable: tenacity reraises the last error")
+
+
+def is_retried(exc: BaseException) -> bool:
+    """Whether `with_backoff` tries again after `exc`."""
+    if isinstance(exc, MalformedAnswer):
+        return exc.repeatable
+    return isinstance(exc, TransientChainError)
 
 
 async def call_many_retrying(

@@ -28,7 +28,7 @@ from chain.client import ChainClient, decode_result
 from chain.codec import dao_functions
 from chain.connection import open_ws
 from chain.types import ProposalData, status_name
-from dloop.errors import ChainError, ConfigError, StorageError, TransientChainError
+from dloop.errors import ChainError, ConfigError, StorageError, TransientChainError, first_error
 from dloop.logs import log_event
 from dloop.settings import Settings
 from dloop.wakeup import WorkSignal
@@ -221,7 +221,8 @@ class Voter:
                 except* (TransientChainError, StorageError) as group:
                     # The node or the database is away for now (a locked SQLite file, a dropped socket):
                     # start over with a fresh connection; queued work waits, `sent` rows are resolved again.
-                    lost = group.exceptions[0]
+                    # (A malformed answer costs only its request: `ChainClient` and `with_backoff` handle it.)
+                    lost = first_error(group)
                 self._reconnects += 1
                 self._connection_error = str(lost)
                 log_event(log, "voter_reconnecting", level=logging.WARNING, error=str(lost), delay=delay)
@@ -303,7 +304,7 @@ class Voter:
                             settle.start_soon(lane.settle_all, end)
                     tg.cancel_scope.cancel()
             except* TransientChainError as group:
-                lost = group.exceptions[0]
+                lost = first_error(group)
             if lost is None:
                 break
             if anyio.current_time() + delay >= end:

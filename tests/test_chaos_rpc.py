@@ -18,6 +18,7 @@ from web3 import Web3
 
 from dloop.anvil import AnvilProcess
 from dloop.devnet import deploy_devnet
+from dloop.errors import ChainError, MalformedAnswer, TransientChainError, first_error
 from dloop.wakeup import WorkSignal
 from tests.support.chaos import (
     DloopRun,
@@ -40,6 +41,7 @@ from tests.support.voter import (
     vote_rows,
     wait_until,
 )
+from voter.retry import is_retried
 
 NODES = 5
 PROPOSALS = sized(12, 49)
@@ -180,3 +182,22 @@ def test_start_up_through_a_rate_limited_first_request(tmp_path: Path) -> None:
         proxy.force("rate_limited", 1)
         with DloopRun(service_env(proxy.url, devnet, db), tmp_path, tmp_path / "run.log") as svc:
             svc.wait_ready(timeout=30)
+
+
+# -- pure: what a malformed answer and a task group's error become -----------------------------------------
+
+
+def test_a_malformed_answer_is_retried_only_when_repeating_it_is_safe() -> None:
+    assert is_retried(MalformedAnswer("bad frame", method="eth_call"))
+    assert not is_retried(MalformedAnswer("bad frame", method="eth_sendRawTransaction", repeatable=False))
+    assert is_retried(TransientChainError("timeout"))
+    assert not is_retried(ChainError("RPC error -32000: boom"))
+
+
+def test_the_reconnect_log_names_the_inner_error_of_a_task_group() -> None:
+    inner = TransientChainError("connection lost: ConnectionClosedError")
+    nested = BaseExceptionGroup("outer", [ExceptionGroup("inner", [ValueError("x"), inner])])
+    assert first_error(nested) is inner
+    plain = ExceptionGroup("tg", [KeyError("k")])
+    assert isinstance(first_error(plain), KeyError)
+    assert first_error(inner) is inner

@@ -6,11 +6,16 @@ Every function opens one short read session; results are plain frozen dataclasse
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Select, func, select, text
+from sqlalchemy import Select, event, func, select, text
+from sqlalchemy.engine import Connection, ExecutionContext
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql.expression import UpdateBase
 
 from dloop.errors import StorageError
 from storage.engine import SessionFactory
@@ -204,36 +209,77 @@ def _proposal_view(row: Proposal, votes: Sequence[VoteView]) -> ProposalView:
     )
 
 
-async def active_proposals(
-    sessions: SessionFactory, scope: ContractScope, *, now: dt.datetime
-) -> list[ProposalView]:
-    """Proposals open for voting at `now` (status Active and voting not ended), oldest first."""
-    async with sessions() as session:
-        proposals = (
-            (
+# Columns of /active-proposals, in the order web.present reads them: no ORM objects, no per-row mapping.
+ACTIVE_PROPOSAL_COLUMNS = (
+    Proposal.id,
+    Proposal.proposal_id,
+    Proposal.proposer,
+    Proposal.description,
+    Proposal.proposal_type,
+    Proposal.proposal_type_name,
+    Proposal.asset_address,
+    Proposal.asset_symbol,
+    Proposal.amount,
+    Proposal.amount_units,
+    Proposal.yes_votes,
+    Proposal.no_votes,
+    Proposal.voting_ends_at,
+    Proposal.status,
+    Proposal.status_name,
+    Proposal.executed,
+)
+ACTIVE_VOTE_COLUMNS = (
+    Vote.proposal_ref,
+    Node.name,
+    Vote.state,
+    Vote.decision,
+    Vote.confidence,
+    Vote.reason,
+    Vote.tx_hash,
+)
+
+
+@dataclass(frozen=True)
+class ActiveProposalRows:
+    """Plain rows: `proposals` in ACTIVE_PROPOSAL_COLUMNS order (by proposal id), `votes` in
+    ACTIVE_VOTE_COLUMNS order (by proposal row id, then node name)."""
+
+    proposals: Sequence[tuple[Any, ...]]
+    votes: Sequence[tuple[Any, ...]]
+
+
+async def active_proposal_rows(
+    sessions: SessionFactory, scope: ContractScope, *, ends_at_or_after: dt.datetime
+) -> ActiveProposalRows:
+    """Proposals with status Active whose voting ends at or after the given chain time, and their votes.
+
+    One read transaction, two column selects (the same filter joined for the votes, no IN list).
+    """
+    open_in_scope = (
+        Proposal.chain_id == scope.chain_id,
+        Proposal.contract == scope.contract,
+        Proposal.status == 1,
+        Proposal.voting_ends_at >= ends_at_or_after,
+    )
+    try:
+        async with sessions() as session:
+            proposals = (
                 await session.execute(
-                    select(Proposal)
-                    .where(
-                        Proposal.chain_id == scope.chain_id,
-                        Proposal.contract == scope.contract,
-                        Proposal.status == 1,
-                        Proposal.voting_ends_at >= now,
-                    )
-                    .order_by(Proposal.proposal_id)
+                    select(*ACTIVE_PROPOSAL_COLUMNS).where(*open_in_scope).order_by(Proposal.proposal_id)
                 )
-            )
-            .scalars()
-            .all()
-        )
-        refs = [p.id for p in proposals]
-        votes: dict[int, list[VoteView]] = {ref: [] for ref in refs}
-        if refs:
-            rows = await session.execute(
-                _vote_select().where(Vote.proposal_ref.in_(refs)).order_by(Vote.proposal_ref, Node.name)
-            )
-            for vote, node, proposal in rows:
-                votes[proposal.id].append(_vote_view(vote, node, proposal))
-        return [_proposal_view(p, votes[p.id]) for p in proposals]
+            ).all()
+            votes = (
+                await session.execute(
+                    select(*ACTIVE_VOTE_COLUMNS)
+                    .join(Node, Vote.node_id == Node.id)
+                    .join(Proposal, Vote.proposal_ref == Proposal.id)
+                    .where(*open_in_scope)
+                    .order_by(Vote.proposal_ref, Node.name)
+                )
+            ).all()
+    except SQLAlchemyError as exc:
+        raise StorageError(f"reading active proposals failed: {type(exc).__name__}") from exc
+    return ActiveProposalRows(proposals, votes)
 
 
 async def proposal_detail(
@@ -397,3 +443,79 @@ async def vote_latencies(sessions: SessionFactory, scope: ContractScope) -> list
             )
             latencies.append(VoteLatency(to_sent, to_mined))
         return latencies
+
+
+# -- a version of the data the API shows, for caching answers ---------------------------------------------
+
+SHOWN_TABLES = frozenset({Proposal.__tablename__, Vote.__tablename__, Node.__tablename__})
+_READ_PREFIXES = ("SELECT", "PRAGMA", "SAVEPOINT", "RELEASE", "ROLLBACK", "BEGIN", "COMMIT")
+_DIRTY = "dloop_wrote_shown_tables"
+
+
+def writes_shown_tables(statement: str, dml: object, tables: frozenset[str] = SHOWN_TABLES) -> bool:
+    """Whether an executed statement may change rows of `tables`. A Core/ORM INSERT, UPDATE or DELETE names
+    its table; any other statement that is not plainly a read (text SQL, DDL) counts as a write."""
+    if isinstance(dml, UpdateBase):
+        name = getattr(dml.table, "name", None)
+        return name is None or name in tables
+    return not statement.lstrip().upper().startswith(_READ_PREFIXES)
+
+
+class DataVersion:
+    """A counter of committed writes to proposals, votes and nodes through one engine, in this process.
+
+    A write marks its pooled connection; the counter moves when that connection goes back to the pool, which
+    is after its transaction committed (or rolled back). So a reader that saw version v before reading the
+    database either read the write's data or will see v+1 next time: an answer cached under v is never
+    stale for this process's writes. Writes by other processes are not seen: callers bound their cache's age.
+    """
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.watching = False
+        self._unwatch: Callable[[], None] | None = None
+
+    def watch(self, engine: AsyncEngine) -> None:
+        if self._unwatch is not None:
+            return
+        sync_engine = engine.sync_engine
+
+        def after_execute(
+            conn: Connection,
+            _cursor: object,
+            statement: str,
+            _parameters: object,
+            context: ExecutionContext | None,
+            _executemany: bool,
+        ) -> None:
+            compiled = context.compiled if context is not None else None
+            if writes_shown_tables(statement, getattr(compiled, "statement", None)):
+                conn.info[_DIRTY] = True
+
+        def checkin(_dbapi_connection: object, record: ConnectionPoolEntry | None) -> None:
+            # No record (a detached or invalidated connection): count it, a spurious bump costs one rebuild.
+            if record is None or record.info.pop(_DIRTY, False):
+                self.value += 1
+
+        event.listen(sync_engine, "after_cursor_execute", after_execute)
+        event.listen(sync_engine.pool, "checkin", checkin)
+
+        def unwatch() -> None:
+            event.remove(sync_engine, "after_cursor_execute", after_execute)
+            event.remove(sync_engine.pool, "checkin", checkin)
+
+        self._unwatch = unwatch
+        self.watching = True
+
+    def unwatch(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        self.watching = False
+        self.value += 1  # answers cached while watching are no longer known to be current
+
+
+def engine_of(sessions: SessionFactory) -> AsyncEngine | None:
+    """The engine a session factory is bound to, if it is bound to one."""
+    bind = sessions.kw.get("bind")
+    return bind if isinstance(bind, AsyncEngine) else None

@@ -1,20 +1,42 @@
-"""The web layer's pure parts: trigger authorisation, the one-proposal-per-line encoding, metrics, health."""
+"""The web layer's pure parts: trigger authorisation, the one-proposal-per-line encoding, metrics, health;
+and the caches behind /active-proposals and /health, on a real SQLite file."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import anyio
+import msgspec
 import pytest
 from litestar import Litestar, post
 from litestar.testing import TestClient
+from sqlalchemy import insert, text, update
 
+from chain.types import AssetInfo, ProposalData
+from storage.engine import SessionFactory, create_engine, session_factory
+from storage.migrations import upgrade
+from storage.models import ChainCursor, Vote
+from storage.proposals import record_proposal, sync_nodes
+from storage.queries import ContractScope, DataVersion, writes_shown_tables
+from web.active_cache import ActiveProposalsCache, ActiveSnapshot, needs_rebuild
 from web.auth import authorize_trigger, bearer_token, is_loopback, trigger_guard
+from web.db_probe import DatabaseProbe, probe_is_fresh
 from web.errors import handle_http_exception
 from web.metrics import MetricsSnapshot, render
 from web.ports import ListenerView, NodeChainState
-from web.present import chain_now, encode_active_proposals, health_checks, node_status
+from web.present import (
+    assemble_active_proposals,
+    chain_now,
+    encode_active_proposals,
+    health_checks,
+    join_proposal_lines,
+    node_status,
+)
 from web.routes import parse_id
 from web.schemas import ActiveProposal, ActiveProposalsResponse, NodeVoteBrief
 
@@ -77,7 +99,7 @@ def test_the_guard_refuses_a_non_loopback_asgi_client() -> None:
     async def trigger() -> dict[str, bool]:
         return {"success": True}
 
-    app = Litestar([trigger], exception_handlers={Exception: handle_http_exception})  # type: ignore[dict-item]
+    app = Litestar([trigger], exception_handlers={Exception: handle_http_exception})
     app.state.context = _Context()
     with TestClient(app) as client:
         refused = client.post("/trigger-voting")
@@ -142,8 +164,74 @@ def test_active_proposals_encoding_is_valid_json_with_one_proposal_per_line() ->
 
 
 def test_an_empty_list_is_still_valid_json_and_counts_zero() -> None:
-    text = encode_active_proposals(ActiveProposalsResponse(True, 0, NOW, [])).decode()
-    assert json.loads(text)["proposals"] == [] and '"state":1' not in text
+    body = encode_active_proposals(ActiveProposalsResponse(True, 0, NOW, [])).decode()
+    assert json.loads(body)["proposals"] == [] and '"state":1' not in body
+
+
+def test_a_document_assembled_from_cached_lines_is_byte_identical() -> None:
+    proposals = [_proposal(1), _proposal(2, 'say "hi"\n'), _proposal(3)]
+    expected = encode_active_proposals(ActiveProposalsResponse(True, 3, NOW, proposals))
+    lines = [msgspec.json.encode(p) for p in proposals]
+    assert assemble_active_proposals(NOW, 3, join_proposal_lines(lines)) == expected
+    empty = encode_active_proposals(ActiveProposalsResponse(True, 0, NOW, []))
+    assert assemble_active_proposals(NOW, 0, join_proposal_lines([])) == empty
+
+
+# -- the /active-proposals snapshot: when to rebuild, what is still open ---
+
+
+def _snapshot(
+    version: int = 3, built_at: float = 100.0, ends_in: tuple[int, ...] = (10, 20, 30)
+) -> ActiveSnapshot:
+    lines = [(NOW + dt.timedelta(seconds=s), f'{{"id":{i}}}'.encode()) for i, s in enumerate(ends_in, 1)]
+    return ActiveSnapshot.build(version, built_at, NOW - dt.timedelta(seconds=60), lines)
+
+
+def test_rebuild_decisions() -> None:
+    snap = _snapshot()
+
+    def decide(snapshot: ActiveSnapshot | None = snap, **changes: object) -> bool:
+        args: dict[str, object] = {"version": 3, "watching": True, "clock": 100.5, "chain_now": NOW}
+        args.update(changes)
+        return needs_rebuild(snapshot, min_rebuild_interval=0.2, max_age=1.0, **args)  # type: ignore[arg-type]
+
+    assert decide(None)  # nothing built yet
+    assert not decide()  # nothing written, young, clock inside the covered range
+    assert decide(watching=False)  # writes are not being watched: never trust the snapshot
+    assert decide(version=4)  # this process wrote since
+    assert not decide(version=4, clock=100.1)  # ... but the last rebuild is under 0.2 s old
+    assert decide(clock=101.0)  # 1 s old: others' writes show within a second
+    assert decide(clock=99.0)  # the monotonic clock never goes back; if it did, rebuild
+    assert decide(chain_now=NOW - dt.timedelta(seconds=61))  # the chain clock went back past the query
+    assert not decide(chain_now=NOW + dt.timedelta(days=1))  # later: proposals only drop out (open_at)
+
+
+def test_open_at_filters_by_the_chain_clock() -> None:
+    snap = _snapshot()
+    assert snap.open_at(NOW) == (3, snap.joined_all)
+    assert snap.open_at(NOW + dt.timedelta(seconds=10)) == (3, snap.joined_all)  # ends at == still open
+    assert snap.open_at(NOW + dt.timedelta(seconds=15)) == (2, b'{"id":2},\n{"id":3}')
+    assert snap.open_at(NOW + dt.timedelta(seconds=31)) == (0, b"")
+    empty = _snapshot(ends_in=())
+    assert empty.open_at(NOW) == (0, b"") and empty.earliest_end is None
+
+
+def test_which_statements_count_as_writes_to_the_shown_tables() -> None:
+    assert writes_shown_tables("UPDATE votes ...", update(Vote).values(state="sent"))
+    assert not writes_shown_tables("INSERT INTO chain_cursor ...", insert(ChainCursor))
+    assert writes_shown_tables("UPDATE votes SET state='failed'", text("UPDATE votes SET state='failed'"))
+    assert writes_shown_tables("delete from recent_blocks", None)  # unknown text: assume it matters
+    assert not writes_shown_tables("  select 1", text("select 1"))
+    assert not writes_shown_tables("PRAGMA journal_mode", None)
+
+
+def test_probe_freshness() -> None:
+    assert not probe_is_fresh(None, 5.0, 1.0)
+    from web.db_probe import ProbeResult
+
+    assert probe_is_fresh(ProbeResult(5.0, None), 5.9, 1.0)
+    assert not probe_is_fresh(ProbeResult(5.0, None), 6.0, 1.0)
+    assert not probe_is_fresh(ProbeResult(5.0, None), 4.0, 1.0)
 
 
 # -- health, node status, chain clock ---
@@ -211,3 +299,169 @@ def test_metrics_exposition_format() -> None:
     sample = re.compile(r"^[a-z_]+(\{[^}]*\})? [0-9.+Inf-]+$")
     for line in text.splitlines():
         assert line.startswith("# ") or sample.match(line), line
+
+
+# -- the caches on a real SQLite file ---
+
+CONTRACT = "0x" + "aa" * 20
+SCOPE = ContractScope(31337, CONTRACT)
+ENDS = 1_900_000_000  # voting end of every test proposal (chain time)
+CHAIN_NOW = dt.datetime.fromtimestamp(ENDS - 3600, dt.UTC)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Db:
+    url: str
+    sessions: SessionFactory
+    version: DataVersion
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Db]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'web.db'}"
+    await upgrade(url)
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    nodes = await sync_nodes(
+        sessions, [(f"ai-gov-0{i}", "0x" + f"{i:02d}" * 20, "conservative") for i in (1, 2)]
+    )
+    usdc = AssetInfo("0x" + "11" * 20, "USDC", 6)
+    for pid in (1, 2, 3):
+        data = ProposalData(
+            pid, 0, usdc.address, 500_000_000, f"Allocate {pid}", "0x" + "22" * 20,
+            ENDS - 86_400, ENDS + pid, 0, 0, 1, False, usdc,
+        )  # fmt: skip
+        await record_proposal(
+            sessions, chain_id=SCOPE.chain_id, contract=CONTRACT, data=data, source="subscription",
+            node_ids=[n.id for n in nodes],
+        )  # fmt: skip
+    version = DataVersion()
+    version.watch(engine)
+    try:
+        yield Db(url, sessions, version)
+    finally:
+        version.unwatch()
+        await engine.dispose()
+
+
+def _states(body: bytes) -> dict[int, list[str]]:
+    return {p["id"]: [v["state"] for v in p["votes"]] for p in json.loads(body)["proposals"]}
+
+
+async def _set_first_vote(sessions: SessionFactory, state: str) -> None:
+    async with sessions.begin() as session:
+        await session.execute(update(Vote).where(Vote.id == 1).values(state=state))
+
+
+@pytest.mark.anyio
+async def test_the_snapshot_is_reused_until_this_process_writes_what_it_shows(db: Db) -> None:
+    clock = FakeClock()
+    cache = ActiveProposalsCache(db.sessions, SCOPE, db.version, clock=clock)
+    first = await cache.answer(NOW, CHAIN_NOW)
+    assert _states(first) == {1: ["queued", "queued"], 2: ["queued", "queued"], 3: ["queued", "queued"]}
+    assert first.count(b"\n") == 5 and json.loads(first)["count"] == 3  # head, 3 lines, closing bracket
+
+    clock.now += 0.5
+    assert await cache.answer(NOW, CHAIN_NOW) == first and cache.rebuilds == 1
+    async with db.sessions.begin() as session:  # the listener's cursor: not shown, nothing to rebuild
+        await session.execute(insert(ChainCursor).values(stream="logs", block_number=7))
+    assert await cache.answer(NOW, CHAIN_NOW) == first and cache.rebuilds == 1
+
+    before = db.version.value
+    await _set_first_vote(db.sessions, "confirmed")
+    assert db.version.value > before  # bumped once the writing connection went back to the pool
+    assert _states(await cache.answer(NOW, CHAIN_NOW))[1] == ["confirmed", "queued"]
+    assert cache.rebuilds == 2
+
+    # A burst of writes rebuilds at most every 0.2 s; the answer lags by no more than that.
+    await _set_first_vote(db.sessions, "sent")
+    clock.now += 0.1
+    assert _states(await cache.answer(NOW, CHAIN_NOW))[1] == ["confirmed", "queued"]
+    clock.now += 0.1
+    assert _states(await cache.answer(NOW, CHAIN_NOW))[1] == ["sent", "queued"] and cache.rebuilds == 3
+
+
+@pytest.mark.anyio
+async def test_other_processes_writes_show_within_max_age(db: Db) -> None:
+    clock = FakeClock()
+    cache = ActiveProposalsCache(db.sessions, SCOPE, db.version, clock=clock)
+    await cache.answer(NOW, CHAIN_NOW)
+    other = create_engine(db.url)  # another process's engine: its writes are not watched
+    try:
+        await _set_first_vote(session_factory(other), "failed")
+    finally:
+        await other.dispose()
+    clock.now += 0.9
+    assert _states(await cache.answer(NOW, CHAIN_NOW))[1] == ["queued", "queued"]
+    clock.now += 0.1
+    assert _states(await cache.answer(NOW, CHAIN_NOW))[1] == ["failed", "queued"]
+
+
+@pytest.mark.anyio
+async def test_proposals_drop_out_as_the_chain_clock_passes_their_end(db: Db) -> None:
+    clock = FakeClock()
+    cache = ActiveProposalsCache(db.sessions, SCOPE, db.version, clock=clock)
+    end_of_1 = dt.datetime.fromtimestamp(ENDS + 1, dt.UTC)
+    assert json.loads(await cache.answer(NOW, end_of_1))["count"] == 3  # voting ends at == still open
+    later = json.loads(await cache.answer(NOW, end_of_1 + dt.timedelta(seconds=0.5)))
+    assert [p["id"] for p in later["proposals"]] == [2, 3] and later["count"] == 2 and cache.rebuilds == 1
+    # The chain clock stepping back a lot (a reorg to an older head): the query did not cover it.
+    assert json.loads(await cache.answer(NOW, CHAIN_NOW))["count"] == 3 and cache.rebuilds == 2
+    assert json.loads(await cache.answer(NOW, end_of_1 + dt.timedelta(seconds=5)))["count"] == 0
+
+
+@pytest.mark.anyio
+async def test_concurrent_requests_share_one_rebuild_and_unwatched_means_uncached(db: Db) -> None:
+    cache = ActiveProposalsCache(db.sessions, SCOPE, db.version, clock=FakeClock())
+    answers: list[bytes] = []
+
+    async def ask() -> None:
+        answers.append(await cache.answer(NOW, CHAIN_NOW))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(ask)
+    assert len(set(answers)) == 1 and cache.rebuilds == 1
+    db.version.unwatch()
+    await cache.answer(NOW, CHAIN_NOW)
+    await cache.answer(NOW, CHAIN_NOW)
+    assert cache.rebuilds == 3
+
+
+@pytest.mark.anyio
+async def test_the_health_probe_runs_once_per_interval(db: Db, tmp_path: Path) -> None:
+    clock = FakeClock()
+    probe = DatabaseProbe(db.sessions, clock=clock)
+    results: list[str | None] = []
+
+    async def ask() -> None:
+        results.append(await probe.error())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(ask)
+    assert results == [None] * 10 and probe.probes == 1
+    clock.now += 0.99
+    assert await probe.error() is None and probe.probes == 1
+    clock.now += 0.01
+    assert await probe.error() is None and probe.probes == 2
+
+    broken = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'x.db'}")
+    try:
+        error = await DatabaseProbe(session_factory(broken), clock=clock).error()
+    finally:
+        await broken.dispose()
+    assert error is not None and "database unreachable" in error

@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 
 from dloop.errors import DloopError
 from dloop.logs import log_event
+from web.caches import WebCaches
 from web.errors import handle_http_exception, handle_service_error, handle_unexpected
 from web.ports import WebContext
 from web.routes import ROUTES
@@ -26,19 +27,31 @@ def _context(state: State) -> WebContext:
     return context
 
 
+def _caches(state: State) -> WebCaches:
+    caches: WebCaches = state.caches
+    return caches
+
+
 def create_app(context: WebContext) -> Litestar:
+    caches = WebCaches.for_context(context)
+
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        caches.start()
         log_event(logger, "http_app_started", nodes=len(context.nodes), contract=context.scope.contract)
         try:
             yield
         finally:
+            caches.stop()
             log_event(logger, "http_app_stopped")
 
     return Litestar(
         route_handlers=ROUTES,
-        state=State({"context": context}),
-        dependencies={"context": Provide(_context, sync_to_thread=False)},
+        state=State({"context": context, "caches": caches}),
+        dependencies={
+            "context": Provide(_context, sync_to_thread=False),
+            "caches": Provide(_caches, sync_to_thread=False),
+        },
         exception_handlers={
             HTTPException: handle_http_exception,
             DloopError: handle_service_error,

@@ -10,7 +10,7 @@ import msgspec
 
 from chain.types import format_units
 from storage.models import OPEN_VOTE_STATES, VoteState
-from storage.queries import NodeVoteStats, ProposalView, VoteView
+from storage.queries import ActiveProposalRows, NodeVoteStats, ProposalView, VoteView
 from storage.rounds import RoundRecord
 from web.ports import ListenerView, NodeChainState, VoterView
 from web.schemas import (
@@ -37,34 +37,6 @@ def units(wei: int | None, decimals: int = 18) -> str | None:
 
 def end_time(view: ProposalView) -> int:
     return int(view.voting_ends_at.timestamp())
-
-
-def vote_brief(vote: VoteView) -> NodeVoteBrief:
-    return NodeVoteBrief(
-        vote.node_name, vote.state, vote.decision, vote.confidence, vote.reason, vote.tx_hash
-    )
-
-
-def active_proposal(view: ProposalView) -> ActiveProposal:
-    return ActiveProposal(
-        id=view.proposal_id,
-        proposer=view.proposer,
-        description=view.description,
-        proposal_type=view.proposal_type,
-        proposal_type_name=view.proposal_type_name,
-        asset_address=view.asset_address,
-        asset_symbol=view.asset_symbol,
-        amount=view.amount,
-        amount_units=view.amount_units,
-        votes_for=view.yes_votes,
-        votes_against=view.no_votes,
-        end_time=end_time(view),
-        end_time_utc=view.voting_ends_at,
-        state=view.status,
-        status=view.status_name,
-        executed=view.executed,
-        votes=[vote_brief(v) for v in view.votes],
-    )
 
 
 def vote_out(vote: VoteView) -> VoteOut:
@@ -272,11 +244,74 @@ def encode_active_proposals(body: ActiveProposalsResponse) -> bytes:
     """Compact JSON with a newline after each proposal object: still one valid JSON document, and
     line-oriented tools see one proposal per line (`grep -c '"state":1'` counts active proposals,
     `grep votesFor` prints one line per proposal)."""
-    head = msgspec.json.encode({"success": body.success, "count": body.count, "timestamp": body.timestamp})
-    lines: Iterable[bytes] = (msgspec.json.encode(p) for p in body.proposals)
-    joined = b",\n".join(lines)
-    inner = b'"proposals":[\n' + joined + b"\n]" if body.proposals else b'"proposals":[]'
-    return head[:-1] + b"," + inner + b"}\n"
+    lines = [msgspec.json.encode(p) for p in body.proposals]
+    return assemble_active_proposals(body.timestamp, len(lines), join_proposal_lines(lines), body.success)
+
+
+def join_proposal_lines(lines: Iterable[bytes]) -> bytes:
+    """Encoded proposals, one per line, as they sit between the brackets of `"proposals":[...]`."""
+    return b",\n".join(lines)
+
+
+def assemble_active_proposals(
+    timestamp: dt.datetime, count: int, joined: bytes, success: bool = True
+) -> bytes:
+    """The /active-proposals document around `count` proposal lines already joined (join_proposal_lines)."""
+    head = msgspec.json.encode({"success": success, "count": count, "timestamp": timestamp})
+    if count == 0:
+        return b"".join((head[:-1], b',"proposals":[]}\n'))
+    return b"".join((head[:-1], b',"proposals":[\n', joined, b"\n]}\n"))
+
+
+def active_proposal_lines(rows: ActiveProposalRows) -> list[tuple[dt.datetime, bytes]]:
+    """Each active proposal as (voting end, its encoded line), in proposal id order, straight from the
+    selected columns (queries.ACTIVE_PROPOSAL_COLUMNS / ACTIVE_VOTE_COLUMNS) to msgspec structs."""
+    votes: dict[int, list[NodeVoteBrief]] = {}
+    for proposal_ref, node, state, decision, confidence, reason, tx_hash in rows.votes:
+        votes.setdefault(proposal_ref, []).append(
+            NodeVoteBrief(node, state, decision, confidence, reason, tx_hash)
+        )
+    encode = msgspec.json.encode
+    lines = []
+    for (
+        ref,
+        proposal_id,
+        proposer,
+        description,
+        proposal_type,
+        proposal_type_name,
+        asset_address,
+        asset_symbol,
+        amount,
+        amount_units,
+        yes_votes,
+        no_votes,
+        voting_ends_at,
+        status,
+        status_name,
+        executed,
+    ) in rows.proposals:
+        proposal = ActiveProposal(
+            id=proposal_id,
+            proposer=proposer,
+            description=description,
+            proposal_type=proposal_type,
+            proposal_type_name=proposal_type_name,
+            asset_address=asset_address,
+            asset_symbol=asset_symbol,
+            amount=amount,
+            amount_units=amount_units,
+            votes_for=yes_votes,
+            votes_against=no_votes,
+            end_time=int(voting_ends_at.timestamp()),
+            end_time_utc=voting_ends_at,
+            state=status,
+            status=status_name,
+            executed=executed,
+            votes=votes.get(ref, []),
+        )
+        lines.append((voting_ends_at, encode(proposal)))
+    return lines
 
 
 def node_chain_by_address(states: Sequence[NodeChainState]) -> dict[str, NodeChainState]:

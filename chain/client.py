@@ -174,6 +174,7 @@ class ChainClient:
         if frames is None:
             return await answer
         bad_frame = frames.next  # taken before the request goes out: only frames after it count
+        number = frames.count + 1  # the number that frame will get
         outcome: list[T] = []
         failure: list[Exception] = []
         async with anyio.create_task_group() as tg:
@@ -193,6 +194,7 @@ class ChainClient:
             raise failure[0]
         if outcome:
             return outcome[0]
+        frames.claim(number)
         raise MalformedAnswer(
             f"malformed answer to {what}: the node's answer was not JSON-RPC",
             method=what,

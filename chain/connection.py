@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -50,16 +51,25 @@ def safe_url(url: str) -> str:
 
 
 class MalformedFrames:
-    """Frames of one connection that were not JSON-RPC, and an event that fires at the next one."""
+    """Frames of one connection that were not JSON-RPC, and an event that fires at the next one.
+
+    A request that gives up on a bad frame claims it (by number). A frame nobody claims was no request's
+    answer: most likely a subscription notification, which the provider must not lose silently.
+    """
 
     def __init__(self) -> None:
         self.count = 0
         self.next = anyio.Event()
+        self.claimed: set[int] = set()
 
-    def note(self) -> None:
+    def note(self) -> int:
         self.count += 1
         arrived, self.next = self.next, anyio.Event()
         arrived.set()
+        return self.count
+
+    def claim(self, number: int) -> None:
+        self.claimed.add(number)
 
 
 class FrameTolerantWebSocketProvider(WebSocketProvider):
@@ -69,12 +79,15 @@ class FrameTolerantWebSocketProvider(WebSocketProvider):
     task, and every later request of the socket re-raises it (`_handle_listener_task_exceptions`), so one
     malformed answer spoils a healthy connection. (`silence_listener_task_exceptions=True` would keep the
     task alive but also swallow a closed socket's error in a tight loop.) Here a frame that is not a JSON
-    object or batch is dropped and counted; `ChainClient` fails the request left without its answer.
+    object or batch is dropped and counted; `ChainClient` fails the request left without its answer. A
+    bad frame no request claims within `claim_window` seconds ends the subscription stream (if any) with a
+    TransientChainError: the subscriber reconnects and catches up rather than miss a notification.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, claim_window: float = 3.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.malformed = MalformedFrames()
+        self.claim_window = claim_window
 
     async def socket_recv(self) -> RPCResponse:
         if self._ws is None:
@@ -87,14 +100,21 @@ class FrameTolerantWebSocketProvider(WebSocketProvider):
                 answer = None
             if isinstance(answer, dict | list):
                 return cast(RPCResponse, answer)
-            self.malformed.note()
-            log_event(
-                log,
-                "rpc_malformed_frame",
-                level=logging.WARNING,
-                frames=self.malformed.count,
-                start=str(raw[:80]),
-            )
+            number = self.malformed.note()
+            log_event(log, "rpc_malformed_frame", level=logging.WARNING, frame=number, start=str(raw[:80]))
+            asyncio.get_running_loop().call_later(self.claim_window, self._unclaimed, number)
+
+    def _unclaimed(self, number: int) -> None:
+        if number in self.malformed.claimed:
+            self.malformed.claimed.discard(number)
+            return
+        if not self._request_processor.active_subscriptions:
+            return
+        log_event(log, "rpc_malformed_notification", level=logging.WARNING, frame=number)
+        with contextlib.suppress(asyncio.QueueFull):
+            # web3's queue raises an exception item at its reader (`TaskReliantQueue.get`).
+            lost = TransientChainError(f"malformed frame {number} answered no request: a lost notification?")
+            self._request_processor._subscription_response_queue.put_nowait(lost)  # type: ignore[arg-type]
 
 
 @asynccontextmanager

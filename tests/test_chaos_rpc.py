@@ -201,3 +201,25 @@ def test_the_reconnect_log_names_the_inner_error_of_a_task_group() -> None:
     plain = ExceptionGroup("tg", [KeyError("k")])
     assert isinstance(first_error(plain), KeyError)
     assert first_error(inner) is inner
+
+
+@pytest.mark.anyio
+async def test_a_malformed_notification_makes_the_listener_catch_up(tmp_path: Path) -> None:
+    """A bad frame no request claims may have been a log notification: the subscriber must not lose it."""
+    with AnvilProcess() as anvil:
+        info = deploy_devnet(anvil.http_url, proposals=0)
+        chain = Chain(anvil, info, Web3(Web3.HTTPProvider(anvil.http_url)))
+        db = await open_database(tmp_path / "listener.db", info)
+        try:
+            async with faulty_rpc_proxy(anvil.ws_url, FaultPlan()) as proxy:
+                signal = WorkSignal()
+                settings = make_settings(proxy.url, info, db.url)
+                async with running_listener(settings, db, signal) as listener:
+                    reconnects = listener.status.reconnects
+                    proxy.force("garbled_notification", 2)  # the proposal's block head and its log
+                    ids = await chain.create_async(1)
+                    await wait_for_queue(db, signal, set(ids), timeout=20)
+                    assert proxy.counts["garbled_notification"] == 2
+                    assert listener.status.reconnects > reconnects  # it started over and caught up
+        finally:
+            await db.engine.dispose()

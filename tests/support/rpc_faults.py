@@ -7,6 +7,7 @@ Faults, each drawn independently per request from a seeded random source:
 - `delayed`: the request is held `delay_seconds` before it is forwarded (other requests pass meanwhile);
 - `garbled`: the request IS forwarded (a transaction reaches the node) but its answer is replaced by text
   that is not JSON, so the client never learns the result;
+- `garbled_notification` (forced only): the next subscription notification is replaced by that text;
 - `max_batch` (from RpcProxy): batches with more requests are refused with one error object.
 `counts` tells the test what was injected; `active = False` lets everything through (e.g. during start-up);
 `force("garbled", 1)` makes the next request(s) suffer that fault whatever the rates (deterministic tests).
@@ -96,6 +97,10 @@ class FaultyRpcProxy(RpcProxy):
                     if garbled_ids and _answer_id(message) in garbled_ids:
                         garbled_ids.discard(_answer_id(message))
                         message = GARBAGE
+                    elif self.forced["garbled_notification"] > 0 and _is_notification(message):
+                        self.forced["garbled_notification"] -= 1
+                        self.counts["garbled_notification"] += 1
+                        message = GARBAGE
                     await client.send(message)
 
             async with anyio.create_task_group() as tg:
@@ -144,6 +149,14 @@ def _answer_id(message: str | bytes) -> Any:
     except ValueError:
         return None
     return payload.get("id") if isinstance(payload, dict) else None
+
+
+def _is_notification(message: str | bytes) -> bool:
+    try:
+        payload = json.loads(message)
+    except ValueError:
+        return False
+    return isinstance(payload, dict) and payload.get("method") == "eth_subscription"
 
 
 def _rate_limited(payload: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -94,6 +95,25 @@ def test_active_proposals_is_one_valid_json_document_with_a_proposal_per_line(sv
     assert first["id"] == 1 and first["state"] == 1 and first["assetSymbol"] == "USDC"
     assert first["amount"] == "500000000" and first["amountUnits"] == "500"
     assert len(first["votes"]) == NODES and {v["state"] for v in first["votes"]} == {"confirmed"}
+
+
+def test_polling_health_and_active_proposals_reuses_the_probe_and_the_snapshot(svc: RunningService) -> None:
+    caches = svc.service.app.state.caches
+    assert caches.version.watching  # started with the app: the service's writes invalidate the snapshot
+    probes, rebuilds = caches.database.probes, caches.active.rebuilds
+    started = time.monotonic()
+    with httpx.Client(base_url=svc.url) as client:
+        answers = {client.get("/active-proposals").json()["count"] for _ in range(30)}
+        healthy = {client.get("/health").json()["checks"]["database"]["ok"] for _ in range(30)}
+    elapsed = time.monotonic() - started
+    assert answers == {PROPOSALS} and healthy == {True}
+    assert caches.database.probes - probes <= 1 + elapsed  # one shared probe per second at most
+    assert caches.active.rebuilds - rebuilds <= 1 + elapsed / 0.2  # at most every 0.2 s, whatever the load
+    schema = httpx.get(f"{svc.url}/schema/openapi.json").json()["paths"]
+    assert (
+        "parameters" not in schema["/health"]["get"]
+        and "parameters" not in schema["/active-proposals"]["get"]
+    )
 
 
 def test_proposal_detail_votes_rounds_metrics_and_openapi(svc: RunningService) -> None:

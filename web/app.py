@@ -27,11 +27,6 @@ def _context(state: State) -> WebContext:
     return context
 
 
-def _caches(state: State) -> WebCaches:
-    caches: WebCaches = state.caches
-    return caches
-
-
 def create_app(context: WebContext) -> Litestar:
     caches = WebCaches.for_context(context)
 
@@ -47,11 +42,8 @@ def create_app(context: WebContext) -> Litestar:
 
     return Litestar(
         route_handlers=ROUTES,
-        state=State({"context": context, "caches": caches}),
-        dependencies={
-            "context": Provide(_context, sync_to_thread=False),
-            "caches": Provide(_caches, sync_to_thread=False),
-        },
+        state=State({"context": context, "caches": caches}),  # caches: read by web.routes.hot_path
+        dependencies={"context": Provide(_context, sync_to_thread=False)},
         exception_handlers={
             HTTPException: handle_http_exception,
             DloopError: handle_service_error,

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import anyio
 from litestar import MediaType, Response, get, post
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
@@ -51,7 +52,16 @@ from web.schemas import (
 )
 
 Ctx = NamedDependency[WebContext]  # provided by the app (web.app), by name
-Caches = NamedDependency[WebCaches]
+
+
+def hot_path(state: State) -> tuple[WebContext, WebCaches]:
+    """The context and caches straight from the app state, for the endpoints monitors and dashboards poll:
+    two injected dependencies make Litestar resolve them in a task group on every request."""
+    context: WebContext = state.context
+    caches: WebCaches = state.caches
+    return context, caches
+
+
 MAX_ID = 2**63 - 1  # ids are BIGINT in the database
 NODE_READ_TIMEOUT = 5.0
 
@@ -148,7 +158,8 @@ async def overview(context: Ctx) -> OverviewResponse:
 
 
 @get("/health", responses=ERRORS, summary="Health of database, chain connection, subscription and head")
-async def health(context: Ctx, caches: Caches) -> Response[HealthResponse]:
+async def health(state: State) -> Response[HealthResponse]:
+    context, caches = hot_path(state)
     now = utcnow()
     database_error = await caches.database.error()  # one shared probe per second, not one per request
     checks = health_checks(
@@ -176,7 +187,8 @@ async def nodes(context: Ctx) -> NodesResponse:
     "Served from a snapshot rebuilt when the service writes proposals or votes (at most every 0.2 s) and at "
     "least every second: the answer lags the database by at most 0.2 s (1 s for other processes' writes).",
 )
-async def active_proposals(context: Ctx, caches: Caches) -> Response[ActiveProposalsResponse]:
+async def active_proposals(state: State) -> Response[ActiveProposalsResponse]:
+    context, caches = hot_path(state)
     now = utcnow()
     content = await caches.active.answer(now, chain_now(context.listener(), now))
     # Pre-encoded bytes pass through unchanged; the annotation documents the shape in the OpenAPI schema.

@@ -17,7 +17,7 @@ from dloop.logs import log_event
 from web.caches import WebCaches
 from web.errors import handle_http_exception, handle_service_error, handle_unexpected
 from web.ports import WebContext
-from web.routes import ROUTES
+from web.routes import ROUTES, polled_routes
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def create_app(context: WebContext) -> Litestar:
             log_event(logger, "http_app_stopped")
 
     return Litestar(
-        route_handlers=ROUTES,
-        state=State({"context": context, "caches": caches}),  # caches: read by web.routes.hot_path
+        route_handlers=[*ROUTES, *polled_routes(context, caches)],
+        state=State({"context": context, "caches": caches}),
         dependencies={"context": Provide(_context, sync_to_thread=False)},
         exception_handlers={
             HTTPException: handle_http_exception,

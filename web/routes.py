@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from typing import Annotated
 
 import anyio
+import msgspec
 from litestar import MediaType, Response, get, post
-from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, ValidationException
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, QueryParameter
 
@@ -52,14 +53,6 @@ from web.schemas import (
 )
 
 Ctx = NamedDependency[WebContext]  # provided by the app (web.app), by name
-
-
-def hot_path(state: State) -> tuple[WebContext, WebCaches]:
-    """The context and caches straight from the app state, for the endpoints monitors and dashboards poll:
-    two injected dependencies make Litestar resolve them in a task group on every request."""
-    context: WebContext = state.context
-    caches: WebCaches = state.caches
-    return context, caches
 
 
 MAX_ID = 2**63 - 1  # ids are BIGINT in the database
@@ -157,19 +150,6 @@ async def overview(context: Ctx) -> OverviewResponse:
     )
 
 
-@get("/health", responses=ERRORS, summary="Health of database, chain connection, subscription and head")
-async def health(state: State) -> Response[HealthResponse]:
-    context, caches = hot_path(state)
-    now = utcnow()
-    database_error = await caches.database.error()  # one shared probe per second, not one per request
-    checks = health_checks(
-        database_error=database_error, listener=context.listener(), now=now, head_timeout=context.head_timeout
-    )
-    healthy = all(check.ok for check in checks.values())
-    body = HealthResponse("healthy" if healthy else "unhealthy", healthy, now, checks)
-    return Response(body, status_code=200 if healthy else 503, media_type=MediaType.JSON)
-
-
 @get("/nodes", responses=ERRORS, summary="Each node's account, funding, weight and votes")
 async def nodes(context: Ctx) -> NodesResponse:
     stats = await queries.node_vote_stats(context.sessions, context.scope)
@@ -177,22 +157,6 @@ async def nodes(context: Ctx) -> NodesResponse:
     configured = {n.address.lower() for n in context.nodes}
     items = [node_out(s, chain.get(s.address.lower())) for s in stats if s.address.lower() in configured]
     return NodesResponse(success=True, nodes=items, count=len(items), timestamp=utcnow())
-
-
-@get(
-    "/active-proposals",
-    responses=ERRORS,
-    summary="Proposals open for voting, one per line",
-    description="Compact JSON, a newline after each proposal object: `grep -c '\"state\":1'` counts them. "
-    "Served from a snapshot rebuilt when the service writes proposals or votes (at most every 0.2 s) and at "
-    "least every second: the answer lags the database by at most 0.2 s (1 s for other processes' writes).",
-)
-async def active_proposals(state: State) -> Response[ActiveProposalsResponse]:
-    context, caches = hot_path(state)
-    now = utcnow()
-    content = await caches.active.answer(now, chain_now(context.listener(), now))
-    # Pre-encoded bytes pass through unchanged; the annotation documents the shape in the OpenAPI schema.
-    return Response(content=content, media_type=MediaType.JSON)  # type: ignore[arg-type]
 
 
 @get("/proposals/{proposal_id:str}", responses=ERRORS, summary="One proposal with every node's decision")
@@ -293,4 +257,54 @@ async def metrics(context: Ctx) -> Response[str]:
     return Response(render(snapshot), media_type=CONTENT_TYPE)
 
 
-ROUTES = [overview, health, nodes, active_proposals, proposal, votes, trigger_voting, round_detail, metrics]
+ROUTES = [overview, nodes, proposal, votes, trigger_voting, round_detail, metrics]
+
+
+# -- the endpoints monitors and dashboards poll ------------------------------------------------------------
+
+
+async def health_answer(context: WebContext, caches: WebCaches) -> tuple[bytes, int]:
+    now = utcnow()
+    database_error = await caches.database.error()  # one shared probe per second, not one per request
+    checks = health_checks(
+        database_error=database_error, listener=context.listener(), now=now, head_timeout=context.head_timeout
+    )
+    healthy = all(check.ok for check in checks.values())
+    body = HealthResponse("healthy" if healthy else "unhealthy", healthy, now, checks)
+    return msgspec.json.encode(body), 200 if healthy else 503
+
+
+async def active_proposals_answer(context: WebContext, caches: WebCaches) -> bytes:
+    now = utcnow()
+    return await caches.active.answer(now, chain_now(context.listener(), now))
+
+
+ACTIVE_PROPOSALS_DOC = (
+    "Compact JSON, a newline after each proposal object: `grep -c '\"state\":1'` counts them. Served from a "
+    "snapshot rebuilt when the service writes proposals or votes (at most every 0.2 s) and at least every "
+    "second: the answer lags the database by at most 0.2 s (1 s for other processes' writes)."
+)
+
+
+def polled_routes(context: WebContext, caches: WebCaches) -> list[HTTPRouteHandler]:
+    """/health and /active-proposals bound to this app's context and caches. They take no parameters and
+    return encoded bytes, so Litestar resolves no dependency, validates no signature and runs no serializer
+    per request (injecting the two cost a task group per request)."""
+
+    @get("/health", responses=ERRORS, summary="Health of database, chain connection, subscription and head")
+    async def health() -> Response[HealthResponse]:
+        content, status = await health_answer(context, caches)
+        return Response(content, status_code=status, media_type=MediaType.JSON)  # type: ignore[arg-type]
+
+    @get(
+        "/active-proposals",
+        responses=ERRORS,
+        summary="Proposals open for voting, one per line",
+        description=ACTIVE_PROPOSALS_DOC,
+    )
+    async def active_proposals() -> Response[ActiveProposalsResponse]:
+        content = await active_proposals_answer(context, caches)
+        # Pre-encoded bytes pass through unchanged; the annotation documents the shape in the OpenAPI schema.
+        return Response(content=content, media_type=MediaType.JSON)  # type: ignore[arg-type]
+
+    return [health, active_proposals]

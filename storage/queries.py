@@ -6,12 +6,12 @@ Every function opens one short read session; results are plain frozen dataclasse
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Select, event, func, select, text
-from sqlalchemy.engine import Connection, ExecutionContext
+from sqlalchemy.engine import Connection, ExecutionContext, RowMapping
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -21,66 +21,76 @@ from dloop.errors import StorageError
 from storage.engine import SessionFactory
 from storage.models import OPEN_VOTE_STATES, Node, Proposal, Vote, VoteState, VoteTransaction
 
+# The columns of /proposals/{id} and /votes, labelled with the field names of web.schemas.VoteOut,
+# TransactionOut and ProposalOut: the web layer builds its structs from these rows by name, so each field is
+# defined once (tests/test_web_units.py checks the labels against the structs).
+VOTE_COLUMNS = (
+    Vote.id,
+    Proposal.proposal_id,
+    Node.name.label("node"),
+    Node.address.label("node_address"),
+    Vote.state,
+    Vote.decision,
+    Vote.confidence,
+    Vote.reason,
+    Vote.tx_hash,
+    Vote.nonce,
+    Vote.attempts,
+    Vote.last_error,
+    Vote.queued_at,
+    Vote.decided_at,
+    Vote.sent_at,
+    Vote.confirmed_at,
+    Vote.confirmed_block,
+    Vote.gas_used,
+)
+TRANSACTION_COLUMNS = (
+    VoteTransaction.tx_hash,
+    VoteTransaction.nonce,
+    VoteTransaction.max_fee_per_gas,
+    VoteTransaction.max_priority_fee_per_gas,
+    VoteTransaction.gas_limit,
+    VoteTransaction.created_at,
+    VoteTransaction.outcome,
+)
+PROPOSAL_COLUMNS = (
+    Proposal.proposal_id.label("id"),
+    Proposal.proposer,
+    Proposal.description,
+    Proposal.proposal_type,
+    Proposal.proposal_type_name,
+    Proposal.asset_address,
+    Proposal.asset_symbol,
+    Proposal.asset_decimals,
+    Proposal.amount,
+    Proposal.amount_units,
+    Proposal.yes_votes.label("votes_for"),
+    Proposal.no_votes.label("votes_against"),
+    Proposal.created_at,
+    Proposal.voting_ends_at.label("end_time_utc"),
+    Proposal.status.label("state"),
+    Proposal.status_name.label("status"),
+    Proposal.executed,
+    Proposal.first_seen_at,
+    Proposal.source,
+    Proposal.block_number,
+    Proposal.tx_hash,
+    Proposal.read_error,
+)
+
+Record = Mapping[str, Any]  # one row by column label
+
 
 @dataclass(frozen=True)
-class TransactionView:
-    tx_hash: str
-    nonce: int
-    max_fee_per_gas: str
-    max_priority_fee_per_gas: str
-    gas_limit: int
-    created_at: dt.datetime
-    outcome: str | None
+class VoteRecord:
+    vote: Record  # VOTE_COLUMNS
+    transactions: Sequence[Record] = ()  # TRANSACTION_COLUMNS, oldest first
 
 
 @dataclass(frozen=True)
-class VoteView:
-    vote_id: int
-    proposal_id: int
-    node_name: str
-    node_address: str
-    state: str
-    decision: str | None
-    confidence: float | None
-    reason: str | None
-    tx_hash: str | None
-    nonce: int | None
-    attempts: int
-    last_error: str | None
-    queued_at: dt.datetime
-    decided_at: dt.datetime | None
-    sent_at: dt.datetime | None
-    confirmed_at: dt.datetime | None
-    confirmed_block: int | None
-    gas_used: int | None
-    transactions: tuple[TransactionView, ...] = ()
-
-
-@dataclass(frozen=True)
-class ProposalView:
-    proposal_id: int
-    proposal_type: int
-    proposal_type_name: str
-    asset_address: str
-    asset_symbol: str | None
-    asset_decimals: int | None
-    amount: str
-    amount_units: str | None
-    description: str
-    proposer: str
-    created_at: dt.datetime
-    voting_ends_at: dt.datetime
-    status: int
-    status_name: str
-    executed: bool
-    yes_votes: str
-    no_votes: str
-    first_seen_at: dt.datetime
-    source: str
-    block_number: int | None
-    tx_hash: str | None
-    read_error: str | None
-    votes: tuple[VoteView, ...]
+class ProposalRecord:
+    proposal: Record  # PROPOSAL_COLUMNS
+    votes: Sequence[VoteRecord]  # by node name
 
 
 @dataclass(frozen=True)
@@ -107,7 +117,7 @@ class NodeVoteStats:
 
 @dataclass(frozen=True)
 class VotePage:
-    items: tuple[VoteView, ...]
+    items: Sequence[Record]  # VOTE_COLUMNS
     total: int
     limit: int
     offset: int
@@ -138,74 +148,17 @@ async def check_database(sessions: SessionFactory) -> None:
         raise StorageError(f"database unreachable: {type(exc).__name__}") from exc
 
 
-def _vote_select() -> Select[Vote, Node, Proposal]:
+def _record(mapping: RowMapping) -> Record:
+    # A row's mapping iterates over its column labels, which are strings here.
+    return cast(Record, mapping)
+
+
+def _votes_in(scope: ContractScope) -> Select[*tuple[Any, ...]]:
     return (
-        select(Vote, Node, Proposal)
+        select(*VOTE_COLUMNS)
         .join(Node, Vote.node_id == Node.id)
         .join(Proposal, Vote.proposal_ref == Proposal.id)
-    )
-
-
-def _vote_view(vote: Vote, node: Node, proposal: Proposal, txs: Sequence[VoteTransaction] = ()) -> VoteView:
-    return VoteView(
-        vote_id=vote.id,
-        proposal_id=proposal.proposal_id,
-        node_name=node.name,
-        node_address=node.address,
-        state=vote.state,
-        decision=vote.decision,
-        confidence=vote.confidence,
-        reason=vote.reason,
-        tx_hash=vote.tx_hash,
-        nonce=vote.nonce,
-        attempts=vote.attempts,
-        last_error=vote.last_error,
-        queued_at=vote.queued_at,
-        decided_at=vote.decided_at,
-        sent_at=vote.sent_at,
-        confirmed_at=vote.confirmed_at,
-        confirmed_block=vote.confirmed_block,
-        gas_used=vote.gas_used,
-        transactions=tuple(
-            TransactionView(
-                tx_hash=t.tx_hash,
-                nonce=t.nonce,
-                max_fee_per_gas=t.max_fee_per_gas,
-                max_priority_fee_per_gas=t.max_priority_fee_per_gas,
-                gas_limit=t.gas_limit,
-                created_at=t.created_at,
-                outcome=t.outcome,
-            )
-            for t in txs
-        ),
-    )
-
-
-def _proposal_view(row: Proposal, votes: Sequence[VoteView]) -> ProposalView:
-    return ProposalView(
-        proposal_id=row.proposal_id,
-        proposal_type=row.proposal_type,
-        proposal_type_name=row.proposal_type_name,
-        asset_address=row.asset_address,
-        asset_symbol=row.asset_symbol,
-        asset_decimals=row.asset_decimals,
-        amount=row.amount,
-        amount_units=row.amount_units,
-        description=row.description,
-        proposer=row.proposer,
-        created_at=row.created_at,
-        voting_ends_at=row.voting_ends_at,
-        status=row.status,
-        status_name=row.status_name,
-        executed=row.executed,
-        yes_votes=row.yes_votes,
-        no_votes=row.no_votes,
-        first_seen_at=row.first_seen_at,
-        source=row.source,
-        block_number=row.block_number,
-        tx_hash=row.tx_hash,
-        read_error=row.read_error,
-        votes=tuple(votes),
+        .where(Proposal.chain_id == scope.chain_id, Proposal.contract == scope.contract)
     )
 
 
@@ -284,37 +237,36 @@ async def active_proposal_rows(
 
 async def proposal_detail(
     sessions: SessionFactory, scope: ContractScope, proposal_id: int
-) -> ProposalView | None:
+) -> ProposalRecord | None:
     """One proposal with every node's vote and every transaction signed for it."""
     async with sessions() as session:
-        row = (
+        proposal = (
             await session.execute(
-                select(Proposal).where(
+                select(*PROPOSAL_COLUMNS).where(
                     Proposal.chain_id == scope.chain_id,
                     Proposal.contract == scope.contract,
                     Proposal.proposal_id == proposal_id,
                 )
             )
-        ).scalar_one_or_none()
-        if row is None:
+        ).one_or_none()
+        if proposal is None:
             return None
-        vote_rows = (
-            await session.execute(_vote_select().where(Vote.proposal_ref == row.id).order_by(Node.name))
+        votes = (
+            await session.execute(
+                _votes_in(scope).where(Proposal.proposal_id == proposal_id).order_by(Node.name)
+            )
         ).all()
-        vote_rows_list = list(vote_rows)
-        vote_ids = [vote.id for vote, _node, _proposal in vote_rows_list]
-        txs: dict[int, list[VoteTransaction]] = {vote_id: [] for vote_id in vote_ids}
-        if vote_ids:
-            for tx in (
-                await session.execute(
-                    select(VoteTransaction)
-                    .where(VoteTransaction.vote_id.in_(vote_ids))
-                    .order_by(VoteTransaction.vote_id, VoteTransaction.id)
-                )
-            ).scalars():
-                txs[tx.vote_id].append(tx)
-        views = [_vote_view(vote, node, proposal, txs[vote.id]) for vote, node, proposal in vote_rows_list]
-        return _proposal_view(row, views)
+        txs: dict[int, list[Record]] = {vote.id: [] for vote in votes}
+        if txs:
+            for tx in await session.execute(
+                select(VoteTransaction.vote_id, *TRANSACTION_COLUMNS)
+                .where(VoteTransaction.vote_id.in_(list(txs)))
+                .order_by(VoteTransaction.vote_id, VoteTransaction.id)
+            ):
+                txs[tx.vote_id].append({c.key: tx._mapping[c.key] for c in TRANSACTION_COLUMNS})
+        return ProposalRecord(
+            _record(proposal._mapping), [VoteRecord(_record(v._mapping), txs[v.id]) for v in votes]
+        )
 
 
 async def list_votes(
@@ -346,13 +298,13 @@ async def list_votes(
             )
         ).scalar_one()
         rows = await session.execute(
-            _vote_select()
+            _votes_in(scope)
             .where(*conditions)
             .order_by(Proposal.proposal_id.desc(), Node.name)
             .limit(limit)
             .offset(offset)
         )
-        items = tuple(_vote_view(vote, n, p) for vote, n, p in rows)
+        items = [_record(row._mapping) for row in rows]
     return VotePage(items, int(total), limit, offset)
 
 

@@ -18,6 +18,7 @@ from litestar.testing import TestClient
 from sqlalchemy import insert, text, update
 
 from chain.types import AssetInfo, ProposalData
+from storage import queries
 from storage.engine import SessionFactory, create_engine, session_factory
 from storage.migrations import upgrade
 from storage.models import ChainCursor, Vote
@@ -38,7 +39,14 @@ from web.present import (
     node_status,
 )
 from web.routes import parse_id
-from web.schemas import ActiveProposal, ActiveProposalsResponse, NodeVoteBrief
+from web.schemas import (
+    ActiveProposal,
+    ActiveProposalsResponse,
+    NodeVoteBrief,
+    ProposalOut,
+    TransactionOut,
+    VoteOut,
+)
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -175,6 +183,16 @@ def test_a_document_assembled_from_cached_lines_is_byte_identical() -> None:
     assert assemble_active_proposals(NOW, 3, join_proposal_lines(lines)) == expected
     empty = encode_active_proposals(ActiveProposalsResponse(True, 0, NOW, []))
     assert assemble_active_proposals(NOW, 0, join_proposal_lines([])) == empty
+
+
+def test_query_columns_are_labelled_with_the_response_fields() -> None:
+    """/proposals/{id} and /votes build their structs from rows by label: one definition of each field."""
+    assert [c.key for c in queries.VOTE_COLUMNS] == [*VoteOut.__struct_fields__[:-1]]  # + transactions
+    assert [c.key for c in queries.TRANSACTION_COLUMNS] == [*TransactionOut.__struct_fields__]
+    computed = {"end_time", "votes"}
+    assert [c.key for c in queries.PROPOSAL_COLUMNS] == [
+        f for f in ProposalOut.__struct_fields__ if f not in computed
+    ]
 
 
 # -- the /active-proposals snapshot: when to rebuild, what is still open ---

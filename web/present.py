@@ -10,7 +10,7 @@ import msgspec
 
 from chain.types import format_units
 from storage.models import OPEN_VOTE_STATES, VoteState
-from storage.queries import ActiveProposalRows, NodeVoteStats, ProposalView, VoteView
+from storage.queries import ActiveProposalRows, NodeVoteStats, ProposalRecord, Record
 from storage.rounds import RoundRecord
 from web.ports import ListenerView, NodeChainState, VoterView
 from web.schemas import (
@@ -35,71 +35,18 @@ def units(wei: int | None, decimals: int = 18) -> str | None:
     return None if wei is None else format_units(Decimal(wei).scaleb(-decimals))
 
 
-def end_time(view: ProposalView) -> int:
-    return int(view.voting_ends_at.timestamp())
+def vote_out(vote: Record, transactions: Sequence[Record] = ()) -> VoteOut:
+    """From queries.VOTE_COLUMNS / TRANSACTION_COLUMNS rows, labelled with these structs' field names."""
+    return VoteOut(**vote, transactions=[TransactionOut(**t) for t in transactions])
 
 
-def vote_out(vote: VoteView) -> VoteOut:
-    return VoteOut(
-        id=vote.vote_id,
-        proposal_id=vote.proposal_id,
-        node=vote.node_name,
-        node_address=vote.node_address,
-        state=vote.state,
-        decision=vote.decision,
-        confidence=vote.confidence,
-        reason=vote.reason,
-        tx_hash=vote.tx_hash,
-        nonce=vote.nonce,
-        attempts=vote.attempts,
-        last_error=vote.last_error,
-        queued_at=vote.queued_at,
-        decided_at=vote.decided_at,
-        sent_at=vote.sent_at,
-        confirmed_at=vote.confirmed_at,
-        confirmed_block=vote.confirmed_block,
-        gas_used=vote.gas_used,
-        transactions=[
-            TransactionOut(
-                t.tx_hash,
-                t.nonce,
-                t.max_fee_per_gas,
-                t.max_priority_fee_per_gas,
-                t.gas_limit,
-                t.created_at,
-                t.outcome,
-            )
-            for t in vote.transactions
-        ],
-    )
-
-
-def proposal_out(view: ProposalView) -> ProposalOut:
+def proposal_out(record: ProposalRecord) -> ProposalOut:
+    """From a queries.PROPOSAL_COLUMNS row; only the Unix end time is computed here."""
+    ends: dt.datetime = record.proposal["end_time_utc"]
     return ProposalOut(
-        id=view.proposal_id,
-        proposer=view.proposer,
-        description=view.description,
-        proposal_type=view.proposal_type,
-        proposal_type_name=view.proposal_type_name,
-        asset_address=view.asset_address,
-        asset_symbol=view.asset_symbol,
-        asset_decimals=view.asset_decimals,
-        amount=view.amount,
-        amount_units=view.amount_units,
-        votes_for=view.yes_votes,
-        votes_against=view.no_votes,
-        created_at=view.created_at,
-        end_time=end_time(view),
-        end_time_utc=view.voting_ends_at,
-        state=view.status,
-        status=view.status_name,
-        executed=view.executed,
-        first_seen_at=view.first_seen_at,
-        source=view.source,
-        block_number=view.block_number,
-        tx_hash=view.tx_hash,
-        read_error=view.read_error,
-        votes=[vote_out(v) for v in view.votes],
+        **record.proposal,
+        end_time=int(ends.timestamp()),
+        votes=[vote_out(v.vote, v.transactions) for v in record.votes],
     )
 
 

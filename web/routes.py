@@ -162,10 +162,10 @@ async def nodes(context: Ctx) -> NodesResponse:
 @get("/proposals/{proposal_id:str}", responses=ERRORS, summary="One proposal with every node's decision")
 async def proposal(context: Ctx, proposal_id: FromPath[str]) -> ProposalResponse:
     number = parse_id(proposal_id, "proposal id")
-    view = await queries.proposal_detail(context.sessions, context.scope, number)
-    if view is None:
+    record = await queries.proposal_detail(context.sessions, context.scope, number)
+    if record is None:
         raise NotFoundException(detail=f"proposal {number} is not known (yet) to this service")
-    return ProposalResponse(success=True, proposal=proposal_out(view), timestamp=utcnow())
+    return ProposalResponse(success=True, proposal=proposal_out(record), timestamp=utcnow())
 
 
 @get("/votes", responses=ERRORS, summary="Vote history, filtered and paginated (newest proposals first)")

@@ -6,7 +6,7 @@ Every function opens one short read session; results are plain frozen dataclasse
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -162,49 +162,31 @@ def _votes_in(scope: ContractScope) -> Select[*tuple[Any, ...]]:
     )
 
 
-# Columns of /active-proposals, in the order web.present reads them: no ORM objects, no per-row mapping.
-ACTIVE_PROPOSAL_COLUMNS = (
-    Proposal.id,
-    Proposal.proposal_id,
-    Proposal.proposer,
-    Proposal.description,
-    Proposal.proposal_type,
-    Proposal.proposal_type_name,
-    Proposal.asset_address,
-    Proposal.asset_symbol,
-    Proposal.amount,
-    Proposal.amount_units,
-    Proposal.yes_votes,
-    Proposal.no_votes,
-    Proposal.voting_ends_at,
-    Proposal.status,
-    Proposal.status_name,
-    Proposal.executed,
-)
-ACTIVE_VOTE_COLUMNS = (
-    Vote.proposal_ref,
-    Node.name,
-    Vote.state,
-    Vote.decision,
-    Vote.confidence,
-    Vote.reason,
-    Vote.tx_hash,
-)
+def columns_labelled(columns: Sequence[Any], labels: Iterable[str]) -> tuple[Any, ...]:
+    """The columns with these labels (a response struct's field names), in that order."""
+    by_label = {column.key: column for column in columns}
+    return tuple(by_label[label] for label in labels)
 
 
 @dataclass(frozen=True)
 class ActiveProposalRows:
-    """Plain rows: `proposals` in ACTIVE_PROPOSAL_COLUMNS order (by proposal id), `votes` in
-    ACTIVE_VOTE_COLUMNS order (by proposal row id, then node name)."""
+    """Plain rows, each a proposal row id followed by the columns of the fields asked for: `proposals` by
+    proposal id, `votes` by proposal row id then node name."""
 
     proposals: Sequence[tuple[Any, ...]]
     votes: Sequence[tuple[Any, ...]]
 
 
 async def active_proposal_rows(
-    sessions: SessionFactory, scope: ContractScope, *, ends_at_or_after: dt.datetime
+    sessions: SessionFactory,
+    scope: ContractScope,
+    *,
+    ends_at_or_after: dt.datetime,
+    proposal_fields: Sequence[str],
+    vote_fields: Sequence[str],
 ) -> ActiveProposalRows:
-    """Proposals with status Active whose voting ends at or after the given chain time, and their votes.
+    """Proposals with status Active whose voting ends at or after the given chain time, and their votes;
+    the fields are labels of PROPOSAL_COLUMNS and VOTE_COLUMNS.
 
     One read transaction, two column selects (the same filter joined for the votes, no IN list).
     """
@@ -218,12 +200,14 @@ async def active_proposal_rows(
         async with sessions() as session:
             proposals = (
                 await session.execute(
-                    select(*ACTIVE_PROPOSAL_COLUMNS).where(*open_in_scope).order_by(Proposal.proposal_id)
+                    select(Proposal.id, *columns_labelled(PROPOSAL_COLUMNS, proposal_fields))
+                    .where(*open_in_scope)
+                    .order_by(Proposal.proposal_id)
                 )
             ).all()
             votes = (
                 await session.execute(
-                    select(*ACTIVE_VOTE_COLUMNS)
+                    select(Vote.proposal_ref, *columns_labelled(VOTE_COLUMNS, vote_fields))
                     .join(Node, Vote.node_id == Node.id)
                     .join(Proposal, Vote.proposal_ref == Proposal.id)
                     .where(*open_in_scope)

@@ -31,6 +31,8 @@ from web.errors import handle_http_exception
 from web.metrics import MetricsSnapshot, render
 from web.ports import ListenerView, NodeChainState
 from web.present import (
+    ACTIVE_PROPOSAL_FIELDS,
+    VOTE_BRIEF_FIELDS,
     assemble_active_proposals,
     chain_now,
     encode_active_proposals,
@@ -193,6 +195,9 @@ def test_query_columns_are_labelled_with_the_response_fields() -> None:
     assert [c.key for c in queries.PROPOSAL_COLUMNS] == [
         f for f in ProposalOut.__struct_fields__ if f not in computed
     ]
+    # /active-proposals reads a subset of the same labels.
+    assert queries.columns_labelled(queries.PROPOSAL_COLUMNS, ACTIVE_PROPOSAL_FIELDS)
+    assert queries.columns_labelled(queries.VOTE_COLUMNS, VOTE_BRIEF_FIELDS)
 
 
 # -- the /active-proposals snapshot: when to rebuild, what is still open ---

@@ -21,7 +21,13 @@ import anyio
 
 from storage.engine import SessionFactory
 from storage.queries import ContractScope, DataVersion, active_proposal_rows
-from web.present import active_proposal_lines, assemble_active_proposals, join_proposal_lines
+from web.present import (
+    ACTIVE_PROPOSAL_FIELDS,
+    VOTE_BRIEF_FIELDS,
+    active_proposal_lines,
+    assemble_active_proposals,
+    join_proposal_lines,
+)
 
 MIN_REBUILD_INTERVAL = 0.2
 MAX_AGE = 1.0
@@ -125,7 +131,13 @@ class ActiveProposalsCache:
     async def _build(self, chain_now: dt.datetime) -> ActiveSnapshot:
         # The version is read before the database: a write committed in between bumps it again afterwards.
         version, built_at, covers_from = self.version.value, self.clock(), chain_now - LOOKBACK
-        rows = await active_proposal_rows(self.sessions, self.scope, ends_at_or_after=covers_from)
+        rows = await active_proposal_rows(
+            self.sessions,
+            self.scope,
+            ends_at_or_after=covers_from,
+            proposal_fields=ACTIVE_PROPOSAL_FIELDS,
+            vote_fields=VOTE_BRIEF_FIELDS,
+        )
         self.rebuilds += 1
         return ActiveSnapshot.build(version, built_at, covers_from, active_proposal_lines(rows))
 

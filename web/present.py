@@ -210,54 +210,25 @@ def assemble_active_proposals(
     return b"".join((head[:-1], b',"proposals":[\n', joined, b"\n]}\n"))
 
 
+# What /active-proposals reads (labels of queries.PROPOSAL_COLUMNS / VOTE_COLUMNS): every field of its
+# structs but the two computed here.
+ACTIVE_PROPOSAL_FIELDS = tuple(f for f in ActiveProposal.__struct_fields__ if f not in ("end_time", "votes"))
+VOTE_BRIEF_FIELDS = NodeVoteBrief.__struct_fields__
+
+
 def active_proposal_lines(rows: ActiveProposalRows) -> list[tuple[dt.datetime, bytes]]:
-    """Each active proposal as (voting end, its encoded line), in proposal id order, straight from the
-    selected columns (queries.ACTIVE_PROPOSAL_COLUMNS / ACTIVE_VOTE_COLUMNS) to msgspec structs."""
+    """Each active proposal as (voting end, its encoded line), in proposal id order, straight from rows of
+    ACTIVE_PROPOSAL_FIELDS / VOTE_BRIEF_FIELDS (after the proposal row id) to msgspec structs."""
     votes: dict[int, list[NodeVoteBrief]] = {}
-    for proposal_ref, node, state, decision, confidence, reason, tx_hash in rows.votes:
-        votes.setdefault(proposal_ref, []).append(
-            NodeVoteBrief(node, state, decision, confidence, reason, tx_hash)
-        )
+    for ref, *brief in rows.votes:
+        votes.setdefault(ref, []).append(NodeVoteBrief(*brief))
     encode = msgspec.json.encode
     lines = []
-    for (
-        ref,
-        proposal_id,
-        proposer,
-        description,
-        proposal_type,
-        proposal_type_name,
-        asset_address,
-        asset_symbol,
-        amount,
-        amount_units,
-        yes_votes,
-        no_votes,
-        voting_ends_at,
-        status,
-        status_name,
-        executed,
-    ) in rows.proposals:
-        proposal = ActiveProposal(
-            id=proposal_id,
-            proposer=proposer,
-            description=description,
-            proposal_type=proposal_type,
-            proposal_type_name=proposal_type_name,
-            asset_address=asset_address,
-            asset_symbol=asset_symbol,
-            amount=amount,
-            amount_units=amount_units,
-            votes_for=yes_votes,
-            votes_against=no_votes,
-            end_time=int(voting_ends_at.timestamp()),
-            end_time_utc=voting_ends_at,
-            state=status,
-            status=status_name,
-            executed=executed,
-            votes=votes.get(ref, []),
-        )
-        lines.append((voting_ends_at, encode(proposal)))
+    for ref, *values in rows.proposals:
+        fields = dict(zip(ACTIVE_PROPOSAL_FIELDS, values, strict=True))
+        ends: dt.datetime = fields["end_time_utc"]
+        proposal = ActiveProposal(**fields, end_time=int(ends.timestamp()), votes=votes.get(ref, []))
+        lines.append((ends, encode(proposal)))
     return lines
 
 

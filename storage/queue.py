@@ -294,19 +294,32 @@ async def finish_unsent(
 
 
 async def _add_tx(session: AsyncSession, vote_id: int, tx: SignedTx) -> None:
-    """Insert a signed transaction; signing is deterministic, so a refused one signed again has the same
+    await _add_txs(session, [(vote_id, tx)])
+
+
+async def _add_txs(session: AsyncSession, txs: Sequence[tuple[int, SignedTx]]) -> None:
+    """Insert signed transactions; signing is deterministic, so a refused one signed again has the same
     hash: then the stored row is reused (its outcome reset)."""
-    known = (
-        await session.execute(select(VoteTransaction.vote_id).where(VoteTransaction.tx_hash == tx.tx_hash))
-    ).scalar_one_or_none()
-    if known is None:
-        await session.execute(insert(VoteTransaction).values(**_tx_row(vote_id, tx)))
-    elif known == vote_id:
+    if not txs:
+        return
+    stored = await session.execute(
+        select(VoteTransaction.tx_hash, VoteTransaction.vote_id).where(
+            VoteTransaction.tx_hash.in_([tx.tx_hash for _, tx in txs])
+        )
+    )
+    known = {tx_hash: vote_id for tx_hash, vote_id in stored}
+    fresh = [_tx_row(vote_id, tx) for vote_id, tx in txs if tx.tx_hash not in known]
+    if fresh:
+        await session.execute(insert(VoteTransaction), fresh)
+    for vote_id, tx in txs:
+        owner = known.get(tx.tx_hash)
+        if owner is None:
+            continue
+        if owner != vote_id:
+            raise StorageError(f"transaction {tx.tx_hash} is already stored for another vote")
         await session.execute(
             update(VoteTransaction).where(VoteTransaction.tx_hash == tx.tx_hash).values(outcome=None)
         )
-    else:
-        raise StorageError(f"transaction {tx.tx_hash} is already stored for another vote")
 
 
 def _tx_row(vote_id: int, tx: SignedTx) -> dict[str, Any]:
@@ -322,6 +335,17 @@ def _tx_row(vote_id: int, tx: SignedTx) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class SentRecord:
+    """A decided vote and its signed transaction, to be persisted before the broadcast."""
+
+    vote_id: int
+    tx: SignedTx
+    decision: str
+    confidence: float
+    reason: str
+
+
 async def record_sent(
     sessions: SessionFactory,
     vote_id: int,
@@ -333,35 +357,51 @@ async def record_sent(
     reason: str,
 ) -> bool:
     """queued -> sent with the signed transaction, BEFORE it is broadcast. False: the lease was lost."""
+    record = SentRecord(vote_id, tx, decision, confidence, reason)
+    return vote_id in await record_sent_many(sessions, [record], owner=owner)
+
+
+async def record_sent_many(
+    sessions: SessionFactory, records: Sequence[SentRecord], *, owner: str
+) -> set[int]:
+    """queued -> sent for each record, in ONE transaction, before any of them is broadcast.
+
+    Returns the vote ids recorded; a row missing from it had lost its lease (another voter has it).
+    """
     now = utcnow()
 
-    async def work(session: AsyncSession) -> bool:
-        result = await session.execute(
-            update(Vote)
-            .where(Vote.id == vote_id, Vote.state == VoteState.QUEUED, Vote.lease_owner == owner)
-            .values(
-                state=VoteState.SENT,
-                decision=decision,
-                confidence=confidence,
-                reason=reason,
-                decided_at=now,
-                tx_hash=tx.tx_hash,
-                nonce=tx.nonce,
-                max_fee_per_gas=str(tx.max_fee_per_gas),
-                max_priority_fee_per_gas=str(tx.max_priority_fee_per_gas),
-                attempts=Vote.attempts + 1,
-                sent_at=now,
-                last_error=None,
-                lease_owner=None,
-                lease_expires_at=None,
+    async def work(session: AsyncSession) -> set[int]:
+        recorded: set[int] = set()
+        for record in records:
+            tx = record.tx
+            result = await session.execute(
+                update(Vote)
+                .where(Vote.id == record.vote_id, Vote.state == VoteState.QUEUED, Vote.lease_owner == owner)
+                .values(
+                    state=VoteState.SENT,
+                    decision=record.decision,
+                    confidence=record.confidence,
+                    reason=record.reason,
+                    decided_at=now,
+                    tx_hash=tx.tx_hash,
+                    nonce=tx.nonce,
+                    max_fee_per_gas=str(tx.max_fee_per_gas),
+                    max_priority_fee_per_gas=str(tx.max_priority_fee_per_gas),
+                    attempts=Vote.attempts + 1,
+                    sent_at=now,
+                    last_error=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
             )
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            return False
-        await _add_tx(session, vote_id, tx)
-        return True
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                recorded.add(record.vote_id)
+        await _add_txs(session, [(r.vote_id, r.tx) for r in records if r.vote_id in recorded])
+        return recorded
 
-    done: bool = await _in_transaction(sessions, work)
+    if not records:
+        return set()
+    done: set[int] = await _in_transaction(sessions, work)
     return done
 
 

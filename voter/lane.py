@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,25 @@ class VoteJob:
     row: QueuedVote
     proposal: ProposalData
     decision: Decision
+    gas_estimate: int | ChainError | None = None  # estimated with the round's batch; None: by the lane
+
+
+def vote_calldata(job: VoteJob) -> str:
+    return dao_functions()["vote"].encode(job.proposal.proposal_id, bool(job.decision.support))
+
+
+def estimate_request(sender: str, contract: str, data: str) -> dict[str, str]:
+    return {"from": sender, "to": contract, "data": data}
+
+
+def estimate_value(answer: object) -> int | ChainError:
+    """An eth_estimateGas answer (or its error) as gas, or the error."""
+    if isinstance(answer, ChainError):
+        return answer
+    try:
+        return _int(answer)
+    except (TypeError, ValueError):
+        return ChainError(f"eth_estimateGas answered {answer!r}")
 
 
 @dataclass
@@ -65,6 +84,12 @@ class Counters:
     replaced: int = 0
     rebroadcast: int = 0
     requeued: int = 0
+
+
+@dataclass(frozen=True)
+class SignedVote:
+    tx: SignedTx
+    previous: Tracked | None  # the vote's earlier transaction still tracked (same nonce), if any
 
 
 # Replace an unmined transaction only after DLOOP_REPLACE_AFTER_BLOCKS blocks and at least this long.
@@ -284,91 +309,125 @@ class NodeLane:
     def full(self) -> bool:
         return len(self.tracked) >= self.settings.max_in_flight
 
+    @property
+    def free_slots(self) -> int:
+        return max(1, self.settings.max_in_flight - len(self.tracked))
+
     async def wait_for_slot(self) -> None:
         while self.full:
             await self._changed.wait()
 
     async def send(self, job: VoteJob, counters: Counters) -> None:
-        """Estimate, sign, persist, broadcast one vote. Every outcome is written to the row."""
+        await self.send_many([job], counters)
+
+    async def send_many(self, jobs: Sequence[VoteJob], counters: Counters) -> None:
+        """Sign the jobs' votes, persist them all in one transaction, then broadcast them in one batch.
+
+        Every outcome is written to the row. Jobs whose gas was not estimated with the batch are estimated
+        here; a failed estimate means nothing is signed for that job.
+        """
         client = self._chain()
-        row = job.row
-        support = bool(job.decision.support)
-        data = dao_functions()["vote"].encode(job.proposal.proposal_id, support)
-        try:
-            estimate = _int(
-                await with_backoff(
-                    client.request,
-                    "eth_estimateGas",
-                    [{"from": self.address, "to": client.contract, "data": data}],
-                )
-            )
-        except ChainError as exc:
-            await self._unsent(job, exc, counters)
+        ready: list[tuple[VoteJob, str, int]] = []  # job, call data, gas estimate
+        calldata = [vote_calldata(job) for job in jobs]
+        missing = [i for i, job in enumerate(jobs) if job.gas_estimate is None]
+        fresh = dict(zip(missing, await self._estimate_many([calldata[i] for i in missing]), strict=True))
+        for index, (job, data) in enumerate(zip(jobs, calldata, strict=True)):
+            estimate = fresh.get(index, job.gas_estimate)
+            assert estimate is not None
+            if isinstance(estimate, ChainError):
+                await self._unsent(job, estimate, counters)
+            else:
+                ready.append((job, data, estimate))
+        if not ready:
             return
         fees, base = await self.fees.initial(client)
         if not includable(fees, base):
-            await self._defer(
-                row,
-                f"fee cap {self.settings.max_fee_gwei:g} gwei is below the base fee {base / GWEI:g} gwei",
-                counters,
-            )
+            why = f"fee cap {self.settings.max_fee_gwei:g} gwei is below the base fee {base / GWEI:g} gwei"
+            for job, _, _ in ready:
+                await self._defer(job.row, why, counters)
             return
-        gas = gas_limit(estimate, self.settings.gas_margin)
         async with self.lock:
             if self.unfunded or self.next_nonce is None:
-                await self._defer(row, self.last_error or "node not ready", counters, backoff=False)
+                for job, _, _ in ready:
+                    await self._defer(job.row, self.last_error or "node not ready", counters, backoff=False)
                 return
-            # A vote sent again while its earlier transaction is still tracked (a reorg took that one off the
-            # chain and the row was queued again) reuses its nonce, fees bumped: at most one of the two can
-            # ever be mined, and no nonce gap is left behind.
-            previous = self.tracked.get(row.vote_id)
-            if previous is None:
-                nonce = self._take_nonce()
-            else:
-                nonce = previous.nonce
-                old = Fees(previous.latest.max_fee_per_gas, previous.latest.max_priority_fee_per_gas)
-                priority = fees.max_priority_fee_per_gas
-                fees = bump_fees(old, base_fee=base, priority_fee=priority, cap_wei=self.cap_wei).fees or fees
-            signed = self._sign(nonce, data, gas, fees)
+            signed = [self._sign_job(job, data, estimate, fees, base) for job, data, estimate in ready]
             with anyio.CancelScope(shield=True):
-                recorded = await queue.record_sent(
+                recorded = await queue.record_sent_many(
                     self.sessions,
-                    row.vote_id,
+                    [
+                        queue.SentRecord(
+                            job.row.vote_id,
+                            tx.tx,
+                            job.decision.label,
+                            job.decision.confidence,
+                            job.decision.reason,
+                        )
+                        for job, tx in zip((j for j, _, _ in ready), signed, strict=True)
+                    ],
                     owner=self.owner,
-                    tx=signed,
-                    decision=job.decision.label,
-                    confidence=job.decision.confidence,
-                    reason=job.decision.reason,
                 )
-            if not recorded:
-                if previous is None:
-                    self._give_back_nonce(nonce)
-                log_event(log, "lease_lost", level=logging.WARNING, node=self.node.name, vote=row.vote_id)
-                return
-            self._step("persisted")
-            # The head as of the fee read (a moment old at most): "not mined after N blocks" counts from it.
-            hashes = [*(previous.hashes if previous is not None else []), signed.tx_hash]
-            tracked = Tracked(row.vote_id, row.proposal_id, nonce, hashes, signed, data, self.fees.head)
-            self.tracked[row.vote_id] = tracked
-            try:
-                await self._broadcast(signed)
-            except ChainError as exc:
-                await self._rejected(tracked, exc, counters)
-                return
-            self._step("broadcast")
-        counters.sent += 1
-        self.totals.sent += 1
-        log_event(
-            log,
-            "vote_sent",
-            node=self.node.name,
-            proposal=row.proposal_id,
-            decision=job.decision.label,
-            tx=signed.tx_hash,
-            nonce=nonce,
-            max_fee_gwei=fees.max_fee_per_gas / GWEI,
-        )
+            tracked: list[tuple[VoteJob, Tracked]] = []
+            for (job, data, _), tx in zip(ready, signed, strict=True):
+                if job.row.vote_id not in recorded:
+                    if tx.previous is None:
+                        self._give_back_nonce(tx.tx.nonce)
+                    log_event(
+                        log, "lease_lost", level=logging.WARNING, node=self.node.name, vote=job.row.vote_id
+                    )
+                    continue
+                self._step("persisted")
+                # The head as of the fee read (a moment old at most): "not mined after N blocks" counts
+                # from it.
+                hashes = [*(tx.previous.hashes if tx.previous is not None else []), tx.tx.tx_hash]
+                item = Tracked(
+                    job.row.vote_id, job.row.proposal_id, tx.tx.nonce, hashes, tx.tx, data, self.fees.head
+                )
+                self.tracked[item.vote_id] = item
+                tracked.append((job, item))
+            errors = await self._broadcast_many([item.latest for _, item in tracked])
+            for (job, item), error in zip(tracked, errors, strict=True):
+                if error is not None:
+                    await self._rejected(item, error, counters)
+                    continue
+                self._step("broadcast")
+                counters.sent += 1
+                self.totals.sent += 1
+                log_event(
+                    log,
+                    "vote_sent",
+                    node=self.node.name,
+                    proposal=job.row.proposal_id,
+                    decision=job.decision.label,
+                    tx=item.latest.tx_hash,
+                    nonce=item.nonce,
+                    max_fee_gwei=item.latest.max_fee_per_gas / GWEI,
+                )
         self._notify()
+
+    async def _estimate_many(self, calldata: Sequence[str]) -> list[int | ChainError]:
+        """Gas estimates in one batch; per call its estimate or the error (a revert names the reason)."""
+        if not calldata:
+            return []
+        contract = self._chain().contract
+        requests = [("eth_estimateGas", [estimate_request(self.address, contract, d)]) for d in calldata]
+        answers = await call_many_retrying(self._chain(), requests, batch_size=self.settings.rpc_batch_size)
+        return [estimate_value(answer) for answer in answers]
+
+    def _sign_job(self, job: VoteJob, data: str, estimate: int, fees: Fees, base: int) -> SignedVote:
+        """Lock held. A vote sent again while its earlier transaction is still tracked (a reorg took that one
+        off the chain and the row was queued again) reuses its nonce, fees bumped: at most one of the two can
+        ever be mined, and no nonce gap is left behind."""
+        previous = self.tracked.get(job.row.vote_id)
+        if previous is None:
+            nonce = self._take_nonce()
+        else:
+            nonce = previous.nonce
+            old = Fees(previous.latest.max_fee_per_gas, previous.latest.max_priority_fee_per_gas)
+            priority = fees.max_priority_fee_per_gas
+            fees = bump_fees(old, base_fee=base, priority_fee=priority, cap_wei=self.cap_wei).fees or fees
+        tx = self._sign(nonce, data, gas_limit(estimate, self.settings.gas_margin), fees)
+        return SignedVote(tx, previous)
 
     def _sign(self, nonce: int, data: str, gas: int, fees: Fees) -> SignedTx:
         tx_hash, raw = self.account.sign_transaction(
@@ -394,6 +453,29 @@ class NodeLane:
         except ChainError as exc:
             if classify(exc) != Action.ACCEPTED:  # "already known": the node has exactly this transaction
                 raise
+
+    async def _broadcast_many(self, txs: Sequence[SignedTx]) -> list[ChainError | None]:
+        """Broadcast in one JSON-RPC batch; per transaction the error the node gave, if any. Sending the same
+        signed bytes again is always safe, so transient failures are asked again."""
+        if len(txs) == 1:
+            try:
+                await self._broadcast(txs[0])
+                return [None]
+            except ChainError as exc:
+                return [exc]
+        requests = [("eth_sendRawTransaction", ["0x" + tx.raw_transaction.hex()]) for tx in txs]
+        try:
+            # Not retried here: an unanswered broadcast may have gone through (then a resend earns "nonce
+            # too low"); it stays tracked as uncertain and the watcher reads its fate from the chain.
+            answers = await self._chain().call_many(requests, batch_size=self.settings.rpc_batch_size)
+        except TransientChainError:
+            raise  # e.g. a refused batch spoils the socket: the voter reconnects and adopts these rows again
+        except ChainError as exc:
+            return [exc] * len(txs)  # uncertain for all: each one's outcome is read from the chain
+        return [
+            answer if isinstance(answer, ChainError) and classify(answer) != Action.ACCEPTED else None
+            for answer in answers
+        ]
 
     async def _unsent(self, job: VoteJob, exc: ChainError, counters: Counters) -> None:
         """The gas estimate failed: nothing was signed. Contract errors decide the row's fate."""

@@ -38,7 +38,16 @@ from storage.models import VoteState, utcnow
 from storage.proposals import NodeRecord, record_proposal
 from storage.queue import QueuedVote
 from voter.fees import gwei_to_wei
-from voter.lane import Counters, FeeOracle, NodeLane, StepHook, VoteJob
+from voter.lane import (
+    Counters,
+    FeeOracle,
+    NodeLane,
+    StepHook,
+    VoteJob,
+    estimate_request,
+    estimate_value,
+    vote_calldata,
+)
 from voter.planning import plan_batch, rows_by_node
 from voter.retry import call_many_retrying, with_backoff
 from voter.strategies import Decision, Tally, decide, node_config
@@ -46,6 +55,7 @@ from voter.strategies import Decision, Tally, decide, node_config
 log = logging.getLogger("dloop.voter")
 READ_RETRY = 10.0  # seconds before a row whose proposal could not be read is tried again
 MAX_TRIES_PER_ROUND = 3
+ESTIMATE_FRESH_SECONDS = 2.0  # a gas estimate older than this is made again just before signing
 
 
 @dataclass(frozen=True)
@@ -449,9 +459,32 @@ class Voter:
                 job = await self._decide_row(lane, row, snapshot, counters)
                 if job is not None:
                     jobs.setdefault(node_id, []).append(job)
+        jobs = await self._with_gas_estimates(client, jobs)
         async with anyio.create_task_group() as tg:
             for node_id, lane_jobs in jobs.items():
                 tg.start_soon(self._send_lane, self._by_node[node_id], lane_jobs, deadline, counters)
+
+    async def _with_gas_estimates(
+        self, client: ChainClient, jobs: dict[int, list[VoteJob]]
+    ) -> dict[int, list[VoteJob]]:
+        """Every vote of the batch estimated in one JSON-RPC batch (not one round trip per vote). A failed
+        estimate stays on its job: the lane decides from the error what the row becomes."""
+        flat = [(node_id, job) for node_id, lane_jobs in jobs.items() for job in lane_jobs]
+        requests = [
+            (
+                "eth_estimateGas",
+                [estimate_request(self._by_node[node_id].address, client.contract, vote_calldata(job))],
+            )
+            for node_id, job in flat
+        ]
+        if not requests:
+            return jobs
+        answers = await call_many_retrying(client, requests, batch_size=self.settings.rpc_batch_size)
+        estimated: dict[int, list[VoteJob]] = {}
+        for (node_id, job), answer in zip(flat, answers, strict=True):
+            estimate = estimate_value(answer)
+            estimated.setdefault(node_id, []).append(dataclasses.replace(job, gas_estimate=estimate))
+        return estimated
 
     async def _decide_row(
         self, lane: NodeLane, row: QueuedVote, snapshot: Snapshot, counters: Counters
@@ -514,7 +547,9 @@ class Voter:
         # new transactions would wait behind a gap forever.
         async with lane.lock:
             await self._lane_safely(lane, lane.resync_nonce)
-        for index, job in enumerate(jobs):
+        estimated_at = anyio.current_time()
+        index = 0
+        while index < len(jobs):
             remaining = deadline - anyio.current_time()
             if remaining > 0 and not lane.unfunded:
                 with anyio.move_on_after(remaining):
@@ -523,14 +558,20 @@ class Voter:
                 why = lane.last_error if lane.unfunded else "round deadline reached"
                 await self._release([j.row for j in jobs[index:]], why or "not sent", counters)
                 return
+            # As many as the lane has room for, persisted in one transaction and broadcast in one batch.
+            chunk = jobs[index : index + lane.free_slots]
+            if anyio.current_time() - estimated_at > ESTIMATE_FRESH_SECONDS:
+                # Waited for room: the chain may have moved on (e.g. the vote closed); estimate again.
+                chunk = [dataclasses.replace(job, gas_estimate=None) for job in chunk]
             try:
-                await lane.send(job, counters)
+                await lane.send_many(chunk, counters)
             except TransientChainError:
                 await self._release([j.row for j in jobs[index:]], "connection trouble", counters)
                 raise
-            except ChainError as exc:  # this vote's trouble: it waits, the lane goes on
-                lane.last_error = f"proposal {job.row.proposal_id}: {exc}"
-                await self._release([job.row], lane.last_error, counters, defer=READ_RETRY)
+            except ChainError as exc:  # these votes' trouble: they wait, the lane goes on
+                lane.last_error = f"proposals {[j.row.proposal_id for j in chunk]}: {exc}"
+                await self._release([j.row for j in chunk], lane.last_error, counters, defer=READ_RETRY)
+            index += len(chunk)
 
     async def _release(
         self, rows: Sequence[QueuedVote], error: str, counters: Counters, *, defer: float | None = None

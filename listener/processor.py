@@ -87,8 +87,15 @@ class LogProcessor:
         reads = await self.read_proposals(client, created)
         queued = 0
         tallies: set[int] = set()
+        casts: list[DecodedLog] = []  # consecutive VoteCast logs, recorded together in one transaction
         for item in todo:
+            if isinstance(item.event, VoteCast):
+                casts.append(item)
+                continue
+            await self._apply_vote_casts(casts, tallies)
+            casts = []
             queued += await self._apply(item, reads, source=source, head_number=head_number, tallies=tallies)
+        await self._apply_vote_casts(casts, tallies)
         await self.refresh_tallies(client, tallies)
         self.board.logs_processed += len(todo)
         if todo:
@@ -156,28 +163,7 @@ class LogProcessor:
             )
             return record.queued_votes
         if isinstance(event, VoteCast):
-            node_id = ctx.node_by_address.get(event.voter.lower())
-            vote = await stored(
-                chain_state.record_vote_cast,
-                ctx.sessions,
-                stream=ctx.stream,
-                chain_id=ctx.chain_id,
-                contract=ctx.contract,
-                log=item.ref,
-                proposal_id=event.proposal_id,
-                voter_node_id=node_id,
-            )
-            if vote is not None and vote.known_proposal:
-                tallies.add(event.proposal_id)
-            if vote is not None and vote.confirmed:
-                log_event(
-                    self.logger,
-                    "vote_confirmed_by_log",
-                    proposal=event.proposal_id,
-                    voter=event.voter,
-                    block=item.raw.block_number,
-                    tx=item.raw.tx_hash,
-                )
+            await self._apply_vote_casts([item], tallies)
             return 0
         executed = isinstance(event, ProposalExecuted)
         assert isinstance(event, ProposalCanceled | ProposalExecuted)
@@ -203,6 +189,38 @@ class LogProcessor:
                 votes_closed=closed,
             )
         return 0
+
+    async def _apply_vote_casts(self, items: Sequence[DecodedLog], tallies: set[int]) -> None:
+        """VoteCast logs: the vote rows of our nodes among them confirmed, all in one transaction."""
+        if not items:
+            return
+        ctx = self.ctx
+        casts = []
+        for item in items:
+            assert isinstance(item.event, VoteCast)
+            node_id = ctx.node_by_address.get(item.event.voter.lower())
+            casts.append(chain_state.VoteCastLog(item.ref, item.event.proposal_id, node_id))
+        records = await stored(
+            chain_state.record_vote_casts,
+            ctx.sessions,
+            stream=ctx.stream,
+            chain_id=ctx.chain_id,
+            contract=ctx.contract,
+            casts=casts,
+        )
+        for item, record in zip(items, records, strict=True):
+            assert isinstance(item.event, VoteCast)
+            if record is not None and record.known_proposal:
+                tallies.add(item.event.proposal_id)
+            if record is not None and record.confirmed:
+                log_event(
+                    self.logger,
+                    "vote_confirmed_by_log",
+                    proposal=item.event.proposal_id,
+                    voter=item.event.voter,
+                    block=item.raw.block_number,
+                    tx=item.raw.tx_hash,
+                )
 
     async def _record_bad(self, item: DecodedLog, error: str) -> None:
         self._warn_bad(item, error)

@@ -352,6 +352,13 @@ class VoteCastRecord:
     confirmed: bool  # our node's vote row moved to confirmed by this log
 
 
+@dataclass(frozen=True)
+class VoteCastLog:
+    log: LogRef
+    proposal_id: int
+    voter_node_id: int | None  # None: the voter is not one of our nodes
+
+
 @_storage_errors
 async def record_vote_cast(
     sessions: SessionFactory,
@@ -364,34 +371,62 @@ async def record_vote_cast(
     voter_node_id: int | None,
 ) -> VoteCastRecord | None:
     """VoteCast: the log and, when the voter is one of our nodes, its vote row confirmed with the block."""
+    cast = VoteCastLog(log, proposal_id, voter_node_id)
+    return (
+        await record_vote_casts(sessions, stream=stream, chain_id=chain_id, contract=contract, casts=[cast])
+    )[0]
+
+
+@_storage_errors
+async def record_vote_casts(
+    sessions: SessionFactory,
+    *,
+    stream: str,
+    chain_id: int,
+    contract: str,
+    casts: Sequence[VoteCastLog],
+) -> list[VoteCastRecord | None]:
+    """Consecutive VoteCast logs in ONE transaction (a burst brings hundreds): per log its record, None when
+    it was processed before. The cursor moves to just below the last log's block."""
+    if not casts:
+        return []
     async with sessions.begin() as session:
-        if not await _claim_log_in(session, log, "VoteCast", proposal_id, None):
-            return None
-        row_id = await _proposal_row_id_in(session, chain_id, contract, proposal_id)
-        confirmed = False
-        if row_id is not None and voter_node_id is not None:
-            now = utcnow()
-            result = await session.execute(
-                update(Vote)
-                .where(
-                    Vote.proposal_ref == row_id,
-                    Vote.node_id == voter_node_id,
-                    Vote.state.in_(CONFIRMABLE_STATES),
+        records: list[VoteCastRecord | None] = []
+        row_ids: dict[int, int | None] = {}
+        for cast in casts:
+            if not await _claim_log_in(session, cast.log, "VoteCast", cast.proposal_id, None):
+                records.append(None)
+                continue
+            if cast.proposal_id not in row_ids:
+                row_ids[cast.proposal_id] = await _proposal_row_id_in(
+                    session, chain_id, contract, cast.proposal_id
                 )
-                .values(
-                    state=VoteState.CONFIRMED,
-                    confirmed_block=log.block_number,
-                    confirmed_at=now,
-                    updated_at=now,
-                    tx_hash=func.coalesce(Vote.tx_hash, log.tx_hash),
-                    lease_owner=None,
-                    lease_expires_at=None,
-                ),
-                execution_options=_NO_SYNC,
-            )
-            confirmed = bool(getattr(result, "rowcount", 0))
-        await _advance_cursor_in(session, stream, log.block_number - 1)
-        return VoteCastRecord(row_id is not None, confirmed)
+            row_id = row_ids[cast.proposal_id]
+            confirmed = False
+            if row_id is not None and cast.voter_node_id is not None:
+                confirmed = await _confirm_by_log_in(session, row_id, cast.voter_node_id, cast.log)
+            records.append(VoteCastRecord(row_id is not None, confirmed))
+        await _advance_cursor_in(session, stream, max(c.log.block_number for c in casts) - 1)
+        return records
+
+
+async def _confirm_by_log_in(session: AsyncSession, row_id: int, node_id: int, log: LogRef) -> bool:
+    now = utcnow()
+    result = await session.execute(
+        update(Vote)
+        .where(Vote.proposal_ref == row_id, Vote.node_id == node_id, Vote.state.in_(CONFIRMABLE_STATES))
+        .values(
+            state=VoteState.CONFIRMED,
+            confirmed_block=log.block_number,
+            confirmed_at=now,
+            updated_at=now,
+            tx_hash=func.coalesce(Vote.tx_hash, log.tx_hash),
+            lease_owner=None,
+            lease_expires_at=None,
+        ),
+        execution_options=_NO_SYNC,
+    )
+    return bool(getattr(result, "rowcount", 0))
 
 
 @_storage_errors

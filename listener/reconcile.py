@@ -37,7 +37,7 @@ from dloop.settings import Settings
 from dloop.wakeup import WorkSignal
 from storage.engine import SessionFactory
 from storage.models import Proposal, Vote, VoteState, VoteTransaction, utcnow
-from storage.proposals import NodeRecord, record_proposal
+from storage.proposals import NodeRecord, record_proposals
 from storage.rounds import (
     ReconcileCounts,
     RoundKind,
@@ -429,22 +429,22 @@ class Reconciler:
         has_voted = await self._has_voted(client, sorted(open_ids), tag, errors)
         sent = await self._sent_receipts(client) if self.resolve_sent is None else {}
 
-        # -- writes: each one short transaction --------------------------------------------------------
+        # -- writes: short transactions --------------------------------------------------------------
         new_proposals = missing_votes = 0
-        node_ids = [n.id for n in self.nodes]
-        for data in proposals:
-            is_open = data.proposal_id in open_ids
-            recorded = await record_proposal(
-                self.sessions,
-                chain_id=self.chain_id,
-                contract=self.contract,
-                data=data,
-                source="reconcile",
-                node_ids=node_ids,
-                initial_state=VoteState.QUEUED if is_open else VoteState.CLOSED,
-            )
+        records = await record_proposals(
+            self.sessions,
+            chain_id=self.chain_id,
+            contract=self.contract,
+            proposals=[
+                (data, VoteState.QUEUED if data.proposal_id in open_ids else VoteState.CLOSED)
+                for data in proposals
+            ],
+            source="reconcile",
+            node_ids=[n.id for n in self.nodes],
+        )
+        for data, recorded in zip(proposals, records, strict=True):
             new_proposals += int(recorded.created)
-            if is_open:
+            if data.proposal_id in open_ids:
                 missing_votes += recorded.votes_added
         rows = await self._vote_rows({p.proposal_id for p in proposals})
         fixes = plan_vote_fixes(rows, open_ids, {p.proposal_id for p in proposals}, has_voted, read_block)

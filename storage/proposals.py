@@ -108,6 +108,52 @@ async def record_proposal(
     return await _record(sessions, chain_id, contract, data, source, node_ids, log, initial_state)
 
 
+async def record_proposals(
+    sessions: SessionFactory,
+    *,
+    chain_id: int,
+    contract: str,
+    proposals: Sequence[tuple[ProposalData, VoteState]],
+    source: str,
+    node_ids: Sequence[int],
+    chunk: int = 200,
+) -> list[RecordResult]:
+    """`record_proposal` for many (each with its initial vote state), `chunk` per transaction: a reconcile
+    pass over thousands of proposals would otherwise spend most of its time committing."""
+    results: list[RecordResult] = []
+    for start in range(0, len(proposals), chunk):
+        part = proposals[start : start + chunk]
+        try:
+            async with sessions.begin() as session:
+                for data, state in part:
+                    results.append(
+                        await record_proposal_in(
+                            session,
+                            chain_id=chain_id,
+                            contract=contract,
+                            data=data,
+                            source=source,
+                            node_ids=node_ids,
+                            initial_state=state,
+                        )
+                    )
+        except IntegrityError:  # another writer was first with one of them: one by one, reading it back
+            del results[start:]
+            for data, state in part:
+                results.append(
+                    await record_proposal(
+                        sessions,
+                        chain_id=chain_id,
+                        contract=contract,
+                        data=data,
+                        source=source,
+                        node_ids=node_ids,
+                        initial_state=state,
+                    )
+                )
+    return results
+
+
 async def _record(
     sessions: SessionFactory,
     chain_id: int,

@@ -6,19 +6,29 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
 
+from sqlalchemy import update
+from sqlalchemy.exc import SQLAlchemyError
+
 from chain.client import ChainClient, RawLog, decode_result
 from chain.codec import ProposalCanceled, ProposalCreated, ProposalExecuted, VoteCast, dao_functions
 from chain.types import ProposalData, ProposalStatus
-from dloop.errors import ChainError, ContractRevert
+from dloop.errors import ChainError, ContractRevert, StorageError
 from dloop.logs import log_event
 from listener.context import ListenerContext, stored
 from listener.messages import DecodedLog, decode
 from listener.planning import ChunkPlan, deep_enough, is_range_error
 from listener.status import BackfillProgress, StatusBoard
 from storage import chain_state
-from storage.models import VoteState
+from storage.engine import SessionFactory
+from storage.models import Vote, VoteState, utcnow
 
 ProposalRead = ProposalData | str  # the data, or why it could not be read (bad data, recorded)
+
+# How the voter records a vote mined after a reorg took its proposal away (voter/lane.py `_settle`).
+NOT_FOUND_REVERT = "reverted on chain: ProposalNotFound"
+REOPENED_AFTER_REORG = (
+    "the proposal was created again after a reorg; the vote that reverted on its absence is owed"
+)
 
 
 class LogProcessor:
@@ -147,6 +157,15 @@ class LogProcessor:
             )
             if record is None:
                 return 0
+            reopened = 0
+            if not record.record.created:  # a proposal seen before: back after a reorg, maybe new content
+                reopened = await stored(
+                    _reopen_votes_sent_before_creation,
+                    ctx.sessions,
+                    record.record.proposal_row_id,
+                    state=VoteState.QUEUED if deep else VoteState.PENDING,
+                    content_changed=record.record.content_changed,
+                )
             if asset_problem is not None:
                 self._warn_bad(item, f"asset {data.asset_address}: {asset_problem}")
             log_event(
@@ -160,8 +179,9 @@ class LogProcessor:
                 content_changed=record.record.content_changed,
                 votes_added=record.record.votes_added,
                 votes_queued=record.queued_votes,
+                votes_reopened=reopened,
             )
-            return record.queued_votes
+            return record.queued_votes + (reopened if deep else 0)
         if isinstance(event, VoteCast):
             await self._apply_vote_casts([item], tallies)
             return 0
@@ -288,3 +308,36 @@ class LogProcessor:
                 contract=self.ctx.contract,
                 proposals=fresh,
             )
+
+
+async def _reopen_votes_sent_before_creation(
+    sessions: SessionFactory, proposal_row_id: int, *, state: VoteState, content_changed: bool
+) -> int:
+    """Vote rows `failed` because their transaction was mined while a reorg had taken the proposal away
+    (ProposalNotFound) are owed a vote once the proposal is on the canonical chain again: back to `state`.
+    The voter reads hasVoted before signing; a changed content drops the old decision."""
+    now = utcnow()
+    values: dict[str, object] = {
+        "state": state,
+        "last_error": REOPENED_AFTER_REORG,
+        "confirmed_block": None,
+        "queued_at": now,
+        "updated_at": now,
+    }
+    if content_changed:
+        values.update(decision=None, confidence=None, reason=None, decided_at=None)
+    try:
+        async with sessions.begin() as session:
+            result = await session.execute(
+                update(Vote)
+                .where(
+                    Vote.proposal_ref == proposal_row_id,
+                    Vote.state == VoteState.FAILED,
+                    Vote.last_error == NOT_FOUND_REVERT,
+                )
+                .values(**values),
+                execution_options={"synchronize_session": False},
+            )
+    except SQLAlchemyError as exc:
+        raise StorageError(f"reopening votes of proposal row {proposal_row_id}: {exc}") from exc
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -4,13 +4,15 @@ the replaced blocks' transactions; the listener must see the reorg from the bloc
 whose transaction left the chain back in the queue. Afterwards every vote is on the canonical chain exactly
 once: per node, transactions == VoteCast events, no (proposal, node) with two VoteCast, none missing.
 
-The proposals of a wave are buried a few blocks deep before the reorg, so only votes are replaced (a reorg of
-the proposal itself is the listener's own test, tests/test_listener.py).
+The proposals of a wave are buried a few blocks deep before the reorg, so only votes are replaced. The second
+test reaches back to the proposals' own blocks while their votes are in flight: the creates come back in
+other blocks (new block hashes), or not at all until a later createProposal reuses the ids with other content.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,13 +21,20 @@ from dloop.anvil import AnvilProcess
 from dloop.devnet import deploy_devnet
 from tests.support.chaos import (
     audit_votes,
+    db_rows,
+    failed_vote_errors,
     head_number,
     mine,
     poll_until,
+    proposal_count,
+    raw_transactions_of_blocks,
     report,
+    reverted_vote_transactions,
     settled,
     sized,
     vote_blocks,
+    vote_cast_count,
+    vote_rows_of,
 )
 from tests.support.service import create_proposals, devnet_settings, migrate, running_service
 from tests.support.voter import vote_events
@@ -113,3 +122,104 @@ def test_reorgs_of_depth_1_to_3_while_votes_are_in_flight_leave_every_vote_once_
     assert set(audit.states) <= {"confirmed", "already_voted"}, audit.states
     assert sum(audit.states.values()) == len(ids) * NODES, audit.states
     assert replaced_votes >= len(DEPTHS), "the reorgs replaced no votes: the scenario did not happen"
+
+
+PROPOSALS_REORGED = sized(2, 6)
+
+
+@pytest.mark.parametrize("recreated", [True, False], ids=["create_reincluded", "create_dropped"])
+def test_a_reorg_of_the_proposals_own_blocks_while_their_votes_are_in_flight(
+    recreated: bool, tmp_path: Path
+) -> None:
+    """`anvil_reorg` down to (and including) the blocks that created the proposals, just after their first
+    votes are mined. Re-included: the creates land again in later blocks with other hashes and every node
+    votes exactly once on each. Dropped: the proposals do not exist on the new chain; the service must not
+    vote on them or crash, its rows wait (parked); a later createProposal reuses the ids with other content,
+    and every node votes exactly once on those."""
+    with AnvilProcess() as anvil:
+        devnet = deploy_devnet(anvil.http_url, proposals=0)
+        db = tmp_path / "dloop.db"
+        settings = devnet_settings(
+            anvil.ws_url,
+            devnet,
+            db,
+            http_port=0,
+            lease_seconds=2.0,
+            reconcile_interval=3600.0,
+            head_timeout=5.0,
+            rpc_timeout=5.0,
+        )
+        migrate(settings)
+        with running_service(settings) as svc:
+            bottom = head_number(anvil) + 1
+            ids = create_proposals(anvil, devnet, PROPOSALS_REORGED)
+            top_create = head_number(anvil)
+            creates = raw_transactions_of_blocks(anvil, bottom, top_create)
+            assert len(creates) == len(ids)
+            wanted = frozenset(ids)
+            poll_until(
+                lambda: any(pid in wanted for pid, _v, _b in vote_blocks(anvil, devnet)),
+                timeout=30,
+                what="the first votes of the proposals mined",
+            )
+            head = head_number(anvil)
+            depth = head - bottom + 1
+            replaced_votes = sum(1 for pid, _v, _b in vote_blocks(anvil, devnet) if pid in wanted)
+            reorged_at = time.monotonic()
+            # Offset 1: the creates come back one block higher than before, so with other block hashes.
+            anvil.rpc("anvil_reorg", [depth, [[raw, 1] for raw in creates] if recreated else []])
+            if not recreated:
+                assert proposal_count(anvil, devnet) == 0, "the reorg did not take the proposals away"
+                poll_until(
+                    lambda: svc.service.listener.status.reorgs_seen >= 1,
+                    timeout=15,
+                    what="the listener to see the reorg",
+                )
+
+                states: Counter[str] = Counter()
+
+                def parked() -> bool:
+                    # Every row waits for its proposal (pending), or its vote was mined on the new chain
+                    # before the listener saw the reorg and reverted (ProposalNotFound): none sent or queued.
+                    states.clear()
+                    states.update(sum((vote_rows_of(db, pid) for pid in ids), Counter[str]()))
+                    return sum(states.values()) == len(ids) * NODES and set(states) <= {"pending", "failed"}
+
+                try:
+                    poll_until(parked, timeout=15, what="the rows of the vanished proposals to wait")
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}: {states}, {db_rows(db)}") from None
+                assert failed_vote_errors(db) <= {"reverted on chain: ProposalNotFound"}
+                assert vote_cast_count(anvil, devnet) == 0
+                # The ids come back with other content (another plan index).
+                again = create_proposals(anvil, devnet, len(ids), first_index=100)
+                assert again == ids
+            poll_until(
+                lambda: (
+                    settled(db, len(ids) * NODES)
+                    and len(vote_events(anvil.http_url, devnet.contract_address)) == len(ids) * NODES
+                ),
+                timeout=sized(15, 60),
+                what="every node voted on the proposals again",
+                interval=0.1,
+            )
+            recovery = time.monotonic() - reorged_at
+            reorgs_seen = svc.service.listener.status.reorgs_seen
+        audit = audit_votes(anvil, devnet, db, ids)
+        reverted = reverted_vote_transactions(anvil, db)
+
+    flavour = (
+        "re-included one block higher" if recreated else "dropped, then created again with other content"
+    )
+    report(
+        f"reorg of the proposals' own blocks (automine, depth {depth}, {len(ids)} creates {flavour}): "
+        f"{replaced_votes} mined votes replaced; listener saw {reorgs_seen}; {audit.summary()}; "
+        f"{sum(reverted.values())} votes reverted on the proposals' absence; "
+        f"all votes on chain {recovery:.1f} s after the reorg"
+    )
+    assert not audit.missed and not audit.doubled, audit
+    # A node's extra transactions are exactly its votes that reverted while the proposals were gone.
+    assert {a: txs - votes for a, (txs, votes) in audit.nonce_mismatch.items()} == dict(reverted), audit
+    assert set(audit.states) <= {"confirmed", "already_voted"}, audit.states
+    assert sum(audit.states.values()) == len(ids) * NODES, audit.states
+    assert replaced_votes >= 1

@@ -387,3 +387,36 @@ def vote_blocks(anvil: AnvilProcess, devnet: DevnetInfo) -> list[tuple[int, str,
 
 def head_number(anvil: AnvilProcess) -> int:
     return int(anvil.rpc("eth_blockNumber"), 16)
+
+
+def raw_transactions_of_blocks(anvil: AnvilProcess, first: int, last: int) -> list[str]:
+    """The signed raw transactions of blocks first..last in chain order, to hand back to `anvil_reorg`."""
+    raws = []
+    for number in range(first, last + 1):
+        block = anvil.rpc("eth_getBlockByNumber", [hex(number), False])
+        raws += [anvil.rpc("eth_getRawTransactionByHash", [tx]) for tx in block["transactions"]]
+    return raws
+
+
+def vote_rows_of(db_path: Path, proposal_id: int) -> Counter[str]:
+    """The states of the vote rows of one proposal id."""
+    return Counter(state for pid, _addr, state, _d, _r in db_rows(db_path) if pid == proposal_id)
+
+
+def reverted_vote_transactions(anvil: AnvilProcess, db_path: Path) -> Counter[str]:
+    """Per sender: the service's vote transactions (every one it signed) mined with status 0 on the chain."""
+    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)) as db:
+        hashes = [str(h) for (h,) in db.execute("SELECT tx_hash FROM vote_transactions").fetchall()]
+    reverted: Counter[str] = Counter()
+    for tx_hash in hashes:
+        receipt = anvil.rpc("eth_getTransactionReceipt", [tx_hash])
+        if receipt is not None and int(receipt["status"], 16) == 0:
+            reverted[Web3.to_checksum_address(receipt["from"])] += 1
+    return reverted
+
+
+def failed_vote_errors(db_path: Path) -> set[str]:
+    """The last_error of every `failed` vote row."""
+    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)) as db:
+        rows = db.execute("SELECT last_error FROM votes WHERE state = 'failed'").fetchall()
+    return {str(error) for (error,) in rows}

@@ -180,10 +180,14 @@ def test_a_reorg_of_the_proposals_own_blocks_while_their_votes_are_in_flight(
 
                 def parked() -> bool:
                     # Every row waits for its proposal (pending), or its vote was mined on the new chain
-                    # before the listener saw the reorg and reverted (ProposalNotFound): none sent or queued.
+                    # before the listener saw the reorg and reverted (ProposalNotFound): none sent or queued,
+                    # and no lane still tracks a transaction (see the report: a stale one settling after the
+                    # re-creation fails the re-sent row).
                     states.clear()
                     states.update(sum((vote_rows_of(db, pid) for pid in ids), Counter[str]()))
-                    return sum(states.values()) == len(ids) * NODES and set(states) <= {"pending", "failed"}
+                    idle = all(node.in_flight == 0 for node in svc.service.voter.status.nodes)
+                    rows_wait = set(states) <= {"pending", "failed"}
+                    return idle and rows_wait and sum(states.values()) == len(ids) * NODES
 
                 try:
                     poll_until(parked, timeout=15, what="the rows of the vanished proposals to wait")

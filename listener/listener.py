@@ -45,6 +45,10 @@ class HeadTimeout(TransientChainError):
     """No new head within DLOOP_HEAD_TIMEOUT: the connection is treated as dead."""
 
 
+class SilentReorg(TransientChainError):
+    """The idle chain's tip contradicts the heads received: reconnect, and the catch-up handles the reorg."""
+
+
 class Listener:
     """Follows the AssetDAO in real time and queues a vote row per node for every new proposal.
 
@@ -235,12 +239,22 @@ class Listener:
     async def _chain_is_idle(self, client: ChainClient, timeout: float) -> bool:
         try:
             with anyio.fail_after(timeout):
-                number = await client.block_number()
+                latest = await client.block("latest")
         except (ChainError, TimeoutError):
             return False  # a frozen or broken connection
         seen = self._last_head_seen
         # A newer block than any head received means the subscription is broken, not the chain idle.
-        return seen is not None and number <= seen
+        if seen is None or latest.number > seen:
+            return False
+        # An idle chain brings no next head to expose a reorg whose own heads we never got (a rollback,
+        # or a same-height replacement whose notifications were lost): compare the tip with what we saw.
+        stored = self._tracker.blocks.get(latest.number)
+        if latest.number < seen or (stored is not None and stored.hash.lower() != latest.hash.lower()):
+            raise SilentReorg(
+                f"the chain's tip is block {latest.number} {latest.hash}, not what the heads said "
+                f"(newest head {seen}, stored hash {stored.hash if stored else None})"
+            )
+        return True
 
     # -- catching up ------------------------------------------------------------------------------------
     async def _catch_up(self, client: ChainClient) -> None:

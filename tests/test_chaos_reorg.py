@@ -227,3 +227,63 @@ def test_a_reorg_of_the_proposals_own_blocks_while_their_votes_are_in_flight(
     assert set(audit.states) <= {"confirmed", "already_voted"}, audit.states
     assert sum(audit.states.values()) == len(ids) * NODES, audit.states
     assert replaced_votes >= 1
+
+
+def test_a_silent_rollback_of_an_idle_automine_chain_is_found_by_the_idle_probe(tmp_path: Path) -> None:
+    """An idle automine chain brings no next head to expose a reorg whose own heads the listener never got
+    (the open "missed reorg" item of docs/reliability.md). `anvil_rollback` of blocks without transactions
+    rewinds without any notification (with transactions, anvil mines them again at once: heads arrive). The
+    watchdog's idle probe must compare the tip with the heads it saw and hand the reorg to the catch-up."""
+    with AnvilProcess() as anvil:
+        devnet = deploy_devnet(anvil.http_url, proposals=0)
+        db = tmp_path / "dloop.db"
+        settings = devnet_settings(
+            anvil.ws_url,
+            devnet,
+            db,
+            http_port=0,
+            lease_seconds=2.0,
+            reconcile_interval=3600.0,
+            head_timeout=0.5,
+            rpc_timeout=5.0,
+        )
+        migrate(settings)
+        with running_service(settings) as svc:
+            ids = create_proposals(anvil, devnet, 1)
+            poll_until(
+                lambda: settled(db, NODES) and vote_cast_count(anvil, devnet) == NODES,
+                timeout=15,
+                what="the votes",
+            )
+            mine(anvil, 3)
+            top = head_number(anvil)
+            poll_until(
+                lambda: svc.service.listener.status.cursor_block == top - 1,
+                timeout=10,
+                what="the listener to see the last head",
+            )
+            assert svc.service.listener.status.reorgs_seen == 0
+            rewound_at = time.monotonic()
+            anvil.rpc("anvil_rollback", [2])  # the two newest (empty) blocks: no head announces it
+            assert head_number(anvil) == top - 2
+            poll_until(
+                lambda: svc.service.listener.status.reorgs_seen >= 1,
+                timeout=10,
+                what="the listener to find the silent rollback",
+            )
+            found = time.monotonic() - rewound_at
+            mine(anvil, 3)  # the chain goes on from the rewound tip
+            poll_until(
+                lambda: svc.service.listener.status.cursor_block == top,
+                timeout=10,
+                what="the listener to follow the new blocks",
+            )
+            status = svc.service.listener.status
+        audit = audit_votes(anvil, devnet, db, ids)
+    report(
+        f"silent rollback of 2 empty blocks on an idle automine chain: found {found:.1f} s after "
+        f"(head timeout 0.5 s), {status.reorgs_seen} reorg, {status.reconnects} listener reconnect; "
+        f"{audit.summary()}"
+    )
+    assert audit.clean, audit
+    assert status.reorgs_seen == 1

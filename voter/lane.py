@@ -226,12 +226,16 @@ class NodeLane:
         self.client = None
         self._notify()
 
-    async def resync_nonce(self) -> None:
-        """The next nonce: the account's pending count, or past the highest one still in flight (a gap
-        below it is a dropped transaction, which the watcher rebroadcasts)."""
-        pending = _int(
-            await with_backoff(self._chain().request, "eth_getTransactionCount", [self.address, "pending"])
-        )
+    async def resync_nonce(self, pending: int | None = None) -> None:
+        """The next nonce: the account's pending count (read now unless given, e.g. with a batch's snapshot),
+        or past the highest one still in flight (a gap below it is a dropped transaction, which the watcher
+        rebroadcasts)."""
+        if pending is None:
+            pending = _int(
+                await with_backoff(
+                    self._chain().request, "eth_getTransactionCount", [self.address, "pending"]
+                )
+            )
         in_flight = {t.nonce for t in self.tracked.values()}
         highest = max((n + 1 for n in in_flight), default=0)
         previous, self.next_nonce = self.next_nonce, max(pending, highest)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import os
 import random
@@ -114,6 +115,7 @@ class Snapshot:
     chain_time: int
     proposals: dict[int, ProposalData | ChainError]
     voted: dict[tuple[int, str], bool | ChainError]
+    pending_nonces: dict[str, int] = field(default_factory=dict)  # by node address; missing: read again
 
 
 def process_owner_id() -> str:
@@ -363,9 +365,13 @@ class Voter:
         counters = Counters()
         confirmed_before, failed_before = self.totals.confirmed, self.totals.failed
         batches = leased_total = 0
+        sent = await queue.sent_vote_ids(self.sessions, list(self._by_node))
         for lane in self.lanes:
             await self._lane_safely(lane, lane.check_funding)
-            await self._lane_safely(lane, lane.adopt_sent)
+            if (
+                sent.get(lane.node.id, set()) - lane.tracked.keys()
+            ):  # rows sent by an earlier run, or reopened
+                await self._lane_safely(lane, lane.adopt_sent)
         handled: Counter[int] = Counter()  # what keeps coming back waits for the next round
         while anyio.current_time() < deadline:
             sendable = self._sendable()
@@ -420,7 +426,7 @@ class Voter:
         except TransientChainError:
             raise
         except ChainError as exc:
-            lane.last_error = f"{getattr(step, '__name__', 'step')}: {exc}"
+            lane.last_error = f"{getattr(getattr(step, 'func', step), '__name__', 'step')}: {exc}"
             log_event(log, "node_error", level=logging.WARNING, node=lane.node.name, error=lane.last_error)
 
     def _sendable(self) -> list[int]:
@@ -462,7 +468,9 @@ class Voter:
         jobs = await self._with_gas_estimates(client, jobs)
         async with anyio.create_task_group() as tg:
             for node_id, lane_jobs in jobs.items():
-                tg.start_soon(self._send_lane, self._by_node[node_id], lane_jobs, deadline, counters)
+                lane = self._by_node[node_id]
+                pending = snapshot.pending_nonces.get(lane.address)
+                tg.start_soon(self._send_lane, lane, lane_jobs, deadline, counters, pending)
 
     async def _with_gas_estimates(
         self, client: ChainClient, jobs: dict[int, list[VoteJob]]
@@ -540,13 +548,18 @@ class Voter:
         return None
 
     async def _send_lane(
-        self, lane: NodeLane, jobs: list[VoteJob], deadline: float, counters: Counters
+        self,
+        lane: NodeLane,
+        jobs: list[VoteJob],
+        deadline: float,
+        counters: Counters,
+        pending_nonce: int | None = None,
     ) -> None:
         """One node's votes of the batch, in order; what the deadline or its trouble stops stays queued."""
         # The account's nonce can move back (a reorg took a mined vote away): sync before signing, or the
         # new transactions would wait behind a gap forever.
         async with lane.lock:
-            await self._lane_safely(lane, lane.resync_nonce)
+            await self._lane_safely(lane, functools.partial(lane.resync_nonce, pending_nonce))
         estimated_at = anyio.current_time()
         index = 0
         while index < len(jobs):
@@ -619,14 +632,24 @@ class Voter:
             ("eth_call", [{"to": client.contract, "data": functions["hasVoted"].encode(i, a)}, tag])
             for i, a in pairs
         ]
+        # Each sending node's pending nonce in the same round trip (the lanes sync to it before signing).
+        addresses = sorted({self._by_node[row.node_id].address for row in rows})
+        requests += [("eth_getTransactionCount", [address, "pending"]) for address in addresses]
         results = await call_many_retrying(client, requests, batch_size=self.settings.rpc_batch_size)
+        nonces = results[len(results) - len(addresses) :]
+        results = results[: len(results) - len(addresses)]
+        pending_nonces = {
+            address: int(str(raw), 16)
+            for address, raw in zip(addresses, nonces, strict=True)
+            if isinstance(raw, str) and raw.startswith("0x")
+        }
         proposals: dict[int, ProposalData | ChainError] = {}
         for proposal_id, raw in zip(ids, results[: len(ids)], strict=True):
             proposals[proposal_id] = await self._proposal(client, raw)
         voted: dict[tuple[int, str], bool | ChainError] = {}
         for pair, raw in zip(pairs, results[len(ids) :], strict=True):
             voted[pair] = raw if isinstance(raw, ChainError) else _decoded_bool(raw)
-        return Snapshot(block.number, block.timestamp, proposals, voted)
+        return Snapshot(block.number, block.timestamp, proposals, voted, pending_nonces)
 
     async def _proposal(self, client: ChainClient, raw: object) -> ProposalData | ChainError:
         if isinstance(raw, ChainError):

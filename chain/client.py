@@ -12,7 +12,7 @@ from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 
 from chain.codec import AbiFunction, dao_functions, erc20_functions, event_topics
-from chain.connection import MalformedFrames, classify_rpc_error, translate_exception
+from chain.connection import MalformedFrames, batch_refusal, classify_rpc_error, translate_exception
 from chain.types import AssetInfo, ProposalData
 from dloop.errors import ChainError, ContractRevert, MalformedAnswer, RateLimited, TransientChainError
 
@@ -245,9 +245,9 @@ class ChainClient:
                 for key in cache_keys:
                     if key is not None:
                         processor.pop_cached_request_information(key)
-        if not isinstance(responses, list):
-            error = responses.get("error", {}) if isinstance(responses, dict) else {}
-            raise classify_rpc_error(dict(error) if isinstance(error, dict) else {"message": str(error)})
+        refusal = batch_refusal(responses)
+        if refusal is not None:
+            raise classify_rpc_error(refusal)
         answers: list[dict[str, Any]] = [dict(r) for r in responses if isinstance(r, dict)]
         if len(answers) != len(requests):
             raise ChainError(f"batch of {len(requests)} answered with {len(answers)} responses")
@@ -287,8 +287,9 @@ class ChainClient:
                 except TransientChainError:
                     raise  # rate limits, timeouts, a lost connection: not a refusal
                 except ChainError as exc:
-                    # A refusal answered without a request id is raised by web3 as a "stray error" on every
-                    # later request of this socket: remember the refusal, and have the caller reconnect.
+                    # A refusal (one error object, id null) is this batch's answer (see
+                    # FrameTolerantWebSocketProvider); one arriving after the batch was given up is a web3
+                    # "stray error" that spoils the socket. Remember the refusal; the caller reconnects once.
                     self.batches_refused = True
                     raise TransientChainError(
                         f"provider refused a JSON-RPC batch ({exc}); not batching"

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import anyio
 from web3 import AsyncWeb3, WebSocketProvider
+from web3._utils.batching import BATCH_REQUEST_ID
+from web3._utils.caching.caching_utils import generate_cache_key
 from web3.exceptions import (
     BadResponseFormat,
     PersistentConnectionError,
@@ -22,7 +24,7 @@ from web3.exceptions import (
     TooManyRequests,
     Web3RPCError,
 )
-from web3.types import RPCResponse
+from web3.types import RPCEndpoint, RPCRequest, RPCResponse
 from websockets.exceptions import InvalidStatus
 
 from chain.codec import decode_revert
@@ -82,12 +84,27 @@ class FrameTolerantWebSocketProvider(WebSocketProvider):
     object or batch is dropped and counted; `ChainClient` fails the request left without its answer. A
     bad frame no request claims within `claim_window` seconds ends the subscription stream (if any) with a
     TransientChainError: the subscriber reconnects and catches up rather than miss a notification.
+
+    A batch refused with one error object (id null, like a provider capping batches) is that batch's answer,
+    not a stray error: web3 only files it under the batch key inside its `batch_requests()` context (a
+    context variable its listener task never sees), so it would end the listener task and every request of
+    the socket would re-raise it, racing the batch's own caller to report it.
     """
 
     def __init__(self, *args: Any, claim_window: float = 3.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.malformed = MalformedFrames()
         self.claim_window = claim_window
+        self._batches_sent = 0
+        self._batches_answered = 0  # batches in flight: sent - answered (a late answer still counts)
+
+    async def send_batch_request(self, requests: list[tuple[RPCEndpoint, Any]]) -> list[RPCRequest]:
+        self._batches_sent += 1  # before sending: the answer may be read before the send returns
+        try:
+            return await super().send_batch_request(requests)
+        except BaseException:
+            self._batches_sent -= 1
+            raise
 
     async def socket_recv(self) -> RPCResponse:
         if self._ws is None:
@@ -98,7 +115,16 @@ class FrameTolerantWebSocketProvider(WebSocketProvider):
                 answer = json.loads(raw)
             except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
                 answer = None
-            if isinstance(answer, dict | list):
+            if isinstance(answer, list):
+                self._batches_answered += 1
+                return cast(RPCResponse, answer)
+            if isinstance(answer, dict):
+                if self._batches_answered < self._batches_sent and _is_batch_refusal(answer):
+                    self._batches_answered += 1
+                    # Filed as a one-item list: web3's stray-error check skips lists (not dicts) in the cache.
+                    cache = self._request_processor._request_response_cache
+                    cache.cache(generate_cache_key(BATCH_REQUEST_ID), [answer])
+                    continue
                 return cast(RPCResponse, answer)
             number = self.malformed.note()
             log_event(log, "rpc_malformed_frame", level=logging.WARNING, frame=number, start=str(raw[:80]))
@@ -115,6 +141,21 @@ class FrameTolerantWebSocketProvider(WebSocketProvider):
             # web3's queue raises an exception item at its reader (`TaskReliantQueue.get`).
             lost = TransientChainError(f"malformed frame {number} answered no request: a lost notification?")
             self._request_processor._subscription_response_queue.put_nowait(lost)  # type: ignore[arg-type]
+
+
+def _is_batch_refusal(answer: dict[str, Any]) -> bool:
+    """An error object answering no request id (JSON-RPC's answer to a request it could not take apart)."""
+    return answer.get("id") is None and "method" not in answer and isinstance(answer.get("error"), dict)
+
+
+def batch_refusal(responses: Any) -> dict[str, Any] | None:
+    """The error object of a batch answered with one error instead of a list of answers, else None."""
+    if isinstance(responses, list):
+        if len(responses) != 1 or not isinstance(responses[0], dict) or not _is_batch_refusal(responses[0]):
+            return None
+        responses = responses[0]  # as FrameTolerantWebSocketProvider files a refusal
+    error = responses.get("error", {}) if isinstance(responses, dict) else {}
+    return dict(error) if isinstance(error, dict) else {"message": str(error)}
 
 
 @asynccontextmanager

@@ -16,6 +16,8 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 from web3 import Web3
 
+from chain.client import ChainClient
+from chain.connection import open_ws
 from dloop.anvil import AnvilProcess
 from dloop.devnet import deploy_devnet
 from dloop.errors import ChainError, MalformedAnswer, TransientChainError, first_error
@@ -32,6 +34,7 @@ from tests.support.chaos import (
 )
 from tests.support.listener_env import Chain, make_settings, open_database, running_listener, wait_for_queue
 from tests.support.rpc_faults import FaultPlan, FaultyRpcProxy, faulty_rpc_proxy
+from tests.support.rpc_proxy import rpc_proxy
 from tests.support.service import create_proposals
 from tests.support.voter import (
     check_exactly_once,
@@ -223,3 +226,41 @@ async def test_a_malformed_notification_makes_the_listener_catch_up(tmp_path: Pa
                     assert listener.status.reconnects > reconnects  # it started over and caught up
         finally:
             await db.engine.dispose()
+
+
+@pytest.mark.anyio
+async def test_a_refused_batch_is_reported_by_its_caller_and_leaves_the_socket_usable() -> None:
+    """Regression: the refusal (one error object, id null) was a web3 "stray error" that ended the socket's
+    listener task, so the subscription stream or any concurrent request could report it first (a plain
+    ChainError) and cancel the batch's caller before it remembered the refusal: the listener reconnected
+    and batched again, forever."""
+    with AnvilProcess() as anvil:
+        async with rpc_proxy(anvil.ws_url, max_batch=0) as proxy, open_ws(proxy.url, request_timeout=5) as w3:
+            client = ChainClient(w3, "0x" + "11" * 20, timeout=5)
+            heads_id = await w3.eth.subscribe("newHeads")
+            head_arrived = anyio.Event()
+
+            async def read_heads() -> None:
+                async for message in w3.socket.process_subscriptions():
+                    assert message["subscription"] == heads_id
+                    head_arrived.set()
+
+            async def singles_meanwhile() -> None:
+                while True:
+                    await client.block_number()
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read_heads)
+                    tg.start_soon(singles_meanwhile)
+                    with pytest.raises(TransientChainError, match=r"refused a JSON-RPC batch.*not batching"):
+                        await client.call_many([("eth_blockNumber", [])] * 3, batch_size=10)
+                    assert client.batches_refused and proxy.stats.batches_refused == 1
+                    # The same connection still answers, one by one, and still delivers notifications.
+                    assert await client.call_many([("eth_chainId", [])] * 3, batch_size=10) == ["0x7a69"] * 3
+                    await anyio.to_thread.run_sync(anvil.rpc, "evm_mine", [])
+                    with anyio.fail_after(5):
+                        await head_arrived.wait()
+                    tg.cancel_scope.cancel()
+            finally:
+                client.batches_refused = False  # remembered per endpoint for the whole process

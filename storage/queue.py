@@ -12,10 +12,10 @@ import weakref
 from collections.abc import Collection, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio
-from sqlalchemy import ColumnElement, and_, case, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -445,33 +445,75 @@ async def mark_confirmed(
 
 
 async def mark_confirmed_many(sessions: SessionFactory, confirmations: Sequence[Confirmation]) -> set[int]:
-    """Several sent -> confirmed changes in one transaction, each conditional; returns the ids changed."""
+    """Several sent -> confirmed changes in one transaction, each conditional; returns the ids changed.
+
+    One statement for all rows (executemany), not one per row: a burst confirms hundreds of votes a second.
+    """
     if not confirmations:
         return set()
     now = utcnow()
+    votes = cast(
+        Table, Vote.__table__
+    )  # Core table: a list of parameters is a plain executemany, not an ORM bulk update
 
     async def work(session: AsyncSession) -> set[int]:
-        done = set()
-        for item in confirmations:
-            result = await session.execute(
-                update(Vote)
-                .where(Vote.id == item.vote_id, Vote.state.in_([VoteState.SENT, VoteState.CONFIRMED]))
-                .values(
-                    state=VoteState.CONFIRMED,
-                    tx_hash=item.tx_hash,
-                    confirmed_block=item.block_number,
-                    gas_used=item.gas_used,
-                    confirmed_at=func.coalesce(Vote.confirmed_at, now),
-                    last_error=None,
-                )
+        await session.execute(
+            update(votes)
+            .where(
+                votes.c.id == bindparam("b_vote"),
+                # Not IN (...): an expanding parameter cannot be used with executemany.
+                or_(votes.c.state == VoteState.SENT, votes.c.state == VoteState.CONFIRMED),
             )
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                await _settle_outcomes(session, item.vote_id, item.tx_hash, "mined")
-                done.add(item.vote_id)
-        return done
+            .values(
+                state=VoteState.CONFIRMED,
+                tx_hash=bindparam("b_tx"),
+                confirmed_block=bindparam("b_block"),
+                gas_used=bindparam("b_gas"),
+                confirmed_at=func.coalesce(votes.c.confirmed_at, now),
+                last_error=None,
+            ),
+            [_confirmation_params(item) for item in confirmations],
+        )
+        # Which of them this statement confirmed (the write lock is held now: a consistent read).
+        confirmed = await session.execute(
+            select(Vote.id, Vote.tx_hash).where(
+                Vote.id.in_([c.vote_id for c in confirmations]), Vote.state == VoteState.CONFIRMED
+            )
+        )
+        hashes = {vote_id: tx_hash for vote_id, tx_hash in confirmed}
+        done = [c for c in confirmations if hashes.get(c.vote_id) == c.tx_hash]
+        await _settle_outcomes_many(session, [(c.vote_id, c.tx_hash) for c in done], "mined")
+        return {c.vote_id for c in done}
 
     result: set[int] = await _in_transaction(sessions, work)
     return result
+
+
+def _confirmation_params(item: Confirmation) -> dict[str, Any]:
+    return {
+        "b_vote": item.vote_id,
+        "b_tx": item.tx_hash,
+        "b_block": item.block_number,
+        "b_gas": item.gas_used,
+    }
+
+
+async def _settle_outcomes_many(
+    session: AsyncSession, settled: Sequence[tuple[int, str]], outcome: str
+) -> None:
+    """`_settle_outcomes` for many votes in one executemany statement."""
+    if not settled:
+        return
+    txs = cast(Table, VoteTransaction.__table__)
+    await session.execute(
+        update(txs)
+        .where(
+            txs.c.vote_id == bindparam("b_vote"),
+            or_(txs.c.tx_hash == bindparam("b_tx"), txs.c.outcome.is_(None)),
+        )
+        .values(outcome=case((txs.c.tx_hash == bindparam("b_tx"), outcome), else_="replaced")),
+        [{"b_vote": vote_id, "b_tx": tx_hash} for vote_id, tx_hash in settled],
+    )
 
 
 async def _settle_outcomes(session: AsyncSession, vote_id: int, tx_hash: str, outcome: str) -> None:

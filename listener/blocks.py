@@ -259,6 +259,9 @@ class BlockTracker:
         receipt: Any = await client.request("eth_getTransactionReceipt", [tx_hash])
         if not isinstance(receipt, Mapping) or receipt.get("blockHash") is None:
             return None
+        if int(str(receipt.get("status", "0x1")), 16) != 1:
+            # Mined again on the new chain but reverted (e.g. its proposal is gone): the vote is not cast.
+            return None
         mined = parse_block(
             {
                 "number": receipt["blockNumber"],

@@ -565,16 +565,19 @@ async def resolve_sent(
     reason: str,
     tx_outcome: str | None = None,
     defer_until: dt.datetime | None = None,
+    only_if_tx_in: Collection[str] | None = None,
 ) -> bool:
-    """sent -> queued (the vote was not cast and can be sent again) or -> already_voted / closed.
+    """sent -> queued (the vote was not cast and can be sent again), -> pending (the same, but only once its
+    proposal is back on the canonical chain) or -> already_voted / closed.
 
     `tx_outcome` marks the row's unsettled transactions (e.g. "rejected", "dropped"). Back in the queue,
-    the row may wait until `defer_until`.
+    the row may wait until `defer_until`. With `only_if_tx_in`, only while the row's current transaction is
+    one of those (not a later attempt).
     """
 
     async def work(session: AsyncSession) -> bool:
         values: dict[str, Any] = {"state": state, "last_error": reason}
-        if state == VoteState.QUEUED:
+        if state in (VoteState.QUEUED, VoteState.PENDING):
             values.update(
                 tx_hash=None,
                 nonce=None,
@@ -583,9 +586,10 @@ async def resolve_sent(
             )
         else:
             values["reason"] = reason
-        result = await session.execute(
-            update(Vote).where(Vote.id == vote_id, Vote.state == VoteState.SENT).values(**values)
-        )
+        condition = [Vote.id == vote_id, Vote.state == VoteState.SENT]
+        if only_if_tx_in is not None:
+            condition.append(Vote.tx_hash.in_(list(only_if_tx_in)))
+        result = await session.execute(update(Vote).where(*condition).values(**values))
         if result.rowcount != 1:  # type: ignore[attr-defined]
             return False
         if tx_outcome is not None:

@@ -129,9 +129,25 @@ def test_reorgs_of_depth_1_to_3_while_votes_are_in_flight_leave_every_vote_once_
 PROPOSALS_REORGED = sized(2, 6)
 
 
-@pytest.mark.parametrize("recreated", [True, False], ids=["create_reincluded", "create_dropped"])
+@pytest.mark.parametrize(
+    ("recreated", "reuse_at_once"),
+    [
+        (True, False),
+        (False, False),
+        pytest.param(
+            False,
+            True,
+            marks=pytest.mark.xfail(
+                strict=False,
+                reason="open: ids reused while stale votes are in flight; in about 1 run of 5 (3 cases run "
+                "together) a node has not voted again within 15 s (see docs/reliability.md)",
+            ),
+        ),
+    ],
+    ids=["create_reincluded", "create_dropped", "create_dropped_ids_reused_at_once"],
+)
 def test_a_reorg_of_the_proposals_own_blocks_while_their_votes_are_in_flight(
-    recreated: bool, tmp_path: Path
+    recreated: bool, reuse_at_once: bool, tmp_path: Path
 ) -> None:
     """`anvil_reorg` down to (and including) the blocks that created the proposals, just after their first
     votes are mined. Re-included: the creates land again in later blocks with other hashes and every node
@@ -178,6 +194,10 @@ def test_a_reorg_of_the_proposals_own_blocks_while_their_votes_are_in_flight(
                     what="the listener to see the reorg",
                 )
 
+                if reuse_at_once:
+                    # The ids come back while votes for the vanished proposals may still be in flight: a
+                    # stale one mined now reverts with ProposalNotFound, and the vote is owed again.
+                    assert create_proposals(anvil, devnet, len(ids), first_index=100) == ids
                 states: Counter[str] = Counter()
 
                 def parked() -> bool:
@@ -192,14 +212,16 @@ def test_a_reorg_of_the_proposals_own_blocks_while_their_votes_are_in_flight(
                     return idle and rows_wait and sum(states.values()) == len(ids) * NODES
 
                 try:
-                    poll_until(parked, timeout=15, what="the rows of the vanished proposals to wait")
+                    if not reuse_at_once:
+                        poll_until(parked, timeout=15, what="the rows of the vanished proposals to wait")
                 except AssertionError as exc:
                     raise AssertionError(f"{exc}: {states}, {db_rows(db)}") from None
-                assert failed_vote_errors(db) <= {"reverted on chain: ProposalNotFound"}
-                assert vote_cast_count(anvil, devnet) == 0
-                # The ids come back with other content (another plan index).
-                again = create_proposals(anvil, devnet, len(ids), first_index=100)
-                assert again == ids
+                if not reuse_at_once:
+                    assert failed_vote_errors(db) <= {"reverted on chain: ProposalNotFound"}
+                    assert vote_cast_count(anvil, devnet) == 0
+                    # The ids come back with other content (another plan index).
+                    again = create_proposals(anvil, devnet, len(ids), first_index=100)
+                    assert again == ids
             poll_until(
                 lambda: (
                     settled(db, len(ids) * NODES)

@@ -688,6 +688,9 @@ class NodeLane:
                 continue
             tx_hash, block = str(receipt["transactionHash"]), _int(receipt["blockNumber"])
             name = await self._revert_name(tracked, block)
+            if name == "ProposalNotFound":
+                await self._owed_after_reorg(tracked)
+                continue
             reason = f"reverted on chain: {name}"
             with anyio.CancelScope(shield=True):
                 await queue.mark_failed(
@@ -705,6 +708,37 @@ class NodeLane:
             )
         if mined:
             self._notify()
+
+    async def _owed_after_reorg(self, tracked: Tracked) -> None:
+        """A vote mined while a reorg had taken its proposal away reverts with ProposalNotFound: it was not
+        cast, and is owed once the proposal is on the chain again. Queued again if it is back already (the
+        voter reads hasVoted before signing), else pending until the listener records it again. A row that
+        has moved on (the listener queued it again, maybe sent anew since) is left alone: never failed or
+        queued for this stale transaction."""
+        try:
+            back = await with_backoff(self._chain().proposal_count) >= tracked.proposal_id
+        except ChainError:
+            back = False  # pending: the listener (or the reconcile pass) queues it when the proposal is seen
+        state = VoteState.QUEUED if back else VoteState.PENDING
+        why = "it is back on chain, queued again" if back else "waits for it to be on chain again"
+        with anyio.CancelScope(shield=True):
+            done = await queue.resolve_sent(
+                self.sessions,
+                tracked.vote_id,
+                state=state,
+                reason=f"reverted on chain: ProposalNotFound (a reorg took the proposal away); {why}",
+                tx_outcome="reverted",
+                only_if_tx_in=tracked.hashes,
+            )
+        if done:
+            self.totals.requeued += 1
+            log_event(
+                log,
+                "vote_owed_after_reorg",
+                node=self.node.name,
+                proposal=tracked.proposal_id,
+                state=state.value,
+            )
 
     async def _revert_name(self, tracked: Tracked, block: int) -> str:
         """Re-run the call at the block that mined it to get the custom error's name."""

@@ -477,16 +477,26 @@ def voter(kind: str, chain: Devnet, directory: Path) -> Iterator[tuple[ManagedPr
 
 
 async def create_on_chain(chain: Devnet, count: int, *, timeout: float = 600.0) -> SignedProposals:
-    """Create `count` proposals as fast as anvil takes them; returns once all are mined."""
+    """Create `count` proposals as fast as anvil takes them; returns once all are mined.
+
+    Sent `SETUP_CHUNK` at a time, each chunk mined before the next: with thousands of one sender's
+    transactions pending, anvil 1.7.1's automine slows to a few blocks a second (and grows to gigabytes).
+    """
     proposals = sign_proposals(chain, count)
-    async with WsRpc(chain.ws_url) as rpc:
-        await rpc.send_raw_many(proposals.raw)
     deadline = time.monotonic() + timeout
-    while proposal_count(chain) < proposals.ids.stop - 1:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{count} proposals not mined within {timeout:g} s")
-        await asyncio.sleep(0.05)
+    first = proposals.ids.start
+    async with WsRpc(chain.ws_url) as rpc:
+        for start in range(0, len(proposals.raw), SETUP_CHUNK):
+            part = proposals.raw[start : start + SETUP_CHUNK]
+            await rpc.send_raw_many(part)
+            while proposal_count(chain) < first + start + len(part) - 1:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{count} proposals not mined within {timeout:g} s")
+                await asyncio.sleep(0.05)
     return proposals
+
+
+SETUP_CHUNK = 250
 
 
 class AnvilWatchdog:

@@ -587,29 +587,35 @@ class Reconciler:
     async def _apply_fixes(self, fixes: Sequence[VoteFix]) -> list[VoteState]:
         applied = []
         for fix in fixes:
-            async with self.sessions.begin() as session:
-                requeue_confirmed = VoteState.CONFIRMED in fix.from_states
-                values: dict[str, object] = {
-                    "state": fix.to_state,
-                    "last_error": fix.reason,
-                    "updated_at": utcnow(),
-                }
-                if requeue_confirmed:
-                    values.update(confirmed_block=None, confirmed_at=None)
-                result = await session.execute(
-                    update(Vote)
-                    .where(
-                        Vote.id == fix.vote_id,
-                        Vote.state.in_([str(s) for s in fix.from_states]),
-                        # Rows we sent a transaction for stay the voter's, except a confirmation the chain
-                        # no longer has.
-                        true() if requeue_confirmed else Vote.tx_hash.is_(None),
-                    )
-                    .values(**values)
-                )
-            if result.rowcount == 1:  # type: ignore[attr-defined]
+            # Shielded: a write cancelled mid-statement could not roll back (see storage/queue.py).
+            with anyio.CancelScope(shield=True):
+                result = await self._apply_fix(fix)
+            if result:
                 applied.append(fix.to_state)
         return applied
+
+    async def _apply_fix(self, fix: VoteFix) -> bool:
+        async with self.sessions.begin() as session:
+            requeue_confirmed = VoteState.CONFIRMED in fix.from_states
+            values: dict[str, object] = {
+                "state": fix.to_state,
+                "last_error": fix.reason,
+                "updated_at": utcnow(),
+            }
+            if requeue_confirmed:
+                values.update(confirmed_block=None, confirmed_at=None)
+            result = await session.execute(
+                update(Vote)
+                .where(
+                    Vote.id == fix.vote_id,
+                    Vote.state.in_([str(s) for s in fix.from_states]),
+                    # Rows we sent a transaction for stay the voter's, except a confirmation the chain
+                    # no longer has.
+                    true() if requeue_confirmed else Vote.tx_hash.is_(None),
+                )
+                .values(**values)
+            )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     async def _sent_receipts(self, client: ChainClient) -> dict[int, list[Receipt | None]]:
         """Receipts of every transaction of every `sent` vote, by vote id."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import anyio
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -124,19 +125,21 @@ async def record_proposals(
     for start in range(0, len(proposals), chunk):
         part = proposals[start : start + chunk]
         try:
-            async with sessions.begin() as session:
-                for data, state in part:
-                    results.append(
-                        await record_proposal_in(
-                            session,
-                            chain_id=chain_id,
-                            contract=contract,
-                            data=data,
-                            source=source,
-                            node_ids=node_ids,
-                            initial_state=state,
+            # Shielded: a transaction cancelled mid-statement could not roll back (see storage/queue.py).
+            with anyio.CancelScope(shield=True):
+                async with sessions.begin() as session:
+                    for data, state in part:
+                        results.append(
+                            await record_proposal_in(
+                                session,
+                                chain_id=chain_id,
+                                contract=contract,
+                                data=data,
+                                source=source,
+                                node_ids=node_ids,
+                                initial_state=state,
+                            )
                         )
-                    )
         except IntegrityError:  # another writer was first with one of them: one by one, reading it back
             del results[start:]
             for data, state in part:
@@ -164,17 +167,19 @@ async def _record(
     log: LogRef | None,
     initial_state: VoteState,
 ) -> RecordResult:
-    async with sessions.begin() as session:
-        return await record_proposal_in(
-            session,
-            chain_id=chain_id,
-            contract=contract,
-            data=data,
-            source=source,
-            node_ids=node_ids,
-            log=log,
-            initial_state=initial_state,
-        )
+    with anyio.CancelScope(shield=True):  # see record_proposals
+        async with sessions.begin() as session:
+            result = await record_proposal_in(
+                session,
+                chain_id=chain_id,
+                contract=contract,
+                data=data,
+                source=source,
+                node_ids=node_ids,
+                log=log,
+                initial_state=initial_state,
+            )
+    return result
 
 
 async def record_proposal_in(

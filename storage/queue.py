@@ -92,9 +92,12 @@ def _write_lock(sessions: SessionFactory) -> anyio.Lock:
 
 
 async def _in_transaction(sessions: SessionFactory, work: Any, *, write: bool = True) -> Any:
+    # A write runs shielded from cancellation: cancelled mid-statement, its rollback would be cancelled too
+    # (anyio cancellation is level-triggered), leaving the connection's write lock held till the busy timeout.
     try:
-        async with _write_lock(sessions) if write else nullcontext(), sessions.begin() as session:
-            return await work(session)
+        with anyio.CancelScope(shield=write):
+            async with _write_lock(sessions) if write else nullcontext(), sessions.begin() as session:
+                return await work(session)
     except SQLAlchemyError as exc:
         raise StorageError(f"vote queue: {exc}") from exc
 

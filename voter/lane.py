@@ -486,7 +486,13 @@ class NodeLane:
         row = job.row
         action = classify(exc)
         name = exc.error_name if isinstance(exc, ContractRevert) else str(exc)
-        if action == Action.CLOSED:
+        if name == "ProposalNotFound":
+            # A reorg took the proposal away since the snapshot: owed once it is back (the listener queues
+            # pending rows when it records the create again; the reconcile pass too).
+            await self._finish(
+                row, VoteState.PENDING, "the proposal is not on chain (reorg?): waits for it", counters
+            )
+        elif action == Action.CLOSED:
             await self._finish(
                 row, VoteState.CLOSED, f"closed: the contract rejects votes ({name})", counters
             )
@@ -513,7 +519,8 @@ class NodeLane:
             reason=reason,
         )
         if done:
-            setattr(counters, state.value, getattr(counters, state.value) + 1)
+            if hasattr(counters, state.value):  # a row parked (pending) again is not a round's outcome
+                setattr(counters, state.value, getattr(counters, state.value) + 1)
             if state == VoteState.FAILED:
                 self.totals.failed += 1
             log_event(

@@ -101,12 +101,13 @@ async def record_proposal(
     If the stored content differs (a reorg put other content under the same id), decisions made on the old
     content are discarded: votes not yet sent go back to the queue.
     """
+    items = [(data, initial_state)]
     for _attempt in range(2):
         try:
-            return await _record(sessions, chain_id, contract, data, source, node_ids, log, initial_state)
+            return (await _record(sessions, chain_id, contract, items, source, node_ids, log))[0]
         except IntegrityError:
             continue  # another writer inserted the same proposal or vote row first: read it back
-    return await _record(sessions, chain_id, contract, data, source, node_ids, log, initial_state)
+    return (await _record(sessions, chain_id, contract, items, source, node_ids, log))[0]
 
 
 async def record_proposals(
@@ -125,23 +126,8 @@ async def record_proposals(
     for start in range(0, len(proposals), chunk):
         part = proposals[start : start + chunk]
         try:
-            # Shielded: a transaction cancelled mid-statement could not roll back (see storage/queue.py).
-            with anyio.CancelScope(shield=True):
-                async with sessions.begin() as session:
-                    for data, state in part:
-                        results.append(
-                            await record_proposal_in(
-                                session,
-                                chain_id=chain_id,
-                                contract=contract,
-                                data=data,
-                                source=source,
-                                node_ids=node_ids,
-                                initial_state=state,
-                            )
-                        )
+            results += await _record(sessions, chain_id, contract, part, source, node_ids, None)
         except IntegrityError:  # another writer was first with one of them: one by one, reading it back
-            del results[start:]
             for data, state in part:
                 results.append(
                     await record_proposal(
@@ -161,25 +147,30 @@ async def _record(
     sessions: SessionFactory,
     chain_id: int,
     contract: str,
-    data: ProposalData,
+    items: Sequence[tuple[ProposalData, VoteState]],
     source: str,
     node_ids: Sequence[int],
     log: LogRef | None,
-    initial_state: VoteState,
-) -> RecordResult:
-    with anyio.CancelScope(shield=True):  # see record_proposals
+) -> list[RecordResult]:
+    """One transaction for all `items`, shielded: a transaction cancelled mid-statement could not roll back
+    (see storage/queue.py)."""
+    results: list[RecordResult] = []
+    with anyio.CancelScope(shield=True):
         async with sessions.begin() as session:
-            result = await record_proposal_in(
-                session,
-                chain_id=chain_id,
-                contract=contract,
-                data=data,
-                source=source,
-                node_ids=node_ids,
-                log=log,
-                initial_state=initial_state,
-            )
-    return result
+            for data, state in items:
+                results.append(
+                    await record_proposal_in(
+                        session,
+                        chain_id=chain_id,
+                        contract=contract,
+                        data=data,
+                        source=source,
+                        node_ids=node_ids,
+                        log=log,
+                        initial_state=state,
+                    )
+                )
+    return results
 
 
 async def record_proposal_in(

@@ -504,7 +504,8 @@ def _confirmation_params(item: Confirmation) -> dict[str, Any]:
 async def _settle_outcomes_many(
     session: AsyncSession, settled: Sequence[tuple[int, str]], outcome: str
 ) -> None:
-    """`_settle_outcomes` for many votes in one executemany statement."""
+    """Each vote's transaction `tx_hash` gets `outcome`, its other unsettled ones "replaced" (they are of the
+    same attempt, with the same nonce: once one is mined, the others never can be). One executemany."""
     if not settled:
         return
     txs = cast(Table, VoteTransaction.__table__)
@@ -516,19 +517,6 @@ async def _settle_outcomes_many(
         )
         .values(outcome=case((txs.c.tx_hash == bindparam("b_tx"), outcome), else_="replaced")),
         [{"b_vote": vote_id, "b_tx": tx_hash} for vote_id, tx_hash in settled],
-    )
-
-
-async def _settle_outcomes(session: AsyncSession, vote_id: int, tx_hash: str, outcome: str) -> None:
-    # Unsettled transactions of a vote are those of its current attempt, all with the same nonce: once one
-    # is mined, the others can never be.
-    await session.execute(
-        update(VoteTransaction)
-        .where(
-            VoteTransaction.vote_id == vote_id,
-            or_(VoteTransaction.tx_hash == tx_hash, VoteTransaction.outcome.is_(None)),
-        )
-        .values(outcome=case((VoteTransaction.tx_hash == tx_hash, outcome), else_="replaced"))
     )
 
 
@@ -553,7 +541,7 @@ async def mark_failed(
         if result.rowcount != 1:  # type: ignore[attr-defined]
             return False
         if tx_hash is not None:
-            await _settle_outcomes(session, vote_id, tx_hash, "failed")
+            await _settle_outcomes_many(session, [(vote_id, tx_hash)], "failed")
         return True
 
     done: bool = await _in_transaction(sessions, work)

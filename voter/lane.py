@@ -321,9 +321,6 @@ class NodeLane:
         while self.full:
             await self._changed.wait()
 
-    async def send(self, job: VoteJob, counters: Counters) -> None:
-        await self.send_many([job], counters)
-
     async def send_many(self, jobs: Sequence[VoteJob], counters: Counters) -> None:
         """Sign the jobs' votes, persist them all in one transaction, then broadcast them in one batch.
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from dloop.anvil import AnvilProcess
-from dloop.devnet import deploy_devnet
+from dloop.devnet import DevnetInfo, deploy_devnet
+from dloop.settings import Settings
 from tests.support.chaos import (
     audit_votes,
     db_rows,
@@ -56,6 +59,29 @@ IDLE_AUTOMINE_REORG_MISSED = pytest.mark.xfail(
 )
 
 
+@contextmanager
+def migrated_devnet(
+    tmp_path: Path, *, block_time: float | None = None, head_timeout: float = 5.0
+) -> Iterator[tuple[AnvilProcess, DevnetInfo, Path, Settings]]:
+    """A fresh anvil with the devnet deployed, and migrated settings for a service on it (no reconcile pass
+    during a test: the listener alone must handle the reorgs)."""
+    with AnvilProcess(block_time=block_time) as anvil:
+        devnet = deploy_devnet(anvil.http_url, proposals=0)
+        db = tmp_path / "dloop.db"
+        settings = devnet_settings(
+            anvil.ws_url,
+            devnet,
+            db,
+            http_port=0,
+            lease_seconds=2.0,
+            reconcile_interval=3600.0,
+            head_timeout=head_timeout,
+            rpc_timeout=5.0,
+        )
+        migrate(settings)
+        yield anvil, devnet, db, settings
+
+
 @pytest.mark.parametrize(
     "block_time",
     [pytest.param(None, marks=IDLE_AUTOMINE_REORG_MISSED), 1.0],
@@ -64,20 +90,7 @@ IDLE_AUTOMINE_REORG_MISSED = pytest.mark.xfail(
 def test_reorgs_of_depth_1_to_3_while_votes_are_in_flight_leave_every_vote_once_on_chain(
     block_time: float | None, tmp_path: Path
 ) -> None:
-    with AnvilProcess(block_time=block_time) as anvil:
-        devnet = deploy_devnet(anvil.http_url, proposals=0)
-        settings = devnet_settings(
-            anvil.ws_url,
-            devnet,
-            tmp_path / "dloop.db",
-            http_port=0,
-            lease_seconds=2.0,
-            reconcile_interval=3600.0,
-            head_timeout=5.0,
-            rpc_timeout=5.0,
-        )
-        migrate(settings)
-        db = tmp_path / "dloop.db"
+    with migrated_devnet(tmp_path, block_time=block_time) as (anvil, devnet, db, settings):
         ids: list[int] = []
         replaced_votes = 0
         recoveries: list[float] = []
@@ -154,20 +167,7 @@ def test_a_reorg_of_the_proposals_own_blocks_while_their_votes_are_in_flight(
     votes exactly once on each. Dropped: the proposals do not exist on the new chain; the service must not
     vote on them or crash, its rows wait (parked); a later createProposal reuses the ids with other content,
     and every node votes exactly once on those."""
-    with AnvilProcess() as anvil:
-        devnet = deploy_devnet(anvil.http_url, proposals=0)
-        db = tmp_path / "dloop.db"
-        settings = devnet_settings(
-            anvil.ws_url,
-            devnet,
-            db,
-            http_port=0,
-            lease_seconds=2.0,
-            reconcile_interval=3600.0,
-            head_timeout=5.0,
-            rpc_timeout=5.0,
-        )
-        migrate(settings)
+    with migrated_devnet(tmp_path) as (anvil, devnet, db, settings):
         with running_service(settings) as svc:
             bottom = head_number(anvil) + 1
             ids = create_proposals(anvil, devnet, PROPOSALS_REORGED)
@@ -258,20 +258,7 @@ def test_a_silent_rollback_of_an_idle_automine_chain_is_found_by_the_idle_probe(
     (the open "missed reorg" item of docs/reliability.md). `anvil_rollback` of blocks without transactions
     rewinds without any notification (with transactions, anvil mines them again at once: heads arrive). The
     watchdog's idle probe must compare the tip with the heads it saw and hand the reorg to the catch-up."""
-    with AnvilProcess() as anvil:
-        devnet = deploy_devnet(anvil.http_url, proposals=0)
-        db = tmp_path / "dloop.db"
-        settings = devnet_settings(
-            anvil.ws_url,
-            devnet,
-            db,
-            http_port=0,
-            lease_seconds=2.0,
-            reconcile_interval=3600.0,
-            head_timeout=0.5,
-            rpc_timeout=5.0,
-        )
-        migrate(settings)
+    with migrated_devnet(tmp_path, head_timeout=0.5) as (anvil, devnet, db, settings):
         with running_service(settings) as svc:
             ids = create_proposals(anvil, devnet, 1)
             poll_until(

@@ -24,7 +24,7 @@ from web3.exceptions import (
     TooManyRequests,
     Web3RPCError,
 )
-from web3.types import RPCEndpoint, RPCRequest, RPCResponse
+from web3.types import RPCEndpoint, RPCId, RPCRequest, RPCResponse
 from websockets.exceptions import InvalidStatus
 
 from chain.codec import decode_revert
@@ -40,6 +40,8 @@ from dloop.errors import (
 from dloop.logs import log_event
 
 log = logging.getLogger("dloop.chain")
+
+ANSWER_RECHECK_S = 0.05  # a waiter re-checks web3's answer cache at least this often
 
 
 def safe_url(url: str) -> str:
@@ -97,6 +99,27 @@ class FrameTolerantWebSocketProvider(WebSocketProvider):
         self.claim_window = claim_window
         self._batches_sent = 0
         self._batches_answered = 0  # batches in flight: sent - answered (a late answer still counts)
+        self._frame_arrived = asyncio.Event()  # set at each frame read; waiters re-check the cache
+
+    async def _get_response_for_request_id(
+        self, request_id: RPCId | list[RPCId], timeout: float | None = None
+    ) -> RPCResponse:
+        """Wait for an answer without spinning: web3 8.0.0 polls its cache with `asyncio.sleep(0)` per waiter,
+        which under load took most of the service's CPU. Waiters sleep until a frame arrives; the short
+        re-check interval covers a frame cached just after the wake-up and a listener task that died."""
+        limit = self.request_timeout if timeout is None else timeout
+        key = generate_cache_key(request_id)
+        cache = self._request_processor._request_response_cache
+        deadline = asyncio.get_running_loop().time() + limit
+        while True:
+            self._handle_listener_task_exceptions()
+            if key in cache:
+                return cast(RPCResponse, await self._request_processor.pop_raw_response(cache_key=key))
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise TimeExhausted(f"no answer to request id {request_id!r} within {limit:g} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._frame_arrived.wait(), min(remaining, ANSWER_RECHECK_S))
 
     async def send_batch_request(self, requests: list[tuple[RPCEndpoint, Any]]) -> list[RPCRequest]:
         self._batches_sent += 1  # before sending: the answer may be read before the send returns
@@ -111,6 +134,10 @@ class FrameTolerantWebSocketProvider(WebSocketProvider):
             raise TransientChainError("the WebSocket is not connected")
         while True:
             raw = await self._ws.recv()
+            # Wake the waiters; they run after web3's listener has cached this frame (it does not yield
+            # between our return and its caching of an answer).
+            self._frame_arrived.set()
+            self._frame_arrived = asyncio.Event()
             try:
                 answer = json.loads(raw)
             except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8

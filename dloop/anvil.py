@@ -199,7 +199,10 @@ class AnvilProcess:
         return self._process is not None and self._process.poll() is None
 
     def command(self, port: int) -> list[str]:
-        args = [str(self.binary), "--host", "127.0.0.1", "--port", str(port)]
+        # Without --prune-history anvil writes every state it evicts from memory to ~/.foundry/anvil/tmp as
+        # a full JSON dump (MBs each, never removed after a kill): a long devnet or benchmark slowed down
+        # and filled the disk. Recent states are all the service reads (reorgs reach a few blocks back).
+        args = [str(self.binary), "--host", "127.0.0.1", "--port", str(port), "--prune-history", "256"]
         if self.block_time is not None:
             args += ["--block-time", f"{self.block_time:g}"]
         if self.state_file is not None:

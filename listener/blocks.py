@@ -14,17 +14,20 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import anyio
+
 from chain.client import BlockHeader, ChainClient, RawLog, parse_block
 from dloop.errors import ChainError
 from dloop.logs import log_event
 from listener.context import ListenerContext, stored
-from listener.planning import deepest_queueable_block, head_conflicts
+from listener.planning import deepest_queueable_block, head_conflicts, links_hold
 from listener.processor import LogProcessor
 from listener.status import StatusBoard
 from storage import chain_state
 from storage.chain_state import StoredBlock
 
 _FETCH_ATTEMPTS = 3  # a window that does not chain means the chain moved while we read it: read again
+_REFETCH_DELAY_S = 0.1
 
 
 class BlockTracker:
@@ -126,7 +129,13 @@ class BlockTracker:
         mismatches = [n for n, b in self.blocks.items() if n not in window or window[n].hash != b.hash]
         first = min(window)
         recorded = await stored(chain_state.log_hashes_between, self.ctx.sessions, first, 2**62)
-        mismatches += [n for n, hashes in recorded.items() if n not in window or hashes != {window[n].hash}]
+        # A recorded log at a height the node has no block for is not a mismatch: the stored block there
+        # already is, and the logs re-read after it are the node's own word (else every check would fork).
+        mismatches += [
+            n
+            for n, hashes in recorded.items()
+            if (n in window and hashes != {window[n].hash}) or n > latest.number
+        ]
         if removed_from_block is not None:
             mismatches.append(removed_from_block)
         queued = 0
@@ -146,8 +155,13 @@ class BlockTracker:
         return queued
 
     async def _canonical_window(self, client: ChainClient) -> tuple[BlockHeader, dict[int, BlockHeader]]:
-        """The latest block and the canonical headers of the recent window (plus older stored heights)."""
-        for _attempt in range(_FETCH_ATTEMPTS):
+        """The latest block and the canonical headers of the recent window (plus older stored heights).
+
+        A height the node answers null for (below its head) is read again; if it stays missing it is left
+        out of the window, which makes a stored block there a mismatch (a reorg from below it) rather than an
+        error: under load anvil was seen to keep no block at a height an `anvil_reorg` replaced, and failing
+        the whole check on it made the listener reconnect in a loop and miss later reorgs."""
+        for attempt in range(1, _FETCH_ATTEMPTS + 1):
             latest = await client.block("latest")
             low = max(0, latest.number - self.ctx.keep_blocks + 1)
             numbers = sorted(set(range(low, latest.number)) | {n for n in self.blocks if n < low})
@@ -156,9 +170,19 @@ class BlockTracker:
                 batch_size=self.ctx.rpc_batch_size,
             )
             window = {latest.number: latest}
+            missing = []
             for number, answer in zip(numbers, answers, strict=True):
-                window[number] = _header(number, answer)
-            if all(window[n].parent_hash == window[n - 1].hash for n in range(low + 1, latest.number + 1)):
+                header = _header(answer)
+                if header is None:
+                    missing.append(number)
+                else:
+                    window[number] = header
+            if missing and attempt < _FETCH_ATTEMPTS:
+                await anyio.sleep(_REFETCH_DELAY_S)
+                continue
+            if links_hold(window, low, latest.number):
+                if missing:
+                    log_event(self.logger, "blocks_missing", level=logging.WARNING, heights=missing[:20])
                 return latest, window
         raise ChainError("the chain kept changing while its recent blocks were read")
 
@@ -270,13 +294,22 @@ class BlockTracker:
                 "timestamp": 0,
             }
         )  # the same number and hash parsing as for headers
-        header = window.get(mined.number) or await client.block(mined.number)
+        header = window.get(mined.number)
+        if header is None:
+            header = _header(await client.request("eth_getBlockByNumber", [hex(mined.number), False]))
+        if header is None:
+            # No block at the receipt's height: not provably on chain. Queued again, the vote is not sent
+            # twice: the voter reads hasVoted before any transaction.
+            return None
         return mined.number if header.hash.lower() == mined.hash.lower() else None
 
 
-def _header(number: int, answer: Any) -> BlockHeader:
+def _header(answer: Any) -> BlockHeader | None:
+    """A block header from an eth_getBlockByNumber answer; None for a height the node has no block for."""
     if isinstance(answer, ChainError):
         raise answer
+    if answer is None:
+        return None
     if not isinstance(answer, Mapping):
-        raise ChainError(f"block {number} not found")
+        raise ChainError(f"malformed eth_getBlockByNumber answer: {str(answer)[:80]}")
     return parse_block(dict(answer))

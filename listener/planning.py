@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from chain.client import BlockHeader
 from chain.connection import is_log_range_error
 
 # Whether an eth_getLogs error asks for a smaller block range (the phrases live with the RPC errors).
@@ -89,3 +90,12 @@ def head_conflicts(known: Mapping[int, str], number: int, block_hash: str, paren
         return True
     stored_parent = known.get(number - 1)
     return stored_parent is not None and stored_parent != parent_hash
+
+
+def links_hold(window: Mapping[int, BlockHeader], low: int, high: int) -> bool:
+    """Whether each block of low..high names the one below as parent (pairs with a missing height skipped)."""
+    return all(
+        window[n].parent_hash == window[n - 1].hash
+        for n in range(low + 1, high + 1)
+        if n in window and n - 1 in window
+    )

@@ -18,6 +18,7 @@ from listener.planning import (
     deepest_queueable_block,
     head_conflicts,
     is_range_error,
+    links_hold,
     reconnect_delay,
 )
 from listener.status import BackfillProgress, StatusBoard
@@ -223,3 +224,14 @@ def test_backfill_progress_logs_blocks_done_total_and_rate() -> None:
     assert events[-1][1]["logs"] == 3 and events[-1][1]["blocks_per_second"] is not None
     assert not board.backfill_active and board.backfill_done_blocks == 100
     assert "100/100 blocks" in bar.getvalue() and bar.getvalue().endswith("\n")
+
+
+def header(number: int, parent: str | None = None) -> BlockHeader:
+    return BlockHeader(number, f"0x{number:02x}", parent or f"0x{number - 1:02x}", 0, None)
+
+
+def test_links_hold_across_a_height_the_node_has_no_block_for() -> None:
+    window = {n: header(n) for n in (10, 11, 13, 14)}  # 12 missing: 13 -> 12 cannot be checked, is skipped
+    assert links_hold(window, 10, 14)
+    window[14] = header(14, parent="0xff")  # a real break next to present heights still counts
+    assert not links_hold(window, 10, 14)

@@ -180,12 +180,19 @@ def test_a_reorg_of_the_proposals_own_blocks_while_their_votes_are_in_flight(
                 timeout=30,
                 what="the first votes of the proposals mined",
             )
-            head = head_number(anvil)
-            depth = head - bottom + 1
-            replaced_votes = sum(1 for pid, _v, _b in vote_blocks(anvil, devnet) if pid in wanted)
-            reorged_at = time.monotonic()
-            # Offset 1: the creates come back one block higher than before, so with other block hashes.
-            anvil.rpc("anvil_reorg", [depth, [[raw, 1] for raw in creates] if recreated else []])
+            # Mining paused while the depth is worked out: a vote mined between reading the head and the
+            # reorg would leave the reorg one block short of the creates (seen under load).
+            anvil.rpc("evm_setAutomine", [False])
+            try:
+                head = head_number(anvil)
+                depth = head - bottom + 1
+                replaced_votes = sum(1 for pid, _v, _b in vote_blocks(anvil, devnet) if pid in wanted)
+                reorged_at = time.monotonic()
+                # Offset 1: the creates come back one block higher than before, so with other block hashes.
+                anvil.rpc("anvil_reorg", [depth, [[raw, 1] for raw in creates] if recreated else []])
+            finally:
+                anvil.rpc("evm_setAutomine", [True])
+            anvil.rpc("evm_mine", [])  # what was sent while mining was paused
             if not recreated:
                 assert proposal_count(anvil, devnet) == 0, "the reorg did not take the proposals away"
                 poll_until(

@@ -811,10 +811,21 @@ class NodeLane:
             tx=tracked.latest.tx_hash,
         )
 
+    async def _one_of_ours_mined(self, tracked: Tracked) -> bool:
+        """Whether the node says one of our transactions is in a block (or cannot say): then the nonce was
+        used by us and the next receipt poll settles the row. Under load anvil counted a mined transaction's
+        nonce before it served the receipt, and the vote was marked `already_voted` "by another sender"."""
+        requests = [("eth_getTransactionByHash", [tx_hash]) for tx_hash in tracked.hashes]
+        answers = await call_many_retrying(self._chain(), requests, batch_size=self.settings.rpc_batch_size)
+        return any(
+            isinstance(a, ChainError) or (isinstance(a, Mapping) and a.get("blockNumber") is not None)
+            for a in answers
+        )
+
     async def _nonce_used_elsewhere(self, tracked: Tracked) -> None:
         """The nonce is used but none of our hashes has a receipt (checked once more): hasVoted decides."""
         await self.poll_receipts()
-        if tracked.vote_id not in self.tracked:
+        if tracked.vote_id not in self.tracked or await self._one_of_ours_mined(tracked):
             return
         voted = await with_backoff(self._chain().has_voted, tracked.proposal_id, self.address)
         self.tracked.pop(tracked.vote_id, None)

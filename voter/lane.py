@@ -32,7 +32,7 @@ from storage.proposals import NodeRecord
 from storage.queue import QueuedVote, SignedTx
 from voter.fees import GWEI, Fees, bump_fees, gas_limit, gwei_to_wei, includable, initial_fees
 from voter.outcomes import Action, classify
-from voter.retry import call_many_retrying, with_backoff
+from voter.retry import broadcast_with_backoff, call_many_retrying, with_backoff
 from voter.strategies import Decision, NodeConfig
 
 log = logging.getLogger("dloop.voter")
@@ -448,7 +448,7 @@ class NodeLane:
 
     async def _broadcast(self, tx: SignedTx) -> None:
         try:
-            await with_backoff(
+            await broadcast_with_backoff(
                 self._chain().request, "eth_sendRawTransaction", ["0x" + tx.raw_transaction.hex()]
             )
         except ChainError as exc:

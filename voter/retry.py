@@ -10,7 +10,7 @@ import anyio
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from chain.client import ChainClient
-from dloop.errors import MalformedAnswer, TransientChainError
+from dloop.errors import MalformedAnswer, RateLimited, TransientChainError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -23,21 +23,39 @@ async def with_backoff(
 ) -> T:
     """Call `fn`, retrying TransientChainError (RateLimited included) up to 4 times with jittered backoff.
 
-    Only for operations that are safe to repeat: reads, and broadcasting the same signed bytes. A malformed
-    answer to a broadcast is not repeated: the node took the transaction or not, and the caller (the lane:
-    "uncertain, keep tracking") finds out from the chain instead of from a "nonce too low" to the copy.
+    Only for reads: a broadcast goes through `broadcast_with_backoff`.
     """
-    retrying = AsyncRetrying(
-        retry=retry_if_exception(is_retried),
+    async for attempt in _retrying(is_retried):
+        with attempt:
+            return await fn(*args, **kwargs)
+    raise AssertionError("unreachable: tenacity reraises the last error")
+
+
+async def broadcast_with_backoff(
+    fn: Callable[P, Awaitable[T]],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """Call `fn` (a broadcast), retrying only answers that say the node did not take the request.
+
+    A timeout or a lost answer may hide a transaction the node took (and, on a fast chain, already mined):
+    a copy would earn "nonce too low" and the row would end `already_voted` instead of `confirmed`. Those
+    are raised at once; the lane keeps the transaction as uncertain and reads its fate from the chain.
+    """
+    async for attempt in _retrying(is_refused_unprocessed):
+        with attempt:
+            return await fn(*args, **kwargs)
+    raise AssertionError("unreachable: tenacity reraises the last error")
+
+
+def _retrying(predicate: Callable[[BaseException], bool]) -> AsyncRetrying:
+    return AsyncRetrying(
+        retry=retry_if_exception(predicate),
         wait=wait_random_exponential(multiplier=0.2, max=5.0),
         stop=stop_after_attempt(4),
         sleep=anyio.sleep,
         reraise=True,
     )
-    async for attempt in retrying:
-        with attempt:
-            return await fn(*args, **kwargs)
-    raise AssertionError("unreachable: tenacity reraises the last error")
 
 
 def is_retried(exc: BaseException) -> bool:
@@ -45,6 +63,11 @@ def is_retried(exc: BaseException) -> bool:
     if isinstance(exc, MalformedAnswer):
         return exc.repeatable
     return isinstance(exc, TransientChainError)
+
+
+def is_refused_unprocessed(exc: BaseException) -> bool:
+    """Whether `broadcast_with_backoff` tries again: only a rate limit answer (the request was not run)."""
+    return isinstance(exc, RateLimited)
 
 
 async def call_many_retrying(

@@ -8,9 +8,13 @@ Faults, each drawn independently per request from a seeded random source:
 - `garbled`: the request IS forwarded (a transaction reaches the node) but its answer is replaced by text
   that is not JSON, so the client never learns the result;
 - `garbled_notification` (forced only): the next subscription notification is replaced by that text;
+- `swallowed` (forced only): the next single `eth_sendRawTransaction` request IS forwarded (the node takes
+  the transaction; automine mines it) but its answer is dropped, so the client waits until its own timeout
+  (batches and other methods are unaffected);
 - `max_batch` (from RpcProxy): batches with more requests are refused with one error object.
 `counts` tells the test what was injected; `active = False` lets everything through (e.g. during start-up);
-`force("garbled", 1)` makes the next request(s) suffer that fault whatever the rates (deterministic tests).
+`force("garbled", 1)` makes the next request(s) suffer that fault whatever the rates (deterministic tests);
+`force("swallowed", 1)` the next broadcast.
 """
 
 from __future__ import annotations
@@ -72,7 +76,8 @@ class FaultyRpcProxy(RpcProxy):
         self.forced: Counter[str] = Counter()
 
     def force(self, fault: str, count: int = 1) -> None:
-        """The next `count` requests get `fault` (rate_limited, delayed, garbled, handshake_429)."""
+        """The next `count` requests get `fault` (rate_limited, delayed, garbled, handshake_429; swallowed:
+        the next `count` single broadcasts; garbled_notification: the next notifications)."""
         self.forced[fault] += count
 
     def _draw(self, rate: float, fault: str) -> bool:
@@ -90,10 +95,14 @@ class FaultyRpcProxy(RpcProxy):
 
     async def _handle(self, client: ServerConnection) -> None:
         garbled_ids: set[Any] = set()
+        swallowed_ids: set[Any] = set()
         async with connect(self.upstream, max_size=2**26) as upstream:
 
             async def downstream() -> None:
                 async for message in upstream:
+                    if swallowed_ids and _answer_id(message) in swallowed_ids:
+                        swallowed_ids.discard(_answer_id(message))
+                        continue  # forwarded, answered by the node, never delivered
                     if garbled_ids and _answer_id(message) in garbled_ids:
                         garbled_ids.discard(_answer_id(message))
                         message = GARBAGE
@@ -107,7 +116,7 @@ class FaultyRpcProxy(RpcProxy):
                 tg.start_soon(downstream)
                 try:
                     async for message in client:
-                        tg.start_soon(self._one, message, client, upstream, garbled_ids)
+                        tg.start_soon(self._one, message, client, upstream, garbled_ids, swallowed_ids)
                 except ConnectionClosed:
                     pass
                 tg.cancel_scope.cancel()
@@ -118,6 +127,7 @@ class FaultyRpcProxy(RpcProxy):
         client: ServerConnection,
         upstream: ClientConnection,
         garbled_ids: set[Any],
+        swallowed_ids: set[Any],
     ) -> None:
         self.counts["requests"] += 1
         try:
@@ -135,7 +145,10 @@ class FaultyRpcProxy(RpcProxy):
             if self._draw(self.plan.delayed, "delayed"):
                 self.counts["delayed"] += 1
                 await anyio.sleep(self.plan.delay_seconds)
-            if isinstance(payload, dict) and "id" in payload and self._draw(self.plan.garbled, "garbled"):
+            if _is_single_broadcast(payload) and self._draw(0.0, "swallowed"):
+                self.counts["swallowed"] += 1
+                swallowed_ids.add(payload["id"])
+            elif isinstance(payload, dict) and "id" in payload and self._draw(self.plan.garbled, "garbled"):
                 self.counts["garbled"] += 1
                 garbled_ids.add(payload["id"])
             await upstream.send(message)
@@ -149,6 +162,10 @@ def _answer_id(message: str | bytes) -> Any:
     except ValueError:
         return None
     return payload.get("id") if isinstance(payload, dict) else None
+
+
+def _is_single_broadcast(payload: Any) -> bool:
+    return isinstance(payload, dict) and "id" in payload and payload.get("method") == "eth_sendRawTransaction"
 
 
 def _is_notification(message: str | bytes) -> bool:

@@ -1,0 +1,110 @@
+"""A broadcast whose answer never comes is not sent again.
+
+The service (in-process, the code path of `dloop run`) talks to anvil (automine) through a proxy that
+forwards one vote's `eth_sendRawTransaction` but drops the node's answer: the node took the transaction and
+mined it at once, the service only sees its RPC timeout. Sending the same bytes again would earn "nonce too
+low", the row would be queued again and end `already_voted` ("hasVoted was true before sending") instead of
+`confirmed`. The lane must keep the transaction as uncertain and let its watcher find the receipt.
+
+The listener is off (the proposal is found by a triggered reconcile pass): with it on, the VoteCast log
+confirms the row before the broadcast even times out, and the lane's handling of the timeout would not show
+in the row's state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from anyio.from_thread import start_blocking_portal
+from web3 import Web3
+
+from dloop.anvil import AnvilProcess
+from dloop.devnet import deploy_devnet
+from tests.support.chaos import audit_votes, db_rows, db_states, poll_until, settled
+from tests.support.rpc_faults import FaultPlan, FaultyRpcProxy, faulty_rpc_proxy
+from tests.support.service import create_proposals, devnet_settings, migrate, running_service
+from tests.support.voter import vote_events
+
+NODES = 5
+RPC_TIMEOUT = 2.0  # seconds: the swallowed broadcast times out quickly; localhost answers well within it
+
+
+@contextmanager
+def proxy_in_thread(upstream_ws: str) -> Iterator[FaultyRpcProxy]:
+    """A faulty proxy with no random faults (only forced ones), in its own event loop thread."""
+    with (
+        start_blocking_portal("asyncio") as portal,
+        portal.wrap_async_context_manager(faulty_rpc_proxy(upstream_ws, FaultPlan())) as proxy,
+    ):
+        yield proxy
+
+
+def node_errors(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The fields of every `node_error` event the lanes logged so far."""
+    return [
+        {"node": fields.get("node"), "error": str(fields.get("error"))}
+        for record in list(caplog.records)
+        if record.getMessage() == "node_error"
+        for fields in [getattr(record, "dloop_fields", {})]
+    ]
+
+
+def uncertain(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [e for e in node_errors(caplog) if e["error"].startswith("broadcast uncertain")]
+
+
+def test_a_broadcast_whose_answer_is_lost_is_confirmed_not_sent_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dloop")
+    db = tmp_path / "dloop.db"
+    with AnvilProcess() as anvil, proxy_in_thread(anvil.ws_url) as proxy:
+        devnet = deploy_devnet(anvil.http_url, proposals=0)
+        settings = devnet_settings(proxy.url, devnet, db, rpc_timeout=RPC_TIMEOUT, reconcile_interval=3600.0)
+        migrate(settings)
+        with running_service(settings, enable_listener=False) as svc:
+            # A trigger during the start-up round joins it, and that round may have read the proposal count
+            # before the proposal exists: let it finish first, so the trigger below starts a round of its own.
+            startup = httpx.post(f"{svc.url}/trigger-voting", timeout=10).json()["roundId"]
+            svc.call(svc.service.reconciler.wait_for_round, startup)
+            ids = create_proposals(anvil, devnet, 1)
+            # One proposal: each lane broadcasts a single transaction (`NodeLane._broadcast`, not a batch);
+            # the first of those five broadcasts reaches anvil (and is mined) but its answer is dropped.
+            proxy.force("swallowed", 1)
+            triggered = httpx.post(f"{svc.url}/trigger-voting", timeout=10)
+            assert triggered.status_code == 202 and triggered.json()["roundId"] != startup, triggered.text
+            try:
+                poll_until(
+                    # Settled, and the lane is through with the lost broadcast (it logged its outcome).
+                    lambda: settled(db, NODES) and node_errors(caplog),
+                    timeout=20,
+                    what="every vote row settled and the lane's word on the lost broadcast",
+                    interval=0.1,
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: rows {dict(db_states(db))}, {node_errors(caplog)}") from None
+        audit = audit_votes(anvil, devnet, db, ids)
+        rows = db_rows(db)
+        events = vote_events(anvil.http_url, devnet.contract_address)
+
+    assert proxy.counts["swallowed"] == 1, dict(proxy.counts)
+    assert proxy.forced["swallowed"] == 0  # the forced fault was used up by a broadcast
+    states = {Web3.to_checksum_address(addr): (state, reason) for _pid, addr, state, _d, reason in rows}
+    assert len(rows) == NODES, rows
+    assert all(state == "confirmed" for state, _ in states.values()), states  # none `already_voted`
+    # Each node: exactly one VoteCast, and its on-chain transaction count equals it (nothing sent twice).
+    assert audit.clean, audit
+    assert audit.states == {"confirmed": NODES}, audit.states
+    assert sorted(voter for _pid, voter, _support in events) == sorted(
+        Web3.to_checksum_address(a) for a in devnet.node_addresses
+    ), events
+    # The lane knew it did not know: its only trouble was the timed-out broadcast, logged as uncertain
+    # (a copy sent again would have added "nonce 0 refused: nonce too low").
+    assert len(uncertain(caplog)) == 1, node_errors(caplog)
+    assert node_errors(caplog) == uncertain(caplog), node_errors(caplog)

@@ -50,6 +50,7 @@ from storage.rounds import (
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+PASS_CHUNK = 500  # proposals read, recorded and fixed together in a reconcile pass
 
 ConnectChain = Callable[[], AbstractAsyncContextManager[ChainClient]]
 Drain = Callable[[], Awaitable[object]]
@@ -242,6 +243,7 @@ class Reconciler:
         concurrency: int = 8,
         read_attempts: int = 5,
         backoff_max: float = 10.0,
+        pass_chunk: int = PASS_CHUNK,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -257,6 +259,7 @@ class Reconciler:
         self.concurrency = concurrency
         self.read_attempts = read_attempts
         self.backoff_max = backoff_max
+        self.pass_chunk = pass_chunk
         self.status = ReconcilerStatus()
         self._lock = anyio.Lock()
         self._current: RoundTicket | None = None
@@ -406,12 +409,51 @@ class Reconciler:
 
         known = await self._known_proposals()
         wanted = ids_to_read(count, known, chain_time)
-        get_proposal = functions["getProposal"]
+        errors: list[str] = []
+        sent = await self._sent_receipts(client) if self.resolve_sent is None else {}
+        tally: collections.Counter[str] = collections.Counter()
+        # A chunk of proposals at a time, all read at the same block: a pass over 10,000 open proposals held
+        # every answer, 50,000 hasVoted results and vote rows at once (tens of MB that the allocator kept).
+        for start in range(0, len(wanted), self.pass_chunk):
+            chunk = wanted[start : start + self.pass_chunk]
+            tally += await self._reconcile_chunk(client, chunk, tag, chain_time, read_block, errors)
+        if self.resolve_sent is None:
+            resolved = await self._resolve_sent(sent, head_block.number, confirmations)
+        else:
+            try:
+                resolved = await self.resolve_sent()
+            except ChainError as exc:  # e.g. the voter is between connections: its lanes adopt them later
+                errors.append(f"resolving sent votes: {exc}")
+                resolved = 0
+        return ReconcileResult(
+            proposal_count=count,
+            read_block=read_block,
+            chain_time=chain_time,
+            proposals_scanned=tally["scanned"],
+            new_proposals=tally["new"],
+            missing_votes=tally["missing_votes"],
+            resolved_transactions=resolved,
+            closed_votes=tally[VoteState.CLOSED],
+            already_voted=tally[VoteState.ALREADY_VOTED],
+            promoted_votes=tally[VoteState.QUEUED],
+            read_errors=tuple(errors),
+        )
+
+    async def _reconcile_chunk(
+        self,
+        client: ChainClient,
+        wanted: Sequence[int],
+        tag: str,
+        chain_time: int,
+        read_block: int,
+        errors: list[str],
+    ) -> collections.Counter[str]:
+        """Read these proposals and their votes at `tag`, then record and fix them in short transactions."""
+        get_proposal = dao_functions()["getProposal"]
         raw_proposals = await self._read(
             client,
             [("eth_call", [{"to": self.contract, "data": get_proposal.encode(i)}, tag]) for i in wanted],
         )
-        errors: list[str] = []
         proposals: list[ProposalData] = []
         for proposal_id, raw in zip(wanted, raw_proposals, strict=True):
             if isinstance(raw, ChainError):
@@ -427,10 +469,7 @@ class Reconciler:
 
         open_ids = {p.proposal_id for p in proposals if p.open_at(chain_time)}
         has_voted = await self._has_voted(client, sorted(open_ids), tag, errors)
-        sent = await self._sent_receipts(client) if self.resolve_sent is None else {}
-
-        # -- writes: short transactions --------------------------------------------------------------
-        new_proposals = missing_votes = 0
+        tally: collections.Counter[str] = collections.Counter(scanned=len(proposals))
         records = await record_proposals(
             self.sessions,
             chain_id=self.chain_id,
@@ -443,33 +482,13 @@ class Reconciler:
             node_ids=[n.id for n in self.nodes],
         )
         for data, recorded in zip(proposals, records, strict=True):
-            new_proposals += int(recorded.created)
+            tally["new"] += int(recorded.created)
             if data.proposal_id in open_ids:
-                missing_votes += recorded.votes_added
+                tally["missing_votes"] += recorded.votes_added
         rows = await self._vote_rows({p.proposal_id for p in proposals})
         fixes = plan_vote_fixes(rows, open_ids, {p.proposal_id for p in proposals}, has_voted, read_block)
-        applied = collections.Counter(await self._apply_fixes(fixes))
-        if self.resolve_sent is None:
-            resolved = await self._resolve_sent(sent, head_block.number, confirmations)
-        else:
-            try:
-                resolved = await self.resolve_sent()
-            except ChainError as exc:  # e.g. the voter is between connections: its lanes adopt them later
-                errors.append(f"resolving sent votes: {exc}")
-                resolved = 0
-        return ReconcileResult(
-            proposal_count=count,
-            read_block=read_block,
-            chain_time=chain_time,
-            proposals_scanned=len(proposals),
-            new_proposals=new_proposals,
-            missing_votes=missing_votes,
-            resolved_transactions=resolved,
-            closed_votes=applied[VoteState.CLOSED],
-            already_voted=applied[VoteState.ALREADY_VOTED],
-            promoted_votes=applied[VoteState.QUEUED],
-            read_errors=tuple(errors),
-        )
+        tally.update(str(state) for state in await self._apply_fixes(fixes))
+        return tally
 
     async def _read(self, client: ChainClient, requests: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
         """call_many with backoff: a rate-limited batch is retried smaller; failed single reads again."""

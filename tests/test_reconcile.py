@@ -149,7 +149,7 @@ async def test_a_pass_finds_every_proposal_and_a_second_pass_changes_nothing(
     created = create_proposals(node, devnet, 23)
     assert created == list(range(1, 24))
     signal = WorkSignal()
-    rec = Reconciler(settings, db.sessions, db.nodes, signal, 31337)
+    rec = Reconciler(settings, db.sessions, db.nodes, signal, 31337, pass_chunk=5)  # 5 chunks, the last short
     first = await rec.reconcile()
     assert (first.proposal_count, first.proposals_scanned, first.new_proposals) == (23, 23, 23)
     assert first.missing_votes == 23 * 5 and first.read_errors == ()
@@ -165,7 +165,7 @@ async def test_votes_cast_elsewhere_are_marked_and_ended_proposals_closed(
 ) -> None:
     create_proposals(node, devnet, 3)
     cast_vote(node, devnet, node_index=0, proposal_id=2, support=True)
-    rec = reconciler(settings, db)
+    rec = reconciler(settings, db, pass_chunk=2)
     result = await rec.reconcile()
     assert result.already_voted == 1
     states = await vote_states(db)

@@ -94,6 +94,9 @@ class SignedVote:
 
 # Replace an unmined transaction only after DLOOP_REPLACE_AFTER_BLOCKS blocks and at least this long.
 MIN_SECONDS_BEFORE_REPLACING = 3.0
+# anvil counts a mined transaction's nonce a moment before it serves the transaction and its receipt: the
+# nonce must look used by someone else for this long before a vote is judged "cast elsewhere".
+NONCE_USED_GRACE_S = 2.0
 
 
 @dataclass
@@ -110,6 +113,7 @@ class Tracked:
     rebroadcasts: int = 0
     notes: list[str] = field(default_factory=list)
     sent_time: float = field(default_factory=time.monotonic)
+    nonce_used_since: float | None = None  # when the nonce was first seen used without a receipt of ours
 
 
 class FeeOracle:
@@ -814,7 +818,8 @@ class NodeLane:
     async def _one_of_ours_mined(self, tracked: Tracked) -> bool:
         """Whether the node says one of our transactions is in a block (or cannot say): then the nonce was
         used by us and the next receipt poll settles the row. Under load anvil counted a mined transaction's
-        nonce before it served the receipt, and the vote was marked `already_voted` "by another sender"."""
+        nonce before it served the receipt, and the vote was marked `already_voted` "by another sender"
+        (the grace period in `_nonce_used_elsewhere` covers the moment it serves neither)."""
         requests = [("eth_getTransactionByHash", [tx_hash]) for tx_hash in tracked.hashes]
         answers = await call_many_retrying(self._chain(), requests, batch_size=self.settings.rpc_batch_size)
         return any(
@@ -826,6 +831,11 @@ class NodeLane:
         """The nonce is used but none of our hashes has a receipt (checked once more): hasVoted decides."""
         await self.poll_receipts()
         if tracked.vote_id not in self.tracked or await self._one_of_ours_mined(tracked):
+            return
+        now = time.monotonic()
+        if tracked.nonce_used_since is None:
+            tracked.nonce_used_since = now
+        if now - tracked.nonce_used_since < NONCE_USED_GRACE_S:
             return
         voted = await with_backoff(self._chain().has_voted, tracked.proposal_id, self.address)
         self.tracked.pop(tracked.vote_id, None)

@@ -150,6 +150,7 @@ async def timed_burst(
         # service's share shows whether it is CPU-bound (close to elapsed) or waiting.
         "cpu_s": cpu,
         "anvil_kicks": watchdog.kicks,
+        "anvil_resends": watchdog.resends,
     }
 
 

@@ -508,8 +508,10 @@ class AnvilWatchdog:
     ready transactions, the watchdog mines a block (harmless: it mines what anvil should have). With `queued`
     ones it waits `queued_quiet` seconds (a gap can be a transaction still on its way), then drops them and
     re-sends `resend` (our own signed transactions; mined ones are refused harmlessly). Results report the
-    kicks: a run with kicks measured anvil's hiccup as well as the voter. `quiet` is 0.5 s (it was 1.5 s for
-    both): at 1,000 proposals the lanes met the stall hundreds of times, and the run measured the watchdog.
+    kicks: a run with kicks measured anvil's hiccup as well as the voter. With an empty pool and no progress
+    for `lost_quiet` seconds (anvil lost transactions) `resend` is sent again. `quiet` is 0.5 s (it was
+    1.5 s for both): at 1,000 proposals the lanes met the stall hundreds of times, and the run measured the
+    watchdog.
     """
 
     def __init__(
@@ -520,13 +522,16 @@ class AnvilWatchdog:
         *,
         quiet: float = 0.5,
         queued_quiet: float = 1.5,
+        lost_quiet: float = 5.0,
     ) -> None:
         self.chain = chain
         self.observer = observer
         self.resend = list(resend)
         self.quiet = quiet
         self.queued_quiet = queued_quiet
+        self.lost_quiet = lost_quiet
         self.kicks = 0
+        self.resends = 0  # times the pool was empty without progress and ours were sent again
         self.stuck: list[dict[str, int]] = []  # the pool's transactions by sender at each kick
         self._task: asyncio.Task[None] | None = None
 
@@ -545,10 +550,20 @@ class AnvilWatchdog:
                 continue
             status = await asyncio.to_thread(self.chain.rpc, "txpool_status")
             queued = int(status.get("queued", "0x0"), 16)
-            if int(status.get("pending", "0x0"), 16) + queued == 0:
-                since = time.perf_counter()
-                continue
             waited = time.perf_counter() - since
+            if int(status.get("pending", "0x0"), 16) + queued == 0:
+                if self.resend and waited >= self.lost_quiet:
+                    # Seen at 1,000 proposals: an `evm_mine` over thousands of pending transactions mined
+                    # part of one sender's and the pool lost the rest. Ours can be sent again.
+                    self.resends += 1
+                    print(
+                        f"anvil watchdog: pool empty, nothing mined for {waited:.1f} s; re-sending ours",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    await asyncio.to_thread(self._requeue)
+                    since = time.perf_counter()
+                continue
             if queued and waited < self.queued_quiet:
                 continue
             self.kicks += 1

@@ -47,18 +47,6 @@ PER_WAVE = sized(3, 10)
 DEPTHS = sized([1, 2, 3], [1, 2, 3, 1, 2, 3, 3, 2, 1])
 
 
-# Open bug, 2 runs in 18 with both cores busy: during `anvil_reorg` anvil automines the orphaned votes
-# it put back in its pool (the head moved from 36 to 39 within the call), no head contradicts the stored
-# chain, and afterwards anvil answers null for a replaced height ("block 35 not found"): the listener's
-# reorg check fails and it reconnects in a loop, so later reorgs go unhandled. Not strict: see
-# docs/reliability.md, "Open: a reorg missed on an automine chain under load".
-IDLE_AUTOMINE_REORG_MISSED = pytest.mark.xfail(
-    strict=False,
-    reason="open bug: under CPU load anvil mines orphaned votes during anvil_reorg and then answers null "
-    "for a replaced height; the listener misses that reorg and its window check fails until a reconcile",
-)
-
-
 @contextmanager
 def migrated_devnet(
     tmp_path: Path, *, block_time: float | None = None, head_timeout: float = 5.0
@@ -84,7 +72,7 @@ def migrated_devnet(
 
 @pytest.mark.parametrize(
     "block_time",
-    [pytest.param(None, marks=IDLE_AUTOMINE_REORG_MISSED), 1.0],
+    [None, 1.0],
     ids=["automine", "blocktime1"],
 )
 def test_reorgs_of_depth_1_to_3_while_votes_are_in_flight_leave_every_vote_once_on_chain(

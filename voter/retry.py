@@ -25,10 +25,7 @@ async def with_backoff(
 
     Only for reads: a broadcast goes through `broadcast_with_backoff`.
     """
-    async for attempt in _retrying(is_retried):
-        with attempt:
-            return await fn(*args, **kwargs)
-    raise AssertionError("unreachable: tenacity reraises the last error")
+    return await _call_retrying(is_retried, fn, *args, **kwargs)
 
 
 async def broadcast_with_backoff(
@@ -42,20 +39,26 @@ async def broadcast_with_backoff(
     a copy would earn "nonce too low" and the row would end `already_voted` instead of `confirmed`. Those
     are raised at once; the lane keeps the transaction as uncertain and reads its fate from the chain.
     """
-    async for attempt in _retrying(is_refused_unprocessed):
-        with attempt:
-            return await fn(*args, **kwargs)
-    raise AssertionError("unreachable: tenacity reraises the last error")
+    return await _call_retrying(is_refused_unprocessed, fn, *args, **kwargs)
 
 
-def _retrying(predicate: Callable[[BaseException], bool]) -> AsyncRetrying:
-    return AsyncRetrying(
+async def _call_retrying(
+    predicate: Callable[[BaseException], bool],
+    fn: Callable[P, Awaitable[T]],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    retrying = AsyncRetrying(
         retry=retry_if_exception(predicate),
         wait=wait_random_exponential(multiplier=0.2, max=5.0),
         stop=stop_after_attempt(4),
         sleep=anyio.sleep,
         reraise=True,
     )
+    async for attempt in retrying:
+        with attempt:
+            return await fn(*args, **kwargs)
+    raise AssertionError("unreachable: tenacity reraises the last error")
 
 
 def is_retried(exc: BaseException) -> bool:

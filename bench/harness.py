@@ -476,6 +476,9 @@ def voter(kind: str, chain: Devnet, directory: Path) -> Iterator[tuple[ManagedPr
         process.stop()
 
 
+SETUP_CHUNK = 250  # proposals sent at once while setting a benchmark up (see create_on_chain)
+
+
 async def create_on_chain(chain: Devnet, count: int, *, timeout: float = 600.0) -> SignedProposals:
     """Create `count` proposals as fast as anvil takes them; returns once all are mined.
 
@@ -494,9 +497,6 @@ async def create_on_chain(chain: Devnet, count: int, *, timeout: float = 600.0) 
                     raise RuntimeError(f"{count} proposals not mined within {timeout:g} s")
                 await asyncio.sleep(0.05)
     return proposals
-
-
-SETUP_CHUNK = 250
 
 
 class AnvilWatchdog:

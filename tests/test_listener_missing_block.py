@@ -10,10 +10,8 @@ missing height without reconnecting, lose nothing, and not handle the same gap a
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ from tests.support.listener_env import (
     wait_until,
     wait_until_async,
 )
-from tests.support.proxy import TcpProxy
+from tests.support.proxy import TcpProxy, answer_null_for
 
 pytestmark = pytest.mark.anyio
 
@@ -95,26 +93,9 @@ class NullBlocks:
     def __call__(self, text: str) -> str | None:
         if not self.heights:
             return None
-        message = json.loads(text)
-        if isinstance(message, dict):
-            number = self._target(message)
-            if number is None:
-                return None
-            self.nulls_served.append(number)
-            return json.dumps({"jsonrpc": "2.0", "id": message.get("id"), "result": None})
-        if not isinstance(message, list) or all(self._target(item) is None for item in message):
-            return None
-        post = urllib.request.Request(
-            self.http_url, data=text.encode(), headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(post, timeout=5) as answer:
-            answers = {item["id"]: item for item in json.loads(answer.read())}
-        for request in message:
-            number = self._target(request)
-            if number is not None:
-                self.nulls_served.append(number)
-                answers[request["id"]] = {"jsonrpc": "2.0", "id": request["id"], "result": None}
-        return json.dumps([answers[request["id"]] for request in message])
+        answer, nulled = answer_null_for(text, self.http_url, lambda item: self._target(item) is not None)
+        self.nulls_served += [number for item in nulled if (number := self._target(item)) is not None]
+        return answer
 
 
 def _events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:

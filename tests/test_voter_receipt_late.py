@@ -15,7 +15,6 @@ may have been sent again.
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import pytest
 from eth_account import Account
 from eth_utils import keccak
 
-from tests.support.proxy import TcpProxy
+from tests.support.proxy import TcpProxy, answer_null_for
 from tests.support.voter import (
     check_exactly_once,
     devnet_chain,
@@ -95,24 +94,11 @@ class LateReceipt:
         message = json.loads(text)
         for request in message if isinstance(message, list) else [message]:
             self._observe(request)
-        if isinstance(message, dict):
-            if not self._hidden(message):
-                return None
-            self.nulls_served += 1
-            return json.dumps({"jsonrpc": "2.0", "id": message.get("id"), "result": None})
-        if not isinstance(message, list) or not any(self._hidden(item) for item in message):
-            return None
-        post = urllib.request.Request(
-            self.http_url, data=text.encode(), headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(post, timeout=5) as answer:
-            answers = {item["id"]: item for item in json.loads(answer.read())}
-        for request in message:
-            if self._hidden(request):
-                self.nulls_served += 1
-                self.nulls_in_batches += 1
-                answers[request["id"]] = {"jsonrpc": "2.0", "id": request["id"], "result": None}
-        return json.dumps([answers[request["id"]] for request in message])
+        answer, nulled = answer_null_for(text, self.http_url, self._hidden)
+        self.nulls_served += len(nulled)
+        if isinstance(message, list):
+            self.nulls_in_batches += len(nulled)
+        return answer
 
 
 async def test_a_mined_vote_whose_receipt_comes_late_is_confirmed_not_already_voted(tmp_path: Path) -> None:

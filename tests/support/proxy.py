@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -40,6 +41,29 @@ def text_frame(text: str) -> bytes:
     else:
         header = bytes([0x80 | _OP_TEXT, 127]) + length.to_bytes(8, "big")
     return header + payload
+
+
+def answer_null_for(text: str, http_url: str, hidden: Callable[[Any], bool]) -> tuple[str | None, list[Any]]:
+    """For an `intercept`: the JSON-RPC requests of `text` that `hidden` picks get a null result.
+
+    A single picked request is answered at once; a batch holding one is sent to the node over HTTP
+    (`http_url`, the same node) and its answer returned with those entries set to null. Returns the answer
+    to send back (None: forward `text` untouched) and the requests answered null.
+    """
+    message = json.loads(text)
+    if isinstance(message, dict):
+        if not hidden(message):
+            return None, []
+        return json.dumps({"jsonrpc": "2.0", "id": message.get("id"), "result": None}), [message]
+    if not isinstance(message, list) or not any(hidden(item) for item in message):
+        return None, []
+    post = urllib.request.Request(http_url, data=text.encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(post, timeout=5) as answer:
+        answers = {item["id"]: item for item in json.loads(answer.read())}
+    nulled = [request for request in message if hidden(request)]
+    for request in nulled:
+        answers[request["id"]] = {"jsonrpc": "2.0", "id": request["id"], "result": None}
+    return json.dumps([answers[request["id"]] for request in message]), nulled
 
 
 @dataclass(eq=False)  # hashed by identity: kept in a set

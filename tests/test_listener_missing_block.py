@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from dloop.anvil import AnvilProcess
 from dloop.devnet import deploy_devnet
 from dloop.logs import configure_logging
 from dloop.wakeup import WorkSignal
+from listener.listener import Listener
 from tests.support.listener_env import (
     Chain,
     Database,
@@ -98,6 +100,20 @@ class NullBlocks:
         return answer
 
 
+@asynccontextmanager
+async def listening_through_nulls(
+    chain: Chain, db: Database
+) -> AsyncIterator[tuple[Listener, NullBlocks, WorkSignal]]:
+    """A running listener whose node connection goes through a proxy answering null for `nulls.heights`."""
+    signal = WorkSignal()
+    async with TcpProxy(chain.anvil.port, record=False) as proxy:
+        nulls = NullBlocks(chain.anvil.http_url)
+        proxy.intercept = nulls
+        settings = make_settings(proxy.ws_url, chain.info, db.url)
+        async with running_listener(settings, db, signal) as listener:
+            yield listener, nulls, signal
+
+
 def _events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
     return [
         dict(getattr(r, "dloop_fields", {}))
@@ -114,62 +130,57 @@ async def test_a_height_answered_null_is_a_reorg_from_below_it_handled_once_with
     chain: Chain, db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="dloop.listener")
-    signal = WorkSignal()
-    async with TcpProxy(chain.anvil.port, record=False) as proxy:
-        nulls = NullBlocks(chain.anvil.http_url)
-        proxy.intercept = nulls
-        settings = make_settings(proxy.ws_url, chain.info, db.url)
-        async with running_listener(settings, db, signal) as listener:
-            [first] = await chain.create_async(1)
-            await chain.rpc("evm_mine")
-            gap = await _head(chain)  # an empty block: the height the node will "lose"
-            [pid] = await chain.create_async(1, first_index=1)  # just above the gap: in the re-read range
-            await chain.rpc("evm_mine")
-            await chain.rpc("evm_mine")
-            head = await _head(chain)
-            await wait_for_queue(db, signal, {first, pid})
-            await wait_until(lambda: listener.status.last_head_number == head)
-            before = await proposal(db, pid)
-            assert before.block_number == gap + 1
-            assert gap in listener._tracker.blocks  # stored: the check compares it with the chain
+    async with listening_through_nulls(chain, db) as (listener, nulls, signal):
+        [first] = await chain.create_async(1)
+        await chain.rpc("evm_mine")
+        gap = await _head(chain)  # an empty block: the height the node will "lose"
+        [pid] = await chain.create_async(1, first_index=1)  # just above the gap: in the re-read range
+        await chain.rpc("evm_mine")
+        await chain.rpc("evm_mine")
+        head = await _head(chain)
+        await wait_for_queue(db, signal, {first, pid})
+        await wait_until(lambda: listener.status.last_head_number == head)
+        before = await proposal(db, pid)
+        assert before.block_number == gap + 1
+        assert gap in listener._tracker.blocks  # stored: the check compares it with the chain
 
-            # The top block is replaced, and from now on the node answers null for the gap (below its head).
-            nulls.heights = {gap}
-            await chain.rpc("anvil_reorg", [1, []])
-            await wait_until(lambda: len(_events(caplog, "reorg_handled")) >= 1, timeout=10)
-            await wait_for_queue(db, signal, {first, pid}, timeout=10)
+        # The top block is replaced, and from now on the node answers null for the gap (below its head).
+        nulls.heights = {gap}
+        await chain.rpc("anvil_reorg", [1, []])
+        await wait_until(lambda: len(_events(caplog, "reorg_handled")) >= 1, timeout=10)
+        await wait_for_queue(db, signal, {first, pid}, timeout=10)
 
-            [missing] = _events(caplog, "blocks_missing")
-            assert missing["heights"] == [gap]
-            assert nulls.nulls_served.count(gap) >= 3  # read again before it was given up
-            [handled] = _events(caplog, "reorg_handled")
-            assert handled["fork_block"] == gap - 1  # from below the missing height, not from the new top
-            assert handled["head"] == head
-            assert pid in handled["proposals_rechecked"]  # its log, above the gap, was re-read
-            status = listener.status
-            assert status.reorgs_seen == 1 and status.reconnects == 0 and status.connected
-            # The window is stored just after `reorg_handled` is logged: the gap is no longer a stored block.
-            await wait_until(lambda: gap not in listener._tracker.blocks, timeout=5)
+        [missing] = _events(caplog, "blocks_missing")
+        assert missing["heights"] == [gap]
+        assert nulls.nulls_served.count(gap) >= 3  # read again before it was given up
+        [handled] = _events(caplog, "reorg_handled")
+        assert handled["fork_block"] == gap - 1  # from below the missing height, not from the new top
+        assert handled["head"] == head
+        assert pid in handled["proposals_rechecked"]  # its log, above the gap, was re-read
+        status = listener.status
+        assert status.reorgs_seen == 1 and status.reconnects == 0 and status.connected
+        # The window is stored just after `reorg_handled` is logged: the gap is no longer a stored block.
+        await wait_until(lambda: gap not in listener._tracker.blocks, timeout=5)
 
-            after = await proposal(db, pid)
-            assert (after.block_number, after.block_hash) == (before.block_number, before.block_hash)
-            live = [log for log in await chain_logs(db) if not log.removed]
-            assert sorted(log.proposal_id or 0 for log in live) == [first, pid]
+        after = await proposal(db, pid)
+        assert (after.block_number, after.block_hash) == (before.block_number, before.block_hash)
+        live = [log for log in await chain_logs(db) if not log.removed]
+        assert sorted(log.proposal_id or 0 for log in live) == [first, pid]
 
-            # A second check, the gap still unanswered: another top block replaced. Only that reorg is
-            # handled (from just below the top); the gap is not handled a second time.
-            await chain.rpc("anvil_reorg", [1, []])
-            await wait_until(lambda: len(_events(caplog, "reorg_handled")) >= 2, timeout=10)
-            handled_again = _events(caplog, "reorg_handled")[1]
-            assert handled_again["fork_block"] == head - 1
-            assert not handled_again["logs_removed"] and not handled_again["proposals_rechecked"]
+        # A second check, the gap still unanswered: another top block replaced. Only that reorg is
+        # handled (from just below the top); the gap is not handled a second time.
+        await chain.rpc("anvil_reorg", [1, []])
+        await wait_until(lambda: len(_events(caplog, "reorg_handled")) >= 2, timeout=10)
+        handled_again = _events(caplog, "reorg_handled")[1]
+        assert handled_again["fork_block"] == head - 1
+        assert not handled_again["logs_removed"] and not handled_again["proposals_rechecked"]
 
-            # New blocks on top are plain heads: no further reorg.
-            [later] = await chain.create_async(1, first_index=2)
-            await wait_for_queue(db, signal, {first, pid, later})
-            status = listener.status
-            assert status.reorgs_seen == 2 and status.reconnects == 0 and status.connected
-            assert len(_events(caplog, "reorg_detected")) == 2
+        # New blocks on top are plain heads: no further reorg.
+        [later] = await chain.create_async(1, first_index=2)
+        await wait_for_queue(db, signal, {first, pid, later})
+        status = listener.status
+        assert status.reorgs_seen == 2 and status.reconnects == 0 and status.connected
+        assert len(_events(caplog, "reorg_detected")) == 2
 
     assert await proposal_row_count(db) == 3
     assert all(states == ["queued"] * 5 for states in (await vote_states(db)).values())
@@ -182,37 +193,32 @@ async def test_a_null_height_holding_a_recorded_log_is_handled_once(
     chain: Chain, db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="dloop.listener")
-    signal = WorkSignal()
-    async with TcpProxy(chain.anvil.port, record=False) as proxy:
-        nulls = NullBlocks(chain.anvil.http_url)
-        proxy.intercept = nulls
-        settings = make_settings(proxy.ws_url, chain.info, db.url)
-        async with running_listener(settings, db, signal) as listener:
-            [pid] = await chain.create_async(1)
-            await chain.rpc("evm_mine")
-            await chain.rpc("evm_mine")
-            head = await _head(chain)
-            await wait_for_queue(db, signal, {pid})
-            await wait_until(lambda: listener.status.last_head_number == head)
-            before = await proposal(db, pid)
-            assert before.block_number is not None
+    async with listening_through_nulls(chain, db) as (listener, nulls, signal):
+        [pid] = await chain.create_async(1)
+        await chain.rpc("evm_mine")
+        await chain.rpc("evm_mine")
+        head = await _head(chain)
+        await wait_for_queue(db, signal, {pid})
+        await wait_until(lambda: listener.status.last_head_number == head)
+        before = await proposal(db, pid)
+        assert before.block_number is not None
 
-            nulls.heights = {before.block_number}
-            await chain.rpc("anvil_reorg", [1, []])
-            await wait_until(lambda: len(_events(caplog, "reorg_handled")) >= 1, timeout=10)
-            await wait_for_queue(db, signal, {pid}, timeout=10)
-            [handled] = _events(caplog, "reorg_handled")
-            assert handled["fork_block"] == before.block_number - 1
-            assert handled["proposals_rechecked"] == [pid]
-            after = await proposal(db, pid)
-            assert (after.block_number, after.block_hash) == (before.block_number, before.block_hash)
+        nulls.heights = {before.block_number}
+        await chain.rpc("anvil_reorg", [1, []])
+        await wait_until(lambda: len(_events(caplog, "reorg_handled")) >= 1, timeout=10)
+        await wait_for_queue(db, signal, {pid}, timeout=10)
+        [handled] = _events(caplog, "reorg_handled")
+        assert handled["fork_block"] == before.block_number - 1
+        assert handled["proposals_rechecked"] == [pid]
+        after = await proposal(db, pid)
+        assert (after.block_number, after.block_hash) == (before.block_number, before.block_hash)
 
-            await chain.rpc("anvil_reorg", [1, []])
-            await wait_until(lambda: len(_events(caplog, "reorg_handled")) >= 2, timeout=10)
-            handled_again = _events(caplog, "reorg_handled")[1]
-            assert handled_again["fork_block"] == head - 1, handled_again
-            status = listener.status
-            assert status.reorgs_seen == 2 and status.reconnects == 0
+        await chain.rpc("anvil_reorg", [1, []])
+        await wait_until(lambda: len(_events(caplog, "reorg_handled")) >= 2, timeout=10)
+        handled_again = _events(caplog, "reorg_handled")[1]
+        assert handled_again["fork_block"] == head - 1, handled_again
+        status = listener.status
+        assert status.reorgs_seen == 2 and status.reconnects == 0
 
 
 # A vote confirmed in the missing block: its receipt names a block the node will not show, so it is not
@@ -222,31 +228,24 @@ async def test_a_null_height_holding_a_confirmed_vote_does_not_end_the_connectio
     chain: Chain, db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="dloop.listener")
-    signal = WorkSignal()
-    async with TcpProxy(chain.anvil.port, record=False) as proxy:
-        nulls = NullBlocks(chain.anvil.http_url)
-        proxy.intercept = nulls
-        settings = make_settings(proxy.ws_url, chain.info, db.url)
-        async with running_listener(settings, db, signal) as listener:
-            [pid] = await chain.create_async(1)
-            await wait_for_queue(db, signal, {pid})
-            receipt = await chain.transact_async(chain.info.node_keys[0], "vote", pid, True)
-            await chain.rpc("evm_mine")
-            await wait_until_async(lambda: _vote_state_is(db, pid, 0, "confirmed"))
-            head = await _head(chain)
-            await wait_until(lambda: listener.status.last_head_number == head)
+    async with listening_through_nulls(chain, db) as (listener, nulls, signal):
+        [pid] = await chain.create_async(1)
+        await wait_for_queue(db, signal, {pid})
+        receipt = await chain.transact_async(chain.info.node_keys[0], "vote", pid, True)
+        await chain.rpc("evm_mine")
+        await wait_until_async(lambda: _vote_state_is(db, pid, 0, "confirmed"))
+        head = await _head(chain)
+        await wait_until(lambda: listener.status.last_head_number == head)
 
-            nulls.heights = {int(receipt["blockNumber"])}
-            await chain.rpc("anvil_reorg", [1, []])
-            await wait_until(
-                lambda: _events(caplog, "reorg_handled") or listener.status.reconnects, timeout=10
-            )
-            assert listener.status.reconnects == 0
-            [handled] = _events(caplog, "reorg_handled")
-            assert handled["fork_block"] == int(receipt["blockNumber"]) - 1
-            assert (await votes_of(db, pid))[0].state == "queued"
-            assert _events(caplog, "vote_requeued_after_reorg")
-            assert listener.status.reconnects == 0
+        nulls.heights = {int(receipt["blockNumber"])}
+        await chain.rpc("anvil_reorg", [1, []])
+        await wait_until(lambda: _events(caplog, "reorg_handled") or listener.status.reconnects, timeout=10)
+        assert listener.status.reconnects == 0
+        [handled] = _events(caplog, "reorg_handled")
+        assert handled["fork_block"] == int(receipt["blockNumber"]) - 1
+        assert (await votes_of(db, pid))[0].state == "queued"
+        assert _events(caplog, "vote_requeued_after_reorg")
+        assert listener.status.reconnects == 0
 
 
 async def _vote_state_is(db: Database, pid: int, node_index: int, state: str) -> bool:

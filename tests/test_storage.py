@@ -8,13 +8,15 @@ from pathlib import Path
 
 import anyio
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
 from chain.types import AssetInfo, LogRef, ProposalData
 from dloop.errors import ConfigError, SchemaOutOfDate
 from storage.engine import check_database_location, create_engine, session_factory
 from storage.migrations import downgrade, ensure_schema_current, upgrade
-from storage.models import Vote, VoteState
+from storage.models import Base, Vote, VoteState
 from storage.proposals import record_proposal, sync_nodes
 
 pytestmark = pytest.mark.anyio
@@ -41,6 +43,21 @@ NODES = [(f"ai-gov-0{i}", "0x" + f"{i:02d}" * 20, "conservative") for i in range
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+async def test_the_migrations_build_exactly_the_models_tables(tmp_path: Path) -> None:
+    """A column or table added to storage/models.py without its alembic migration shows up here."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'dloop.db'}"
+    await upgrade(url)
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            differences = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+            )
+    finally:
+        await engine.dispose()
+    assert differences == []
 
 
 async def test_upgrade_downgrade_upgrade_and_views(tmp_path: Path) -> None:

@@ -19,18 +19,17 @@ import anyio
 import httpx
 
 from chain.accounts import node_accounts
-from chain.client import ChainClient
-from chain.connection import open_ws, safe_url
-from dloop.errors import ChainError, ConfigError, DloopError, RateLimited, TransientChainError
+from chain.connection import safe_url
+from dloop.errors import ConfigError, DloopError
 from dloop.logs import configure_logging, log_event
+from dloop.preflight import check_same_chain, preflight_chain
 from dloop.settings import Settings, load_settings
 from storage.engine import check_database_location, create_engine, session_factory
 from storage.migrations import ensure_schema_current, upgrade
 from storage.proposals import sync_nodes
+from voter.strategies import load_strategy
 
 logger = logging.getLogger("dloop.service")
-
-PREFLIGHT_TIMEOUT = 15.0
 
 
 # -- settings ------------------------------------------------------------------------------------------------
@@ -76,51 +75,6 @@ def _describe_db(database_url: str) -> str:
 # -- run -----------------------------------------------------------------------------------------------------
 
 
-async def preflight_chain(settings: Settings) -> int:
-    """Reach the node, check the contract has code; returns the chain id. Problems name the setting."""
-    where = safe_url(settings.rpc_ws_url)
-    try:
-        with anyio.fail_after(PREFLIGHT_TIMEOUT):
-            chain_id, code = await _read_chain_identity(settings)
-    except TimeoutError:
-        raise ConfigError(
-            "DLOOP_RPC_WS_URL", f"{where} did not answer within {PREFLIGHT_TIMEOUT:g} s"
-        ) from None
-    except TransientChainError as exc:
-        reason = _first_line(exc).replace(settings.rpc_ws_url, where)
-        reason = reason.removeprefix(f"cannot connect to {where}: ")
-        raise ConfigError("DLOOP_RPC_WS_URL", f"cannot connect to {where} ({reason})") from None
-    except ChainError as exc:
-        reason = _first_line(exc).replace(settings.rpc_ws_url, where)
-        raise ConfigError("DLOOP_RPC_WS_URL", f"{where} failed a basic request: {reason}") from None
-    if code in ("0x", "", "0x0"):
-        raise ConfigError(
-            "DLOOP_CONTRACT_ADDRESS",
-            f"no contract code at {settings.contract_address} on chain {chain_id} ({where})",
-        )
-    return chain_id
-
-
-async def _read_chain_identity(settings: Settings) -> tuple[int, str]:
-    """(chain id, contract code); a rate-limited provider is asked again until PREFLIGHT_TIMEOUT."""
-    timeout = min(settings.rpc_timeout, 10.0)
-    delay = 0.2
-    while True:
-        try:
-            async with open_ws(settings.rpc_ws_url, request_timeout=timeout) as w3:
-                client = ChainClient(w3, settings.contract_address, timeout=timeout)
-                return await client.chain_id(), await client.code_at(settings.contract_address)
-        except RateLimited as exc:
-            log_event(logger, "preflight_rate_limited", level=logging.WARNING, error=str(exc), delay=delay)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 3.0)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
-
-
 async def stop_on_signals(cancel: Callable[[], None]) -> None:
     """SIGINT or SIGTERM: cancel the service's task group (a clean stop, exit status 0)."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -141,12 +95,16 @@ async def serve(
     from dloop.service import Service  # imports the whole service: only for commands that run it
 
     check_database_location(settings.database_url)
-    chain_id = await preflight_chain(settings)
+    accounts = node_accounts(settings.nodes)
+    for account in accounts:
+        load_strategy(account.strategy)  # an unknown one stops start-up before anything is written
+    identity = await preflight_chain(settings)
+    chain_id = identity.chain_id
     await ensure_schema_current(settings.database_url)
     engine = create_engine(settings.database_url)
     try:
         sessions = session_factory(engine)
-        accounts = node_accounts(settings.nodes)
+        await check_same_chain(sessions, identity)
         nodes = await sync_nodes(sessions, [(a.name, a.address, a.strategy) for a in accounts])
         service = Service(settings, sessions, nodes, accounts, chain_id, enable_listener=enable_listener)
         service.http.bind()  # a busy port fails here, before anything starts

@@ -19,6 +19,7 @@ from chain.types import LogRef, ProposalData, status_name
 from dloop.errors import StorageError
 from storage.engine import SessionFactory
 from storage.models import (
+    Chain,
     ChainCursor,
     ChainLog,
     Proposal,
@@ -694,3 +695,14 @@ async def move_vote_confirmation(sessions: SessionFactory, vote_id: int, block: 
             execution_options=_NO_SYNC,
         )
         return bool(getattr(result, "rowcount", 0))
+
+
+@_storage_errors
+async def remember_genesis(sessions: SessionFactory, chain_id: int, genesis_hash: str) -> str:
+    """The genesis block hash this database knows for `chain_id`; the first start records the node's."""
+    async with sessions.begin() as session:
+        known = await session.get(Chain, chain_id)
+        if known is None:
+            session.add(Chain(chain_id=chain_id, genesis_hash=genesis_hash.lower()))
+            return genesis_hash.lower()
+        return known.genesis_hash

@@ -175,6 +175,17 @@ class VoteTransaction(Base):
     outcome: Mapped[str | None] = mapped_column(String(16))  # mined / failed / replaced / dropped
 
 
+class Chain(Base):
+    """A chain this database has followed, by its genesis block: a devnet restarted from scratch keeps its
+    chain id but not its genesis, and its history here would describe another chain."""
+
+    __tablename__ = "chains"
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    genesis_hash: Mapped[str] = mapped_column(String(66))
+    first_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class ChainCursor(Base):
     __tablename__ = "chain_cursor"
 

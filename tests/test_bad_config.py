@@ -10,6 +10,7 @@ database path, unknown strategies.
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,3 +97,7 @@ def test_each_wrong_setting_gives_one_line_naming_it_and_no_key(
         if any(secret in output or secret[:16] in output for secret in secrets):
             problems.append(f"{name}: a key is printed")
     assert not problems, "\n".join(problems)
+    # A bad strategy stops start-up before anything is written (the nodes were once synced first).
+    for name in ("unknown strategy", "strategy module missing", "strategy function missing"):
+        with sqlite3.connect(databases[name]) as db:
+            assert db.execute("SELECT COUNT(*) FROM nodes").fetchone() == (0,), name

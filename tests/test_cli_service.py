@@ -126,6 +126,42 @@ def test_configuration_problems_fail_with_one_line_naming_the_setting(
     assert "run `dloop migrate`" in results["schema not migrated"][1]
 
 
+def test_a_database_from_a_chain_started_afresh_stops_start_up_with_one_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A devnet started again from scratch has the same chain id and, deployed the same way, the same
+    contract address: only its genesis block tells it apart. The old database's proposals and votes
+    describe the other chain, so `dloop run` refuses it, naming the database setting, and writes nothing."""
+    assert dloop(["migrate"], env, tmp_path).returncode == 0
+    first = ServiceProcess(env, tmp_path, tmp_path / "first.log")
+    first.wait_ready()
+    assert first.stop() == 0
+    db = tmp_path / "dloop.db"
+    with sqlite3.connect(db) as conn:
+        (chain_id, genesis), *others = conn.execute("SELECT chain_id, genesis_hash FROM chains").fetchall()
+    assert chain_id == 31337 and not others
+
+    with AnvilProcess(port=0) as fresh:
+        again = deploy_devnet(fresh.http_url, proposals=0)
+        assert again.contract_address == env["DLOOP_CONTRACT_ADDRESS"]
+        fresh_genesis = fresh.rpc("eth_getBlockByNumber", ["0x0", False])["hash"]
+        result = dloop(["run"], {**env, "DLOOP_RPC_WS_URL": fresh.ws_url}, tmp_path)
+    assert fresh_genesis != genesis
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "dloop: error: DLOOP_DATABASE_URL: the database holds the history of another chain 31337"
+    ), result.stderr
+    assert genesis[:12] in lines[0] and fresh_genesis[:12] in lines[0]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT genesis_hash FROM chains").fetchall() == [(genesis,)]
+
+    # The chain it followed is still welcome.
+    second = ServiceProcess(env, tmp_path, tmp_path / "second.log")
+    second.wait_ready()
+    assert second.stop() == 0
+
+
 # -- a running service ---------------------------------------------------------------------------------------
 
 

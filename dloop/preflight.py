@@ -1,0 +1,91 @@
+"""Start-up checks against the node and the database, before anything is written: the node answers on
+DLOOP_RPC_WS_URL, the contract has code, and the database has not followed another chain of the same id.
+Each problem is a ConfigError naming the setting to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import anyio
+
+from chain.client import ChainClient
+from chain.connection import open_ws, safe_url
+from dloop.errors import ChainError, ConfigError, RateLimited, TransientChainError
+from dloop.logs import log_event
+from dloop.settings import Settings
+from storage.chain_state import remember_genesis
+from storage.engine import SessionFactory
+
+logger = logging.getLogger("dloop.service")
+
+PREFLIGHT_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class ChainIdentity:
+    chain_id: int
+    genesis_hash: str
+
+
+async def preflight_chain(settings: Settings) -> ChainIdentity:
+    """Reach the node, check the contract has code; returns the chain's id and genesis block hash. Problems
+    name the setting."""
+    where = safe_url(settings.rpc_ws_url)
+    try:
+        with anyio.fail_after(PREFLIGHT_TIMEOUT):
+            identity, code = await _read_chain_identity(settings)
+    except TimeoutError:
+        raise ConfigError(
+            "DLOOP_RPC_WS_URL", f"{where} did not answer within {PREFLIGHT_TIMEOUT:g} s"
+        ) from None
+    except TransientChainError as exc:
+        reason = _first_line(exc).replace(settings.rpc_ws_url, where)
+        reason = reason.removeprefix(f"cannot connect to {where}: ")
+        raise ConfigError("DLOOP_RPC_WS_URL", f"cannot connect to {where} ({reason})") from None
+    except ChainError as exc:
+        reason = _first_line(exc).replace(settings.rpc_ws_url, where)
+        raise ConfigError("DLOOP_RPC_WS_URL", f"{where} failed a basic request: {reason}") from None
+    if code in ("0x", "", "0x0"):
+        raise ConfigError(
+            "DLOOP_CONTRACT_ADDRESS",
+            f"no contract code at {settings.contract_address} on chain {identity.chain_id} ({where})",
+        )
+    return identity
+
+
+async def _read_chain_identity(settings: Settings) -> tuple[ChainIdentity, str]:
+    """(chain id and genesis hash, contract code); a rate-limited provider is asked again until
+    PREFLIGHT_TIMEOUT."""
+    timeout = min(settings.rpc_timeout, 10.0)
+    delay = 0.2
+    while True:
+        try:
+            async with open_ws(settings.rpc_ws_url, request_timeout=timeout) as w3:
+                client = ChainClient(w3, settings.contract_address, timeout=timeout)
+                chain_id = await client.chain_id()
+                genesis = await client.block(0)
+                return ChainIdentity(chain_id, genesis.hash), await client.code_at(settings.contract_address)
+        except RateLimited as exc:
+            log_event(logger, "preflight_rate_limited", level=logging.WARNING, error=str(exc), delay=delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 3.0)
+
+
+async def check_same_chain(sessions: SessionFactory, identity: ChainIdentity) -> None:
+    """A database keeps the history of the chains it followed. A chain with the id of one of them but another
+    genesis block (a devnet started afresh) is another chain: its proposal ids would meet the old rows."""
+    known = await remember_genesis(sessions, identity.chain_id, identity.genesis_hash)
+    if known != identity.genesis_hash.lower():
+        raise ConfigError(
+            "DLOOP_DATABASE_URL",
+            f"the database holds the history of another chain {identity.chain_id} (genesis block "
+            f"{known[:12]}..., the node's is {identity.genesis_hash.lower()[:12]}...; started afresh?): "
+            "use a new database file, or point DLOOP_RPC_WS_URL at the chain it followed",
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -14,6 +14,7 @@ in the row's state.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -108,3 +109,11 @@ def test_a_broadcast_whose_answer_is_lost_is_confirmed_not_sent_again(
     # (a copy sent again would have added "nonce 0 refused: nonce too low").
     assert len(uncertain(caplog)) == 1, node_errors(caplog)
     assert node_errors(caplog) == uncertain(caplog), node_errors(caplog)
+    # The history names the vote whose broadcast went unanswered, with its transaction (which was mined).
+    (lost,) = [
+        getattr(r, "dloop_fields", {}) for r in caplog.records if r.getMessage() == "vote_broadcast_uncertain"
+    ]
+    assert lost["node"] == uncertain(caplog)[0]["node"] and lost["proposal"] == ids[0], lost
+    with sqlite3.connect(db) as conn:
+        confirmed = {tx for (tx,) in conn.execute("SELECT tx_hash FROM votes WHERE state = 'confirmed'")}
+    assert lost["tx"] in confirmed, (lost, confirmed)

@@ -38,17 +38,11 @@ from storage.engine import SessionFactory
 from storage.models import VoteState, utcnow
 from storage.proposals import NodeRecord, record_proposal
 from storage.queue import QueuedVote
+from voter.fee_oracle import FeeOracle
 from voter.fees import gwei_to_wei
-from voter.lane import (
-    Counters,
-    FeeOracle,
-    NodeLane,
-    StepHook,
-    VoteJob,
-    estimate_request,
-    estimate_value,
-    vote_calldata,
-)
+from voter.jobs import Counters, VoteJob, estimate_request, estimate_value, vote_calldata
+from voter.lane import NodeLane
+from voter.lane_base import StepHook
 from voter.planning import plan_batch, rows_by_node
 from voter.retry import call_many_retrying, with_backoff
 from voter.strategies import Decision, Tally, decide, node_config

@@ -1,0 +1,324 @@
+"""A lane's receipt watcher: settles mined votes, and finds stuck, dropped or replaced transactions.
+
+A transaction without a receipt is judged from the chain only: the account's nonce, the node's pool, and
+`hasVoted`. It is rebroadcast as signed (same hash, always safe) or replaced with the same nonce and higher
+fees; a new vote is never signed here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+
+from dloop.errors import ChainError, ContractRevert, DloopError, TransientChainError
+from dloop.logs import log_event
+from storage import queue
+from storage.models import VoteState, utcnow
+from voter.fees import GWEI, Fees, bump_fees
+from voter.jobs import Tracked, as_int
+from voter.lane_base import LaneBase, log
+from voter.outcomes import Action, classify
+from voter.retry import call_many_retrying, with_backoff
+
+# Replace an unmined transaction only after DLOOP_REPLACE_AFTER_BLOCKS blocks and at least this long.
+MIN_SECONDS_BEFORE_REPLACING = 3.0
+# anvil counts a mined transaction's nonce a moment before it serves the transaction and its receipt: the
+# nonce must look used by someone else for this long before a vote is judged "cast elsewhere".
+NONCE_USED_GRACE_S = 2.0
+
+
+class ReceiptWatcher(LaneBase):
+    # -- watching --------------------------------------------------------------------------------------
+    async def watch(self) -> None:
+        """Poll receipts of the lane's transactions while any are in flight; resolve stuck or dropped ones."""
+        last_head = -1
+        last_change = anyio.current_time()
+        while True:
+            if not self.tracked:
+                await self._changed.wait()
+                continue
+            await anyio.sleep(self.receipt_poll_interval)
+            client = self.client
+            if client is None:
+                continue
+            try:
+                head = await with_backoff(client.block_number)
+                now = anyio.current_time()
+                if head != last_head:
+                    last_head, last_change = head, now
+                    await self.poll_receipts()
+                stalled = now - last_change >= self.stall_seconds
+                for tracked in list(self.tracked.values()):
+                    if stalled or head - tracked.sent_block >= self.settings.replace_after_blocks:
+                        await self.check(tracked, head)
+                if stalled:
+                    last_change = now  # check a stalled chain again only after another interval
+            except TransientChainError:
+                raise  # the connection is gone: the voter reconnects
+            except DloopError as exc:
+                self._error(f"watching transactions: {exc}")
+                await anyio.sleep(1.0)
+
+    async def poll_receipts(self) -> None:
+        items = list(self.tracked.values())
+        if not items:
+            return
+        requests = [("eth_getTransactionReceipt", [h]) for t in items for h in t.hashes]
+        results = await call_many_retrying(self._chain(), requests, batch_size=self.settings.rpc_batch_size)
+        index = 0
+        mined: list[tuple[Tracked, Mapping[str, Any]]] = []
+        for tracked in items:
+            # A single request answers an AttributeDict, a batch a dict: both are Mappings.
+            receipts = [r for r in results[index : index + len(tracked.hashes)] if isinstance(r, Mapping)]
+            index += len(tracked.hashes)
+            if receipts:
+                mined.append((tracked, receipts[0]))
+        await self._settle(mined)
+
+    async def _settle(self, mined: list[tuple[Tracked, Mapping[str, Any]]]) -> None:
+        """Confirmed votes in one transaction; reverted ones with their decoded error."""
+        mined = [(t, r) for t, r in mined if self.tracked.pop(t.vote_id, None) is not None]
+        confirmations = [
+            queue.Confirmation(
+                t.vote_id, str(r["transactionHash"]), as_int(r["blockNumber"]), as_int(r["gasUsed"])
+            )
+            for t, r in mined
+            if as_int(r["status"]) == 1
+        ]
+        if confirmations:
+            with anyio.CancelScope(shield=True):
+                await queue.mark_confirmed_many(self.sessions, confirmations)
+            self.totals.confirmed += len(confirmations)
+            self.last_vote_at = utcnow()
+            if not self.unfunded:
+                self.last_error = None  # votes land again: earlier trouble is over
+            for item in confirmations:
+                log_event(log, "vote_confirmed", node=self.node.name, vote=item.vote_id, tx=item.tx_hash)
+                self._step("confirmed")
+        for tracked, receipt in mined:
+            if as_int(receipt["status"]) == 1:
+                continue
+            tx_hash, block = str(receipt["transactionHash"]), as_int(receipt["blockNumber"])
+            name = await self._revert_name(tracked, block)
+            if name == "ProposalNotFound":
+                await self._owed_after_reorg(tracked)
+                continue
+            reason = f"reverted on chain: {name}"
+            with anyio.CancelScope(shield=True):
+                await queue.mark_failed(
+                    self.sessions,
+                    tracked.vote_id,
+                    reason=reason,
+                    tx_hash=tx_hash,
+                    block_number=block,
+                    gas_used=as_int(receipt["gasUsed"]),
+                )
+            self.totals.failed += 1
+            self._error(f"proposal {tracked.proposal_id}: {reason}")
+            log_event(
+                log, "vote_failed", node=self.node.name, proposal=tracked.proposal_id, tx=tx_hash, error=name
+            )
+        if mined:
+            self._notify()
+
+    async def _owed_after_reorg(self, tracked: Tracked) -> None:
+        """A vote mined while a reorg had taken its proposal away reverts with ProposalNotFound: it was not
+        cast, and is owed once the proposal is on the chain again. Queued again if it is back already (the
+        voter reads hasVoted before signing), else pending until the listener records it again. A row that
+        has moved on (the listener queued it again, maybe sent anew since) is left alone: never failed or
+        queued for this stale transaction."""
+        try:
+            back = await with_backoff(self._chain().proposal_count) >= tracked.proposal_id
+        except ChainError:
+            back = False  # pending: the listener (or the reconcile pass) queues it when the proposal is seen
+        state = VoteState.QUEUED if back else VoteState.PENDING
+        why = "it is back on chain, queued again" if back else "waits for it to be on chain again"
+        with anyio.CancelScope(shield=True):
+            done = await queue.resolve_sent(
+                self.sessions,
+                tracked.vote_id,
+                state=state,
+                reason=f"reverted on chain: ProposalNotFound (a reorg took the proposal away); {why}",
+                tx_outcome="reverted",
+                only_if_tx_in=tracked.hashes,
+            )
+        if done:
+            self.totals.requeued += 1
+            log_event(
+                log,
+                "vote_owed_after_reorg",
+                node=self.node.name,
+                proposal=tracked.proposal_id,
+                state=state.value,
+            )
+
+    async def _revert_name(self, tracked: Tracked, block: int) -> str:
+        """Re-run the call at the block that mined it to get the custom error's name."""
+        call = {
+            "from": self.address,
+            "to": self._chain().contract,
+            "data": tracked.data,
+            "gas": hex(tracked.latest.gas_limit),
+        }
+        try:
+            await self._chain().request("eth_call", [call, hex(block)])
+        except ContractRevert as exc:
+            return exc.error_name
+        except ChainError as exc:
+            return f"unknown (replay failed: {exc})"
+        return "unknown (the replay did not revert; out of gas?)"
+
+    async def check(self, tracked: Tracked, head: int, *, adopting: bool = False) -> None:
+        """A transaction without a receipt: still pending, replaced by someone, dropped, or stuck."""
+        client = self._chain()
+        mined = as_int(
+            await with_backoff(client.request, "eth_getTransactionCount", [self.address, "latest"])
+        )
+        if mined > tracked.nonce:
+            await self._nonce_used_elsewhere(tracked)
+            return
+        known = await with_backoff(client.request, "eth_getTransactionByHash", [tracked.latest.tx_hash])
+        # Blocks and time both: under automine three blocks pass in milliseconds, and replacing a
+        # transaction that is being mined right now only earns "nonce too low".
+        stale = (
+            head - tracked.sent_block >= self.settings.replace_after_blocks
+            and time.monotonic() - tracked.sent_time >= MIN_SECONDS_BEFORE_REPLACING
+        )
+        if known is not None:
+            if stale and not adopting:
+                await self.replace(tracked, head, f"not mined after {head - tracked.sent_block} blocks")
+            return
+        # Unknown to the node and its nonce unused: dropped. Rebroadcast the same bytes if they can still be
+        # included, else replace them with higher fees.
+        base, _ = await self.fees.read(client, fresh=True)
+        if tracked.latest.max_fee_per_gas < base or tracked.rebroadcasts >= 2:
+            await self.replace(tracked, head, "dropped, and not includable as signed")
+            return
+        async with self.lock:
+            if tracked.vote_id not in self.tracked:
+                return
+            try:
+                await self._broadcast(tracked.latest)
+            except ChainError as exc:
+                self._error(f"rebroadcast refused: {exc}", tx=tracked.latest.tx_hash)
+                action = classify(exc)
+                if action != Action.BUMP_FEES:
+                    return  # e.g. nonce too low: mined meanwhile, the next receipt poll settles it
+                bump = True
+            else:
+                bump = False
+                tracked.rebroadcasts += 1
+                tracked.sent_block = head
+        if bump:
+            await self.replace(tracked, head, "dropped, and underpriced as signed")
+            return
+        self.totals.rebroadcast += 1
+        log_event(
+            log,
+            "vote_rebroadcast",
+            node=self.node.name,
+            proposal=tracked.proposal_id,
+            tx=tracked.latest.tx_hash,
+        )
+
+    async def _one_of_ours_mined(self, tracked: Tracked) -> bool:
+        """Whether the node says one of our transactions is in a block (or cannot say): then the nonce was
+        used by us and the next receipt poll settles the row. Under load anvil counted a mined transaction's
+        nonce before it served the receipt, and the vote was marked `already_voted` "by another sender"
+        (the grace period in `_nonce_used_elsewhere` covers the moment it serves neither)."""
+        requests = [("eth_getTransactionByHash", [tx_hash]) for tx_hash in tracked.hashes]
+        answers = await call_many_retrying(self._chain(), requests, batch_size=self.settings.rpc_batch_size)
+        return any(
+            isinstance(a, ChainError) or (isinstance(a, Mapping) and a.get("blockNumber") is not None)
+            for a in answers
+        )
+
+    async def _nonce_used_elsewhere(self, tracked: Tracked) -> None:
+        """The nonce is used but none of our hashes has a receipt (checked once more): hasVoted decides."""
+        await self.poll_receipts()
+        if tracked.vote_id not in self.tracked or await self._one_of_ours_mined(tracked):
+            return
+        now = time.monotonic()
+        if tracked.nonce_used_since is None:
+            tracked.nonce_used_since = now
+        if now - tracked.nonce_used_since < NONCE_USED_GRACE_S:
+            return
+        voted = await with_backoff(self._chain().has_voted, tracked.proposal_id, self.address)
+        self.tracked.pop(tracked.vote_id, None)
+        used = f"nonce {tracked.nonce} was used by a transaction that is not one of this vote's"
+        with anyio.CancelScope(shield=True):
+            if voted:
+                await queue.resolve_sent(
+                    self.sessions,
+                    tracked.vote_id,
+                    state=VoteState.ALREADY_VOTED,
+                    reason=f"already voted: {used}, and hasVoted is true (a vote sent outside this service)",
+                    tx_outcome="dropped",
+                )
+            else:
+                await queue.resolve_sent(
+                    self.sessions,
+                    tracked.vote_id,
+                    state=VoteState.QUEUED,
+                    reason=f"{used}; hasVoted is false, so the vote is queued again",
+                    tx_outcome="dropped",
+                )
+                self.totals.requeued += 1
+        log_event(
+            log, "vote_nonce_used_elsewhere", node=self.node.name, proposal=tracked.proposal_id, voted=voted
+        )
+        self._notify()
+
+    async def replace(self, tracked: Tracked, head: int, why: str) -> None:
+        """Same nonce, same call, fees bumped by at least 12.5% within the cap; the old hash stays known."""
+        client = self._chain()
+        base, priority = await self.fees.read(client, fresh=True)
+        old = Fees(tracked.latest.max_fee_per_gas, tracked.latest.max_priority_fee_per_gas)
+        bump = bump_fees(old, base_fee=base, priority_fee=priority, cap_wei=self.cap_wei)
+        async with self.lock:
+            if tracked.vote_id not in self.tracked:
+                return
+            tracked.sent_block = head  # wait another interval before the next attempt, whatever happens
+            if bump.fees is None:
+                note = f"{why}; cannot replace: {bump.reason}"
+                await queue.set_note(self.sessions, tracked.vote_id, note)
+                self._error(note)
+                return
+            previous = tracked.latest
+            signed = self._sign(tracked.nonce, tracked.data, previous.gas_limit, bump.fees)
+            with anyio.CancelScope(shield=True):
+                if not await queue.record_replacement(
+                    self.sessions, tracked.vote_id, signed, note=f"replaced: {why}"
+                ):
+                    self.tracked.pop(tracked.vote_id, None)  # settled elsewhere (e.g. the listener)
+                    return
+            tracked.hashes.append(signed.tx_hash)
+            tracked.latest = signed
+            tracked.rebroadcasts = 0
+            try:
+                await self._broadcast(signed)
+            except ChainError as exc:
+                tracked.latest = previous  # keep expecting the one the node has
+                self._error(f"replacement refused: {exc}", tx=signed.tx_hash, nonce=tracked.nonce)
+                return
+            self._step("replaced")
+        self.totals.replaced += 1
+        log_event(
+            log,
+            "vote_replaced",
+            node=self.node.name,
+            proposal=tracked.proposal_id,
+            tx=signed.tx_hash,
+            nonce=tracked.nonce,
+            why=why,
+            max_fee_gwei=signed.max_fee_per_gas / GWEI,
+        )
+
+    async def settle_all(self, deadline: float) -> None:
+        """Wait (up to the deadline) until nothing of this lane is in flight."""
+        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+            while self.tracked:
+                await self._changed.wait()

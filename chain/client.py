@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -15,6 +16,8 @@ from chain.codec import AbiFunction, dao_functions, erc20_functions, event_topic
 from chain.connection import MalformedFrames, batch_refusal, classify_rpc_error, translate_exception
 from chain.types import AssetInfo, ProposalData
 from dloop.errors import ChainError, ContractRevert, MalformedAnswer, RateLimited, TransientChainError
+
+RpcErrorCounts = Counter[str]  # error kind (the exception's class name) -> how many
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ def parse_log(raw: dict[str, Any]) -> RawLog:
 
 P = ParamSpec("P")
 T = TypeVar("T")
+E = TypeVar("E", bound=ChainError)
 RATE_LIMIT_ATTEMPTS = 6  # 0.3^6: a provider refusing 30 % of requests still answers each one
 MALFORMED_GRACE = 1.0  # seconds an in-flight request may still be answered after a bad frame arrived
 MALFORMED_ATTEMPTS = 4  # a read asked again after a malformed answer: 5 % bad frames -> 1 in 160,000 fails
@@ -113,8 +117,12 @@ class ChainClient:
         *,
         timeout: float = 20.0,
         malformed_grace: float = MALFORMED_GRACE,
+        error_counts: RpcErrorCounts | None = None,
     ) -> None:
         self.w3 = w3
+        # Every error the node answered (or the transport raised), by kind: shared by the service's clients
+        # for /metrics. Counted per attempt, so a rate limit retried three times counts three.
+        self.error_counts: RpcErrorCounts = error_counts if error_counts is not None else Counter()
         self.contract = to_checksum_address(contract_address)
         self.timeout = timeout
         self.malformed_grace = malformed_grace
@@ -158,10 +166,15 @@ class ChainClient:
                     self.w3.manager.socket_request(method, list(params)),  # type: ignore[arg-type]
                     method,
                 )
-        except MalformedAnswer:
+        except MalformedAnswer as exc:
+            self.error_counts[type(exc).__name__] += 1
             raise
         except Exception as exc:
-            raise translate_exception(exc) from exc
+            raise self._counted(translate_exception(exc)) from exc
+
+    def _counted(self, error: E) -> E:
+        self.error_counts[type(error).__name__] += 1
+        return error
 
     async def _answer_or_malformed(self, answer: Awaitable[T], what: str) -> T:
         """`answer`, or MalformedAnswer when a bad frame arrived while it was awaited and no answer followed
@@ -235,10 +248,11 @@ class ChainClient:
                     responses = await self._answer_or_malformed(
                         provider.recv_for_batch_request(sent), f"a batch of {len(sent)}"
                     )
-            except MalformedAnswer:
+            except MalformedAnswer as exc:
+                self.error_counts[type(exc).__name__] += 1
                 raise
             except Exception as exc:
-                raise translate_exception(exc) from exc
+                raise self._counted(translate_exception(exc)) from exc
             finally:
                 # The batch answer is popped as a whole: drop its requests' entries too, or they fill web3's
                 # request-information cache (500) and evict the entries of requests still in flight.
@@ -247,19 +261,23 @@ class ChainClient:
                         processor.pop_cached_request_information(key)
         refusal = batch_refusal(responses)
         if refusal is not None:
-            raise classify_rpc_error(refusal)
+            raise self._counted(classify_rpc_error(refusal))
         answers: list[dict[str, Any]] = [dict(r) for r in responses if isinstance(r, dict)]
         if len(answers) != len(requests):
-            raise ChainError(f"batch of {len(requests)} answered with {len(answers)} responses")
+            raise self._counted(
+                ChainError(f"batch of {len(requests)} answered with {len(answers)} responses")
+            )
         if [a.get("id") for a in answers] != [r["id"] for r in sent]:
             # A late answer to an earlier batch given up on (see `_answer_or_malformed`): web3 files every
             # batch answer under one key, so this socket can no longer tell batches apart.
-            raise TransientChainError("a batch was answered with another batch's answer")
+            raise self._counted(TransientChainError("a batch was answered with another batch's answer"))
         results: list[Any] = []
         for answer in answers:
             error = answer.get("error")
             results.append(
-                classify_rpc_error(dict(error)) if isinstance(error, dict) else answer.get("result")
+                self._counted(classify_rpc_error(dict(error)))
+                if isinstance(error, dict)
+                else answer.get("result")
             )
         return results
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ import anyio
 import anyio.abc
 
 from chain.accounts import NodeAccount
-from chain.client import ChainClient, decode_result
+from chain.client import ChainClient, RpcErrorCounts, decode_result
 from chain.codec import dao_functions, erc20_functions
 from dloop.errors import ChainError, TransientChainError
 from dloop.logs import log_event
@@ -48,9 +49,12 @@ def required_balance(base_fee_wei: int | None) -> int:
 class ChainReads:
     """A long-lived connection for the API's live reads (balances, weights, nonces); reconnects on failure."""
 
-    def __init__(self, settings: Settings, nodes: Sequence[NodeRecord]) -> None:
+    def __init__(
+        self, settings: Settings, nodes: Sequence[NodeRecord], rpc_errors: RpcErrorCounts | None = None
+    ) -> None:
         self.settings = settings
         self.nodes = tuple(nodes)
+        self.rpc_errors = rpc_errors
         self.client: ChainClient | None = None
         self._broken = anyio.Event()
         self._dloop_token: str | None = None
@@ -60,7 +64,7 @@ class ChainReads:
         delay = 0.5
         while True:
             try:
-                async with ws_chain_client(self.settings) as client:
+                async with ws_chain_client(self.settings, self.rpc_errors) as client:
                     self.client, self._broken = client, anyio.Event()
                     delay = 0.5
                     if not started:
@@ -153,8 +157,20 @@ class Service:
         self.signal = WorkSignal()
         self.running = Running()
         self.enable_listener = enable_listener
-        self.listener = Listener(settings, sessions, self.nodes, self.signal, chain_id, progress_bar=False)
-        self.voter = Voter(settings, sessions, accounts, self.nodes, self.signal, chain_id)
+        # One count of the node's errors for /metrics, whichever part's request met them.
+        self.rpc_error_counts: RpcErrorCounts = Counter()
+        self.listener = Listener(
+            settings,
+            sessions,
+            self.nodes,
+            self.signal,
+            chain_id,
+            progress_bar=False,
+            rpc_errors=self.rpc_error_counts,
+        )
+        self.voter = Voter(
+            settings, sessions, accounts, self.nodes, self.signal, chain_id, rpc_errors=self.rpc_error_counts
+        )
         self.reconciler = Reconciler(
             settings,
             sessions,
@@ -163,8 +179,9 @@ class Service:
             chain_id,
             drain=self._drain,
             resolve_sent=self._resolve_sent,
+            rpc_errors=self.rpc_error_counts,
         )
-        self.reads = ChainReads(settings, self.nodes)
+        self.reads = ChainReads(settings, self.nodes, self.rpc_error_counts)
         self.app = create_app(self.web_context())
         self.http = HttpServer(self.app, settings.http_host, settings.http_port)
 
@@ -241,7 +258,7 @@ class Service:
         )
 
     def rpc_errors(self) -> dict[str, int]:
-        return dict(self.reconciler.status.rpc_errors)
+        return dict(self.rpc_error_counts)
 
     # -- rounds ----------------------------------------------------------------------------------------
     async def _drain(self) -> None:

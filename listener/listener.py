@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -21,7 +22,7 @@ from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 from web3.types import LogsSubscriptionArg
 
-from chain.client import ChainClient, retry_rate_limited
+from chain.client import ChainClient, RpcErrorCounts, retry_rate_limited
 from chain.codec import event_topics
 from chain.connection import open_ws, translate_exception
 from dloop.errors import ChainError, ConfigError, DloopError, TransientChainError
@@ -75,8 +76,10 @@ class Listener:
         ping_timeout: float = 10.0,
         max_batch: int = 2000,
         probe_idle_chain: bool = True,
+        rpc_errors: RpcErrorCounts | None = None,
     ) -> None:
         self.settings = settings
+        self.rpc_errors: RpcErrorCounts = rpc_errors if rpc_errors is not None else Counter()
         contract = to_checksum_address(settings.contract_address)
         self.ctx = ListenerContext(
             sessions=sessions,
@@ -172,7 +175,9 @@ class Listener:
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
         ) as w3:
-            client = ChainClient(w3, self.ctx.contract, timeout=self.settings.rpc_timeout)
+            client = ChainClient(
+                w3, self.ctx.contract, timeout=self.settings.rpc_timeout, error_counts=self.rpc_errors
+            )
             node_chain = await client.chain_id()
             if node_chain != self.ctx.chain_id:
                 raise ConfigError(

@@ -27,7 +27,7 @@ import anyio.abc
 from sqlalchemy import and_, select, true, update
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from chain.client import ChainClient, decode_result, proposal_from_values
+from chain.client import ChainClient, RpcErrorCounts, decode_result, proposal_from_values
 from chain.codec import dao_functions
 from chain.connection import open_ws
 from chain.types import ProposalData, ProposalStatus
@@ -244,6 +244,7 @@ class Reconciler:
         read_attempts: int = 5,
         backoff_max: float = 10.0,
         pass_chunk: int = PASS_CHUNK,
+        rpc_errors: RpcErrorCounts | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -260,14 +261,16 @@ class Reconciler:
         self.read_attempts = read_attempts
         self.backoff_max = backoff_max
         self.pass_chunk = pass_chunk
-        self.status = ReconcilerStatus()
+        self.status = ReconcilerStatus(
+            rpc_errors=rpc_errors if rpc_errors is not None else collections.Counter()
+        )
         self._lock = anyio.Lock()
         self._current: RoundTicket | None = None
         self._requested = anyio.Event()
         self._finished: dict[int, anyio.Event] = {}
 
     def _open_connection(self) -> AbstractAsyncContextManager[ChainClient]:
-        return ws_chain_client(self.settings)
+        return ws_chain_client(self.settings, self.status.rpc_errors)
 
     # -- rounds ---------------------------------------------------------------------------------------------
     async def trigger(self, kind: RoundKind = RoundKind.MANUAL) -> RoundTicket:
@@ -372,7 +375,6 @@ class Reconciler:
                     async with self._connect() as client:
                         result = await self._pass(client)
                 except ChainError as exc:
-                    self.status.rpc_errors[type(exc).__name__] += 1
                     log_event(
                         logger, "reconcile_retry", level=logging.WARNING, round=round_id, error=str(exc)
                     )
@@ -504,8 +506,7 @@ class Reconciler:
                 answers = await client.call_many(
                     [requests[i] for i in pending], batch_size=batch_size, concurrency=self.concurrency
                 )
-            except RateLimited as exc:
-                self.status.rpc_errors[type(exc).__name__] += 1
+            except RateLimited:
                 if attempt == self.read_attempts - 1:
                     raise
                 batch_size = max(1, batch_size // 2)
@@ -513,8 +514,6 @@ class Reconciler:
                 continue
             for i, answer in zip(pending, answers, strict=True):
                 results[i] = answer
-                if isinstance(answer, ChainError):
-                    self.status.rpc_errors[type(answer).__name__] += 1
             pending = [i for i in pending if isinstance(results[i], TransientChainError)]
             if not pending:
                 break
@@ -531,11 +530,7 @@ class Reconciler:
         )
         async for attempt in retrying:
             with attempt:
-                try:
-                    return await call()
-                except TransientChainError as exc:
-                    self.status.rpc_errors[type(exc).__name__] += 1
-                    raise
+                return await call()
         raise AssertionError("unreachable")
 
     def _backoff(self, attempt: int) -> float:
@@ -705,7 +700,9 @@ _OPEN = (VoteState.PENDING, VoteState.QUEUED, VoteState.SENT)
 
 
 @asynccontextmanager
-async def ws_chain_client(settings: Settings) -> AsyncIterator[ChainClient]:
+async def ws_chain_client(
+    settings: Settings, rpc_errors: RpcErrorCounts | None = None
+) -> AsyncIterator[ChainClient]:
     """A fresh WebSocket connection per pass: a reconcile never depends on a long-lived socket.
 
     An error web3 raises while disconnecting (e.g. a stray error answer left on the socket) is logged, never
@@ -714,7 +711,9 @@ async def ws_chain_client(settings: Settings) -> AsyncIterator[ChainClient]:
     connection = open_ws(settings.rpc_ws_url, request_timeout=settings.rpc_timeout)
     w3 = await connection.__aenter__()
     try:
-        yield ChainClient(w3, settings.contract_address, timeout=settings.rpc_timeout)
+        yield ChainClient(
+            w3, settings.contract_address, timeout=settings.rpc_timeout, error_counts=rpc_errors
+        )
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
             await _close_quietly(connection, exc)

@@ -116,6 +116,10 @@ def test_votes_land_once_through_a_faulty_provider(plan: FaultPlan, tmp_path: Pa
     assert not tracebacks, tracebacks[:3]
     injected = sum(proxy.counts[k] for k in ("rate_limited", "handshake_429", "delayed", "garbled"))
     assert injected + proxy.stats.batches_refused > 0
+    if proxy.counts["rate_limited"] or proxy.counts["garbled"] or proxy.stats.batches_refused:
+        # The node's error answers are counted whichever part's request met them (once only the
+        # reconciler's were, and every scenario reported 0).
+        assert rpc_errors > 0, [line for line in metrics.splitlines() if "rpc_errors" in line]
     if plan.garbled and not (plan.rate_limited or plan.handshake_429 or plan.delayed or plan.max_batch):
         # A malformed answer costs its request, not the connection (bug G): the voter never reconnects.
         assert proxy.counts["garbled"] > 0

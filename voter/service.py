@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 
 from chain.accounts import NodeAccount
-from chain.client import ChainClient, decode_result
+from chain.client import ChainClient, RpcErrorCounts, decode_result
 from chain.codec import dao_functions
 from chain.connection import open_ws
 from chain.types import ProposalData, status_name
@@ -132,6 +132,7 @@ class Voter:
         receipt_poll_interval: float = 0.2,
         stall_seconds: float = 5.0,
         step_hook: StepHook | None = None,
+        rpc_errors: RpcErrorCounts | None = None,
     ) -> None:
         if len(accounts) != len(nodes):
             raise ConfigError("nodes", f"{len(accounts)} node accounts but {len(nodes)} node rows")
@@ -141,6 +142,7 @@ class Voter:
         self.settings = settings
         self.sessions = sessions
         self.signal = signal
+        self.rpc_errors: RpcErrorCounts = rpc_errors if rpc_errors is not None else Counter()
         self.chain_id = chain_id
         self.owner = owner or process_owner_id()
         self.poll_interval = poll_interval
@@ -257,7 +259,9 @@ class Voter:
         """A fresh WebSocket client, lanes attached (`sent` rows resolved), watchers running."""
         settings = self.settings
         async with open_ws(settings.rpc_ws_url, request_timeout=settings.rpc_timeout) as w3:
-            client = ChainClient(w3, settings.contract_address, timeout=settings.rpc_timeout)
+            client = ChainClient(
+                w3, settings.contract_address, timeout=settings.rpc_timeout, error_counts=self.rpc_errors
+            )
             try:
                 async with anyio.create_task_group() as tg:
                     await self._attach(client)

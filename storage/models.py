@@ -175,6 +175,20 @@ class VoteTransaction(Base):
     outcome: Mapped[str | None] = mapped_column(String(16))  # mined / failed / replaced / dropped
 
 
+class NonceFiller(Base):
+    """A no-op transaction (no value, to the node itself) that used a nonce a reorg had left unused: the
+    node's later votes wait behind such a gap until something uses it."""
+
+    __tablename__ = "nonce_fillers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"))
+    nonce: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[str] = mapped_column(String(66), unique=True)
+    reason: Mapped[str] = mapped_column(Text)
+    sent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Chain(Base):
     """A chain this database has followed, by its genesis block: a devnet restarted from scratch keeps its
     chain id but not its genesis, and its history here would describe another chain."""

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dloop.errors import StorageError
 from storage.engine import SessionFactory
-from storage.models import Proposal, Vote, VoteState, VoteTransaction, utcnow
+from storage.models import NonceFiller, Proposal, Vote, VoteState, VoteTransaction, utcnow
 
 # Rows deferred after an error are "leased" to nobody until a time: the lease query skips them till then.
 DEFERRED_OWNER = "deferred"
@@ -593,6 +593,17 @@ async def resolve_sent(
 
     done: bool = await _in_transaction(sessions, work)
     return done
+
+
+async def record_nonce_filler(
+    sessions: SessionFactory, *, node_id: int, nonce: int, tx_hash: str, reason: str
+) -> None:
+    """A gap filler's hash and nonce, BEFORE it is broadcast (like every transaction the service signs)."""
+
+    async def work(session: AsyncSession) -> None:
+        session.add(NonceFiller(node_id=node_id, nonce=nonce, tx_hash=tx_hash, reason=reason))
+
+    await _in_transaction(sessions, work)
 
 
 async def set_note(sessions: SessionFactory, vote_id: int, note: str) -> None:

@@ -19,7 +19,7 @@ from dloop.errors import (
 from storage.queue import QueuedVote
 from voter.fees import GWEI, Fees, bump_fees, gas_limit, gwei_to_wei, includable, initial_fees
 from voter.outcomes import Action, classify
-from voter.planning import plan_batch, rows_by_node
+from voter.planning import NonceCounts, nonce_gap, nonce_plan, plan_batch, rows_by_node
 
 CAP = gwei_to_wei(500)
 
@@ -100,6 +100,31 @@ def test_plan_batch_leaves_out_nodes_that_cannot_send() -> None:
 def test_plan_batch_ties_broken_by_proposal_id() -> None:
     rows = [_row(3, 9, 1, 5), _row(1, 7, 1, 5), _row(2, 8, 1, 5)]
     assert [r.proposal_id for r in plan_batch(rows, batch_size=2, node_ids={1})] == [7, 8]
+
+
+@pytest.mark.parametrize(
+    ("counts", "held", "expected"),
+    [
+        (NonceCounts(mined=4, pending=4), set(), (4, [])),  # idle
+        (NonceCounts(mined=4, pending=7), {4, 5, 6}, (7, [])),  # three in flight, no gap
+        # A reorg took the mined votes 4 and 5 away; ours at 6 waits: 4 and 5 are free for the next votes.
+        (NonceCounts(mined=4, pending=4), {6}, (7, [4, 5])),
+        # anvil's pool still counts a transaction it dropped after the reorg (pending 7): the gap is
+        # counted from the mined count all the same.
+        (NonceCounts(mined=4, pending=7), {6}, (7, [4, 5])),
+        # A pending transaction sent outside the service (nonce 7) keeps its nonce; nothing below is ours.
+        (NonceCounts(mined=7, pending=8), set(), (8, [])),
+    ],
+)
+def test_nonce_plan_fills_gaps_counted_from_the_mined_nonce(
+    counts: NonceCounts, held: set[int], expected: tuple[int, list[int]]
+) -> None:
+    assert nonce_plan(counts, held) == expected
+
+
+def test_nonce_gap_is_what_no_mined_transaction_used_and_nothing_of_ours_holds() -> None:
+    assert nonce_gap(3, 7, {4, 6}) == [3, 5]
+    assert nonce_gap(7, 7, set()) == []
 
 
 def test_rows_by_node_keeps_batch_order() -> None:

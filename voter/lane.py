@@ -34,6 +34,7 @@ from voter.jobs import (
 )
 from voter.lane_base import log
 from voter.outcomes import Action, classify
+from voter.planning import NonceCounts, nonce_plan
 from voter.retry import call_many_retrying, with_backoff
 from voter.watcher import ReceiptWatcher
 
@@ -45,6 +46,7 @@ class NodeLane(ReceiptWatcher):
         """A new connection: forget in-memory state, resolve every `sent` row, then sync the nonce."""
         self.client = client
         self.tracked.clear()
+        self.fillers.clear()
         self.next_nonce = None
         self.free_nonces = []
         await self.adopt_sent()
@@ -54,22 +56,25 @@ class NodeLane(ReceiptWatcher):
         self.client = None
         self._notify()
 
-    async def resync_nonce(self, pending: int | None = None) -> None:
-        """The next nonce: the account's pending count (read now unless given, e.g. with a batch's snapshot),
-        or past the highest one still in flight (a gap below it is a dropped transaction, which the watcher
-        rebroadcasts)."""
-        if pending is None:
-            pending = as_int(
-                await with_backoff(
-                    self._chain().request, "eth_getTransactionCount", [self.address, "pending"]
-                )
+    async def resync_nonce(self, counts: NonceCounts | None = None) -> None:
+        """The next nonce: past the account's pending count (read now unless given, e.g. with a batch's
+        snapshot) and past the highest one still in flight. Nonces below our highest in-flight one that no
+        mined transaction used and we do not hold are free: after a reorg dropped mined votes, later
+        transactions wait behind this gap until it is filled, so the next votes take them first."""
+        if counts is None:
+            request = self._chain().request
+            counts = NonceCounts(
+                mined=as_int(
+                    await with_backoff(request, "eth_getTransactionCount", [self.address, "latest"])
+                ),
+                pending=as_int(
+                    await with_backoff(request, "eth_getTransactionCount", [self.address, "pending"])
+                ),
             )
-        in_flight = {t.nonce for t in self.tracked.values()}
-        highest = max((n + 1 for n in in_flight), default=0)
-        previous, self.next_nonce = self.next_nonce, max(pending, highest)
-        # Nonces below our highest in-flight one that the chain has not used and we do not hold: after a
-        # reorg dropped mined votes, later transactions wait behind this gap until new votes fill it.
-        self.free_nonces = [n for n in range(pending, highest) if n not in in_flight]
+        # Gaps from the mined count, not the pending one: anvil's pool still counted a transaction it held
+        # when a reorg took the block below it away, and dropped it later, so the gap was never seen.
+        previous = self.next_nonce
+        self.next_nonce, self.free_nonces = nonce_plan(counts, self.held_nonces())
         if previous != self.next_nonce or self.free_nonces:
             log_event(
                 log,

@@ -66,11 +66,17 @@ class LaneBase:
         self.next_nonce: int | None = None
         self.free_nonces: list[int] = []  # unused nonces below next_nonce (a gap a reorg left)
         self.tracked: dict[int, Tracked] = {}
+        self.fillers: dict[int, float] = {}  # nonce -> when a no-op was sent to fill that nonce gap
+        self.gap_seen_at: float | None = None  # when the watcher first saw a nonce gap below a vote
         self.unfunded = False
         self.needed_wei = 0
         self.last_error: str | None = None
         self.last_vote_at: dt.datetime | None = None
         self._changed = anyio.Event()  # a transaction was tracked or settled
+
+    def held_nonces(self) -> set[int]:
+        """Nonces of transactions this lane has in flight (votes, and fillers of a nonce gap)."""
+        return {t.nonce for t in self.tracked.values()} | set(self.fillers)
 
     # -- plumbing --------------------------------------------------------------------------------------
     @property
@@ -98,12 +104,13 @@ class LaneBase:
         self.last_error = text
         log_event(log, "node_error", level=logging.WARNING, node=self.node.name, error=text, **fields)
 
-    def _sign(self, nonce: int, data: str, gas: int, fees: Fees) -> SignedTx:
+    def _sign(self, nonce: int, data: str, gas: int, fees: Fees, *, to: str | None = None) -> SignedTx:
+        """A vote call to the contract; `to` another address (with `data` "0x": a plain no-op transfer)."""
         tx_hash, raw = self.account.sign_transaction(
             {
                 "chainId": self.chain_id,
                 "nonce": nonce,
-                "to": self._chain().contract,
+                "to": to or self._chain().contract,
                 "data": data,
                 "gas": gas,
                 "maxFeePerGas": fees.max_fee_per_gas,

@@ -1,8 +1,9 @@
-"""Batch planning: which queued rows a round takes next. Pure."""
+"""Batch and nonce planning: which queued rows a round takes next, which nonces a lane may use. Pure."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from storage.queue import QueuedVote
 
@@ -32,3 +33,27 @@ def rows_by_node(rows: Sequence[QueuedVote]) -> dict[int, list[QueuedVote]]:
     for row in rows:
         lanes.setdefault(row.node_id, []).append(row)
     return lanes
+
+
+@dataclass(frozen=True)
+class NonceCounts:
+    """An account's transaction counts: `mined` at the latest block, `pending` with the node's pool. A pool
+    can count transactions it no longer holds (anvil after a reorg), so only `mined` says which nonces are
+    used."""
+
+    mined: int
+    pending: int
+
+
+def nonce_gap(mined: int, below: int, held: Collection[int]) -> list[int]:
+    """Nonces under `below` that no mined transaction used and none of ours in flight holds: a transaction
+    at `below` or above waits until each is used."""
+    return [n for n in range(mined, below) if n not in held]
+
+
+def nonce_plan(counts: NonceCounts, held: Collection[int]) -> tuple[int, list[int]]:
+    """(next nonce, free nonces below it) for a lane holding `held` in flight. The next one is past the
+    pool's count (a pending transaction we do not track, sent outside the service, keeps its nonce) and
+    past ours; the free ones are the gap below our highest, counted from the mined count."""
+    highest = max((n + 1 for n in held), default=0)
+    return max(counts.pending, counts.mined, highest), nonce_gap(counts.mined, highest, held)

@@ -43,7 +43,7 @@ from voter.fees import gwei_to_wei
 from voter.jobs import Counters, VoteJob, estimate_request, estimate_value, vote_calldata
 from voter.lane import NodeLane
 from voter.lane_base import StepHook
-from voter.planning import plan_batch, rows_by_node
+from voter.planning import NonceCounts, plan_batch, rows_by_node
 from voter.retry import call_many_retrying, with_backoff
 from voter.strategies import Decision, Tally, decide, node_config
 
@@ -109,7 +109,7 @@ class Snapshot:
     chain_time: int
     proposals: dict[int, ProposalData | ChainError]
     voted: dict[tuple[int, str], bool | ChainError]
-    pending_nonces: dict[str, int] = field(default_factory=dict)  # by node address; missing: read again
+    nonces: dict[str, NonceCounts] = field(default_factory=dict)  # by node address; missing: read again
 
 
 def process_owner_id() -> str:
@@ -467,8 +467,8 @@ class Voter:
         async with anyio.create_task_group() as tg:
             for node_id, lane_jobs in jobs.items():
                 lane = self._by_node[node_id]
-                pending = snapshot.pending_nonces.get(lane.address)
-                tg.start_soon(self._send_lane, lane, lane_jobs, deadline, counters, pending)
+                nonces = snapshot.nonces.get(lane.address)
+                tg.start_soon(self._send_lane, lane, lane_jobs, deadline, counters, nonces)
 
     async def _with_gas_estimates(
         self, client: ChainClient, jobs: dict[int, list[VoteJob]]
@@ -551,13 +551,13 @@ class Voter:
         jobs: list[VoteJob],
         deadline: float,
         counters: Counters,
-        pending_nonce: int | None = None,
+        nonces: NonceCounts | None = None,
     ) -> None:
         """One node's votes of the batch, in order; what the deadline or its trouble stops stays queued."""
         # The account's nonce can move back (a reorg took a mined vote away): sync before signing, or the
         # new transactions would wait behind a gap forever.
         async with lane.lock:
-            await self._lane_safely(lane, functools.partial(lane.resync_nonce, pending_nonce))
+            await self._lane_safely(lane, functools.partial(lane.resync_nonce, nonces))
         estimated_at = anyio.current_time()
         index = 0
         while index < len(jobs):
@@ -630,16 +630,19 @@ class Voter:
             ("eth_call", [{"to": client.contract, "data": functions["hasVoted"].encode(i, a)}, tag])
             for i, a in pairs
         ]
-        # Each sending node's pending nonce in the same round trip (the lanes sync to it before signing).
+        # Each sending node's nonce counts in the same round trip (the lanes sync to them before signing).
         addresses = sorted({self._by_node[row.node_id].address for row in rows})
-        requests += [("eth_getTransactionCount", [address, "pending"]) for address in addresses]
+        requests += [("eth_getTransactionCount", [a, tag]) for a in addresses]
+        requests += [("eth_getTransactionCount", [a, "pending"]) for a in addresses]
         results = await call_many_retrying(client, requests, batch_size=self.settings.rpc_batch_size)
-        nonces = results[len(results) - len(addresses) :]
-        results = results[: len(results) - len(addresses)]
-        pending_nonces = {
-            address: int(str(raw), 16)
-            for address, raw in zip(addresses, nonces, strict=True)
-            if isinstance(raw, str) and raw.startswith("0x")
+        counts = results[len(results) - 2 * len(addresses) :]
+        results = results[: len(results) - 2 * len(addresses)]
+        nonces = {
+            address: NonceCounts(int(str(mined), 16), int(str(pending), 16))
+            for address, mined, pending in zip(
+                addresses, counts[: len(addresses)], counts[len(addresses) :], strict=True
+            )
+            if all(isinstance(raw, str) and raw.startswith("0x") for raw in (mined, pending))
         }
         proposals: dict[int, ProposalData | ChainError] = {}
         for proposal_id, raw in zip(ids, results[: len(ids)], strict=True):
@@ -647,7 +650,7 @@ class Voter:
         voted: dict[tuple[int, str], bool | ChainError] = {}
         for pair, raw in zip(pairs, results[len(ids) :], strict=True):
             voted[pair] = raw if isinstance(raw, ChainError) else _decoded_bool(raw)
-        return Snapshot(block.number, block.timestamp, proposals, voted, pending_nonces)
+        return Snapshot(block.number, block.timestamp, proposals, voted, nonces)
 
     async def _proposal(self, client: ChainClient, raw: object) -> ProposalData | ChainError:
         if isinstance(raw, ChainError):

@@ -7,6 +7,7 @@ fees; a new vote is never signed here.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -17,10 +18,11 @@ from dloop.errors import ChainError, ContractRevert, DloopError, TransientChainE
 from dloop.logs import log_event
 from storage import queue
 from storage.models import VoteState, utcnow
-from voter.fees import GWEI, Fees, bump_fees
+from voter.fees import GWEI, Fees, bump_fees, includable
 from voter.jobs import Tracked, as_int
 from voter.lane_base import LaneBase, log
 from voter.outcomes import Action, classify
+from voter.planning import nonce_gap
 from voter.retry import call_many_retrying, with_backoff
 
 # Replace an unmined transaction only after DLOOP_REPLACE_AFTER_BLOCKS blocks and at least this long.
@@ -28,6 +30,11 @@ MIN_SECONDS_BEFORE_REPLACING = 3.0
 # anvil counts a mined transaction's nonce a moment before it serves the transaction and its receipt: the
 # nonce must look used by someone else for this long before a vote is judged "cast elsewhere".
 NONCE_USED_GRACE_S = 2.0
+# A nonce gap below a vote stays open this long before a no-op transaction fills it: time for a vote queued
+# again after the reorg to take it first.
+GAP_FILL_AFTER_S = 3.0
+FILLER_GAS = 21_000  # a plain transfer
+FILLER_RESEND_S = 30.0
 
 
 class ReceiptWatcher(LaneBase):
@@ -180,6 +187,7 @@ class ReceiptWatcher(LaneBase):
         if mined > tracked.nonce:
             await self._nonce_used_elsewhere(tracked)
             return
+        await self._fill_gap_below(tracked, mined)
         known = await with_backoff(client.request, "eth_getTransactionByHash", [tracked.latest.tx_hash])
         # Blocks and time both: under automine three blocks pass in milliseconds, and replacing a
         # transaction that is being mined right now only earns "nonce too low".
@@ -222,6 +230,59 @@ class ReceiptWatcher(LaneBase):
             node=self.node.name,
             proposal=tracked.proposal_id,
             tx=tracked.latest.tx_hash,
+        )
+
+    async def _fill_gap_below(self, tracked: Tracked, mined: int) -> None:
+        """Use the lowest nonce below this transaction's that no mined transaction used and nothing of ours
+        holds, with a no-op transfer to the node itself: a transaction behind such a gap is never mined.
+
+        A reorg leaves such a gap when it takes mined votes off the chain and they are not sent again at
+        once (their proposal is gone with them, or they wait for a round); anvil does not put a reorged-out
+        transaction back in its pool. A vote queued again takes a gap's nonce first (`resync_nonce`), so
+        the filler is sent only after the gap has stayed open for GAP_FILL_AFTER_S.
+        """
+        now = time.monotonic()
+        # Mined fillers are done; one the node dropped (still unmined after a while) may be sent again.
+        self.fillers = {n: t for n, t in self.fillers.items() if n >= mined and now - t < FILLER_RESEND_S}
+        gap = nonce_gap(mined, tracked.nonce, self.held_nonces())
+        if not gap:
+            self.gap_seen_at = None
+            return
+        if self.gap_seen_at is None:
+            self.gap_seen_at = now
+        if now - self.gap_seen_at < GAP_FILL_AFTER_S:
+            return
+        fees, base = await self.fees.initial(self._chain())
+        if not includable(fees, base):
+            return  # the fee cap is below the base fee: the votes wait too, and say why
+        async with self.lock:
+            nonce = gap[0]
+            if nonce in self.held_nonces():
+                return  # a vote took it meanwhile
+            reason = f"nonce {nonce} left unused (a reorg?); vote tx {tracked.latest.tx_hash} waits behind it"
+            filler = self._sign(nonce, "0x", FILLER_GAS, fees, to=self.address)
+            with anyio.CancelScope(shield=True):
+                await queue.record_nonce_filler(
+                    self.sessions, node_id=self.node.id, nonce=nonce, tx_hash=filler.tx_hash, reason=reason
+                )
+            self.fillers[nonce] = now
+            self.free_nonces = [n for n in self.free_nonces if n != nonce]
+            try:
+                await self._broadcast(filler)
+            except ChainError as exc:
+                # Refused (e.g. "nonce too low": used meanwhile): the next check looks again.
+                self.fillers.pop(nonce, None)
+                self._error(f"nonce gap filler refused: {exc}", nonce=nonce)
+                return
+        self.gap_seen_at = None
+        log_event(
+            log,
+            "nonce_gap_filled",
+            level=logging.WARNING,
+            node=self.node.name,
+            nonce=nonce,
+            tx=filler.tx_hash,
+            waiting_vote=tracked.proposal_id,
         )
 
     async def _one_of_ours_mined(self, tracked: Tracked) -> bool:

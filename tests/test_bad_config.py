@@ -64,8 +64,7 @@ def test_each_wrong_setting_gives_one_line_naming_it_and_no_key(
         "short address": ({"DLOOP_CONTRACT_ADDRESS": devnet.contract_address[:12]}, "DLOOP_CONTRACT_ADDRESS"),
     }
     # Concurrently: each process spends ~2 s importing web3 and friends.
-    # Each case on its own copy of the migrated database: processes starting at once on one fresh database
-    # race to insert the node rows (see docs/reliability.md, "Smaller observations").
+    # Each case on its own copy of the migrated database, so a case's rows cannot hide another's.
     databases = {}
     for index, name in enumerate(cases):
         databases[name] = tmp_path / f"case{index}.db"

@@ -16,7 +16,7 @@ from web3 import Web3
 from dloop import cli
 from dloop.anvil import AnvilProcess, free_port
 from dloop.devnet import DevnetInfo, asset_dao, deploy_devnet
-from tests.support.chaos import DLOOP, clean_env
+from tests.support.chaos import DLOOP, DloopRun, audit_votes, clean_env, migrate_db, service_env, settled
 from tests.support.chaos import run_dloop as dloop
 from tests.support.service import create_proposals, devnet_environ, wait_until
 
@@ -160,6 +160,33 @@ def test_a_database_from_a_chain_started_afresh_stops_start_up_with_one_line(
     second = ServiceProcess(env, tmp_path, tmp_path / "second.log")
     second.wait_ready()
     assert second.stop() == 0
+
+
+def test_two_services_started_at_once_on_one_fresh_database_both_run_and_vote_once(
+    chain: tuple[AnvilProcess, DevnetInfo], tmp_path: Path
+) -> None:
+    """Both insert the node rows at the same moment (the loser of that race used to die with an
+    IntegrityError traceback); then both lease from one queue, and each vote is sent once."""
+    anvil, devnet = chain
+    db = tmp_path / "dloop.db"
+    migrate_db(db)
+    runs = [
+        DloopRun(service_env(anvil.ws_url, devnet, db), tmp_path, tmp_path / f"run{i}.log").start()
+        for i in range(2)
+    ]
+    try:
+        for run in runs:
+            run.wait_live(timeout=45)
+        ids = create_proposals(anvil, devnet, 3, first_index=200)
+        wait_until(lambda: settled(db, 3 * 5), timeout=30, what="the votes of both services")
+    finally:
+        codes = [run.stop() for run in runs]
+        tracebacks = [run.tracebacks() for run in runs]
+    assert codes == [0, 0] and tracebacks == [[], []], (codes, tracebacks)
+    audit = audit_votes(anvil, devnet, db, ids)
+    assert not audit.missed and not audit.doubled and audit.states == {"confirmed": 15}, audit
+    sent_by = {run.log.name: len(run.events("vote_sent")) for run in runs}
+    assert sum(sent_by.values()) == 15, sent_by  # each vote sent by one of them, once
 
 
 # -- a running service ---------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The listener's window check when the node answers null for a stored height below its head.
 
 Under load anvil was seen to answer `eth_getBlockByNumber` with null for a height below its head after an
-`anvil_reorg` (docs/reliability.md, "Open: a reorg missed on an automine chain under load"); the check used to
+`anvil_reorg` (docs/reliability.md, "The automine reorg case": a block mined while the reorg ran broke
+anvil's chain, and no test makes that now, but a node may still answer so); the check used to
 fail with "block N not found" and the listener reconnected in a loop. Here a real anvil is reorged for real
 (`anvil_reorg`), and a TCP proxy in front of it answers null for chosen heights (single requests and inside
 JSON-RPC batches; everything else is anvil's own answer). The listener must handle a reorg from below the

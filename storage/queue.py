@@ -520,6 +520,57 @@ async def _settle_outcomes_many(
     )
 
 
+async def own_transaction_hashes(sessions: SessionFactory, vote_ids: Collection[int]) -> dict[int, list[str]]:
+    """Every transaction hash signed for each vote (first sends and replacements)."""
+    if not vote_ids:
+        return {}
+
+    async def work(session: AsyncSession) -> dict[int, list[str]]:
+        rows = await session.execute(
+            select(VoteTransaction.vote_id, VoteTransaction.tx_hash)
+            .where(VoteTransaction.vote_id.in_(list(vote_ids)))
+            .order_by(VoteTransaction.id)
+        )
+        hashes: dict[int, list[str]] = {}
+        for vote_id, tx_hash in rows:
+            hashes.setdefault(vote_id, []).append(tx_hash)
+        return hashes
+
+    result: dict[int, list[str]] = await _in_transaction(sessions, work, write=False)
+    return result
+
+
+async def confirm_queued_by_own_tx(
+    sessions: SessionFactory, *, owner: str, confirmation: Confirmation
+) -> bool:
+    """queued -> confirmed, by the lease holder, when one of the vote's own earlier transactions is on chain
+    (a reorg had queued it again, and the transaction was mined again). Decision and reason stay."""
+    now = utcnow()
+
+    async def work(session: AsyncSession) -> bool:
+        result = await session.execute(
+            update(Vote)
+            .where(Vote.id == confirmation.vote_id, Vote.state == VoteState.QUEUED, Vote.lease_owner == owner)
+            .values(
+                state=VoteState.CONFIRMED,
+                tx_hash=confirmation.tx_hash,
+                confirmed_block=confirmation.block_number,
+                gas_used=confirmation.gas_used,
+                confirmed_at=now,
+                last_error=None,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        await _settle_outcomes_many(session, [(confirmation.vote_id, confirmation.tx_hash)], "mined")
+        return True
+
+    done: bool = await _in_transaction(sessions, work)
+    return done
+
+
 async def mark_failed(
     sessions: SessionFactory,
     vote_id: int,

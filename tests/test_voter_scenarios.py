@@ -271,3 +271,31 @@ async def test_fee_cap_below_the_base_fee_keeps_votes_queued_and_says_so(tmp_pat
         assert all("fee cap 5 gwei is below the base fee 10 gwei" in (r.last_error or "") for r in rows)
         assert "fee cap" in (voter.status.nodes[0].last_error or "")
         assert sum(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == 0
+
+
+async def test_a_vote_queued_again_whose_own_transaction_is_on_chain_is_confirmed_not_already_voted(
+    tmp_path: Path,
+) -> None:
+    """After a reorg the listener queues a vote again when its transaction left the chain; if that very
+    transaction is mined again (a real node puts reorged-out transactions back in its pool), hasVoted is true
+    when the voter looks. It is the service's own vote: the row ends `confirmed` with that transaction and
+    keeps its decision and reason, not `already_voted` "before sending" (which names no transaction)."""
+    with devnet_chain(1) as (node, info):
+        h = await make_harness(node, info, tmp_path)
+        await queue_proposals(h)
+        await h.voter().drain()
+        before = {r.node: r for r in await vote_rows(h.sessions)}
+        assert {r.state for r in before.values()} == {VoteState.CONFIRMED}
+        async with h.sessions() as session:
+            vote_ids = [v for (v,) in await session.execute(select(Vote.id))]
+        for vote_id in vote_ids:  # what the listener does for a vote whose block a reorg replaced
+            assert await chain_state.requeue_orphaned_vote(
+                h.sessions, vote_id, parked=False, reason="vote tx left the chain in a reorg"
+            )
+        await h.voter().drain()
+        after = {r.node: r for r in await vote_rows(h.sessions)}
+        assert {r.state for r in after.values()} == {VoteState.CONFIRMED}, after
+        for name, row in after.items():
+            assert row.tx_hash == before[name].tx_hash, (row, before[name])
+            assert (row.decision, row.reason) == (before[name].decision, before[name].reason), row
+        check_exactly_once(node.http_url, info.contract_address, h.addresses)

@@ -43,6 +43,7 @@ from voter.fees import gwei_to_wei
 from voter.jobs import Counters, VoteJob, estimate_request, estimate_value, vote_calldata
 from voter.lane import NodeLane
 from voter.lane_base import StepHook
+from voter.own_votes import own_votes_on_chain
 from voter.planning import NonceCounts, plan_batch, rows_by_node
 from voter.retry import call_many_retrying, with_backoff
 from voter.strategies import Decision, Tally, decide, node_config
@@ -456,10 +457,13 @@ class Voter:
                 raise
             return
         await self._refresh_changed(rows, snapshot)
+        own = await self._confirm_own_votes(client, rows, snapshot, counters)
         jobs: dict[int, list[VoteJob]] = {}
         for node_id, node_rows in rows_by_node(rows).items():
             lane = self._by_node[node_id]
             for row in node_rows:
+                if row.vote_id in own:
+                    continue
                 job = await self._decide_row(lane, row, snapshot, counters)
                 if job is not None:
                     jobs.setdefault(node_id, []).append(job)
@@ -491,6 +495,41 @@ class Voter:
             estimate = estimate_value(answer)
             estimated.setdefault(node_id, []).append(dataclasses.replace(job, gas_estimate=estimate))
         return estimated
+
+    async def _confirm_own_votes(
+        self, client: ChainClient, rows: Sequence[QueuedVote], snapshot: Snapshot, counters: Counters
+    ) -> set[int]:
+        """Rows `hasVoted` says are voted and whose own earlier transaction is on chain: confirmed with it."""
+        voted = [
+            r for r in rows if snapshot.voted.get((r.proposal_id, self._by_node[r.node_id].address)) is True
+        ]
+        if not voted:
+            return set()
+        found = await own_votes_on_chain(
+            client, self.sessions, voted, batch_size=self.settings.rpc_batch_size
+        )
+        confirmed = set()
+        for row in voted:
+            confirmation = found.get(row.vote_id)
+            if confirmation is None:
+                continue
+            with anyio.CancelScope(shield=True):
+                done = await queue.confirm_queued_by_own_tx(
+                    self.sessions, owner=self.owner, confirmation=confirmation
+                )
+            if done:
+                confirmed.add(row.vote_id)
+                counters.confirmed += 1
+                self.totals.confirmed += 1
+                log_event(
+                    log,
+                    "vote_confirmed_by_own_tx",
+                    node=self._by_node[row.node_id].node.name,
+                    proposal=row.proposal_id,
+                    tx=confirmation.tx_hash,
+                    block=confirmation.block_number,
+                )
+        return confirmed
 
     async def _decide_row(
         self, lane: NodeLane, row: QueuedVote, snapshot: Snapshot, counters: Counters

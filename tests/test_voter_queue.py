@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +35,23 @@ def proposal(pid: int) -> ProposalData:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> tuple[SessionFactory, list[int]]:
+async def db(tmp_path: Path) -> AsyncIterator[tuple[SessionFactory, list[int]]]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'queue.db'}"
     await upgrade(url)
-    sessions = session_factory(create_engine(url))
+    engine = create_engine(url)
+    sessions = session_factory(engine)
     nodes = await sync_nodes(sessions, [(f"n{i}", f"0x{i:040x}", "conservative") for i in (1, 2)])
     for pid in range(1, 6):
         await record_proposal(
             sessions, chain_id=1, contract="0xdao", data=proposal(pid), source="backfill",
             node_ids=[n.id for n in nodes],
         )  # fmt: skip
-    return sessions, [n.id for n in nodes]
+    # Disposed while the test's event loop runs: a pooled aiosqlite connection left to the garbage collector
+    # answers into a closed loop ("Event loop is closed" in its worker thread).
+    try:
+        yield sessions, [n.id for n in nodes]
+    finally:
+        await engine.dispose()
 
 
 DECIDED: dict[str, Any] = {"decision": "for", "confidence": 0.8, "reason": "r"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -72,6 +72,35 @@ def parse_log(raw: dict[str, Any]) -> RawLog:
         tx_hash=_hex(raw["transactionHash"]),
         log_index=_int(raw["logIndex"]),
         removed=bool(raw.get("removed", False)),
+    )
+
+
+@dataclass(frozen=True)
+class Receipt:
+    tx_hash: str
+    status: int
+    block_number: int
+    gas_used: int
+    block_hash: str | None = None
+
+
+def mined_receipt(receipts: Sequence[Receipt | None], head: int, confirmations: int) -> Receipt | None:
+    """The successful, deep-enough receipt among a vote's transactions (at most one can be mined)."""
+    for receipt in receipts:
+        if receipt is not None and receipt.status == 1 and receipt.block_number <= head - confirmations:
+            return receipt
+    return None
+
+
+def parse_receipt(raw: Any) -> Receipt | None:
+    if not isinstance(raw, Mapping) or raw.get("blockNumber") is None:
+        return None
+    return Receipt(
+        tx_hash=str(raw["transactionHash"]),
+        status=int(str(raw.get("status", "0x0")), 16),
+        block_number=int(str(raw["blockNumber"]), 16),
+        gas_used=int(str(raw.get("gasUsed", "0x0")), 16),
+        block_hash=str(raw["blockHash"]).lower() if raw.get("blockHash") is not None else None,
     )
 
 

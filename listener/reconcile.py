@@ -27,7 +27,15 @@ import anyio.abc
 from sqlalchemy import and_, select, true, update
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from chain.client import ChainClient, RpcErrorCounts, decode_result, proposal_from_values
+from chain.client import (
+    ChainClient,
+    Receipt,
+    RpcErrorCounts,
+    decode_result,
+    mined_receipt,
+    parse_receipt,
+    proposal_from_values,
+)
 from chain.codec import dao_functions
 from chain.connection import open_ws
 from chain.types import ProposalData, ProposalStatus
@@ -153,33 +161,6 @@ def plan_vote_fixes(
                 VoteFix(row.vote_id, (VoteState.PENDING,), VoteState.QUEUED, "confirmed by reconcile")
             )
     return fixes
-
-
-@dataclass(frozen=True)
-class Receipt:
-    tx_hash: str
-    status: int
-    block_number: int
-    gas_used: int
-
-
-def mined_receipt(receipts: Sequence[Receipt | None], head: int, confirmations: int) -> Receipt | None:
-    """The successful, deep-enough receipt among a vote's transactions (at most one can be mined)."""
-    for receipt in receipts:
-        if receipt is not None and receipt.status == 1 and receipt.block_number <= head - confirmations:
-            return receipt
-    return None
-
-
-def parse_receipt(raw: Any) -> Receipt | None:
-    if not isinstance(raw, Mapping) or raw.get("blockNumber") is None:
-        return None
-    return Receipt(
-        tx_hash=str(raw["transactionHash"]),
-        status=int(str(raw.get("status", "0x0")), 16),
-        block_number=int(str(raw["blockNumber"]), 16),
-        gas_used=int(str(raw.get("gasUsed", "0x0")), 16),
-    )
 
 
 # -- results ------------------------------------------------------------------------------------------------

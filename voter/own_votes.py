@@ -8,32 +8,40 @@ service's own vote. Such a row is confirmed with that transaction, not ended `al
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-from chain.client import ChainClient
+from chain.client import ChainClient, Receipt, mined_receipt, parse_receipt
 from storage import queue
 from storage.engine import SessionFactory
 from storage.queue import Confirmation, QueuedVote
-from voter.jobs import as_int
 from voter.retry import call_many_retrying
 
 
 async def own_votes_on_chain(
-    client: ChainClient, sessions: SessionFactory, rows: Sequence[QueuedVote], *, batch_size: int
+    client: ChainClient,
+    sessions: SessionFactory,
+    rows: Sequence[QueuedVote],
+    *,
+    head: int,
+    batch_size: int,
 ) -> dict[int, Confirmation]:
-    """By vote id: the row's own transaction mined with success in a block of the canonical chain."""
+    """By vote id: the row's own transaction mined with success, by `head`, in a block of the canonical
+    chain."""
     hashes = await queue.own_transaction_hashes(sessions, [row.vote_id for row in rows])
     pairs = [(vote_id, tx_hash) for vote_id, signed in hashes.items() for tx_hash in signed]
     if not pairs:
         return {}
-    receipts = await call_many_retrying(
+    answers = await call_many_retrying(
         client, [("eth_getTransactionReceipt", [tx_hash]) for _, tx_hash in pairs], batch_size=batch_size
     )
-    mined: dict[int, Mapping[str, Any]] = {}
-    for (vote_id, _tx_hash), receipt in zip(pairs, receipts, strict=True):
-        if _succeeded(receipt):
-            mined.setdefault(vote_id, receipt)
-    numbers = sorted({as_int(receipt["blockNumber"]) for receipt in mined.values()})
+    receipts: dict[int, list[Receipt | None]] = {}
+    for (vote_id, _tx_hash), answer in zip(pairs, answers, strict=True):
+        receipts.setdefault(vote_id, []).append(parse_receipt(answer))
+    mined = {
+        vote_id: receipt
+        for vote_id, signed in receipts.items()
+        if (receipt := mined_receipt(signed, head, confirmations=0)) is not None
+    }
+    numbers = sorted({receipt.block_number for receipt in mined.values()})
     blocks = await call_many_retrying(
         client, [("eth_getBlockByNumber", [hex(n), False]) for n in numbers], batch_size=batch_size
     )
@@ -43,20 +51,7 @@ async def own_votes_on_chain(
         if isinstance(block, Mapping) and block.get("hash")
     }
     return {
-        vote_id: Confirmation(
-            vote_id,
-            str(receipt["transactionHash"]),
-            as_int(receipt["blockNumber"]),
-            as_int(receipt["gasUsed"]),
-        )
+        vote_id: Confirmation(vote_id, receipt.tx_hash, receipt.block_number, receipt.gas_used)
         for vote_id, receipt in mined.items()
-        if canonical.get(as_int(receipt["blockNumber"])) == str(receipt["blockHash"]).lower()
+        if receipt.block_hash is not None and canonical.get(receipt.block_number) == receipt.block_hash
     }
-
-
-def _succeeded(receipt: object) -> bool:
-    return (
-        isinstance(receipt, Mapping)
-        and receipt.get("blockHash") is not None
-        and as_int(receipt.get("status", "0x0")) == 1
-    )

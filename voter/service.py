@@ -506,7 +506,11 @@ class Voter:
         if not voted:
             return set()
         found = await own_votes_on_chain(
-            client, self.sessions, voted, batch_size=self.settings.rpc_batch_size
+            client,
+            self.sessions,
+            voted,
+            head=snapshot.block_number,
+            batch_size=self.settings.rpc_batch_size,
         )
         confirmed = set()
         for row in voted:

@@ -244,7 +244,10 @@ class ReceiptWatcher(LaneBase):
         now = time.monotonic()
         # Mined fillers are done; one the node dropped (still unmined after a while) may be sent again.
         self.fillers = {n: t for n, t in self.fillers.items() if n >= mined and now - t < FILLER_RESEND_S}
-        gap = nonce_gap(mined, tracked.nonce, self.held_nonces())
+        # Below the lane's highest nonce in flight, not this transaction's: `gap_seen_at` is the lane's, and
+        # checking a lower transaction (nothing missing below it) must not start the wait over.
+        held = self.held_nonces()
+        gap = nonce_gap(mined, max(held, default=tracked.nonce), held)
         if not gap:
             self.gap_seen_at = None
             return
@@ -259,7 +262,8 @@ class ReceiptWatcher(LaneBase):
             nonce = gap[0]
             if nonce in self.held_nonces():
                 return  # a vote took it meanwhile
-            reason = f"nonce {nonce} left unused (a reorg?); vote tx {tracked.latest.tx_hash} waits behind it"
+            waiting = max(self.tracked.values(), key=lambda t: t.nonce, default=tracked)
+            reason = f"nonce {nonce} left unused (a reorg?); vote tx {waiting.latest.tx_hash} waits behind it"
             filler = self._sign(nonce, "0x", FILLER_GAS, fees, to=self.address)
             with anyio.CancelScope(shield=True):
                 await queue.record_nonce_filler(
@@ -282,7 +286,7 @@ class ReceiptWatcher(LaneBase):
             node=self.node.name,
             nonce=nonce,
             tx=filler.tx_hash,
-            waiting_vote=tracked.proposal_id,
+            waiting_vote=waiting.proposal_id,
         )
 
     async def _one_of_ours_mined(self, tracked: Tracked) -> bool:

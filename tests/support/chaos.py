@@ -31,7 +31,7 @@ from dloop.anvil import AnvilProcess, free_port
 from dloop.devnet import DevnetInfo
 from storage.migrations import upgrade
 from tests.support.service import devnet_environ
-from tests.support.voter import rpc, vote_events
+from tests.support.voter import rpc, vote_cast_logs, vote_events
 
 REPO = Path(__file__).resolve().parents[2]
 DLOOP = [sys.executable, "-m", "dloop.cli"]
@@ -365,8 +365,6 @@ class ChainWalk:
 
 
 def walk_chain(anvil: AnvilProcess, devnet: DevnetInfo) -> ChainWalk:
-    from tests.support.voter import VOTE_CAST
-
     head = head_number(anvil)
     txs: Counter[str] = Counter()
     hashes: dict[int, str] = {}
@@ -382,18 +380,7 @@ def walk_chain(anvil: AnvilProcess, devnet: DevnetInfo) -> ChainWalk:
             broken.append(number)
         for tx in block["transactions"]:
             txs[Web3.to_checksum_address(tx["from"])] += 1
-    logs = rpc(
-        anvil.http_url,
-        "eth_getLogs",
-        [
-            {
-                "address": devnet.contract_address,
-                "fromBlock": "0x0",
-                "toBlock": "latest",
-                "topics": [VOTE_CAST],
-            }
-        ],
-    )
+    logs = vote_cast_logs(anvil.http_url, devnet.contract_address)
     stale = [
         (
             int(log["blockNumber"], 16),
@@ -460,20 +447,7 @@ def mine(anvil: AnvilProcess, blocks: int = 1) -> None:
 
 def vote_blocks(anvil: AnvilProcess, devnet: DevnetInfo) -> list[tuple[int, str, int]]:
     """(proposal id, voter, block number) of every VoteCast on the canonical chain."""
-    from tests.support.voter import VOTE_CAST
-
-    logs = rpc(
-        anvil.http_url,
-        "eth_getLogs",
-        [
-            {
-                "address": devnet.contract_address,
-                "fromBlock": "0x0",
-                "toBlock": "latest",
-                "topics": [VOTE_CAST],
-            }
-        ],
-    )
+    logs = vote_cast_logs(anvil.http_url, devnet.contract_address)
     return [
         (
             int(log["topics"][1], 16),

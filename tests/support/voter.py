@@ -177,13 +177,19 @@ async def vote_transactions(sessions: SessionFactory) -> list[tuple[int, str, in
         return [(int(r[0]), r[1], int(r[2]), r[3]) for r in rows.all()]
 
 
-def vote_events(url: str, contract: str) -> list[tuple[int, str, bool]]:
-    """(proposal id, voter, support) of every VoteCast on chain."""
-    logs = rpc(
+def vote_cast_logs(url: str, contract: str) -> list[dict[str, Any]]:
+    """Every VoteCast log of the contract, as the node answers eth_getLogs."""
+    logs: list[dict[str, Any]] = rpc(
         url,
         "eth_getLogs",
         [{"address": contract, "fromBlock": "0x0", "toBlock": "latest", "topics": [VOTE_CAST]}],
     )
+    return logs
+
+
+def vote_events(url: str, contract: str) -> list[tuple[int, str, bool]]:
+    """(proposal id, voter, support) of every VoteCast on chain."""
+    logs = vote_cast_logs(url, contract)
     return [
         (
             int(log["topics"][1], 16),

@@ -258,13 +258,14 @@ def test_a_reorg_of_the_proposals_own_blocks_while_their_votes_are_in_flight(
     assert replaced_votes >= 1
 
 
-def test_a_vote_left_behind_a_nonce_gap_by_a_reorg_is_freed_by_a_no_op_filler(tmp_path: Path) -> None:
+def test_a_vote_left_behind_a_nonce_gap_by_a_reorg_is_freed_by_a_filler_or_a_vote(tmp_path: Path) -> None:
     """Each node's vote on proposal 1 is mined (nonce 0); its vote on proposal 2 waits in the pool (nonce 1,
     mining paused) when `anvil_reorg` takes both proposals and the mined votes away. anvil does not put
     the reorged-out vote back in its pool, and nothing will vote on proposal 1 again while it is gone, so
     nonce 0 stays unused and the vote at nonce 1 can never be mined. The watcher fills nonce 0 with a no-op
-    transfer (recorded in `nonce_fillers`); the stuck vote then lands and reverts (its proposal is gone),
-    the rows wait, and when the ids come back with other content every node votes once on each."""
+    transfer (recorded in `nonce_fillers`), or a vote that reverts takes it first (seen once); the stuck vote
+    then lands and reverts (its proposal is gone), the rows wait, and when the ids come back with other
+    content every node votes once on each."""
     with migrated_devnet(tmp_path) as (anvil, devnet, db, settings):
         with running_service(settings) as svc:
             bottom = head_number(anvil) + 1

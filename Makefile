@@ -30,7 +30,7 @@ lint: setup
 	$(BIN)/mypy
 
 compile: $(STAMP_NPM)
-	node contracts/compile.mjs
+	node devtools/contracts/compile.mjs
 
 devnet: setup
 	$(BIN)/dloop devnet

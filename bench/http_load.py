@@ -52,7 +52,7 @@ from bench.report import (
     write_result,
 )
 from bench.rpc import WsRpc
-from dloop.anvil import free_port
+from devtools.anvil import free_port
 
 NAME = "http"
 SIZES: dict[str, dict[str, Any]] = {

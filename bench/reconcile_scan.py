@@ -32,10 +32,10 @@ from bench.report import Aim, SummaryLine, format_table, result_document, summar
 from chain.accounts import node_accounts
 from chain.client import ChainClient
 from chain.connection import open_ws
-from dloop.devnet import env_file_values
-from dloop.logs import configure_logging
-from dloop.settings import Settings, load_settings
-from dloop.wakeup import WorkSignal
+from core.logs import configure_logging
+from core.settings import Settings, load_settings
+from core.signals import WorkSignal
+from devtools.devnet import env_file_values
 from listener.reconcile import Reconciler
 from storage.engine import create_engine, session_factory
 from storage.migrations import upgrade

@@ -8,7 +8,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from dloop.settings import NodeSettings
+from core.settings import NodeSettings
 
 
 @dataclass(frozen=True)

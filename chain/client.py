@@ -15,7 +15,7 @@ from web3 import AsyncWeb3
 from chain.codec import AbiFunction, dao_functions, erc20_functions, event_topics
 from chain.connection import MalformedFrames, batch_refusal, classify_rpc_error, translate_exception
 from chain.types import AssetInfo, ProposalData
-from dloop.errors import ChainError, ContractRevert, MalformedAnswer, RateLimited, TransientChainError
+from core.errors import ChainError, ContractRevert, MalformedAnswer, RateLimited, TransientChainError
 
 RpcErrorCounts = Counter[str]  # error kind (the exception's class name) -> how many
 

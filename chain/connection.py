@@ -28,7 +28,7 @@ from web3.types import RPCEndpoint, RPCId, RPCRequest, RPCResponse
 from websockets.exceptions import InvalidStatus
 
 from chain.codec import decode_revert
-from dloop.errors import (
+from core.errors import (
     ChainError,
     ContractRevert,
     InsufficientFunds,
@@ -37,7 +37,7 @@ from dloop.errors import (
     TransientChainError,
     Underpriced,
 )
-from dloop.logs import log_event
+from core.logs import log_event
 
 log = logging.getLogger("dloop.chain")
 

@@ -1,13 +1,19 @@
-"""The `dloop` command line: one entry point that loads settings once and hands them down."""
+"""The `dloop` command line: one entry point that loads settings once and hands them down.
+
+Development commands (`dloop devnet`, `dloop demo`) are plugins found through the `dloop.commands` entry
+point group, loaded only when one of them (or the help) is asked for: `dloop run` never imports them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Protocol
 
-from dloop.errors import DloopError
+from core.errors import DloopError
 
 
 def _env_file(parser: argparse.ArgumentParser) -> None:
@@ -27,14 +33,40 @@ def _service_client(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+class PluginCommand(Protocol):
+    """What a `dloop.commands` entry point names: a sub-command of its own."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+PLUGIN_GROUP = "dloop.commands"
+
+
+def plugin_names() -> list[str]:
+    return sorted({entry.name for entry in entry_points(group=PLUGIN_GROUP)})
+
+
+def load_plugin(name: str) -> PluginCommand:
+    for entry in entry_points(group=PLUGIN_GROUP, name=name):
+        plugin: PluginCommand = entry.load()
+        return plugin
+    raise KeyError(name)
+
+
+def build_parser(load_plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser; the plugins named in `load_plugins` are imported for their full arguments, the others
+    are listed by name only."""
     parser = argparse.ArgumentParser(prog="dloop", description="dloop governance voting service")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    devnet = sub.add_parser("devnet", help="start a local chain with the AssetDAO and realistic proposals")
-    from dloop.devnet import add_devnet_arguments
-
-    add_devnet_arguments(devnet)
+    for name in plugin_names():
+        if name in load_plugins:
+            plugin = load_plugin(name)
+            plugin.add_arguments(sub.add_parser(name, help=plugin.help))
+        else:
+            sub.add_parser(name, help=f"development tool (see dloop {name} --help)", add_help=False)
 
     run = sub.add_parser("run", help="run the service: listener, voter, reconciler and HTTP API")
     _env_file(run)
@@ -52,22 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     _service_client(trigger)
     trigger.add_argument("--wait", action="store_true", help="wait for the round to finish and print it")
     trigger.add_argument("--timeout", type=float, default=300.0, help="seconds to wait with --wait")
-
-    from dloop.demo import add_demo_arguments
-
-    demo = sub.add_parser("demo", help="a devnet with 49 proposals plus the service, voting live")
-    add_demo_arguments(demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    plugins = plugin_names()
+    asked = [w for w in words[:1] if w in plugins] or (
+        plugins if not words or words[0] in ("-h", "--help") else []
+    )
+    parser = build_parser(load_plugins=asked)
+    args = parser.parse_args(words)
     try:
-        if args.command == "devnet":
-            from dloop.devnet import devnet_command
-
-            return devnet_command(args)
+        if args.command in plugins:
+            return load_plugin(args.command).run(args)
         from dloop import commands
 
         if args.command == "run":
@@ -78,10 +108,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.status_command(args)
         if args.command == "trigger":
             return commands.trigger_command(args)
-        if args.command == "demo":
-            from dloop.demo import demo_command
-
-            return demo_command(args)
     except DloopError as exc:
         print(f"dloop: error: {exc}", file=sys.stderr)
         return 2

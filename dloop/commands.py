@@ -1,4 +1,4 @@
-"""The `dloop` commands: run, migrate, status, trigger (and demo, in dloop.demo).
+"""The `dloop` commands: run, migrate, status, trigger (and demo, in devtools.demo).
 
 This is the process edge: settings are loaded here once (environment over `.env`), logging is configured
 here, and every failure a user can fix leaves as a DloopError that the CLI prints as one line.
@@ -20,10 +20,10 @@ import httpx
 
 from chain.accounts import node_accounts
 from chain.connection import safe_url
-from dloop.errors import ConfigError, DloopError
-from dloop.logs import configure_logging, log_event
+from core.errors import ConfigError, DloopError
+from core.logs import configure_logging, log_event
+from core.settings import Settings, load_settings
 from dloop.preflight import check_same_chain, preflight_chain
-from dloop.settings import Settings, load_settings
 from storage.engine import check_database_location, create_engine, session_factory
 from storage.migrations import ensure_schema_current, upgrade
 from storage.proposals import sync_nodes

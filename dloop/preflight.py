@@ -12,9 +12,9 @@ import anyio
 
 from chain.client import ChainClient
 from chain.connection import open_ws, safe_url
-from dloop.errors import ChainError, ConfigError, RateLimited, TransientChainError
-from dloop.logs import log_event
-from dloop.settings import Settings
+from core.errors import ChainError, ConfigError, RateLimited, TransientChainError
+from core.logs import log_event
+from core.settings import Settings
 from storage.chain_state import remember_genesis
 from storage.engine import SessionFactory
 

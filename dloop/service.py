@@ -20,10 +20,10 @@ import anyio.abc
 from chain.accounts import NodeAccount
 from chain.client import ChainClient, RpcErrorCounts, decode_result
 from chain.codec import dao_functions, erc20_functions
-from dloop.errors import ChainError, TransientChainError
-from dloop.logs import log_event
-from dloop.settings import Settings
-from dloop.wakeup import WorkSignal
+from core.errors import ChainError, TransientChainError
+from core.logs import log_event
+from core.settings import Settings
+from core.signals import WorkSignal
 from listener.listener import Listener
 from listener.reconcile import Reconciler, ws_chain_client
 from storage.engine import SessionFactory

@@ -17,8 +17,8 @@ from typing import Any
 import anyio
 
 from chain.client import BlockHeader, ChainClient, RawLog, parse_block
-from dloop.errors import ChainError
-from dloop.logs import log_event
+from core.errors import ChainError
+from core.logs import log_event
 from listener.context import ListenerContext, stored
 from listener.planning import deepest_queueable_block, head_conflicts, links_hold
 from listener.processor import LogProcessor

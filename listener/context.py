@@ -8,7 +8,7 @@ from typing import ParamSpec, TypeVar
 
 import anyio
 
-from dloop.wakeup import WorkSignal
+from core.signals import WorkSignal
 from storage.engine import SessionFactory
 
 P = ParamSpec("P")

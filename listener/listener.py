@@ -25,10 +25,10 @@ from web3.types import LogsSubscriptionArg
 from chain.client import ChainClient, RpcErrorCounts, retry_rate_limited
 from chain.codec import event_topics
 from chain.connection import open_ws, translate_exception
-from dloop.errors import ChainError, ConfigError, DloopError, TransientChainError
-from dloop.logs import log_event
-from dloop.settings import Settings
-from dloop.wakeup import WorkSignal
+from core.errors import ChainError, ConfigError, DloopError, TransientChainError
+from core.logs import log_event
+from core.settings import Settings
+from core.signals import WorkSignal
 from listener.blocks import BlockTracker
 from listener.context import ListenerContext, stored
 from listener.messages import BadMessage, HeadMessage, LogMessage, Message, parse_subscription_message

@@ -12,8 +12,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from chain.client import ChainClient, RawLog, decode_result
 from chain.codec import ProposalCanceled, ProposalCreated, ProposalExecuted, VoteCast, dao_functions
 from chain.types import ProposalData, ProposalStatus
-from dloop.errors import ChainError, ContractRevert, StorageError
-from dloop.logs import log_event
+from core.errors import ChainError, ContractRevert, StorageError
+from core.logs import log_event
 from listener.context import ListenerContext, stored
 from listener.messages import DecodedLog, decode
 from listener.planning import ChunkPlan, deep_enough, is_range_error

@@ -39,10 +39,10 @@ from chain.client import (
 from chain.codec import dao_functions
 from chain.connection import open_ws
 from chain.types import ProposalData, ProposalStatus
-from dloop.errors import ChainError, DloopError, RateLimited, TransientChainError
-from dloop.logs import log_event
-from dloop.settings import Settings
-from dloop.wakeup import WorkSignal
+from core.errors import ChainError, DloopError, RateLimited, TransientChainError
+from core.logs import log_event
+from core.settings import Settings
+from core.signals import WorkSignal
 from storage.engine import SessionFactory
 from storage.models import Proposal, Vote, VoteState, VoteTransaction, utcnow
 from storage.proposals import NodeRecord, record_proposals

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import TextIO
 
-from dloop.logs import log_event
+from core.logs import log_event
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chain.types import LogRef, ProposalData, status_name
-from dloop.errors import StorageError
+from core.errors import StorageError
 from storage.engine import SessionFactory
 from storage.models import (
     Chain,

@@ -10,7 +10,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from dloop.errors import ConfigError
+from core.errors import ConfigError
 
 SessionFactory = async_sessionmaker[AsyncSession]
 

@@ -11,7 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from dloop.errors import SchemaOutOfDate, StorageError
+from core.errors import SchemaOutOfDate, StorageError
 from storage.engine import create_engine
 
 ALEMBIC_DIR = Path(__file__).resolve().parents[1] / "alembic"

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.expression import UpdateBase
 
-from dloop.errors import StorageError
+from core.errors import StorageError
 from storage.engine import SessionFactory
 from storage.models import OPEN_VOTE_STATES, Node, Proposal, Vote, VoteState, VoteTransaction
 

@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, Table, and_, bindparam, case, func, insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dloop.errors import StorageError
+from core.errors import StorageError
 from storage.engine import SessionFactory
 from storage.models import NonceFiller, Proposal, Vote, VoteState, VoteTransaction, utcnow
 

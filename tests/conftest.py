@@ -18,8 +18,8 @@ from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractCustomError
 from web3.types import TxReceipt
 
-from dloop.anvil import AnvilProcess
-from dloop.devnet import DevnetInfo, deploy_devnet, load_artifact
+from devtools.anvil import AnvilProcess
+from devtools.devnet import DevnetInfo, deploy_devnet, load_artifact
 
 # Tests may read the environment (library code does not): an explicit anvil overrides the pinned one.
 ANVIL_BIN = os.environ.get("DLOOP_ANVIL_BIN")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from web3 import Web3
 
-from dloop.devnet import load_artifact
+from devtools.devnet import load_artifact
 
 PRODUCTION_ABI_PATH = Path(__file__).resolve().parents[1] / "chain" / "abi" / "assetdao.production.json"
 

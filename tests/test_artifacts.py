@@ -16,6 +16,10 @@ def test_artifacts_are_reproducible() -> None:
     if node is None or not (REPO_ROOT / "node_modules" / "solc").is_dir():
         pytest.skip("node or the pinned solc is missing: run `make setup`")
     result = subprocess.run(
-        [node, "contracts/compile.mjs", "--check"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+        [node, "devtools/contracts/compile.mjs", "--check"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr

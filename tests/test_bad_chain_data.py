@@ -17,8 +17,8 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from dloop.anvil import AnvilProcess
-from dloop.devnet import DevnetInfo, ProposalType, asset_dao, deploy_devnet, load_artifact
+from devtools.anvil import AnvilProcess
+from devtools.devnet import DevnetInfo, ProposalType, asset_dao, deploy_devnet, load_artifact
 from tests.support.chaos import OPEN_STATES, db_rows, poll_until, report
 from tests.support.service import devnet_settings, migrate, running_service
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from dloop.anvil import AnvilProcess, free_port
-from dloop.devnet import DevnetInfo, deploy_devnet
+from devtools.anvil import AnvilProcess, free_port
+from devtools.devnet import DevnetInfo, deploy_devnet
 from tests.support.chaos import DLOOP, clean_env, migrate_db, service_env
 
 OTHERS = "aggressive,conservative,aggressive,conservative"  # nodes 2-5

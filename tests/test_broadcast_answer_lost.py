@@ -25,8 +25,8 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 from web3 import Web3
 
-from dloop.anvil import AnvilProcess
-from dloop.devnet import deploy_devnet
+from devtools.anvil import AnvilProcess
+from devtools.devnet import deploy_devnet
 from tests.support.chaos import audit_votes, db_rows, db_states, poll_until, settled
 from tests.support.rpc_faults import FaultPlan, FaultyRpcProxy, faulty_rpc_proxy
 from tests.support.service import create_proposals, devnet_settings, migrate, running_service

@@ -10,9 +10,9 @@ from web3 import Web3
 from chain.client import ChainClient
 from chain.codec import dao_functions
 from chain.connection import open_ws
-from dloop.anvil import AnvilProcess
-from dloop.devnet import DevnetInfo
-from dloop.errors import ContractRevert, TransientChainError
+from core.errors import ContractRevert, TransientChainError
+from devtools.anvil import AnvilProcess
+from devtools.devnet import DevnetInfo
 
 pytestmark = pytest.mark.anyio
 
@@ -80,7 +80,7 @@ async def test_proposals_read_with_each_assets_decimals(
 
 
 async def test_unreachable_node_is_a_transient_error() -> None:
-    from dloop.anvil import free_port
+    from devtools.anvil import free_port
 
     with pytest.raises(TransientChainError, match="cannot connect"):
         async with open_ws(f"ws://127.0.0.1:{free_port()}"):

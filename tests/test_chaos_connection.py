@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from dloop.anvil import AnvilProcess, free_port
-from dloop.devnet import DevnetInfo, deploy_devnet
+from devtools.anvil import AnvilProcess, free_port
+from devtools.devnet import DevnetInfo, deploy_devnet
 from tests.support.chaos import (
     DloopRun,
     audit_votes,

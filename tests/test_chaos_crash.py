@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dloop.anvil import AnvilProcess
-from dloop.devnet import deploy_devnet
+from devtools.anvil import AnvilProcess
+from devtools.devnet import deploy_devnet
 from tests.support.chaos import (
     DloopRun,
     audit_votes,

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from web3 import Web3
 
-from dloop.anvil import AnvilProcess
-from dloop.devnet import DevnetInfo, deploy_devnet
-from dloop.settings import Settings
+from core.settings import Settings
+from devtools.anvil import AnvilProcess
+from devtools.devnet import DevnetInfo, deploy_devnet
 from tests.support.chaos import (
     audit_votes,
     db_rows,

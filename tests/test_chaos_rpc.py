@@ -18,10 +18,11 @@ from web3 import Web3
 
 from chain.client import ChainClient
 from chain.connection import open_ws
-from dloop.anvil import AnvilProcess
-from dloop.devnet import deploy_devnet
-from dloop.errors import ChainError, MalformedAnswer, TransientChainError, first_error
-from dloop.wakeup import WorkSignal
+from core.errors import ChainError, MalformedAnswer, TransientChainError, first_error
+from core.retry import is_retried
+from core.signals import WorkSignal
+from devtools.anvil import AnvilProcess
+from devtools.devnet import deploy_devnet
 from tests.support.chaos import (
     DloopRun,
     audit_votes,
@@ -44,7 +45,6 @@ from tests.support.voter import (
     vote_rows,
     wait_until,
 )
-from voter.retry import is_retried
 
 NODES = 5
 PROPOSALS = sized(12, 49)

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from web3 import Web3
 
+from devtools.anvil import AnvilProcess, free_port
+from devtools.devnet import DevnetInfo, asset_dao, deploy_devnet
 from dloop import cli
-from dloop.anvil import AnvilProcess, free_port
-from dloop.devnet import DevnetInfo, asset_dao, deploy_devnet
 from tests.support.chaos import DLOOP, DloopRun, audit_votes, clean_env, migrate_db, service_env, settled
 from tests.support.chaos import run_dloop as dloop
 from tests.support.service import create_proposals, devnet_environ, wait_until

@@ -9,8 +9,8 @@ from eth_account import Account
 from web3 import Web3
 from web3.contract import Contract
 
-from dloop.anvil import ANVIL_KEYS, AnvilProcess
-from dloop.devnet import DevnetInfo, ProposalType, load_artifact, to_base_units
+from devtools.anvil import ANVIL_KEYS, AnvilProcess
+from devtools.devnet import DevnetInfo, ProposalType, load_artifact, to_base_units
 from tests.conftest import RevertName, Transact
 
 ACTIVE, EXECUTED, CANCELED = 1, 4, 5

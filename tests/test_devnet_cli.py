@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from web3 import Web3
 
-from dloop.anvil import AnvilProcess, find_anvil_binary, free_port, port_is_open
-from dloop.devnet import ASSET_TOKENS, ZERO_ADDRESS, deploy_devnet, load_artifact, proposal_plan
-from dloop.errors import DloopError
+from core.errors import DloopError
+from devtools.anvil import AnvilProcess, find_anvil_binary, free_port, port_is_open
+from devtools.devnet import ASSET_TOKENS, ZERO_ADDRESS, deploy_devnet, load_artifact, proposal_plan
 from tests.conftest import ANVIL_BIN
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

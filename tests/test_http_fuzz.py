@@ -27,8 +27,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from dloop.anvil import AnvilProcess
-from dloop.devnet import deploy_devnet
+from devtools.anvil import AnvilProcess
+from devtools.devnet import deploy_devnet
 from tests.support.chaos import report, sized
 from tests.support.service import RunningService, devnet_settings, migrate, running_service
 

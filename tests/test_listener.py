@@ -16,11 +16,11 @@ from eth_account import Account
 from sqlalchemy import update
 from web3 import Web3
 
-from dloop.anvil import AnvilProcess
-from dloop.devnet import asset_dao, deploy_devnet
-from dloop.errors import ConfigError
-from dloop.logs import configure_logging
-from dloop.wakeup import WorkSignal
+from core.errors import ConfigError
+from core.logs import configure_logging
+from core.signals import WorkSignal
+from devtools.anvil import AnvilProcess
+from devtools.devnet import asset_dao, deploy_devnet
 from listener import Listener
 from storage.models import ChainCursor, Vote
 from tests.support.listener_env import (

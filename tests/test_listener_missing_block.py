@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from web3 import Web3
 
-from dloop.anvil import AnvilProcess
-from dloop.devnet import deploy_devnet
-from dloop.logs import configure_logging
-from dloop.wakeup import WorkSignal
+from core.logs import configure_logging
+from core.signals import WorkSignal
+from devtools.anvil import AnvilProcess
+from devtools.devnet import deploy_devnet
 from listener.listener import Listener
 from tests.support.listener_env import (
     Chain,

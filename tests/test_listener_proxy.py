@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from dloop.anvil import AnvilProcess
+from devtools.anvil import AnvilProcess
 from tests.support.proxy import TcpProxy, text_frame
 
 pytestmark = pytest.mark.anyio

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import select
 from web3 import Web3
 
-from dloop.anvil import AnvilProcess
-from dloop.devnet import DevnetInfo, deploy_devnet
-from dloop.settings import Settings
-from dloop.wakeup import WorkSignal
+from core.settings import Settings
+from core.signals import WorkSignal
+from devtools.anvil import AnvilProcess
+from devtools.devnet import DevnetInfo, deploy_devnet
 from listener.reconcile import (
     KnownProposal,
     Receipt,
@@ -296,7 +296,7 @@ async def test_a_failed_round_is_recorded_and_the_next_one_still_runs(
 ) -> None:
     import dataclasses
 
-    from dloop.anvil import free_port
+    from devtools.anvil import free_port
 
     dead = dataclasses.replace(settings, rpc_ws_url=f"ws://127.0.0.1:{free_port()}")
     rec = Reconciler(dead, db.sessions, db.nodes, WorkSignal(), 31337, read_attempts=1, backoff_max=0.01)

@@ -17,9 +17,9 @@ import httpx
 from eth_account import Account
 from eth_typing import HexStr
 
-from dloop.anvil import AnvilProcess
-from dloop.devnet import deploy_devnet
-from dloop.settings import Settings
+from core.settings import Settings
+from devtools.anvil import AnvilProcess
+from devtools.devnet import deploy_devnet
 from tests.support.chaos import DloopRun, db_states, migrate_db, poll_until, report, service_env, settled
 
 PROPOSALS = 4

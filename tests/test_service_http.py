@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from dloop.anvil import AnvilProcess
-from dloop.devnet import DevnetInfo, deploy_devnet
+from devtools.anvil import AnvilProcess
+from devtools.devnet import DevnetInfo, deploy_devnet
 from tests.support.service import (
     RunningService,
     devnet_settings,

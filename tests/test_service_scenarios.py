@@ -11,9 +11,9 @@ import httpx
 import pytest
 from web3 import Web3
 
-from dloop.anvil import AnvilProcess, free_port
-from dloop.devnet import DevnetInfo, asset_dao, deploy_devnet
-from dloop.settings import Settings, load_settings
+from core.settings import Settings, load_settings
+from devtools.anvil import AnvilProcess, free_port
+from devtools.devnet import DevnetInfo, asset_dao, deploy_devnet
 from tests.support.service import (
     create_proposals,
     devnet_environ,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from dloop.errors import ConfigError
-from dloop.settings import PrivateKey, load_settings, parse_address
+from core.errors import ConfigError
+from core.settings import PrivateKey, load_settings, parse_address
 
 KEYS = [
     "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
@@ -161,7 +161,7 @@ def test_strategy_lists_and_thresholds() -> None:
 def test_logs_mask_hex_secrets() -> None:
     # A key that slipped into a log line by accident is masked; tx hashes in hash fields are kept.
     code = (
-        "import logging; from dloop.logs import configure_logging, log_event;"
+        "import logging; from core.logs import configure_logging, log_event;"
         "configure_logging();"
         f"log_event(logging.getLogger('t'), 'oops', detail='key {KEYS[0]}', tx_hash='{KEYS[1]}')"
     )

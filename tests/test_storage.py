@@ -13,7 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
 from chain.types import AssetInfo, LogRef, ProposalData
-from dloop.errors import ConfigError, SchemaOutOfDate
+from core.errors import ConfigError, SchemaOutOfDate
 from storage.engine import check_database_location, create_engine, session_factory
 from storage.migrations import downgrade, ensure_schema_current, upgrade
 from storage.models import Base, Vote, VoteState

@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 
 from chain.types import AssetInfo, ProposalData, ProposalStatus, ProposalType
-from dloop.errors import ConfigError
-from dloop.settings import StrategySettings
+from core.errors import ConfigError
+from core.settings import StrategySettings
 from voter.strategies import (
     Decision,
     NodeConfig,

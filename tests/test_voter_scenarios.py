@@ -12,8 +12,8 @@ import pytest
 from eth_account import Account
 from sqlalchemy import select, update
 
-from dloop.anvil import AnvilProcess
-from dloop.devnet import create_proposals, deploy_devnet
+from devtools.anvil import AnvilProcess
+from devtools.devnet import create_proposals, deploy_devnet
 from storage import chain_state, queue
 from storage.models import Proposal, Vote, VoteState
 from tests.support.rpc_proxy import rpc_proxy

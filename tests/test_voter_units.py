@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from chain.connection import classify_rpc_error
-from dloop.errors import (
+from core.errors import (
     ChainError,
     ContractRevert,
     InsufficientFunds,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import anyio
 
 from chain.client import ChainClient
-from dloop.errors import ChainError
+from core.errors import ChainError
+from core.retry import with_backoff
 from voter.fees import Fees, initial_fees
 from voter.jobs import as_int
-from voter.retry import with_backoff
 
 
 class FeeOracle:

@@ -11,7 +11,7 @@ from hexbytes import HexBytes
 
 from chain.codec import dao_functions
 from chain.types import ProposalData
-from dloop.errors import ChainError
+from core.errors import ChainError
 from storage.queue import QueuedVote, SignedTx
 from voter.strategies import Decision
 

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 import anyio
 
 from chain.client import ChainClient
-from dloop.errors import ChainError, ContractRevert, TransientChainError
-from dloop.logs import log_event
+from chain.retrying import call_many_retrying
+from core.errors import ChainError, ContractRevert, TransientChainError
+from core.logs import log_event
+from core.retry import with_backoff
 from storage import queue
 from storage.models import VoteState, utcnow
 from storage.queue import QueuedVote, SignedTx
@@ -35,7 +37,6 @@ from voter.jobs import (
 from voter.lane_base import log
 from voter.outcomes import Action, classify
 from voter.planning import NonceCounts, nonce_plan
-from voter.retry import call_many_retrying, with_backoff
 from voter.watcher import ReceiptWatcher
 
 

@@ -11,9 +11,10 @@ import anyio
 
 from chain.accounts import NodeAccount
 from chain.client import ChainClient
-from dloop.errors import ChainError
-from dloop.logs import log_event
-from dloop.settings import Settings
+from core.errors import ChainError
+from core.logs import log_event
+from core.retry import broadcast_with_backoff
+from core.settings import Settings
 from storage.engine import SessionFactory
 from storage.proposals import NodeRecord
 from storage.queue import SignedTx
@@ -21,7 +22,6 @@ from voter.fee_oracle import FeeOracle
 from voter.fees import Fees, gwei_to_wei
 from voter.jobs import Counters, Tracked
 from voter.outcomes import Action, classify
-from voter.retry import broadcast_with_backoff
 from voter.strategies import NodeConfig
 
 log = logging.getLogger("dloop.voter")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from dloop.errors import (
+from core.errors import (
     ChainError,
     ContractRevert,
     InsufficientFunds,

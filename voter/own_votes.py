@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from chain.client import ChainClient, Receipt, mined_receipt, parse_receipt
+from chain.retrying import call_many_retrying
 from storage import queue
 from storage.engine import SessionFactory
 from storage.queue import Confirmation, QueuedVote
-from voter.retry import call_many_retrying
 
 
 async def own_votes_on_chain(

@@ -28,11 +28,13 @@ from chain.accounts import NodeAccount
 from chain.client import ChainClient, RpcErrorCounts, decode_result
 from chain.codec import dao_functions
 from chain.connection import open_ws
+from chain.retrying import call_many_retrying
 from chain.types import ProposalData, status_name
-from dloop.errors import ChainError, ConfigError, StorageError, TransientChainError, first_error
-from dloop.logs import log_event
-from dloop.settings import Settings
-from dloop.wakeup import WorkSignal
+from core.errors import ChainError, ConfigError, StorageError, TransientChainError, first_error
+from core.logs import log_event
+from core.retry import with_backoff
+from core.settings import Settings
+from core.signals import WorkSignal
 from storage import queue
 from storage.engine import SessionFactory
 from storage.models import VoteState, utcnow
@@ -45,7 +47,6 @@ from voter.lane import NodeLane
 from voter.lane_base import StepHook
 from voter.own_votes import own_votes_on_chain
 from voter.planning import NonceCounts, plan_batch, rows_by_node
-from voter.retry import call_many_retrying, with_backoff
 from voter.strategies import Decision, Tally, decide, node_config
 
 log = logging.getLogger("dloop.voter")

@@ -14,8 +14,8 @@ from decimal import Decimal
 from fractions import Fraction
 
 from chain.types import ProposalData, ProposalStatus, ProposalType, format_units, status_name
-from dloop.errors import ConfigError
-from dloop.settings import StrategySettings
+from core.errors import ConfigError
+from core.settings import StrategySettings
 
 STRATEGY_SETTING = "DLOOP_NODE_STRATEGIES"
 

@@ -14,8 +14,10 @@ from typing import Any
 
 import anyio
 
-from dloop.errors import ChainError, ContractRevert, DloopError, TransientChainError
-from dloop.logs import log_event
+from chain.retrying import call_many_retrying
+from core.errors import ChainError, ContractRevert, DloopError, TransientChainError
+from core.logs import log_event
+from core.retry import with_backoff
 from storage import queue
 from storage.models import VoteState, utcnow
 from voter.fees import GWEI, Fees, bump_fees, includable
@@ -23,7 +25,6 @@ from voter.jobs import Tracked, as_int
 from voter.lane_base import LaneBase, log
 from voter.outcomes import Action, classify
 from voter.planning import nonce_gap
-from voter.retry import call_many_retrying, with_backoff
 
 # Replace an unmined transaction only after DLOOP_REPLACE_AFTER_BLOCKS blocks and at least this long.
 MIN_SECONDS_BEFORE_REPLACING = 3.0

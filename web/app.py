@@ -12,8 +12,8 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
-from dloop.errors import DloopError
-from dloop.logs import log_event
+from core.errors import DloopError
+from core.logs import log_event
 from web.caches import WebCaches
 from web.errors import handle_http_exception, handle_service_error, handle_unexpected
 from web.ports import WebContext

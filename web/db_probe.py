@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from dloop.errors import DloopError
+from core.errors import DloopError
 from storage.engine import SessionFactory
 from storage.queries import check_database
 

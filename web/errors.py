@@ -9,8 +9,8 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from dloop.errors import ChainError, DloopError, StorageError
-from dloop.logs import log_event
+from core.errors import ChainError, DloopError, StorageError
+from core.logs import log_event
 from web.schemas import ErrorResponse
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, QueryParameter
 
-from dloop.errors import DloopError
+from core.errors import DloopError
 from storage import queries
 from storage.models import VoteState
 from storage.rounds import get_round, last_round

@@ -12,8 +12,8 @@ import anyio.abc
 import uvicorn
 from litestar import Litestar
 
-from dloop.errors import ConfigError
-from dloop.logs import log_event
+from core.errors import ConfigError
+from core.logs import log_event
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import anyio
 import httpx
 from web3 import Web3
 
-from dloop.anvil import AnvilProcess, free_port
-from dloop.devnet import DevnetInfo
+from devtools.anvil import AnvilProcess, free_port
+from devtools.devnet import DevnetInfo
 from storage.migrations import upgrade
 from tests.support.service import devnet_environ
 from tests.support.voter import rpc, vote_cast_logs, vote_events

@@ -19,10 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from web3 import Web3
 from web3.types import TxReceipt
 
-from dloop.anvil import AnvilProcess
-from dloop.devnet import DevnetInfo, asset_dao, create_proposals
-from dloop.settings import DEFAULT_NODE_NAMES, DEFAULT_NODE_STRATEGIES, NodeSettings, PrivateKey, Settings
-from dloop.wakeup import WorkSignal
+from core.settings import DEFAULT_NODE_NAMES, DEFAULT_NODE_STRATEGIES, NodeSettings, PrivateKey, Settings
+from core.signals import WorkSignal
+from devtools.anvil import AnvilProcess
+from devtools.devnet import DevnetInfo, asset_dao, create_proposals
 from listener import Listener
 from storage.engine import SessionFactory, create_engine, session_factory
 from storage.migrations import upgrade

@@ -19,9 +19,9 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from web3 import Web3
 
 from chain.accounts import node_accounts
-from dloop.anvil import AnvilProcess
-from dloop.devnet import DevnetInfo, asset_dao
-from dloop.settings import Settings, load_settings
+from core.settings import Settings, load_settings
+from devtools.anvil import AnvilProcess
+from devtools.devnet import DevnetInfo, asset_dao
 from storage.engine import SessionFactory, create_engine, session_factory
 from storage.migrations import upgrade
 from storage.proposals import NodeRecord, sync_nodes
@@ -72,7 +72,7 @@ async def migrated_database(settings: Settings) -> AsyncIterator[Database]:
 def create_proposals(
     anvil: AnvilProcess, devnet: DevnetInfo, count: int, *, first_index: int = 0
 ) -> list[int]:
-    from dloop.devnet import create_proposals as create
+    from devtools.devnet import create_proposals as create
 
     w3 = Web3(Web3.HTTPProvider(anvil.http_url))
     return create(

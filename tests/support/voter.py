@@ -22,10 +22,10 @@ from chain.client import ChainClient
 from chain.codec import dao_functions, event_topics
 from chain.connection import open_ws
 from chain.types import ProposalData
-from dloop.anvil import AnvilProcess
-from dloop.devnet import DevnetInfo, asset_dao, deploy_devnet
-from dloop.settings import DEFAULT_NODE_STRATEGIES, NodeSettings, PrivateKey, Settings
-from dloop.wakeup import WorkSignal
+from core.settings import DEFAULT_NODE_STRATEGIES, NodeSettings, PrivateKey, Settings
+from core.signals import WorkSignal
+from devtools.anvil import AnvilProcess
+from devtools.devnet import DevnetInfo, asset_dao, deploy_devnet
 from storage.engine import SessionFactory, create_engine, session_factory
 from storage.migrations import upgrade
 from storage.models import Node, Proposal, Vote, VoteTransaction

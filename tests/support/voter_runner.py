@@ -18,9 +18,9 @@ import anyio
 from sqlalchemy import func, select
 
 from chain.accounts import node_accounts
-from dloop.logs import configure_logging
-from dloop.settings import DEFAULT_NODE_STRATEGIES, NodeSettings, PrivateKey, Settings
-from dloop.wakeup import WorkSignal
+from core.logs import configure_logging
+from core.settings import DEFAULT_NODE_STRATEGIES, NodeSettings, PrivateKey, Settings
+from core.signals import WorkSignal
 from storage.engine import create_engine, session_factory
 from storage.models import OPEN_VOTE_STATES, Vote
 from storage.proposals import sync_nodes

@@ -31,10 +31,10 @@ from web3.exceptions import Web3Exception
 from web3.types import Nonce, TxParams, TxReceipt
 from web3.utils.address import get_create_address
 
-from dloop.anvil import ANVIL_BIN_SETTING, ANVIL_KEYS, AnvilProcess
-from dloop.errors import ChainError, DloopError
+from core.errors import ChainError, DloopError
+from devtools.anvil import ANVIL_BIN_SETTING, ANVIL_KEYS, AnvilProcess
 
-ARTIFACTS_DIR = Path(__file__).resolve().parents[1] / "contracts" / "artifacts"
+ARTIFACTS_DIR = Path(__file__).resolve().parent / "contracts" / "artifacts"
 
 DEFAULT_PROPOSALS = 49
 DEFAULT_VOTING_PERIOD_SECONDS = 3 * 24 * 60 * 60  # production default: 3 days

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from eth_utils import is_checksum_address, to_checksum_address
 
-from dloop.errors import ConfigError
+from core.errors import ConfigError
 
 NODE_COUNT = 5
 DEFAULT_NODE_NAMES = tuple(f"ai-gov-{i:02d}" for i in range(1, NODE_COUNT + 1))
@@ -280,7 +280,7 @@ class _Parser:
         return found
 
     def keystore_keys(self) -> list[PrivateKey]:
-        from dloop.keystore import load_keystore_dir
+        from core.keystore import load_keystore_dir
 
         password_file = self.env.get("DLOOP_KEYSTORE_PASSWORD_FILE")
         if password_file is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from eth_account import Account
 
-from dloop.errors import ConfigError
+from core.errors import ConfigError
 
 
 def load_keystore_dir(directory: Path, password_file: Path) -> list[str]:

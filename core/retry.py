@@ -1,16 +1,15 @@
-"""Backoff with jitter for transient chain errors (timeouts, dropped connections, rate limits) only."""
+"""The one retry policy: backoff with jitter, for transient chain errors (timeouts, dropped connections,
+rate limits) only. Loops that wait between reconnects use `backoff_delay` for the same curve."""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
 
 import anyio
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from chain.client import ChainClient
-from dloop.errors import MalformedAnswer, RateLimited, TransientChainError
+from core.errors import MalformedAnswer, RateLimited, TransientChainError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -71,24 +70,3 @@ def is_retried(exc: BaseException) -> bool:
 def is_refused_unprocessed(exc: BaseException) -> bool:
     """Whether `broadcast_with_backoff` tries again: only a rate limit answer (the request was not run)."""
     return isinstance(exc, RateLimited)
-
-
-async def call_many_retrying(
-    client: ChainClient, requests: Sequence[tuple[str, Sequence[Any]]], *, batch_size: int
-) -> list[Any]:
-    """`client.call_many`, then the requests answered with a transient error (rate limit, timeout) again,
-    with jittered backoff, up to 3 more times. Other errors stay in the results for the caller.
-
-    A TransientChainError raised by call_many itself (e.g. the provider refused a batch, which spoils the
-    socket) is not retried here: it means "reconnect", and the caller's connection loop does that.
-    """
-    results = await client.call_many(requests, batch_size=batch_size)
-    for attempt in range(3):
-        again = [i for i, r in enumerate(results) if isinstance(r, TransientChainError)]
-        if not again:
-            break
-        await anyio.sleep(random.uniform(0.1, 0.3) * 2**attempt)
-        answers = await client.call_many([requests[i] for i in again], batch_size=batch_size)
-        for i, answer in zip(again, answers, strict=True):
-            results[i] = answer
-    return results

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
-from dloop.errors import DloopError
+from core.errors import DloopError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ANVIL_BIN_SETTING = "DLOOP_ANVIL_BIN"

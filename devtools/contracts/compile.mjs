@@ -1,7 +1,7 @@
 // Compile the devnet contracts with the pinned npm solc and write reproducible artifacts.
 //
-//   node contracts/compile.mjs          write contracts/artifacts/<Name>.json
-//   node contracts/compile.mjs --check  compile in memory; exit 1 if the committed artifacts differ
+//   node devtools/contracts/compile.mjs          write devtools/contracts/artifacts/<Name>.json
+//   node devtools/contracts/compile.mjs --check  compile in memory; exit 1 if the committed artifacts differ
 //
 // Reproducible: fixed compiler (package-lock), fixed evmVersion, optimizer settings and no metadata hash
 // (`bytecodeHash: "none"`), so comment-only edits and checkout paths do not change the bytecode.
@@ -54,7 +54,7 @@ for (const [name, text] of Object.entries(artifacts)) {
   const path = join(ARTIFACT_DIR, `${name}.json`);
   if (check) {
     if (!existsSync(path) || readFileSync(path, "utf8") !== text) {
-      process.stderr.write(`stale artifact: ${path} (run: node contracts/compile.mjs)\n`);
+      process.stderr.write(`stale artifact: ${path} (run: node devtools/contracts/compile.mjs)\n`);
       stale += 1;
     }
   } else {

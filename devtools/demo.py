@@ -21,12 +21,12 @@ import anyio.abc
 from sqlalchemy import select
 from web3 import Web3
 
-from dloop.anvil import ANVIL_BIN_SETTING, AnvilProcess
+from core.errors import ConfigError
+from core.logs import configure_logging
+from core.settings import Settings, load_settings
+from devtools.anvil import ANVIL_BIN_SETTING, AnvilProcess
+from devtools.devnet import DEFAULT_PROPOSALS, DevnetInfo, create_proposals, deploy_devnet, env_file_values
 from dloop.commands import run_async, serve, stop_on_signals
-from dloop.devnet import DEFAULT_PROPOSALS, DevnetInfo, create_proposals, deploy_devnet, env_file_values
-from dloop.errors import ConfigError
-from dloop.logs import configure_logging
-from dloop.settings import Settings, load_settings
 from storage.engine import create_engine, session_factory
 from storage.migrations import upgrade
 from storage.models import OPEN_VOTE_STATES, Node, Proposal, Vote

@@ -1,0 +1,3 @@
+"""The small core every component may import: errors, settings, logging, retry, signals.
+
+It imports none of the components."""

@@ -5,15 +5,19 @@ Every problem is a `ConfigError` naming the setting; secret values never appear 
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 from eth_utils import is_checksum_address, to_checksum_address
 
 from core.errors import ConfigError
+from core.logs import LOG_FORMATS
 
 NODE_COUNT = 5
 DEFAULT_NODE_NAMES = tuple(f"ai-gov-{i:02d}" for i in range(1, NODE_COUNT + 1))
@@ -95,24 +99,29 @@ class Settings:
     rpc_timeout: float = 20.0
     strategies: StrategySettings = StrategySettings()
     log_level: str = "INFO"
+    log_format: str = "json"  # "json" (one object per line) or "console" (readable, for a terminal)
+
+    def secrets(self) -> tuple[str, ...]:
+        """What no log line may hold: the node keys and the API token (for `configure_logging`)."""
+        token = (self.api_token,) if self.api_token else ()
+        return (*(node.key.reveal() for node in self.nodes), *token)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """Parse KEY=VALUE lines (comments, blank lines, `export ` and quotes allowed)."""
-    values: dict[str, str] = {}
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
+    """The settings of a `.env` file, parsed by python-dotenv as users expect: `export KEY=value`, quotes,
+    inline comments (`KEY=value # note` is `value`), multi-line quoted values. `$VAR` is kept as written (no
+    interpolation: that would read the environment). A line that is not KEY=value stops start-up."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("env file", f"{path} cannot be read ({exc})") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            line = binding.original.line
+            raise ConfigError("env file", f"{path}, line {line}: not a KEY=value line (is a quote unclosed?)")
+    values = dotenv_values(stream=io.StringIO(text), interpolate=False)
+    # `KEY` alone (no `=`) and `KEY=` are unset, as an empty variable in the environment is.
+    return {key: value for key, value in values.items() if value}
 
 
 def load_settings(environ: Mapping[str, str], env_file: Path | None = None) -> Settings:
@@ -157,6 +166,7 @@ class _Parser:
             rpc_timeout=self.number("DLOOP_RPC_TIMEOUT", 20.0, minimum=0.1),
             strategies=self.strategy_settings(),
             log_level=self.log_level(),
+            log_format=self.log_format(),
         )
 
     # -- scalars ---------------------------------------------------------------------------------------
@@ -205,6 +215,12 @@ class _Parser:
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError("DLOOP_LOG_LEVEL", f"must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
         return level
+
+    def log_format(self) -> str:
+        value = self.env.get("DLOOP_LOG_FORMAT", "json").strip().lower()
+        if value not in LOG_FORMATS:
+            raise ConfigError("DLOOP_LOG_FORMAT", f"must be json or console, got {value!r}")
+        return value
 
     # -- structured values -----------------------------------------------------------------------------
     def ws_url(self, name: str) -> str:

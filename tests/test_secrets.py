@@ -1,7 +1,8 @@
 """Secrets: `dloop run` with its keys in encrypted keystores (the password read from a file), DEBUG logs, a
 few proposals voted. Then every log line, every API answer and every column of every table are searched for
-each node key's hex (with and without 0x, any case) and for the keystore password: never found. The HTTP
-API binds to loopback unless told otherwise.
+each node key's hex (with and without 0x, any case), for the keystore password and for the API token: never
+found. The HTTP API binds to loopback unless told otherwise. The log formatters' masking (message text,
+fields, tracebacks, both formats) is tests/test_logs.py.
 
 The trigger's token check is tests/test_service_scenarios.py (with and without DLOOP_API_TOKEN).
 """
@@ -14,17 +15,23 @@ import sqlite3
 from pathlib import Path
 
 import httpx
+import pytest
 from eth_account import Account
 from eth_typing import HexStr
 
 from core.settings import Settings
 from devtools.anvil import AnvilProcess
 from devtools.devnet import deploy_devnet
-from tests.support.chaos import DloopRun, db_states, migrate_db, poll_until, report, service_env, settled
+from tests.support.chaos import DloopRun, db_states, report, service_env, settled
+from tests.support.database import migrate
+from tests.support.waiting import poll_until
+
+pytestmark = pytest.mark.slow  # starts anvil and `dloop run`
 
 PROPOSALS = 4
 NODES = 5
 PASSWORD = "correct horse battery staple 7f3a"
+API_TOKEN = "api-token-5d2c91f0e7"
 ENDPOINTS = [
     "/",
     "/health",
@@ -85,18 +92,21 @@ def test_no_key_in_logs_api_answers_or_database_and_keystores_from_a_password_fi
             devnet,
             db,
             DLOOP_LOG_LEVEL="DEBUG",
+            DLOOP_API_TOKEN=API_TOKEN,
             DLOOP_KEYSTORE_DIR=str(keystores),
             DLOOP_KEYSTORE_PASSWORD_FILE=str(password_file),
         )
         env = {k: v for k, v in env.items() if not k.startswith("AI_NODE_")}  # the keystores only
-        migrate_db(db)
+        migrate(db)
         answers: dict[str, str] = {}
         with DloopRun(env, tmp_path, tmp_path / "run.log") as svc:
             svc.wait_live()
             poll_until(
                 lambda: settled(db, PROPOSALS * NODES), timeout=30, what="the devnet's proposals voted"
             )
-            trigger = httpx.post(f"{svc.url}/trigger-voting", timeout=10)
+            trigger = httpx.post(
+                f"{svc.url}/trigger-voting", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=10
+            )
             assert trigger.status_code == 202, trigger.text
             listening = _listening_addresses(int(env["DLOOP_HTTP_PORT"]))
             for path in ENDPOINTS:
@@ -116,6 +126,7 @@ def test_no_key_in_logs_api_answers_or_database_and_keystores_from_a_password_fi
         f"key of node {i}": key.lower().removeprefix("0x") for i, key in enumerate(devnet.node_keys, 1)
     }
     needles["keystore password"] = PASSWORD.lower()
+    needles["API token"] = API_TOKEN.lower()
     leaks = [
         f"{needle} in {where}"
         for where, text in haystacks.items()

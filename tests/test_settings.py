@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from eth_account import Account
+from eth_typing import HexStr
 
 from core.errors import ConfigError
-from core.settings import PrivateKey, load_settings, parse_address
+from core.settings import PrivateKey, load_settings, parse_address, read_env_file
 
 KEYS = [
     "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
@@ -84,6 +86,7 @@ def test_node_keys_from_comma_list() -> None:
         ("DLOOP_NODE_NAMES", "a,b", "2 names for 5"),
         ("DLOOP_NODE_STRATEGIES", "conservative", "1 strategies for 5"),
         ("DLOOP_LOG_LEVEL", "LOUD", "DEBUG"),
+        ("DLOOP_LOG_FORMAT", "xml", "json or console"),
     ],
 )
 def test_invalid_value_names_the_setting(setting: str, value: str, fragment: str) -> None:
@@ -137,7 +140,7 @@ def test_keystore_directory(tmp_path: Path) -> None:
     keystores = tmp_path / "keys"
     keystores.mkdir()
     for i, key in enumerate(KEYS[:2]):
-        (keystores / f"node{i}.json").write_text(json.dumps(Account.encrypt(key, "pw", iterations=2)))
+        (keystores / f"node{i}.json").write_text(json.dumps(Account.encrypt(HexStr(key), "pw", iterations=2)))
     (tmp_path / "pw").write_text("pw\n")
     env = {
         "DLOOP_RPC_WS_URL": "ws://h:1",
@@ -158,6 +161,7 @@ def test_strategy_lists_and_thresholds() -> None:
     assert settings.strategies.conservative_max_amount == 2000
 
 
+@pytest.mark.slow  # runs a Python subprocess
 def test_logs_mask_hex_secrets() -> None:
     # A key that slipped into a log line by accident is masked; tx hashes in hash fields are kept.
     code = (
@@ -169,3 +173,75 @@ def test_logs_mask_hex_secrets() -> None:
     line = json.loads(result.stderr.strip())
     assert KEYS[0] not in result.stderr and "<redacted-32-bytes>" in line["detail"]
     assert line["tx_hash"] == KEYS[1] and line["event"] == "oops"
+
+
+def test_env_file_parsed_as_users_expect(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "# production settings\n"
+        "DLOOP_API_TOKEN=s3cret # prod token\n"
+        'DLOOP_STABLECOINS="USDC,DAI" # the stablecoins\n'
+        "export DLOOP_HTTP_PORT=6000\n"
+        "DLOOP_GROWTH_ASSETS='WBTC,PAXG' \n"
+        'DLOOP_NODE_NAMES="a,\nb,\nc,\nd,\ne"\n'
+        "DLOOP_HTTP_HOST=  \n"
+        "DLOOP_START_BLOCK=\n"
+        "DLOOP_MAX_FEE_GWEI\n"
+        "DLOOP_RPC_WS_URL=ws://h:1#not-a-comment\n"
+        "HOME_DIR=$HOME/x\n"
+    )
+    values = read_env_file(env_file)
+    assert values["DLOOP_API_TOKEN"] == "s3cret"
+    assert values["DLOOP_STABLECOINS"] == "USDC,DAI" and values["DLOOP_GROWTH_ASSETS"] == "WBTC,PAXG"
+    assert values["DLOOP_HTTP_PORT"] == "6000"
+    assert values["DLOOP_NODE_NAMES"] == "a,\nb,\nc,\nd,\ne"
+    assert values["DLOOP_RPC_WS_URL"] == "ws://h:1#not-a-comment"  # `#` starts a comment after a space only
+    assert values["HOME_DIR"] == "$HOME/x"  # no interpolation: that would read the environment
+    for unset in ("DLOOP_HTTP_HOST", "DLOOP_START_BLOCK", "DLOOP_MAX_FEE_GWEI"):
+        assert unset not in values
+
+    env = {k: v for k, v in base_env().items() if k != "DLOOP_RPC_WS_URL"}
+    settings = load_settings({**env, "DLOOP_HTTP_PORT": "7000", "DLOOP_API_TOKEN": ""}, env_file)
+    assert settings.api_token == "s3cret"  # an empty variable in the environment is unset
+    assert settings.http_port == 7000  # the environment wins
+    assert settings.strategies.stablecoins == ("USDC", "DAI")
+    assert [n.name for n in settings.nodes] == ["a", "b", "c", "d", "e"]
+    assert settings.http_host == "127.0.0.1" and settings.start_block is None
+
+
+def test_env_file_with_a_broken_line_stops_with_its_line_number(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"DLOOP_HTTP_PORT=1\nAI_NODE_1_PRIVATE_KEY='{KEYS[0]}\nDLOOP_BATCH_SIZE=2\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, env_file)
+    assert info.value.setting == "env file" and "line 2" in str(info.value)
+    assert KEYS[0].removeprefix("0x") not in str(info.value)
+
+
+def test_log_format_setting_and_the_secrets_logs_must_mask() -> None:
+    assert load_settings(base_env()).log_format == "json"
+    settings = load_settings(base_env(DLOOP_LOG_FORMAT="Console", DLOOP_API_TOKEN="tok-123456"))
+    assert settings.log_format == "console"
+    assert set(settings.secrets()) == {*("0x" + k.removeprefix("0x") for k in KEYS), "tok-123456"}
+
+
+def _settings_read_by_core() -> set[str]:
+    """Every variable core/settings.py reads (AI_NODE_{i}_PRIVATE_KEY expanded)."""
+    source = (Path(__file__).resolve().parents[1] / "core" / "settings.py").read_text()
+    names = set(re.findall(r'"(DLOOP_[A-Z0-9_]+)"', source))
+    assert "AI_NODE_{i}_PRIVATE_KEY" in source
+    names.update(f"AI_NODE_{i}_PRIVATE_KEY" for i in range(1, 6))
+    return names
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    example = Path(__file__).resolve().parents[1] / ".env.example"
+    text = example.read_text()
+    listed = set(re.findall(r"^#?([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
+    read = _settings_read_by_core()
+    assert len(read) > 30
+    assert read <= listed, sorted(read - listed)
+    # No real key: the key lines are commented-out placeholders.
+    assert not re.search(r"[0-9a-fA-F]{64}", text)
+    # The values it sets are the defaults: with the required settings added, the same Settings.
+    assert load_settings(base_env(), example) == load_settings(base_env())

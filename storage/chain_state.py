@@ -6,66 +6,25 @@ block_hash + log_index) in the same transaction as its effect, so the same log s
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chain.types import LogRef, ProposalData, status_name
-from core.errors import StorageError
+from storage import votes
 from storage.engine import SessionFactory
-from storage.models import (
-    Chain,
-    ChainCursor,
-    ChainLog,
-    Proposal,
-    RecentBlock,
-    Vote,
-    VoteState,
-    utcnow,
-)
+from storage.models import Chain, ChainCursor, ChainLog, Proposal, RecentBlock, Vote, VoteState, utcnow
 from storage.proposals import RecordResult, record_proposal_in, refresh_tally
-
-P = ParamSpec("P")
-T = TypeVar("T")
+from storage.transactions import read, write
 
 LogKey = tuple[str, int]  # (block_hash, log_index)
 
 # Bulk UPDATEs here never read the updated objects back: skip the ORM's session synchronisation (a SELECT).
 _NO_SYNC = {"synchronize_session": False}
 
-# Vote states a VoteCast of our own node may confirm. Confirmed and already_voted rows are final; no_vote
-# keeps the strategy's recorded decision (a VoteCast there means someone else used the key).
-CONFIRMABLE_STATES = (
-    VoteState.PENDING,
-    VoteState.QUEUED,
-    VoteState.SENT,
-    VoteState.FAILED,
-    VoteState.CLOSED,
-)
-CLOSABLE_STATES = (VoteState.PENDING, VoteState.QUEUED)
-CLOSED_BY_EVENT = "closed on chain by "  # the reason of votes closed by a ProposalCanceled/Executed log
 CLOSING_EVENTS = ("ProposalCanceled", "ProposalExecuted")
-
-
-def _storage_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Translate SQLAlchemy errors at the edge; retry once when a concurrent writer won an insert race."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            try:
-                return await fn(*args, **kwargs)
-            except IntegrityError:
-                return await fn(*args, **kwargs)
-        except SQLAlchemyError as exc:
-            raise StorageError(f"{fn.__name__}: {exc}") from exc
-
-    return wrapper
 
 
 def stream_name(chain_id: int, contract: str) -> str:
@@ -84,19 +43,21 @@ class CursorRecord:
     block_hash: str | None
 
 
-@_storage_errors
 async def read_cursor(sessions: SessionFactory, stream: str) -> CursorRecord | None:
-    async with sessions() as session:
+    async def work(session: AsyncSession) -> CursorRecord | None:
         row = await session.get(ChainCursor, stream)
         return None if row is None else CursorRecord(row.block_number, row.block_hash)
 
+    return await read(sessions, work, what="read_cursor")
 
-@_storage_errors
+
 async def advance_cursor(
     sessions: SessionFactory, stream: str, block_number: int, block_hash: str | None = None
 ) -> None:
-    async with sessions.begin() as session:
+    async def work(session: AsyncSession) -> None:
         await _advance_cursor_in(session, stream, block_number, block_hash)
+
+    return await write(sessions, work, what="advance_cursor", conflict_retries=1)
 
 
 async def _advance_cursor_in(
@@ -132,11 +93,12 @@ class StoredBlock:
     parent_hash: str
 
 
-@_storage_errors
 async def load_recent_blocks(sessions: SessionFactory) -> list[StoredBlock]:
-    async with sessions() as session:
+    async def work(session: AsyncSession) -> list[StoredBlock]:
         rows = (await session.execute(select(RecentBlock).order_by(RecentBlock.number))).scalars().all()
         return [StoredBlock(r.number, r.hash, r.parent_hash) for r in rows]
+
+    return await read(sessions, work, what="load_recent_blocks")
 
 
 async def _put_blocks_in(session: AsyncSession, blocks: Sequence[StoredBlock], keep_blocks: int) -> None:
@@ -152,7 +114,6 @@ async def _put_blocks_in(session: AsyncSession, blocks: Sequence[StoredBlock], k
     await session.execute(delete(RecentBlock).where(RecentBlock.number <= max(numbers) - keep_blocks))
 
 
-@_storage_errors
 async def record_heads(
     sessions: SessionFactory,
     *,
@@ -168,12 +129,15 @@ async def record_heads(
 
     Returns how many vote rows went from pending to queued.
     """
-    async with sessions.begin() as session:
+
+    async def work(session: AsyncSession) -> int:
         await _put_blocks_in(session, heads, keep_blocks)
         await _advance_cursor_in(session, stream, cursor_block)
         if queue_up_to_block is None:
             return 0
         return await _queue_deep_pending_in(session, chain_id, contract, queue_up_to_block)
+
+    return await write(sessions, work, what="record_heads", conflict_retries=1)
 
 
 async def _queue_deep_pending_in(
@@ -184,36 +148,32 @@ async def _queue_deep_pending_in(
         Proposal.contract == contract,
         Proposal.block_number <= up_to_block,  # NULL (parked after a reorg) never matches
     )
-    result = await session.execute(
-        update(Vote)
-        .where(Vote.state == VoteState.PENDING, Vote.proposal_ref.in_(deep))
-        .values(state=VoteState.QUEUED, queued_at=utcnow(), updated_at=utcnow()),
-        execution_options=_NO_SYNC,
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
+    return await votes.queue_deep_pending(session, deep)
 
 
-@_storage_errors
 async def replace_recent_blocks(
     sessions: SessionFactory, *, above: int, blocks: Sequence[StoredBlock], keep_blocks: int
 ) -> None:
     """After a reorg: forget every stored block above the fork point and store the canonical ones."""
-    async with sessions.begin() as session:
+
+    async def work(session: AsyncSession) -> None:
         await session.execute(delete(RecentBlock).where(RecentBlock.number > above))
         await _put_blocks_in(session, blocks, keep_blocks)
+
+    return await write(sessions, work, what="replace_recent_blocks", conflict_retries=1)
 
 
 # -- contract logs ----------------------------------------------------------------------------------------
 
 
-@_storage_errors
 async def processed_log_keys(sessions: SessionFactory, keys: Iterable[LogKey]) -> set[LogKey]:
     """Which of these logs were already processed (and not removed since)."""
     wanted = set(keys)
     if not wanted:
         return set()
     hashes = {block_hash for block_hash, _ in wanted}
-    async with sessions() as session:
+
+    async def work(session: AsyncSession) -> set[LogKey]:
         rows = await session.execute(
             select(ChainLog.block_hash, ChainLog.log_index).where(
                 ChainLog.block_hash.in_(hashes), ChainLog.removed.is_(False)
@@ -221,11 +181,13 @@ async def processed_log_keys(sessions: SessionFactory, keys: Iterable[LogKey]) -
         )
         return {(h, i) for h, i in rows.all() if (h, i) in wanted}
 
+    return await read(sessions, work, what="processed_log_keys")
 
-@_storage_errors
+
 async def log_hashes_between(sessions: SessionFactory, first: int, last: int) -> dict[int, set[str]]:
     """Block hashes of the live logs recorded in blocks first..last, by block number."""
-    async with sessions() as session:
+
+    async def work(session: AsyncSession) -> dict[int, set[str]]:
         rows = await session.execute(
             select(ChainLog.block_number, ChainLog.block_hash)
             .where(
@@ -239,6 +201,8 @@ async def log_hashes_between(sessions: SessionFactory, first: int, last: int) ->
         for number, block_hash in rows.all():
             found.setdefault(number, set()).add(block_hash)
         return found
+
+    return await read(sessions, work, what="log_hashes_between")
 
 
 async def _claim_log_in(
@@ -278,7 +242,6 @@ class CreatedRecord:
     queued_votes: int  # vote rows now in state queued because of this log (new or promoted)
 
 
-@_storage_errors
 async def record_created_proposal(
     sessions: SessionFactory,
     *,
@@ -298,7 +261,8 @@ async def record_created_proposal(
     on the log's row. Vote rows parked as pending (confirmations, or a reorg that
     took the proposal's block away) are queued when `initial_state` is queued.
     """
-    async with sessions.begin() as session:
+
+    async def work(session: AsyncSession) -> CreatedRecord | None:
         if not await _claim_log_in(session, log, "ProposalCreated", data.proposal_id, log_error):
             return None
         result = await record_proposal_in(
@@ -313,24 +277,15 @@ async def record_created_proposal(
         )
         if result.content_changed:
             # record_proposal resets queued/no_vote decisions; parked rows must not keep theirs either.
-            await session.execute(
-                update(Vote)
-                .where(Vote.proposal_ref == result.proposal_row_id, Vote.state == VoteState.PENDING)
-                .values(decision=None, confidence=None, reason=None, decided_at=None),
-                execution_options=_NO_SYNC,
-            )
+            await votes.forget_pending_decisions(session, result.proposal_row_id)
         promoted = 0
         if initial_state == VoteState.QUEUED and not result.created:  # a new proposal has no parked rows
-            promoted_rows = await session.execute(
-                update(Vote)
-                .where(Vote.proposal_ref == result.proposal_row_id, Vote.state == VoteState.PENDING)
-                .values(state=VoteState.QUEUED, queued_at=utcnow(), updated_at=utcnow()),
-                execution_options=_NO_SYNC,
-            )
-            promoted = int(getattr(promoted_rows, "rowcount", 0) or 0)
+            promoted = await votes.queue_deep_pending(session, [result.proposal_row_id])
         await _advance_cursor_in(session, stream, log.block_number - 1)
         queued = promoted + (result.votes_added if initial_state == VoteState.QUEUED else 0)
         return CreatedRecord(result, queued)
+
+    return await write(sessions, work, what="record_created_proposal", conflict_retries=1)
 
 
 async def _proposal_row_id_in(
@@ -360,7 +315,6 @@ class VoteCastLog:
     voter_node_id: int | None  # None: the voter is not one of our nodes
 
 
-@_storage_errors
 async def record_vote_cast(
     sessions: SessionFactory,
     *,
@@ -378,7 +332,6 @@ async def record_vote_cast(
     )[0]
 
 
-@_storage_errors
 async def record_vote_casts(
     sessions: SessionFactory,
     *,
@@ -391,7 +344,8 @@ async def record_vote_casts(
     it was processed before. The cursor moves to just below the last log's block."""
     if not casts:
         return []
-    async with sessions.begin() as session:
+
+    async def work(session: AsyncSession) -> list[VoteCastRecord | None]:
         records: list[VoteCastRecord | None] = []
         row_ids: dict[int, int | None] = {}
         for cast in casts:
@@ -405,32 +359,16 @@ async def record_vote_casts(
             row_id = row_ids[cast.proposal_id]
             confirmed = False
             if row_id is not None and cast.voter_node_id is not None:
-                confirmed = await _confirm_by_log_in(session, row_id, cast.voter_node_id, cast.log)
+                confirmed = await votes.confirm_by_log(
+                    session, row_id, cast.voter_node_id, cast.log.tx_hash, cast.log.block_number
+                )
             records.append(VoteCastRecord(row_id is not None, confirmed))
         await _advance_cursor_in(session, stream, max(c.log.block_number for c in casts) - 1)
         return records
 
-
-async def _confirm_by_log_in(session: AsyncSession, row_id: int, node_id: int, log: LogRef) -> bool:
-    now = utcnow()
-    result = await session.execute(
-        update(Vote)
-        .where(Vote.proposal_ref == row_id, Vote.node_id == node_id, Vote.state.in_(CONFIRMABLE_STATES))
-        .values(
-            state=VoteState.CONFIRMED,
-            confirmed_block=log.block_number,
-            confirmed_at=now,
-            updated_at=now,
-            tx_hash=func.coalesce(Vote.tx_hash, log.tx_hash),
-            lease_owner=None,
-            lease_expires_at=None,
-        ),
-        execution_options=_NO_SYNC,
-    )
-    return bool(getattr(result, "rowcount", 0))
+    return await write(sessions, work, what="record_vote_casts", conflict_retries=1)
 
 
-@_storage_errors
 async def record_proposal_closed(
     sessions: SessionFactory,
     *,
@@ -447,7 +385,8 @@ async def record_proposal_closed(
 
     Returns the number of votes closed, None when this log was processed before.
     """
-    async with sessions.begin() as session:
+
+    async def work(session: AsyncSession) -> int | None:
         if not await _claim_log_in(session, log, event, proposal_id, None):
             return None
         row_id = await _proposal_row_id_in(session, chain_id, contract, proposal_id)
@@ -463,22 +402,13 @@ async def record_proposal_closed(
             await session.execute(
                 update(Proposal).where(Proposal.id == row_id).values(**values), execution_options=_NO_SYNC
             )
-            result = await session.execute(
-                update(Vote)
-                .where(Vote.proposal_ref == row_id, Vote.state.in_(CLOSABLE_STATES))
-                .values(
-                    state=VoteState.CLOSED,
-                    updated_at=utcnow(),
-                    last_error=f"{CLOSED_BY_EVENT}{event} before our vote was sent",
-                ),
-                execution_options=_NO_SYNC,
-            )
-            closed = int(getattr(result, "rowcount", 0) or 0)
+            closed = await votes.close_by_event(session, row_id, event)
         await _advance_cursor_in(session, stream, log.block_number - 1)
         return closed
 
+    return await write(sessions, work, what="record_proposal_closed", conflict_retries=1)
 
-@_storage_errors
+
 async def record_bad_log(
     sessions: SessionFactory,
     *,
@@ -489,13 +419,15 @@ async def record_bad_log(
     error: str,
 ) -> bool:
     """A log that could not be processed (undecodable, getProposal reverted): recorded with the reason."""
-    async with sessions.begin() as session:
+
+    async def work(session: AsyncSession) -> bool:
         claimed = await _claim_log_in(session, log, event, proposal_id, error[:2000])
         await _advance_cursor_in(session, stream, log.block_number - 1)
         return claimed
 
+    return await write(sessions, work, what="record_bad_log", conflict_retries=1)
 
-@_storage_errors
+
 async def refresh_proposal_tallies(
     sessions: SessionFactory, *, chain_id: int, contract: str, proposals: Sequence[ProposalData]
 ) -> int:
@@ -503,7 +435,8 @@ async def refresh_proposal_tallies(
     if not proposals:
         return 0
     by_id = {p.proposal_id: p for p in proposals}
-    async with sessions.begin() as session:
+
+    async def work(session: AsyncSession) -> int:
         rows = (
             (
                 await session.execute(
@@ -523,11 +456,10 @@ async def refresh_proposal_tallies(
                 refresh_tally(row, data)
         return len(rows)
 
+    return await write(sessions, work, what="refresh_proposal_tallies", conflict_retries=1)
+
 
 # -- reorgs -----------------------------------------------------------------------------------------------
-
-PARKED_REASON = "the proposal's block left the chain in a reorg; waiting for it on the canonical chain"
-REOPENED_REASON = "the event that closed the proposal left the chain in a reorg"
 
 
 @dataclass(frozen=True)
@@ -538,14 +470,14 @@ class OrphanResult:
     votes_reopened: int = 0  # closed by a cancel/execute that left the chain, queued again
 
 
-@_storage_errors
 async def orphan_after(
     sessions: SessionFactory, *, stream: str, chain_id: int, contract: str, fork_block: int
 ) -> OrphanResult:
     """Everything recorded from blocks above the fork point is suspect: logs marked removed, proposals
     created there parked (their queued votes go back to pending until their canonical log is processed),
     and the cursor rewound to the fork point. The caller then re-reads the canonical logs."""
-    async with sessions.begin() as session:
+
+    async def work(session: AsyncSession) -> OrphanResult:
         touched = (
             await session.execute(
                 select(ChainLog.proposal_id, ChainLog.event).where(
@@ -580,12 +512,7 @@ async def orphan_after(
                 ),
                 execution_options=_NO_SYNC,
             )
-            await session.execute(
-                update(Vote)
-                .where(Vote.proposal_ref.in_(list(parked)), Vote.state == VoteState.QUEUED)
-                .values(state=VoteState.PENDING, last_error=PARKED_REASON, updated_at=utcnow()),
-                execution_options=_NO_SYNC,
-            )
+            await votes.park(session, list(parked))
         reopened = 0
         if unclosed:
             # The cancel/execute that closed these votes is gone: they wait again (the tally refresh
@@ -604,18 +531,9 @@ async def orphan_after(
                 (VoteState.PENDING, [row_id for row_id, block in rows if block is None]),  # parked
             ):
                 if refs:
-                    result = await session.execute(
-                        update(Vote)
-                        .where(
-                            Vote.proposal_ref.in_(refs),
-                            Vote.state == VoteState.CLOSED,
-                            Vote.last_error.startswith(CLOSED_BY_EVENT),
-                        )
-                        .values(state=state, last_error=REOPENED_REASON, updated_at=utcnow()),
-                        execution_options=_NO_SYNC,
-                    )
+                    count = await votes.reopen_closed_by_event(session, refs, state)
                     if state == VoteState.QUEUED:
-                        reopened += int(getattr(result, "rowcount", 0) or 0)
+                        reopened += count
         await _rewind_cursor_in(session, stream, fork_block)
         return OrphanResult(
             int(getattr(removed, "rowcount", 0) or 0),
@@ -623,6 +541,8 @@ async def orphan_after(
             frozenset(parked.values()),
             reopened,
         )
+
+    return await write(sessions, work, what="orphan_after", conflict_retries=1)
 
 
 @dataclass(frozen=True)
@@ -635,11 +555,10 @@ class ConfirmedVote:
     proposal_parked: bool  # the proposal's own block is not on the canonical chain (yet)
 
 
-@_storage_errors
 async def confirmed_votes_after(
     sessions: SessionFactory, *, chain_id: int, contract: str, block: int
 ) -> list[ConfirmedVote]:
-    async with sessions() as session:
+    async def work(session: AsyncSession) -> list[ConfirmedVote]:
         rows = await session.execute(
             select(
                 Vote.id,
@@ -663,46 +582,50 @@ async def confirmed_votes_after(
             for vote_id, pid, node_id, tx_hash, confirmed, block_hash in rows.all()
         ]
 
+    return await read(sessions, work, what="confirmed_votes_after")
 
-@_storage_errors
+
 async def requeue_orphaned_vote(sessions: SessionFactory, vote_id: int, *, parked: bool, reason: str) -> bool:
     """A confirmed vote whose transaction left the chain goes back to the queue (pending when its proposal
     is parked); the voter checks hasVoted before sending anything."""
-    async with sessions.begin() as session:
-        result = await session.execute(
-            update(Vote)
-            .where(Vote.id == vote_id, Vote.state == VoteState.CONFIRMED)
-            .values(
-                state=VoteState.PENDING if parked else VoteState.QUEUED,
-                confirmed_block=None,
-                confirmed_at=None,
-                last_error=reason,
-                updated_at=utcnow(),
-            ),
-            execution_options=_NO_SYNC,
-        )
-        return bool(getattr(result, "rowcount", 0))
+
+    async def work(session: AsyncSession) -> bool:
+        return await votes.requeue_orphaned(session, vote_id, parked=parked, reason=reason)
+
+    return await write(sessions, work, what="requeue_orphaned_vote", conflict_retries=1)
 
 
-@_storage_errors
 async def move_vote_confirmation(sessions: SessionFactory, vote_id: int, block: int) -> bool:
     """The vote's transaction is still on the chain, in another block after the reorg."""
-    async with sessions.begin() as session:
-        result = await session.execute(
-            update(Vote)
-            .where(Vote.id == vote_id, Vote.state == VoteState.CONFIRMED)
-            .values(confirmed_block=block, updated_at=utcnow()),
-            execution_options=_NO_SYNC,
-        )
-        return bool(getattr(result, "rowcount", 0))
+
+    async def work(session: AsyncSession) -> bool:
+        return await votes.move_confirmation(session, vote_id, block)
+
+    return await write(sessions, work, what="move_vote_confirmation", conflict_retries=1)
 
 
-@_storage_errors
 async def remember_genesis(sessions: SessionFactory, chain_id: int, genesis_hash: str) -> str:
     """The genesis block hash this database knows for `chain_id`; the first start records the node's."""
-    async with sessions.begin() as session:
+
+    async def work(session: AsyncSession) -> str:
         known = await session.get(Chain, chain_id)
         if known is None:
             session.add(Chain(chain_id=chain_id, genesis_hash=genesis_hash.lower()))
             return genesis_hash.lower()
         return known.genesis_hash
+
+    return await write(sessions, work, what="remember_genesis", conflict_retries=1)
+
+
+async def reopen_votes_sent_before_creation(
+    sessions: SessionFactory, proposal_row_id: int, *, state: VoteState, content_changed: bool
+) -> int:
+    """A proposal created again after a reorg: its votes that reverted with ProposalNotFound (mined while
+    the reorg had taken it away) are owed again, back to `state` (see storage.votes.reopen_not_found)."""
+
+    async def work(session: AsyncSession) -> int:
+        return await votes.reopen_not_found(
+            session, proposal_row_id, state=state, content_changed=content_changed
+        )
+
+    return await write(sessions, work, what=f"reopening votes of proposal row {proposal_row_id}")

@@ -62,6 +62,33 @@ class VoteState(enum.StrEnum):
 OPEN_VOTE_STATES = (VoteState.PENDING, VoteState.QUEUED, VoteState.SENT)
 
 
+class VoteOutcome(enum.StrEnum):
+    """Why a vote row is in its state, for code to decide on (`last_error` is the text for people).
+
+    Set by every state change (storage/votes.py); NULL on a row never moved since it was inserted.
+    """
+
+    SENT = "sent"  # signed and persisted before the broadcast
+    CONFIRMED = "confirmed"  # our transaction's receipt, status 1
+    CONFIRMED_BY_LOG = "confirmed_by_log"  # a VoteCast log of our node
+    CONFIRMED_BY_RECONCILE = "confirmed_by_reconcile"  # the reconcile pass found the receipt
+    CONFIRMED_OWN_TX = "confirmed_own_tx"  # queued again, but an earlier transaction of ours is on chain
+    REVERTED = "reverted"  # mined with status 0
+    REFUSED = "refused"  # the node refused the transaction for good
+    REJECTED = "rejected"  # the contract rejects the vote (gas estimate), or the strategy raised
+    ALREADY_VOTED = "already_voted"
+    CLOSED = "closed"  # found closed (contract status, chain time, a revert)
+    CLOSED_BY_EVENT = "closed_by_event"  # a ProposalCanceled/Executed log closed it before it was sent
+    NO_VOTE = "no_vote"  # the strategy declined
+    PROPOSAL_NOT_FOUND = "proposal_not_found"  # ProposalNotFound: a reorg took the proposal away
+    REQUEUED = "requeued"  # a transaction that will never land: back in the queue
+    DEEP_ENOUGH = "deep_enough"  # pending until DLOOP_CONFIRMATIONS, now queued
+    PARKED_BY_REORG = "parked_by_reorg"  # the proposal's block left the chain
+    REOPENED_AFTER_REORG = "reopened_after_reorg"  # what closed or failed it left the chain
+    CONFIRMATION_REORGED = "confirmation_reorged"  # its confirmed transaction left the chain
+    CONTENT_CHANGED = "content_changed"  # a reorg put other content under the proposal id
+
+
 class ProposalSource(enum.StrEnum):
     SUBSCRIPTION = "subscription"
     BACKFILL = "backfill"
@@ -146,7 +173,8 @@ class Vote(Base):
     max_fee_per_gas: Mapped[str | None] = mapped_column(String(40))
     max_priority_fee_per_gas: Mapped[str | None] = mapped_column(String(40))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)  # for people; code decides on `outcome`
+    outcome: Mapped[str | None] = mapped_column(String(32))  # a VoteOutcome
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     queued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

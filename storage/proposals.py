@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import anyio
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chain.types import LogRef, ProposalData, format_units, status_name, type_name
+from storage import votes
 from storage.engine import SessionFactory
-from storage.models import Node, Proposal, Vote, VoteState, utcnow
+from storage.models import Node, Proposal, VoteState
+from storage.transactions import write
+
+# A transaction that lost an insert race to another writer runs again and reads the winner's rows back.
+CONFLICT_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -29,16 +32,10 @@ async def sync_nodes(sessions: SessionFactory, nodes: Iterable[tuple[str, str, s
     Two processes starting on one fresh database both insert: the loser reads the winner's rows instead.
     """
     wanted = list(nodes)
-    try:
-        return await _sync_nodes(sessions, wanted)
-    except IntegrityError:
-        return await _sync_nodes(sessions, wanted)
 
-
-async def _sync_nodes(sessions: SessionFactory, nodes: list[tuple[str, str, str]]) -> list[NodeRecord]:
-    async with sessions.begin() as session:
+    async def work(session: AsyncSession) -> list[NodeRecord]:
         records = []
-        for name, address, strategy in nodes:
+        for name, address, strategy in wanted:
             node = (await session.execute(select(Node).where(Node.address == address))).scalar_one_or_none()
             if node is None:
                 node = (await session.execute(select(Node).where(Node.name == name))).scalar_one_or_none()
@@ -50,6 +47,8 @@ async def _sync_nodes(sessions: SessionFactory, nodes: list[tuple[str, str, str]
             await session.flush()
             records.append(NodeRecord(node.id, node.name, node.address, node.strategy))
         return records
+
+    return await write(sessions, work, what="sync_nodes", conflict_retries=1)
 
 
 @dataclass(frozen=True)
@@ -102,11 +101,6 @@ async def record_proposal(
     content are discarded: votes not yet sent go back to the queue.
     """
     items = [(data, initial_state)]
-    for _attempt in range(2):
-        try:
-            return (await _record(sessions, chain_id, contract, items, source, node_ids, log))[0]
-        except IntegrityError:
-            continue  # another writer inserted the same proposal or vote row first: read it back
     return (await _record(sessions, chain_id, contract, items, source, node_ids, log))[0]
 
 
@@ -125,21 +119,7 @@ async def record_proposals(
     results: list[RecordResult] = []
     for start in range(0, len(proposals), chunk):
         part = proposals[start : start + chunk]
-        try:
-            results += await _record(sessions, chain_id, contract, part, source, node_ids, None)
-        except IntegrityError:  # another writer was first with one of them: one by one, reading it back
-            for data, state in part:
-                results.append(
-                    await record_proposal(
-                        sessions,
-                        chain_id=chain_id,
-                        contract=contract,
-                        data=data,
-                        source=source,
-                        node_ids=node_ids,
-                        initial_state=state,
-                    )
-                )
+        results += await _record(sessions, chain_id, contract, part, source, node_ids, None)
     return results
 
 
@@ -152,25 +132,25 @@ async def _record(
     node_ids: Sequence[int],
     log: LogRef | None,
 ) -> list[RecordResult]:
-    """One transaction for all `items`, shielded: a transaction cancelled mid-statement could not roll back
-    (see storage/queue.py)."""
-    results: list[RecordResult] = []
-    with anyio.CancelScope(shield=True):
-        async with sessions.begin() as session:
-            for data, state in items:
-                results.append(
-                    await record_proposal_in(
-                        session,
-                        chain_id=chain_id,
-                        contract=contract,
-                        data=data,
-                        source=source,
-                        node_ids=node_ids,
-                        log=log,
-                        initial_state=state,
-                    )
-                )
-    return results
+    """One write transaction for all `items`. Another writer first with one of them (an insert race): the
+    whole transaction runs again and reads its rows back."""
+
+    async def work(session: AsyncSession) -> list[RecordResult]:
+        return [
+            await record_proposal_in(
+                session,
+                chain_id=chain_id,
+                contract=contract,
+                data=data,
+                source=source,
+                node_ids=node_ids,
+                log=log,
+                initial_state=state,
+            )
+            for data, state in items
+        ]
+
+    return await write(sessions, work, what="record_proposal", conflict_retries=CONFLICT_RETRIES)
 
 
 async def record_proposal_in(
@@ -212,24 +192,6 @@ async def record_proposal_in(
         row.tx_hash, row.log_index = log.tx_hash, log.log_index
     await session.flush()
     if content_changed:
-        await session.execute(
-            update(Vote)
-            .where(Vote.proposal_ref == row.id, Vote.state.in_([VoteState.QUEUED, VoteState.NO_VOTE]))
-            .values(
-                state=VoteState.QUEUED,
-                decision=None,
-                confidence=None,
-                reason=None,
-                decided_at=None,
-                last_error="proposal content changed on chain (reorg); decided again",
-            )
-        )
-    existing = set(
-        (await session.execute(select(Vote.node_id).where(Vote.proposal_ref == row.id))).scalars().all()
-    )
-    missing = [n for n in node_ids if n not in existing]
-    now = utcnow()
-    session.add_all(
-        Vote(proposal_ref=row.id, node_id=n, state=initial_state, attempts=0, queued_at=now) for n in missing
-    )
-    return RecordResult(row.id, created, content_changed, len(missing))
+        await votes.decide_again(session, row.id)
+    added = await votes.insert_missing(session, row.id, node_ids, initial_state)
+    return RecordResult(row.id, created, content_changed, added)

@@ -12,14 +12,13 @@ from typing import Any, cast
 
 from sqlalchemy import Select, event, func, select, text
 from sqlalchemy.engine import Connection, ExecutionContext, RowMapping
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.expression import UpdateBase
 
-from core.errors import StorageError
 from storage.engine import SessionFactory
 from storage.models import OPEN_VOTE_STATES, Node, Proposal, Vote, VoteState, VoteTransaction
+from storage.transactions import read
 
 # The columns of /proposals/{id} and /votes, labelled with the field names of web.schemas.VoteOut,
 # TransactionOut and ProposalOut: the web layer builds its structs from these rows by name, so each field is
@@ -141,11 +140,11 @@ class ContractScope:
 
 async def check_database(sessions: SessionFactory) -> None:
     """A trivial round trip, for /health."""
-    try:
-        async with sessions() as session:
-            await session.execute(text("SELECT 1"))
-    except SQLAlchemyError as exc:
-        raise StorageError(f"database unreachable: {type(exc).__name__}") from exc
+
+    async def work(session: AsyncSession) -> None:
+        await session.execute(text("SELECT 1"))
+
+    await read(sessions, work, what="database unreachable", brief=True)
 
 
 def _record(mapping: RowMapping) -> Record:
@@ -196,34 +195,35 @@ async def active_proposal_rows(
         Proposal.status == 1,
         Proposal.voting_ends_at >= ends_at_or_after,
     )
-    try:
-        async with sessions() as session:
-            proposals = (
-                await session.execute(
-                    select(Proposal.id, *columns_labelled(PROPOSAL_COLUMNS, proposal_fields))
-                    .where(*open_in_scope)
-                    .order_by(Proposal.proposal_id)
-                )
-            ).all()
-            votes = (
-                await session.execute(
-                    select(Vote.proposal_ref, *columns_labelled(VOTE_COLUMNS, vote_fields))
-                    .join(Node, Vote.node_id == Node.id)
-                    .join(Proposal, Vote.proposal_ref == Proposal.id)
-                    .where(*open_in_scope)
-                    .order_by(Vote.proposal_ref, Node.name)
-                )
-            ).all()
-    except SQLAlchemyError as exc:
-        raise StorageError(f"reading active proposals failed: {type(exc).__name__}") from exc
-    return ActiveProposalRows(proposals, votes)
+
+    async def work(session: AsyncSession) -> ActiveProposalRows:
+        proposals = (
+            await session.execute(
+                select(Proposal.id, *columns_labelled(PROPOSAL_COLUMNS, proposal_fields))
+                .where(*open_in_scope)
+                .order_by(Proposal.proposal_id)
+            )
+        ).all()
+        votes = (
+            await session.execute(
+                select(Vote.proposal_ref, *columns_labelled(VOTE_COLUMNS, vote_fields))
+                .join(Node, Vote.node_id == Node.id)
+                .join(Proposal, Vote.proposal_ref == Proposal.id)
+                .where(*open_in_scope)
+                .order_by(Vote.proposal_ref, Node.name)
+            )
+        ).all()
+        return ActiveProposalRows(proposals, votes)
+
+    return await read(sessions, work, what="reading active proposals failed", brief=True)
 
 
 async def proposal_detail(
     sessions: SessionFactory, scope: ContractScope, proposal_id: int
 ) -> ProposalRecord | None:
     """One proposal with every node's vote and every transaction signed for it."""
-    async with sessions() as session:
+
+    async def work(session: AsyncSession) -> ProposalRecord | None:
         proposal = (
             await session.execute(
                 select(*PROPOSAL_COLUMNS).where(
@@ -252,6 +252,8 @@ async def proposal_detail(
             _record(proposal._mapping), [VoteRecord(_record(v._mapping), txs[v.id]) for v in votes]
         )
 
+    return await read(sessions, work, what="proposal_detail", brief=True)
+
 
 async def list_votes(
     sessions: SessionFactory,
@@ -271,7 +273,8 @@ async def list_votes(
         conditions.append(Proposal.proposal_id == proposal_id)
     if state is not None:
         conditions.append(Vote.state == state)
-    async with sessions() as session:
+
+    async def work(session: AsyncSession) -> VotePage:
         total = (
             await session.execute(
                 select(func.count())
@@ -289,12 +292,15 @@ async def list_votes(
             .offset(offset)
         )
         items = [_record(row._mapping) for row in rows]
-    return VotePage(items, int(total), limit, offset)
+        return VotePage(items, int(total), limit, offset)
+
+    return await read(sessions, work, what="list_votes", brief=True)
 
 
 async def node_vote_stats(sessions: SessionFactory, scope: ContractScope) -> list[NodeVoteStats]:
     """Every node with its vote counts by state and its last vote time (sent or mined)."""
-    async with sessions() as session:
+
+    async def work(session: AsyncSession) -> list[NodeVoteStats]:
         nodes = (await session.execute(select(Node).order_by(Node.name))).scalars().all()
         counts = await session.execute(
             select(
@@ -314,15 +320,18 @@ async def node_vote_stats(sessions: SessionFactory, scope: ContractScope) -> lis
                     aware = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment
                     current = last.get(node_id)
                     last[node_id] = aware if current is None or aware > current else current
-    return [
-        NodeVoteStats(n.id, n.name, n.address, n.strategy, by_node.get(n.id, {}), last.get(n.id))
-        for n in nodes
-    ]
+        return [
+            NodeVoteStats(n.id, n.name, n.address, n.strategy, by_node.get(n.id, {}), last.get(n.id))
+            for n in nodes
+        ]
+
+    return await read(sessions, work, what="node_vote_stats", brief=True)
 
 
 async def vote_counts(sessions: SessionFactory, scope: ContractScope) -> dict[tuple[str, str], int]:
     """(node name, state) -> number of vote rows."""
-    async with sessions() as session:
+
+    async def work(session: AsyncSession) -> dict[tuple[str, str], int]:
         rows = await session.execute(
             select(Node.name, Vote.state, func.count())
             .join(Node, Vote.node_id == Node.id)
@@ -332,12 +341,15 @@ async def vote_counts(sessions: SessionFactory, scope: ContractScope) -> dict[tu
         )
         return {(name, state): int(count) for name, state, count in rows}
 
+    return await read(sessions, work, what="vote_counts", brief=True)
+
 
 async def proposal_counts(
     sessions: SessionFactory, scope: ContractScope, *, now: dt.datetime
 ) -> dict[str, int]:
     """Known proposals in total and open for voting at `now`."""
-    async with sessions() as session:
+
+    async def work(session: AsyncSession) -> dict[str, int]:
         base = (
             select(func.count())
             .select_from(Proposal)
@@ -354,12 +366,15 @@ async def proposal_counts(
                 )
             )
         ).scalar_one()
-    return {"total": int(total), "active": int(active), "highest_id": int(highest or 0)}
+        return {"total": int(total), "active": int(active), "highest_id": int(highest or 0)}
+
+    return await read(sessions, work, what="proposal_counts", brief=True)
 
 
 async def vote_latencies(sessions: SessionFactory, scope: ContractScope) -> list[VoteLatency]:
     """Event-to-sent and event-to-mined durations of every vote this service sent."""
-    async with sessions() as session:
+
+    async def work(session: AsyncSession) -> list[VoteLatency]:
         rows = await session.execute(
             select(Vote.queued_at, Vote.sent_at, Vote.confirmed_at)
             .join(Proposal, Vote.proposal_ref == Proposal.id)
@@ -379,6 +394,8 @@ async def vote_latencies(sessions: SessionFactory, scope: ContractScope) -> list
             )
             latencies.append(VoteLatency(to_sent, to_mined))
         return latencies
+
+    return await read(sessions, work, what="vote_latencies", brief=True)
 
 
 # -- a version of the data the API shows, for caching answers ---------------------------------------------

@@ -1,4 +1,5 @@
-"""The vote queue: leases and state changes of `votes` rows. Each function is one short transaction.
+"""The vote queue: leases of `votes` rows and the voter's transactions. Each function is one short
+transaction (storage.transactions); the state changes themselves are storage/votes.py's.
 
 Every change is a conditional UPDATE (`WHERE state = ... AND lease_owner = ...`) whose row count says whether
 this writer won: two voters, or the voter and the listener, can race on a row and only one change applies.
@@ -8,20 +9,22 @@ Portable SQL only (SQLAlchemy Core), no SQLite-specific statements.
 from __future__ import annotations
 
 import datetime as dt
-import weakref
 from collections.abc import Collection, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import anyio
-from sqlalchemy import ColumnElement, Table, and_, bindparam, case, func, insert, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.errors import StorageError
+from storage import votes
 from storage.engine import SessionFactory
-from storage.models import NonceFiller, Proposal, Vote, VoteState, VoteTransaction, utcnow
+from storage.models import NonceFiller, Proposal, Vote, VoteOutcome, VoteState, VoteTransaction, utcnow
+from storage.transactions import read, write
+
+# Defined with the transitions; the voter imports them from here.
+from storage.votes import Confirmation as Confirmation
+from storage.votes import SentRecord as SentRecord
+from storage.votes import SignedTx as SignedTx
 
 # Rows deferred after an error are "leased" to nobody until a time: the lease query skips them till then.
 DEFERRED_OWNER = "deferred"
@@ -40,18 +43,6 @@ class QueuedVote:
     content_hash: str  # of the stored proposal
     voting_ends_at: dt.datetime
     attempts: int
-
-
-@dataclass(frozen=True)
-class SignedTx:
-    """A signed vote transaction, persisted before it is broadcast."""
-
-    tx_hash: str
-    nonce: int
-    max_fee_per_gas: int
-    max_priority_fee_per_gas: int
-    gas_limit: int
-    raw_transaction: bytes
 
 
 @dataclass(frozen=True)
@@ -79,29 +70,6 @@ def _lease_free(now: dt.datetime) -> ColumnElement[bool]:
     return or_(Vote.lease_expires_at.is_(None), Vote.lease_expires_at < now)
 
 
-# The voter's lanes and watchers write concurrently. SQLite has one writer at a time and its busy handler
-# sleeps up to 100 ms per retry, so writers of one process take turns here instead (each write is a few ms).
-_write_locks: weakref.WeakKeyDictionary[SessionFactory, anyio.Lock] = weakref.WeakKeyDictionary()
-
-
-def _write_lock(sessions: SessionFactory) -> anyio.Lock:
-    lock = _write_locks.get(sessions)
-    if lock is None:
-        lock = _write_locks[sessions] = anyio.Lock()
-    return lock
-
-
-async def _in_transaction(sessions: SessionFactory, work: Any, *, write: bool = True) -> Any:
-    # A write runs shielded from cancellation: cancelled mid-statement, its rollback would be cancelled too
-    # (anyio cancellation is level-triggered), leaving the connection's write lock held till the busy timeout.
-    try:
-        with anyio.CancelScope(shield=write):
-            async with _write_lock(sessions) if write else nullcontext(), sessions.begin() as session:
-                return await work(session)
-    except SQLAlchemyError as exc:
-        raise StorageError(f"vote queue: {exc}") from exc
-
-
 # -- leasing ---------------------------------------------------------------------------------------------
 
 
@@ -127,8 +95,7 @@ async def queued_candidates(
         rows = await session.execute(_queued_select().where(free, Vote.proposal_ref.in_(ids)))
         return [_queued(row) for row in rows.all()]
 
-    result: list[QueuedVote] = await _in_transaction(sessions, work, write=False)
-    return result
+    return await read(sessions, work, what="vote queue")
 
 
 def _queued_select() -> Any:
@@ -190,8 +157,7 @@ async def lease(
         )
         return [_queued(row) for row in rows.all()]
 
-    result: list[QueuedVote] = await _in_transaction(sessions, work)
-    return result
+    return await write(sessions, work, what="vote queue")
 
 
 async def release(
@@ -220,8 +186,7 @@ async def release(
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
 
-    count: int = await _in_transaction(sessions, work)
-    return count
+    return await write(sessions, work, what="vote queue")
 
 
 async def release_owner(sessions: SessionFactory, owner: str) -> int:
@@ -235,8 +200,7 @@ async def release_owner(sessions: SessionFactory, owner: str) -> int:
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
 
-    count: int = await _in_transaction(sessions, work)
-    return count
+    return await write(sessions, work, what="vote queue")
 
 
 async def count_leasable(
@@ -252,8 +216,7 @@ async def count_leasable(
         )
         return int((await session.execute(query)).scalar_one())
 
-    count: int = await _in_transaction(sessions, work, write=False)
-    return count
+    return await read(sessions, work, what="vote queue")
 
 
 # -- decisions without a transaction ---------------------------------------------------------------------
@@ -268,85 +231,27 @@ async def finish_unsent(
     decision: str | None,
     confidence: float | None,
     reason: str,
+    outcome: VoteOutcome | None = None,
 ) -> bool:
-    """queued -> already_voted / closed / no_vote / failed, by the lease holder, without any transaction."""
-    now = utcnow()
+    """queued -> already_voted / closed / no_vote / failed (or pending: the proposal is not on chain), by the
+    lease holder, without any transaction."""
 
     async def work(session: AsyncSession) -> bool:
-        result = await session.execute(
-            update(Vote)
-            .where(Vote.id == vote_id, Vote.state == VoteState.QUEUED, Vote.lease_owner == owner)
-            .values(
-                state=state,
-                decision=decision,
-                confidence=confidence,
-                reason=reason,
-                decided_at=now,
-                lease_owner=None,
-                lease_expires_at=None,
-                last_error=reason if state == VoteState.FAILED else None,
-            )
+        return await votes.finish_unsent(
+            session,
+            vote_id,
+            owner=owner,
+            state=state,
+            decision=decision,
+            confidence=confidence,
+            reason=reason,
+            outcome=outcome,
         )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
-    done: bool = await _in_transaction(sessions, work)
-    return done
+    return await write(sessions, work, what="vote queue")
 
 
 # -- transactions ----------------------------------------------------------------------------------------
-
-
-async def _add_tx(session: AsyncSession, vote_id: int, tx: SignedTx) -> None:
-    await _add_txs(session, [(vote_id, tx)])
-
-
-async def _add_txs(session: AsyncSession, txs: Sequence[tuple[int, SignedTx]]) -> None:
-    """Insert signed transactions; signing is deterministic, so a refused one signed again has the same
-    hash: then the stored row is reused (its outcome reset)."""
-    if not txs:
-        return
-    stored = await session.execute(
-        select(VoteTransaction.tx_hash, VoteTransaction.vote_id).where(
-            VoteTransaction.tx_hash.in_([tx.tx_hash for _, tx in txs])
-        )
-    )
-    known = {tx_hash: vote_id for tx_hash, vote_id in stored}
-    fresh = [_tx_row(vote_id, tx) for vote_id, tx in txs if tx.tx_hash not in known]
-    if fresh:
-        await session.execute(insert(VoteTransaction), fresh)
-    for vote_id, tx in txs:
-        owner = known.get(tx.tx_hash)
-        if owner is None:
-            continue
-        if owner != vote_id:
-            raise StorageError(f"transaction {tx.tx_hash} is already stored for another vote")
-        await session.execute(
-            update(VoteTransaction).where(VoteTransaction.tx_hash == tx.tx_hash).values(outcome=None)
-        )
-
-
-def _tx_row(vote_id: int, tx: SignedTx) -> dict[str, Any]:
-    return {
-        "vote_id": vote_id,
-        "tx_hash": tx.tx_hash,
-        "nonce": tx.nonce,
-        "max_fee_per_gas": str(tx.max_fee_per_gas),
-        "max_priority_fee_per_gas": str(tx.max_priority_fee_per_gas),
-        "gas_limit": tx.gas_limit,
-        "raw_transaction": "0x" + tx.raw_transaction.hex(),
-        "created_at": utcnow(),
-    }
-
-
-@dataclass(frozen=True)
-class SentRecord:
-    """A decided vote and its signed transaction, to be persisted before the broadcast."""
-
-    vote_id: int
-    tx: SignedTx
-    decision: str
-    confidence: float
-    reason: str
 
 
 async def record_sent(
@@ -371,41 +276,13 @@ async def record_sent_many(
 
     Returns the vote ids recorded; a row missing from it had lost its lease (another voter has it).
     """
-    now = utcnow()
-
-    async def work(session: AsyncSession) -> set[int]:
-        recorded: set[int] = set()
-        for record in records:
-            tx = record.tx
-            result = await session.execute(
-                update(Vote)
-                .where(Vote.id == record.vote_id, Vote.state == VoteState.QUEUED, Vote.lease_owner == owner)
-                .values(
-                    state=VoteState.SENT,
-                    decision=record.decision,
-                    confidence=record.confidence,
-                    reason=record.reason,
-                    decided_at=now,
-                    tx_hash=tx.tx_hash,
-                    nonce=tx.nonce,
-                    max_fee_per_gas=str(tx.max_fee_per_gas),
-                    max_priority_fee_per_gas=str(tx.max_priority_fee_per_gas),
-                    attempts=Vote.attempts + 1,
-                    sent_at=now,
-                    last_error=None,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
-            )
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                recorded.add(record.vote_id)
-        await _add_txs(session, [(r.vote_id, r.tx) for r in records if r.vote_id in recorded])
-        return recorded
-
     if not records:
         return set()
-    done: set[int] = await _in_transaction(sessions, work)
-    return done
+
+    async def work(session: AsyncSession) -> set[int]:
+        return await votes.record_sent(session, records, owner=owner)
+
+    return await write(sessions, work, what="vote queue")
 
 
 async def record_replacement(sessions: SessionFactory, vote_id: int, tx: SignedTx, *, note: str) -> bool:
@@ -424,19 +301,10 @@ async def record_replacement(sessions: SessionFactory, vote_id: int, tx: SignedT
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             return False
-        await _add_tx(session, vote_id, tx)
+        await votes.add_transactions(session, [(vote_id, tx)])
         return True
 
-    done: bool = await _in_transaction(sessions, work)
-    return done
-
-
-@dataclass(frozen=True)
-class Confirmation:
-    vote_id: int
-    tx_hash: str
-    block_number: int
-    gas_used: int | None
+    return await write(sessions, work, what="vote queue")
 
 
 async def mark_confirmed(
@@ -448,76 +316,14 @@ async def mark_confirmed(
 
 
 async def mark_confirmed_many(sessions: SessionFactory, confirmations: Sequence[Confirmation]) -> set[int]:
-    """Several sent -> confirmed changes in one transaction, each conditional; returns the ids changed.
-
-    One statement for all rows (executemany), not one per row: a burst confirms hundreds of votes a second.
-    """
+    """Several sent -> confirmed changes in one transaction, each conditional; returns the ids changed."""
     if not confirmations:
         return set()
-    now = utcnow()
-    votes = cast(
-        Table, Vote.__table__
-    )  # Core table: a list of parameters is a plain executemany, not an ORM bulk update
 
     async def work(session: AsyncSession) -> set[int]:
-        await session.execute(
-            update(votes)
-            .where(
-                votes.c.id == bindparam("b_vote"),
-                # Not IN (...): an expanding parameter cannot be used with executemany.
-                or_(votes.c.state == VoteState.SENT, votes.c.state == VoteState.CONFIRMED),
-            )
-            .values(
-                state=VoteState.CONFIRMED,
-                tx_hash=bindparam("b_tx"),
-                confirmed_block=bindparam("b_block"),
-                gas_used=bindparam("b_gas"),
-                confirmed_at=func.coalesce(votes.c.confirmed_at, now),
-                last_error=None,
-            ),
-            [_confirmation_params(item) for item in confirmations],
-        )
-        # Which of them this statement confirmed (the write lock is held now: a consistent read).
-        confirmed = await session.execute(
-            select(Vote.id, Vote.tx_hash).where(
-                Vote.id.in_([c.vote_id for c in confirmations]), Vote.state == VoteState.CONFIRMED
-            )
-        )
-        hashes = {vote_id: tx_hash for vote_id, tx_hash in confirmed}
-        done = [c for c in confirmations if hashes.get(c.vote_id) == c.tx_hash]
-        await _settle_outcomes_many(session, [(c.vote_id, c.tx_hash) for c in done], "mined")
-        return {c.vote_id for c in done}
+        return await votes.confirm_by_receipts(session, confirmations)
 
-    result: set[int] = await _in_transaction(sessions, work)
-    return result
-
-
-def _confirmation_params(item: Confirmation) -> dict[str, Any]:
-    return {
-        "b_vote": item.vote_id,
-        "b_tx": item.tx_hash,
-        "b_block": item.block_number,
-        "b_gas": item.gas_used,
-    }
-
-
-async def _settle_outcomes_many(
-    session: AsyncSession, settled: Sequence[tuple[int, str]], outcome: str
-) -> None:
-    """Each vote's transaction `tx_hash` gets `outcome`, its other unsettled ones "replaced" (they are of the
-    same attempt, with the same nonce: once one is mined, the others never can be). One executemany."""
-    if not settled:
-        return
-    txs = cast(Table, VoteTransaction.__table__)
-    await session.execute(
-        update(txs)
-        .where(
-            txs.c.vote_id == bindparam("b_vote"),
-            or_(txs.c.tx_hash == bindparam("b_tx"), txs.c.outcome.is_(None)),
-        )
-        .values(outcome=case((txs.c.tx_hash == bindparam("b_tx"), outcome), else_="replaced")),
-        [{"b_vote": vote_id, "b_tx": tx_hash} for vote_id, tx_hash in settled],
-    )
+    return await write(sessions, work, what="vote queue")
 
 
 async def own_transaction_hashes(sessions: SessionFactory, vote_ids: Collection[int]) -> dict[int, list[str]]:
@@ -536,8 +342,7 @@ async def own_transaction_hashes(sessions: SessionFactory, vote_ids: Collection[
             hashes.setdefault(vote_id, []).append(tx_hash)
         return hashes
 
-    result: dict[int, list[str]] = await _in_transaction(sessions, work, write=False)
-    return result
+    return await read(sessions, work, what="vote queue")
 
 
 async def confirm_queued_by_own_tx(
@@ -545,30 +350,11 @@ async def confirm_queued_by_own_tx(
 ) -> bool:
     """queued -> confirmed, by the lease holder, when one of the vote's own earlier transactions is on chain
     (a reorg had queued it again, and the transaction was mined again). Decision and reason stay."""
-    now = utcnow()
 
     async def work(session: AsyncSession) -> bool:
-        result = await session.execute(
-            update(Vote)
-            .where(Vote.id == confirmation.vote_id, Vote.state == VoteState.QUEUED, Vote.lease_owner == owner)
-            .values(
-                state=VoteState.CONFIRMED,
-                tx_hash=confirmation.tx_hash,
-                confirmed_block=confirmation.block_number,
-                gas_used=confirmation.gas_used,
-                confirmed_at=now,
-                last_error=None,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            return False
-        await _settle_outcomes_many(session, [(confirmation.vote_id, confirmation.tx_hash)], "mined")
-        return True
+        return await votes.confirm_queued_by_own_tx(session, owner=owner, confirmation=confirmation)
 
-    done: bool = await _in_transaction(sessions, work)
-    return done
+    return await write(sessions, work, what="vote queue")
 
 
 async def mark_failed(
@@ -579,24 +365,22 @@ async def mark_failed(
     tx_hash: str | None = None,
     block_number: int | None = None,
     gas_used: int | None = None,
+    outcome: VoteOutcome | None = None,
 ) -> bool:
     """sent -> failed: mined with status 0, or rejected for good. `reason` names the contract error."""
 
     async def work(session: AsyncSession) -> bool:
-        values: dict[str, Any] = {"state": VoteState.FAILED, "last_error": reason}
-        if tx_hash is not None:
-            values.update(tx_hash=tx_hash, confirmed_block=block_number, gas_used=gas_used)
-        result = await session.execute(
-            update(Vote).where(Vote.id == vote_id, Vote.state == VoteState.SENT).values(**values)
+        return await votes.mark_failed(
+            session,
+            vote_id,
+            reason=reason,
+            tx_hash=tx_hash,
+            block_number=block_number,
+            gas_used=gas_used,
+            outcome=outcome,
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            return False
-        if tx_hash is not None:
-            await _settle_outcomes_many(session, [(vote_id, tx_hash)], "failed")
-        return True
 
-    done: bool = await _in_transaction(sessions, work)
-    return done
+    return await write(sessions, work, what="vote queue")
 
 
 async def resolve_sent(
@@ -608,42 +392,30 @@ async def resolve_sent(
     tx_outcome: str | None = None,
     defer_until: dt.datetime | None = None,
     only_if_tx_in: Collection[str] | None = None,
+    outcome: VoteOutcome | None = None,
 ) -> bool:
     """sent -> queued (the vote was not cast and can be sent again), -> pending (the same, but only once its
     proposal is back on the canonical chain) or -> already_voted / closed.
 
     `tx_outcome` marks the row's unsettled transactions (e.g. "rejected", "dropped"). Back in the queue,
     the row may wait until `defer_until`. With `only_if_tx_in`, only while the row's current transaction is
-    one of those (not a later attempt).
+    one of those (not a later attempt). `outcome`: the row's VoteOutcome, when not the usual one of `state`.
     """
 
     async def work(session: AsyncSession) -> bool:
-        values: dict[str, Any] = {"state": state, "last_error": reason}
-        if state in (VoteState.QUEUED, VoteState.PENDING):
-            values.update(
-                tx_hash=None,
-                nonce=None,
-                lease_owner=DEFERRED_OWNER if defer_until else None,
-                lease_expires_at=defer_until,
-            )
-        else:
-            values["reason"] = reason
-        condition = [Vote.id == vote_id, Vote.state == VoteState.SENT]
-        if only_if_tx_in is not None:
-            condition.append(Vote.tx_hash.in_(list(only_if_tx_in)))
-        result = await session.execute(update(Vote).where(*condition).values(**values))
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            return False
-        if tx_outcome is not None:
-            await session.execute(
-                update(VoteTransaction)
-                .where(VoteTransaction.vote_id == vote_id, VoteTransaction.outcome.is_(None))
-                .values(outcome=tx_outcome)
-            )
-        return True
+        return await votes.resolve_sent(
+            session,
+            vote_id,
+            state=state,
+            reason=reason,
+            deferred_owner=DEFERRED_OWNER,
+            tx_outcome=tx_outcome,
+            defer_until=defer_until,
+            only_if_tx_in=only_if_tx_in,
+            outcome=outcome,
+        )
 
-    done: bool = await _in_transaction(sessions, work)
-    return done
+    return await write(sessions, work, what="vote queue")
 
 
 async def record_nonce_filler(
@@ -654,7 +426,7 @@ async def record_nonce_filler(
     async def work(session: AsyncSession) -> None:
         session.add(NonceFiller(node_id=node_id, nonce=nonce, tx_hash=tx_hash, reason=reason))
 
-    await _in_transaction(sessions, work)
+    await write(sessions, work, what="vote queue")
 
 
 async def set_note(sessions: SessionFactory, vote_id: int, note: str) -> None:
@@ -665,7 +437,7 @@ async def set_note(sessions: SessionFactory, vote_id: int, note: str) -> None:
             update(Vote).where(Vote.id == vote_id, Vote.state == VoteState.SENT).values(last_error=note)
         )
 
-    await _in_transaction(sessions, work)
+    await write(sessions, work, what="vote queue")
 
 
 async def reopen_confirmed(
@@ -681,32 +453,39 @@ async def reopen_confirmed(
         return 0
 
     async def work(session: AsyncSession) -> int:
-        match = or_(Vote.id.in_(list(vote_ids)), Vote.tx_hash.in_(list(tx_hashes)))
-        ids = list(
-            (await session.execute(select(Vote.id).where(match, Vote.state == VoteState.CONFIRMED))).scalars()
-        )
-        if not ids:
-            return 0
-        result = await session.execute(
-            update(Vote)
-            .where(Vote.id.in_(ids), Vote.state == VoteState.CONFIRMED)
-            .values(
-                state=VoteState.SENT,
-                confirmed_block=None,
-                gas_used=None,
-                confirmed_at=None,
-                last_error=reason,
-            )
-        )
-        await session.execute(
-            update(VoteTransaction)
-            .where(VoteTransaction.vote_id.in_(ids), VoteTransaction.outcome.in_(["mined", "replaced"]))
-            .values(outcome=None)
-        )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return await votes.reopen_confirmed(session, vote_ids=vote_ids, tx_hashes=tx_hashes, reason=reason)
 
-    count: int = await _in_transaction(sessions, work)
-    return count
+    return await write(sessions, work, what="vote queue")
+
+
+# -- the reconcile pass -----------------------------------------------------------------------------------
+
+
+async def apply_reconcile_fix(
+    sessions: SessionFactory,
+    vote_id: int,
+    *,
+    from_states: Sequence[VoteState],
+    to_state: VoteState,
+    reason: str,
+) -> bool:
+    """One change the reconcile pass read from the chain (see storage.votes.apply_reconcile_fix)."""
+
+    async def work(session: AsyncSession) -> bool:
+        return await votes.apply_reconcile_fix(
+            session, vote_id, from_states=from_states, to_state=to_state, reason=reason
+        )
+
+    return await write(sessions, work, what="reconcile")
+
+
+async def confirm_by_reconcile(sessions: SessionFactory, confirmation: Confirmation) -> bool:
+    """sent -> confirmed: the reconcile pass found the vote's transaction mined with success."""
+
+    async def work(session: AsyncSession) -> bool:
+        return await votes.confirm_by_reconcile(session, confirmation)
+
+    return await write(sessions, work, what="reconcile")
 
 
 async def sent_vote_ids(sessions: SessionFactory, node_ids: Collection[int]) -> dict[int, set[int]]:
@@ -723,8 +502,7 @@ async def sent_vote_ids(sessions: SessionFactory, node_ids: Collection[int]) -> 
             by_node.setdefault(node_id, set()).add(vote_id)
         return by_node
 
-    result: dict[int, set[int]] = await _in_transaction(sessions, work, write=False)
-    return result
+    return await read(sessions, work, what="vote queue")
 
 
 async def sent_votes(sessions: SessionFactory, node_id: int) -> list[SentVote]:
@@ -766,5 +544,4 @@ async def sent_votes(sessions: SessionFactory, node_id: int) -> list[SentVote]:
             if r.id in by_vote and r.nonce is not None and r.tx_hash is not None
         ]
 
-    result: list[SentVote] = await _in_transaction(sessions, work, write=False)
-    return result
+    return await read(sessions, work, what="vote queue")

@@ -12,6 +12,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from storage.engine import SessionFactory
 from storage.models import Round, Vote, utcnow
+from storage.transactions import read, write
 
 
 class RoundKind(enum.StrEnum):
@@ -68,7 +69,7 @@ def _record(row: Round) -> RoundRecord:
 
 
 async def start_round(sessions: SessionFactory, kind: RoundKind | str) -> RoundRecord:
-    async with sessions.begin() as session:
+    async def work(session: AsyncSession) -> RoundRecord:
         row = Round(
             kind=str(kind),
             state=RoundState.RUNNING,
@@ -84,10 +85,13 @@ async def start_round(sessions: SessionFactory, kind: RoundKind | str) -> RoundR
         await session.flush()
         return _record(row)
 
+    return await write(sessions, work, what="start_round")
+
 
 async def record_reconcile(sessions: SessionFactory, round_id: int, counts: ReconcileCounts) -> None:
     """What the reconcile pass of a running round found (progress before the drain)."""
-    async with sessions.begin() as session:
+
+    async def work(session: AsyncSession) -> None:
         await session.execute(
             update(Round)
             .where(Round.id == round_id, Round.state == RoundState.RUNNING)
@@ -99,13 +103,16 @@ async def record_reconcile(sessions: SessionFactory, round_id: int, counts: Reco
             )
         )
 
+    await write(sessions, work, what="record_reconcile")
+
 
 async def finish_round(
     sessions: SessionFactory, round_id: int, *, state: RoundState, error: str | None = None
 ) -> RoundRecord | None:
     """Close a running round. Votes sent/confirmed are those sent or mined while it ran (by the round's
     drain or by the voter reacting to the listener meanwhile)."""
-    async with sessions.begin() as session:
+
+    async def work(session: AsyncSession) -> RoundRecord | None:
         row = await session.get(Round, round_id)
         if row is None:
             return None
@@ -119,6 +126,8 @@ async def finish_round(
             await session.flush()
         return _record(row)
 
+    return await write(sessions, work, what="finish_round")
+
 
 async def _count_between(
     session: AsyncSession,
@@ -131,23 +140,30 @@ async def _count_between(
 
 
 async def get_round(sessions: SessionFactory, round_id: int) -> RoundRecord | None:
-    async with sessions() as session:
+    async def work(session: AsyncSession) -> RoundRecord | None:
         row = await session.get(Round, round_id)
         return None if row is None else _record(row)
 
+    return await read(sessions, work, what="get_round")
+
 
 async def last_round(sessions: SessionFactory) -> RoundRecord | None:
-    async with sessions() as session:
+    async def work(session: AsyncSession) -> RoundRecord | None:
         row = (await session.execute(select(Round).order_by(Round.id.desc()).limit(1))).scalar_one_or_none()
         return None if row is None else _record(row)
+
+    return await read(sessions, work, what="last_round")
 
 
 async def fail_interrupted_rounds(sessions: SessionFactory) -> int:
     """Rounds left `running` by a stopped process can never finish: close them at start-up."""
-    async with sessions.begin() as session:
+
+    async def work(session: AsyncSession) -> int:
         result = await session.execute(
             update(Round)
             .where(Round.state == RoundState.RUNNING)
             .values(state=RoundState.FAILED, finished_at=utcnow(), error="interrupted: the service stopped")
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+    return await write(sessions, work, what="fail_interrupted_rounds")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -12,10 +10,10 @@ from sqlalchemy import select, update
 from chain.types import AssetInfo, LogRef, ProposalData
 from storage import chain_state
 from storage.chain_state import StoredBlock
-from storage.engine import SessionFactory, create_engine, session_factory
-from storage.migrations import upgrade
-from storage.models import ChainLog, Proposal, RecentBlock, Vote, VoteState
-from storage.proposals import NodeRecord, sync_nodes
+from storage.engine import SessionFactory
+from storage.models import ChainLog, Proposal, RecentBlock, Vote, VoteOutcome, VoteState
+from storage.proposals import NodeRecord
+from tests.support.database import Database
 
 pytestmark = pytest.mark.anyio
 
@@ -46,21 +44,9 @@ def ref(block: int, index: int = 0, fork: str = "a") -> LogRef:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[tuple[SessionFactory, list[NodeRecord]]]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'dloop.db'}"
-    await upgrade(url)
-    engine = create_engine(url)
-    sessions = session_factory(engine)
-    nodes = await sync_nodes(
-        sessions, [(f"ai-gov-0{i}", "0x" + f"{i:02d}" * 20, "conservative") for i in range(1, 6)]
-    )
-    yield sessions, nodes
-    await engine.dispose()
+def store(db: Database) -> tuple[SessionFactory, list[NodeRecord]]:
+    """The shared `db` (tests/conftest.py): five made-up nodes, no proposals."""
+    return db.sessions, db.nodes
 
 
 async def created(
@@ -278,3 +264,65 @@ async def test_replacing_recent_blocks_drops_everything_above_the_fork(
     async with sessions() as session:
         stored = dict((await session.execute(select(RecentBlock.number, RecentBlock.hash))).all())
     assert stored == {1: old[0].hash, 2: old[1].hash, 3: new[0].hash, 4: new[1].hash}
+
+
+async def outcomes(sessions: SessionFactory) -> list[tuple[str, str | None]]:
+    async with sessions() as session:
+        rows = await session.execute(select(Vote.state, Vote.outcome).order_by(Vote.node_id))
+        return [(state, outcome) for state, outcome in rows.all()]
+
+
+async def test_a_reorged_closing_log_reopens_by_outcome_not_by_text(
+    store: tuple[SessionFactory, list[NodeRecord]],
+) -> None:
+    """Votes closed by a closing log are queued again when the log leaves the chain: decided on `outcome`,
+    whatever `last_error` says. A row closed for another reason stays closed, even with the same text."""
+    sessions, nodes = store
+    await created(sessions, nodes, ref(80))
+    assert await chain_state.record_proposal_closed(
+        sessions, stream=STREAM, chain_id=CHAIN, contract=CONTRACT, log=ref(85), proposal_id=1,
+        event="ProposalCanceled", status=5, executed=False,
+    ) == 5  # fmt: skip
+    assert set(await outcomes(sessions)) == {("closed", "closed_by_event")}
+    async with sessions.begin() as session:
+        await session.execute(update(Vote).where(Vote.node_id == nodes[0].id).values(last_error="edited"))
+        await session.execute(
+            update(Vote).where(Vote.node_id == nodes[1].id).values(outcome=VoteOutcome.CLOSED)
+        )  # closed by the voter (say): its text still reads "closed on chain by ..."
+
+    result = await chain_state.orphan_after(
+        sessions, stream=STREAM, chain_id=CHAIN, contract=CONTRACT, fork_block=82
+    )
+    assert result.votes_reopened == 4
+    assert await outcomes(sessions) == [
+        ("queued", "reopened_after_reorg"),
+        ("closed", "closed"),
+        *[("queued", "reopened_after_reorg")] * 3,
+    ]
+
+
+async def test_votes_reverted_with_proposal_not_found_are_owed_when_it_is_created_again(
+    store: tuple[SessionFactory, list[NodeRecord]],
+) -> None:
+    sessions, nodes = store
+    first = await created(sessions, nodes, ref(90))
+    assert first is not None
+    row_id = first.record.proposal_row_id
+    async with sessions.begin() as session:
+        await session.execute(
+            update(Vote)
+            .where(Vote.node_id.in_([nodes[0].id, nodes[1].id]))
+            .values(state=VoteState.FAILED, outcome=VoteOutcome.PROPOSAL_NOT_FOUND, last_error="any text")
+        )
+        await session.execute(
+            update(Vote)
+            .where(Vote.node_id == nodes[2].id)
+            .values(state=VoteState.FAILED, outcome=VoteOutcome.REVERTED, last_error="reverted on chain: X")
+        )
+    reopened = await chain_state.reopen_votes_sent_before_creation(
+        sessions, row_id, state=VoteState.QUEUED, content_changed=False
+    )
+    assert reopened == 2
+    after = await outcomes(sessions)
+    assert [state for state, _ in after] == ["queued", "queued", "failed", "queued", "queued"]
+    assert after[0] == after[1] == ("queued", "reopened_after_reorg")

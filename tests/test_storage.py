@@ -40,11 +40,6 @@ PROPOSAL = ProposalData(
 NODES = [(f"ai-gov-0{i}", "0x" + f"{i:02d}" * 20, "conservative") for i in range(1, 6)]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_the_migrations_build_exactly_the_models_tables(tmp_path: Path) -> None:
     """A column or table added to storage/models.py without its alembic migration shows up here."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'dloop.db'}"
@@ -151,3 +146,57 @@ def test_database_location_checked(tmp_path: Path) -> None:
     finally:
         locked.chmod(0o700)
     check_database_location(f"sqlite+aiosqlite:///{tmp_path / 'ok.db'}")
+
+
+async def test_migration_0004_derives_outcomes_and_downgrades_without_losing_transactions(
+    tmp_path: Path,
+) -> None:
+    """Rows written before `votes.outcome` existed get the two codes the service decides on; going back
+    drops the column only (vote_transactions rows stay: no table copy, no cascade)."""
+    path = tmp_path / "dloop.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await upgrade(url, "0003")
+    engine = create_engine(url)
+    nodes = await sync_nodes(session_factory(engine), NODES[:3])
+    await record_proposal(
+        session_factory(engine),
+        chain_id=1,
+        contract="0x" + "aa" * 20,
+        data=PROPOSAL,
+        source="backfill",
+        node_ids=[],
+    )  # fmt: skip  (no vote rows: the models have a column this schema lacks)
+    await engine.dispose()
+    rows = [
+        (nodes[0].id, "closed", "closed on chain by ProposalCanceled before our vote was sent"),
+        (nodes[1].id, "failed", "reverted on chain: ProposalNotFound"),
+        (nodes[2].id, "failed", "reverted on chain: VotingPeriodEnded"),
+    ]
+    with sqlite3.connect(path) as db:
+        db.executemany(
+            "INSERT INTO votes (proposal_ref, node_id, state, last_error, attempts, queued_at, updated_at)"
+            " VALUES (1, ?, ?, ?, 0, '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+            rows,
+        )
+        db.execute(
+            "INSERT INTO vote_transactions (vote_id, tx_hash, nonce, max_fee_per_gas,"
+            " max_priority_fee_per_gas, gas_limit, raw_transaction, created_at)"
+            " VALUES (1, '0x01', 0, '1', '1', 21000, '0x', '2026-01-01 00:00:00')"
+        )
+
+    await upgrade(url)
+    with sqlite3.connect(path) as db:
+        found = db.execute("SELECT node, outcome FROM vote_history ORDER BY node").fetchall()
+    assert found == [
+        ("ai-gov-01", "closed_by_event"),
+        ("ai-gov-02", "proposal_not_found"),
+        ("ai-gov-03", None),
+    ]
+
+    await downgrade(url, "0003")
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM vote_transactions").fetchone()[0] == 1
+        assert "outcome" not in [c[1] for c in db.execute("PRAGMA table_info(votes)")]
+        assert len(db.execute("SELECT * FROM vote_history").fetchall()) == 3
+    await upgrade(url)
+    await ensure_schema_current(url)

@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from chain.types import AssetInfo, ProposalData
+from core.errors import StorageError
 from storage import queue
-from storage.engine import SessionFactory, create_engine, session_factory
-from storage.migrations import upgrade
-from storage.models import Vote, VoteState, VoteTransaction, utcnow
-from storage.proposals import record_proposal, sync_nodes
+from storage.engine import SessionFactory
+from storage.models import Vote, VoteOutcome, VoteState, VoteTransaction, utcnow
+from storage.proposals import record_proposal
 from storage.queue import SignedTx
+from storage.transactions import write
+from tests.support.database import Database, NodeSpec
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def proposal(pid: int) -> ProposalData:
@@ -35,23 +32,19 @@ def proposal(pid: int) -> ProposalData:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[tuple[SessionFactory, list[int]]]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'queue.db'}"
-    await upgrade(url)
-    engine = create_engine(url)
-    sessions = session_factory(engine)
-    nodes = await sync_nodes(sessions, [(f"n{i}", f"0x{i:040x}", "conservative") for i in (1, 2)])
+def db_nodes() -> list[NodeSpec]:
+    return [(f"n{i}", f"0x{i:040x}", "conservative") for i in (1, 2)]
+
+
+@pytest.fixture
+async def db(db: Database) -> tuple[SessionFactory, list[int]]:
+    """The shared `db` (tests/conftest.py) with two nodes and five proposals."""
     for pid in range(1, 6):
         await record_proposal(
-            sessions, chain_id=1, contract="0xdao", data=proposal(pid), source="backfill",
-            node_ids=[n.id for n in nodes],
+            db.sessions, chain_id=1, contract="0xdao", data=proposal(pid), source="backfill",
+            node_ids=[n.id for n in db.nodes],
         )  # fmt: skip
-    # Disposed while the test's event loop runs: a pooled aiosqlite connection left to the garbage collector
-    # answers into a closed loop ("Event loop is closed" in its worker thread).
-    try:
-        yield sessions, [n.id for n in nodes]
-    finally:
-        await engine.dispose()
+    return db.sessions, [n.id for n in db.nodes]
 
 
 DECIDED: dict[str, Any] = {"decision": "for", "confidence": 0.8, "reason": "r"}
@@ -183,3 +176,75 @@ async def test_reorg_reopens_and_requeue_forgets_the_nonce(db: tuple[SessionFact
     async with sessions() as session:
         outcomes = (await session.execute(select(VoteTransaction.outcome))).scalars().all()
     assert outcomes == [None]
+
+
+async def outcome_of(sessions: SessionFactory, vote: int) -> tuple[str, str | None]:
+    async with sessions() as session:
+        row = (await session.execute(select(Vote.state, Vote.outcome).where(Vote.id == vote))).one()
+        return row.state, row.outcome
+
+
+async def test_each_transition_records_its_outcome(db: tuple[SessionFactory, list[int]]) -> None:
+    sessions, _ = db
+    first, second = (await all_ids(sessions))[:2]
+    await queue.lease(sessions, [first, second], owner="me", lease_seconds=60)
+    assert await queue.finish_unsent(
+        sessions, second, owner="me", state=VoteState.NO_VOTE, decision="none", confidence=0.5, reason="r"
+    )
+    assert await outcome_of(sessions, second) == ("no_vote", "no_vote")
+    assert await queue.record_sent(sessions, first, owner="me", tx=tx(4), **DECIDED)
+    assert await outcome_of(sessions, first) == ("sent", "sent")
+    assert await queue.resolve_sent(
+        sessions, first, state=VoteState.PENDING, reason="ProposalNotFound", tx_outcome="reverted",
+        outcome=VoteOutcome.PROPOSAL_NOT_FOUND,
+    )  # fmt: skip
+    assert await outcome_of(sessions, first) == ("pending", "proposal_not_found")
+    # pending is not a source of sent or failed: the voter cannot touch the row until it is queued again.
+    assert not await queue.mark_failed(sessions, first, reason="x")
+    assert not await queue.record_sent(sessions, first, owner="me", tx=tx(5), **DECIDED)
+    assert await outcome_of(sessions, first) == ("pending", "proposal_not_found")
+
+
+async def test_a_write_retries_a_busy_database_and_reports_storage_errors(
+    db: tuple[SessionFactory, list[int]],
+) -> None:
+    sessions, _ = db
+    calls: list[int] = []
+
+    async def busy_once(session: AsyncSession) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("UPDATE votes", {}, Exception("database is locked"))
+        return len(calls)
+
+    assert await write(sessions, busy_once, what="test") == 2
+
+    async def always_busy(session: AsyncSession) -> None:
+        raise OperationalError("UPDATE votes", {}, Exception("database is locked"))
+
+    with pytest.raises(StorageError, match=r"test: .*database is locked"):
+        await write(sessions, always_busy, what="test")
+
+    async def conflict(session: AsyncSession) -> None:
+        raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+
+    with pytest.raises(StorageError, match="UNIQUE"):
+        await write(sessions, conflict, what="test", conflict_retries=1)
+
+
+async def test_a_cancelled_write_still_commits(db: tuple[SessionFactory, list[int]]) -> None:
+    """Shielded: the cancellation takes effect after the commit, never between a statement and its end."""
+    sessions, _ = db
+    vote = (await all_ids(sessions))[0]
+
+    async def slow(session: AsyncSession) -> None:
+        await session.execute(update(Vote).where(Vote.id == vote).values(last_error="written"))
+        await anyio.sleep(0.2)
+
+    with anyio.move_on_after(0.05) as scope:
+        await write(sessions, slow, what="test")
+        await anyio.sleep(5)  # the cancellation arrives here, after the commit
+    assert scope.cancelled_caught
+    async with sessions() as session:
+        written = (await session.execute(select(Vote.last_error).where(Vote.id == vote))).scalar_one()
+    assert written == "written"

@@ -12,9 +12,12 @@ import anyio
 from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 
+from chain import requests as rq
+from chain import web3_internals
 from chain.codec import AbiFunction, dao_functions, erc20_functions, event_topics
-from chain.connection import MalformedFrames, batch_refusal, classify_rpc_error, translate_exception
+from chain.connection import batch_refusal, classify_rpc_error, translate_exception
 from chain.types import AssetInfo, ProposalData
+from chain.web3_internals import MalformedFrames
 from core.errors import ChainError, ContractRevert, MalformedAnswer, RateLimited, TransientChainError
 
 RpcErrorCounts = Counter[str]  # error kind (the exception's class name) -> how many
@@ -111,7 +114,7 @@ RATE_LIMIT_ATTEMPTS = 6  # 0.3^6: a provider refusing 30 % of requests still ans
 MALFORMED_GRACE = 1.0  # seconds an in-flight request may still be answered after a bad frame arrived
 MALFORMED_ATTEMPTS = 4  # a read asked again after a malformed answer: 5 % bad frames -> 1 in 160,000 fails
 # Sending these again is not a plain retry (the node may have taken the first one): callers decide.
-NOT_REPEATABLE = frozenset({"eth_sendRawTransaction", "eth_sendTransaction"})
+NOT_REPEATABLE = frozenset({rq.SEND_RAW, "eth_sendTransaction"})
 
 
 async def retry_rate_limited(call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -187,13 +190,10 @@ class ChainClient:
                 attempt += 1
 
     async def _request_once(self, method: str, params: Sequence[Any]) -> Any:
-        # Through the request manager, so web3 knows the request: an error answer to a request it does not
-        # know is raised as a "stray error" inside the next, unrelated request.
         try:
             with anyio.fail_after(self.timeout):
                 return await self._answer_or_malformed(
-                    self.w3.manager.socket_request(method, list(params)),  # type: ignore[arg-type]
-                    method,
+                    web3_internals.socket_request(self.w3, method, params), method
                 )
         except MalformedAnswer as exc:
             self.error_counts[type(exc).__name__] += 1
@@ -258,24 +258,14 @@ class ChainClient:
         return results
 
     async def _batch_once(self, requests: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-        provider = self.w3.provider
-        processor = provider._request_processor
         async with self._batch_lock:
             cache_keys: list[str | None] = []
             try:
                 with anyio.fail_after(self.timeout):
-                    sent = await provider.send_batch_request([(m, list(p)) for m, p in requests])
-                    for request in sent:
-                        cache_keys.append(
-                            processor.cache_request_information(
-                                request["id"],
-                                request["method"],
-                                request["params"],
-                                response_formatters=((), (), ()),
-                            )
-                        )
+                    sent = await web3_internals.send_batch(self.w3, requests)
+                    web3_internals.register_batch(self.w3, sent, cache_keys)
                     responses = await self._answer_or_malformed(
-                        provider.recv_for_batch_request(sent), f"a batch of {len(sent)}"
+                        web3_internals.receive_batch(self.w3, sent), f"a batch of {len(sent)}"
                     )
             except MalformedAnswer as exc:
                 self.error_counts[type(exc).__name__] += 1
@@ -283,11 +273,7 @@ class ChainClient:
             except Exception as exc:
                 raise self._counted(translate_exception(exc)) from exc
             finally:
-                # The batch answer is popped as a whole: drop its requests' entries too, or they fill web3's
-                # request-information cache (500) and evict the entries of requests still in flight.
-                for key in cache_keys:
-                    if key is not None:
-                        processor.pop_cached_request_information(key)
+                web3_internals.forget_batch(self.w3, cache_keys)
         refusal = batch_refusal(responses)
         if refusal is not None:
             raise self._counted(classify_rpc_error(refusal))
@@ -355,23 +341,22 @@ class ChainClient:
 
     # -- typed reads -----------------------------------------------------------------------------------
     async def chain_id(self) -> int:
-        return _int(await self.request("eth_chainId", []))
+        return _int(await self.request(*rq.chain_id()))
 
     async def block_number(self) -> int:
-        return _int(await self.request("eth_blockNumber", []))
+        return _int(await self.request(*rq.block_number()))
 
     async def block(self, number: int | str = "latest") -> BlockHeader:
-        tag = hex(number) if isinstance(number, int) else number
-        raw = await self.request("eth_getBlockByNumber", [tag, False])
+        raw = await self.request(*rq.block_by_number(number))
         if raw is None:
             raise ChainError(f"block {number} not found")
         return parse_block(raw)
 
     async def code_at(self, address: str) -> str:
-        return str(await self.request("eth_getCode", [to_checksum_address(address), "latest"]))
+        return str(await self.request(*rq.code(to_checksum_address(address))))
 
     async def call(self, fn: AbiFunction, *args: Any, to: str | None = None, block: str = "latest") -> Any:
-        raw = await self.request("eth_call", [{"to": to or self.contract, "data": fn.encode(*args)}, block])
+        raw = await self.request(*rq.call_function(to or self.contract, fn, *args, block=block))
         values = decode_result(fn, raw)
         return values[0] if len(values) == 1 else values
 
@@ -414,17 +399,8 @@ class ChainClient:
         return AssetInfo(address, symbol, decimals)
 
     async def get_logs(self, from_block: int, to_block: int) -> list[RawLog]:
-        raw = await self.request(
-            "eth_getLogs",
-            [
-                {
-                    "address": [self.contract],  # a list: web3's ENS middleware fails on a str here
-                    "fromBlock": hex(from_block),
-                    "toBlock": hex(to_block),
-                    "topics": [list(event_topics())],
-                }
-            ],
-        )
+        # The address as a list: web3's ENS middleware fails on a str here.
+        raw = await self.request(*rq.logs([self.contract], from_block, to_block, [list(event_topics())]))
         return [parse_log(item) for item in raw or []]
 
 

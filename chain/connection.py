@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
-from web3 import AsyncWeb3, WebSocketProvider
-from web3._utils.batching import BATCH_REQUEST_ID
-from web3._utils.caching.caching_utils import generate_cache_key
+from web3 import AsyncWeb3
 from web3.exceptions import (
     BadResponseFormat,
     PersistentConnectionError,
@@ -24,10 +20,10 @@ from web3.exceptions import (
     TooManyRequests,
     Web3RPCError,
 )
-from web3.types import RPCEndpoint, RPCId, RPCRequest, RPCResponse
 from websockets.exceptions import InvalidStatus
 
 from chain.codec import decode_revert
+from chain.web3_internals import FrameTolerantWebSocketProvider, is_batch_refusal
 from core.errors import (
     ChainError,
     ContractRevert,
@@ -37,11 +33,8 @@ from core.errors import (
     TransientChainError,
     Underpriced,
 )
-from core.logs import log_event
 
 log = logging.getLogger("dloop.chain")
-
-ANSWER_RECHECK_S = 0.05  # a waiter re-checks web3's answer cache at least this often
 
 
 def safe_url(url: str) -> str:
@@ -54,131 +47,10 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or '?'}{port}"
 
 
-class MalformedFrames:
-    """Frames of one connection that were not JSON-RPC, and an event that fires at the next one.
-
-    A request that gives up on a bad frame claims it (by number). A frame nobody claims was no request's
-    answer: most likely a subscription notification, which the provider must not lose silently.
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.next = anyio.Event()
-        self.claimed: set[int] = set()
-
-    def note(self) -> int:
-        self.count += 1
-        arrived, self.next = self.next, anyio.Event()
-        arrived.set()
-        return self.count
-
-    def claim(self, number: int) -> None:
-        self.claimed.add(number)
-
-
-class FrameTolerantWebSocketProvider(WebSocketProvider):
-    """web3's WebSocketProvider, minus its one fatal reaction to a bad frame.
-
-    In web3 8.0.0 the provider's listener task parses every frame with `json.loads`; an exception ends the
-    task, and every later request of the socket re-raises it (`_handle_listener_task_exceptions`), so one
-    malformed answer spoils a healthy connection. (`silence_listener_task_exceptions=True` would keep the
-    task alive but also swallow a closed socket's error in a tight loop.) Here a frame that is not a JSON
-    object or batch is dropped and counted; `ChainClient` fails the request left without its answer. A
-    bad frame no request claims within `claim_window` seconds ends the subscription stream (if any) with a
-    TransientChainError: the subscriber reconnects and catches up rather than miss a notification.
-
-    A batch refused with one error object (id null, like a provider capping batches) is that batch's answer,
-    not a stray error: web3 only files it under the batch key inside its `batch_requests()` context (a
-    context variable its listener task never sees), so it would end the listener task and every request of
-    the socket would re-raise it, racing the batch's own caller to report it.
-    """
-
-    def __init__(self, *args: Any, claim_window: float = 3.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.malformed = MalformedFrames()
-        self.claim_window = claim_window
-        self._batches_sent = 0
-        self._batches_answered = 0  # batches in flight: sent - answered (a late answer still counts)
-        self._frame_arrived = asyncio.Event()  # set at each frame read; waiters re-check the cache
-
-    async def _get_response_for_request_id(
-        self, request_id: RPCId | list[RPCId], timeout: float | None = None
-    ) -> RPCResponse:
-        """Wait for an answer without spinning: web3 8.0.0 polls its cache with `asyncio.sleep(0)` per waiter,
-        which under load took most of the service's CPU. Waiters sleep until a frame arrives; the short
-        re-check interval covers a frame cached just after the wake-up and a listener task that died."""
-        limit = self.request_timeout if timeout is None else timeout
-        key = generate_cache_key(request_id)
-        cache = self._request_processor._request_response_cache
-        deadline = asyncio.get_running_loop().time() + limit
-        while True:
-            self._handle_listener_task_exceptions()
-            if key in cache:
-                return cast(RPCResponse, await self._request_processor.pop_raw_response(cache_key=key))
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                raise TimeExhausted(f"no answer to request id {request_id!r} within {limit:g} s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._frame_arrived.wait(), min(remaining, ANSWER_RECHECK_S))
-
-    async def send_batch_request(self, requests: list[tuple[RPCEndpoint, Any]]) -> list[RPCRequest]:
-        self._batches_sent += 1  # before sending: the answer may be read before the send returns
-        try:
-            return await super().send_batch_request(requests)
-        except BaseException:
-            self._batches_sent -= 1
-            raise
-
-    async def socket_recv(self) -> RPCResponse:
-        if self._ws is None:
-            raise TransientChainError("the WebSocket is not connected")
-        while True:
-            raw = await self._ws.recv()
-            # Wake the waiters; they run after web3's listener has cached this frame (it does not yield
-            # between our return and its caching of an answer).
-            self._frame_arrived.set()
-            self._frame_arrived = asyncio.Event()
-            try:
-                answer = json.loads(raw)
-            except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
-                answer = None
-            if isinstance(answer, list):
-                self._batches_answered += 1
-                return cast(RPCResponse, answer)
-            if isinstance(answer, dict):
-                if self._batches_answered < self._batches_sent and _is_batch_refusal(answer):
-                    self._batches_answered += 1
-                    # Filed as a one-item list: web3's stray-error check skips lists (not dicts) in the cache.
-                    cache = self._request_processor._request_response_cache
-                    cache.cache(generate_cache_key(BATCH_REQUEST_ID), [answer])
-                    continue
-                return cast(RPCResponse, answer)
-            number = self.malformed.note()
-            log_event(log, "rpc_malformed_frame", level=logging.WARNING, frame=number, start=str(raw[:80]))
-            asyncio.get_running_loop().call_later(self.claim_window, self._unclaimed, number)
-
-    def _unclaimed(self, number: int) -> None:
-        if number in self.malformed.claimed:
-            self.malformed.claimed.discard(number)
-            return
-        if not self._request_processor.active_subscriptions:
-            return
-        log_event(log, "rpc_malformed_notification", level=logging.WARNING, frame=number)
-        with contextlib.suppress(asyncio.QueueFull):
-            # web3's queue raises an exception item at its reader (`TaskReliantQueue.get`).
-            lost = TransientChainError(f"malformed frame {number} answered no request: a lost notification?")
-            self._request_processor._subscription_response_queue.put_nowait(lost)  # type: ignore[arg-type]
-
-
-def _is_batch_refusal(answer: dict[str, Any]) -> bool:
-    """An error object answering no request id (JSON-RPC's answer to a request it could not take apart)."""
-    return answer.get("id") is None and "method" not in answer and isinstance(answer.get("error"), dict)
-
-
 def batch_refusal(responses: Any) -> dict[str, Any] | None:
     """The error object of a batch answered with one error instead of a list of answers, else None."""
     if isinstance(responses, list):
-        if len(responses) != 1 or not isinstance(responses[0], dict) or not _is_batch_refusal(responses[0]):
+        if len(responses) != 1 or not isinstance(responses[0], dict) or not is_batch_refusal(responses[0]):
             return None
         responses = responses[0]  # as FrameTolerantWebSocketProvider files a refusal
     error = responses.get("error", {}) if isinstance(responses, dict) else {}

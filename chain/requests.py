@@ -13,6 +13,7 @@ from chain.codec import AbiFunction
 
 Request = tuple[str, list[Any]]
 BlockTag = int | str  # a block number, or "latest" / "pending" / "safe" / "finalized" / "earliest"
+SEND_RAW = "eth_sendRawTransaction"
 
 
 def block_tag(block: BlockTag) -> str:
@@ -75,7 +76,7 @@ def estimate_gas(transaction: Mapping[str, Any]) -> Request:
 
 
 def send_raw(raw_transaction: bytes) -> Request:
-    return ("eth_sendRawTransaction", ["0x" + raw_transaction.hex()])
+    return (SEND_RAW, ["0x" + raw_transaction.hex()])
 
 
 def max_priority_fee() -> Request:

@@ -1,4 +1,4 @@
-"""The service: one anyio task group owning the HTTP server, the voter, the listener and the reconciler.
+"""The service: one anyio task group owning the HTTP server, the voter, the listener and the rounds.
 
 Everything is built from one `Settings`, one session factory and the node records synced at start-up. Each
 component is started with `tg.start` (in that order: the API answers while the listener backfills); on
@@ -11,28 +11,31 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
 
 from chain.accounts import NodeAccount
-from chain.client import ChainClient, RpcErrorCounts, decode_result
-from chain.codec import dao_functions, erc20_functions
+from chain.client import ChainClient, RpcErrorCounts
+from chain.codec import dao_functions
+from chain.reads import BadAnswer, Batch, Reads, read_balance, read_block, read_nonce, read_token_balance
+from chain.ws_client import ws_chain_client
 from core.errors import ChainError, TransientChainError
 from core.logs import log_event
 from core.settings import Settings
 from core.signals import WorkSignal
+from dloop.rounds import Rounds
 from listener.listener import Listener
-from listener.reconcile import Reconciler, ws_chain_client
+from listener.reconcile import Reconciler
 from storage.engine import SessionFactory
 from storage.proposals import NodeRecord
 from storage.queries import ContractScope
-from storage.rounds import RoundKind, fail_interrupted_rounds
+from storage.rounds import fail_interrupted_rounds
 from voter.service import Voter
 from web.app import create_app
-from web.ports import ListenerView, NodeChainState, TriggerResult, VoterView, WebContext
+from web.ports import ListenerView, NodeChainState, VoterView, WebContext
 from web.server import HttpServer
 
 logger = logging.getLogger(__name__)
@@ -94,34 +97,34 @@ class ChainReads:
     async def _read(self, client: ChainClient) -> list[NodeChainState]:
         if self._dloop_token is None:
             self._dloop_token = str(await client.call(dao_functions()["dloopToken"]))
-        balance_of = erc20_functions()["balanceOf"]
-        requests: list[tuple[str, list[object]]] = [("eth_getBlockByNumber", ["latest", False])]
-        for node in self.nodes:
-            requests += [
-                ("eth_getBalance", [node.address, "latest"]),
-                ("eth_getTransactionCount", [node.address, "pending"]),
-                ("eth_call", [{"to": self._dloop_token, "data": balance_of.encode(node.address)}, "latest"]),
-            ]
-        answers = await client.call_many(requests, batch_size=self.settings.rpc_batch_size)
-        head = answers[0]
-        base_fee = None
-        if isinstance(head, Mapping) and head.get("baseFeePerGas") is not None:
-            base_fee = int(str(head["baseFeePerGas"]), 16)
-        required = required_balance(base_fee)
+        token = self._dloop_token
+        batch = Batch()
+        head_slot = batch.add(read_block("latest"))
+        slots = [
+            (
+                batch.add(read_balance(node.address)),
+                batch.add(read_nonce(node.address, "pending")),
+                batch.add(read_token_balance(token, node.address)),
+            )
+            for node in self.nodes
+        ]
+        answers = await Reads(client, batch_size=self.settings.rpc_batch_size, plain=True).run(batch)
+        head = answers[head_slot]
+        required = required_balance(
+            None if isinstance(head, ChainError) or head is None else head.base_fee_per_gas
+        )
         states = []
-        for index, node in enumerate(self.nodes):
-            balance, nonce, weight = answers[1 + 3 * index : 4 + 3 * index]
-            errors = [str(a) for a in (balance, nonce, weight) if isinstance(a, ChainError)]
-            try:
-                dloop = None if isinstance(weight, ChainError) else int(decode_result(balance_of, weight)[0])
-            except ValueError as exc:
-                dloop, errors = None, [*errors, f"balanceOf: {exc}"]
+        for node, (balance_slot, nonce_slot, weight_slot) in zip(self.nodes, slots, strict=True):
+            balance, nonce, weight = answers[balance_slot], answers[nonce_slot], answers[weight_slot]
+            errors = [str(a) for a in (balance, nonce) if isinstance(a, ChainError)]
+            if isinstance(weight, ChainError):
+                errors.append(f"balanceOf: {weight}" if isinstance(weight, BadAnswer) else str(weight))
             states.append(
                 NodeChainState(
                     address=node.address,
-                    eth_balance_wei=None if isinstance(balance, ChainError) else int(str(balance), 16),
-                    dloop_balance_wei=dloop,
-                    next_nonce=None if isinstance(nonce, ChainError) else int(str(nonce), 16),
+                    eth_balance_wei=None if isinstance(balance, ChainError) else balance,
+                    dloop_balance_wei=None if isinstance(weight, ChainError) else weight,
+                    next_nonce=None if isinstance(nonce, ChainError) else nonce,
                     required_wei=required,
                     error="; ".join(errors) or None,
                 )
@@ -172,14 +175,15 @@ class Service:
             settings, sessions, accounts, self.nodes, self.signal, chain_id, rpc_errors=self.rpc_error_counts
         )
         self.reconciler = Reconciler(
+            settings, sessions, self.nodes, chain_id, confirm_sent=False, rpc_errors=self.rpc_error_counts
+        )
+        self.rounds = Rounds(
             settings,
             sessions,
-            self.nodes,
             self.signal,
-            chain_id,
-            drain=self._drain,
-            resolve_sent=self._resolve_sent,
-            rpc_errors=self.rpc_error_counts,
+            self.reconciler,
+            adopt_sent=self._adopt_sent,
+            drain=self.voter.drain,
         )
         self.reads = ChainReads(settings, self.nodes, self.rpc_error_counts)
         self.app = create_app(self.web_context())
@@ -191,7 +195,7 @@ class Service:
             sessions=self.sessions,
             scope=ContractScope(self.chain_id, self.settings.contract_address),
             nodes=self.nodes,
-            rounds=_Rounds(self.reconciler),
+            rounds=self.rounds,
             listener=self.listener_view,
             voter=self.voter_view,
             node_chain=self.reads.node_states,
@@ -261,10 +265,7 @@ class Service:
         return dict(self.rpc_error_counts)
 
     # -- rounds ----------------------------------------------------------------------------------------
-    async def _drain(self) -> None:
-        await self.voter.drain()
-
-    async def _resolve_sent(self) -> int:
+    async def _adopt_sent(self) -> int:
         """The voter's lanes resolve `sent` rows (receipts, replacements, drops); ask them to adopt any they
         do not track. A running voter round adopts them itself, and a disconnected voter does when it
         attaches: waiting for either would only hold up the reconcile pass."""
@@ -285,7 +286,7 @@ class Service:
             await tg.start(self._component, "voter", self.voter.run)
             if self.enable_listener:
                 await tg.start(self._component, "listener", self.listener.run)
-            await tg.start(self._component, "reconciler", self.reconciler.run)
+            await tg.start(self._component, "reconciler", self.rounds.run)
             log_event(
                 logger,
                 "service_started",
@@ -310,17 +311,3 @@ class Service:
         finally:
             self.running.flags[name] = False
             log_event(logger, "component_stopped", component=name)
-
-
-class _Rounds:
-    """`web.ports.RoundControl` over the reconciler."""
-
-    def __init__(self, reconciler: Reconciler) -> None:
-        self.reconciler = reconciler
-
-    async def trigger(self) -> TriggerResult:
-        ticket = await self.reconciler.trigger(RoundKind.MANUAL)
-        return TriggerResult(ticket.round_id, ticket.joined, ticket.started_at)
-
-    def phase(self, round_id: int) -> str | None:
-        return self.reconciler.phase(round_id)

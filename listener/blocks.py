@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 import anyio
 
-from chain.client import BlockHeader, ChainClient, RawLog, parse_block
+from chain.client import BlockHeader, ChainClient, RawLog
+from chain.reads import Reads
 from core.errors import ChainError
 from core.logs import log_event
-from listener.context import ListenerContext, stored
+from listener.context import ListenerContext
 from listener.planning import deepest_queueable_block, head_conflicts, links_hold
 from listener.processor import LogProcessor
 from listener.status import StatusBoard
@@ -42,7 +42,7 @@ class BlockTracker:
         self.log_blocks: dict[int, set[str]] = {}  # block hashes of logs processed live, by number
 
     async def load(self) -> None:
-        self.blocks = {b.number: b for b in await stored(chain_state.load_recent_blocks, self.ctx.sessions)}
+        self.blocks = {b.number: b for b in await chain_state.load_recent_blocks(self.ctx.sessions)}
 
     @property
     def top(self) -> int | None:
@@ -84,8 +84,7 @@ class BlockTracker:
             else None
         )
         # Logs of block h may arrive just after head h: the cursor stays one block behind the head.
-        queued = await stored(
-            chain_state.record_heads,
+        queued = await chain_state.record_heads(
             self.ctx.sessions,
             stream=self.ctx.stream,
             heads=blocks,
@@ -119,7 +118,7 @@ class BlockTracker:
             del self.log_blocks[number]
 
     # -- checking stored hashes against the chain --------------------------------------------------------
-    async def reconcile(
+    async def check_recent_blocks(
         self, client: ChainClient, *, reason: str, removed_from_block: int | None = None
     ) -> int:
         """Compare stored block hashes and recorded logs of the recent window with the chain; on any
@@ -128,7 +127,7 @@ class BlockTracker:
         latest, window = await self._canonical_window(client)
         mismatches = [n for n, b in self.blocks.items() if n not in window or window[n].hash != b.hash]
         first = min(window)
-        recorded = await stored(chain_state.log_hashes_between, self.ctx.sessions, first, 2**62)
+        recorded = await chain_state.log_hashes_between(self.ctx.sessions, first, 2**62)
         # A recorded log at a height the node has no block for is not a mismatch: the stored block there
         # already is, and the logs re-read after it are the node's own word (else every check would fork).
         mismatches += [
@@ -142,8 +141,7 @@ class BlockTracker:
         fork = min(mismatches) - 1 if mismatches else None
         if fork is not None:
             queued = await self._handle_reorg(client, fork, latest, window, reason)
-        await stored(
-            chain_state.replace_recent_blocks,
+        await chain_state.replace_recent_blocks(
             self.ctx.sessions,
             above=latest.number if fork is None else fork,
             blocks=[StoredBlock(h.number, h.hash, h.parent_hash) for h in window.values()],
@@ -165,10 +163,7 @@ class BlockTracker:
             latest = await client.block("latest")
             low = max(0, latest.number - self.ctx.keep_blocks + 1)
             numbers = sorted(set(range(low, latest.number)) | {n for n in self.blocks if n < low})
-            answers = await client.call_many(
-                [("eth_getBlockByNumber", [hex(n), False]) for n in numbers],
-                batch_size=self.ctx.rpc_batch_size,
-            )
+            answers = await self._reads(client).blocks(numbers)
             window = {latest.number: latest}
             missing = []
             for number, answer in zip(numbers, answers, strict=True):
@@ -205,8 +200,7 @@ class BlockTracker:
             head=latest.number,
             depth=max(0, (self.top or latest.number) - fork),
         )
-        orphaned = await stored(
-            chain_state.orphan_after,
+        orphaned = await chain_state.orphan_after(
             ctx.sessions,
             stream=ctx.stream,
             chain_id=ctx.chain_id,
@@ -239,8 +233,7 @@ class BlockTracker:
     async def _recheck_votes(self, client: ChainClient, fork: int, window: dict[int, BlockHeader]) -> int:
         """Confirmed votes from replaced blocks: still on chain (maybe in another block), or back to queue."""
         ctx = self.ctx
-        votes = await stored(
-            chain_state.confirmed_votes_after,
+        votes = await chain_state.confirmed_votes_after(
             ctx.sessions,
             chain_id=ctx.chain_id,
             contract=ctx.contract,
@@ -251,11 +244,10 @@ class BlockTracker:
             block = await self._canonical_block_of(client, vote.tx_hash, window)
             if block is not None:
                 if block != vote.confirmed_block:
-                    await stored(chain_state.move_vote_confirmation, ctx.sessions, vote.vote_id, block)
+                    await chain_state.move_vote_confirmation(ctx.sessions, vote.vote_id, block)
                 continue
             reason = f"vote tx {vote.tx_hash} left the chain in a reorg (fork at block {fork})"
-            if await stored(
-                chain_state.requeue_orphaned_vote,
+            if await chain_state.requeue_orphaned_vote(
                 ctx.sessions,
                 vote.vote_id,
                 parked=vote.proposal_parked,
@@ -280,36 +272,30 @@ class BlockTracker:
     ) -> int | None:
         if tx_hash is None:
             return None
-        receipt: Any = await client.request("eth_getTransactionReceipt", [tx_hash])
-        if not isinstance(receipt, Mapping) or receipt.get("blockHash") is None:
+        reads = self._reads(client)
+        (receipt,) = await reads.receipts([tx_hash])
+        if isinstance(receipt, ChainError):
+            raise receipt
+        if receipt is None or receipt.block_hash is None:
             return None
-        if int(str(receipt.get("status", "0x1")), 16) != 1:
+        if receipt.status != 1:
             # Mined again on the new chain but reverted (e.g. its proposal is gone): the vote is not cast.
             return None
-        mined = parse_block(
-            {
-                "number": receipt["blockNumber"],
-                "hash": receipt["blockHash"],
-                "parentHash": "0x",
-                "timestamp": 0,
-            }
-        )  # the same number and hash parsing as for headers
-        header = window.get(mined.number)
+        header = window.get(receipt.block_number)
         if header is None:
-            header = _header(await client.request("eth_getBlockByNumber", [hex(mined.number), False]))
+            header = _header((await reads.blocks([receipt.block_number]))[0])
         if header is None:
             # No block at the receipt's height: not provably on chain. Queued again, the vote is not sent
             # twice: the voter reads hasVoted before any transaction.
             return None
-        return mined.number if header.hash.lower() == mined.hash.lower() else None
+        return receipt.block_number if header.hash.lower() == receipt.block_hash.lower() else None
+
+    def _reads(self, client: ChainClient) -> Reads:
+        return Reads(client, batch_size=self.ctx.rpc_batch_size, plain=True)
 
 
-def _header(answer: Any) -> BlockHeader | None:
-    """A block header from an eth_getBlockByNumber answer; None for a height the node has no block for."""
+def _header(answer: BlockHeader | ChainError | None) -> BlockHeader | None:
+    """A block header, or None for a height the node has no block for; a failed read is raised."""
     if isinstance(answer, ChainError):
         raise answer
-    if answer is None:
-        return None
-    if not isinstance(answer, Mapping):
-        raise ChainError(f"malformed eth_getBlockByNumber answer: {str(answer)[:80]}")
-    return parse_block(dict(answer))
+    return answer

@@ -13,24 +13,23 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from eth_utils import to_checksum_address
-from web3 import AsyncWeb3
-from web3.types import LogsSubscriptionArg
 
-from chain.client import ChainClient, RpcErrorCounts, retry_rate_limited
+from chain import requests
+from chain.client import ChainClient, RpcErrorCounts
 from chain.codec import event_topics
-from chain.connection import open_ws, translate_exception
+from chain.ws_client import connected_client, read_subscriptions, subscribe_heads, subscribe_logs
 from core.errors import ChainError, ConfigError, DloopError, TransientChainError
 from core.logs import log_event
 from core.settings import Settings
 from core.signals import WorkSignal
 from listener.blocks import BlockTracker
-from listener.context import ListenerContext, stored
+from listener.context import ListenerContext
 from listener.messages import BadMessage, HeadMessage, LogMessage, Message, parse_subscription_message
 from listener.planning import backfill_start, reconnect_delay
 from listener.processor import LogProcessor
@@ -169,26 +168,24 @@ class Listener:
     async def _connection(self, on_live: Callable[[], None]) -> bool:
         """One connection, until it fails. Returns (or raises) only when the connection is over."""
         went_live = False
-        async with open_ws(
+        async with connected_client(
             self.settings.rpc_ws_url,
-            request_timeout=self.settings.rpc_timeout,
+            self.ctx.contract,
+            timeout=self.settings.rpc_timeout,
+            error_counts=self.rpc_errors,
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
-        ) as w3:
-            client = ChainClient(
-                w3, self.ctx.contract, timeout=self.settings.rpc_timeout, error_counts=self.rpc_errors
-            )
+        ) as client:
             node_chain = await client.chain_id()
             if node_chain != self.ctx.chain_id:
                 raise ConfigError(
                     "DLOOP_RPC_WS_URL", f"the node is on chain {node_chain}, expected {self.ctx.chain_id}"
                 )
-            heads_id = await _subscribe(w3, "newHeads", None)
-            logs_filter = {"address": self.ctx.contract, "topics": [sorted(event_topics())]}
-            logs_id = await _subscribe(w3, "logs", cast(LogsSubscriptionArg, logs_filter))
+            heads_id = await subscribe_heads(client)
+            logs_id = await subscribe_logs(client, self.ctx.contract, [sorted(event_topics())])
             send, receive = anyio.create_memory_object_stream[Message](max_buffer_size=math.inf)
             async with send, receive, anyio.create_task_group() as tg:
-                tg.start_soon(self._read_subscriptions, w3, heads_id, logs_id, send)
+                tg.start_soon(self._read_subscriptions, client, heads_id, logs_id, send)
                 await self._catch_up(client)
                 self._last_head_at = anyio.current_time()
                 self._last_head_seen = self._board.last_head_number
@@ -207,23 +204,20 @@ class Listener:
         return went_live
 
     async def _read_subscriptions(
-        self, w3: AsyncWeb3[Any], heads_id: str, logs_id: str, send: MemoryObjectSendStream[Message]
+        self, client: ChainClient, heads_id: str, logs_id: str, send: MemoryObjectSendStream[Message]
     ) -> None:
         """Move every subscription message into our unbounded buffer at once: web3's queue never fills."""
-        try:
-            async for message in w3.socket.process_subscriptions():
-                parsed = parse_subscription_message(message, heads_id=heads_id, logs_id=logs_id)
-                if parsed is None:
-                    continue
-                if isinstance(parsed, HeadMessage):
-                    self._last_head_at = anyio.current_time()
-                    self._last_head_seen = max(self._last_head_seen or 0, parsed.header.number)
-                send.send_nowait(parsed)
-        except ChainError:
-            raise
-        except Exception as exc:
-            raise translate_exception(exc) from exc
-        raise TransientChainError("the subscription stream ended")
+
+        def on_message(message: Any) -> None:
+            parsed = parse_subscription_message(message, heads_id=heads_id, logs_id=logs_id)
+            if parsed is None:
+                return
+            if isinstance(parsed, HeadMessage):
+                self._last_head_at = anyio.current_time()
+                self._last_head_seen = max(self._last_head_seen or 0, parsed.header.number)
+            send.send_nowait(parsed)
+
+        await read_subscriptions(client, on_message)
 
     async def _watchdog(self, client: ChainClient) -> None:
         """No new head within DLOOP_HEAD_TIMEOUT: the connection is dead, unless (with `probe_idle_chain`)
@@ -264,7 +258,7 @@ class Listener:
     # -- catching up ------------------------------------------------------------------------------------
     async def _catch_up(self, client: ChainClient) -> None:
         latest = await client.block("latest")
-        cursor = await stored(chain_state.read_cursor, self.ctx.sessions, self.ctx.stream)
+        cursor = await chain_state.read_cursor(self.ctx.sessions, self.ctx.stream)
         deployment = None
         if cursor is None and self.settings.start_block is None and self.find_deployment_block:
             deployment = await self._deployment_block(client, latest.number)
@@ -296,14 +290,14 @@ class Listener:
                 )
             finally:
                 progress.finish()
-        await self._tracker.reconcile(client, reason="catch-up")
+        await self._tracker.check_recent_blocks(client, reason="catch-up")
 
     async def _deployment_block(self, client: ChainClient, head: int) -> int | None:
         """The first block with the contract's code (binary search on eth_getCode); None when the node
         has no history for that (a pruned node) or the contract has no code."""
 
         async def has_code(number: int) -> bool:
-            code = await client.request("eth_getCode", [self.ctx.contract, hex(number)])
+            code = await client.request(*requests.code(self.ctx.contract, number))
             return str(code or "0x") not in ("0x", "0x0", "")
 
         try:
@@ -357,23 +351,13 @@ class Listener:
             else:
                 assert conflict is not None
                 reason = f"new head {conflict.number} does not extend the stored chain"
-            await self._tracker.reconcile(
+            await self._tracker.check_recent_blocks(
                 client,
                 reason=reason,
                 removed_from_block=min(r.block_number for r in removed) if removed else None,
             )
         else:
             await self._tracker.record_heads(heads)
-
-
-async def _subscribe(w3: AsyncWeb3[Any], kind: str, arg: LogsSubscriptionArg | None) -> str:
-    async def once() -> str:
-        try:
-            return str(await w3.eth.subscribe(kind, arg))  # type: ignore[arg-type]
-        except Exception as exc:
-            raise translate_exception(exc) from exc
-
-    return await retry_rate_limited(once)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -6,29 +6,20 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import update
-from sqlalchemy.exc import SQLAlchemyError
-
-from chain.client import ChainClient, RawLog, decode_result
-from chain.codec import ProposalCanceled, ProposalCreated, ProposalExecuted, VoteCast, dao_functions
+from chain.client import ChainClient, RawLog
+from chain.codec import ProposalCanceled, ProposalCreated, ProposalExecuted, VoteCast
+from chain.reads import BadAnswer, Reads
 from chain.types import ProposalData, ProposalStatus
-from core.errors import ChainError, ContractRevert, StorageError
+from core.errors import ChainError, ContractRevert
 from core.logs import log_event
-from listener.context import ListenerContext, stored
+from listener.context import ListenerContext
 from listener.messages import DecodedLog, decode
 from listener.planning import ChunkPlan, deep_enough, is_range_error
 from listener.status import BackfillProgress, StatusBoard
 from storage import chain_state
-from storage.engine import SessionFactory
-from storage.models import Vote, VoteState, utcnow
+from storage.models import VoteState
 
 ProposalRead = ProposalData | str  # the data, or why it could not be read (bad data, recorded)
-
-# How the voter records a vote mined after a reorg took its proposal away (voter/lane.py `_settle`).
-NOT_FOUND_REVERT = "reverted on chain: ProposalNotFound"
-REOPENED_AFTER_REORG = (
-    "the proposal was created again after a reorg; the vote that reverted on its absence is owed"
-)
 
 
 class LogProcessor:
@@ -54,7 +45,7 @@ class LogProcessor:
         head_number: int,
         progress: BackfillProgress | None = None,
     ) -> int:
-        """eth_getLogs over first..last in chunks, processing each and advancing the cursor after it."""
+        """Logs of first..last (eth_getLogs) in chunks, processing each and advancing the cursor after it."""
         queued = 0
         plan = ChunkPlan(first, last, self.chunk_blocks)
         while (chunk := plan.current()) is not None:
@@ -76,7 +67,7 @@ class LogProcessor:
                 plan, self.chunk_blocks = smaller, smaller.size
                 continue
             queued += await self.process(client, logs, source=source, head_number=head_number)
-            await stored(chain_state.advance_cursor, self.ctx.sessions, self.ctx.stream, chunk[1])
+            await chain_state.advance_cursor(self.ctx.sessions, self.ctx.stream, chunk[1])
             self.board.cursor_block = max(self.board.cursor_block or 0, chunk[1])
             if progress is not None:
                 progress.advance(chunk[1] - chunk[0] + 1, len(logs))
@@ -91,7 +82,7 @@ class LogProcessor:
         decoded = [decode(raw) for raw in logs if not raw.removed and self._ours(raw)]
         if not decoded:
             return 0
-        seen = await stored(chain_state.processed_log_keys, self.ctx.sessions, [d.key for d in decoded])
+        seen = await chain_state.processed_log_keys(self.ctx.sessions, [d.key for d in decoded])
         todo = [d for d in decoded if d.key not in seen]
         created = {d.event.proposal_id for d in todo if isinstance(d.event, ProposalCreated)}
         reads = await self.read_proposals(client, created)
@@ -142,8 +133,7 @@ class LogProcessor:
             deep = deep_enough(item.raw.block_number, head_number, ctx.confirmations)
             # Parameter changes and "other" proposals may have no asset: only a real address can be bad.
             asset_problem = data.asset.error if int(data.asset_address, 16) != 0 else None
-            record = await stored(
-                chain_state.record_created_proposal,
+            record = await chain_state.record_created_proposal(
                 ctx.sessions,
                 stream=ctx.stream,
                 chain_id=ctx.chain_id,
@@ -159,8 +149,7 @@ class LogProcessor:
                 return 0
             reopened = 0
             if not record.record.created:  # a proposal seen before: back after a reorg, maybe new content
-                reopened = await stored(
-                    _reopen_votes_sent_before_creation,
+                reopened = await chain_state.reopen_votes_sent_before_creation(
                     ctx.sessions,
                     record.record.proposal_row_id,
                     state=VoteState.QUEUED if deep else VoteState.PENDING,
@@ -187,8 +176,7 @@ class LogProcessor:
             return 0
         executed = isinstance(event, ProposalExecuted)
         assert isinstance(event, ProposalCanceled | ProposalExecuted)
-        closed = await stored(
-            chain_state.record_proposal_closed,
+        closed = await chain_state.record_proposal_closed(
             ctx.sessions,
             stream=ctx.stream,
             chain_id=ctx.chain_id,
@@ -220,8 +208,7 @@ class LogProcessor:
             assert isinstance(item.event, VoteCast)
             node_id = ctx.node_by_address.get(item.event.voter.lower())
             casts.append(chain_state.VoteCastLog(item.ref, item.event.proposal_id, node_id))
-        records = await stored(
-            chain_state.record_vote_casts,
+        records = await chain_state.record_vote_casts(
             ctx.sessions,
             stream=ctx.stream,
             chain_id=ctx.chain_id,
@@ -244,8 +231,7 @@ class LogProcessor:
 
     async def _record_bad(self, item: DecodedLog, error: str) -> None:
         self._warn_bad(item, error)
-        await stored(
-            chain_state.record_bad_log,
+        await chain_state.record_bad_log(
             self.ctx.sessions,
             stream=self.ctx.stream,
             log=item.ref,
@@ -276,68 +262,33 @@ class LogProcessor:
         ids = sorted(set(proposal_ids))
         if not ids:
             return {}
-        fn = dao_functions()["getProposal"]
-        answers = await client.call_many(
-            [("eth_call", [{"to": client.contract, "data": fn.encode(pid)}, "latest"]) for pid in ids],
-            batch_size=self.ctx.rpc_batch_size,
-        )
-        reads: dict[int, ProposalRead] = {}
-        for pid, answer in zip(ids, answers, strict=True):
-            if isinstance(answer, ContractRevert):
-                reads[pid] = f"getProposal({pid}) reverted: {answer}"
-                continue
-            if isinstance(answer, ChainError):
-                raise answer
-            try:
-                values = decode_result(fn, answer)
-            except ValueError as exc:
-                reads[pid] = f"getProposal({pid}): {exc}"
-                continue
-            raw = values[0] if len(values) == 1 else values
-            reads[pid] = await client.proposal_from_tuple(raw)
-        return reads
+        reads = Reads(client, batch_size=self.ctx.rpc_batch_size, plain=True)
+        answers = await reads.proposal_values(ids)
+        proposals: dict[int, ProposalRead] = {}
+        for pid, values in answers.items():
+            if isinstance(values, ContractRevert):
+                proposals[pid] = f"getProposal({pid}) reverted: {values}"
+            elif isinstance(values, BadAnswer):
+                proposals[pid] = f"getProposal({pid}): {values}"
+            elif isinstance(values, ChainError):
+                raise values
+            else:
+                data = await reads.proposal_data(values)
+                if isinstance(data, BadAnswer):
+                    proposals[pid] = f"getProposal({pid}): {data}"
+                elif isinstance(data, ChainError):
+                    raise data
+                else:
+                    proposals[pid] = data
+        return proposals
 
     async def refresh_tallies(self, client: ChainClient, proposal_ids: Iterable[int]) -> None:
         reads = await self.read_proposals(client, proposal_ids)
         fresh = [data for data in reads.values() if isinstance(data, ProposalData)]
         if fresh:
-            await stored(
-                chain_state.refresh_proposal_tallies,
+            await chain_state.refresh_proposal_tallies(
                 self.ctx.sessions,
                 chain_id=self.ctx.chain_id,
                 contract=self.ctx.contract,
                 proposals=fresh,
             )
-
-
-async def _reopen_votes_sent_before_creation(
-    sessions: SessionFactory, proposal_row_id: int, *, state: VoteState, content_changed: bool
-) -> int:
-    """Vote rows `failed` because their transaction was mined while a reorg had taken the proposal away
-    (ProposalNotFound) are owed a vote once the proposal is on the canonical chain again: back to `state`.
-    The voter reads hasVoted before signing; a changed content drops the old decision."""
-    now = utcnow()
-    values: dict[str, object] = {
-        "state": state,
-        "last_error": REOPENED_AFTER_REORG,
-        "confirmed_block": None,
-        "queued_at": now,
-        "updated_at": now,
-    }
-    if content_changed:
-        values.update(decision=None, confidence=None, reason=None, decided_at=None)
-    try:
-        async with sessions.begin() as session:
-            result = await session.execute(
-                update(Vote)
-                .where(
-                    Vote.proposal_ref == proposal_row_id,
-                    Vote.state == VoteState.FAILED,
-                    Vote.last_error == NOT_FOUND_REVERT,
-                )
-                .values(**values),
-                execution_options={"synchronize_session": False},
-            )
-    except SQLAlchemyError as exc:
-        raise StorageError(f"reopening votes of proposal row {proposal_row_id}: {exc}") from exc
-    return int(getattr(result, "rowcount", 0) or 0)

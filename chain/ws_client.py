@@ -1,0 +1,109 @@
+"""A `ChainClient` over a fresh WebSocket connection, and the subscriptions of that connection.
+
+Components open connections here and never see web3: `connected_client` for a long-lived connection whose
+errors end its owner's loop (the listener), `ws_chain_client` for short-lived ones whose closing must never
+hide the outcome of the work done on them (a reconcile pass, the API's reads).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, NoReturn, cast
+
+import anyio
+from web3 import AsyncWeb3
+from web3.types import LogsSubscriptionArg
+
+from chain.client import ChainClient, RpcErrorCounts, retry_rate_limited
+from chain.connection import open_ws, translate_exception
+from core.errors import ChainError, TransientChainError
+from core.logs import log_event
+from core.settings import Settings
+
+logger = logging.getLogger("dloop.chain")
+
+
+@asynccontextmanager
+async def connected_client(
+    url: str,
+    contract: str,
+    *,
+    timeout: float,
+    error_counts: RpcErrorCounts | None = None,
+    ping_interval: float = 5.0,
+    ping_timeout: float = 10.0,
+) -> AsyncIterator[ChainClient]:
+    """One connection and its client; closed (errors of the closing swallowed) when the block ends."""
+    async with open_ws(
+        url, request_timeout=timeout, ping_interval=ping_interval, ping_timeout=ping_timeout
+    ) as w3:
+        yield ChainClient(w3, contract, timeout=timeout, error_counts=error_counts)
+
+
+@asynccontextmanager
+async def ws_chain_client(
+    settings: Settings, rpc_errors: RpcErrorCounts | None = None
+) -> AsyncIterator[ChainClient]:
+    """A fresh WebSocket connection per use: a reconcile pass never depends on a long-lived socket.
+
+    An error web3 raises while disconnecting (e.g. a stray error answer left on the socket) is logged, never
+    allowed to replace the work's own outcome. The closing is shielded from cancellation.
+    """
+    connection = open_ws(settings.rpc_ws_url, request_timeout=settings.rpc_timeout)
+    w3 = await connection.__aenter__()
+    try:
+        yield ChainClient(
+            w3, settings.contract_address, timeout=settings.rpc_timeout, error_counts=rpc_errors
+        )
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            await _close_quietly(connection, exc)
+        raise
+    with anyio.CancelScope(shield=True):
+        await _close_quietly(connection, None)
+
+
+async def _close_quietly(connection: AbstractAsyncContextManager[Any], exc: BaseException | None) -> None:
+    try:
+        await connection.__aexit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+    except Exception as close_error:
+        log_event(logger, "rpc_disconnect_error", level=logging.DEBUG, error=f"{type(close_error).__name__}")
+
+
+# -- subscriptions ----------------------------------------------------------------------------------------
+
+
+async def _subscribe(w3: AsyncWeb3[Any], kind: str, arg: LogsSubscriptionArg | None) -> str:
+    async def once() -> str:
+        try:
+            return str(await w3.eth.subscribe(kind, arg))  # type: ignore[arg-type]
+        except Exception as exc:
+            raise translate_exception(exc) from exc
+
+    return await retry_rate_limited(once)
+
+
+async def subscribe_heads(client: ChainClient) -> str:
+    """eth_subscribe("newHeads"); the subscription id."""
+    return await _subscribe(client.w3, "newHeads", None)
+
+
+async def subscribe_logs(client: ChainClient, address: str, topics: Sequence[Any]) -> str:
+    """eth_subscribe("logs", {address, topics}); the subscription id."""
+    arg = {"address": address, "topics": list(topics)}
+    return await _subscribe(client.w3, "logs", cast(LogsSubscriptionArg, arg))
+
+
+async def read_subscriptions(client: ChainClient, on_message: Callable[[Any], None]) -> NoReturn:
+    """Hand every subscription message of the client's connection, as web3 parsed it, to `on_message`.
+    Errors leave as ChainError; the stream ending (the connection closed) is a TransientChainError."""
+    try:
+        async for message in client.w3.socket.process_subscriptions():
+            on_message(message)
+    except ChainError:
+        raise
+    except Exception as exc:
+        raise translate_exception(exc) from exc
+    raise TransientChainError("the subscription stream ended")

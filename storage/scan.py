@@ -1,0 +1,94 @@
+"""What the reconcile pass (the contract scan) reads from the database: plain frozen rows, for its plan."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from storage.engine import SessionFactory
+from storage.models import Proposal, Vote, VoteState, VoteTransaction
+
+# Vote states that may still change through us: a proposal with one of these is read again by every pass.
+OPEN_STATES = (VoteState.PENDING, VoteState.QUEUED, VoteState.SENT)
+
+
+@dataclass(frozen=True)
+class KnownProposal:
+    """What the database already knows of a proposal."""
+
+    proposal_id: int
+    status: int
+    voting_ends: int  # unix seconds
+    has_open_votes: bool  # some vote row still pending/queued/sent
+
+
+@dataclass(frozen=True)
+class VoteRow:
+    vote_id: int
+    proposal_id: int
+    node_id: int
+    state: str
+    tx_hash: str | None
+    confirmed_block: int | None = None
+
+
+async def known_proposals(sessions: SessionFactory, chain_id: int, contract: str) -> dict[int, KnownProposal]:
+    """Every stored proposal of the contract, by proposal id."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(Proposal.id, Proposal.proposal_id, Proposal.status, Proposal.voting_ends_at).where(
+                Proposal.chain_id == chain_id, Proposal.contract == contract
+            )
+        )
+        proposals = list(rows)
+        open_refs = set(
+            (
+                await session.execute(
+                    select(Vote.proposal_ref).where(Vote.state.in_([str(s) for s in OPEN_STATES])).distinct()
+                )
+            )
+            .scalars()
+            .all()
+        )
+    return {
+        pid: KnownProposal(pid, status, int(ends.timestamp()), ref in open_refs)
+        for ref, pid, status, ends in proposals
+    }
+
+
+async def vote_rows(
+    sessions: SessionFactory, chain_id: int, contract: str, proposal_ids: Collection[int]
+) -> list[VoteRow]:
+    """The vote rows (every node) of these proposals."""
+    if not proposal_ids:
+        return []
+    async with sessions() as session:
+        rows = await session.execute(
+            select(Vote.id, Proposal.proposal_id, Vote.node_id, Vote.state, Vote.tx_hash)
+            .add_columns(Vote.confirmed_block)
+            .join(Proposal, Vote.proposal_ref == Proposal.id)
+            .where(
+                Proposal.chain_id == chain_id,
+                Proposal.contract == contract,
+                Proposal.proposal_id.in_(sorted(proposal_ids)),
+            )
+        )
+        return [VoteRow(*row) for row in rows]
+
+
+async def sent_transactions(sessions: SessionFactory, chain_id: int, contract: str) -> list[tuple[int, str]]:
+    """(vote id, transaction hash) of every transaction of every `sent` vote of the contract."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(VoteTransaction.vote_id, VoteTransaction.tx_hash)
+            .join(Vote, VoteTransaction.vote_id == Vote.id)
+            .join(Proposal, Vote.proposal_ref == Proposal.id)
+            .where(
+                Vote.state == VoteState.SENT,
+                Proposal.chain_id == chain_id,
+                Proposal.contract == contract,
+            )
+        )
+        return [(vote_id, tx_hash) for vote_id, tx_hash in rows.all()]

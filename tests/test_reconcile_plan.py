@@ -1,0 +1,101 @@
+"""The reconcile pass's plan (listener/reconcile_plan.py), pure: no chain, no database."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from chain.client import Receipt
+from chain.types import AssetInfo, ProposalData, ProposalStatus
+from listener.reconcile_plan import (
+    KnownProposal,
+    ProposalRecord,
+    VoteRow,
+    ids_to_read,
+    mined_sent_votes,
+    plan_records,
+    plan_vote_fixes,
+)
+from storage.models import VoteState
+
+ASSET = AssetInfo("0x" + "11" * 20, "USDC", 6)
+
+
+def proposal(
+    proposal_id: int, *, status: int = ProposalStatus.ACTIVE, voting_ends: int = 1_000
+) -> ProposalData:
+    return ProposalData(
+        proposal_id=proposal_id,
+        proposal_type=0,
+        asset_address=ASSET.address,
+        amount=10**6,
+        description="buy",
+        proposer="0x" + "22" * 20,
+        created_at=0,
+        voting_ends=voting_ends,
+        yes_votes=0,
+        no_votes=0,
+        status=status,
+        executed=False,
+        asset=ASSET,
+    )
+
+
+def test_what_to_read_only_skips_proposals_that_can_no_longer_change() -> None:
+    known = {
+        1: KnownProposal(1, status=ProposalStatus.ACTIVE, voting_ends=50, has_open_votes=False),
+        2: KnownProposal(2, status=ProposalStatus.ACTIVE, voting_ends=50, has_open_votes=True),
+        3: KnownProposal(3, status=ProposalStatus.EXECUTED, voting_ends=500, has_open_votes=False),
+    }
+    assert ids_to_read(4, known, chain_time=100) == [2, 4]
+
+
+def test_what_to_insert_open_proposals_queue_their_votes_the_others_start_closed() -> None:
+    read = [proposal(1), proposal(2, voting_ends=10), proposal(3, status=ProposalStatus.CANCELED)]
+    plan = plan_records(read, chain_time=100)
+    assert plan.records == (
+        ProposalRecord(read[0], VoteState.QUEUED),
+        ProposalRecord(read[1], VoteState.CLOSED),
+        ProposalRecord(read[2], VoteState.CLOSED),
+    )
+    assert plan.open_ids == {1} and plan.read_ids == {1, 2, 3}
+    assert plan_records([], chain_time=100).records == ()
+
+
+def test_the_plan_is_made_of_frozen_values() -> None:
+    plan = plan_records([proposal(1)], chain_time=0)
+    try:
+        plan.open_ids = frozenset()  # type: ignore[misc]
+    except dataclasses.FrozenInstanceError:
+        pass
+    else:
+        raise AssertionError("RecordPlan must be frozen")
+
+
+def test_fixes_close_mark_promote_and_reopen() -> None:
+    plan = plan_records([proposal(7, voting_ends=10), proposal(8)], chain_time=100)
+    rows = [
+        VoteRow(1, proposal_id=7, node_id=1, state="queued", tx_hash=None),  # no longer open: closed
+        VoteRow(2, proposal_id=8, node_id=1, state="queued", tx_hash=None),  # voted elsewhere
+        VoteRow(3, proposal_id=8, node_id=2, state="pending", tx_hash=None),  # deep enough: queued
+        VoteRow(4, proposal_id=8, node_id=3, state="sent", tx_hash="0xaa"),  # the voter's
+        VoteRow(5, proposal_id=8, node_id=4, state="confirmed", tx_hash="0xbb", confirmed_block=40),  # reorg
+        VoteRow(6, proposal_id=8, node_id=5, state="confirmed", tx_hash="0xcc", confirmed_block=40),  # fine
+    ]
+    has_voted = {(8, 1): True, (8, 2): False, (8, 3): True, (8, 4): False, (8, 5): True}
+    fixes = plan_vote_fixes(rows, plan.open_ids, plan.read_ids, has_voted, read_block=50)
+    assert [(f.vote_id, f.from_states, f.to_state) for f in fixes] == [
+        (1, (VoteState.PENDING, VoteState.QUEUED), VoteState.CLOSED),
+        (2, (VoteState.PENDING, VoteState.QUEUED), VoteState.ALREADY_VOTED),
+        (3, (VoteState.PENDING,), VoteState.QUEUED),
+        (5, (VoteState.CONFIRMED,), VoteState.QUEUED),
+    ]
+    # Nothing ever moves a sent row, and no fix puts a row into `sent`.
+    assert all(f.vote_id != 4 and f.to_state != VoteState.SENT for f in fixes)
+
+
+def test_sent_votes_are_confirmed_only_by_a_successful_deep_enough_receipt() -> None:
+    ok = Receipt("0x1", status=1, block_number=10, gas_used=50_000)
+    reverted = Receipt("0x2", status=0, block_number=10, gas_used=50_000)
+    receipts: dict[int, list[Receipt | None]] = {1: [None, ok], 2: [reverted], 3: [None]}
+    assert mined_sent_votes(receipts, head=12, confirmations=2) == {1: ok}
+    assert mined_sent_votes(receipts, head=11, confirmations=2) == {}

@@ -2,7 +2,8 @@
 
 - `voter.strategies`: `decide()`, the built-in `conservative` / `aggressive` strategies, the registry (pure).
 - `voter.planning`, `voter.fees`, `voter.outcomes`: batch planning, EIP-1559 fee maths, error mapping (pure).
-- `voter.lane`: one node's nonce lane (sending); `voter.watcher` its receipt watcher, on the state and
-  plumbing of `voter.lane_base`; `voter.jobs` what they work on; `voter.fee_oracle` the shared fee reads.
+- `voter.lane`: one node's nonce lane, composed of a `voter.sender` (nonces, signing, broadcasting) and a
+  `voter.watcher` (receipts, stuck or dropped transactions, nonce gaps) over one `voter.lane_state`;
+  `voter.jobs` what they work on; `voter.fee_oracle` the shared fee reads.
 - `voter.service`: `Voter` (`run()`, `drain()`, `recheck_sent()`, `status`).
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anyio
 
+from chain import requests as rpc
 from chain.client import ChainClient
 from core.errors import ChainError
 from core.retry import with_backoff
@@ -28,14 +29,14 @@ class FeeOracle:
         async with self._lock:
             if fresh or anyio.current_time() - self._at > self.ttl:
                 self._base, self.head = await self._next_base_fee(client)
-                self._priority = as_int(await with_backoff(client.request, "eth_maxPriorityFeePerGas", []))
+                self._priority = as_int(await with_backoff(client.request, *rpc.max_priority_fee()))
                 self._at = anyio.current_time()
             return self._base, self._priority
 
     async def _next_base_fee(self, client: ChainClient) -> tuple[int, int]:
-        """eth_feeHistory's last base fee is the next block's; the latest block's as a fallback."""
+        """The fee history's last base fee is the next block's; the latest block's as a fallback."""
         try:
-            history = await with_backoff(client.request, "eth_feeHistory", ["0x1", "latest", []])
+            history = await with_backoff(client.request, *rpc.fee_history(1, "latest"))
             return as_int(history["baseFeePerGas"][-1]), max(self.head, as_int(history["oldestBlock"]))
         except (ChainError, KeyError, IndexError, TypeError, ValueError):
             block = await with_backoff(client.block, "latest")

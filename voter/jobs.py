@@ -37,13 +37,13 @@ def estimate_request(sender: str, contract: str, data: str) -> dict[str, str]:
 
 
 def estimate_value(answer: object) -> int | ChainError:
-    """An eth_estimateGas answer (or its error) as gas, or the error."""
+    """A gas estimate's answer (or its error) as gas, or the error."""
     if isinstance(answer, ChainError):
         return answer
     try:
         return as_int(answer)
     except (TypeError, ValueError):
-        return ChainError(f"eth_estimateGas answered {answer!r}")
+        return ChainError(f"the gas estimate answered {answer!r}")
 
 
 @dataclass

@@ -1,442 +1,152 @@
-"""One node's sending lane: its own nonces, a bound on transactions in flight, and (from `voter.watcher`)
-a receipt watcher.
+"""One node's nonce lane: a sender and a receipt watcher over one shared lane state.
 
-Every signed transaction is persisted (row `sent`) before it is broadcast, so after a crash each `sent` row
-is resolved from the chain: receipt, account nonce, `hasVoted`. Rebroadcasting the same signed bytes is
-always safe (same hash, same nonce); a new vote is only ever signed for a row that is provably not cast.
+- `voter.lane_state.LaneState`: the account, nonces, transactions in flight, the unfunded flag, last error.
+- `voter.sender.LaneSender`: nonces, batches, signing, persisting before broadcasting, broadcasting, refusals.
+- `voter.watcher.ReceiptWatcher`: receipts, stuck / dropped / replaced transactions, the nonce-gap filler,
+  and the `sent` rows a new connection adopts. It signs and broadcasts through the sender.
+
+`NodeLane` builds the three for one node and is what the voter service holds per node.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections.abc import Sequence
 
 import anyio
 
+from chain.accounts import NodeAccount
 from chain.client import ChainClient
-from chain.retrying import call_many_retrying
-from core.errors import ChainError, ContractRevert, TransientChainError
-from core.logs import log_event
-from core.retry import with_backoff
-from storage import queue
-from storage.models import VoteState, utcnow
-from storage.queue import QueuedVote, SignedTx
-from voter.fees import GWEI, Fees, bump_fees, gas_limit, includable
-from voter.jobs import (
-    Counters,
-    SignedVote,
-    Tracked,
-    VoteJob,
-    as_int,
-    calldata_of,
-    estimate_request,
-    estimate_value,
-    vote_calldata,
-)
-from voter.lane_base import log
-from voter.outcomes import Action, classify
-from voter.planning import NonceCounts, nonce_plan
+from core.settings import Settings
+from storage.engine import SessionFactory
+from storage.proposals import NodeRecord
+from voter.fee_oracle import FeeOracle
+from voter.jobs import Counters, Tracked, VoteJob
+from voter.lane_state import LaneState, StepHook
+from voter.planning import NonceCounts
+from voter.sender import LaneSender
+from voter.strategies import NodeConfig
 from voter.watcher import ReceiptWatcher
 
+__all__ = ["NodeLane", "StepHook"]
 
-class NodeLane(ReceiptWatcher):
-    """One node's sending lane: nonces, signing and broadcasting batches, and what a refusal means."""
 
+class NodeLane:
+    """One node's lane as the voter service uses it: `state`, its `sender` and its `watcher`."""
+
+    def __init__(
+        self,
+        *,
+        account: NodeAccount,
+        node: NodeRecord,
+        config: NodeConfig,
+        settings: Settings,
+        sessions: SessionFactory,
+        owner: str,
+        chain_id: int,
+        fees: FeeOracle,
+        totals: Counters,
+        step_hook: StepHook | None = None,
+        receipt_poll_interval: float = 0.2,
+        stall_seconds: float = 5.0,
+    ) -> None:
+        self.state = LaneState(
+            account=account,
+            node=node,
+            config=config,
+            settings=settings,
+            sessions=sessions,
+            owner=owner,
+            chain_id=chain_id,
+            fees=fees,
+            totals=totals,
+            step_hook=step_hook,
+        )
+        self.sender = LaneSender(self.state)
+        self.watcher = ReceiptWatcher(
+            self.state,
+            self.sender,
+            receipt_poll_interval=receipt_poll_interval,
+            stall_seconds=stall_seconds,
+        )
+
+    # -- connection ------------------------------------------------------------------------------------
     async def attach(self, client: ChainClient) -> None:
         """A new connection: forget in-memory state, resolve every `sent` row, then sync the nonce."""
-        self.client = client
-        self.tracked.clear()
-        self.fillers.clear()
-        self.next_nonce = None
-        self.free_nonces = []
-        await self.adopt_sent()
-        await self.resync_nonce()
+        self.state.connect(client)
+        await self.watcher.adopt_sent()
+        await self.sender.resync_nonce()
 
     def detach(self) -> None:
-        self.client = None
-        self._notify()
+        self.state.disconnect()
+
+    # -- the sender's and the watcher's work -----------------------------------------------------------
+    async def send_many(self, jobs: Sequence[VoteJob], counters: Counters) -> None:
+        await self.sender.send_many(jobs, counters)
 
     async def resync_nonce(self, counts: NonceCounts | None = None) -> None:
-        """The next nonce: past the account's pending count (read now unless given, e.g. with a batch's
-        snapshot) and past the highest one still in flight. Nonces below our highest in-flight one that no
-        mined transaction used and we do not hold are free: after a reorg dropped mined votes, later
-        transactions wait behind this gap until it is filled, so the next votes take them first."""
-        if counts is None:
-            request = self._chain().request
-            counts = NonceCounts(
-                mined=as_int(
-                    await with_backoff(request, "eth_getTransactionCount", [self.address, "latest"])
-                ),
-                pending=as_int(
-                    await with_backoff(request, "eth_getTransactionCount", [self.address, "pending"])
-                ),
-            )
-        # Gaps from the mined count, not the pending one: anvil's pool still counted a transaction it held
-        # when a reorg took the block below it away, and dropped it later, so the gap was never seen.
-        previous = self.next_nonce
-        self.next_nonce, self.free_nonces = nonce_plan(counts, self.held_nonces())
-        if previous != self.next_nonce or self.free_nonces:
-            log_event(
-                log,
-                "nonce_synced",
-                node=self.node.name,
-                nonce=self.next_nonce,
-                previous=previous,
-                gap=self.free_nonces,
-            )
-
-    def _take_nonce(self) -> int:
-        """The lowest free nonce: a gap first, else the next one."""
-        if self.free_nonces:
-            return self.free_nonces.pop(0)
-        assert self.next_nonce is not None
-        nonce = self.next_nonce
-        self.next_nonce += 1
-        return nonce
-
-    def _give_back_nonce(self, nonce: int) -> None:
-        """A nonce taken but not used (refused, or the lease was lost): the next transaction takes it."""
-        if self.next_nonce is not None and nonce == self.next_nonce - 1:
-            self.next_nonce = nonce
-        elif nonce not in self.free_nonces:
-            self.free_nonces = sorted([*self.free_nonces, nonce])
+        await self.sender.resync_nonce(counts)
 
     async def check_funding(self) -> None:
-        """An unfunded node is tried again once its balance covers the transaction it could not pay."""
-        if not self.unfunded:
-            return
-        balance = as_int(
-            await with_backoff(self._chain().request, "eth_getBalance", [self.address, "latest"])
-        )
-        if balance > 0 and balance >= self.needed_wei:
-            self.unfunded = False
-            self.last_error = None
-            log_event(log, "node_funded", node=self.node.name, balance_wei=balance)
+        await self.sender.check_funding()
 
-    # -- restart safety --------------------------------------------------------------------------------
+    async def wait_for_slot(self) -> None:
+        await self.sender.wait_for_slot()
+
+    async def watch(self) -> None:
+        await self.watcher.watch()
+
     async def adopt_sent(self) -> int:
-        """Resolve `sent` rows this lane does not track yet (after a crash, a reconnect or a reorg)."""
-        client = self._chain()
-        rows = [
-            r for r in await queue.sent_votes(self.sessions, self.node.id) if r.vote_id not in self.tracked
-        ]
-        if not rows:
-            return 0
-        head = await with_backoff(client.block_number)
-        async with self.lock:
-            for row in rows:
-                self.tracked[row.vote_id] = Tracked(
-                    vote_id=row.vote_id,
-                    proposal_id=row.proposal_id,
-                    nonce=row.nonce,
-                    hashes=[tx.tx_hash for tx in row.transactions],
-                    latest=row.latest,
-                    data=calldata_of(row.latest),
-                    sent_block=head,
-                )
-        log_event(log, "sent_rows_adopted", node=self.node.name, count=len(rows))
-        await self.poll_receipts()
-        for row in rows:
-            tracked = self.tracked.get(row.vote_id)
-            if tracked is not None:
-                await self.check(tracked, head, adopting=True)
-        self._notify()
-        return len(rows)
+        return await self.watcher.adopt_sent()
 
-    # -- sending ---------------------------------------------------------------------------------------
+    async def settle_all(self, deadline: float) -> None:
+        await self.watcher.settle_all(deadline)
+
+    # -- what the service reads ------------------------------------------------------------------------
     @property
     def full(self) -> bool:
-        return len(self.tracked) >= self.settings.max_in_flight
+        return self.sender.full
 
     @property
     def free_slots(self) -> int:
-        return max(1, self.settings.max_in_flight - len(self.tracked))
+        return self.sender.free_slots
 
-    async def wait_for_slot(self) -> None:
-        while self.full:
-            await self._changed.wait()
+    @property
+    def node(self) -> NodeRecord:
+        return self.state.node
 
-    async def send_many(self, jobs: Sequence[VoteJob], counters: Counters) -> None:
-        """Sign the jobs' votes, persist them all in one transaction, then broadcast them in one batch.
+    @property
+    def config(self) -> NodeConfig:
+        return self.state.config
 
-        Every outcome is written to the row. Jobs whose gas was not estimated with the batch are estimated
-        here; a failed estimate means nothing is signed for that job.
-        """
-        client = self._chain()
-        ready: list[tuple[VoteJob, str, int]] = []  # job, call data, gas estimate
-        calldata = [vote_calldata(job) for job in jobs]
-        missing = [i for i, job in enumerate(jobs) if job.gas_estimate is None]
-        fresh = dict(zip(missing, await self._estimate_many([calldata[i] for i in missing]), strict=True))
-        for index, (job, data) in enumerate(zip(jobs, calldata, strict=True)):
-            estimate = fresh.get(index, job.gas_estimate)
-            assert estimate is not None
-            if isinstance(estimate, ChainError):
-                await self._unsent(job, estimate, counters)
-            else:
-                ready.append((job, data, estimate))
-        if not ready:
-            return
-        fees, base = await self.fees.initial(client)
-        if not includable(fees, base):
-            why = f"fee cap {self.settings.max_fee_gwei:g} gwei is below the base fee {base / GWEI:g} gwei"
-            for job, _, _ in ready:
-                await self._defer(job.row, why, counters)
-            return
-        async with self.lock:
-            if self.unfunded or self.next_nonce is None:
-                for job, _, _ in ready:
-                    await self._defer(job.row, self.last_error or "node not ready", counters, backoff=False)
-                return
-            signed = [self._sign_job(job, data, estimate, fees, base) for job, data, estimate in ready]
-            with anyio.CancelScope(shield=True):
-                recorded = await queue.record_sent_many(
-                    self.sessions,
-                    [
-                        queue.SentRecord(
-                            job.row.vote_id,
-                            tx.tx,
-                            job.decision.label,
-                            job.decision.confidence,
-                            job.decision.reason,
-                        )
-                        for job, tx in zip((j for j, _, _ in ready), signed, strict=True)
-                    ],
-                    owner=self.owner,
-                )
-            tracked: list[tuple[VoteJob, Tracked]] = []
-            for (job, data, _), tx in zip(ready, signed, strict=True):
-                if job.row.vote_id not in recorded:
-                    if tx.previous is None:
-                        self._give_back_nonce(tx.tx.nonce)
-                    log_event(
-                        log, "lease_lost", level=logging.WARNING, node=self.node.name, vote=job.row.vote_id
-                    )
-                    continue
-                self._step("persisted")
-                # The head as of the fee read (a moment old at most): "not mined after N blocks" counts
-                # from it.
-                hashes = [*(tx.previous.hashes if tx.previous is not None else []), tx.tx.tx_hash]
-                item = Tracked(
-                    job.row.vote_id, job.row.proposal_id, tx.tx.nonce, hashes, tx.tx, data, self.fees.head
-                )
-                self.tracked[item.vote_id] = item
-                tracked.append((job, item))
-            errors = await self._broadcast_many([item.latest for _, item in tracked])
-            for (job, item), error in zip(tracked, errors, strict=True):
-                if error is not None:
-                    await self._rejected(item, error, counters)
-                    continue
-                self._step("broadcast")
-                counters.sent += 1
-                self.totals.sent += 1
-                log_event(
-                    log,
-                    "vote_sent",
-                    node=self.node.name,
-                    proposal=job.row.proposal_id,
-                    decision=job.decision.label,
-                    tx=item.latest.tx_hash,
-                    nonce=item.nonce,
-                    max_fee_gwei=item.latest.max_fee_per_gas / GWEI,
-                )
-        self._notify()
+    @property
+    def address(self) -> str:
+        return self.state.address
 
-    async def _estimate_many(self, calldata: Sequence[str]) -> list[int | ChainError]:
-        """Gas estimates in one batch; per call its estimate or the error (a revert names the reason)."""
-        if not calldata:
-            return []
-        contract = self._chain().contract
-        requests = [("eth_estimateGas", [estimate_request(self.address, contract, d)]) for d in calldata]
-        answers = await call_many_retrying(self._chain(), requests, batch_size=self.settings.rpc_batch_size)
-        return [estimate_value(answer) for answer in answers]
+    @property
+    def lock(self) -> anyio.Lock:
+        return self.state.lock
 
-    def _sign_job(self, job: VoteJob, data: str, estimate: int, fees: Fees, base: int) -> SignedVote:
-        """Lock held. A vote sent again while its earlier transaction is still tracked (a reorg took that one
-        off the chain and the row was queued again) reuses its nonce, fees bumped: at most one of the two can
-        ever be mined, and no nonce gap is left behind."""
-        previous = self.tracked.get(job.row.vote_id)
-        if previous is None:
-            nonce = self._take_nonce()
-        else:
-            nonce = previous.nonce
-            old = Fees(previous.latest.max_fee_per_gas, previous.latest.max_priority_fee_per_gas)
-            priority = fees.max_priority_fee_per_gas
-            fees = bump_fees(old, base_fee=base, priority_fee=priority, cap_wei=self.cap_wei).fees or fees
-        tx = self._sign(nonce, data, gas_limit(estimate, self.settings.gas_margin), fees)
-        return SignedVote(tx, previous)
+    @property
+    def next_nonce(self) -> int | None:
+        return self.state.next_nonce
 
-    async def _broadcast_many(self, txs: Sequence[SignedTx]) -> list[ChainError | None]:
-        """Broadcast in one JSON-RPC batch; per transaction the error the node gave, if any. Sending the same
-        signed bytes again is always safe, so transient failures are asked again."""
-        if len(txs) == 1:
-            try:
-                await self._broadcast(txs[0])
-                return [None]
-            except ChainError as exc:
-                return [exc]
-        requests = [("eth_sendRawTransaction", ["0x" + tx.raw_transaction.hex()]) for tx in txs]
-        try:
-            # Not retried here: an unanswered broadcast may have gone through (then a resend earns "nonce
-            # too low"); it stays tracked as uncertain and the watcher reads its fate from the chain.
-            answers = await self._chain().call_many(requests, batch_size=self.settings.rpc_batch_size)
-        except TransientChainError:
-            raise  # e.g. a refused batch spoils the socket: the voter reconnects and adopts these rows again
-        except ChainError as exc:
-            return [exc] * len(txs)  # uncertain for all: each one's outcome is read from the chain
-        return [
-            answer if isinstance(answer, ChainError) and classify(answer) != Action.ACCEPTED else None
-            for answer in answers
-        ]
+    @property
+    def tracked(self) -> dict[int, Tracked]:
+        return self.state.tracked
 
-    async def _unsent(self, job: VoteJob, exc: ChainError, counters: Counters) -> None:
-        """The gas estimate failed: nothing was signed. Contract errors decide the row's fate."""
-        row = job.row
-        action = classify(exc)
-        name = exc.error_name if isinstance(exc, ContractRevert) else str(exc)
-        if name == "ProposalNotFound":
-            # A reorg took the proposal away since the snapshot: owed once it is back (the listener queues
-            # pending rows when it records the create again; the reconcile pass too).
-            await self._finish(
-                row, VoteState.PENDING, "the proposal is not on chain (reorg?): waits for it", counters
-            )
-        elif action == Action.CLOSED:
-            await self._finish(
-                row, VoteState.CLOSED, f"closed: the contract rejects votes ({name})", counters
-            )
-        elif action == Action.ALREADY_VOTED:
-            await self._finish(
-                row, VoteState.ALREADY_VOTED, f"already voted: the contract says {name}", counters
-            )
-        elif action == Action.TERMINAL:
-            await self._finish(row, VoteState.FAILED, f"the contract rejects the vote: {name}", counters)
-        elif action == Action.UNFUNDED:
-            self._mark_unfunded(str(exc), 0)
-            await self._defer(row, f"node unfunded: {exc}", counters, backoff=False)
-        else:
-            await self._defer(row, f"gas estimate failed: {exc}", counters)
+    @property
+    def unfunded(self) -> bool:
+        return self.state.unfunded
 
-    async def _finish(self, row: QueuedVote, state: VoteState, reason: str, counters: Counters) -> None:
-        done = await queue.finish_unsent(
-            self.sessions,
-            row.vote_id,
-            owner=self.owner,
-            state=state,
-            decision=None,
-            confidence=None,
-            reason=reason,
-        )
-        if done:
-            if hasattr(counters, state.value):  # a row parked (pending) again is not a round's outcome
-                setattr(counters, state.value, getattr(counters, state.value) + 1)
-            if state == VoteState.FAILED:
-                self.totals.failed += 1
-            log_event(
-                log, f"vote_{state.value}", node=self.node.name, proposal=row.proposal_id, reason=reason
-            )
+    @property
+    def last_vote_at(self) -> dt.datetime | None:
+        return self.state.last_vote_at
 
-    async def _defer(self, row: QueuedVote, error: str, counters: Counters, *, backoff: bool = True) -> None:
-        """Back to the queue; after repeated trouble not before a growing delay (so no round spins on it)."""
-        delay = min(2.0 ** max(row.attempts, 1), 60.0) if backoff else None
-        until = utcnow() + dt.timedelta(seconds=delay) if delay else None
-        await queue.release(self.sessions, [row.vote_id], owner=self.owner, error=error, defer_until=until)
-        counters.deferred += 1
-        self._error(error)
+    @property
+    def last_error(self) -> str | None:
+        return self.state.last_error
 
-    def _mark_unfunded(self, error: str, needed_wei: int) -> None:
-        if not self.unfunded:
-            log_event(log, "node_unfunded", level=logging.WARNING, node=self.node.name, error=error)
-        self.unfunded = True
-        self.needed_wei = needed_wei
-        self.last_error = f"unfunded: {error}"
-
-    async def _rejected(self, tracked: Tracked, exc: ChainError, counters: Counters) -> None:
-        """The node refused a new transaction (lock held). Decide from the error what the row becomes."""
-        action = classify(exc)
-        if action == Action.BUMP_FEES and "replacement" in str(exc).lower():
-            # A pending transaction we do not track holds this nonce (sent outside the service): never
-            # replace it; take the next free nonce instead.
-            action = Action.RESYNC_NONCE
-        if action == Action.BACKOFF:
-            # Maybe accepted, maybe not: keep tracking; the watcher finds a receipt or rebroadcasts the bytes.
-            self._error(f"broadcast uncertain, will check the chain: {exc}")
-            log_event(
-                log,
-                "vote_broadcast_uncertain",
-                level=logging.WARNING,
-                node=self.node.name,
-                proposal=tracked.proposal_id,
-                tx=tracked.latest.tx_hash,
-                nonce=tracked.nonce,
-                error=str(exc)[:200],
-            )
-            return
-        if action == Action.BUMP_FEES and await self._bump_rejected(tracked):
-            counters.sent += 1
-            self.totals.sent += 1
-            self._notify()
-            return
-        # Refused for good: the nonce stays unused and the row goes back to the queue (or ends).
-        del self.tracked[tracked.vote_id]
-        self._give_back_nonce(tracked.nonce)
-        tx = tracked.latest
-        if action == Action.UNFUNDED:
-            self._mark_unfunded(str(exc), tx.gas_limit * tx.max_fee_per_gas)
-            await self._requeue(tracked, f"node unfunded: {exc}", backoff=False)
-        elif action == Action.RESYNC_NONCE:
-            await self._requeue(tracked, f"nonce {tracked.nonce} refused: {exc}")
-            await self.resync_nonce()
-        elif action in (Action.TERMINAL, Action.CLOSED, Action.ALREADY_VOTED):
-            reason = f"transaction refused by the node: {exc}"
-            if await queue.mark_failed(self.sessions, tracked.vote_id, reason=reason):
-                counters.failed += 1
-                self.totals.failed += 1
-        else:
-            await self._requeue(tracked, f"transaction refused by the node: {exc}")
-        counters.requeued += 1
-        self._notify()
-
-    async def _requeue(self, tracked: Tracked, reason: str, *, backoff: bool = True) -> None:
-        until = utcnow() + dt.timedelta(seconds=5.0) if backoff else None
-        with anyio.CancelScope(shield=True):
-            await queue.resolve_sent(
-                self.sessions,
-                tracked.vote_id,
-                state=VoteState.QUEUED,
-                reason=reason,
-                tx_outcome="rejected",
-                defer_until=until,
-            )
-        self._error(reason)
-
-    async def _bump_rejected(self, tracked: Tracked) -> bool:
-        """An underpriced first send: re-sign the same nonce with fees bumped from fresh chain values.
-
-        True when a bumped transaction was accepted, or may have been (then the watcher checks the chain).
-        """
-        for _ in range(3):
-            base, priority = await self.fees.read(self._chain(), fresh=True)
-            old = Fees(tracked.latest.max_fee_per_gas, tracked.latest.max_priority_fee_per_gas)
-            bump = bump_fees(old, base_fee=base, priority_fee=priority, cap_wei=self.cap_wei)
-            if bump.fees is None:
-                self._error(bump.reason)
-                return False
-            signed = self._sign(tracked.nonce, tracked.data, tracked.latest.gas_limit, bump.fees)
-            with anyio.CancelScope(shield=True):
-                if not await queue.record_replacement(
-                    self.sessions, tracked.vote_id, signed, note="underpriced at first send; fees bumped"
-                ):
-                    return False
-            tracked.hashes.append(signed.tx_hash)
-            tracked.latest = signed
-            try:
-                await self._broadcast(signed)
-                return True
-            except ChainError as exc:
-                action = classify(exc)
-                if action == Action.BACKOFF:
-                    self._error(f"broadcast uncertain, will check the chain: {exc}")
-                    return True
-                if action != Action.BUMP_FEES:
-                    return False
-        return False
+    @last_error.setter
+    def last_error(self, text: str | None) -> None:
+        self.state.last_error = text

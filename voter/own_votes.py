@@ -7,10 +7,10 @@ service's own vote. Such a row is confirmed with that transaction, not ended `al
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from chain.client import ChainClient, Receipt, mined_receipt, parse_receipt
-from chain.retrying import call_many_retrying
+from chain.client import BlockHeader, ChainClient, Receipt, mined_receipt
+from chain.reads import Reads
 from storage import queue
 from storage.engine import SessionFactory
 from storage.queue import Confirmation, QueuedVote
@@ -30,25 +30,22 @@ async def own_votes_on_chain(
     pairs = [(vote_id, tx_hash) for vote_id, signed in hashes.items() for tx_hash in signed]
     if not pairs:
         return {}
-    answers = await call_many_retrying(
-        client, [("eth_getTransactionReceipt", [tx_hash]) for _, tx_hash in pairs], batch_size=batch_size
-    )
+    reads = Reads(client, batch_size=batch_size)
+    answers = await reads.receipts([tx_hash for _, tx_hash in pairs])
     receipts: dict[int, list[Receipt | None]] = {}
     for (vote_id, _tx_hash), answer in zip(pairs, answers, strict=True):
-        receipts.setdefault(vote_id, []).append(parse_receipt(answer))
+        receipts.setdefault(vote_id, []).append(answer if isinstance(answer, Receipt) else None)
     mined = {
         vote_id: receipt
         for vote_id, signed in receipts.items()
         if (receipt := mined_receipt(signed, head, confirmations=0)) is not None
     }
     numbers = sorted({receipt.block_number for receipt in mined.values()})
-    blocks = await call_many_retrying(
-        client, [("eth_getBlockByNumber", [hex(n), False]) for n in numbers], batch_size=batch_size
-    )
+    blocks = await reads.blocks(numbers)
     canonical = {
-        n: str(block["hash"]).lower()
+        n: block.hash.lower()
         for n, block in zip(numbers, blocks, strict=True)
-        if isinstance(block, Mapping) and block.get("hash")
+        if isinstance(block, BlockHeader)
     }
     return {
         vote_id: Confirmation(vote_id, receipt.tx_hash, receipt.block_number, receipt.gas_used)

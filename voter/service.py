@@ -25,9 +25,10 @@ import anyio
 import anyio.abc
 
 from chain.accounts import NodeAccount
-from chain.client import ChainClient, RpcErrorCounts, decode_result
-from chain.codec import dao_functions
+from chain.client import ChainClient, RpcErrorCounts
 from chain.connection import open_ws
+from chain.reads import BadAnswer, Batch, Reads, read_has_voted, read_nonce, read_proposal
+from chain.requests import estimate_gas
 from chain.retrying import call_many_retrying
 from chain.types import ProposalData, status_name
 from core.errors import ChainError, ConfigError, StorageError, TransientChainError, first_error
@@ -43,8 +44,7 @@ from storage.queue import QueuedVote
 from voter.fee_oracle import FeeOracle
 from voter.fees import gwei_to_wei
 from voter.jobs import Counters, VoteJob, estimate_request, estimate_value, vote_calldata
-from voter.lane import NodeLane
-from voter.lane_base import StepHook
+from voter.lane import NodeLane, StepHook
 from voter.own_votes import own_votes_on_chain
 from voter.planning import NonceCounts, plan_batch, rows_by_node
 from voter.strategies import Decision, Tally, decide, node_config
@@ -482,9 +482,8 @@ class Voter:
         estimate stays on its job: the lane decides from the error what the row becomes."""
         flat = [(node_id, job) for node_id, lane_jobs in jobs.items() for job in lane_jobs]
         requests = [
-            (
-                "eth_estimateGas",
-                [estimate_request(self._by_node[node_id].address, client.contract, vote_calldata(job))],
+            estimate_gas(
+                estimate_request(self._by_node[node_id].address, client.contract, vote_calldata(job))
             )
             for node_id, job in flat
         ]
@@ -660,59 +659,36 @@ class Voter:
                 )
 
     async def read_snapshot(self, client: ChainClient, rows: Sequence[QueuedVote]) -> Snapshot:
-        """getProposal for each proposal and hasVoted for each (proposal, node), at one block, batched."""
+        """getProposal of each proposal, hasVoted of each (proposal, node), at one block, in one batch."""
         block = await with_backoff(client.block, "latest")
-        tag = hex(block.number)
-        functions = dao_functions()
         ids = sorted({row.proposal_id for row in rows})
         pairs = sorted({(row.proposal_id, self._by_node[row.node_id].address) for row in rows})
-        requests = [
-            ("eth_call", [{"to": client.contract, "data": functions["getProposal"].encode(i)}, tag])
-            for i in ids
-        ]
-        requests += [
-            ("eth_call", [{"to": client.contract, "data": functions["hasVoted"].encode(i, a)}, tag])
-            for i, a in pairs
-        ]
         # Each sending node's nonce counts in the same round trip (the lanes sync to them before signing).
         addresses = sorted({self._by_node[row.node_id].address for row in rows})
-        requests += [("eth_getTransactionCount", [a, tag]) for a in addresses]
-        requests += [("eth_getTransactionCount", [a, "pending"]) for a in addresses]
-        results = await call_many_retrying(client, requests, batch_size=self.settings.rpc_batch_size)
-        counts = results[len(results) - 2 * len(addresses) :]
-        results = results[: len(results) - 2 * len(addresses)]
-        nonces = {
-            address: NonceCounts(int(str(mined), 16), int(str(pending), 16))
-            for address, mined, pending in zip(
-                addresses, counts[: len(addresses)], counts[len(addresses) :], strict=True
-            )
-            if all(isinstance(raw, str) and raw.startswith("0x") for raw in (mined, pending))
-        }
+        batch = Batch()
+        proposal_slots = {i: batch.add(read_proposal(client.contract, i, block.number)) for i in ids}
+        voted_slots = {p: batch.add(read_has_voted(client.contract, *p, block=block.number)) for p in pairs}
+        mined_slots = {a: batch.add(read_nonce(a, block.number)) for a in addresses}
+        pending_slots = {a: batch.add(read_nonce(a, "pending")) for a in addresses}
+        reads = Reads(client, batch_size=self.settings.rpc_batch_size)
+        answers = await reads.run(batch)
+        nonces = {}
+        for address in addresses:
+            mined, pending = answers[mined_slots[address]], answers[pending_slots[address]]
+            if not isinstance(mined, ChainError) and not isinstance(pending, ChainError):
+                nonces[address] = NonceCounts(mined, pending)
         proposals: dict[int, ProposalData | ChainError] = {}
-        for proposal_id, raw in zip(ids, results[: len(ids)], strict=True):
-            proposals[proposal_id] = await self._proposal(client, raw)
+        for proposal_id, slot in proposal_slots.items():
+            values = answers[slot]
+            data = await reads.proposal_data(values)
+            proposals[proposal_id] = (
+                ChainError(f"getProposal: {data}") if isinstance(data, BadAnswer) else data
+            )
         voted: dict[tuple[int, str], bool | ChainError] = {}
-        for pair, raw in zip(pairs, results[len(ids) :], strict=True):
-            voted[pair] = raw if isinstance(raw, ChainError) else _decoded_bool(raw)
+        for pair, voted_slot in voted_slots.items():
+            flag = answers[voted_slot]
+            voted[pair] = ChainError(f"hasVoted: {flag}") if isinstance(flag, BadAnswer) else flag
         return Snapshot(block.number, block.timestamp, proposals, voted, nonces)
-
-    async def _proposal(self, client: ChainClient, raw: object) -> ProposalData | ChainError:
-        if isinstance(raw, ChainError):
-            return raw
-        try:
-            values = decode_result(dao_functions()["getProposal"], raw)
-            return await with_backoff(client.proposal_from_tuple, values)
-        except ValueError as exc:
-            return ChainError(f"getProposal: {exc}")
-        except ChainError as exc:
-            return exc
-
-
-def _decoded_bool(raw: object) -> bool | ChainError:
-    try:
-        return bool(decode_result(dao_functions()["hasVoted"], raw)[0])
-    except ValueError as exc:
-        return ChainError(f"hasVoted: {exc}")
 
 
 def combined(results: Sequence[DrainResult]) -> DrainResult:

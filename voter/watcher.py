@@ -2,7 +2,8 @@
 
 A transaction without a receipt is judged from the chain only: the account's nonce, the node's pool, and
 `hasVoted`. It is rebroadcast as signed (same hash, always safe) or replaced with the same nonce and higher
-fees; a new vote is never signed here.
+fees; a new vote is never signed here. Replacements and nonce-gap fillers are signed and broadcast through
+the lane's sender; the `sent` rows of a new connection are adopted here before the sender takes a nonce.
 """
 
 from __future__ import annotations
@@ -10,21 +11,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
 
 import anyio
 
-from chain.retrying import call_many_retrying
+from chain import requests as rpc
+from chain.client import Receipt
 from core.errors import ChainError, ContractRevert, DloopError, TransientChainError
 from core.logs import log_event
 from core.retry import with_backoff
 from storage import queue
-from storage.models import VoteState, utcnow
+from storage.models import VoteOutcome, VoteState, utcnow
 from voter.fees import GWEI, Fees, bump_fees, includable
-from voter.jobs import Tracked, as_int
-from voter.lane_base import LaneBase, log
+from voter.jobs import Tracked, as_int, calldata_of
+from voter.lane_state import LaneState, log
 from voter.outcomes import Action, classify
 from voter.planning import nonce_gap
+from voter.sender import LaneSender
 
 # Replace an unmined transaction only after DLOOP_REPLACE_AFTER_BLOCKS blocks and at least this long.
 MIN_SECONDS_BEFORE_REPLACING = 3.0
@@ -38,18 +40,65 @@ FILLER_GAS = 21_000  # a plain transfer
 FILLER_RESEND_S = 30.0
 
 
-class ReceiptWatcher(LaneBase):
+class ReceiptWatcher:
+    """Watches one node's transactions in flight (its lane state's `tracked`) until each is settled."""
+
+    def __init__(
+        self,
+        state: LaneState,
+        sender: LaneSender,
+        *,
+        receipt_poll_interval: float = 0.2,
+        stall_seconds: float = 5.0,
+    ) -> None:
+        self.state = state
+        self.sender = sender  # signs and broadcasts replacements and fillers
+        self.receipt_poll_interval = receipt_poll_interval
+        self.stall_seconds = stall_seconds
+
+    # -- restart safety --------------------------------------------------------------------------------
+    async def adopt_sent(self) -> int:
+        """Resolve `sent` rows this lane does not track yet (after a crash, a reconnect or a reorg)."""
+        client = self.state.chain()
+        rows = [
+            r
+            for r in await queue.sent_votes(self.state.sessions, self.state.node.id)
+            if r.vote_id not in self.state.tracked
+        ]
+        if not rows:
+            return 0
+        head = await with_backoff(client.block_number)
+        async with self.state.lock:
+            for row in rows:
+                self.state.tracked[row.vote_id] = Tracked(
+                    vote_id=row.vote_id,
+                    proposal_id=row.proposal_id,
+                    nonce=row.nonce,
+                    hashes=[tx.tx_hash for tx in row.transactions],
+                    latest=row.latest,
+                    data=calldata_of(row.latest),
+                    sent_block=head,
+                )
+        log_event(log, "sent_rows_adopted", node=self.state.node.name, count=len(rows))
+        await self.poll_receipts()
+        for row in rows:
+            tracked = self.state.tracked.get(row.vote_id)
+            if tracked is not None:
+                await self.check(tracked, head, adopting=True)
+        self.state.notify()
+        return len(rows)
+
     # -- watching --------------------------------------------------------------------------------------
     async def watch(self) -> None:
         """Poll receipts of the lane's transactions while any are in flight; resolve stuck or dropped ones."""
         last_head = -1
         last_change = anyio.current_time()
         while True:
-            if not self.tracked:
-                await self._changed.wait()
+            if not self.state.tracked:
+                await self.state.wait_changed()
                 continue
             await anyio.sleep(self.receipt_poll_interval)
-            client = self.client
+            client = self.state.client
             if client is None:
                 continue
             try:
@@ -59,57 +108,55 @@ class ReceiptWatcher(LaneBase):
                     last_head, last_change = head, now
                     await self.poll_receipts()
                 stalled = now - last_change >= self.stall_seconds
-                for tracked in list(self.tracked.values()):
-                    if stalled or head - tracked.sent_block >= self.settings.replace_after_blocks:
+                for tracked in list(self.state.tracked.values()):
+                    if stalled or head - tracked.sent_block >= self.state.settings.replace_after_blocks:
                         await self.check(tracked, head)
                 if stalled:
                     last_change = now  # check a stalled chain again only after another interval
             except TransientChainError:
                 raise  # the connection is gone: the voter reconnects
             except DloopError as exc:
-                self._error(f"watching transactions: {exc}")
+                self.state.error(f"watching transactions: {exc}")
                 await anyio.sleep(1.0)
 
     async def poll_receipts(self) -> None:
-        items = list(self.tracked.values())
+        items = list(self.state.tracked.values())
         if not items:
             return
-        requests = [("eth_getTransactionReceipt", [h]) for t in items for h in t.hashes]
-        results = await call_many_retrying(self._chain(), requests, batch_size=self.settings.rpc_batch_size)
+        results = await self.state.reads().receipts([h for t in items for h in t.hashes])
         index = 0
-        mined: list[tuple[Tracked, Mapping[str, Any]]] = []
+        mined: list[tuple[Tracked, Receipt]] = []
         for tracked in items:
-            # A single request answers an AttributeDict, a batch a dict: both are Mappings.
-            receipts = [r for r in results[index : index + len(tracked.hashes)] if isinstance(r, Mapping)]
+            receipts = [r for r in results[index : index + len(tracked.hashes)] if isinstance(r, Receipt)]
             index += len(tracked.hashes)
             if receipts:
                 mined.append((tracked, receipts[0]))
         await self._settle(mined)
 
-    async def _settle(self, mined: list[tuple[Tracked, Mapping[str, Any]]]) -> None:
+    async def _settle(self, mined: list[tuple[Tracked, Receipt]]) -> None:
         """Confirmed votes in one transaction; reverted ones with their decoded error."""
-        mined = [(t, r) for t, r in mined if self.tracked.pop(t.vote_id, None) is not None]
+        mined = [(t, r) for t, r in mined if self.state.tracked.pop(t.vote_id, None) is not None]
         confirmations = [
-            queue.Confirmation(
-                t.vote_id, str(r["transactionHash"]), as_int(r["blockNumber"]), as_int(r["gasUsed"])
-            )
+            queue.Confirmation(t.vote_id, r.tx_hash, r.block_number, r.gas_used)
             for t, r in mined
-            if as_int(r["status"]) == 1
+            if r.status == 1
         ]
         if confirmations:
             with anyio.CancelScope(shield=True):
-                await queue.mark_confirmed_many(self.sessions, confirmations)
-            self.totals.confirmed += len(confirmations)
-            self.last_vote_at = utcnow()
-            if not self.unfunded:
-                self.last_error = None  # votes land again: earlier trouble is over
+                await queue.mark_confirmed_many(self.state.sessions, confirmations)
+            self.state.totals.confirmed += len(confirmations)
+            self.state.last_vote_at = utcnow()
+            if not self.state.unfunded:
+                self.state.last_error = None  # votes land again: earlier trouble is over
             for item in confirmations:
-                log_event(log, "vote_confirmed", node=self.node.name, vote=item.vote_id, tx=item.tx_hash)
-                self._step("confirmed")
+                log_event(
+                    log, "vote_confirmed", node=self.state.node.name, vote=item.vote_id, tx=item.tx_hash
+                )
+                self.state.step("confirmed")
         for tracked, receipt in mined:
-            if as_int(receipt["status"]) == 1:
+            if receipt.status == 1:
                 continue
-            tx_hash, block = str(receipt["transactionHash"]), as_int(receipt["blockNumber"])
+            tx_hash, block = receipt.tx_hash, receipt.block_number
             name = await self._revert_name(tracked, block)
             if name == "ProposalNotFound":
                 await self._owed_after_reorg(tracked)
@@ -117,20 +164,25 @@ class ReceiptWatcher(LaneBase):
             reason = f"reverted on chain: {name}"
             with anyio.CancelScope(shield=True):
                 await queue.mark_failed(
-                    self.sessions,
+                    self.state.sessions,
                     tracked.vote_id,
                     reason=reason,
                     tx_hash=tx_hash,
                     block_number=block,
-                    gas_used=as_int(receipt["gasUsed"]),
+                    gas_used=receipt.gas_used,
                 )
-            self.totals.failed += 1
-            self._error(f"proposal {tracked.proposal_id}: {reason}")
+            self.state.totals.failed += 1
+            self.state.error(f"proposal {tracked.proposal_id}: {reason}")
             log_event(
-                log, "vote_failed", node=self.node.name, proposal=tracked.proposal_id, tx=tx_hash, error=name
+                log,
+                "vote_failed",
+                node=self.state.node.name,
+                proposal=tracked.proposal_id,
+                tx=tx_hash,
+                error=name,
             )
         if mined:
-            self._notify()
+            self.state.notify()
 
     async def _owed_after_reorg(self, tracked: Tracked) -> None:
         """A vote mined while a reorg had taken its proposal away reverts with ProposalNotFound: it was not
@@ -139,40 +191,37 @@ class ReceiptWatcher(LaneBase):
         has moved on (the listener queued it again, maybe sent anew since) is left alone: never failed or
         queued for this stale transaction."""
         try:
-            back = await with_backoff(self._chain().proposal_count) >= tracked.proposal_id
+            back = await with_backoff(self.state.chain().proposal_count) >= tracked.proposal_id
         except ChainError:
             back = False  # pending: the listener (or the reconcile pass) queues it when the proposal is seen
         state = VoteState.QUEUED if back else VoteState.PENDING
         why = "it is back on chain, queued again" if back else "waits for it to be on chain again"
         with anyio.CancelScope(shield=True):
             done = await queue.resolve_sent(
-                self.sessions,
+                self.state.sessions,
                 tracked.vote_id,
                 state=state,
                 reason=f"reverted on chain: ProposalNotFound (a reorg took the proposal away); {why}",
                 tx_outcome="reverted",
                 only_if_tx_in=tracked.hashes,
+                outcome=VoteOutcome.PROPOSAL_NOT_FOUND,
             )
         if done:
-            self.totals.requeued += 1
+            self.state.totals.requeued += 1
             log_event(
                 log,
                 "vote_owed_after_reorg",
-                node=self.node.name,
+                node=self.state.node.name,
                 proposal=tracked.proposal_id,
                 state=state.value,
             )
 
     async def _revert_name(self, tracked: Tracked, block: int) -> str:
         """Re-run the call at the block that mined it to get the custom error's name."""
-        call = {
-            "from": self.address,
-            "to": self._chain().contract,
-            "data": tracked.data,
-            "gas": hex(tracked.latest.gas_limit),
-        }
+        method, params = rpc.call(self.state.chain().contract, tracked.data, block)
+        params[0] |= {"from": self.state.address, "gas": hex(tracked.latest.gas_limit)}  # the call as sent
         try:
-            await self._chain().request("eth_call", [call, hex(block)])
+            await self.state.chain().request(method, params)
         except ContractRevert as exc:
             return exc.error_name
         except ChainError as exc:
@@ -181,19 +230,17 @@ class ReceiptWatcher(LaneBase):
 
     async def check(self, tracked: Tracked, head: int, *, adopting: bool = False) -> None:
         """A transaction without a receipt: still pending, replaced by someone, dropped, or stuck."""
-        client = self._chain()
-        mined = as_int(
-            await with_backoff(client.request, "eth_getTransactionCount", [self.address, "latest"])
-        )
+        client = self.state.chain()
+        mined = as_int(await with_backoff(client.request, *rpc.nonce(self.state.address, "latest")))
         if mined > tracked.nonce:
             await self._nonce_used_elsewhere(tracked)
             return
         await self._fill_gap_below(tracked, mined)
-        known = await with_backoff(client.request, "eth_getTransactionByHash", [tracked.latest.tx_hash])
+        known = await with_backoff(client.request, *rpc.transaction(tracked.latest.tx_hash))
         # Blocks and time both: under automine three blocks pass in milliseconds, and replacing a
         # transaction that is being mined right now only earns "nonce too low".
         stale = (
-            head - tracked.sent_block >= self.settings.replace_after_blocks
+            head - tracked.sent_block >= self.state.settings.replace_after_blocks
             and time.monotonic() - tracked.sent_time >= MIN_SECONDS_BEFORE_REPLACING
         )
         if known is not None:
@@ -202,17 +249,17 @@ class ReceiptWatcher(LaneBase):
             return
         # Unknown to the node and its nonce unused: dropped. Rebroadcast the same bytes if they can still be
         # included, else replace them with higher fees.
-        base, _ = await self.fees.read(client, fresh=True)
+        base, _ = await self.state.fees.read(client, fresh=True)
         if tracked.latest.max_fee_per_gas < base or tracked.rebroadcasts >= 2:
             await self.replace(tracked, head, "dropped, and not includable as signed")
             return
-        async with self.lock:
-            if tracked.vote_id not in self.tracked:
+        async with self.state.lock:
+            if tracked.vote_id not in self.state.tracked:
                 return
             try:
-                await self._broadcast(tracked.latest)
+                await self.sender.broadcast(tracked.latest)
             except ChainError as exc:
-                self._error(f"rebroadcast refused: {exc}", tx=tracked.latest.tx_hash)
+                self.state.error(f"rebroadcast refused: {exc}", tx=tracked.latest.tx_hash)
                 action = classify(exc)
                 if action != Action.BUMP_FEES:
                     return  # e.g. nonce too low: mined meanwhile, the next receipt poll settles it
@@ -224,11 +271,11 @@ class ReceiptWatcher(LaneBase):
         if bump:
             await self.replace(tracked, head, "dropped, and underpriced as signed")
             return
-        self.totals.rebroadcast += 1
+        self.state.totals.rebroadcast += 1
         log_event(
             log,
             "vote_rebroadcast",
-            node=self.node.name,
+            node=self.state.node.name,
             proposal=tracked.proposal_id,
             tx=tracked.latest.tx_hash,
         )
@@ -244,47 +291,53 @@ class ReceiptWatcher(LaneBase):
         """
         now = time.monotonic()
         # Mined fillers are done; one the node dropped (still unmined after a while) may be sent again.
-        self.fillers = {n: t for n, t in self.fillers.items() if n >= mined and now - t < FILLER_RESEND_S}
+        self.state.fillers = {
+            n: t for n, t in self.state.fillers.items() if n >= mined and now - t < FILLER_RESEND_S
+        }
         # Below the lane's highest nonce in flight, not this transaction's: `gap_seen_at` is the lane's, and
         # checking a lower transaction (nothing missing below it) must not start the wait over.
-        held = self.held_nonces()
+        held = self.state.held_nonces()
         gap = nonce_gap(mined, max(held, default=tracked.nonce), held)
         if not gap:
-            self.gap_seen_at = None
+            self.state.gap_seen_at = None
             return
-        if self.gap_seen_at is None:
-            self.gap_seen_at = now
-        if now - self.gap_seen_at < GAP_FILL_AFTER_S:
+        if self.state.gap_seen_at is None:
+            self.state.gap_seen_at = now
+        if now - self.state.gap_seen_at < GAP_FILL_AFTER_S:
             return
-        fees, base = await self.fees.initial(self._chain())
+        fees, base = await self.state.fees.initial(self.state.chain())
         if not includable(fees, base):
             return  # the fee cap is below the base fee: the votes wait too, and say why
-        async with self.lock:
+        async with self.state.lock:
             nonce = gap[0]
-            if nonce in self.held_nonces():
+            if nonce in self.state.held_nonces():
                 return  # a vote took it meanwhile
-            waiting = max(self.tracked.values(), key=lambda t: t.nonce, default=tracked)
+            waiting = max(self.state.tracked.values(), key=lambda t: t.nonce, default=tracked)
             reason = f"nonce {nonce} left unused (a reorg?); vote tx {waiting.latest.tx_hash} waits behind it"
-            filler = self._sign(nonce, "0x", FILLER_GAS, fees, to=self.address)
+            filler = self.sender.sign(nonce, "0x", FILLER_GAS, fees, to=self.state.address)
             with anyio.CancelScope(shield=True):
                 await queue.record_nonce_filler(
-                    self.sessions, node_id=self.node.id, nonce=nonce, tx_hash=filler.tx_hash, reason=reason
+                    self.state.sessions,
+                    node_id=self.state.node.id,
+                    nonce=nonce,
+                    tx_hash=filler.tx_hash,
+                    reason=reason,
                 )
-            self.fillers[nonce] = now
-            self.free_nonces = [n for n in self.free_nonces if n != nonce]
+            self.state.fillers[nonce] = now
+            self.state.free_nonces = [n for n in self.state.free_nonces if n != nonce]
             try:
-                await self._broadcast(filler)
+                await self.sender.broadcast(filler)
             except ChainError as exc:
                 # Refused (e.g. "nonce too low": used meanwhile): the next check looks again.
-                self.fillers.pop(nonce, None)
-                self._error(f"nonce gap filler refused: {exc}", nonce=nonce)
+                self.state.fillers.pop(nonce, None)
+                self.state.error(f"nonce gap filler refused: {exc}", nonce=nonce)
                 return
-        self.gap_seen_at = None
+        self.state.gap_seen_at = None
         log_event(
             log,
             "nonce_gap_filled",
             level=logging.WARNING,
-            node=self.node.name,
+            node=self.state.node.name,
             nonce=nonce,
             tx=filler.tx_hash,
             waiting_vote=waiting.proposal_id,
@@ -295,8 +348,7 @@ class ReceiptWatcher(LaneBase):
         used by us and the next receipt poll settles the row. Under load anvil counted a mined transaction's
         nonce before it served the receipt, and the vote was marked `already_voted` "by another sender"
         (the grace period in `_nonce_used_elsewhere` covers the moment it serves neither)."""
-        requests = [("eth_getTransactionByHash", [tx_hash]) for tx_hash in tracked.hashes]
-        answers = await call_many_retrying(self._chain(), requests, batch_size=self.settings.rpc_batch_size)
+        answers = await self.state.reads().transactions(tracked.hashes)
         return any(
             isinstance(a, ChainError) or (isinstance(a, Mapping) and a.get("blockNumber") is not None)
             for a in answers
@@ -305,20 +357,20 @@ class ReceiptWatcher(LaneBase):
     async def _nonce_used_elsewhere(self, tracked: Tracked) -> None:
         """The nonce is used but none of our hashes has a receipt (checked once more): hasVoted decides."""
         await self.poll_receipts()
-        if tracked.vote_id not in self.tracked or await self._one_of_ours_mined(tracked):
+        if tracked.vote_id not in self.state.tracked or await self._one_of_ours_mined(tracked):
             return
         now = time.monotonic()
         if tracked.nonce_used_since is None:
             tracked.nonce_used_since = now
         if now - tracked.nonce_used_since < NONCE_USED_GRACE_S:
             return
-        voted = await with_backoff(self._chain().has_voted, tracked.proposal_id, self.address)
-        self.tracked.pop(tracked.vote_id, None)
+        voted = await with_backoff(self.state.chain().has_voted, tracked.proposal_id, self.state.address)
+        self.state.tracked.pop(tracked.vote_id, None)
         used = f"nonce {tracked.nonce} was used by a transaction that is not one of this vote's"
         with anyio.CancelScope(shield=True):
             if voted:
                 await queue.resolve_sent(
-                    self.sessions,
+                    self.state.sessions,
                     tracked.vote_id,
                     state=VoteState.ALREADY_VOTED,
                     reason=f"already voted: {used}, and hasVoted is true (a vote sent outside this service)",
@@ -326,56 +378,60 @@ class ReceiptWatcher(LaneBase):
                 )
             else:
                 await queue.resolve_sent(
-                    self.sessions,
+                    self.state.sessions,
                     tracked.vote_id,
                     state=VoteState.QUEUED,
                     reason=f"{used}; hasVoted is false, so the vote is queued again",
                     tx_outcome="dropped",
                 )
-                self.totals.requeued += 1
+                self.state.totals.requeued += 1
         log_event(
-            log, "vote_nonce_used_elsewhere", node=self.node.name, proposal=tracked.proposal_id, voted=voted
+            log,
+            "vote_nonce_used_elsewhere",
+            node=self.state.node.name,
+            proposal=tracked.proposal_id,
+            voted=voted,
         )
-        self._notify()
+        self.state.notify()
 
     async def replace(self, tracked: Tracked, head: int, why: str) -> None:
         """Same nonce, same call, fees bumped by at least 12.5% within the cap; the old hash stays known."""
-        client = self._chain()
-        base, priority = await self.fees.read(client, fresh=True)
+        client = self.state.chain()
+        base, priority = await self.state.fees.read(client, fresh=True)
         old = Fees(tracked.latest.max_fee_per_gas, tracked.latest.max_priority_fee_per_gas)
-        bump = bump_fees(old, base_fee=base, priority_fee=priority, cap_wei=self.cap_wei)
-        async with self.lock:
-            if tracked.vote_id not in self.tracked:
+        bump = bump_fees(old, base_fee=base, priority_fee=priority, cap_wei=self.state.cap_wei)
+        async with self.state.lock:
+            if tracked.vote_id not in self.state.tracked:
                 return
             tracked.sent_block = head  # wait another interval before the next attempt, whatever happens
             if bump.fees is None:
                 note = f"{why}; cannot replace: {bump.reason}"
-                await queue.set_note(self.sessions, tracked.vote_id, note)
-                self._error(note)
+                await queue.set_note(self.state.sessions, tracked.vote_id, note)
+                self.state.error(note)
                 return
             previous = tracked.latest
-            signed = self._sign(tracked.nonce, tracked.data, previous.gas_limit, bump.fees)
+            signed = self.sender.sign(tracked.nonce, tracked.data, previous.gas_limit, bump.fees)
             with anyio.CancelScope(shield=True):
                 if not await queue.record_replacement(
-                    self.sessions, tracked.vote_id, signed, note=f"replaced: {why}"
+                    self.state.sessions, tracked.vote_id, signed, note=f"replaced: {why}"
                 ):
-                    self.tracked.pop(tracked.vote_id, None)  # settled elsewhere (e.g. the listener)
+                    self.state.tracked.pop(tracked.vote_id, None)  # settled elsewhere (e.g. the listener)
                     return
             tracked.hashes.append(signed.tx_hash)
             tracked.latest = signed
             tracked.rebroadcasts = 0
             try:
-                await self._broadcast(signed)
+                await self.sender.broadcast(signed)
             except ChainError as exc:
                 tracked.latest = previous  # keep expecting the one the node has
-                self._error(f"replacement refused: {exc}", tx=signed.tx_hash, nonce=tracked.nonce)
+                self.state.error(f"replacement refused: {exc}", tx=signed.tx_hash, nonce=tracked.nonce)
                 return
-            self._step("replaced")
-        self.totals.replaced += 1
+            self.state.step("replaced")
+        self.state.totals.replaced += 1
         log_event(
             log,
             "vote_replaced",
-            node=self.node.name,
+            node=self.state.node.name,
             proposal=tracked.proposal_id,
             tx=signed.tx_hash,
             nonce=tracked.nonce,
@@ -386,5 +442,5 @@ class ReceiptWatcher(LaneBase):
     async def settle_all(self, deadline: float) -> None:
         """Wait (up to the deadline) until nothing of this lane is in flight."""
         with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
-            while self.tracked:
-                await self._changed.wait()
+            while self.state.tracked:
+                await self.state.wait_changed()

@@ -1,4 +1,4 @@
-"""The state one node's lane keeps, and the plumbing its sender and watcher share."""
+"""The shared mutable state of one node's lane: what its sender and its receipt watcher both work on."""
 
 from __future__ import annotations
 
@@ -11,17 +11,15 @@ import anyio
 
 from chain.accounts import NodeAccount
 from chain.client import ChainClient
+from chain.reads import Reads
 from core.errors import ChainError
 from core.logs import log_event
-from core.retry import broadcast_with_backoff
 from core.settings import Settings
 from storage.engine import SessionFactory
 from storage.proposals import NodeRecord
-from storage.queue import SignedTx
 from voter.fee_oracle import FeeOracle
-from voter.fees import Fees, gwei_to_wei
+from voter.fees import gwei_to_wei
 from voter.jobs import Counters, Tracked
-from voter.outcomes import Action, classify
 from voter.strategies import NodeConfig
 
 log = logging.getLogger("dloop.voter")
@@ -29,9 +27,10 @@ log = logging.getLogger("dloop.voter")
 StepHook = Callable[[str], None]
 
 
-class LaneBase:
-    """A node lane's state (account, nonces, what is in flight) and its plumbing: signing and sending one
-    transaction. `ReceiptWatcher` and `NodeLane` build on it."""
+class LaneState:
+    """One node's lane: its account and connection, its nonces, the transactions it has in flight, and how
+    it is doing (unfunded, last error). `LaneSender` and `ReceiptWatcher` each hold the same instance;
+    `lock` guards nonce assignment and the in-flight bookkeeping between them."""
 
     def __init__(
         self,
@@ -46,8 +45,6 @@ class LaneBase:
         fees: FeeOracle,
         totals: Counters,
         step_hook: StepHook | None = None,
-        receipt_poll_interval: float = 0.2,
-        stall_seconds: float = 5.0,
     ) -> None:
         self.account = account
         self.node = node
@@ -59,8 +56,6 @@ class LaneBase:
         self.fees = fees
         self.totals = totals
         self.step_hook = step_hook
-        self.receipt_poll_interval = receipt_poll_interval
-        self.stall_seconds = stall_seconds
         self.client: ChainClient | None = None
         self.lock = anyio.Lock()  # nonce assignment and in-flight bookkeeping
         self.next_nonce: int | None = None
@@ -74,11 +69,22 @@ class LaneBase:
         self.last_vote_at: dt.datetime | None = None
         self._changed = anyio.Event()  # a transaction was tracked or settled
 
+    def connect(self, client: ChainClient) -> None:
+        """A new connection: forget what was in flight and the nonces (the `sent` rows are adopted again)."""
+        self.client = client
+        self.tracked.clear()
+        self.fillers.clear()
+        self.next_nonce = None
+        self.free_nonces = []
+
+    def disconnect(self) -> None:
+        self.client = None
+        self.notify()
+
     def held_nonces(self) -> set[int]:
         """Nonces of transactions this lane has in flight (votes, and fillers of a nonce gap)."""
         return {t.nonce for t in self.tracked.values()} | set(self.fillers)
 
-    # -- plumbing --------------------------------------------------------------------------------------
     @property
     def address(self) -> str:
         return self.account.address
@@ -87,45 +93,27 @@ class LaneBase:
     def cap_wei(self) -> int:
         return gwei_to_wei(self.settings.max_fee_gwei)
 
-    def _chain(self) -> ChainClient:
+    def chain(self) -> ChainClient:
         if self.client is None:
             raise ChainError("voter is not connected")
         return self.client
 
-    def _step(self, name: str) -> None:
+    def reads(self) -> Reads:
+        """Batched reads over the current connection."""
+        return Reads(self.chain(), batch_size=self.settings.rpc_batch_size)
+
+    def step(self, name: str) -> None:
         if self.step_hook is not None:
             self.step_hook(name)
 
-    def _notify(self) -> None:
+    async def wait_changed(self) -> None:
+        """Until a transaction is tracked or settled (or the lane is disconnected)."""
+        await self._changed.wait()
+
+    def notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
 
-    def _error(self, text: str, **fields: Any) -> None:
+    def error(self, text: str, **fields: Any) -> None:
         self.last_error = text
         log_event(log, "node_error", level=logging.WARNING, node=self.node.name, error=text, **fields)
-
-    def _sign(self, nonce: int, data: str, gas: int, fees: Fees, *, to: str | None = None) -> SignedTx:
-        """A vote call to the contract; `to` another address (with `data` "0x": a plain no-op transfer)."""
-        tx_hash, raw = self.account.sign_transaction(
-            {
-                "chainId": self.chain_id,
-                "nonce": nonce,
-                "to": to or self._chain().contract,
-                "data": data,
-                "gas": gas,
-                "maxFeePerGas": fees.max_fee_per_gas,
-                "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
-                "value": 0,
-                "type": 2,
-            }
-        )
-        return SignedTx(tx_hash, nonce, fees.max_fee_per_gas, fees.max_priority_fee_per_gas, gas, raw)
-
-    async def _broadcast(self, tx: SignedTx) -> None:
-        try:
-            await broadcast_with_backoff(
-                self._chain().request, "eth_sendRawTransaction", ["0x" + tx.raw_transaction.hex()]
-            )
-        except ChainError as exc:
-            if classify(exc) != Action.ACCEPTED:  # "already known": the node has exactly this transaction
-                raise

@@ -1,4 +1,8 @@
-"""Alembic environment. Migrations run on a connection handed in by storage.migrations, or on the URL."""
+"""Alembic environment. Migrations run on a connection handed in by storage.migrations, or on the URL.
+
+This folder ships in the wheel as `storage/alembic` (see pyproject.toml); it has no `__init__.py` on
+purpose (in a checkout it would shadow the alembic library).
+"""
 
 from __future__ import annotations
 

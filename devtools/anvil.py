@@ -27,7 +27,15 @@ from typing import IO, Any, Self
 
 from core.errors import DloopError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+
+def _checkout_root() -> Path | None:
+    """The repository this package runs from, or None when it is installed (site-packages holds no
+    pyproject.toml beside it): the npm-pinned anvil is looked for only in a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() and (root / "devtools").is_dir() else None
+
+
+REPO_ROOT = _checkout_root()
 ANVIL_BIN_SETTING = "DLOOP_ANVIL_BIN"
 ANVIL_CHAIN_ID = 31337
 
@@ -96,8 +104,9 @@ def _npm_binary(repo_root: Path) -> Path | None:
     return repo_root / "node_modules" / "@foundry-rs" / f"anvil-{os_name}-{arch}" / "bin" / "anvil"
 
 
-def find_anvil_binary(explicit: str | Path | None = None, *, repo_root: Path = REPO_ROOT) -> Path:
-    """The anvil to run: `explicit` (DLOOP_ANVIL_BIN), else the npm-pinned binary, else `anvil` on PATH."""
+def find_anvil_binary(explicit: str | Path | None = None, *, repo_root: Path | None = REPO_ROOT) -> Path:
+    """The anvil to run: `explicit` (DLOOP_ANVIL_BIN), else the npm-pinned binary of the checkout (when
+    running from one), else `anvil` on PATH."""
     if explicit:
         path = Path(explicit)
         if path.is_file() and os.access(path, os.X_OK):
@@ -106,16 +115,18 @@ def find_anvil_binary(explicit: str | Path | None = None, *, repo_root: Path = R
         if on_path is not None:
             return Path(on_path)
         raise DloopError(f"{ANVIL_BIN_SETTING}: {explicit} is not an executable file")
-    pinned = _npm_binary(repo_root)
+    pinned = _npm_binary(repo_root) if repo_root is not None else None
     if pinned is not None and pinned.is_file() and os.access(pinned, os.X_OK):
         return pinned
     on_path = shutil.which("anvil")
     if on_path is not None:
         return Path(on_path)
-    raise DloopError(
-        f"anvil not found: run `make setup` (installs the pinned binary under node_modules/@foundry-rs) "
-        f"or set {ANVIL_BIN_SETTING} to an anvil executable"
-    )
+    if repo_root is not None:
+        raise DloopError(
+            f"anvil not found: run `make setup` (installs the pinned binary under node_modules/@foundry-rs) "
+            f"or set {ANVIL_BIN_SETTING} to an anvil executable"
+        )
+    raise DloopError(f"anvil not found on PATH: install Foundry's anvil or set {ANVIL_BIN_SETTING} to it")
 
 
 def free_port() -> int:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from enum import IntEnum
+from importlib.resources import files
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -34,7 +35,8 @@ from web3.utils.address import get_create_address
 from core.errors import ChainError, DloopError
 from devtools.anvil import ANVIL_BIN_SETTING, ANVIL_KEYS, AnvilProcess
 
-ARTIFACTS_DIR = Path(__file__).resolve().parent / "contracts" / "artifacts"
+# Package data (pyproject.toml): found the same way in a checkout and in an installed wheel.
+ARTIFACTS_DIR = Path(str(files("devtools").joinpath("contracts", "artifacts")))
 
 DEFAULT_PROPOSALS = 49
 DEFAULT_VOTING_PERIOD_SECONDS = 3 * 24 * 60 * 60  # production default: 3 days

@@ -133,7 +133,7 @@ async def serve(
 
 def run_command(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, secrets=settings.secrets())
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its schema check chatter is not an event
     run_async(serve, settings)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 from alembic import command
@@ -14,12 +15,27 @@ from sqlalchemy.exc import SQLAlchemyError
 from core.errors import SchemaOutOfDate, StorageError
 from storage.engine import create_engine
 
-ALEMBIC_DIR = Path(__file__).resolve().parents[1] / "alembic"
+
+def alembic_dir() -> Path:
+    """The alembic scripts (env.py, versions/).
+
+    They live in the repository's top-level `alembic/` folder, which the wheel ships as `storage/alembic`
+    (pyproject.toml maps the package `storage.alembic` to that folder), so an installed `dloop` finds them
+    as package data of `storage`. In a checkout (`pip install -e .`, `make setup`, the tests) that folder
+    is not inside `storage/`, and the top-level one beside the package is used.
+    """
+    packaged = files("storage").joinpath("alembic")
+    if packaged.is_dir():
+        return Path(str(packaged))
+    checkout = Path(str(files("storage"))).resolve().parent / "alembic"
+    if checkout.joinpath("env.py").is_file():
+        return checkout
+    raise StorageError(f"the alembic migrations are missing (looked in {packaged} and {checkout})")
 
 
 def alembic_config(database_url: str) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    config.set_main_option("script_location", str(alembic_dir()))
     config.set_main_option("sqlalchemy.url", database_url)
     return config
 

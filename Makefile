@@ -7,7 +7,7 @@ STAMP_NPM := node_modules/.installed
 # e.g. make bench BENCH_ARGS='--size tiny --only latency,burst'
 BENCH_ARGS ?=
 
-.PHONY: setup test lint demo devnet bench chaos compile clean
+.PHONY: setup test test-fast lint demo devnet bench chaos compile clean
 
 setup: $(STAMP_PY) $(STAMP_NPM)
 
@@ -24,10 +24,16 @@ $(STAMP_NPM): package.json package-lock.json
 test: setup
 	$(BIN)/python -m pytest -q
 
+# Pure and unit tests only (no anvil, no `dloop` or other process, no server): everything not marked `slow`.
+# tests/support/no_processes.py fails a test of this selection that starts one anyway (mark it `slow`).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" -p tests.support.no_processes
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/deptry .
 
 compile: $(STAMP_NPM)
 	node devtools/contracts/compile.mjs

@@ -34,7 +34,6 @@ from chain.client import ChainClient
 from chain.connection import open_ws
 from core.logs import configure_logging
 from core.settings import Settings, load_settings
-from core.signals import WorkSignal
 from devtools.devnet import env_file_values
 from listener.reconcile import Reconciler
 from storage.engine import create_engine, session_factory
@@ -104,7 +103,7 @@ async def one_pass(chain: Devnet, database: Path, batch_size: int, ws_url: str) 
         sessions = session_factory(engine)
         accounts = node_accounts(settings.nodes)
         nodes = await sync_nodes(sessions, [(a.name, a.address, a.strategy) for a in accounts])
-        reconciler = Reconciler(settings, sessions, nodes, WorkSignal(), chain.info.chain_id, connect=connect)
+        reconciler = Reconciler(settings, sessions, nodes, chain.info.chain_id, connect=connect)
         started = time.perf_counter()
         result = await reconciler.reconcile()
         elapsed = time.perf_counter() - started

@@ -1,13 +1,19 @@
-"""Shared fixtures: one real anvil per test session, the devnet contracts on it, and chain snapshots.
+"""Shared fixtures: the one anyio backend, the chains (one anvil per session, private ones per module or per
+test), the one temp database, and the `slow` marking that `make test-fast` selects on.
 
-Tests that change chain state should use `chain_snapshot` (directly or through `dao`) so they see the
-freshly deployed devnet and leave it unchanged for the next test.
+Chains: `anvil`/`devnet`/`w3` are one automining anvil for the whole session; tests that change its state use
+`chain_snapshot` (directly or through `dao`) so they see the freshly deployed devnet and leave it unchanged.
+`chain` is a private anvil with the devnet for the module (`@pytest.mark.devnet(proposals=.., block_time=..)`
+as the module's `pytestmark` sets it up), or for each test with `devnet(fresh=True)`.
+
+Speed: every test that uses a chain fixture is marked `slow` here; modules and tests that start anvil, a
+`dloop` process or a server themselves carry `pytest.mark.slow`. `make test-fast` runs `-m "not slow"`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,20 +24,56 @@ from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractCustomError
 from web3.types import TxReceipt
 
+from core.logs import configure_logging
 from devtools.anvil import AnvilProcess
 from devtools.devnet import DevnetInfo, deploy_devnet, load_artifact
+from tests.support.chain import ANVIL_BIN, Chain, devnet_chain, start_anvil
+from tests.support.database import Database, NodeSpec, devnet_nodes, made_up_nodes, migrated_database
 
-# Tests may read the environment (library code does not): an explicit anvil overrides the pinned one.
-ANVIL_BIN = os.environ.get("DLOOP_ANVIL_BIN")
+__all__ = ["ANVIL_BIN", "RevertName", "Transact"]
 
 Transact = Callable[[str, ContractFunction], TxReceipt]
 RevertName = Callable[[str, ContractFunction], str]
+
+# Fixtures that start or use an anvil: a test that needs one of them is `slow`.
+CHAIN_FIXTURES = frozenset(
+    {"anvil", "w3", "devnet", "chain_snapshot", "dao", "transact", "chain", "module_chain", "bare_anvil"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` every test that uses a chain fixture (the rest of `slow` is marked in the modules)."""
+    for item in items:
+        if CHAIN_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+# -- logs --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def json_logs() -> None:
+    """DLOOP_TEST_LOGS=1 prints the service's JSON log lines (with their fields) while debugging."""
+    if os.environ.get("DLOOP_TEST_LOGS"):
+        configure_logging("INFO")
+
+
+# -- async -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """`pytest.mark.anyio` tests run on asyncio (the service's loop), never trio."""
+    return "asyncio"
+
+
+# -- the session anvil ---------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def anvil() -> Iterator[AnvilProcess]:
     """A fresh automining anvil on a free port for the whole session."""
-    with AnvilProcess(binary=ANVIL_BIN, port=0) as node:
+    with start_anvil() as node:
         yield node
 
 
@@ -102,3 +144,60 @@ def _custom_errors(abi: list[dict[str, Any]]) -> dict[str, str]:
             signature = f"{entry['name']}({','.join(arg['type'] for arg in entry['inputs'])})"
             selectors["0x" + Web3.keccak(text=signature).hex().removeprefix("0x")[:8]] = entry["name"]
     return selectors
+
+
+# -- private chains ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bare_anvil() -> Iterator[AnvilProcess]:
+    """A new anvil for the test with nothing deployed (block 0)."""
+    with start_anvil() as node:
+        yield node
+
+
+def _devnet_options(node: pytest.Item | pytest.Collector) -> dict[str, Any]:
+    marker = node.get_closest_marker("devnet")
+    return dict(marker.kwargs) if marker is not None else {}
+
+
+@pytest.fixture(scope="module")
+def module_chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
+    """A private anvil with the devnet, shared by the module's tests (for tests that run `dloop` or a service
+    against it, or need interval mining: `pytestmark = pytest.mark.devnet(proposals=2, block_time=0.5)`)."""
+    options = _devnet_options(request.node)
+    options.pop("fresh", None)
+    with devnet_chain(**options) as chain:
+        yield chain
+
+
+@pytest.fixture
+def chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
+    """The module's private chain, or a new one for each test when the module is marked `devnet(fresh=True)`
+    (tests that reorg or rewrite the chain). Unpacks as `anvil, devnet = chain`."""
+    options = _devnet_options(request.node)
+    if options.pop("fresh", False):
+        with devnet_chain(**options) as chain:
+            yield chain
+    else:
+        yield request.getfixturevalue("module_chain")
+
+
+# -- the database ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def db_nodes(request: pytest.FixtureRequest) -> list[NodeSpec]:
+    """The node records of `db`: the devnet's five nodes when the test has a private `chain`, else five
+    made-up ones. A module overrides this fixture to record other nodes."""
+    if "chain" in request.fixturenames:
+        return devnet_nodes(request.getfixturevalue("chain").info)
+    return made_up_nodes()
+
+
+@pytest.fixture
+async def db(tmp_path: Any, db_nodes: list[NodeSpec]) -> AsyncIterator[Database]:
+    """A real SQLite file in the test's temp directory, migrated, with `db_nodes` recorded (for
+    `pytest.mark.anyio` tests; a module's own `db` may request this one and add rows)."""
+    async with migrated_database(tmp_path / "dloop.db", db_nodes) as database:
+        yield database

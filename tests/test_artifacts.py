@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the solc compiler under node
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

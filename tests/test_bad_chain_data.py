@@ -8,7 +8,7 @@ case is a ParameterChange and an Other with amount 0, which it accepts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,12 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from devtools.anvil import AnvilProcess
-from devtools.devnet import DevnetInfo, ProposalType, asset_dao, deploy_devnet, load_artifact
-from tests.support.chaos import OPEN_STATES, db_rows, poll_until, report
-from tests.support.service import devnet_settings, migrate, running_service
+from devtools.devnet import DevnetInfo, ProposalType, asset_dao, load_artifact
+from tests.support.chain import Chain
+from tests.support.chaos import OPEN_STATES, db_rows, report
+from tests.support.database import migrate
+from tests.support.service import devnet_settings, running_service
+from tests.support.waiting import poll_until
 
 NODES = 5
 MAX_UINT256 = 2**256 - 1
@@ -56,14 +58,11 @@ def _zero_decimals_token(w3: Web3, devnet: DevnetInfo) -> str:
     return str(receipt["contractAddress"])
 
 
-@pytest.fixture(scope="module")
-def chain() -> Iterator[tuple[AnvilProcess, DevnetInfo]]:
-    with AnvilProcess() as node:
-        yield node, deploy_devnet(node.http_url, proposals=0)
+pytestmark = pytest.mark.devnet()  # the `chain` fixture: a private anvil for this module
 
 
 def test_odd_proposals_end_voted_or_with_a_reason_and_the_api_answers_for_each(
-    chain: tuple[AnvilProcess, DevnetInfo], tmp_path: Path
+    chain: Chain, tmp_path: Path
 ) -> None:
     anvil, devnet = chain
     w3 = Web3(Web3.HTTPProvider(anvil.http_url))

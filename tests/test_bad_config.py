@@ -12,30 +12,25 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devtools.anvil import AnvilProcess, free_port
-from devtools.devnet import DevnetInfo, deploy_devnet
-from tests.support.chaos import DLOOP, clean_env, migrate_db, service_env
+from devtools.anvil import free_port
+from tests.support.chain import Chain
+from tests.support.chaos import DLOOP, clean_env, service_env
+from tests.support.database import migrate
 
 OTHERS = "aggressive,conservative,aggressive,conservative"  # nodes 2-5
 
 
-@pytest.fixture(scope="module")
-def chain() -> Iterator[tuple[AnvilProcess, DevnetInfo]]:
-    with AnvilProcess() as node:
-        yield node, deploy_devnet(node.http_url, proposals=0)
+pytestmark = pytest.mark.devnet()  # the `chain` fixture: a private anvil for this module
 
 
-def test_each_wrong_setting_gives_one_line_naming_it_and_no_key(
-    chain: tuple[AnvilProcess, DevnetInfo], tmp_path: Path
-) -> None:
+def test_each_wrong_setting_gives_one_line_naming_it_and_no_key(chain: Chain, tmp_path: Path) -> None:
     anvil, devnet = chain
     env = service_env(anvil.ws_url, devnet, tmp_path / "dloop.db", DLOOP_HTTP_PORT=str(free_port()))
-    migrate_db(tmp_path / "dloop.db")  # so only the setting under test is wrong
+    migrate(tmp_path / "dloop.db")  # so only the setting under test is wrong
     good_key = devnet.node_keys[2]
     bad_key = good_key[:-1] + "g"  # one non-hex digit: the rest of the key must still not be printed
     blocker = tmp_path / "a-file"

@@ -44,6 +44,7 @@ def run_benchmark(script: str, results_dir: Path, *extra: str) -> dict[str, Any]
     return document
 
 
+@pytest.mark.slow  # runs the benchmark script (anvil and the service)
 def test_latency(tmp_path: Path) -> None:
     document = run_benchmark("latency.py", tmp_path, "--samples", "1", "--block-time", "0.25")
     runs = document["details"]["runs"]
@@ -60,6 +61,7 @@ def test_latency(tmp_path: Path) -> None:
     assert {line["metric"] for line in document["summary"]} >= {"automine vote p50", "automine vote p99"}
 
 
+@pytest.mark.slow  # runs the benchmark script (anvil and the service)
 def test_burst(tmp_path: Path) -> None:
     document = run_benchmark("burst.py", tmp_path)
     runs = document["details"]["runs"]
@@ -71,6 +73,7 @@ def test_burst(tmp_path: Path) -> None:
     assert runs[1]["memory"]["peak_rss_mb"] > 0
 
 
+@pytest.mark.slow  # runs the benchmark script (anvil and the service)
 def test_reconcile_scan(tmp_path: Path) -> None:
     document = run_benchmark("reconcile_scan.py", tmp_path)
     runs = document["details"]["runs"]
@@ -82,6 +85,7 @@ def test_reconcile_scan(tmp_path: Path) -> None:
     assert runs[0]["batches_sent"] > 0 and runs[1]["batches_sent"] == 0
 
 
+@pytest.mark.slow  # runs the benchmark script (anvil and the service)
 def test_http(tmp_path: Path) -> None:
     document = run_benchmark("http_load.py", tmp_path)
     loads = document["details"]["loads"]
@@ -93,6 +97,7 @@ def test_http(tmp_path: Path) -> None:
         assert load["ok"] > 0 and load["ok"] == load["requests"] and not load["errors"], load
 
 
+@pytest.mark.slow  # runs the benchmark script (anvil and the service)
 def test_memory(tmp_path: Path) -> None:
     document = run_benchmark("memory.py", tmp_path)
     points = document["details"]["points"]
@@ -100,6 +105,7 @@ def test_memory(tmp_path: Path) -> None:
     assert all(p["rss_mb"] > 10 and p["peak_rss_mb"] >= p["rss_mb"] for p in points)
 
 
+@pytest.mark.slow  # runs the benchmark script
 def test_run_all_rejects_an_unknown_benchmark() -> None:
     done = subprocess.run(
         [sys.executable, str(REPO_ROOT / "bench" / "run_all.py"), "--only", "nonsense"],

@@ -27,10 +27,14 @@ from web3 import Web3
 
 from devtools.anvil import AnvilProcess
 from devtools.devnet import deploy_devnet
-from tests.support.chaos import audit_votes, db_rows, db_states, poll_until, settled
+from tests.support.chaos import audit_votes, db_rows, db_states, settled
+from tests.support.database import migrate
 from tests.support.rpc_faults import FaultPlan, FaultyRpcProxy, faulty_rpc_proxy
-from tests.support.service import create_proposals, devnet_settings, migrate, running_service
+from tests.support.service import create_proposals, devnet_settings, running_service
 from tests.support.voter import vote_events
+from tests.support.waiting import poll_until
+
+pytestmark = pytest.mark.slow  # starts anvil, a proxy and the service
 
 NODES = 5
 RPC_TIMEOUT = 2.0  # seconds: the swallowed broadcast times out quickly; localhost answers well within it
@@ -73,7 +77,7 @@ def test_a_broadcast_whose_answer_is_lost_is_confirmed_not_sent_again(
             # A trigger during the start-up round joins it, and that round may have read the proposal count
             # before the proposal exists: let it finish first, so the trigger below starts a round of its own.
             startup = httpx.post(f"{svc.url}/trigger-voting", timeout=10).json()["roundId"]
-            svc.call(svc.service.reconciler.wait_for_round, startup)
+            svc.call(svc.service.rounds.wait_for_round, startup)
             ids = create_proposals(anvil, devnet, 1)
             # One proposal: each lane broadcasts a single transaction (`NodeLane._broadcast`, not a batch);
             # the first of those five broadcasts reaches anvil (and is mined) but its answer is dropped.

@@ -17,11 +17,6 @@ from devtools.devnet import DevnetInfo
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def create(
     w3: Web3, devnet: DevnetInfo, asset: str, amount: int, description: str = "devnet proposal"
 ) -> int:

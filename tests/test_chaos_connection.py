@@ -20,8 +20,6 @@ from tests.support.chaos import (
     DloopRun,
     audit_votes,
     frozen,
-    migrate_db,
-    poll_until,
     proposal_count,
     report,
     service_env,
@@ -29,9 +27,13 @@ from tests.support.chaos import (
     sized,
     vote_cast_count,
 )
-from tests.support.listener_env import make_settings, open_database, running_listener, wait_until
+from tests.support.database import devnet_nodes, migrate, open_database
+from tests.support.listener_env import make_settings, running_listener
 from tests.support.proxy import TcpProxy
 from tests.support.service import create_proposals
+from tests.support.waiting import poll_until, wait_until
+
+pytestmark = pytest.mark.slow  # each test starts its own anvil, proxies and `dloop run` processes
 
 NODES = 5
 FAULT_KNOBS = {
@@ -94,7 +96,7 @@ def test_dropped_and_stalled_websocket(tmp_path: Path) -> None:
     with AnvilProcess() as anvil, proxy_in_thread(anvil.port) as (proxy, portal):
         devnet = deploy_devnet(anvil.http_url, proposals=0)
         db = tmp_path / "dloop.db"
-        migrate_db(db)
+        migrate(db)
         env = service_env(proxy.ws_url, devnet, db, **FAULT_KNOBS)
         with DloopRun(env, tmp_path, tmp_path / "run.log") as svc:
             svc.wait_live()
@@ -148,7 +150,7 @@ def test_anvil_frozen_with_sigstop_then_restarted_from_its_state(tmp_path: Path)
     try:
         devnet = deploy_devnet(anvil.http_url, proposals=0)
         db = tmp_path / "dloop.db"
-        migrate_db(db)
+        migrate(db)
         env = service_env(anvil.ws_url, devnet, db, **FAULT_KNOBS)
         with DloopRun(env, tmp_path, tmp_path / "run.log") as svc:
             svc.wait_live()
@@ -197,18 +199,13 @@ def test_anvil_frozen_with_sigstop_then_restarted_from_its_state(tmp_path: Path)
 # -- focused reproducer of what the drops above showed -------------------------------------------------------
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_the_listener_backoff_starts_over_after_a_connection_that_was_live(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with AnvilProcess() as anvil:
         info = deploy_devnet(anvil.http_url, proposals=0)
-        db = await open_database(tmp_path / "listener.db", info)
+        db = await open_database(tmp_path / "listener.db", devnet_nodes(info))
         try:
             async with TcpProxy(anvil.port, record=False) as proxy:
                 settings = make_settings(proxy.ws_url, info, db.url)

@@ -22,15 +22,17 @@ from tests.support.chaos import (
     DloopRun,
     audit_votes,
     chaos_random,
-    migrate_db,
-    poll_until,
     report,
     service_env,
     settled,
     sized,
     vote_cast_count,
 )
+from tests.support.database import migrate
 from tests.support.service import create_proposals
+from tests.support.waiting import poll_until
+
+pytestmark = pytest.mark.slow  # starts anvil and `dloop run` processes it kills
 
 NODES = 5
 
@@ -75,7 +77,7 @@ def test_sigkill_at_random_moments_then_restart_votes_everything_exactly_once(
             anvil.ws_url, devnet, tmp_path / "dloop.db", DLOOP_LEASE_SECONDS=f"{plan.lease_seconds:g}"
         )
         db = tmp_path / "dloop.db"
-        migrate_db(db)
+        migrate(db)
         with DloopRun(env, tmp_path, tmp_path / "run.log") as svc:
             svc.wait_live()
             started = time.monotonic()

@@ -34,7 +34,6 @@ from tests.support.chaos import (
     head_number,
     mine,
     mining_paused,
-    poll_until,
     pool_size,
     proposal_count,
     raw_transactions_of_blocks,
@@ -47,8 +46,12 @@ from tests.support.chaos import (
     vote_rows_of,
     walk_chain,
 )
-from tests.support.service import create_proposals, devnet_settings, migrate, running_service
+from tests.support.database import migrate
+from tests.support.service import create_proposals, devnet_settings, running_service
 from tests.support.voter import vote_events
+from tests.support.waiting import poll_until
+
+pytestmark = pytest.mark.slow  # starts anvil and the service
 
 NODES = 5
 PER_WAVE = sized(3, 10)

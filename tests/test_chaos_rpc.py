@@ -23,28 +23,15 @@ from core.retry import is_retried
 from core.signals import WorkSignal
 from devtools.anvil import AnvilProcess
 from devtools.devnet import deploy_devnet
-from tests.support.chaos import (
-    DloopRun,
-    audit_votes,
-    migrate_db,
-    poll_until,
-    report,
-    service_env,
-    settled,
-    sized,
-)
-from tests.support.listener_env import Chain, make_settings, open_database, running_listener, wait_for_queue
+from tests.support.chain import Chain, devnet_chain
+from tests.support.chaos import DloopRun, audit_votes, report, service_env, settled, sized
+from tests.support.database import devnet_nodes, migrate, open_database
+from tests.support.listener_env import make_settings, running_listener, wait_for_queue
 from tests.support.rpc_faults import FaultPlan, FaultyRpcProxy, faulty_rpc_proxy
 from tests.support.rpc_proxy import rpc_proxy
 from tests.support.service import create_proposals
-from tests.support.voter import (
-    check_exactly_once,
-    devnet_chain,
-    make_harness,
-    queue_proposals,
-    vote_rows,
-    wait_until,
-)
+from tests.support.voter import check_exactly_once, make_harness, queue_proposals, vote_rows
+from tests.support.waiting import poll_until, wait_until
 
 NODES = 5
 PROPOSALS = sized(12, 49)
@@ -74,12 +61,13 @@ def proxy_in_thread(upstream_ws: str, plan: FaultPlan) -> Iterator[FaultyRpcProx
         yield proxy
 
 
+@pytest.mark.slow  # starts its own anvil
 @pytest.mark.parametrize("plan", PLANS)
 def test_votes_land_once_through_a_faulty_provider(plan: FaultPlan, tmp_path: Path) -> None:
     with AnvilProcess() as anvil, proxy_in_thread(anvil.ws_url, plan) as proxy:
         devnet = deploy_devnet(anvil.http_url, proposals=0)
         db = tmp_path / "dloop.db"
-        migrate_db(db)
+        migrate(db)
         env = service_env(proxy.url, devnet, db, DLOOP_RPC_TIMEOUT="5", DLOOP_HEAD_TIMEOUT="5")
         proxy.active = False  # start-up through a healthy provider: see test_start_up_through_a_rate_limit
         with DloopRun(env, tmp_path, tmp_path / "run.log") as svc:
@@ -129,11 +117,7 @@ def test_votes_land_once_through_a_faulty_provider(plan: FaultPlan, tmp_path: Pa
 # -- focused reproducers of what the scenarios above found -------------------------------------------------
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
+@pytest.mark.slow  # starts its own anvil
 @pytest.mark.anyio
 async def test_one_malformed_answer_does_not_stop_the_voter(tmp_path: Path) -> None:
     with devnet_chain(3) as (node, info):
@@ -159,12 +143,13 @@ async def test_one_malformed_answer_does_not_stop_the_voter(tmp_path: Path) -> N
             check_exactly_once(node.http_url, info.contract_address, h.addresses)
 
 
+@pytest.mark.slow  # starts its own anvil
 @pytest.mark.anyio
 async def test_the_listener_keeps_up_through_30_percent_rate_limits(tmp_path: Path) -> None:
     with AnvilProcess() as anvil:
         info = deploy_devnet(anvil.http_url, proposals=0)
         chain = Chain(anvil, info, Web3(Web3.HTTPProvider(anvil.http_url)))
-        db = await open_database(tmp_path / "listener.db", info)
+        db = await open_database(tmp_path / "listener.db", devnet_nodes(info))
         try:
             async with faulty_rpc_proxy(anvil.ws_url, FaultPlan(rate_limited=0.3)) as proxy:
                 proxy.active = False
@@ -181,11 +166,12 @@ async def test_the_listener_keeps_up_through_30_percent_rate_limits(tmp_path: Pa
             await db.engine.dispose()
 
 
+@pytest.mark.slow  # starts its own anvil
 def test_start_up_through_a_rate_limited_first_request(tmp_path: Path) -> None:
     with AnvilProcess() as anvil, proxy_in_thread(anvil.ws_url, FaultPlan()) as proxy:
         devnet = deploy_devnet(anvil.http_url, proposals=0)
         db = tmp_path / "dloop.db"
-        migrate_db(db)
+        migrate(db)
         proxy.force("rate_limited", 1)
         with DloopRun(service_env(proxy.url, devnet, db), tmp_path, tmp_path / "run.log") as svc:
             svc.wait_ready(timeout=30)
@@ -210,13 +196,14 @@ def test_the_reconnect_log_names_the_inner_error_of_a_task_group() -> None:
     assert first_error(inner) is inner
 
 
+@pytest.mark.slow  # starts its own anvil
 @pytest.mark.anyio
 async def test_a_malformed_notification_makes_the_listener_catch_up(tmp_path: Path) -> None:
     """A bad frame no request claims may have been a log notification: the subscriber must not lose it."""
     with AnvilProcess() as anvil:
         info = deploy_devnet(anvil.http_url, proposals=0)
         chain = Chain(anvil, info, Web3(Web3.HTTPProvider(anvil.http_url)))
-        db = await open_database(tmp_path / "listener.db", info)
+        db = await open_database(tmp_path / "listener.db", devnet_nodes(info))
         try:
             async with faulty_rpc_proxy(anvil.ws_url, FaultPlan()) as proxy:
                 signal = WorkSignal()
@@ -232,6 +219,7 @@ async def test_a_malformed_notification_makes_the_listener_catch_up(tmp_path: Pa
             await db.engine.dispose()
 
 
+@pytest.mark.slow  # starts its own anvil
 @pytest.mark.anyio
 async def test_a_refused_batch_is_reported_by_its_caller_and_leaves_the_socket_usable() -> None:
     """Regression: the refusal (one error object, id null) was a web3 "stray error" that ended the socket's

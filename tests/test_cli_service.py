@@ -6,7 +6,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,11 +13,14 @@ import pytest
 from web3 import Web3
 
 from devtools.anvil import AnvilProcess, free_port
-from devtools.devnet import DevnetInfo, asset_dao, deploy_devnet
+from devtools.devnet import asset_dao, deploy_devnet
 from dloop import cli
-from tests.support.chaos import DLOOP, DloopRun, audit_votes, clean_env, migrate_db, service_env, settled
+from tests.support.chain import Chain
+from tests.support.chaos import DLOOP, DloopRun, audit_votes, clean_env, service_env, settled
 from tests.support.chaos import run_dloop as dloop
-from tests.support.service import create_proposals, devnet_environ, wait_until
+from tests.support.database import migrate
+from tests.support.service import create_proposals, devnet_environ
+from tests.support.waiting import poll_until
 
 
 class ServiceProcess:
@@ -40,7 +42,7 @@ class ServiceProcess:
             except httpx.HTTPError:
                 return False
 
-        wait_until(up, timeout=30, what="dloop run to answer")
+        poll_until(up, timeout=30, what="dloop run to answer")
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 10) -> int:
         self.process.send_signal(sig)
@@ -56,14 +58,12 @@ class ServiceProcess:
         self._log_file.close()
 
 
-@pytest.fixture(scope="module")
-def chain() -> Iterator[tuple[AnvilProcess, DevnetInfo]]:
-    with AnvilProcess(port=0, block_time=0.5) as node:  # interval mining: votes stay in flight for a while
-        yield node, deploy_devnet(node.http_url, proposals=0)
+# The `chain` fixture: a private anvil for the module, interval mining so votes stay in flight a while.
+pytestmark = pytest.mark.devnet(block_time=0.5)
 
 
 @pytest.fixture
-def env(chain: tuple[AnvilProcess, DevnetInfo], tmp_path: Path) -> dict[str, str]:
+def env(chain: Chain, tmp_path: Path) -> dict[str, str]:
     anvil, devnet = chain
     return devnet_environ(
         anvil.ws_url,
@@ -163,13 +163,13 @@ def test_a_database_from_a_chain_started_afresh_stops_start_up_with_one_line(
 
 
 def test_two_services_started_at_once_on_one_fresh_database_both_run_and_vote_once(
-    chain: tuple[AnvilProcess, DevnetInfo], tmp_path: Path
+    chain: Chain, tmp_path: Path
 ) -> None:
     """Both insert the node rows at the same moment (the loser of that race used to die with an
     IntegrityError traceback); then both lease from one queue, and each vote is sent once."""
     anvil, devnet = chain
     db = tmp_path / "dloop.db"
-    migrate_db(db)
+    migrate(db)
     runs = [
         DloopRun(service_env(anvil.ws_url, devnet, db), tmp_path, tmp_path / f"run{i}.log").start()
         for i in range(2)
@@ -178,7 +178,7 @@ def test_two_services_started_at_once_on_one_fresh_database_both_run_and_vote_on
         for run in runs:
             run.wait_live(timeout=45)
         ids = create_proposals(anvil, devnet, 3, first_index=200)
-        wait_until(lambda: settled(db, 3 * 5), timeout=30, what="the votes of both services")
+        poll_until(lambda: settled(db, 3 * 5), timeout=30, what="the votes of both services")
     finally:
         codes = [run.stop() for run in runs]
         tracebacks = [run.tracebacks() for run in runs]
@@ -193,7 +193,7 @@ def test_two_services_started_at_once_on_one_fresh_database_both_run_and_vote_on
 
 
 def test_run_status_trigger_and_a_clean_sigterm(
-    chain: tuple[AnvilProcess, DevnetInfo],
+    chain: Chain,
     env: dict[str, str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -230,7 +230,7 @@ def _states(db: Path) -> dict[str, int]:
 
 
 def test_sigterm_during_a_burst_then_restart_loses_nothing_and_doubles_nothing(
-    chain: tuple[AnvilProcess, DevnetInfo], env: dict[str, str], tmp_path: Path
+    chain: Chain, env: dict[str, str], tmp_path: Path
 ) -> None:
     anvil, devnet = chain
     db = Path(env["DLOOP_DATABASE_URL"].removeprefix("sqlite+aiosqlite:///"))
@@ -241,7 +241,7 @@ def test_sigterm_during_a_burst_then_restart_loses_nothing_and_doubles_nothing(
         w3 = Web3(Web3.HTTPProvider(anvil.http_url))
         before = int(asset_dao(w3, devnet.contract_address).functions.getProposalCount().call())
         burst = create_proposals(anvil, devnet, 12, first_index=200)
-        wait_until(lambda: _states(db).get("sent", 0) > 0, timeout=30, what="the first votes sent")
+        poll_until(lambda: _states(db).get("sent", 0) > 0, timeout=30, what="the first votes sent")
         code = first.stop(signal.SIGTERM)
     finally:
         first.kill()
@@ -260,7 +260,7 @@ def test_sigterm_during_a_burst_then_restart_loses_nothing_and_doubles_nothing(
                 states.get(s) for s in ("pending", "queued", "sent")
             )
 
-        wait_until(settled, timeout=60, what="every vote settled after the restart")
+        poll_until(settled, timeout=60, what="every vote settled after the restart")
         assert second.stop(signal.SIGTERM) == 0
     finally:
         second.kill()

@@ -16,7 +16,7 @@ from web3 import Web3
 from core.errors import DloopError
 from devtools.anvil import AnvilProcess, find_anvil_binary, free_port, port_is_open
 from devtools.devnet import ASSET_TOKENS, ZERO_ADDRESS, deploy_devnet, load_artifact, proposal_plan
-from tests.conftest import ANVIL_BIN
+from tests.support.chain import ANVIL_BIN
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAO_ABI = load_artifact("AssetDAO")["abi"]
@@ -44,6 +44,7 @@ def wait_for_file(path: Path, process: subprocess.Popen[str], timeout: float) ->
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # starts anvil
 def test_devnet_command_deploys_proposals_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     env_file = tmp_path / "devnet.env"
@@ -112,6 +113,7 @@ def test_devnet_command_deploys_proposals_and_stops_on_sigterm(tmp_path: Path) -
     assert not port_is_open(port), "anvil still listening after dloop devnet stopped"
 
 
+@pytest.mark.slow  # starts anvil
 def test_deploy_works_with_interval_mining() -> None:
     with AnvilProcess(binary=ANVIL_BIN, block_time=0.2) as node:
         info = deploy_devnet(node.http_url, proposals=12)

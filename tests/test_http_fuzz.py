@@ -27,24 +27,26 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from devtools.anvil import AnvilProcess
-from devtools.devnet import deploy_devnet
+from tests.support.chain import Chain
 from tests.support.chaos import report, sized
-from tests.support.service import RunningService, devnet_settings, migrate, running_service
+from tests.support.database import migrate
+from tests.support.service import RunningService, devnet_settings, running_service
 
 MAX_EXAMPLES = sized(150, 1000)  # per operation and mode
 PATHS = ["/", "/health", "/nodes", "/active-proposals", "/proposals/1", "/votes", "/rounds/1", "/metrics"]
 
 
+pytestmark = pytest.mark.devnet(proposals=2)  # `module_chain`: a private anvil for this module
+
+
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    with AnvilProcess() as anvil:
-        devnet = deploy_devnet(anvil.http_url, proposals=2)
-        db: Path = tmp_path_factory.mktemp("fuzz") / "dloop.db"
-        config = devnet_settings(anvil.ws_url, devnet, db, http_port=0, reconcile_interval=3600.0)
-        migrate(config)
-        with running_service(config) as running:
-            yield running
+def svc(module_chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    anvil, devnet = module_chain
+    db: Path = tmp_path_factory.mktemp("fuzz") / "dloop.db"
+    config = devnet_settings(anvil.ws_url, devnet, db, http_port=0, reconcile_interval=3600.0)
+    migrate(config)
+    with running_service(config) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

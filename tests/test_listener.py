@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,58 +16,29 @@ from sqlalchemy import update
 from web3 import Web3
 
 from core.errors import ConfigError
-from core.logs import configure_logging
 from core.signals import WorkSignal
 from devtools.anvil import AnvilProcess
 from devtools.devnet import asset_dao, deploy_devnet
 from listener import Listener
 from storage.models import ChainCursor, Vote
+from tests.support.chain import Chain
+from tests.support.database import Database, devnet_nodes, open_database
 from tests.support.listener_env import (
-    Chain,
-    Database,
     all_queued,
     chain_logs,
     make_settings,
-    open_database,
     proposal,
     proposal_row_count,
     running_listener,
     vote_states,
     votes_of,
     wait_for_queue,
-    wait_until,
-    wait_until_async,
 )
 from tests.support.proxy import TcpProxy
+from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def json_logs() -> None:
-    """DLOOP_TEST_LOGS=1 prints the service's JSON log lines (with their fields) while debugging."""
-    if os.environ.get("DLOOP_TEST_LOGS"):
-        configure_logging("INFO")
-
-
-@pytest.fixture
-def chain() -> Iterator[Chain]:
-    """A private automining anvil with the devnet (no proposals): tests here rewrite the chain."""
-    with AnvilProcess() as node:
-        info = deploy_devnet(node.http_url, proposals=0)
-        yield Chain(node, info, Web3(Web3.HTTPProvider(node.http_url)))
-
-
-@pytest.fixture
-async def db(tmp_path: Path, chain: Chain) -> AsyncIterator[Database]:
-    database = await open_database(tmp_path / "dloop.db", chain.info)
-    yield database
-    await database.engine.dispose()
+# A private chain for each test (the tests rewrite it) and the `db` fixture with the devnet's nodes.
+pytestmark = [pytest.mark.anyio, pytest.mark.devnet(fresh=True)]
 
 
 async def test_new_proposal_is_queued_with_five_votes_well_under_a_second(chain: Chain, db: Database) -> None:
@@ -153,7 +123,7 @@ async def test_dropped_connection_mid_burst_loses_and_duplicates_nothing(chain: 
                     created.extend(await chain.create_async(120))
 
                 tg.start_soon(burst)
-                await wait_until_async(lambda: _queued_count_at_least(db, 10), timeout=20)
+                await wait_until(lambda: _queued_count_at_least(db, 10), timeout=20)
                 assert await proxy.drop_all() >= 1
             await wait_for_queue(db, signal, set(range(1, 121)), timeout=30)
             # Under load the whole burst can be queued before the listener notices the dropped socket.
@@ -172,11 +142,12 @@ async def _queued_count_at_least(db: Database, count: int) -> bool:
     return len(await vote_states(db)) >= count
 
 
+@pytest.mark.slow  # starts its own anvil (interval mining)
 async def test_stalled_connection_is_detected_by_the_head_timeout(tmp_path: Path) -> None:
     with AnvilProcess(block_time=0.2) as node:  # heads keep coming, as on a real chain
         info = deploy_devnet(node.http_url, proposals=0)
         chain = Chain(node, info, Web3(Web3.HTTPProvider(node.http_url)))
-        db = await open_database(tmp_path / "dloop.db", info)
+        db = await open_database(tmp_path / "dloop.db", devnet_nodes(info))
         signal = WorkSignal()
         try:
             async with TcpProxy(node.port) as proxy:
@@ -236,7 +207,7 @@ async def test_reorg_replacing_the_proposal_block_marks_orphans_and_records_the_
         old = await proposal(db, pid)
         # Node 1 votes (its row is confirmed from the VoteCast log); node 2's strategy "decided" meanwhile.
         vote_receipt = await chain.transact_async(chain.info.node_keys[0], "vote", pid, True)
-        await wait_until_async(lambda: _vote_state_is(db, pid, 0, "confirmed"))
+        await wait_until(lambda: _vote_state_is(db, pid, 0, "confirmed"))
         await _record_decision(db, pid, node_index=1)
 
         # Blocks of the proposal and of the vote are replaced: proposal 1 now has other content.
@@ -304,7 +275,7 @@ async def test_removed_log_injected_through_the_proxy_is_honoured(chain: Chain, 
             removed["params"]["result"]["removed"] = True
             assert proxy.inject_json(removed) == 1
             await wait_until(lambda: listener.status.reorgs_seen >= 1)
-            await wait_until_async(lambda: _states_are(db, pid, ["pending"] * 5))
+            await wait_until(lambda: _states_are(db, pid, ["pending"] * 5))
             logs = await chain_logs(db)
             assert [(log.proposal_id, log.removed) for log in logs] == [(pid, True)]
             parked = await proposal(db, pid)
@@ -391,8 +362,8 @@ async def test_votes_and_closing_events_update_the_records(chain: Chain, db: Dat
         receipt = await chain.transact_async(chain.info.node_keys[0], "vote", ids[0], True)
         await chain.transact_async(chain.info.proposer_key, "vote", ids[0], False)  # not one of ours
         await chain.transact_async(chain.info.proposer_key, "cancelProposal", ids[1])
-        await wait_until_async(lambda: _states_are(db, ids[1], ["closed"] * 5))
-        await wait_until_async(lambda: _tally_is(db, ids[0], chain.info.node_weights[0], 500 * 10**18))
+        await wait_until(lambda: _states_are(db, ids[1], ["closed"] * 5))
+        await wait_until(lambda: _tally_is(db, ids[0], chain.info.node_weights[0], 500 * 10**18))
     votes = await votes_of(db, ids[0])
     assert votes[0].state == "confirmed" and votes[0].confirmed_block == receipt["blockNumber"]
     assert votes[0].tx_hash == "0x" + bytes(receipt["transactionHash"]).hex()
@@ -411,7 +382,7 @@ async def test_confirmations_queue_a_proposal_only_once_its_block_is_deep(chain:
     settings = make_settings(chain.anvil.ws_url, chain.info, db.url, confirmations=3)
     async with running_listener(settings, db, signal) as listener:
         [pid] = await chain.create_async(1)
-        await wait_until_async(lambda: _states_are(db, pid, ["pending"] * 5))
+        await wait_until(lambda: _states_are(db, pid, ["pending"] * 5))
         await chain.rpc("evm_mine")
         head = chain.w3.eth.block_number
         await wait_until(lambda: listener.status.last_head_number == head)
@@ -493,11 +464,11 @@ async def test_a_cancel_that_leaves_the_chain_reopens_the_votes(chain: Chain, db
         [pid] = await chain.create_async(1)
         await wait_for_queue(db, signal, {pid})
         await chain.transact_async(chain.info.proposer_key, "cancelProposal", pid)
-        await wait_until_async(lambda: _states_are(db, pid, ["closed"] * 5))
+        await wait_until(lambda: _states_are(db, pid, ["closed"] * 5))
         await chain.rpc("anvil_reorg", [1, []])  # the block of the cancel is replaced by an empty one
         await wait_until(lambda: listener.status.reorgs_seen >= 1)
         await wait_for_queue(db, signal, {pid}, timeout=10)
-        await wait_until_async(lambda: _status_is(db, pid, "active"))
+        await wait_until(lambda: _status_is(db, pid, "active"))
 
 
 async def _status_is(db: Database, pid: int, status: str) -> bool:

@@ -12,65 +12,31 @@ missing height without reconnecting, lose nothing, and not handle the same gap a
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
-from web3 import Web3
 
-from core.logs import configure_logging
 from core.signals import WorkSignal
-from devtools.anvil import AnvilProcess
-from devtools.devnet import deploy_devnet
 from listener.listener import Listener
+from tests.support.chain import Chain
+from tests.support.database import Database
 from tests.support.listener_env import (
-    Chain,
-    Database,
     chain_logs,
     make_settings,
-    open_database,
     proposal,
     proposal_row_count,
     running_listener,
     vote_states,
     votes_of,
     wait_for_queue,
-    wait_until,
-    wait_until_async,
 )
 from tests.support.proxy import TcpProxy, answer_null_for
+from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def json_logs() -> None:
-    """DLOOP_TEST_LOGS=1 prints the service's JSON log lines (with their fields) while debugging."""
-    if os.environ.get("DLOOP_TEST_LOGS"):
-        configure_logging("INFO")
-
-
-@pytest.fixture
-def chain() -> Iterator[Chain]:
-    """A private automining anvil with the devnet (no proposals): the tests reorg it."""
-    with AnvilProcess() as node:
-        info = deploy_devnet(node.http_url, proposals=0)
-        yield Chain(node, info, Web3(Web3.HTTPProvider(node.http_url)))
-
-
-@pytest.fixture
-async def db(tmp_path: Path, chain: Chain) -> AsyncIterator[Database]:
-    database = await open_database(tmp_path / "dloop.db", chain.info)
-    yield database
-    await database.engine.dispose()
+# A private chain for each test (the tests rewrite it) and the `db` fixture with the devnet's nodes.
+pytestmark = [pytest.mark.anyio, pytest.mark.devnet(fresh=True)]
 
 
 class NullBlocks:
@@ -234,7 +200,7 @@ async def test_a_null_height_holding_a_confirmed_vote_does_not_end_the_connectio
         await wait_for_queue(db, signal, {pid})
         receipt = await chain.transact_async(chain.info.node_keys[0], "vote", pid, True)
         await chain.rpc("evm_mine")
-        await wait_until_async(lambda: _vote_state_is(db, pid, 0, "confirmed"))
+        await wait_until(lambda: _vote_state_is(db, pid, 0, "confirmed"))
         head = await _head(chain)
         await wait_until(lambda: listener.status.last_head_number == head)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import anyio
 import httpx
@@ -17,25 +16,14 @@ from tests.support.proxy import TcpProxy, text_frame
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def node() -> Iterator[AnvilProcess]:
-    with AnvilProcess() as anvil:
-        yield anvil
-
-
 def test_text_frames_use_the_three_length_encodings() -> None:
     assert text_frame("hi")[:2] == bytes([0x81, 2])
     assert text_frame("x" * 300)[:4] == bytes([0x81, 126, 1, 44])
     assert text_frame("x" * 70_000)[:2] == bytes([0x81, 127]) and len(text_frame("x" * 70_000)) == 70_010
 
 
-async def test_http_is_forwarded_and_new_connections_can_be_refused(node: AnvilProcess) -> None:
-    async with TcpProxy(node.port) as proxy:
+async def test_http_is_forwarded_and_new_connections_can_be_refused(bare_anvil: AnvilProcess) -> None:
+    async with TcpProxy(bare_anvil.port) as proxy:
         body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
         async with httpx.AsyncClient() as client:
             answer = await client.post(proxy.http_url, json=body)
@@ -47,8 +35,8 @@ async def test_http_is_forwarded_and_new_connections_can_be_refused(node: AnvilP
         assert proxy.connections_opened == 1 and proxy.connections_refused == 1
 
 
-async def test_websocket_messages_are_recorded_injected_stalled_and_dropped(node: AnvilProcess) -> None:
-    async with TcpProxy(node.port) as proxy, connect(proxy.ws_url, max_size=2**24) as ws:
+async def test_websocket_messages_are_recorded_injected_stalled_and_dropped(bare_anvil: AnvilProcess) -> None:
+    async with TcpProxy(bare_anvil.port) as proxy, connect(proxy.ws_url, max_size=2**24) as ws:
         await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}))
         assert json.loads(await ws.recv())["id"] == 1
         assert proxy.messages_json()[-1]["id"] == 1

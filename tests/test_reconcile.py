@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -10,30 +9,21 @@ import pytest
 from sqlalchemy import select
 from web3 import Web3
 
+from chain.client import Receipt, mined_receipt
 from core.settings import Settings
 from core.signals import WorkSignal
 from devtools.anvil import AnvilProcess
-from devtools.devnet import DevnetInfo, deploy_devnet
-from listener.reconcile import (
-    KnownProposal,
-    Receipt,
-    Reconciler,
-    VoteRow,
-    ids_to_read,
-    mined_receipt,
-    plan_vote_fixes,
-)
+from devtools.devnet import DevnetInfo
+from dloop.rounds import Rounds
+from listener.reconcile import Reconciler
+from listener.reconcile_plan import KnownProposal, VoteRow, ids_to_read, plan_vote_fixes
 from storage.models import Proposal, Round, Vote, VoteState, VoteTransaction, utcnow
 from storage.rounds import RoundKind, get_round
+from tests.support.database import Database, NodeSpec, settings_nodes
 from tests.support.rpc_proxy import rpc_proxy
-from tests.support.service import Database, cast_vote, create_proposals, devnet_settings, migrated_database
+from tests.support.service import cast_vote, create_proposals, devnet_settings
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 # -- pure planning ------------------------------------------------------------------------------------------
@@ -99,38 +89,25 @@ def test_mined_receipt_needs_success_and_depth() -> None:
 # -- against anvil ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def chain() -> Iterator[tuple[AnvilProcess, DevnetInfo]]:
-    with AnvilProcess(port=0) as node:
-        yield node, deploy_devnet(node.http_url, proposals=0)
-
-
 @pytest.fixture
-def node(chain: tuple[AnvilProcess, DevnetInfo]) -> Iterator[AnvilProcess]:
-    anvil, _ = chain
-    snapshot = anvil.rpc("evm_snapshot")
-    yield anvil
-    assert anvil.rpc("evm_revert", [snapshot]) is True
-
-
-@pytest.fixture
-def devnet(chain: tuple[AnvilProcess, DevnetInfo]) -> DevnetInfo:
-    return chain[1]
+def node(anvil: AnvilProcess, chain_snapshot: None) -> AnvilProcess:
+    """The session anvil (with the session `devnet`), every change of the test reverted after it."""
+    return anvil
 
 
 @pytest.fixture
 def settings(node: AnvilProcess, devnet: DevnetInfo, tmp_path: Path) -> Settings:
-    return devnet_settings(node.ws_url, devnet, tmp_path / "reconcile.db", rpc_batch_size=10)
+    return devnet_settings(node.ws_url, devnet, tmp_path / "dloop.db", rpc_batch_size=10)
 
 
 @pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    async with migrated_database(settings) as database:
-        yield database
+def db_nodes(settings: Settings) -> list[NodeSpec]:
+    """`db` (tests/conftest.py) is the settings' database file, with the settings' nodes."""
+    return settings_nodes(settings)
 
 
 def reconciler(settings: Settings, db: Database, **options: float) -> Reconciler:
-    return Reconciler(settings, db.sessions, db.nodes, WorkSignal(), 31337, backoff_max=0.2, **options)  # type: ignore[arg-type]
+    return Reconciler(settings, db.sessions, db.nodes, 31337, backoff_max=0.2, **options)  # type: ignore[arg-type]
 
 
 async def vote_states(db: Database) -> dict[tuple[int, int], str]:
@@ -148,8 +125,7 @@ async def test_a_pass_finds_every_proposal_and_a_second_pass_changes_nothing(
 ) -> None:
     created = create_proposals(node, devnet, 23)
     assert created == list(range(1, 24))
-    signal = WorkSignal()
-    rec = Reconciler(settings, db.sessions, db.nodes, signal, 31337, pass_chunk=5)  # 5 chunks, the last short
+    rec = Reconciler(settings, db.sessions, db.nodes, 31337, pass_chunk=5)  # 5 chunks, the last short
     first = await rec.reconcile()
     assert (first.proposal_count, first.proposals_scanned, first.new_proposals) == (23, 23, 23)
     assert first.missing_votes == 23 * 5 and first.read_errors == ()
@@ -269,7 +245,7 @@ async def test_twenty_concurrent_triggers_start_one_round(
     node: AnvilProcess, devnet: DevnetInfo, settings: Settings, db: Database
 ) -> None:
     create_proposals(node, devnet, 2)
-    rec = reconciler(settings, db)
+    rec = Rounds(settings, db.sessions, WorkSignal(), reconciler(settings, db))
     tickets = []
     async with anyio.create_task_group() as tg:
         await tg.start(rec.run)  # the start-up round begins at once
@@ -299,14 +275,15 @@ async def test_a_failed_round_is_recorded_and_the_next_one_still_runs(
     from devtools.anvil import free_port
 
     dead = dataclasses.replace(settings, rpc_ws_url=f"ws://127.0.0.1:{free_port()}")
-    rec = Reconciler(dead, db.sessions, db.nodes, WorkSignal(), 31337, read_attempts=1, backoff_max=0.01)
+    scan = Reconciler(dead, db.sessions, db.nodes, 31337, read_attempts=1, backoff_max=0.01)
+    rec = Rounds(dead, db.sessions, WorkSignal(), scan)
     async with anyio.create_task_group() as tg:
         await tg.start(rec.run)
         await rec.wait_for_round(1)
         failed = await get_round(db.sessions, 1)
         assert failed is not None and failed.state == "failed" and failed.error
         assert "cannot connect" in failed.error and rec.status.last_error
-        rec.settings = settings  # the node is back
+        scan.settings = settings  # the node is back
         ticket = await rec.trigger(RoundKind.MANUAL)
         assert (ticket.round_id, ticket.joined) == (2, False)
         await rec.wait_for_round(2)

@@ -11,41 +11,29 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from devtools.anvil import AnvilProcess
-from devtools.devnet import DevnetInfo, deploy_devnet
-from tests.support.service import (
-    RunningService,
-    devnet_settings,
-    migrate,
-    port_free,
-    queue_settled,
-    running_service,
-    wait_until,
-)
+from tests.support.chain import Chain
+from tests.support.database import migrate
+from tests.support.service import RunningService, devnet_settings, port_free, queue_settled, running_service
+from tests.support.waiting import poll_until
 
 PROPOSALS = 6
 NODES = 5
 
 
-@pytest.fixture(scope="module")
-def chain() -> Iterator[tuple[AnvilProcess, DevnetInfo]]:
-    with AnvilProcess(port=0) as node:
-        yield node, deploy_devnet(node.http_url, proposals=PROPOSALS)
+pytestmark = pytest.mark.devnet(proposals=PROPOSALS)  # `module_chain`: a private anvil for this module
 
 
 @pytest.fixture(scope="module")
-def svc(
-    chain: tuple[AnvilProcess, DevnetInfo], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningService]:
+def svc(module_chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
     """The service on 127.0.0.1:5001 when that port is free (so the runbook commands run verbatim)."""
-    anvil, devnet = chain
+    anvil, devnet = module_chain
     port = 5001 if port_free(5001) else 0
     settings = devnet_settings(
         anvil.ws_url, devnet, tmp_path_factory.mktemp("svc") / "dloop.db", http_port=port
     )
     migrate(settings)
     with running_service(settings) as running:
-        wait_until(lambda: queue_settled(running.url, PROPOSALS * NODES), what="the devnet's proposals voted")
+        poll_until(lambda: queue_settled(running.url, PROPOSALS * NODES), what="the devnet's proposals voted")
         yield running
 
 
@@ -159,7 +147,7 @@ def test_twenty_concurrent_triggers_start_one_round(svc: RunningService) -> None
     round_ids = {r.json()["roundId"] for r in responses}
     assert len(round_ids) == 1
     (round_id,) = round_ids
-    svc.call(svc.service.reconciler.wait_for_round, round_id)
+    svc.call(svc.service.rounds.wait_for_round, round_id)
     result = httpx.get(f"{svc.url}/rounds/{round_id}").json()["round"]
     assert result["state"] == "done" and result["phase"] is None
     assert httpx.get(f"{svc.url}/rounds/{round_id + 1}").status_code == 404  # no second round

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,37 +12,22 @@ from web3 import Web3
 
 from core.settings import Settings, load_settings
 from devtools.anvil import AnvilProcess, free_port
-from devtools.devnet import DevnetInfo, asset_dao, deploy_devnet
+from devtools.devnet import DevnetInfo, asset_dao
+from tests.support.database import migrate
 from tests.support.service import (
     create_proposals,
     devnet_environ,
     devnet_settings,
-    migrate,
     queue_settled,
     running_service,
-    wait_until,
 )
+from tests.support.waiting import poll_until
 
 NODES = 5
 
 
-@pytest.fixture(scope="module")
-def chain() -> Iterator[tuple[AnvilProcess, DevnetInfo]]:
-    with AnvilProcess(port=0) as node:
-        yield node, deploy_devnet(node.http_url, proposals=0)
-
-
-@pytest.fixture
-def anvil(chain: tuple[AnvilProcess, DevnetInfo]) -> Iterator[AnvilProcess]:
-    node, _ = chain
-    snapshot = node.rpc("evm_snapshot")
-    yield node
-    assert node.rpc("evm_revert", [snapshot]) is True
-
-
-@pytest.fixture
-def devnet(chain: tuple[AnvilProcess, DevnetInfo]) -> DevnetInfo:
-    return chain[1]
+# The session anvil and devnet, every change of a test reverted after it.
+pytestmark = pytest.mark.usefixtures("chain_snapshot")
 
 
 @pytest.fixture
@@ -63,11 +47,11 @@ def test_reconcile_finds_and_votes_proposals_the_listener_never_saw(
         triggered = httpx.post(f"{svc.url}/trigger-voting")
         assert triggered.status_code == 202
         round_id = triggered.json()["roundId"]
-        svc.call(svc.service.reconciler.wait_for_round, round_id)
+        svc.call(svc.service.rounds.wait_for_round, round_id)
         result = httpx.get(f"{svc.url}/rounds/{round_id}").json()["round"]
         assert result["state"] == "done", result
         assert result["newProposals"] == 4 and result["missingVotes"] == 4 * NODES
-        wait_until(lambda: queue_settled(svc.url, 4 * NODES), what="the found proposals voted")
+        poll_until(lambda: queue_settled(svc.url, 4 * NODES), what="the found proposals voted")
         votes = httpx.get(f"{svc.url}/votes", params={"state": "confirmed", "limit": 100}).json()
         assert votes["total"] == 4 * NODES
     dao = asset_dao(Web3(Web3.HTTPProvider(anvil.http_url)), devnet.contract_address)

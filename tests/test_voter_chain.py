@@ -9,23 +9,12 @@ import pytest
 
 from chain.types import ProposalData
 from storage.models import VoteState
-from tests.support.voter import (
-    Harness,
-    check_exactly_once,
-    devnet_chain,
-    make_harness,
-    queue_proposals,
-    rpc,
-    vote_rows,
-)
+from tests.support.chain import devnet_chain
+from tests.support.voter import Harness, check_exactly_once, make_harness, queue_proposals, rpc, vote_rows
 from voter.strategies import Tally, decide, node_config
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+# slow: starts its own anvil
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
 async def assert_decisions_match(h: Harness, proposals: list[ProposalData], chain_time: int) -> None:

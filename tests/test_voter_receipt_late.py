@@ -23,25 +23,21 @@ import pytest
 from eth_account import Account
 from eth_utils import keccak
 
+from tests.support.chain import devnet_chain
 from tests.support.proxy import TcpProxy, answer_null_for
 from tests.support.voter import (
     check_exactly_once,
-    devnet_chain,
     make_harness,
     queue_proposals,
     vote_rows,
     vote_transactions,
-    wait_until,
 )
+from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.anyio
+# slow: starts its own anvil and a proxy
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 PROPOSALS = 2  # two votes per node: the lane broadcasts and polls receipts in JSON-RPC batches
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 class LateReceipt:

@@ -16,22 +16,13 @@ import anyio
 import pytest
 
 from storage.models import VoteState
-from tests.support.voter import (
-    check_exactly_once,
-    devnet_chain,
-    make_harness,
-    queue_proposals,
-    vote_rows,
-    wait_until,
-)
+from tests.support.chain import devnet_chain
+from tests.support.voter import check_exactly_once, make_harness, queue_proposals, vote_rows
+from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.anyio
+# slow: starts anvil and a voter process it kills
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def start_runner(config: dict[str, Any]) -> subprocess.Popen[bytes]:

@@ -16,27 +16,23 @@ from devtools.anvil import AnvilProcess
 from devtools.devnet import create_proposals, deploy_devnet
 from storage import chain_state, queue
 from storage.models import Proposal, Vote, VoteState
+from tests.support.chain import devnet_chain
 from tests.support.rpc_proxy import rpc_proxy
 from tests.support.voter import (
     Harness,
     cancel_proposal,
     check_exactly_once,
-    devnet_chain,
     make_harness,
     queue_proposals,
     vote_by_hand,
     vote_rows,
     vote_transactions,
-    wait_until,
 )
+from tests.support.waiting import wait_until
 from voter.service import Voter
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+# slow: each test starts its own anvil
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
 def states(rows: list) -> Counter[str]:  # type: ignore[type-arg]

@@ -20,10 +20,10 @@ from sqlalchemy import insert, text, update
 from chain.types import AssetInfo, ProposalData
 from storage import queries
 from storage.engine import SessionFactory, create_engine, session_factory
-from storage.migrations import upgrade
 from storage.models import ChainCursor, Vote
-from storage.proposals import record_proposal, sync_nodes
+from storage.proposals import record_proposal
 from storage.queries import ContractScope, DataVersion, writes_shown_tables
+from tests.support.database import Database, NodeSpec, made_up_nodes
 from web.active_cache import ActiveProposalsCache, ActiveSnapshot, needs_rebuild
 from web.auth import authorize_trigger, bearer_token, is_loopback, trigger_guard
 from web.db_probe import DatabaseProbe, probe_is_fresh
@@ -332,11 +332,6 @@ ENDS = 1_900_000_000  # voting end of every test proposal (chain time)
 CHAIN_NOW = dt.datetime.fromtimestamp(ENDS - 3600, dt.UTC)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class FakeClock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -353,14 +348,14 @@ class Db:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Db]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'web.db'}"
-    await upgrade(url)
-    engine = create_engine(url)
-    sessions = session_factory(engine)
-    nodes = await sync_nodes(
-        sessions, [(f"ai-gov-0{i}", "0x" + f"{i:02d}" * 20, "conservative") for i in (1, 2)]
-    )
+def db_nodes() -> list[NodeSpec]:
+    return made_up_nodes(2)
+
+
+@pytest.fixture
+async def db(db: Database) -> AsyncIterator[Db]:
+    """The shared `db` (tests/conftest.py) with two nodes, three proposals and a `DataVersion` watching it."""
+    url, engine, sessions, nodes = db.url, db.engine, db.sessions, db.nodes
     usdc = AssetInfo("0x" + "11" * 20, "USDC", 6)
     for pid in (1, 2, 3):
         data = ProposalData(
@@ -377,7 +372,6 @@ async def db(tmp_path: Path) -> AsyncIterator[Db]:
         yield Db(url, sessions, version)
     finally:
         version.unwatch()
-        await engine.dispose()
 
 
 def _states(body: bytes) -> dict[int, list[str]]:

@@ -18,20 +18,19 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio
 import httpx
 from web3 import Web3
 
 from devtools.anvil import AnvilProcess, free_port
 from devtools.devnet import DevnetInfo
-from storage.migrations import upgrade
 from tests.support.service import devnet_environ
 from tests.support.voter import rpc, vote_cast_logs, vote_events
+from tests.support.waiting import poll_until
 
 REPO = Path(__file__).resolve().parents[2]
 DLOOP = [sys.executable, "-m", "dloop.cli"]
@@ -86,10 +85,6 @@ def service_env(ws_url: str, devnet: DevnetInfo, db_path: Path, **extra: str) ->
     }
     settings.update(extra)
     return devnet_environ(ws_url, devnet, db_path, **settings)
-
-
-def migrate_db(db_path: Path) -> None:
-    anyio.run(upgrade, f"sqlite+aiosqlite:///{db_path}")
 
 
 def db_path_of(env: dict[str, str]) -> Path:
@@ -230,18 +225,6 @@ class DloopRun:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
-
-
-def poll_until(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll an outside condition (a process, HTTP, the chain, the database) until it is truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 # -- what the chain and the database say ---------------------------------------------------------------------

@@ -1,98 +1,23 @@
-"""Helpers for listener tests: a private anvil with the devnet, a migrated SQLite file, a running listener,
-and queries of what was queued."""
+"""Helpers for listener tests: their settings, a running listener, and queries of what was queued (the chain
+and the database come from the `chain` and `db` fixtures in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
-from eth_account import Account
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
-from web3 import Web3
-from web3.types import TxReceipt
 
 from core.settings import DEFAULT_NODE_NAMES, DEFAULT_NODE_STRATEGIES, NodeSettings, PrivateKey, Settings
 from core.signals import WorkSignal
-from devtools.anvil import AnvilProcess
-from devtools.devnet import DevnetInfo, asset_dao, create_proposals
+from devtools.devnet import DevnetInfo
 from listener import Listener
-from storage.engine import SessionFactory, create_engine, session_factory
-from storage.migrations import upgrade
 from storage.models import ChainLog, Proposal, Vote
-from storage.proposals import NodeRecord, sync_nodes
-
-
-@dataclass
-class Chain:
-    anvil: AnvilProcess
-    info: DevnetInfo
-    w3: Web3
-
-    def create(self, count: int, *, first_index: int = 0) -> list[int]:
-        """Create proposals (blocking: call through `anyio.to_thread`)."""
-        return create_proposals(
-            self.w3,
-            self.info.contract_address,
-            self.info.proposer_key,
-            self.info.token_addresses,
-            count,
-            first_index=first_index,
-        )
-
-    async def create_async(self, count: int, *, first_index: int = 0) -> list[int]:
-        return await anyio.to_thread.run_sync(functools.partial(self.create, count, first_index=first_index))
-
-    def transact(self, private_key: str, function_name: str, *args: Any) -> TxReceipt:
-        dao = asset_dao(self.w3, self.info.contract_address)
-        account = Account.from_key(private_key)
-        tx = getattr(dao.functions, function_name)(*args).build_transaction(
-            {"from": account.address, "nonce": self.w3.eth.get_transaction_count(account.address)}
-        )
-        tx_hash = self.w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=10, poll_latency=0.01)
-        assert receipt["status"] == 1
-        return receipt
-
-    async def transact_async(self, private_key: str, function_name: str, *args: Any) -> TxReceipt:
-        return await anyio.to_thread.run_sync(
-            functools.partial(self.transact, private_key, function_name, *args)
-        )
-
-    async def rpc(self, method: str, params: list[Any] | None = None) -> Any:
-        return await anyio.to_thread.run_sync(self.anvil.rpc, method, params)
-
-
-@dataclass
-class Database:
-    url: str
-    engine: AsyncEngine
-    sessions: SessionFactory
-    nodes: list[NodeRecord]
-
-
-async def open_database(path: Path, info: DevnetInfo) -> Database:
-    url = f"sqlite+aiosqlite:///{path}"
-    await upgrade(url)
-    engine = create_engine(url)
-    sessions = session_factory(engine)
-    nodes = await sync_nodes(
-        sessions,
-        [
-            (name, address, strategy)
-            for name, address, strategy in zip(
-                DEFAULT_NODE_NAMES, info.node_addresses, DEFAULT_NODE_STRATEGIES, strict=True
-            )
-        ],
-    )
-    return Database(url, engine, sessions, nodes)
+from tests.support.database import Database
 
 
 def make_settings(ws_url: str, info: DevnetInfo, database_url: str, **overrides: Any) -> Settings:
@@ -191,23 +116,3 @@ async def wait_for_queue(
             missing = sorted(pid for pid in ids if states.get(pid) != ["queued"] * 5)
             raise AssertionError(f"not queued in {timeout} s: {missing[:20]} ({len(missing)} missing)")
         await signal.wait(remaining)
-
-
-async def wait_until(condition: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.02) -> None:
-    """Poll a cheap in-memory condition (the listener's status)."""
-    with anyio.fail_after(timeout):
-        while True:
-            if condition():
-                return
-            await anyio.sleep(interval)
-
-
-async def wait_until_async(
-    condition: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.02
-) -> None:
-    """Poll an async condition (a database query)."""
-    with anyio.fail_after(timeout):
-        while True:
-            if await condition():
-                return
-            await anyio.sleep(interval)

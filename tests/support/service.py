@@ -1,13 +1,13 @@
-"""Helpers for the service tests: settings pointing at a devnet, a migrated SQLite file, node records."""
+"""Helpers for the service tests: settings pointing at a devnet, the service running in a thread, and
+proposals and votes made outside it."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
 import dataclasses
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,13 +18,9 @@ import httpx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from web3 import Web3
 
-from chain.accounts import node_accounts
 from core.settings import Settings, load_settings
 from devtools.anvil import AnvilProcess
 from devtools.devnet import DevnetInfo, asset_dao
-from storage.engine import SessionFactory, create_engine, session_factory
-from storage.migrations import upgrade
-from storage.proposals import NodeRecord, sync_nodes
 
 T = TypeVar("T")
 
@@ -47,26 +43,6 @@ def devnet_environ(ws_url: str, devnet: DevnetInfo, db_path: Path, **extra: str)
 def devnet_settings(ws_url: str, devnet: DevnetInfo, db_path: Path, **overrides: Any) -> Settings:
     settings = load_settings(devnet_environ(ws_url, devnet, db_path))
     return dataclasses.replace(settings, **overrides) if overrides else settings
-
-
-@dataclass
-class Database:
-    sessions: SessionFactory
-    nodes: list[NodeRecord]
-
-
-@asynccontextmanager
-async def migrated_database(settings: Settings) -> AsyncIterator[Database]:
-    await upgrade(settings.database_url)
-    engine = create_engine(settings.database_url)
-    sessions = session_factory(engine)
-    try:
-        nodes = await sync_nodes(
-            sessions, [(a.name, a.address, a.strategy) for a in node_accounts(settings.nodes)]
-        )
-        yield Database(sessions, nodes)
-    finally:
-        await engine.dispose()
 
 
 def create_proposals(
@@ -133,19 +109,6 @@ def running_service(settings: Settings, *, enable_listener: bool = True) -> Iter
             future.cancel()
             with contextlib.suppress(concurrent.futures.CancelledError):
                 future.result(timeout=15)
-
-
-def migrate(settings: Settings) -> None:
-    anyio.run(upgrade, settings.database_url)
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll an outside condition (HTTP, the database, the chain) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def queue_settled(url: str, expected_votes: int) -> bool:

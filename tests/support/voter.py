@@ -6,13 +6,10 @@ import json
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import anyio
 from eth_account import Account
 from sqlalchemy import select
 from web3 import Web3
@@ -25,11 +22,11 @@ from chain.types import ProposalData
 from core.settings import DEFAULT_NODE_STRATEGIES, NodeSettings, PrivateKey, Settings
 from core.signals import WorkSignal
 from devtools.anvil import AnvilProcess
-from devtools.devnet import DevnetInfo, asset_dao, deploy_devnet
-from storage.engine import SessionFactory, create_engine, session_factory
-from storage.migrations import upgrade
+from devtools.devnet import DevnetInfo, asset_dao
+from storage.engine import SessionFactory
 from storage.models import Node, Proposal, Vote, VoteTransaction
-from storage.proposals import NodeRecord, record_proposal, sync_nodes
+from storage.proposals import NodeRecord, record_proposal
+from tests.support.database import open_database, settings_nodes
 from voter.service import Voter
 
 VOTE_CAST = next(topic for topic, name in event_topics().items() if name == "VoteCast")
@@ -43,14 +40,6 @@ def rpc(url: str, method: str, params: list[Any] | None = None) -> Any:
     if "error" in reply:
         raise RuntimeError(f"{method}: {reply['error']}")
     return reply["result"]
-
-
-@contextmanager
-def devnet_chain(
-    proposals: int, *, block_time: float | None = None
-) -> Iterator[tuple[AnvilProcess, DevnetInfo]]:
-    with AnvilProcess(block_time=block_time) as node:
-        yield node, deploy_devnet(node.http_url, proposals)
 
 
 def voter_settings(node: AnvilProcess, info: DevnetInfo, database_url: str, **overrides: Any) -> Settings:
@@ -99,12 +88,9 @@ class Harness:
 
 async def make_harness(node: AnvilProcess, info: DevnetInfo, tmp_path: Path, **overrides: Any) -> Harness:
     url = f"sqlite+aiosqlite:///{tmp_path / 'voter.db'}"
-    await upgrade(url)
     settings = voter_settings(node, info, url, **overrides)
-    sessions = session_factory(create_engine(url))
-    accounts = node_accounts(settings.nodes)
-    nodes = await sync_nodes(sessions, [(a.name, a.address, a.strategy) for a in accounts])
-    return Harness(node, info, settings, sessions, accounts, nodes, WorkSignal())
+    db = await open_database(url, settings_nodes(settings))
+    return Harness(node, info, settings, db.sessions, node_accounts(settings.nodes), db.nodes, WorkSignal())
 
 
 async def read_proposals(h: Harness, ids: list[int] | None = None) -> list[ProposalData]:
@@ -260,21 +246,6 @@ def cancel_proposal(url: str, contract: str, proposer_key: str, proposal_id: int
     )
     tx_hash = w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
     assert w3.eth.wait_for_transaction_receipt(tx_hash, timeout=10, poll_latency=0.02)["status"] == 1
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
-    """Poll an async or sync predicate until it returns something truthy (state lives in another task,
-    process or the chain, so there is no event to await)."""
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if hasattr(value, "__await__"):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await anyio.sleep(interval)
 
 
 def has_voted(url: str, contract: str, proposal_id: int, address: str) -> bool:

@@ -23,7 +23,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from eth_account import Account
 from web3 import AsyncWeb3, WebSocketProvider
 
-from chain.codec import dao_functions, event_topics
+from chain.codec import dao_functions
+from chain.events import event_topics
 
 PRIORITY_FEE = 1_000_000_000
 VOTE_GAS = 200_000

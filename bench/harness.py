@@ -27,7 +27,8 @@ from eth_account.signers.local import LocalAccount
 
 from bench.report import DEFAULT_RESULTS_DIR, REPO_ROOT, SIZES
 from bench.rpc import WsRpc
-from chain.codec import dao_functions, event_topics
+from chain.codec import dao_functions
+from chain.events import event_topics
 from devtools.anvil import AnvilProcess, free_port, json_rpc
 from devtools.devnet import ZERO_ADDRESS, DevnetInfo, deploy_devnet, env_file_values, proposal_plan
 from storage.migrations import upgrade

@@ -14,7 +14,7 @@ from web3 import AsyncWeb3
 
 from chain import requests as rq
 from chain import web3_internals
-from chain.codec import AbiFunction, dao_functions, erc20_functions, event_topics
+from chain.codec import AbiFunction, dao_functions, erc20_functions
 from chain.connection import batch_refusal, classify_rpc_error, translate_exception
 from chain.types import AssetInfo, ProposalData
 from chain.web3_internals import MalformedFrames
@@ -355,6 +355,11 @@ class ChainClient:
     async def code_at(self, address: str) -> str:
         return str(await self.request(*rq.code(to_checksum_address(address))))
 
+    async def storage_word(self, address: str, slot: int) -> bytes:
+        """The 32-byte storage word at `slot` of `address`."""
+        raw = await self.request(*rq.storage_at(address, slot))
+        return bytes.fromhex(str(raw).removeprefix("0x")).rjust(32, b"\0")
+
     async def call(self, fn: AbiFunction, *args: Any, to: str | None = None, block: str = "latest") -> Any:
         raw = await self.request(*rq.call_function(to or self.contract, fn, *args, block=block))
         values = decode_result(fn, raw)
@@ -400,7 +405,8 @@ class ChainClient:
 
     async def get_logs(self, from_block: int, to_block: int) -> list[RawLog]:
         # The address as a list: web3's ENS middleware fails on a str here.
-        raw = await self.request(*rq.logs([self.contract], from_block, to_block, [list(event_topics())]))
+        # Every log of the contract, as the subscription: decoded by topic in chain/events.py.
+        raw = await self.request(*rq.logs([self.contract], from_block, to_block))
         return [parse_log(item) for item in raw or []]
 
 

@@ -1,23 +1,23 @@
-"""Pure ABI encoding and decoding: calls, results, event logs and custom errors. No I/O."""
+"""Pure ABI encoding and decoding: calls, results and custom errors (events: chain/events.py). No I/O."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache, cached_property
 from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
-from eth_utils import keccak, to_checksum_address
+from eth_utils import keccak
 
 from chain.abis import Abi, assetdao_abi, erc20_abi
 
 
-def _canonical_type(param: Mapping[str, Any]) -> str:
+def canonical_type(param: Mapping[str, Any]) -> str:
     kind = str(param["type"])
     if kind.startswith("tuple"):
-        inner = ",".join(_canonical_type(c) for c in param["components"])
+        inner = ",".join(canonical_type(c) for c in param["components"])
         return f"({inner}){kind[5:]}"
     return kind
 
@@ -48,8 +48,8 @@ def functions_of(abi: Abi) -> dict[str, AbiFunction]:
     return {
         str(item["name"]): AbiFunction(
             str(item["name"]),
-            tuple(_canonical_type(p) for p in item.get("inputs", [])),
-            tuple(_canonical_type(p) for p in item.get("outputs", [])),
+            tuple(canonical_type(p) for p in item.get("inputs", [])),
+            tuple(canonical_type(p) for p in item.get("outputs", [])),
         )
         for item in abi
         if item.get("type") == "function"
@@ -74,7 +74,7 @@ def error_names() -> dict[bytes, str]:
     names = {}
     for item in assetdao_abi():
         if item.get("type") == "error":
-            sig = f"{item['name']}({','.join(_canonical_type(p) for p in item.get('inputs', []))})"
+            sig = f"{item['name']}({','.join(canonical_type(p) for p in item.get('inputs', []))})"
             names[keccak(text=sig)[:4]] = str(item["name"])
     return names
 
@@ -95,111 +95,3 @@ def decode_revert(data: bytes | str | None) -> str:
     except Exception:  # malformed revert data from a foreign contract
         return "unknown revert"
     return f"unknown error 0x{selector.hex()}"
-
-
-# -- events ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProposalCreated:
-    proposal_id: int
-    asset_id: int
-    proposer: str
-    proposal_type: int
-
-
-@dataclass(frozen=True)
-class VoteCast:
-    proposal_id: int
-    voter: str
-    support: bool
-    weight: int
-
-
-@dataclass(frozen=True)
-class ProposalCanceled:
-    proposal_id: int
-
-
-@dataclass(frozen=True)
-class ProposalExecuted:
-    proposal_id: int
-
-
-ChainEvent = ProposalCreated | VoteCast | ProposalCanceled | ProposalExecuted
-EVENT_NAMES = ("ProposalCreated", "VoteCast", "ProposalCanceled", "ProposalExecuted")
-
-
-class UndecodableLog(ValueError):
-    """A log that is not one of the four events, or whose data does not decode."""
-
-
-@dataclass(frozen=True)
-class EventAbi:
-    name: str
-    inputs: tuple[tuple[str, bool], ...]  # (type, indexed) in declared order
-
-    @property
-    def topic(self) -> str:
-        return "0x" + keccak(text=f"{self.name}({','.join(t for t, _ in self.inputs)})").hex()
-
-    @property
-    def indexed(self) -> tuple[str, ...]:
-        return tuple(t for t, is_indexed in self.inputs if is_indexed)
-
-    @property
-    def data(self) -> tuple[str, ...]:
-        return tuple(t for t, is_indexed in self.inputs if not is_indexed)
-
-
-@cache
-def event_abis() -> dict[str, EventAbi]:
-    found = {}
-    for item in assetdao_abi():
-        if item.get("type") == "event" and item["name"] in EVENT_NAMES:
-            inputs = item["inputs"]
-            found[item["name"]] = EventAbi(
-                item["name"], tuple((_canonical_type(p), bool(p["indexed"])) for p in inputs)
-            )
-    return found
-
-
-@cache
-def event_topics() -> dict[str, str]:
-    """topic0 -> event name, for the four events the service follows."""
-    return {abi.topic: name for name, abi in event_abis().items()}
-
-
-def _hex_bytes(value: Any) -> bytes:
-    if isinstance(value, bytes | bytearray):
-        return bytes(value)
-    return bytes.fromhex(str(value).removeprefix("0x"))
-
-
-def decode_log(topics: Sequence[Any], data: Any) -> ChainEvent:
-    """Decode one of the four events from raw topics and data."""
-    if not topics:
-        raise UndecodableLog("log has no topics")
-    topic0 = "0x" + _hex_bytes(topics[0]).hex()
-    name = event_topics().get(topic0)
-    if name is None:
-        raise UndecodableLog(f"unknown event topic {topic0}")
-    abi = event_abis()[name]
-    if len(topics) - 1 != len(abi.indexed):
-        raise UndecodableLog(f"{name}: expected {len(abi.indexed)} indexed topics, got {len(topics) - 1}")
-    try:
-        indexed = [
-            abi_decode([t], _hex_bytes(topic))[0] for t, topic in zip(abi.indexed, topics[1:], strict=True)
-        ]
-        values = list(abi_decode(list(abi.data), _hex_bytes(data))) if abi.data else []
-    except Exception as exc:  # eth_abi raises several unrelated types for bad input
-        raise UndecodableLog(f"{name}: {exc}") from exc
-    if name == "ProposalCreated":
-        return ProposalCreated(
-            int(indexed[0]), int(indexed[1]), to_checksum_address(indexed[2]), int(values[0])
-        )
-    if name == "VoteCast":
-        return VoteCast(int(indexed[0]), to_checksum_address(indexed[1]), bool(values[0]), int(values[1]))
-    if name == "ProposalCanceled":
-        return ProposalCanceled(int(indexed[0]))
-    return ProposalExecuted(int(indexed[0]))

@@ -90,9 +90,11 @@ async def subscribe_heads(client: ChainClient) -> str:
     return await _subscribe(client.w3, "newHeads", None)
 
 
-async def subscribe_logs(client: ChainClient, address: str, topics: Sequence[Any]) -> str:
-    """eth_subscribe("logs", {address, topics}); the subscription id."""
-    arg = {"address": address, "topics": list(topics)}
+async def subscribe_logs(client: ChainClient, address: str, topics: Sequence[Any] | None = None) -> str:
+    """eth_subscribe("logs", {address[, topics]}); the subscription id. No topics: every log of `address`."""
+    arg: dict[str, Any] = {"address": address}
+    if topics is not None:
+        arg["topics"] = list(topics)
     return await _subscribe(client.w3, "logs", cast(LogsSubscriptionArg, arg))
 
 

@@ -180,6 +180,7 @@ class DevnetInfo:
     proposer_key: str
     proposals_created: int = 0
     token_decimals: dict[str, int] = field(default_factory=lambda: dict(TOKEN_DECIMALS))
+    events: str = "production"  # which AssetDAO version's events the contract emits (EVENT_SETS)
 
     @property
     def dloop_token_address(self) -> str:
@@ -194,6 +195,11 @@ class DevnetInfo:
         for name in ("node_addresses", "node_keys", "node_weights"):
             data[name] = tuple(data[name])
         return cls(**data)
+
+
+# `dloop devnet --events`: the AssetDAO versions the devnet can deploy, by the events they emit. The functions
+# are the same in all three; only ProposalCreated and VoteCast differ (devtools/contracts/src/AssetDAO.sol).
+EVENT_SETS = {"production": "AssetDAO", "upstream": "AssetDAOUpstream", "unknown": "AssetDAOUnknownEvents"}
 
 
 def load_artifact(name: str) -> dict[str, Any]:
@@ -313,12 +319,12 @@ def _create_proposals(
     gas = sender.estimate(dao.address, max(calls, key=len))
     for data in calls:
         sender.send(dao.address, data, gas)
-    created_topic = bytes.fromhex(dao.events.ProposalCreated.topic.removeprefix("0x"))
+    # createProposal emits one event, whichever version's: its first indexed topic is the new id.
     return [
         int.from_bytes(log["topics"][1], "big")
         for receipt in sender.wait_all()
         for log in receipt["logs"]
-        if log["topics"] and bytes(log["topics"][0]) == created_topic
+        if log["address"] == dao.address and len(log["topics"]) > 1
     ]
 
 
@@ -327,14 +333,17 @@ def deploy_devnet(
     proposals: int = DEFAULT_PROPOSALS,
     *,
     voting_period: int = DEFAULT_VOTING_PERIOD_SECONDS,
+    events: str = "production",
 ) -> DevnetInfo:
-    """Deploy DLOOP, USDC, EURT, WBTC, PAXG and the AssetDAO from anvil account 0, fund the five nodes and the
-    proposer with DLOOP, and create `proposals` proposals from the proposer."""
+    """Deploy DLOOP, USDC, EURT, WBTC, PAXG and the AssetDAO (emitting `events`, a key of EVENT_SETS) from
+    anvil account 0, fund the five nodes and the proposer with DLOOP, and create `proposals` proposals."""
+    if events not in EVENT_SETS:
+        raise DloopError(f"unknown event set {events!r}: choose one of {', '.join(EVENT_SETS)}")
     with _translated_chain_errors(f"deploying the devnet on {rpc_http_url}"):
-        return _deploy_devnet(rpc_http_url, proposals, voting_period)
+        return _deploy_devnet(rpc_http_url, proposals, voting_period, events)
 
 
-def _deploy_devnet(rpc_http_url: str, proposals: int, voting_period: int) -> DevnetInfo:
+def _deploy_devnet(rpc_http_url: str, proposals: int, voting_period: int, events: str) -> DevnetInfo:
     w3 = Web3(Web3.HTTPProvider(rpc_http_url, request_kwargs={"timeout": 30}))
     owner = _Sender(w3, OWNER_ACCOUNT.private_key)
     token_artifact = load_artifact("DevToken")
@@ -347,7 +356,7 @@ def _deploy_devnet(rpc_http_url: str, proposals: int, voting_period: int) -> Dev
             owner.send(None, data, owner.estimate(None, data))
         )
 
-    dao_artifact = load_artifact("AssetDAO")
+    dao_artifact = load_artifact(EVENT_SETS[events])
     dao_factory = w3.eth.contract(abi=dao_artifact["abi"], bytecode=dao_artifact["bytecode"])
     data = dao_factory.constructor(token_addresses[DLOOP.symbol], voting_period).data_in_transaction
     dao_nonce = owner.send(None, data, owner.estimate(None, data))
@@ -388,6 +397,7 @@ def _deploy_devnet(rpc_http_url: str, proposals: int, voting_period: int) -> Dev
         proposer_address=PROPOSER_ACCOUNT.address,
         proposer_key=PROPOSER_ACCOUNT.private_key,
         proposals_created=len(proposal_ids),
+        events=events,
     )
 
 
@@ -452,6 +462,13 @@ def add_devnet_arguments(parser: argparse.ArgumentParser) -> None:
         help="proposals to create on a new chain",
     )
     parser.add_argument(
+        "--events",
+        choices=list(EVENT_SETS),
+        default="production",
+        help="which AssetDAO version's events the contract emits (production: the verified Sepolia ABI; "
+        "upstream: the published source; unknown: neither)",
+    )
+    parser.add_argument(
         "--env-file", type=Path, default=Path(".env.devnet"), help="where to write the settings"
     )
     parser.add_argument(
@@ -491,7 +508,8 @@ def _print_summary(info: DevnetInfo, anvil: AnvilProcess, env_file: Path, reused
         f"devnet ready ({'restored from ' + str(anvil.state_file) if reused else 'fresh deployment'})",
         f"  chain id        {info.chain_id} ({mining})",
         f"  RPC             {info.rpc_http_url}  {anvil.ws_url}",
-        f"  AssetDAO        {info.contract_address} (deployed in block {info.deployment_block})",
+        f"  AssetDAO        {info.contract_address} (deployed in block {info.deployment_block}, "
+        f"{info.events} events)",
     ]
     lines += [f"  {symbol:<15} {address}" for symbol, address in info.token_addresses.items()]
     for number, (address, weight) in enumerate(
@@ -527,7 +545,7 @@ def devnet_command(args: argparse.Namespace) -> int:
                 info = _restored_deployment(state_file, anvil.http_url)
             reused = info is not None
             if info is None:
-                info = deploy_devnet(anvil.http_url, args.proposals)
+                info = deploy_devnet(anvil.http_url, args.proposals, events=args.events)
                 if state_file is not None:
                     _write_file(sidecar_path(state_file), info.to_json())
             write_env_file(args.env_file, info, anvil.ws_url)

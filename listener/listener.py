@@ -22,7 +22,6 @@ from eth_utils import to_checksum_address
 
 from chain import requests
 from chain.client import ChainClient, RpcErrorCounts
-from chain.codec import event_topics
 from chain.ws_client import connected_client, read_subscriptions, subscribe_heads, subscribe_logs
 from core.errors import ChainError, ConfigError, DloopError, TransientChainError
 from core.logs import log_event
@@ -182,7 +181,9 @@ class Listener:
                     "DLOOP_RPC_WS_URL", f"the node is on chain {node_chain}, expected {self.ctx.chain_id}"
                 )
             heads_id = await subscribe_heads(client)
-            logs_id = await subscribe_logs(client, self.ctx.contract, [sorted(event_topics())])
+            # Every log of the contract, decoded by topic: a filter on one version's topics would make the
+            # listener blind to the other's (chain/events.py).
+            logs_id = await subscribe_logs(client, self.ctx.contract)
             send, receive = anyio.create_memory_object_stream[Message](max_buffer_size=math.inf)
             async with send, receive, anyio.create_task_group() as tg:
                 tg.start_soon(self._read_subscriptions, client, heads_id, logs_id, send)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chain.client import BlockHeader, RawLog, parse_block, parse_log
-from chain.codec import ChainEvent, UndecodableLog, decode_log, event_topics
+from chain.events import ChainEvent, OtherEvent, UndecodableLog, UnknownEvent, decode_log, event_name
 from chain.types import LogRef
 
 
@@ -48,13 +48,16 @@ def parse_subscription_message(message: Mapping[str, Any], *, heads_id: str, log
 
 @dataclass(frozen=True)
 class DecodedLog:
-    """A contract log with its event, or the reason it could not be decoded."""
+    """A contract log with its event, or the reason it could not be decoded. `ignored` marks a known event
+    the service does not act on; `unknown_topic` a topic of no known AssetDAO version."""
 
     raw: RawLog
     event: ChainEvent | None
     name: str
     proposal_id: int | None
     error: str | None
+    ignored: bool = False
+    unknown_topic: str | None = None
 
     @property
     def ref(self) -> LogRef:
@@ -70,12 +73,16 @@ def log_ref(raw: RawLog) -> LogRef:
 
 
 def decode(raw: RawLog) -> DecodedLog:
-    """Decode one of the four events; anything else is kept with its error so it can be recorded."""
-    name = event_topics().get(raw.topics[0].lower(), "unknown") if raw.topics else "unknown"
+    """Decode an event of either AssetDAO version by its topic; anything else is kept with its reason."""
+    name = (event_name(raw.topics[0]) if raw.topics else None) or "unknown"
     try:
         event = decode_log(raw.topics, raw.data)
+    except UnknownEvent as exc:
+        return DecodedLog(raw, None, name, None, str(exc), unknown_topic=exc.topic)
     except UndecodableLog as exc:
         return DecodedLog(raw, None, name, _indexed_id(raw), f"undecodable log: {exc}")
+    if isinstance(event, OtherEvent):
+        return DecodedLog(raw, None, event.name, None, None, ignored=True)
     return DecodedLog(raw, event, name, event.proposal_id, None)
 
 

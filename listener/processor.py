@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from chain.client import ChainClient, RawLog
-from chain.codec import ProposalCanceled, ProposalCreated, ProposalExecuted, VoteCast
+from chain.events import ProposalCanceled, ProposalCreated, ProposalExecuted, VoteCast
 from chain.reads import BadAnswer, Reads
 from chain.types import ProposalData, ProposalStatus
 from core.errors import ChainError, ContractRevert
@@ -79,7 +79,11 @@ class LogProcessor:
         self, client: ChainClient, logs: Sequence[RawLog], *, source: str, head_number: int
     ) -> int:
         """Apply live logs in order; returns the vote rows queued. Removed logs are the caller's (reorgs)."""
-        decoded = [decode(raw) for raw in logs if not raw.removed and self._ours(raw)]
+        decoded = [
+            d
+            for d in (decode(raw) for raw in logs if not raw.removed and self._ours(raw))
+            if self._acted_on(d)
+        ]
         if not decoded:
             return 0
         seen = await chain_state.processed_log_keys(self.ctx.sessions, [d.key for d in decoded])
@@ -105,6 +109,27 @@ class LogProcessor:
             self.board.votes_queued += queued
             self.ctx.signal.notify()
         return queued
+
+    def _acted_on(self, item: DecodedLog) -> bool:
+        """Whether the service acts on this log: not a known event it ignores (an asset, a role, a parameter),
+        not an event of no known AssetDAO version (counted per topic, and warned about once per topic)."""
+        if item.ignored:
+            return False
+        if item.unknown_topic is None:
+            return True
+        topic = item.unknown_topic
+        self.board.unknown_topics[topic] += 1
+        if self.board.unknown_topics[topic] == 1:
+            log_event(
+                self.logger,
+                "unknown_event",
+                level=logging.WARNING,
+                topic=topic,
+                block=item.raw.block_number,
+                tx=item.raw.tx_hash,
+                hint="an event of no known AssetDAO version: counted in dloop_unknown_events_total",
+            )
+        return False
 
     def _ours(self, raw: RawLog) -> bool:
         if raw.address.lower() == self.ctx.contract.lower():
@@ -147,6 +172,8 @@ class LogProcessor:
             )
             if record is None:
                 return 0
+            if record.record.created:
+                self.board.proposals_recorded += 1
             reopened = 0
             if not record.record.created:  # a proposal seen before: back after a reorg, maybe new content
                 reopened = await chain_state.reopen_votes_sent_before_creation(

@@ -6,7 +6,9 @@ import datetime as dt
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TextIO
 
 from core.logs import log_event
@@ -31,6 +33,8 @@ class ListenerStatus:
     cursor_block: int | None
     logs_processed: int
     votes_queued: int  # vote rows queued by this listener since start
+    unknown_topics: Mapping[str, int]  # topic0 of logs of no known AssetDAO version -> how many
+    proposals_recorded: int  # proposals this listener recorded first, from their ProposalCreated log
 
 
 @dataclass
@@ -52,6 +56,8 @@ class StatusBoard:
     cursor_block: int | None = None
     logs_processed: int = 0
     votes_queued: int = 0
+    unknown_topics: Counter[str] = field(default_factory=Counter)
+    proposals_recorded: int = 0
 
     def snapshot(self, now: dt.datetime | None = None) -> ListenerStatus:
         now = now or dt.datetime.now(dt.UTC)
@@ -74,6 +80,8 @@ class StatusBoard:
             cursor_block=self.cursor_block,
             logs_processed=self.logs_processed,
             votes_queued=self.votes_queued,
+            unknown_topics=dict(self.unknown_topics),
+            proposals_recorded=self.proposals_recorded,
         )
 
 

@@ -174,9 +174,15 @@ def module_chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
 @pytest.fixture
 def chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
     """The module's private chain, or a new one for each test when the module is marked `devnet(fresh=True)`
-    (tests that reorg or rewrite the chain). Unpacks as `anvil, devnet = chain`."""
+    (tests that reorg or rewrite the chain). Unpacks as `anvil, devnet = chain`. Parametrised indirectly, its
+    parameter is the event set of the contract (`@pytest.mark.parametrize("chain", EVENT_VERSIONS,
+    indirect=True)`): always a new chain."""
     options = _devnet_options(request.node)
-    if options.pop("fresh", False):
+    if hasattr(request, "param"):
+        options.pop("fresh", None)
+        with devnet_chain(**options, events=request.param) as chain:
+            yield chain
+    elif options.pop("fresh", False):
         with devnet_chain(**options) as chain:
             yield chain
     else:

@@ -8,13 +8,13 @@ import pytest
 from eth_abi import encode
 from eth_utils import keccak
 
-from chain.codec import (
+from chain.codec import decode_revert
+from chain.events import (
     ProposalCanceled,
     ProposalCreated,
     UndecodableLog,
     VoteCast,
     decode_log,
-    decode_revert,
     event_topics,
 )
 from chain.types import AssetInfo, ProposalData, format_units
@@ -38,7 +38,7 @@ def test_decode_each_event() -> None:
         [topics["ProposalCreated"], topic(7), topic(99), topic(VOTER, "address")],
         "0x" + encode(["uint8"], [1]).hex(),
     )
-    assert created == ProposalCreated(7, 99, VOTER, 1)
+    assert created == ProposalCreated(7, VOTER, asset_id=99, proposal_type=1)
     vote = decode_log(
         [topics["VoteCast"], topic(7), topic(VOTER, "address")], encode(["bool", "uint256"], [True, 10**18])
     )

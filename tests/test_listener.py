@@ -21,7 +21,7 @@ from devtools.anvil import AnvilProcess
 from devtools.devnet import asset_dao, deploy_devnet
 from listener import Listener
 from storage.models import ChainCursor, Vote
-from tests.support.chain import Chain
+from tests.support.chain import EVENT_VERSIONS, Chain
 from tests.support.database import Database, devnet_nodes, open_database
 from tests.support.listener_env import (
     all_queued,
@@ -41,6 +41,7 @@ from tests.support.waiting import wait_until
 pytestmark = [pytest.mark.anyio, pytest.mark.devnet(fresh=True)]
 
 
+@pytest.mark.parametrize("chain", EVENT_VERSIONS, indirect=True)
 async def test_new_proposal_is_queued_with_five_votes_well_under_a_second(chain: Chain, db: Database) -> None:
     signal = WorkSignal()
     settings = make_settings(chain.anvil.ws_url, chain.info, db.url)
@@ -77,6 +78,7 @@ async def test_burst_of_200_proposals_is_queued_each_exactly_once(chain: Chain, 
     assert sorted(log.proposal_id for log in created) == list(range(1, 201))
 
 
+@pytest.mark.parametrize("chain", EVENT_VERSIONS, indirect=True)
 async def test_backfill_at_start_covers_proposals_created_while_stopped(chain: Chain, db: Database) -> None:
     ids = await chain.create_async(30)
     signal = WorkSignal()
@@ -195,6 +197,7 @@ def _signed_create_proposal(chain: Chain, nonce: int, description: str) -> str:
     return "0x" + bytes(signed.raw_transaction).hex()
 
 
+@pytest.mark.parametrize("chain", EVENT_VERSIONS, indirect=True)
 async def test_reorg_replacing_the_proposal_block_marks_orphans_and_records_the_canonical_chain(
     chain: Chain, db: Database
 ) -> None:
@@ -353,6 +356,7 @@ async def test_bad_data_is_recorded_and_the_listener_carries_on(chain: Chain, db
     assert await proposal_row_count(db) == 2
 
 
+@pytest.mark.parametrize("chain", EVENT_VERSIONS, indirect=True)
 async def test_votes_and_closing_events_update_the_records(chain: Chain, db: Database) -> None:
     signal = WorkSignal()
     settings = make_settings(chain.anvil.ws_url, chain.info, db.url)

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from chain.client import BlockHeader, RawLog
-from chain.codec import ProposalCreated, VoteCast, event_topics
+from chain.events import ProposalCreated, VoteCast, event_topics
 from listener.messages import BadMessage, HeadMessage, LogMessage, decode, parse_subscription_message
 from listener.planning import (
     ChunkPlan,
@@ -166,7 +166,9 @@ def test_logs_decode_into_events_and_bad_logs_keep_their_reason() -> None:
     decoded = decode(
         parsed_log([TOPICS["ProposalCreated"], word(3), word(1), address_word(PROPOSER)], word(0))
     )
-    assert decoded.event == ProposalCreated(3, 1, PROPOSER, 0) and decoded.error is None
+    assert (
+        decoded.event == ProposalCreated(3, PROPOSER, asset_id=1, proposal_type=0) and decoded.error is None
+    )
     assert decoded.key == ("0x" + "ab" * 32, 2) and decoded.ref.block_number == 7
 
     vote = decode(parsed_log([TOPICS["VoteCast"], word(3), address_word(PROPOSER)], word(1) + word(5)[2:]))

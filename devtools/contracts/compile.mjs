@@ -13,11 +13,15 @@ import solc from "solc";
 const CONTRACTS_DIR = dirname(fileURLToPath(import.meta.url));
 const SOURCE_DIR = join(CONTRACTS_DIR, "src");
 const ARTIFACT_DIR = join(CONTRACTS_DIR, "artifacts");
-const CONTRACTS = ["AssetDAO", "DevToken"];
+// Source file -> the contracts written as artifacts. AssetDAO.sol holds one contract per event version.
+const CONTRACTS = {
+  AssetDAO: ["AssetDAO", "AssetDAOUpstream", "AssetDAOUnknownEvents"],
+  DevToken: ["DevToken"],
+};
 
 function compile() {
   const sources = {};
-  for (const name of CONTRACTS) {
+  for (const name of Object.keys(CONTRACTS)) {
     sources[`src/${name}.sol`] = { content: readFileSync(join(SOURCE_DIR, `${name}.sol`), "utf8") };
   }
   const input = {
@@ -39,10 +43,12 @@ function compile() {
     process.exit(1);
   }
   const artifacts = {};
-  for (const name of CONTRACTS) {
-    const compiled = output.contracts[`src/${name}.sol`][name];
-    const artifact = { contractName: name, abi: compiled.abi, bytecode: `0x${compiled.evm.bytecode.object}` };
-    artifacts[name] = `${JSON.stringify(artifact, null, 2)}\n`;
+  for (const [file, names] of Object.entries(CONTRACTS)) {
+    for (const name of names) {
+      const compiled = output.contracts[`src/${file}.sol`][name];
+      const artifact = { contractName: name, abi: compiled.abi, bytecode: `0x${compiled.evm.bytecode.object}` };
+      artifacts[name] = `${JSON.stringify(artifact, null, 2)}\n`;
+    }
   }
   return artifacts;
 }

@@ -22,6 +22,9 @@ from web3.types import TxReceipt
 from devtools.anvil import AnvilProcess
 from devtools.devnet import DevnetInfo, asset_dao, create_proposals, deploy_devnet
 
+# The AssetDAO versions in the wild whose events the service follows: the end-to-end tests run on both.
+EVENT_VERSIONS = ("production", "upstream")
+
 # Tests may read the environment (library code does not): an explicit anvil overrides the pinned one.
 ANVIL_BIN = os.environ.get("DLOOP_ANVIL_BIN")
 
@@ -80,9 +83,15 @@ class Chain:
 
 @contextmanager
 def devnet_chain(
-    proposals: int = 0, *, block_time: float | None = None, state_file: Path | None = None, port: int = 0
+    proposals: int = 0,
+    *,
+    block_time: float | None = None,
+    state_file: Path | None = None,
+    port: int = 0,
+    events: str = "production",
 ) -> Iterator[Chain]:
-    """A fresh anvil with tokens and AssetDAO deployed, nodes and proposer funded, `proposals` created."""
+    """A fresh anvil with tokens and AssetDAO deployed, nodes and proposer funded, `proposals` created.
+    `events`: which AssetDAO version's events the contract emits (devtools.devnet.EVENT_SETS)."""
     with start_anvil(block_time=block_time, state_file=state_file, port=port) as node:
-        info = deploy_devnet(node.http_url, proposals=proposals)
+        info = deploy_devnet(node.http_url, proposals=proposals, events=events)
         yield Chain(node, info, Web3(Web3.HTTPProvider(node.http_url)))

@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from eth_account import Account
+from eth_utils import keccak
 from sqlalchemy import select
 from web3 import Web3
 
 from chain.accounts import NodeAccount, node_accounts
 from chain.client import ChainClient
-from chain.codec import dao_functions, event_topics
+from chain.codec import dao_functions
 from chain.connection import open_ws
+from chain.events import event_topics
 from chain.types import ProposalData
 from core.settings import DEFAULT_NODE_STRATEGIES, NodeSettings, PrivateKey, Settings
 from core.signals import WorkSignal
@@ -26,10 +28,21 @@ from devtools.devnet import DevnetInfo, asset_dao
 from storage.engine import SessionFactory
 from storage.models import Node, Proposal, Vote, VoteTransaction
 from storage.proposals import NodeRecord, record_proposal
+from tests.support.chain import EVENT_VERSIONS
 from tests.support.database import open_database, settings_nodes
 from voter.service import Voter
 
-VOTE_CAST = next(topic for topic, name in event_topics().items() if name == "VoteCast")
+# The vote event of every devnet contract version: production's and upstream's VoteCast, and the
+# `unknown` contract's BallotCast (same shape as upstream's: proposal id, voter, support).
+VOTE_CAST_TOPICS = [
+    *(
+        topic
+        for version in EVENT_VERSIONS
+        for topic, name in event_topics(version).items()
+        if name == "VoteCast"
+    ),
+    "0x" + keccak(text="BallotCast(uint256,address,bool)").hex(),
+]
 
 
 def rpc(url: str, method: str, params: list[Any] | None = None) -> Any:
@@ -164,11 +177,11 @@ async def vote_transactions(sessions: SessionFactory) -> list[tuple[int, str, in
 
 
 def vote_cast_logs(url: str, contract: str) -> list[dict[str, Any]]:
-    """Every VoteCast log of the contract, as the node answers eth_getLogs."""
+    """Every VoteCast log of the contract (whichever version's), as the node answers eth_getLogs."""
     logs: list[dict[str, Any]] = rpc(
         url,
         "eth_getLogs",
-        [{"address": contract, "fromBlock": "0x0", "toBlock": "latest", "topics": [VOTE_CAST]}],
+        [{"address": contract, "fromBlock": "0x0", "toBlock": "latest", "topics": [VOTE_CAST_TOPICS]}],
     )
     return logs
 

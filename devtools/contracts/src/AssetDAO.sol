@@ -16,7 +16,11 @@ interface IVotingToken {
 ///      - vote weight is the voter's DLOOP balance at vote time (zero is allowed and still counts as cast);
 ///      - a voter may vote again only `minVotingBuffer` after its last vote on that proposal; the new vote
 ///        moves the voter's weight (old weight removed, new weight added) and `hasVoted` stays true.
-contract AssetDAO {
+///      The two events that differ between the AssetDAO versions in the wild (ProposalCreated, VoteCast) are
+///      emitted by the concrete contracts below, one per version, so each deployed bytecode holds only its own
+///      event topics, as a real deployment does: `AssetDAO` (production, the verified Sepolia ABI),
+///      `AssetDAOUpstream` (the published upstream source) and `AssetDAOUnknownEvents` (neither).
+abstract contract AssetDAOCore {
     enum ProposalType {
         Investment,
         Divestment,
@@ -71,10 +75,6 @@ contract AssetDAO {
     mapping(uint256 proposalId => Proposal) private _proposals;
     mapping(uint256 proposalId => mapping(address voter => Ballot)) private _ballots;
 
-    event ProposalCreated(
-        uint256 indexed proposalId, uint256 indexed assetId, address indexed proposer, ProposalType proposalType
-    );
-    event VoteCast(uint256 indexed proposalId, address indexed voter, bool support, uint256 weight);
     event ProposalCanceled(uint256 indexed proposalId);
     event ProposalExecuted(uint256 indexed proposalId);
 
@@ -129,7 +129,7 @@ contract AssetDAO {
         proposal.createdAt = block.timestamp;
         proposal.votingEnds = block.timestamp + votingPeriod;
         proposal.status = ProposalStatus.Active;
-        emit ProposalCreated(proposalId, uint256(uint160(assetAddress)), msg.sender, proposalType);
+        _emitProposalCreated(proposalId, assetAddress, proposalType, description);
         return proposalId;
     }
 
@@ -150,7 +150,7 @@ contract AssetDAO {
         if (support) proposal.yesVotes += weight;
         else proposal.noVotes += weight;
         _ballots[proposalId][msg.sender] = Ballot({cast: true, support: support, weight: weight, castAt: block.timestamp});
-        emit VoteCast(proposalId, msg.sender, support, weight);
+        _emitVoteCast(proposalId, support, weight);
     }
 
     /// @notice Cancel an Active proposal. Only its proposer or the owner may; allowed while paused.
@@ -230,5 +230,71 @@ contract AssetDAO {
     function _existing(uint256 proposalId) private view returns (Proposal storage proposal) {
         proposal = _proposals[proposalId];
         if (proposal.id == 0) revert ProposalNotFound();
+    }
+
+    function _emitProposalCreated(
+        uint256 proposalId,
+        address assetAddress,
+        ProposalType proposalType,
+        string calldata description
+    ) internal virtual;
+
+    function _emitVoteCast(uint256 proposalId, bool support, uint256 weight) internal virtual;
+}
+
+/// @notice The production events (verified Sepolia ABI): `assetId` is derived from the asset address.
+contract AssetDAO is AssetDAOCore {
+    event ProposalCreated(
+        uint256 indexed proposalId, uint256 indexed assetId, address indexed proposer, ProposalType proposalType
+    );
+    event VoteCast(uint256 indexed proposalId, address indexed voter, bool support, uint256 weight);
+
+    constructor(address dloopToken_, uint256 votingPeriodSeconds) AssetDAOCore(dloopToken_, votingPeriodSeconds) {}
+
+    function _emitProposalCreated(uint256 proposalId, address assetAddress, ProposalType proposalType, string calldata)
+        internal
+        override
+    {
+        emit ProposalCreated(proposalId, uint256(uint160(assetAddress)), msg.sender, proposalType);
+    }
+
+    function _emitVoteCast(uint256 proposalId, bool support, uint256 weight) internal override {
+        emit VoteCast(proposalId, msg.sender, support, weight);
+    }
+}
+
+/// @notice The events of the upstream source (janteras/d-loop, contracts/core/AssetDAO.sol): the description
+///         in ProposalCreated, no weight in VoteCast.
+contract AssetDAOUpstream is AssetDAOCore {
+    event ProposalCreated(uint256 indexed proposalId, address indexed proposer, string description);
+    event VoteCast(uint256 indexed proposalId, address indexed voter, bool support);
+
+    constructor(address dloopToken_, uint256 votingPeriodSeconds) AssetDAOCore(dloopToken_, votingPeriodSeconds) {}
+
+    function _emitProposalCreated(uint256 proposalId, address, ProposalType, string calldata description)
+        internal
+        override
+    {
+        emit ProposalCreated(proposalId, msg.sender, description);
+    }
+
+    function _emitVoteCast(uint256 proposalId, bool support, uint256) internal override {
+        emit VoteCast(proposalId, msg.sender, support);
+    }
+}
+
+/// @notice Events of neither version, for the tests of a service that must not be blind without saying so.
+contract AssetDAOUnknownEvents is AssetDAOCore {
+    event ProposalSubmitted(uint256 indexed proposalId, address indexed proposer);
+    event BallotCast(uint256 indexed proposalId, address indexed voter, bool support);
+
+    constructor(address dloopToken_, uint256 votingPeriodSeconds) AssetDAOCore(dloopToken_, votingPeriodSeconds) {}
+
+    function _emitProposalCreated(uint256 proposalId, address, ProposalType, string calldata) internal override {
+        emit ProposalSubmitted(proposalId, msg.sender);
+    }
+
+    function _emitVoteCast(uint256 proposalId, bool support, uint256) internal override {
+        emit BallotCast(proposalId, msg.sender, support);
     }
 }

@@ -45,6 +45,10 @@ def code(address: str, block: BlockTag = "latest") -> Request:
     return ("eth_getCode", [address, block_tag(block)])
 
 
+def storage_at(address: str, slot: int, block: BlockTag = "latest") -> Request:
+    return ("eth_getStorageAt", [address, hex(slot), block_tag(block)])
+
+
 def balance(address: str, block: BlockTag = "latest") -> Request:
     return ("eth_getBalance", [address, block_tag(block)])
 

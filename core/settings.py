@@ -95,6 +95,9 @@ class Settings:
     lease_seconds: float = 120.0
     # reconciler
     reconcile_interval: float = 300.0
+    # while the listener is blind (it missed a proposal, or the contract's events are of no known version)
+    reconcile_fallback_interval: float = 15.0
+    allow_unknown_events: bool = False  # start on a contract with no known ProposalCreated: reconcile only
     rpc_batch_size: int = 50
     rpc_timeout: float = 20.0
     strategies: StrategySettings = StrategySettings()
@@ -162,6 +165,8 @@ class _Parser:
             gas_margin=self.number("DLOOP_GAS_MARGIN", 1.25, minimum=1.0),
             lease_seconds=self.number("DLOOP_LEASE_SECONDS", 120.0, minimum=1.0),
             reconcile_interval=self.number("DLOOP_RECONCILE_INTERVAL", 300.0, minimum=1.0),
+            reconcile_fallback_interval=self.number("DLOOP_RECONCILE_FALLBACK_INTERVAL", 15.0, minimum=1.0),
+            allow_unknown_events=self.flag("DLOOP_ALLOW_UNKNOWN_EVENTS", False),
             rpc_batch_size=self.integer("DLOOP_RPC_BATCH_SIZE", 50, minimum=1),
             rpc_timeout=self.number("DLOOP_RPC_TIMEOUT", 20.0, minimum=0.1),
             strategies=self.strategy_settings(),
@@ -185,6 +190,17 @@ class _Parser:
         if maximum is not None and value > maximum:
             raise ConfigError(name, f"must be at most {maximum}, got {value}")
         return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.env.get(name)
+        if raw is None:
+            return default
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(name, f"must be 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
 
     def optional_integer(self, name: str) -> int | None:
         return None if name not in self.env else self.integer(name, 0, minimum=0)

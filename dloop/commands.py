@@ -106,7 +106,9 @@ async def serve(
         sessions = session_factory(engine)
         await check_same_chain(sessions, identity)
         nodes = await sync_nodes(sessions, [(a.name, a.address, a.strategy) for a in accounts])
-        service = Service(settings, sessions, nodes, accounts, chain_id, enable_listener=enable_listener)
+        service = Service(
+            settings, sessions, nodes, accounts, chain_id, identity.contract, enable_listener=enable_listener
+        )
         service.http.bind()  # a busy port fails here, before anything starts
         log_event(
             logger,
@@ -114,6 +116,7 @@ async def serve(
             chain_id=chain_id,
             rpc=safe_url(settings.rpc_ws_url),
             contract=settings.contract_address,
+            contract_version=identity.contract.name,
             nodes=[n.name for n in nodes],
             http=service.http.url,
         )

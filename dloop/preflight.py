@@ -1,6 +1,7 @@
 """Start-up checks against the node and the database, before anything is written: the node answers on
-DLOOP_RPC_WS_URL, the contract has code, and the database has not followed another chain of the same id.
-Each problem is a ConfigError naming the setting to fix.
+DLOOP_RPC_WS_URL, the contract has code with the functions the service calls and a ProposalCreated event of a
+known AssetDAO version, and the database has not followed another chain of the same id. Each problem is a
+ConfigError naming the setting to fix.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import anyio
 
 from chain.client import ChainClient
 from chain.connection import open_ws, safe_url
+from chain.events import REQUIRED_FUNCTIONS, ContractVersion, detect_version, proposal_created_topics
 from core.errors import ChainError, ConfigError, RateLimited, TransientChainError
 from core.logs import log_event
 from core.settings import Settings
@@ -23,10 +25,16 @@ logger = logging.getLogger("dloop.service")
 PREFLIGHT_TIMEOUT = 15.0
 
 
+# EIP-1967: where a proxy keeps its implementation's address. The selectors and event topics are in the
+# implementation's code, not in the proxy's.
+IMPLEMENTATION_SLOT = 0x360894A13BA1A3210667C828492DB98DCA3E2076CC3735A920A3CA505D382BBC
+
+
 @dataclass(frozen=True)
 class ChainIdentity:
     chain_id: int
     genesis_hash: str
+    contract: ContractVersion
 
 
 async def preflight_chain(settings: Settings) -> ChainIdentity:
@@ -52,7 +60,29 @@ async def preflight_chain(settings: Settings) -> ChainIdentity:
             "DLOOP_CONTRACT_ADDRESS",
             f"no contract code at {settings.contract_address} on chain {identity.chain_id} ({where})",
         )
+    check_contract(settings, identity.contract)
     return identity
+
+
+def check_contract(settings: Settings, version: ContractVersion) -> None:
+    """Stop unless the contract has every function the service calls and can emit a known ProposalCreated
+    (else the listener would be blind); DLOOP_ALLOW_UNKNOWN_EVENTS=1 accepts the latter, reconcile only."""
+    address = settings.contract_address
+    if version.missing_functions:
+        signatures = ", ".join(version.missing_functions)
+        raise ConfigError(
+            "DLOOP_CONTRACT_ADDRESS",
+            f"the contract at {address} lacks functions the service calls ({signatures} of "
+            f"{', '.join(REQUIRED_FUNCTIONS)}): is it an AssetDAO?",
+        )
+    if not version.knows_proposals and not settings.allow_unknown_events:
+        known = ", ".join(f"{v} {t[:10]}..." for t, v in proposal_created_topics().items())
+        raise ConfigError(
+            "DLOOP_CONTRACT_ADDRESS",
+            f"the contract at {address} emits no known ProposalCreated event (looked for {known}): the "
+            "listener would see no proposal; set DLOOP_ALLOW_UNKNOWN_EVENTS=1 to vote from reconcile "
+            "passes only, every DLOOP_RECONCILE_FALLBACK_INTERVAL",
+        )
 
 
 async def _read_chain_identity(settings: Settings) -> tuple[ChainIdentity, str]:
@@ -66,11 +96,24 @@ async def _read_chain_identity(settings: Settings) -> tuple[ChainIdentity, str]:
                 client = ChainClient(w3, settings.contract_address, timeout=timeout)
                 chain_id = await client.chain_id()
                 genesis = await client.block(0)
-                return ChainIdentity(chain_id, genesis.hash), await client.code_at(settings.contract_address)
+                code = await client.code_at(settings.contract_address)
+                version = await _contract_version(client, settings.contract_address, code)
+                return ChainIdentity(chain_id, genesis.hash, version), code
         except RateLimited as exc:
             log_event(logger, "preflight_rate_limited", level=logging.WARNING, error=str(exc), delay=delay)
             await anyio.sleep(delay)
             delay = min(delay * 2, 3.0)
+
+
+async def _contract_version(client: ChainClient, address: str, code: str) -> ContractVersion:
+    """The version the contract's code shows; for an EIP-1967 proxy, its implementation's."""
+    version = detect_version(code)
+    if not version.missing_functions or code in ("0x", ""):
+        return version
+    implementation = (await client.storage_word(address, IMPLEMENTATION_SLOT))[-20:]
+    if not any(implementation):
+        return version
+    return detect_version(await client.code_at("0x" + implementation.hex()))
 
 
 async def check_same_chain(sessions: SessionFactory, identity: ChainIdentity) -> None:

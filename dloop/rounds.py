@@ -56,6 +56,8 @@ class Rounds:
         *,
         adopt_sent: AdoptSent | None = None,
         drain: Drain | None = None,
+        on_scan: Callable[[ReconcileResult], None] | None = None,
+        interval: Callable[[], float] | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -63,6 +65,10 @@ class Rounds:
         self.scan = scan
         self.adopt_sent = adopt_sent
         self.drain = drain
+        self.on_scan = on_scan  # told of each pass's result (the listener watch: did the listener miss any?)
+        self.interval = interval or (
+            lambda: settings.reconcile_interval
+        )  # shorter while the listener is blind
         self.status = RoundStatus()
         self._lock = anyio.Lock()
         self._current: TriggerResult | None = None
@@ -86,7 +92,7 @@ class Rounds:
         await self.trigger(RoundKind.STARTUP)  # registered before we report ready: triggers join it
         task_status.started()
         while True:
-            with anyio.move_on_after(self.settings.reconcile_interval):
+            with anyio.move_on_after(self.interval()):
                 await self._requested.wait()
             if self._current is None:
                 await self.trigger(RoundKind.SCHEDULED)
@@ -115,6 +121,8 @@ class Rounds:
     async def _scan(self, round_id: int) -> ReconcileResult:
         """The reconcile pass, then the voter's adoption of `sent` rows (counted as resolved by the round)."""
         result = await self.scan.reconcile(round_id)
+        if self.on_scan is not None:
+            self.on_scan(result)
         if self.adopt_sent is None:
             return result
         try:

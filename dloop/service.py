@@ -20,13 +20,16 @@ import anyio.abc
 from chain.accounts import NodeAccount
 from chain.client import ChainClient, RpcErrorCounts
 from chain.codec import dao_functions
+from chain.events import ContractVersion
 from chain.reads import BadAnswer, Batch, Reads, read_balance, read_block, read_nonce, read_token_balance
 from chain.ws_client import ws_chain_client
 from core.errors import ChainError, TransientChainError
 from core.logs import log_event
 from core.settings import Settings
 from core.signals import WorkSignal
+from dloop.listener_watch import ListenerWatch
 from dloop.rounds import Rounds
+from listener.blindness import ListenerProgress
 from listener.listener import Listener
 from listener.reconcile import Reconciler
 from storage.engine import SessionFactory
@@ -150,10 +153,12 @@ class Service:
         nodes: Sequence[NodeRecord],
         accounts: tuple[NodeAccount, ...],
         chain_id: int,
+        contract: ContractVersion,
         *,
         enable_listener: bool = True,
     ) -> None:
         self.settings = settings
+        self.contract = contract
         self.sessions = sessions
         self.nodes = tuple(nodes)
         self.chain_id = chain_id
@@ -177,12 +182,17 @@ class Service:
         self.reconciler = Reconciler(
             settings, sessions, self.nodes, chain_id, confirm_sent=False, rpc_errors=self.rpc_error_counts
         )
+        self.listener_watch = ListenerWatch(
+            settings, sessions, contract, self.listener_progress, on_blind=self._round_now
+        )
         self.rounds = Rounds(
             settings,
             sessions,
             self.signal,
             self.reconciler,
             adopt_sent=self._adopt_sent,
+            on_scan=self.listener_watch.scanned,
+            interval=self.listener_watch.reconcile_interval,
             drain=self.voter.drain,
         )
         self.reads = ChainReads(settings, self.nodes, self.rpc_error_counts)
@@ -218,6 +228,10 @@ class Service:
             head_timestamp=head_timestamp,
             reconnects=status.reconnects,
             last_error=status.last_error,
+            contract_version=self.contract.name,
+            blind_reason=self.listener_watch.blind_reason,
+            missed_total=self.listener_watch.state.missed_total,
+            unknown_events=status.unknown_topics,
             extra={
                 "cursorBlock": status.cursor_block,
                 "logsProcessed": status.logs_processed,
@@ -265,6 +279,18 @@ class Service:
         return dict(self.rpc_error_counts)
 
     # -- rounds ----------------------------------------------------------------------------------------
+    async def _round_now(self) -> None:
+        await self.rounds.trigger()
+
+    def listener_progress(self) -> ListenerProgress:
+        status = self.listener.status
+        return ListenerProgress(
+            live=self.running["listener"] and status.connected,
+            epoch=status.reconnects,
+            head_block=status.last_head_number,
+            proposals_recorded=status.proposals_recorded,
+        )
+
     async def _adopt_sent(self) -> int:
         """The voter's lanes resolve `sent` rows (receipts, replacements, drops); ask them to adopt any they
         do not track. A running voter round adopts them itself, and a disconnected voter does when it
@@ -286,6 +312,7 @@ class Service:
             await tg.start(self._component, "voter", self.voter.run)
             if self.enable_listener:
                 await tg.start(self._component, "listener", self.listener.run)
+                await tg.start(self._component, "listener_watch", self.listener_watch.run)
             await tg.start(self._component, "reconciler", self.rounds.run)
             log_event(
                 logger,
@@ -294,8 +321,13 @@ class Service:
                 nodes=len(self.nodes),
                 chain_id=self.chain_id,
                 contract=self.settings.contract_address,
+                contract_version=self.contract.name,
                 listener=self.enable_listener,
             )
+            if self.listener_watch.blind_reason is not None:
+                log_event(
+                    logger, "listener_blind", level=logging.WARNING, reason=self.listener_watch.blind_reason
+                )
             task_status.started()
 
     async def _component(

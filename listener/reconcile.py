@@ -66,6 +66,7 @@ class ReconcileResult:
     already_voted: int
     promoted_votes: int
     read_errors: tuple[str, ...] = ()
+    new_proposal_ids: tuple[int, ...] = ()  # recorded first by this pass (the listener had not)
 
     @property
     def counts(self) -> ReconcileCounts:
@@ -174,11 +175,12 @@ class Reconciler:
         errors: list[str] = []
         sent = await self._sent_receipts(reads) if self.confirm_sent else {}
         tally: collections.Counter[str] = collections.Counter()
+        new_ids: list[int] = []
         # A chunk of proposals at a time, all read at the same block: a pass over 10,000 open proposals held
         # every answer, 50,000 hasVoted results and vote rows at once (tens of MB that the allocator kept).
         for start in range(0, len(wanted), self.pass_chunk):
             chunk = wanted[start : start + self.pass_chunk]
-            tally += await self._reconcile_chunk(reads, chunk, chain_time, read_block, errors)
+            tally += await self._reconcile_chunk(reads, chunk, chain_time, read_block, errors, new_ids)
         resolved = await self._confirm_mined_sent(sent, head_block.number, confirmations) if sent else 0
         return ReconcileResult(
             proposal_count=count,
@@ -192,10 +194,17 @@ class Reconciler:
             already_voted=tally[VoteState.ALREADY_VOTED],
             promoted_votes=tally[VoteState.QUEUED],
             read_errors=tuple(errors),
+            new_proposal_ids=tuple(new_ids),
         )
 
     async def _reconcile_chunk(
-        self, reads: Reads, wanted: Sequence[int], chain_time: int, read_block: int, errors: list[str]
+        self,
+        reads: Reads,
+        wanted: Sequence[int],
+        chain_time: int,
+        read_block: int,
+        errors: list[str],
+        new_ids: list[int],
     ) -> collections.Counter[str]:
         """Read these proposals and their votes at `read_block`, then record and fix them in short
         transactions."""
@@ -218,6 +227,8 @@ class Reconciler:
         )
         for data, recorded in zip(proposals, records, strict=True):
             tally["new"] += int(recorded.created)
+            if recorded.created:
+                new_ids.append(data.proposal_id)
             if data.proposal_id in plan.open_ids:
                 tally["missing_votes"] += recorded.votes_added
         rows = await scan.vote_rows(self.sessions, self.chain_id, self.contract, plan.read_ids)

@@ -184,6 +184,26 @@ async def processed_log_keys(sessions: SessionFactory, keys: Iterable[LogKey]) -
     return await read(sessions, work, what="processed_log_keys")
 
 
+async def logged_proposals(sessions: SessionFactory, proposal_ids: Iterable[int]) -> set[int]:
+    """Which of these proposals the listener recorded from their ProposalCreated log (live, not removed)."""
+    wanted = sorted(set(proposal_ids))
+    if not wanted:
+        return set()
+
+    async def work(session: AsyncSession) -> set[int]:
+        rows = await session.execute(
+            select(ChainLog.proposal_id).where(
+                ChainLog.event == "ProposalCreated",
+                ChainLog.proposal_id.in_(wanted),
+                ChainLog.removed.is_(False),
+                ChainLog.error.is_(None),
+            )
+        )
+        return {int(pid) for (pid,) in rows.all() if pid is not None}
+
+    return await read(sessions, work, what="logged_proposals")
+
+
 async def log_hashes_between(sessions: SessionFactory, first: int, last: int) -> dict[int, set[str]]:
     """Block hashes of the live logs recorded in blocks first..last, by block number."""
 

@@ -37,6 +37,7 @@ from web.present import (
     chain_now,
     encode_active_proposals,
     health_checks,
+    health_status,
     join_proposal_lines,
     node_status,
 )
@@ -271,8 +272,24 @@ def test_health_checks_need_a_fresh_head() -> None:
     assert not any(
         c.ok
         for k, c in health_checks(database_error=None, listener=down, now=NOW, head_timeout=30).items()
-        if k != "database"
+        if k not in ("database", "events")  # events: whether a live listener would see proposals
     )
+
+
+def test_a_blind_listener_makes_health_degraded_and_other_failures_unhealthy() -> None:
+    fresh = NOW - dt.timedelta(seconds=2)
+    seeing = ListenerView(
+        True, True, True, head_block=10, head_received_at=fresh, contract_version="upstream"
+    )
+    checks = health_checks(database_error=None, listener=seeing, now=NOW, head_timeout=30)
+    assert checks["events"].ok and "upstream events" in checks["events"].detail
+    assert health_status(checks) == "healthy"
+    blind = ListenerView(True, True, True, head_block=10, head_received_at=fresh, blind_reason="never saw 7")
+    checks = health_checks(database_error=None, listener=blind, now=NOW, head_timeout=30)
+    assert not checks["events"].ok and checks["events"].detail == "never saw 7"
+    assert health_status(checks) == "degraded"
+    checks = health_checks(database_error="database unreachable", listener=blind, now=NOW, head_timeout=30)
+    assert health_status(checks) == "unhealthy"
 
 
 def test_node_status_from_balance_and_errors() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS: tuple[float, ...] = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
@@ -23,6 +23,10 @@ class MetricsSnapshot:
     proposals_active: int
     listener_up: bool
     voter_up: bool
+    unknown_events: Mapping[str, int] = field(default_factory=dict)  # topic0 -> logs of no known version
+    listener_missed: int = 0
+    listener_blind: bool = False
+    contract_version: str = "unknown"
 
 
 def _escape(value: str) -> str:
@@ -98,6 +102,25 @@ def render(snapshot: MetricsSnapshot) -> str:
         snapshot.mined_latencies,
         LATENCY_BUCKETS,
     )
+    out.family("dloop_contract_info", "gauge", "The AssetDAO version whose events the contract emits.")
+    out.sample("dloop_contract_info", 1, {"version": snapshot.contract_version})
+    out.family(
+        "dloop_listener_blind",
+        "gauge",
+        "1 while the listener does not see proposals (votes come from reconcile).",
+    )
+    out.sample("dloop_listener_blind", int(snapshot.listener_blind))
+    out.family(
+        "dloop_listener_missed_total",
+        "counter",
+        "Proposals the live listener never saw, found by a reconcile pass.",
+    )
+    out.sample("dloop_listener_missed_total", snapshot.listener_missed)
+    out.family(
+        "dloop_unknown_events_total", "counter", "Contract logs whose topic is of no known AssetDAO version."
+    )
+    for topic, count in sorted(snapshot.unknown_events.items()):
+        out.sample("dloop_unknown_events_total", count, {"topic": topic})
     out.family("dloop_rpc_errors_total", "counter", "Chain RPC errors by kind.")
     for kind, count in sorted(snapshot.rpc_errors.items()):
         out.sample("dloop_rpc_errors_total", count, {"kind": kind})

@@ -26,6 +26,10 @@ class ListenerView:
     head_timestamp: int | None = None  # chain time of that head
     reconnects: int = 0
     last_error: str | None = None
+    contract_version: str = "unknown"  # which AssetDAO version's events the contract emits (chain/events.py)
+    blind_reason: str | None = None  # why the listener does not see proposals (it is blind), if it does not
+    missed_total: int = 0  # proposals the live listener never saw, found by a reconcile pass
+    unknown_events: Mapping[str, int] = field(default_factory=dict)  # topic0 -> logs of no known version
     extra: Mapping[str, object] = field(default_factory=dict)
 
 

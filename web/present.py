@@ -148,6 +148,10 @@ def listener_out(listener: ListenerView, now: dt.datetime) -> ListenerOut:
         head_age_seconds=None if age is None else round(age, 3),
         reconnects=listener.reconnects,
         last_error=listener.last_error,
+        contract_version=listener.contract_version,
+        blind_reason=listener.blind_reason,
+        missed_proposals=listener.missed_total,
+        unknown_events=dict(listener.unknown_events),
         details={k: plain(v) for k, v in listener.extra.items()},
     )
 
@@ -184,7 +188,23 @@ def health_checks(
             "subscribed to contract logs and new heads" if listener.subscribed else "not subscribed",
         ),
         "head": head,
+        "events": HealthCheck(
+            listener.blind_reason is None,
+            listener.blind_reason
+            or f"the listener sees proposals ({listener.contract_version} events, decoded by topic)",
+        ),
     }
+
+
+# Checks that leave the service voting, only later (from reconcile passes): failing alone, it is degraded.
+DEGRADED_ONLY = frozenset({"events"})
+
+
+def health_status(checks: Mapping[str, HealthCheck]) -> str:
+    failed = {name for name, check in checks.items() if not check.ok}
+    if not failed:
+        return "healthy"
+    return "degraded" if failed <= DEGRADED_ONLY else "unhealthy"
 
 
 def encode_active_proposals(body: ActiveProposalsResponse) -> bytes:

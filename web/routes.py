@@ -27,6 +27,7 @@ from web.present import (
     chain_now,
     head_age,
     health_checks,
+    health_status,
     listener_out,
     node_chain_by_address,
     node_out,
@@ -126,7 +127,7 @@ async def overview(context: Ctx) -> OverviewResponse:
     )
     latest = await last_round(context.sessions)
     running = listener.running and voter.running
-    healthy = running and listener.connected and listener.subscribed
+    healthy = running and listener.connected and listener.subscribed and listener.blind_reason is None
     return OverviewResponse(
         message="DLoop governance voting service is running"
         if running
@@ -253,6 +254,10 @@ async def metrics(context: Ctx) -> Response[str]:
         proposals_active=proposal_counts["active"],
         listener_up=listener.running,
         voter_up=context.voter().running,
+        unknown_events=listener.unknown_events,
+        listener_missed=listener.missed_total,
+        listener_blind=listener.blind_reason is not None,
+        contract_version=listener.contract_version,
     )
     return Response(render(snapshot), media_type=CONTENT_TYPE)
 
@@ -269,9 +274,9 @@ async def health_answer(context: WebContext, caches: WebCaches) -> tuple[bytes, 
     checks = health_checks(
         database_error=database_error, listener=context.listener(), now=now, head_timeout=context.head_timeout
     )
-    healthy = all(check.ok for check in checks.values())
-    body = HealthResponse("healthy" if healthy else "unhealthy", healthy, now, checks)
-    return msgspec.json.encode(body), 200 if healthy else 503
+    status = health_status(checks)
+    body = HealthResponse(status, status == "healthy", now, checks)
+    return msgspec.json.encode(body), 200 if status == "healthy" else 503
 
 
 async def active_proposals_answer(context: WebContext, caches: WebCaches) -> bytes:

@@ -195,7 +195,7 @@ class HealthCheck(Api):
 
 
 class HealthResponse(Api):
-    status: str  # healthy / unhealthy
+    status: str  # healthy / degraded (voting from reconcile passes only: the listener is blind) / unhealthy
     healthy: bool
     timestamp: dt.datetime
     checks: dict[str, HealthCheck]
@@ -209,6 +209,10 @@ class ListenerOut(Api):
     head_age_seconds: float | None
     reconnects: int
     last_error: str | None
+    contract_version: str  # production / upstream / production+upstream / unknown
+    blind_reason: str | None  # why the listener does not see proposals, when it does not
+    missed_proposals: int  # proposals the live listener never saw (found by a reconcile pass)
+    unknown_events: dict[str, int]  # topic0 -> logs of no known AssetDAO version
     details: dict[str, object]
 
 

@@ -59,7 +59,7 @@ def test_the_runbook_curl_commands_work_as_written(svc: RunningService) -> None:
 
     health = json.loads(curl("curl -s http://localhost:5001/health", port))
     assert health["status"] == "healthy", health
-    assert set(health["checks"]) == {"database", "chain", "subscription", "head"}
+    assert set(health["checks"]) == {"database", "chain", "subscription", "head", "events"}
 
     nodes = json.loads(curl("curl -s http://localhost:5001/nodes", port))
     assert nodes["count"] == NODES and {n["status"] for n in nodes["nodes"]} == {"active"}

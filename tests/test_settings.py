@@ -245,3 +245,15 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
     assert not re.search(r"[0-9a-fA-F]{64}", text)
     # The values it sets are the defaults: with the required settings added, the same Settings.
     assert load_settings(base_env(), example) == load_settings(base_env())
+
+
+def test_the_blind_listener_settings_have_defaults_and_reject_nonsense() -> None:
+    base = base_env()
+    settings = load_settings(base)
+    assert settings.reconcile_fallback_interval == 15.0 and settings.allow_unknown_events is False
+    settings = load_settings(
+        {**base, "DLOOP_ALLOW_UNKNOWN_EVENTS": "yes", "DLOOP_RECONCILE_FALLBACK_INTERVAL": "2.5"}
+    )
+    assert settings.allow_unknown_events is True and settings.reconcile_fallback_interval == 2.5
+    with pytest.raises(ConfigError, match="DLOOP_ALLOW_UNKNOWN_EVENTS: must be 1 or 0"):
+        load_settings({**base, "DLOOP_ALLOW_UNKNOWN_EVENTS": "maybe"})

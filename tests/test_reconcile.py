@@ -107,7 +107,7 @@ def db_nodes(settings: Settings) -> list[NodeSpec]:
 
 
 def reconciler(settings: Settings, db: Database, **options: float) -> Reconciler:
-    return Reconciler(settings, db.sessions, db.nodes, 31337, backoff_max=0.2, **options)  # type: ignore[arg-type]
+    return Reconciler(settings, db.sessions, db.nodes, 31337, **options)  # type: ignore[arg-type]
 
 
 async def vote_states(db: Database) -> dict[tuple[int, int], str]:
@@ -275,7 +275,7 @@ async def test_a_failed_round_is_recorded_and_the_next_one_still_runs(
     from devtools.anvil import free_port
 
     dead = dataclasses.replace(settings, rpc_ws_url=f"ws://127.0.0.1:{free_port()}")
-    scan = Reconciler(dead, db.sessions, db.nodes, 31337, read_attempts=1, backoff_max=0.01)
+    scan = Reconciler(dead, db.sessions, db.nodes, 31337, attempts=1)
     rec = Rounds(dead, db.sessions, WorkSignal(), scan)
     async with anyio.create_task_group() as tg:
         await tg.start(rec.run)

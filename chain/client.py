@@ -95,12 +95,15 @@ def mined_receipt(receipts: Sequence[Receipt | None], head: int, confirmations: 
     return None
 
 
-def parse_receipt(raw: Any) -> Receipt | None:
+def parse_receipt(raw: Any, *, missing_status: int = 0) -> Receipt | None:
+    """None while not mined. `missing_status`: the status of a receipt without one (pre-Byzantium nodes
+    send a state root instead): failure for the voter, success for the listener's reorg check."""
     if not isinstance(raw, Mapping) or raw.get("blockNumber") is None:
         return None
+    status = raw.get("status")
     return Receipt(
         tx_hash=str(raw["transactionHash"]),
-        status=int(str(raw.get("status", "0x0")), 16),
+        status=missing_status if status is None else int(str(status), 16),
         block_number=int(str(raw["blockNumber"]), 16),
         gas_used=int(str(raw.get("gasUsed", "0x0")), 16),
         block_hash=str(raw["blockHash"]).lower() if raw.get("blockHash") is not None else None,

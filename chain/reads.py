@@ -159,9 +159,9 @@ def read_balance(address: str, block: BlockTag = "latest") -> Read[int]:
     return Read(requests.balance(address, block), _quantity)
 
 
-def read_receipt(tx_hash: str) -> Read[Receipt | None]:
-    """None while the transaction is not mined (or unknown)."""
-    return Read(requests.receipt(tx_hash), parse_receipt)
+def read_receipt(tx_hash: str, *, missing_status: int = 0) -> Read[Receipt | None]:
+    """None while the transaction is not mined (or unknown). `missing_status`: see `parse_receipt`."""
+    return Read(requests.receipt(tx_hash), lambda raw: parse_receipt(raw, missing_status=missing_status))
 
 
 def read_transaction(tx_hash: str) -> Read[Mapping[str, Any] | None]:
@@ -247,8 +247,10 @@ class Reads:
         answers = await self.many([read_has_voted(self.contract, pid, voter, block) for pid, voter in pairs])
         return dict(zip(pairs, answers, strict=True))
 
-    async def receipts(self, hashes: Sequence[str]) -> list[Receipt | ChainError | None]:
-        return await self.many([read_receipt(h) for h in hashes])
+    async def receipts(
+        self, hashes: Sequence[str], *, missing_status: int = 0
+    ) -> list[Receipt | ChainError | None]:
+        return await self.many([read_receipt(h, missing_status=missing_status) for h in hashes])
 
     async def transactions(self, hashes: Sequence[str]) -> list[Mapping[str, Any] | ChainError | None]:
         return await self.many([read_transaction(h) for h in hashes])

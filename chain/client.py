@@ -369,14 +369,6 @@ class ChainClient:
     async def has_voted(self, proposal_id: int, voter: str) -> bool:
         return bool(await self.call(dao_functions()["hasVoted"], proposal_id, to_checksum_address(voter)))
 
-    async def read_proposal(self, proposal_id: int) -> ProposalData:
-        raw = await self.call(dao_functions()["getProposal"], proposal_id)
-        return await self.proposal_from_tuple(raw)
-
-    async def proposal_from_tuple(self, raw: tuple[Any, ...]) -> ProposalData:
-        asset = await self.asset_info(str(raw[2]))
-        return proposal_from_values(raw, asset)
-
     async def asset_info(self, address: str) -> AssetInfo:
         """decimals() and symbol() of an asset, cached; anything not a readable ERC-20 is 'unknown'."""
         key = address.lower()

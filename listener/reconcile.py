@@ -76,8 +76,6 @@ class ReconcileResult:
 
 @dataclass
 class ReconcilerStatus:
-    passes: int = 0
-    last_result: ReconcileResult | None = None
     last_error: str | None = None  # of the last pass (cleared by a pass that completes)
     rpc_errors: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -137,8 +135,6 @@ class Reconciler:
         except Exception as exc:
             self.status.last_error = f"{type(exc).__name__}: {exc}"
             raise
-        self.status.passes += 1
-        self.status.last_result = result
         self.status.last_error = None
         log_event(
             logger,

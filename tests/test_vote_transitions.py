@@ -32,7 +32,6 @@ EXPECTED = {
     (S.SENT, S.CONFIRMED),  # receipt (voter, reconcile), our VoteCast log
     (S.SENT, S.FAILED),  # reverted, or refused for good
     (S.SENT, S.ALREADY_VOTED),  # the nonce went to a vote sent outside the service
-    (S.SENT, S.CLOSED),
     (S.CONFIRMED, S.CONFIRMED),  # confirmed again (listener first), or in another block after a reorg
     (S.CONFIRMED, S.SENT),  # its transaction reorged out: checked again from the chain
     (S.CONFIRMED, S.QUEUED),  # reorged out and not voted on chain

@@ -117,7 +117,7 @@ RATE_LIMIT_ATTEMPTS = 6  # 0.3^6: a provider refusing 30 % of requests still ans
 MALFORMED_GRACE = 1.0  # seconds an in-flight request may still be answered after a bad frame arrived
 MALFORMED_ATTEMPTS = 4  # a read asked again after a malformed answer: 5 % bad frames -> 1 in 160,000 fails
 # Sending these again is not a plain retry (the node may have taken the first one): callers decide.
-NOT_REPEATABLE = frozenset({rq.SEND_RAW, "eth_sendTransaction"})
+NOT_REPEATABLE = frozenset({rq.SEND_RAW, rq.SEND_TRANSACTION})
 
 
 async def retry_rate_limited(call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -1,6 +1,6 @@
 """Voting rounds: a reconcile pass (the contract scan), then the voter's `sent` rows adopted and its queue
 drained. One round at a time: at start-up, every `reconcile_interval` and on a trigger (the API's
-`POST /rounds`); a trigger while a round runs joins that round.
+`POST /trigger-voting`); a trigger while a round runs joins that round.
 
 The web layer triggers rounds here (`web.ports.RoundControl`); a round calls the scan, then the voter,
 straight: neither component knows the other, or when it runs.

@@ -530,7 +530,9 @@ async def confirm_by_log(
     )
 
 
-CLOSED_BY_EVENT = "closed on chain by "  # the start of the last_error of votes closed by a closing log
+# The start of the last_error (text for people) of votes a closing log closed; code tells them by their
+# outcome, VoteOutcome.CLOSED_BY_EVENT.
+CLOSED_BY_EVENT = "closed on chain by "
 
 
 async def close_by_event(session: AsyncSession, proposal_row_id: int, event: str) -> int:
@@ -667,8 +669,8 @@ def _reconcile_outcome(to_state: VoteState, from_confirmed: bool) -> VoteOutcome
 async def apply_reconcile_fix(
     session: AsyncSession, vote_id: int, *, from_states: Sequence[VoteState], to_state: VoteState, reason: str
 ) -> bool:
-    """A change the reconcile pass read from the chain (listener/reconcile.py plan_vote_fixes). Rows we sent
-    a transaction for stay the voter's, except a confirmation the chain no longer has."""
+    """A change the reconcile pass read from the chain (listener/reconcile_plan.py::plan_vote_fixes). Rows we
+    sent a transaction for stay the voter's, except a confirmation the chain no longer has."""
     from_confirmed = S.CONFIRMED in from_states
     values: dict[str, Any] = {
         "state": to_state,

@@ -95,12 +95,15 @@ def mined_receipt(receipts: Sequence[Receipt | None], head: int, confirmations: 
     return None
 
 
-def parse_receipt(raw: Any) -> Receipt | None:
+def parse_receipt(raw: Any, *, missing_status: int = 0) -> Receipt | None:
+    """None while not mined. `missing_status`: the status of a receipt without one (pre-Byzantium nodes
+    send a state root instead): failure for the voter, success for the listener's reorg check."""
     if not isinstance(raw, Mapping) or raw.get("blockNumber") is None:
         return None
+    status = raw.get("status")
     return Receipt(
         tx_hash=str(raw["transactionHash"]),
-        status=int(str(raw.get("status", "0x0")), 16),
+        status=missing_status if status is None else int(str(status), 16),
         block_number=int(str(raw["blockNumber"]), 16),
         gas_used=int(str(raw.get("gasUsed", "0x0")), 16),
         block_hash=str(raw["blockHash"]).lower() if raw.get("blockHash") is not None else None,
@@ -114,7 +117,7 @@ RATE_LIMIT_ATTEMPTS = 6  # 0.3^6: a provider refusing 30 % of requests still ans
 MALFORMED_GRACE = 1.0  # seconds an in-flight request may still be answered after a bad frame arrived
 MALFORMED_ATTEMPTS = 4  # a read asked again after a malformed answer: 5 % bad frames -> 1 in 160,000 fails
 # Sending these again is not a plain retry (the node may have taken the first one): callers decide.
-NOT_REPEATABLE = frozenset({rq.SEND_RAW, "eth_sendTransaction"})
+NOT_REPEATABLE = frozenset({rq.SEND_RAW, rq.SEND_TRANSACTION})
 
 
 async def retry_rate_limited(call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -370,14 +373,6 @@ class ChainClient:
 
     async def has_voted(self, proposal_id: int, voter: str) -> bool:
         return bool(await self.call(dao_functions()["hasVoted"], proposal_id, to_checksum_address(voter)))
-
-    async def read_proposal(self, proposal_id: int) -> ProposalData:
-        raw = await self.call(dao_functions()["getProposal"], proposal_id)
-        return await self.proposal_from_tuple(raw)
-
-    async def proposal_from_tuple(self, raw: tuple[Any, ...]) -> ProposalData:
-        asset = await self.asset_info(str(raw[2]))
-        return proposal_from_values(raw, asset)
 
     async def asset_info(self, address: str) -> AssetInfo:
         """decimals() and symbol() of an asset, cached; anything not a readable ERC-20 is 'unknown'."""

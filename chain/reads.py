@@ -3,7 +3,7 @@
 A `Read` is a request (built in `chain.requests`) with the parser of its answer. Reads of any kinds go in one
 `Batch` and are sent together (`Reads.run`: one JSON-RPC batch, or `ChainClient.call_many`'s chunks); each
 answer is then the parsed value or the `ChainError` it failed with, never raised. The `Reads` methods are the
-common cases: the same reads for many ids, addresses or hashes, each one batch.
+common cases: the same reads for many ids or hashes, each one batch.
 
     reads = Reads(client, batch_size=settings.rpc_batch_size)
     batch = Batch()
@@ -22,8 +22,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
-
-from eth_utils import to_checksum_address
 
 from chain import requests
 from chain.client import BlockHeader, ChainClient, Receipt, decode_result, parse_block, parse_receipt
@@ -124,11 +122,6 @@ def _maybe_transaction(raw: Any) -> Mapping[str, Any] | None:
     return raw
 
 
-def read_call(to: str, fn: AbiFunction, *args: Any, block: BlockTag = "latest") -> Read[tuple[Any, ...]]:
-    """Any contract function; the answer is its decoded outputs."""
-    return Read(requests.call_function(to, fn, *args, block=block), _decoded(fn))
-
-
 def read_proposal(contract: str, proposal_id: int, block: BlockTag = "latest") -> Read[ProposalValues]:
     fn = dao_functions()["getProposal"]
     return Read(requests.call_function(contract, fn, proposal_id, block=block), _decoded(fn))
@@ -159,9 +152,9 @@ def read_balance(address: str, block: BlockTag = "latest") -> Read[int]:
     return Read(requests.balance(address, block), _quantity)
 
 
-def read_receipt(tx_hash: str) -> Read[Receipt | None]:
-    """None while the transaction is not mined (or unknown)."""
-    return Read(requests.receipt(tx_hash), parse_receipt)
+def read_receipt(tx_hash: str, *, missing_status: int = 0) -> Read[Receipt | None]:
+    """None while the transaction is not mined (or unknown). `missing_status`: see `parse_receipt`."""
+    return Read(requests.receipt(tx_hash), lambda raw: parse_receipt(raw, missing_status=missing_status))
 
 
 def read_transaction(tx_hash: str) -> Read[Mapping[str, Any] | None]:
@@ -170,10 +163,6 @@ def read_transaction(tx_hash: str) -> Read[Mapping[str, Any] | None]:
 
 def read_block(block: BlockTag) -> Read[BlockHeader | None]:
     return Read(requests.block_by_number(block), _maybe_block)
-
-
-def read_code(address: str, block: BlockTag = "latest") -> Read[str]:
-    return Read(requests.code(to_checksum_address(address), block), lambda raw: str(raw or "0x"))
 
 
 # -- many reads ------------------------------------------------------------------------------------------
@@ -247,29 +236,13 @@ class Reads:
         answers = await self.many([read_has_voted(self.contract, pid, voter, block) for pid, voter in pairs])
         return dict(zip(pairs, answers, strict=True))
 
-    async def receipts(self, hashes: Sequence[str]) -> list[Receipt | ChainError | None]:
-        return await self.many([read_receipt(h) for h in hashes])
+    async def receipts(
+        self, hashes: Sequence[str], *, missing_status: int = 0
+    ) -> list[Receipt | ChainError | None]:
+        return await self.many([read_receipt(h, missing_status=missing_status) for h in hashes])
 
     async def transactions(self, hashes: Sequence[str]) -> list[Mapping[str, Any] | ChainError | None]:
         return await self.many([read_transaction(h) for h in hashes])
 
     async def blocks(self, numbers: Sequence[BlockTag]) -> list[BlockHeader | ChainError | None]:
         return await self.many([read_block(n) for n in numbers])
-
-    async def nonces(
-        self, addresses: Sequence[str], block: BlockTag = "latest"
-    ) -> dict[str, int | ChainError]:
-        answers = await self.many([read_nonce(a, block) for a in addresses])
-        return dict(zip(addresses, answers, strict=True))
-
-    async def balances(
-        self, addresses: Sequence[str], block: BlockTag = "latest"
-    ) -> dict[str, int | ChainError]:
-        answers = await self.many([read_balance(a, block) for a in addresses])
-        return dict(zip(addresses, answers, strict=True))
-
-    async def token_balances(
-        self, token: str, holders: Sequence[str], block: BlockTag = "latest"
-    ) -> dict[str, int | ChainError]:
-        answers = await self.many([read_token_balance(token, h, block) for h in holders])
-        return dict(zip(holders, answers, strict=True))

@@ -14,6 +14,7 @@ from chain.codec import AbiFunction
 Request = tuple[str, list[Any]]
 BlockTag = int | str  # a block number, or "latest" / "pending" / "safe" / "finalized" / "earliest"
 SEND_RAW = "eth_sendRawTransaction"
+SEND_TRANSACTION = "eth_sendTransaction"  # never sent by the service; a node-signed send is not repeatable
 
 
 def block_tag(block: BlockTag) -> str:

@@ -46,17 +46,18 @@ async def connected_client(
 async def ws_chain_client(
     settings: Settings, rpc_errors: RpcErrorCounts | None = None
 ) -> AsyncIterator[ChainClient]:
-    """A fresh WebSocket connection per use: a reconcile pass never depends on a long-lived socket.
+    """`connected_client` with the settings' URL and contract, for one short use: a reconcile pass never
+    depends on a long-lived socket.
 
     An error web3 raises while disconnecting (e.g. a stray error answer left on the socket) is logged, never
     allowed to replace the work's own outcome. The closing is shielded from cancellation.
     """
-    connection = open_ws(settings.rpc_ws_url, request_timeout=settings.rpc_timeout)
-    w3 = await connection.__aenter__()
+    connection = connected_client(
+        settings.rpc_ws_url, settings.contract_address, timeout=settings.rpc_timeout, error_counts=rpc_errors
+    )
+    client = await connection.__aenter__()
     try:
-        yield ChainClient(
-            w3, settings.contract_address, timeout=settings.rpc_timeout, error_counts=rpc_errors
-        )
+        yield client
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
             await _close_quietly(connection, exc)

@@ -1,8 +1,11 @@
 """The one retry policy: backoff with jitter, for transient chain errors (timeouts, dropped connections,
-rate limits) only. Loops that wait between reconnects use `backoff_delay` for the same curve."""
+rate limits) only. Loops that retry by hand (chain/retrying.py's batched reads, the reconcile pass) wait
+`backoff_delay` for the same curve. The listener's reconnects have their own, longer one
+(listener/planning.py::reconnect_delay)."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
@@ -14,13 +17,23 @@ from core.errors import MalformedAnswer, RateLimited, TransientChainError
 P = ParamSpec("P")
 T = TypeVar("T")
 
+ATTEMPTS = 4  # the first try and 3 retries
+BACKOFF_BASE = 0.2  # seconds: retry n waits a random time up to BACKOFF_BASE * 2**(n-1) ...
+BACKOFF_MAX = 5.0  # ... and never more than this
+
+
+def backoff_delay(retry: int) -> float:
+    """The wait before retry number `retry` (1 for the first): the curve of `with_backoff` (full jitter)."""
+    return random.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2 ** max(retry - 1, 0)))
+
 
 async def with_backoff(
     fn: Callable[P, Awaitable[T]],
     *args: P.args,
     **kwargs: P.kwargs,
 ) -> T:
-    """Call `fn`, retrying TransientChainError (RateLimited included) up to 4 times with jittered backoff.
+    """Call `fn` up to ATTEMPTS times while it raises TransientChainError (RateLimited included), with
+    jittered backoff.
 
     Only for reads: a broadcast goes through `broadcast_with_backoff`.
     """
@@ -49,8 +62,8 @@ async def _call_retrying(
 ) -> T:
     retrying = AsyncRetrying(
         retry=retry_if_exception(predicate),
-        wait=wait_random_exponential(multiplier=0.2, max=5.0),
-        stop=stop_after_attempt(4),
+        wait=wait_random_exponential(multiplier=BACKOFF_BASE, max=BACKOFF_MAX),
+        stop=stop_after_attempt(ATTEMPTS),
         sleep=anyio.sleep,
         reraise=True,
     )

@@ -1,6 +1,6 @@
 """Voting rounds: a reconcile pass (the contract scan), then the voter's `sent` rows adopted and its queue
 drained. One round at a time: at start-up, every `reconcile_interval` and on a trigger (the API's
-`POST /rounds`); a trigger while a round runs joins that round.
+`POST /trigger-voting`); a trigger while a round runs joins that round.
 
 The web layer triggers rounds here (`web.ports.RoundControl`); a round calls the scan, then the voter,
 straight: neither component knows the other, or when it runs.
@@ -9,7 +9,6 @@ straight: neither component knows the other, or when it runs.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from core.settings import Settings
 from core.signals import WorkSignal
 from listener.reconcile import Reconciler, ReconcileResult
 from storage.engine import SessionFactory
-from storage.models import utcnow
 from storage.rounds import RoundKind, RoundRecord, RoundState, finish_round, record_reconcile, start_round
 from web.ports import TriggerResult
 
@@ -37,10 +35,7 @@ AdoptSent = Callable[[], Awaitable[int]]
 class RoundStatus:
     current_round: int | None = None
     phase: str = "idle"  # idle / reconciling / draining
-    last_round: int | None = None
-    last_result: ReconcileResult | None = None
-    last_error: str | None = None
-    last_finished_at: dt.datetime | None = None
+    last_error: str | None = None  # of the last round (cleared by a round that completes)
 
 
 class Rounds:
@@ -157,13 +152,10 @@ class Rounds:
                 logger.error("round_crashed", exc_info=exc, extra={"dloop_fields": {"round": round_id}})
             with anyio.CancelScope(shield=True):
                 return await finish_round(self.sessions, round_id, state=RoundState.FAILED, error=reason)
-        self.status.last_result = result
         self.status.last_error = None
         error = "; ".join(result.read_errors)[:2000] or None
         with anyio.CancelScope(shield=True):
             record = await finish_round(self.sessions, round_id, state=RoundState.DONE, error=error)
-        self.status.last_round = round_id
-        self.status.last_finished_at = utcnow()
         if record is not None:
             log_event(
                 logger,

@@ -273,7 +273,9 @@ class BlockTracker:
         if tx_hash is None:
             return None
         reads = self._reads(client)
-        (receipt,) = await reads.receipts([tx_hash])
+        # A receipt without `status` counts as success here (as this check always did): only a mined revert
+        # proves the vote was not cast.
+        (receipt,) = await reads.receipts([tx_hash], missing_status=1)
         if isinstance(receipt, ChainError):
             raise receipt
         if receipt is None or receipt.block_hash is None:

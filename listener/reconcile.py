@@ -16,22 +16,22 @@ from __future__ import annotations
 
 import collections
 import logging
-import random
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from chain.client import ChainClient, Receipt, RpcErrorCounts
 from chain.reads import Reads
 from chain.requests import Request
+from chain.retrying import call_many_retrying
 from chain.types import ProposalData
 from chain.ws_client import ws_chain_client
-from core.errors import ChainError, RateLimited, TransientChainError
+from core.errors import ChainError, TransientChainError
 from core.logs import log_event
+from core.retry import backoff_delay, with_backoff
 from core.settings import Settings
 from listener.reconcile_plan import (
     VoteFix,
@@ -77,8 +77,6 @@ class ReconcileResult:
 
 @dataclass
 class ReconcilerStatus:
-    passes: int = 0
-    last_result: ReconcileResult | None = None
     last_error: str | None = None  # of the last pass (cleared by a pass that completes)
     rpc_errors: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -97,8 +95,7 @@ class Reconciler:
         confirm_sent: bool = True,
         connect: ConnectChain | None = None,
         concurrency: int = 8,
-        read_attempts: int = 5,
-        backoff_max: float = 10.0,
+        attempts: int = 5,
         pass_chunk: int = PASS_CHUNK,
         rpc_errors: RpcErrorCounts | None = None,
     ) -> None:
@@ -110,8 +107,7 @@ class Reconciler:
         self.confirm_sent = confirm_sent
         self._connect = connect or self._open_connection
         self.concurrency = concurrency
-        self.read_attempts = read_attempts
-        self.backoff_max = backoff_max
+        self.attempts = attempts
         self.pass_chunk = pass_chunk
         self.status = ReconcilerStatus(
             rpc_errors=rpc_errors if rpc_errors is not None else collections.Counter()
@@ -122,29 +118,24 @@ class Reconciler:
 
     # -- one pass -------------------------------------------------------------------------------------------
     async def reconcile(self, round_id: int | None = None) -> ReconcileResult:
-        """One pass; retried as a whole on transient chain errors (rate limits back off longer)."""
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TransientChainError),
-            wait=wait_random_exponential(multiplier=0.5, max=self.backoff_max),
-            stop=stop_after_attempt(self.read_attempts),
-            reraise=True,
-        )
+        """One pass, on a fresh connection each attempt: up to `attempts` while a transient chain error (a
+        lost connection, a refused batch, reads still failing after their own retries) ends it."""
         try:
-            async for attempt in retrying:
-                with attempt:
-                    try:
-                        async with self._connect() as client:
-                            result = await self._pass(client)
-                    except ChainError as exc:
-                        log_event(
-                            logger, "reconcile_retry", level=logging.WARNING, round=round_id, error=str(exc)
-                        )
+            for attempt in range(1, self.attempts + 1):
+                try:
+                    async with self._connect() as client:
+                        result = await self._pass(client)
+                    break
+                except ChainError as exc:
+                    log_event(
+                        logger, "reconcile_retry", level=logging.WARNING, round=round_id, error=str(exc)
+                    )
+                    if attempt == self.attempts or not isinstance(exc, TransientChainError):
                         raise
+                await anyio.sleep(backoff_delay(attempt))
         except Exception as exc:
             self.status.last_error = f"{type(exc).__name__}: {exc}"
             raise
-        self.status.passes += 1
-        self.status.last_result = result
         self.status.last_error = None
         log_event(
             logger,
@@ -165,10 +156,10 @@ class Reconciler:
     async def _pass(self, client: ChainClient) -> ReconcileResult:
         confirmations = self.settings.confirmations
         reads = Reads(client, batch_size=self.settings.rpc_batch_size, send=self._sender(client))
-        head_block = await self._retrying(lambda: client.block("latest"))
+        head_block = await with_backoff(client.block, "latest")
         read_block = max(head_block.number - confirmations, 0)
         chain_time = head_block.timestamp  # a vote sent now is judged at (at least) this time
-        count = await self._retrying(lambda: reads.proposal_count(read_block))
+        count = await reads.proposal_count(read_block)
 
         known = await scan.known_proposals(self.sessions, self.chain_id, self.contract)
         wanted = ids_to_read(count, known, chain_time)
@@ -262,54 +253,19 @@ class Reconciler:
 
     # -- reading with backoff -------------------------------------------------------------------------------
     def _sender(self, client: ChainClient) -> Callable[[Sequence[Request]], Any]:
+        """Every read of the pass, with the one retry layer of batched reads (a rate-limited batch is sent
+        again smaller); a ChainError left after it fails this pass attempt or stays in the answers."""
+
         async def send(requests: Sequence[Request]) -> list[Any]:
-            return await self._read(client, requests)
+            return await call_many_retrying(
+                client,
+                requests,
+                batch_size=self.settings.rpc_batch_size,
+                concurrency=self.concurrency,
+                shrink_on_rate_limit=True,
+            )
 
         return send
-
-    async def _read(self, client: ChainClient, requests: Sequence[Request]) -> list[Any]:
-        """call_many with backoff: a rate-limited batch is retried smaller; failed single reads again."""
-        if not requests:
-            return []
-        batch_size = self.settings.rpc_batch_size
-        results: list[Any] = [None] * len(requests)
-        pending = list(range(len(requests)))
-        for attempt in range(self.read_attempts):
-            try:
-                # A refused batch raises TransientChainError: the pass starts again on a fresh connection,
-                # and ChainClient remembers not to batch with this provider.
-                answers = await client.call_many(
-                    [requests[i] for i in pending], batch_size=batch_size, concurrency=self.concurrency
-                )
-            except RateLimited:
-                if attempt == self.read_attempts - 1:
-                    raise
-                batch_size = max(1, batch_size // 2)
-                await anyio.sleep(self._backoff(attempt))
-                continue
-            for i, answer in zip(pending, answers, strict=True):
-                results[i] = answer
-            pending = [i for i in pending if isinstance(results[i], TransientChainError)]
-            if not pending:
-                break
-            await anyio.sleep(self._backoff(attempt))
-        return results
-
-    async def _retrying(self, call: Callable[[], Any]) -> Any:
-        """One read, retried with backoff on transient errors and rate limits."""
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TransientChainError),
-            wait=wait_random_exponential(multiplier=0.25, max=self.backoff_max),
-            stop=stop_after_attempt(self.read_attempts),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                return await call()
-        raise AssertionError("unreachable")
-
-    def _backoff(self, attempt: int) -> float:
-        return float(min(self.backoff_max, 0.25 * 2**attempt) * (0.5 + random.random() / 2))
 
     # -- database writes ------------------------------------------------------------------------------------
     async def _apply_fixes(self, fixes: Sequence[VoteFix]) -> list[VoteState]:

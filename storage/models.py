@@ -59,6 +59,8 @@ class VoteState(enum.StrEnum):
     NO_VOTE = "no_vote"  # the strategy declined; the reason says why
 
 
+# Vote states that may still change through us (the queue depth; a proposal with one is read again by every
+# reconcile pass).
 OPEN_VOTE_STATES = (VoteState.PENDING, VoteState.QUEUED, VoteState.SENT)
 
 

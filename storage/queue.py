@@ -231,7 +231,6 @@ async def finish_unsent(
     decision: str | None,
     confidence: float | None,
     reason: str,
-    outcome: VoteOutcome | None = None,
 ) -> bool:
     """queued -> already_voted / closed / no_vote / failed (or pending: the proposal is not on chain), by the
     lease holder, without any transaction."""
@@ -245,7 +244,6 @@ async def finish_unsent(
             decision=decision,
             confidence=confidence,
             reason=reason,
-            outcome=outcome,
         )
 
     return await write(sessions, work, what="vote queue")
@@ -365,7 +363,6 @@ async def mark_failed(
     tx_hash: str | None = None,
     block_number: int | None = None,
     gas_used: int | None = None,
-    outcome: VoteOutcome | None = None,
 ) -> bool:
     """sent -> failed: mined with status 0, or rejected for good. `reason` names the contract error."""
 
@@ -377,7 +374,6 @@ async def mark_failed(
             tx_hash=tx_hash,
             block_number=block_number,
             gas_used=gas_used,
-            outcome=outcome,
         )
 
     return await write(sessions, work, what="vote queue")
@@ -395,7 +391,7 @@ async def resolve_sent(
     outcome: VoteOutcome | None = None,
 ) -> bool:
     """sent -> queued (the vote was not cast and can be sent again), -> pending (the same, but only once its
-    proposal is back on the canonical chain) or -> already_voted / closed.
+    proposal is back on the canonical chain) or -> already_voted.
 
     `tx_outcome` marks the row's unsettled transactions (e.g. "rejected", "dropped"). Back in the queue,
     the row may wait until `defer_until`. With `only_if_tx_in`, only while the row's current transaction is

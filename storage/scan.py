@@ -6,12 +6,11 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.engine import SessionFactory
-from storage.models import Proposal, Vote, VoteState, VoteTransaction
-
-# Vote states that may still change through us: a proposal with one of these is read again by every pass.
-OPEN_STATES = (VoteState.PENDING, VoteState.QUEUED, VoteState.SENT)
+from storage.models import OPEN_VOTE_STATES, Proposal, Vote, VoteState, VoteTransaction
+from storage.transactions import read
 
 
 @dataclass(frozen=True)
@@ -21,7 +20,7 @@ class KnownProposal:
     proposal_id: int
     status: int
     voting_ends: int  # unix seconds
-    has_open_votes: bool  # some vote row still pending/queued/sent
+    has_open_votes: bool  # some vote row still pending/queued/sent: read again by every pass
 
 
 @dataclass(frozen=True)
@@ -36,26 +35,26 @@ class VoteRow:
 
 async def known_proposals(sessions: SessionFactory, chain_id: int, contract: str) -> dict[int, KnownProposal]:
     """Every stored proposal of the contract, by proposal id."""
-    async with sessions() as session:
+
+    async def work(session: AsyncSession) -> dict[int, KnownProposal]:
         rows = await session.execute(
             select(Proposal.id, Proposal.proposal_id, Proposal.status, Proposal.voting_ends_at).where(
                 Proposal.chain_id == chain_id, Proposal.contract == contract
             )
         )
         proposals = list(rows)
+        open_states = [str(s) for s in OPEN_VOTE_STATES]
         open_refs = set(
-            (
-                await session.execute(
-                    select(Vote.proposal_ref).where(Vote.state.in_([str(s) for s in OPEN_STATES])).distinct()
-                )
-            )
+            (await session.execute(select(Vote.proposal_ref).where(Vote.state.in_(open_states)).distinct()))
             .scalars()
             .all()
         )
-    return {
-        pid: KnownProposal(pid, status, int(ends.timestamp()), ref in open_refs)
-        for ref, pid, status, ends in proposals
-    }
+        return {
+            pid: KnownProposal(pid, status, int(ends.timestamp()), ref in open_refs)
+            for ref, pid, status, ends in proposals
+        }
+
+    return await read(sessions, work, what="read known proposals")
 
 
 async def vote_rows(
@@ -64,7 +63,8 @@ async def vote_rows(
     """The vote rows (every node) of these proposals."""
     if not proposal_ids:
         return []
-    async with sessions() as session:
+
+    async def work(session: AsyncSession) -> list[VoteRow]:
         rows = await session.execute(
             select(Vote.id, Proposal.proposal_id, Vote.node_id, Vote.state, Vote.tx_hash)
             .add_columns(Vote.confirmed_block)
@@ -77,10 +77,13 @@ async def vote_rows(
         )
         return [VoteRow(*row) for row in rows]
 
+    return await read(sessions, work, what="read vote rows")
+
 
 async def sent_transactions(sessions: SessionFactory, chain_id: int, contract: str) -> list[tuple[int, str]]:
     """(vote id, transaction hash) of every transaction of every `sent` vote of the contract."""
-    async with sessions() as session:
+
+    async def work(session: AsyncSession) -> list[tuple[int, str]]:
         rows = await session.execute(
             select(VoteTransaction.vote_id, VoteTransaction.tx_hash)
             .join(Vote, VoteTransaction.vote_id == Vote.id)
@@ -92,3 +95,5 @@ async def sent_transactions(sessions: SessionFactory, chain_id: int, contract: s
             )
         )
         return [(vote_id, tx_hash) for vote_id, tx_hash in rows.all()]
+
+    return await read(sessions, work, what="read sent transactions")

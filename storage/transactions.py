@@ -4,18 +4,23 @@ A write is shielded from cancellation: cancelled mid-statement, its rollback wou
 cancellation is level-triggered), leaving the connection holding SQLite's write lock until the busy timeout.
 So a cancelled write still commits or rolls back before the cancellation takes effect. Writers of one
 process take turns on a lock (SQLite has one writer at a time, and its busy handler sleeps up to 100 ms per
-retry; each write here is a few ms). A database still busy (another process writing) is retried a few times.
-Errors leave as core.errors.StorageError, never as SQLAlchemy exceptions.
+retry; each write here is a few ms). A database still busy or locked (another process writing, a PostgreSQL
+serialization failure or deadlock) is retried a few times, briefly: only while the first attempt began less
+than `BUSY_RETRY_WINDOW` ago, so a write that already sat out SQLite's busy timeout (10 s, storage/engine.py)
+is not run again and the shield holds a cancellation off for at most about one busy timeout plus a second
+(systemd's TimeoutStopSec is 30 s). Any other error (a dropped connection: the COMMIT may have happened) is
+never retried. Errors leave as core.errors.StorageError, never as SQLAlchemy exceptions.
 """
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import StorageError
@@ -24,9 +29,16 @@ from storage.engine import SessionFactory
 T = TypeVar("T")
 Work = Callable[[AsyncSession], Awaitable[T]]
 
-# Waits before retrying a write the database refused as busy or locked (another process holds the lock
-# beyond SQLite's own busy timeout, or PostgreSQL aborted it on a conflict). Portable: OperationalError.
+# Waits before retrying a write the database refused as busy or locked (SQLite gave up at once, e.g. a read
+# transaction that cannot become a write one, or PostgreSQL aborted it on a conflict): see `is_busy`.
 BUSY_RETRY_DELAYS = (0.05, 0.2, 0.5)
+# No retry once this long has passed since the first attempt began (seconds).
+BUSY_RETRY_WINDOW = 1.0
+
+_SQLITE_BUSY = 5  # SQLITE_BUSY; extended codes (SQLITE_BUSY_SNAPSHOT...) share the low byte
+_SQLITE_LOCKED = 6
+_PG_RETRYABLE = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+_BUSY_MESSAGES = ("database is locked", "database is busy", "database table is locked")
 
 _write_locks: weakref.WeakKeyDictionary[SessionFactory, anyio.Lock] = weakref.WeakKeyDictionary()
 
@@ -50,8 +62,25 @@ async def write(sessions: SessionFactory, work: Work[T], *, what: str, conflict_
     return result
 
 
+def is_busy(exc: DBAPIError) -> bool:
+    """Whether the database refused `exc`'s statement only because another writer held it up, so that running
+    the whole transaction again is safe and may succeed. Never after the connection was lost."""
+    if exc.connection_invalidated:
+        return False
+    orig = exc.orig
+    code = getattr(orig, "sqlite_errorcode", None)  # sqlite3 (aiosqlite), Python 3.11+
+    if isinstance(code, int) and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return True
+    for attribute in ("sqlstate", "pgcode"):  # asyncpg / psycopg 3, psycopg2
+        if getattr(orig, attribute, None) in _PG_RETRYABLE:
+            return True
+    message = str(orig).lower()
+    return any(busy in message for busy in _BUSY_MESSAGES)
+
+
 async def _retrying(sessions: SessionFactory, work: Work[T], what: str, conflict_retries: int) -> T:
     busy = iter(BUSY_RETRY_DELAYS)
+    started = time.monotonic()
     conflicts = conflict_retries
     while True:
         try:
@@ -61,9 +90,9 @@ async def _retrying(sessions: SessionFactory, work: Work[T], what: str, conflict
             if conflicts <= 0:
                 raise StorageError(f"{what}: {exc}") from exc
             conflicts -= 1
-        except OperationalError as exc:
-            delay = next(busy, None)
-            if delay is None:
+        except DBAPIError as exc:
+            delay = next(busy, None) if is_busy(exc) else None
+            if delay is None or time.monotonic() - started + delay > BUSY_RETRY_WINDOW:
                 raise StorageError(f"{what}: {exc}") from exc
             await anyio.sleep(delay)  # outside the lock: the other writers of this process go on
         except SQLAlchemyError as exc:

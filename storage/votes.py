@@ -35,7 +35,7 @@ ALLOWED: Mapping[VoteState, frozenset[VoteState]] = {
         {S.QUEUED, S.PENDING, S.SENT, S.CONFIRMED, S.FAILED, S.ALREADY_VOTED, S.CLOSED, S.NO_VOTE}
     ),
     # Broadcast: settled from the chain, or back to the queue when the transaction will never land.
-    S.SENT: frozenset({S.QUEUED, S.PENDING, S.CONFIRMED, S.FAILED, S.ALREADY_VOTED, S.CLOSED}),
+    S.SENT: frozenset({S.QUEUED, S.PENDING, S.CONFIRMED, S.FAILED, S.ALREADY_VOTED}),
     # A reorg can take a confirmation away: checked again (sent) or owed again (queued / pending).
     S.CONFIRMED: frozenset({S.CONFIRMED, S.SENT, S.QUEUED, S.PENDING}),
     # Our VoteCast log confirms it; a ProposalNotFound revert is owed again once the proposal is back.
@@ -138,7 +138,6 @@ async def finish_unsent(
     decision: str | None,
     confidence: float | None,
     reason: str,
-    outcome: VoteOutcome | None = None,
 ) -> bool:
     """queued -> already_voted / closed / no_vote / failed / pending, by the lease holder, no transaction."""
     if state not in UNSENT_OUTCOMES:  # queued -> sent needs its transaction: record_sent
@@ -149,7 +148,7 @@ async def finish_unsent(
             [Vote.id == vote_id, _state_in(Vote.state, state, [S.QUEUED]), Vote.lease_owner == owner],
             {
                 "state": state,
-                "outcome": outcome or UNSENT_OUTCOMES[state],
+                "outcome": UNSENT_OUTCOMES[state],
                 "decision": decision,
                 "confidence": confidence,
                 "reason": reason,
@@ -362,12 +361,11 @@ async def mark_failed(
     tx_hash: str | None = None,
     block_number: int | None = None,
     gas_used: int | None = None,
-    outcome: VoteOutcome | None = None,
 ) -> bool:
     """sent -> failed: mined with status 0 (reverted), or refused for good. `reason` names the error."""
     values: dict[str, Any] = {
         "state": S.FAILED,
-        "outcome": outcome or (VoteOutcome.REVERTED if tx_hash is not None else VoteOutcome.REFUSED),
+        "outcome": VoteOutcome.REVERTED if tx_hash is not None else VoteOutcome.REFUSED,
         "last_error": reason,
     }
     if tx_hash is not None:
@@ -384,7 +382,6 @@ RESOLVED_OUTCOMES: Mapping[VoteState, VoteOutcome] = {
     S.QUEUED: VoteOutcome.REQUEUED,
     S.PENDING: VoteOutcome.REQUEUED,
     S.ALREADY_VOTED: VoteOutcome.ALREADY_VOTED,
-    S.CLOSED: VoteOutcome.CLOSED,
 }
 
 
@@ -401,7 +398,7 @@ async def resolve_sent(
     outcome: VoteOutcome | None = None,
 ) -> bool:
     """sent -> queued / pending (not cast; sent again, once the proposal is on the canonical chain for
-    pending), or -> already_voted / closed. See storage.queue.resolve_sent."""
+    pending), or -> already_voted. See storage.queue.resolve_sent."""
     if state not in RESOLVED_OUTCOMES:  # confirmed / failed come with their receipt
         raise IllegalTransition(f"a sent vote resolved without a receipt cannot become {state}")
     values: dict[str, Any] = {
@@ -533,7 +530,9 @@ async def confirm_by_log(
     )
 
 
-CLOSED_BY_EVENT = "closed on chain by "  # the start of the last_error of votes closed by a closing log
+# The start of the last_error (text for people) of votes a closing log closed; code tells them by their
+# outcome, VoteOutcome.CLOSED_BY_EVENT.
+CLOSED_BY_EVENT = "closed on chain by "
 
 
 async def close_by_event(session: AsyncSession, proposal_row_id: int, event: str) -> int:
@@ -670,8 +669,8 @@ def _reconcile_outcome(to_state: VoteState, from_confirmed: bool) -> VoteOutcome
 async def apply_reconcile_fix(
     session: AsyncSession, vote_id: int, *, from_states: Sequence[VoteState], to_state: VoteState, reason: str
 ) -> bool:
-    """A change the reconcile pass read from the chain (listener/reconcile.py plan_vote_fixes). Rows we sent
-    a transaction for stay the voter's, except a confirmation the chain no longer has."""
+    """A change the reconcile pass read from the chain (listener/reconcile_plan.py::plan_vote_fixes). Rows we
+    sent a transaction for stay the voter's, except a confirmation the chain no longer has."""
     from_confirmed = S.CONFIRMED in from_states
     values: dict[str, Any] = {
         "state": to_state,

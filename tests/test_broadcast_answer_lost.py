@@ -79,7 +79,7 @@ def test_a_broadcast_whose_answer_is_lost_is_confirmed_not_sent_again(
             startup = httpx.post(f"{svc.url}/trigger-voting", timeout=10).json()["roundId"]
             svc.call(svc.service.rounds.wait_for_round, startup)
             ids = create_proposals(anvil, devnet, 1)
-            # One proposal: each lane broadcasts a single transaction (`NodeLane._broadcast`, not a batch);
+            # One proposal: each lane broadcasts a single transaction (`LaneSender.broadcast`, not a batch);
             # the first of those five broadcasts reaches anvil (and is mined) but its answer is dropped.
             proxy.force("swallowed", 1)
             triggered = httpx.post(f"{svc.url}/trigger-voting", timeout=10)

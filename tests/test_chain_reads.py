@@ -10,6 +10,8 @@ from web3 import Web3
 from chain.client import ChainClient
 from chain.codec import dao_functions
 from chain.connection import open_ws
+from chain.reads import Reads
+from chain.types import ProposalData
 from core.errors import ContractRevert, TransientChainError
 from devtools.anvil import AnvilProcess
 from devtools.devnet import DevnetInfo
@@ -46,22 +48,25 @@ async def test_proposals_read_with_each_assets_decimals(
     async with open_ws(anvil.ws_url) as ws:
         client = ChainClient(ws, devnet.contract_address)
         assert await client.chain_id() == 31337
-        first = await client.read_proposal(usdc)
+        read = await Reads(client, batch_size=10, plain=True).proposals([usdc, wbtc, no_code, 0])
+        first = read[usdc]
+        assert isinstance(first, ProposalData)
         assert first.asset.symbol == "USDC" and first.asset.decimals == 6
         assert first.amount == 2_500_000_000 and first.amount_units == Decimal(2500)
         assert first.description == "Allocate 2,500 USDC" and first.proposer == devnet.proposer_address
         assert first.status == 1 and first.voting_ends - first.created_at == devnet.voting_period
-        second = await client.read_proposal(wbtc)
+        second = read[wbtc]
+        assert isinstance(second, ProposalData)
         assert second.asset.symbol == "WBTC" and second.amount_units == Decimal("0.05")
-        unknown = await client.read_proposal(no_code)
+        unknown = read[no_code]
+        assert isinstance(unknown, ProposalData)
         assert unknown.asset.decimals is None and unknown.amount_units is None
         assert unknown.asset.error is not None and "no contract code" in unknown.asset.error
         # The token contract itself is an address with code but no getProposal: a clear revert, no crash.
         assert (await client.asset_info(devnet.contract_address)).decimals is None
 
-        with pytest.raises(ContractRevert) as info:
-            await client.read_proposal(0)
-        assert info.value.error_name == "ProposalNotFound"
+        missing = read[0]
+        assert isinstance(missing, ContractRevert) and missing.error_name == "ProposalNotFound"
 
         count = await client.proposal_count()
         get = dao_functions()["getProposal"]

@@ -5,11 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
-from chain.client import BlockHeader, RawLog
+from chain.client import BlockHeader, ChainClient, RawLog, parse_receipt
 from chain.events import ProposalCreated, VoteCast, event_topics
+from listener.blocks import BlockTracker
 from listener.messages import BadMessage, HeadMessage, LogMessage, decode, parse_subscription_message
 from listener.planning import (
     ChunkPlan,
@@ -237,3 +241,43 @@ def test_links_hold_across_a_height_the_node_has_no_block_for() -> None:
     assert links_hold(window, 10, 14)
     window[14] = header(14, parent="0xff")  # a real break next to present heights still counts
     assert not links_hold(window, 10, 14)
+
+
+class ReceiptClient:
+    """Answers every request with one receipt (all the reorg check reads: the block is in the window)."""
+
+    contract = "0x" + "00" * 20
+
+    def __init__(self, receipt: dict[str, object]) -> None:
+        self.receipt = receipt
+
+    async def call_many(
+        self, requests: Sequence[object], *, batch_size: int, concurrency: int = 8
+    ) -> list[object]:
+        return [self.receipt for _ in requests]
+
+
+def mined_receipt(**fields: str) -> dict[str, object]:
+    return {"transactionHash": "0xaa", "blockNumber": hex(12), "blockHash": "0x0c", **fields}
+
+
+def test_parse_receipt_reads_a_missing_status_as_its_caller_asks() -> None:
+    assert parse_receipt(mined_receipt()) == parse_receipt(mined_receipt(status="0x0"))  # the voter: failure
+    receipt = parse_receipt(mined_receipt(), missing_status=1)
+    assert receipt is not None and receipt.status == 1
+    assert parse_receipt({"transactionHash": "0xaa", "blockNumber": None}) is None  # not mined
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("fields", "canonical"), [({}, 12), ({"status": "0x1"}, 12), ({"status": "0x0"}, None)]
+)
+async def test_the_reorg_check_counts_a_receipt_without_status_as_success(
+    fields: dict[str, str], canonical: int | None
+) -> None:
+    """listener/blocks.py's old meaning: only a mined revert proves the vote was not cast."""
+    tracker = BlockTracker(
+        cast(Any, SimpleNamespace(rpc_batch_size=10)), StatusBoard(), cast(Any, None), logging.getLogger()
+    )
+    client = cast(ChainClient, ReceiptClient(mined_receipt(**fields)))
+    assert await tracker._canonical_block_of(client, "0xaa", {12: header(12)}) == canonical

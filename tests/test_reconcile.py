@@ -1,4 +1,4 @@
-"""The reconcile pass against a real anvil and a real SQLite file; its planning without a chain."""
+"""The reconcile pass against a real anvil and a real SQLite file (its pure plan: test_reconcile_plan.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ import pytest
 from sqlalchemy import select
 from web3 import Web3
 
-from chain.client import Receipt, mined_receipt
 from core.settings import Settings
 from core.signals import WorkSignal
 from devtools.anvil import AnvilProcess
 from devtools.devnet import DevnetInfo
 from dloop.rounds import Rounds
 from listener.reconcile import Reconciler
-from listener.reconcile_plan import KnownProposal, VoteRow, ids_to_read, plan_vote_fixes
 from storage.models import Proposal, Round, Vote, VoteState, VoteTransaction, utcnow
 from storage.rounds import RoundKind, get_round
 from tests.support.database import Database, NodeSpec, settings_nodes
@@ -24,66 +22,6 @@ from tests.support.rpc_proxy import rpc_proxy
 from tests.support.service import cast_vote, create_proposals, devnet_settings
 
 pytestmark = pytest.mark.anyio
-
-
-# -- pure planning ------------------------------------------------------------------------------------------
-
-
-def test_ids_to_read_starts_at_one_includes_the_newest_and_has_no_cap() -> None:
-    assert ids_to_read(0, {}, 100) == []
-    assert ids_to_read(120, {}, 100) == list(range(1, 121))
-
-
-def test_ids_to_read_skips_only_what_can_no_longer_change() -> None:
-    known = {
-        1: KnownProposal(1, status=1, voting_ends=50, has_open_votes=False),  # ended, nothing open: skip
-        2: KnownProposal(2, status=1, voting_ends=50, has_open_votes=True),  # ended, a vote still queued
-        3: KnownProposal(3, status=1, voting_ends=500, has_open_votes=False),  # open: tally may move
-        4: KnownProposal(4, status=5, voting_ends=500, has_open_votes=False),  # canceled: final
-    }
-    assert ids_to_read(5, known, chain_time=100) == [2, 3, 5]
-
-
-def test_plan_vote_fixes_moves_waiting_rows_out_of_the_sending_path() -> None:
-    rows = [
-        VoteRow(1, proposal_id=7, node_id=1, state="queued", tx_hash=None),
-        VoteRow(2, proposal_id=7, node_id=2, state="sent", tx_hash="0xaa"),
-        VoteRow(3, proposal_id=8, node_id=1, state="queued", tx_hash=None),
-        VoteRow(4, proposal_id=8, node_id=2, state="pending", tx_hash=None),
-        VoteRow(5, proposal_id=8, node_id=3, state="confirmed", tx_hash="0xbb"),
-        VoteRow(6, proposal_id=9, node_id=1, state="queued", tx_hash=None),  # not read this pass
-    ]
-    fixes = plan_vote_fixes(rows, open_ids={8}, read_ids={7, 8}, has_voted={(8, 1): True, (8, 3): True})
-    assert [(f.vote_id, f.to_state) for f in fixes] == [
-        (1, VoteState.CLOSED),
-        (3, VoteState.ALREADY_VOTED),
-        (4, VoteState.QUEUED),
-    ]
-
-
-def test_a_confirmed_vote_the_chain_does_not_have_is_queued_again() -> None:
-    # A reorg the listener missed: the row says confirmed, the chain (read at block 50) says not voted.
-    rows = [
-        VoteRow(1, proposal_id=8, node_id=1, state="confirmed", tx_hash="0xaa", confirmed_block=40),
-        VoteRow(2, proposal_id=8, node_id=2, state="confirmed", tx_hash="0xbb", confirmed_block=40),
-        VoteRow(3, proposal_id=8, node_id=3, state="confirmed", tx_hash="0xcc", confirmed_block=55),  # newer
-        VoteRow(4, proposal_id=8, node_id=4, state="confirmed", tx_hash="0xdd", confirmed_block=40),  # unread
-        VoteRow(5, proposal_id=7, node_id=1, state="confirmed", tx_hash="0xee", confirmed_block=40),  # closed
-    ]
-    has_voted = {(8, 1): False, (8, 2): True, (8, 3): False, (7, 1): False}
-    fixes = plan_vote_fixes(rows, open_ids={8}, read_ids={7, 8}, has_voted=has_voted, read_block=50)
-    assert [(f.vote_id, f.to_state) for f in fixes] == [(1, VoteState.QUEUED)]
-    assert "reorg" in fixes[0].reason
-    # Without the block read, nothing confirmed is touched.
-    assert plan_vote_fixes(rows, open_ids={8}, read_ids={8}, has_voted=has_voted) == []
-
-
-def test_mined_receipt_needs_success_and_depth() -> None:
-    ok = Receipt("0x1", status=1, block_number=10, gas_used=50_000)
-    reverted = Receipt("0x2", status=0, block_number=10, gas_used=50_000)
-    assert mined_receipt([None, reverted, ok], head=10, confirmations=0) == ok
-    assert mined_receipt([ok], head=10, confirmations=2) is None
-    assert mined_receipt([reverted, None], head=20, confirmations=0) is None
 
 
 # -- against anvil ------------------------------------------------------------------------------------------
@@ -107,7 +45,7 @@ def db_nodes(settings: Settings) -> list[NodeSpec]:
 
 
 def reconciler(settings: Settings, db: Database, **options: float) -> Reconciler:
-    return Reconciler(settings, db.sessions, db.nodes, 31337, backoff_max=0.2, **options)  # type: ignore[arg-type]
+    return Reconciler(settings, db.sessions, db.nodes, 31337, **options)  # type: ignore[arg-type]
 
 
 async def vote_states(db: Database) -> dict[tuple[int, int], str]:
@@ -275,7 +213,7 @@ async def test_a_failed_round_is_recorded_and_the_next_one_still_runs(
     from devtools.anvil import free_port
 
     dead = dataclasses.replace(settings, rpc_ws_url=f"ws://127.0.0.1:{free_port()}")
-    scan = Reconciler(dead, db.sessions, db.nodes, 31337, read_attempts=1, backoff_max=0.01)
+    scan = Reconciler(dead, db.sessions, db.nodes, 31337, attempts=1)
     rec = Rounds(dead, db.sessions, WorkSignal(), scan)
     async with anyio.create_task_group() as tg:
         await tg.start(rec.run)

@@ -3,9 +3,9 @@
 In a long benchmark a few rows ended `already_voted` ("nonce N was used by a transaction that is not one of
 this vote's, and hasVoted is true") although their own transaction was mined with status 1: anvil under load
 counted the nonce (`eth_getTransactionCount` latest) before it served the receipt, so the lane's watcher
-(`NodeLane.check` -> `_nonce_used_elsewhere`) polled the receipts once more, got none, and took the nonce for
-someone else's. Here the real voter (in-process, the code path of `dloop run`, no listener: the VoteCast log
-would confirm the row by itself) talks to anvil (automine) through a TCP proxy that answers
+(`ReceiptWatcher.check` -> `_nonce_used_elsewhere`) polled the receipts once more, got none, and took the
+nonce for someone else's. Here the real voter (in-process, the code path of `dloop run`, no listener: the
+VoteCast log would confirm the row by itself) talks to anvil (automine) through a TCP proxy that answers
 `eth_getTransactionReceipt` with null for one vote transaction of ai-gov-01 (single requests and entries of
 JSON-RPC batches; everything else is anvil's own answer) until the watcher has been through that check
 twice. Then the receipt is served again: the row must end `confirmed` with that transaction, and nothing

@@ -20,7 +20,9 @@ from chain.client import ChainClient
 from chain.codec import dao_functions
 from chain.connection import open_ws
 from chain.events import event_topics
+from chain.reads import Reads
 from chain.types import ProposalData
+from core.errors import ChainError
 from core.settings import DEFAULT_NODE_STRATEGIES, NodeSettings, PrivateKey, Settings
 from core.signals import WorkSignal
 from devtools.anvil import AnvilProcess
@@ -109,8 +111,15 @@ async def make_harness(node: AnvilProcess, info: DevnetInfo, tmp_path: Path, **o
 async def read_proposals(h: Harness, ids: list[int] | None = None) -> list[ProposalData]:
     async with open_ws(h.node.ws_url) as w3:
         client = ChainClient(w3, h.info.contract_address)
-        count = await client.proposal_count()
-        return [await client.read_proposal(i) for i in (ids or range(1, count + 1))]
+        wanted = ids or list(range(1, await client.proposal_count() + 1))
+        read = await Reads(client, batch_size=h.settings.rpc_batch_size).proposals(wanted)
+    proposals = []
+    for i in wanted:
+        answer = read[i]
+        if isinstance(answer, ChainError):
+            raise answer
+        proposals.append(answer)
+    return proposals
 
 
 async def queue_proposals(h: Harness, ids: list[int] | None = None) -> list[ProposalData]:

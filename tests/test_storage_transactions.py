@@ -1,0 +1,103 @@
+"""storage/transactions.py::write retries only a database that is busy or locked, briefly, and never a write
+whose connection was lost (its COMMIT may have happened)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import StorageError
+from storage import transactions
+from storage.engine import SessionFactory, create_engine, session_factory
+from storage.transactions import write
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def sessions() -> AsyncIterator[SessionFactory]:
+    engine = create_engine("sqlite+aiosqlite:///:memory:")
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+class PgError(Exception):
+    """Shaped like a PostgreSQL driver's error: asyncpg and psycopg 3 say `sqlstate`, psycopg2 `pgcode`."""
+
+    def __init__(self, message: str, **codes: str) -> None:
+        super().__init__(message)
+        for name, value in codes.items():
+            setattr(self, name, value)
+
+
+def sqlite_error(message: str, code: int) -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError(message)
+    error.sqlite_errorcode = code
+    return error
+
+
+async def attempts(sessions: SessionFactory, error: OperationalError, failures: int = 1) -> int:
+    """How many times `write` ran a work that fails `failures` times with `error`, then succeeds."""
+    calls: list[int] = []
+
+    async def work(session: AsyncSession) -> int:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise error
+        return len(calls)
+
+    with contextlib.suppress(StorageError):
+        await write(sessions, work, what="test")
+    return len(calls)
+
+
+def operational(orig: BaseException, *, invalidated: bool = False) -> OperationalError:
+    return OperationalError("UPDATE votes", {}, orig, connection_invalidated=invalidated)
+
+
+@pytest.mark.parametrize(
+    "orig",
+    [
+        Exception("database is locked"),
+        sqlite_error("busy", 5),  # SQLITE_BUSY
+        sqlite_error("busy snapshot", 5 | (2 << 8)),  # SQLITE_BUSY_SNAPSHOT
+        sqlite_error("locked", 6),  # SQLITE_LOCKED
+        PgError("could not serialize access", sqlstate="40001"),
+        PgError("deadlock detected", pgcode="40P01"),
+    ],
+    ids=["message", "SQLITE_BUSY", "SQLITE_BUSY_SNAPSHOT", "SQLITE_LOCKED", "40001", "40P01"],
+)
+async def test_a_busy_database_is_retried(sessions: SessionFactory, orig: BaseException) -> None:
+    assert await attempts(sessions, operational(orig)) == 2
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        operational(Exception("disk I/O error")),
+        operational(sqlite_error("disk I/O error", 10)),  # SQLITE_IOERR
+        operational(PgError("server closed the connection unexpectedly", sqlstate="08006")),
+        operational(Exception("database is locked"), invalidated=True),  # lost: the COMMIT may have run
+    ],
+    ids=["message", "SQLITE_IOERR", "08006", "connection-invalidated"],
+)
+async def test_any_other_operational_error_is_not_retried(
+    sessions: SessionFactory, error: OperationalError
+) -> None:
+    assert await attempts(sessions, error) == 1
+
+
+async def test_busy_retries_are_few_and_short(
+    sessions: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy = operational(Exception("database is locked"))
+    assert await attempts(sessions, busy, failures=100) == 1 + len(transactions.BUSY_RETRY_DELAYS)
+    assert sum(transactions.BUSY_RETRY_DELAYS) < transactions.BUSY_RETRY_WINDOW <= 2.0
+    # A write that already waited out the window (SQLite's busy timeout) is not run again.
+    monkeypatch.setattr(transactions, "BUSY_RETRY_WINDOW", 0.0)
+    assert await attempts(sessions, busy) == 1

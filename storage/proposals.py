@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chain.types import LogRef, ProposalData, format_units, status_name, type_name
@@ -59,29 +59,44 @@ class RecordResult:
     votes_added: int
 
 
+def _content(data: ProposalData) -> dict[str, object]:
+    """The columns of a proposal row that come from the chain (its content, then its tally)."""
+    return {
+        "proposal_type": data.proposal_type,
+        "proposal_type_name": type_name(data.proposal_type),
+        "asset_address": data.asset_address,
+        "asset_symbol": data.asset.symbol,
+        "asset_decimals": data.asset.decimals,
+        "amount": str(data.amount),
+        "amount_units": format_units(data.amount_units),
+        "description": data.description,
+        "proposer": data.proposer,
+        "created_at": data.created_at_utc,
+        "voting_ends_at": data.voting_ends_utc,
+        "read_error": data.asset.error,
+        "content_hash": data.content_hash(),
+        **_tally(data),
+    }
+
+
+def _tally(data: ProposalData) -> dict[str, object]:
+    return {
+        "status": data.status,
+        "status_name": status_name(data.status),
+        "executed": data.executed,
+        "yes_votes": str(data.yes_votes),
+        "no_votes": str(data.no_votes),
+    }
+
+
 def _apply(row: Proposal, data: ProposalData) -> None:
-    row.proposal_type = data.proposal_type
-    row.proposal_type_name = type_name(data.proposal_type)
-    row.asset_address = data.asset_address
-    row.asset_symbol = data.asset.symbol
-    row.asset_decimals = data.asset.decimals
-    row.amount = str(data.amount)
-    row.amount_units = format_units(data.amount_units)
-    row.description = data.description
-    row.proposer = data.proposer
-    row.created_at = data.created_at_utc
-    row.voting_ends_at = data.voting_ends_utc
-    row.read_error = data.asset.error
-    row.content_hash = data.content_hash()
-    refresh_tally(row, data)
+    for column, value in _content(data).items():
+        setattr(row, column, value)
 
 
 def refresh_tally(row: Proposal, data: ProposalData) -> None:
-    row.status = data.status
-    row.status_name = status_name(data.status)
-    row.executed = data.executed
-    row.yes_votes = str(data.yes_votes)
-    row.no_votes = str(data.no_votes)
+    for column, value in _tally(data).items():
+        setattr(row, column, value)
 
 
 async def record_proposal(
@@ -136,6 +151,8 @@ async def _record(
     whole transaction runs again and reads its rows back."""
 
     async def work(session: AsyncSession) -> list[RecordResult]:
+        if log is None and len(items) > 1:
+            return await _record_many_in(session, chain_id, contract, items, source, node_ids)
         return [
             await record_proposal_in(
                 session,
@@ -151,6 +168,67 @@ async def _record(
         ]
 
     return await write(sessions, work, what="record_proposal", conflict_retries=CONFLICT_RETRIES)
+
+
+async def _record_many_in(
+    session: AsyncSession,
+    chain_id: int,
+    contract: str,
+    items: Sequence[tuple[ProposalData, VoteState]],
+    source: str,
+    node_ids: Sequence[int],
+) -> list[RecordResult]:
+    """`record_proposal_in` for many at once: the proposals not stored yet (all of them, on a first reconcile
+    pass over thousands) are inserted in two bulk statements, theirs and their vote rows; the others, one by
+    one as before (a refresh, or new content after a reorg)."""
+    scope = (Proposal.chain_id == chain_id, Proposal.contract == contract)
+    wanted = sorted({data.proposal_id for data, _ in items})
+    known = set(
+        (await session.execute(select(Proposal.proposal_id).where(*scope, Proposal.proposal_id.in_(wanted))))
+        .scalars()
+        .all()
+    )
+    fresh: dict[int, tuple[ProposalData, VoteState]] = {}
+    for data, state in items:
+        if data.proposal_id not in known:
+            fresh.setdefault(data.proposal_id, (data, state))
+    row_ids: dict[int, int] = {}
+    if fresh:
+        rows = [
+            {
+                "chain_id": chain_id,
+                "contract": contract,
+                "proposal_id": pid,
+                "source": source,
+                **_content(data),
+            }
+            for pid, (data, _state) in fresh.items()
+        ]
+        await session.execute(insert(Proposal), rows)
+        found = await session.execute(
+            select(Proposal.proposal_id, Proposal.id).where(*scope, Proposal.proposal_id.in_(list(fresh)))
+        )
+        row_ids = {int(pid): int(row_id) for pid, row_id in found.all()}
+        await votes.insert_for_new_proposals(
+            session, [(row_ids[pid], state) for pid, (_data, state) in fresh.items()], node_ids
+        )
+    results: list[RecordResult] = []
+    for data, state in items:
+        if data.proposal_id in fresh and fresh.pop(data.proposal_id)[0] is data:
+            results.append(RecordResult(row_ids[data.proposal_id], True, False, len(node_ids)))
+        else:  # stored before, or a second item with the same id in this batch
+            results.append(
+                await record_proposal_in(
+                    session,
+                    chain_id=chain_id,
+                    contract=contract,
+                    data=data,
+                    source=source,
+                    node_ids=node_ids,
+                    initial_state=state,
+                )
+            )
+    return results
 
 
 async def record_proposal_in(

@@ -117,6 +117,32 @@ async def insert_missing(
     return len(missing)
 
 
+async def insert_for_new_proposals(
+    session: AsyncSession, proposals: Sequence[tuple[int, VoteState]], node_ids: Sequence[int]
+) -> None:
+    """One row per node for each of these new proposals (row id, initial state), in one bulk statement: a
+    first reconcile pass records thousands at once."""
+    if not proposals or not node_ids:
+        return
+    illegal = sorted({str(state) for _, state in proposals if state not in INITIAL})
+    if illegal:
+        raise IllegalTransition(f"a new vote row cannot start as {', '.join(illegal)}")
+    now = utcnow()
+    rows = [
+        {
+            "proposal_ref": row_id,
+            "node_id": node_id,
+            "state": state,
+            "outcome": VoteOutcome.CLOSED if state == S.CLOSED else None,
+            "attempts": 0,
+            "queued_at": now,
+        }
+        for row_id, state in proposals
+        for node_id in node_ids
+    ]
+    await session.execute(insert(Vote), rows)
+
+
 # -- the voter: decisions, sends, settlements ------------------------------------------------------------
 
 # The outcome of a row the voter ends without a transaction, by its new state.

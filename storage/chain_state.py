@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chain.types import LogRef, ProposalData, status_name
@@ -229,31 +229,73 @@ async def _claim_log_in(
     session: AsyncSession, log: LogRef, event: str, proposal_id: int | None, error: str | None
 ) -> bool:
     """Insert the log's row; False when it was processed already. A removed log seen again is revived."""
-    row = (
-        await session.execute(
-            select(ChainLog).where(ChainLog.block_hash == log.block_hash, ChainLog.log_index == log.log_index)
+    return (await _claim_logs_in(session, [(log, event, proposal_id, error)]))[0]
+
+
+async def _claim_logs_in(
+    session: AsyncSession, logs: Sequence[tuple[LogRef, str, int | None, str | None]]
+) -> list[bool]:
+    """`_claim_log_in` for many logs: one SELECT, one bulk INSERT (a burst brings hundreds of VoteCast logs).
+    The unique constraint on (block hash, log index) decides a race with another writer: the caller's
+    transaction fails and runs again."""
+    if not logs:
+        return []
+    hashes = sorted({log.block_hash for log, *_ in logs})
+    rows = await session.execute(
+        select(ChainLog.block_hash, ChainLog.log_index, ChainLog.id, ChainLog.removed).where(
+            ChainLog.block_hash.in_(hashes)
         )
-    ).scalar_one_or_none()
-    if row is None:
-        session.add(
-            ChainLog(
-                block_number=log.block_number,
-                block_hash=log.block_hash,
-                tx_hash=log.tx_hash,
-                log_index=log.log_index,
-                event=event[:32],
-                proposal_id=proposal_id,
-                removed=False,
-                error=error,
-                seen_at=utcnow(),
+    )
+    stored = {(h, i): (row_id, removed) for h, i, row_id, removed in rows.all()}
+    now = utcnow()
+    claimed: list[bool] = []
+    fresh: list[dict[str, object]] = []
+    for log, event, proposal_id, error in logs:
+        key = (log.block_hash, log.log_index)
+        if key not in stored:
+            stored[key] = (0, False)  # a second copy of the log in this batch is processed already
+            claimed.append(True)
+            fresh.append(
+                {
+                    "block_number": log.block_number,
+                    "block_hash": log.block_hash,
+                    "tx_hash": log.tx_hash,
+                    "log_index": log.log_index,
+                    "event": event[:32],
+                    "proposal_id": proposal_id,
+                    "removed": False,
+                    "error": error,
+                    "seen_at": now,
+                }
             )
+        elif stored[key][1]:  # removed by a reorg, seen again: revive it
+            stored[key] = (stored[key][0], False)
+            claimed.append(True)
+            await session.execute(
+                update(ChainLog)
+                .where(ChainLog.id == stored[key][0])
+                .values(removed=False, error=error, seen_at=now),
+                execution_options={"synchronize_session": False},
+            )
+        else:
+            claimed.append(False)
+    if fresh:
+        await session.execute(insert(ChainLog), fresh)
+    return claimed
+
+
+async def _proposal_row_ids_in(
+    session: AsyncSession, chain_id: int, contract: str, proposal_ids: Iterable[int]
+) -> dict[int, int]:
+    wanted = sorted(set(proposal_ids))
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(Proposal.proposal_id, Proposal.id).where(
+            Proposal.chain_id == chain_id, Proposal.contract == contract, Proposal.proposal_id.in_(wanted)
         )
-        await session.flush()  # the unique constraint decides a race here, inside the transaction
-        return True
-    if not row.removed:
-        return False
-    row.removed, row.error, row.seen_at = False, error, utcnow()
-    return True
+    )
+    return {int(pid): int(row_id) for pid, row_id in rows.all()}
 
 
 @dataclass(frozen=True)
@@ -366,23 +408,24 @@ async def record_vote_casts(
         return []
 
     async def work(session: AsyncSession) -> list[VoteCastRecord | None]:
+        claimed = await _claim_logs_in(session, [(c.log, "VoteCast", c.proposal_id, None) for c in casts])
+        mine = [c for c, new in zip(casts, claimed, strict=True) if new]
+        row_ids = await _proposal_row_ids_in(session, chain_id, contract, (c.proposal_id for c in mine))
+        ours = [c for c in mine if c.proposal_id in row_ids and c.voter_node_id is not None]
+        confirmed = await votes.confirm_by_logs(
+            session,
+            [
+                votes.LogConfirmation(
+                    row_ids[c.proposal_id], c.voter_node_id or 0, c.log.tx_hash, c.log.block_number
+                )
+                for c in ours
+            ],
+        )
         records: list[VoteCastRecord | None] = []
-        row_ids: dict[int, int | None] = {}
-        for cast in casts:
-            if not await _claim_log_in(session, cast.log, "VoteCast", cast.proposal_id, None):
-                records.append(None)
-                continue
-            if cast.proposal_id not in row_ids:
-                row_ids[cast.proposal_id] = await _proposal_row_id_in(
-                    session, chain_id, contract, cast.proposal_id
-                )
-            row_id = row_ids[cast.proposal_id]
-            confirmed = False
-            if row_id is not None and cast.voter_node_id is not None:
-                confirmed = await votes.confirm_by_log(
-                    session, row_id, cast.voter_node_id, cast.log.tx_hash, cast.log.block_number
-                )
-            records.append(VoteCastRecord(row_id is not None, confirmed))
+        for cast, new in zip(casts, claimed, strict=True):
+            row_id = row_ids.get(cast.proposal_id)
+            key = (row_id, cast.voter_node_id)
+            records.append(VoteCastRecord(row_id is not None, key in confirmed) if new else None)
         await _advance_cursor_in(session, stream, max(c.log.block_number for c in casts) - 1)
         return records
 

@@ -214,33 +214,54 @@ class SentRecord:
 async def record_sent(session: AsyncSession, records: Sequence[SentRecord], *, owner: str) -> set[int]:
     """queued -> sent for each record held by `owner`, with its transaction; returns the vote ids recorded
     (a row missing from it had lost its lease)."""
+    if not records:
+        return set()
     now = utcnow()
-    recorded: set[int] = set()
-    for record in records:
-        tx = record.tx
-        changed = await _update(
-            session,
-            [Vote.id == record.vote_id, _state_in(Vote.state, S.SENT, [S.QUEUED]), Vote.lease_owner == owner],
-            {
-                "state": S.SENT,
-                "outcome": VoteOutcome.SENT,
-                "decision": record.decision,
-                "confidence": record.confidence,
-                "reason": record.reason,
-                "decided_at": now,
-                "tx_hash": tx.tx_hash,
-                "nonce": tx.nonce,
-                "max_fee_per_gas": str(tx.max_fee_per_gas),
-                "max_priority_fee_per_gas": str(tx.max_priority_fee_per_gas),
-                "attempts": Vote.attempts + 1,
-                "sent_at": now,
-                "last_error": None,
-                "lease_owner": None,
-                "lease_expires_at": None,
-            },
+    table = cast(Table, Vote.__table__)  # Core table: a list of parameters is one executemany
+    await session.execute(
+        update(table)
+        .where(
+            table.c.id == bindparam("b_vote"),
+            _state_in(table.c.state, S.SENT, [S.QUEUED]),
+            table.c.lease_owner == owner,
         )
-        if changed == 1:
-            recorded.add(record.vote_id)
+        .values(
+            state=S.SENT,
+            outcome=VoteOutcome.SENT,
+            decision=bindparam("b_decision"),
+            confidence=bindparam("b_confidence"),
+            reason=bindparam("b_reason"),
+            decided_at=now,
+            tx_hash=bindparam("b_tx"),
+            nonce=bindparam("b_nonce"),
+            max_fee_per_gas=bindparam("b_max_fee"),
+            max_priority_fee_per_gas=bindparam("b_priority_fee"),
+            attempts=table.c.attempts + 1,
+            sent_at=now,
+            last_error=None,
+            lease_owner=None,
+            lease_expires_at=None,
+        ),
+        [
+            {
+                "b_vote": r.vote_id,
+                "b_decision": r.decision,
+                "b_confidence": r.confidence,
+                "b_reason": r.reason,
+                "b_tx": r.tx.tx_hash,
+                "b_nonce": r.tx.nonce,
+                "b_max_fee": str(r.tx.max_fee_per_gas),
+                "b_priority_fee": str(r.tx.max_priority_fee_per_gas),
+            }
+            for r in records
+        ],
+    )
+    # Which rows this statement moved (a row that had lost its lease is not sent with this hash).
+    rows = await session.execute(
+        select(Vote.id, Vote.tx_hash).where(Vote.id.in_([r.vote_id for r in records]), Vote.state == S.SENT)
+    )
+    hashes = dict(rows.all())
+    recorded = {r.vote_id for r in records if hashes.get(r.vote_id) == r.tx.tx_hash}
     await add_transactions(session, [(r.vote_id, r.tx) for r in records if r.vote_id in recorded])
     return recorded
 
@@ -526,34 +547,60 @@ async def decide_again(session: AsyncSession, proposal_row_id: int) -> None:
     )
 
 
+@dataclass(frozen=True)
+class LogConfirmation:
+    """Our node's VoteCast log for the vote row of (proposal row, node)."""
+
+    proposal_row_id: int
+    node_id: int
+    tx_hash: str
+    block: int
+
+
 async def confirm_by_log(
     session: AsyncSession, proposal_row_id: int, node_id: int, tx_hash: str, block: int
 ) -> bool:
     """Our node's VoteCast log: its row -> confirmed from any state but no_vote (that keeps the strategy's
     recorded decision: a VoteCast there means someone else used the key) and the final ones."""
-    now = utcnow()
+    done = await confirm_by_logs(session, [LogConfirmation(proposal_row_id, node_id, tx_hash, block)])
+    return bool(done)
+
+
+async def confirm_by_logs(session: AsyncSession, logs: Sequence[LogConfirmation]) -> set[tuple[int, int]]:
+    """`confirm_by_log` for many in one SELECT and one executemany UPDATE (a burst brings hundreds of our
+    VoteCast logs at once); returns the (proposal row, node) pairs this confirmed. The UPDATE stays
+    conditional on the state, so a row another writer moved meanwhile is left alone."""
+    if not logs:
+        return set()
     among = [S.PENDING, S.QUEUED, S.SENT, S.FAILED, S.CLOSED]
-    return (
-        await _update(
-            session,
-            [
-                Vote.proposal_ref == proposal_row_id,
-                Vote.node_id == node_id,
-                _state_in(Vote.state, S.CONFIRMED, among),
-            ],
-            {
-                "state": S.CONFIRMED,
-                "outcome": VoteOutcome.CONFIRMED_BY_LOG,
-                "confirmed_block": block,
-                "confirmed_at": now,
-                "updated_at": now,
-                "tx_hash": func.coalesce(Vote.tx_hash, tx_hash),
-                "lease_owner": None,
-                "lease_expires_at": None,
-            },
+    refs = sorted({c.proposal_row_id for c in logs})
+    rows = await session.execute(
+        select(Vote.id, Vote.proposal_ref, Vote.node_id).where(
+            Vote.proposal_ref.in_(refs), _state_in(Vote.state, S.CONFIRMED, among)
         )
-        > 0
     )
+    vote_ids = {(ref, node): vote_id for vote_id, ref, node in rows.all()}
+    chosen = {(c.proposal_row_id, c.node_id): c for c in logs if (c.proposal_row_id, c.node_id) in vote_ids}
+    if not chosen:
+        return set()
+    now = utcnow()
+    table = cast(Table, Vote.__table__)
+    await session.execute(
+        update(table)
+        .where(table.c.id == bindparam("b_vote"), _state_in(table.c.state, S.CONFIRMED, among))
+        .values(
+            state=S.CONFIRMED,
+            outcome=VoteOutcome.CONFIRMED_BY_LOG,
+            confirmed_block=bindparam("b_block"),
+            confirmed_at=now,
+            updated_at=now,
+            tx_hash=func.coalesce(table.c.tx_hash, bindparam("b_tx")),
+            lease_owner=None,
+            lease_expires_at=None,
+        ),
+        [{"b_vote": vote_ids[key], "b_block": c.block, "b_tx": c.tx_hash} for key, c in chosen.items()],
+    )
+    return set(chosen)
 
 
 # The start of the last_error (text for people) of votes a closing log closed; code tells them by their

@@ -184,6 +184,7 @@ class Vote(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     confirmed_block: Mapped[int | None] = mapped_column(BigInteger)
     gas_used: Mapped[int | None] = mapped_column(BigInteger)
+    fee_wei: Mapped[str | None] = mapped_column(String(40))  # ETH paid for the mined vote, exact wei text
 
 
 class VoteTransaction(Base):

@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CORE = {"core"}
-COMPONENTS = {"chain", "storage", "listener", "voter", "web"}
+COMPONENTS = {"chain", "storage", "listener", "monitor", "voter", "web"}
 ROOT = {"dloop"}
 DEV = {"devtools"}
 PACKAGES = CORE | COMPONENTS | ROOT | DEV
@@ -40,6 +40,16 @@ def _imports() -> dict[str, set[tuple[str, str]]]:
 
 def test_core_imports_no_other_package_of_the_project() -> None:
     assert not _imports()["core"]
+
+
+def test_monitor_holds_pure_rules_and_imports_only_core() -> None:
+    """Alert rules and analytics sit just above core: storage, web and dloop build on them, never back."""
+    assert {target for target, _ in _imports()["monitor"]} <= CORE
+
+
+def test_web_never_imports_the_listener_or_the_voter() -> None:
+    sideways = sorted(where for target, where in _imports()["web"] if target in {"listener", "voter"})
+    assert not sideways, f"web imports listener/voter at {sideways} (use web/ports.py)"
 
 
 @pytest.mark.parametrize("component", sorted(COMPONENTS))

@@ -145,9 +145,7 @@ def ratio(part: int, whole: int) -> float | None:
     return None if whole == 0 else part / whole
 
 
-def in_window(
-    created_at: dt.datetime, since: dt.datetime | None, until: dt.datetime | None
-) -> bool:
+def in_window(created_at: dt.datetime, since: dt.datetime | None, until: dt.datetime | None) -> bool:
     return (since is None or created_at >= since) and (until is None or created_at < until)
 
 
@@ -201,7 +199,7 @@ def pairwise(votes: Sequence[VoteFact], nodes: Sequence[str]) -> list[PairAgreem
     decided: dict[str, dict[int, str]] = defaultdict(dict)
     for vote in votes:
         if vote.state in CAST_STATES and vote.decision in DECISIONS:
-            decided[vote.node][vote.proposal_id] = vote.decision  # type: ignore[assignment]
+            decided[vote.node][vote.proposal_id] = str(vote.decision)
     out = []
     for a, b in itertools.combinations(sorted(nodes), 2):
         both = decided[a].keys() & decided[b].keys()
@@ -220,7 +218,9 @@ def approvals(proposals: Iterable[ProposalFact], key: Callable[[ProposalFact], s
         decided = [p for p in group if p.outcome is not None]
         approved = sum(1 for p in decided if p.outcome is not None and p.outcome.majority == "for")
         executed = sum(1 for p in decided if p.outcome is not None and p.outcome.executed)
-        out.append(Approval(name, len(group), len(decided), approved, executed, ratio(approved, len(decided))))
+        out.append(
+            Approval(name, len(group), len(decided), approved, executed, ratio(approved, len(decided)))
+        )
     return out
 
 

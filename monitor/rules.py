@@ -69,7 +69,7 @@ class Condition:
 
 @dataclass(frozen=True)
 class UnvotedVote:
-    """A node's vote on a proposal open for voting that is not (yet) on chain: pending, queued, sent, failed."""
+    """A node's vote on an open proposal that is not (yet) on chain: pending, queued, sent or failed."""
 
     proposal_id: int
     node: str
@@ -184,7 +184,8 @@ def failed_votes(facts: Facts) -> list[Condition]:
         Condition(
             Rule.VOTE_FAILED,
             f"proposal {vote.proposal_id} / {vote.node}",
-            f"{vote.node}'s vote on proposal {vote.proposal_id} failed: {vote.reason or 'no reason recorded'}",
+            f"{vote.node}'s vote on proposal {vote.proposal_id} failed: "
+            f"{vote.reason or 'no reason recorded'}",
         )
         for vote in facts.unvoted
         if vote.state == "failed" and vote.voting_ends >= facts.chain_now
@@ -235,7 +236,9 @@ def listener(health: ListenerHealth, settings: RuleSettings) -> list[Condition]:
         )
         out.append(Condition(Rule.LISTENER_DOWN, "listener", f"the listener is down: {why}"))
     if health.blind_reason is not None:
-        out.append(Condition(Rule.LISTENER_BLIND, "listener", f"the listener is blind: {health.blind_reason}"))
+        out.append(
+            Condition(Rule.LISTENER_BLIND, "listener", f"the listener is blind: {health.blind_reason}")
+        )
     return out
 
 
@@ -276,7 +279,8 @@ def rounds_stuck(rounds: Sequence[RunningRound], settings: RuleSettings) -> list
         Condition(
             Rule.ROUND_STUCK,
             f"round {r.id}",
-            f"voting round {r.id} has run for {_duration(r.running_for)} (deadline {settings.round_deadline:g} s)",
+            f"voting round {r.id} has run for {_duration(r.running_for)} "
+            f"(deadline {settings.round_deadline:g} s)",
         )
         for r in rounds
         if r.running_for > limit

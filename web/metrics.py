@@ -27,6 +27,7 @@ class MetricsSnapshot:
     listener_missed: int = 0
     listener_blind: bool = False
     contract_version: str = "unknown"
+    alerts_firing: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (alert, severity) -> firing
 
 
 def _escape(value: str) -> str:
@@ -121,6 +122,9 @@ def render(snapshot: MetricsSnapshot) -> str:
     )
     for topic, count in sorted(snapshot.unknown_events.items()):
         out.sample("dloop_unknown_events_total", count, {"topic": topic})
+    out.family("dloop_alerts_firing", "gauge", "Alerts firing now, by alert rule and severity.")
+    for (alert, severity), count in sorted(snapshot.alerts_firing.items()):
+        out.sample("dloop_alerts_firing", count, {"alert": alert, "severity": severity})
     out.family("dloop_rpc_errors_total", "counter", "Chain RPC errors by kind.")
     for kind, count in sorted(snapshot.rpc_errors.items()):
         out.sample("dloop_rpc_errors_total", count, {"kind": kind})

@@ -52,13 +52,16 @@ def _int(text: str | None) -> int:
 
 async def analytics_facts(
     sessions: SessionFactory,
-    scope: ContractScope,
+    scope: ContractScope | None,
     *,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
 ) -> Facts:
-    """The proposals created in [since, until) with their recorded outcomes, and their votes."""
-    conditions = [Proposal.chain_id == scope.chain_id, Proposal.contract == scope.contract]
+    """The proposals created in [since, until) with their recorded outcomes, and their votes (of the
+    scope's contract; of every contract in the database when `scope` is None)."""
+    conditions = []
+    if scope is not None:
+        conditions += [Proposal.chain_id == scope.chain_id, Proposal.contract == scope.contract]
     if since is not None:
         conditions.append(Proposal.created_at >= since)
     if until is not None:

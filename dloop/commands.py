@@ -285,7 +285,7 @@ def alerts_test_command(args: argparse.Namespace) -> int:
     """One test notification to every configured receiver, sent at once; prints what each answered."""
     import datetime as dt
 
-    from monitor.notify import Notifier, notice_masker, test_notice
+    from monitor.notify import Notifier, notice_masker, trial_notice
 
     settings = settings_from(args)
     if not settings.alert_webhook_urls:
@@ -293,7 +293,7 @@ def alerts_test_command(args: argparse.Namespace) -> int:
     notifier = Notifier(
         settings.alert_webhook_urls, settings.alert_webhook_format, notice_masker(settings.secrets())
     )
-    notice = test_notice(dt.datetime.now(dt.UTC))
+    notice = trial_notice(dt.datetime.now(dt.UTC))
     answers = anyio.run(notifier.test, notice)
     failed = 0
     for number, answer in enumerate(answers, 1):

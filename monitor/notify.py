@@ -101,7 +101,7 @@ def body(notice: Notice, fmt: str, masker: Masker) -> Any:
     return masker.value(raw)
 
 
-def test_notice(now: Any) -> Notice:
+def trial_notice(now: Any) -> Notice:
     alert = Alert(
         fingerprint="Test:receiver",
         rule="Test",

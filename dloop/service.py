@@ -241,6 +241,7 @@ class Service:
             node_chain=self.reads.node_states,
             rpc_errors=self.rpc_errors,
             alerts=self.alerts.view,
+            rpc_requests=lambda: self.rpc_error_counts.requests,
             api_token=self.settings.api_token,
             head_timeout=self.settings.head_timeout,
         )

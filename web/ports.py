@@ -90,6 +90,7 @@ class WebContext:
     node_chain: Callable[[], Awaitable[Sequence[NodeChainState]]]
     rpc_errors: Callable[[], Mapping[str, int]]
     alerts: Callable[[], AlertsView] = AlertsView
+    rpc_requests: Callable[[], int] = int  # chain requests sent so far (0 when not counted)
     api_token: str | None = None
     head_timeout: float = 30.0
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))

@@ -259,6 +259,7 @@ async def metrics(context: Ctx) -> Response[str]:
         sent_latencies=[v.to_sent for v in latencies if v.to_sent is not None],
         mined_latencies=[v.to_mined for v in latencies if v.to_mined is not None],
         rpc_errors=context.rpc_errors(),
+        rpc_requests=context.rpc_requests(),
         proposals_known=proposal_counts["total"],
         proposals_active=proposal_counts["active"],
         listener_up=listener.running,

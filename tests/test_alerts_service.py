@@ -5,15 +5,21 @@ hex digits or the API token."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+from web3 import Web3
 
+from core.settings import load_settings
+from devtools.anvil import AnvilProcess
+from devtools.devnet import create_proposals, deploy_devnet
 from tests.support.chain import Chain
 from tests.support.database import migrate
 from tests.support.receiver import webhook_receiver
-from tests.support.service import devnet_settings, queue_settled, running_service
+from tests.support.service import devnet_environ, devnet_settings, queue_settled, running_service
 from tests.support.waiting import poll_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.devnet(proposals=0)]
@@ -82,3 +88,53 @@ def test_drained_node_fires_and_resolves_and_slow_receivers_do_not_delay_a_burst
         bare = key.removeprefix("0x").lower()
         assert bare not in everything and bare[:16] not in everything
     assert TOKEN.lower() not in everything and "secret-path" not in everything
+
+
+def test_a_raising_strategy_near_the_deadline_fires_missed_vote_risk_and_vote_failed_then_both_resolve(
+    bare_anvil: AnvilProcess, tmp_path: Path
+) -> None:
+    devnet = deploy_devnet(bare_anvil.http_url, proposals=0, voting_period=15)  # a short voting period
+    strategies = "conservative,tests.support.strategies:explode,conservative,aggressive,conservative"
+    environ = devnet_environ(
+        bare_anvil.ws_url, devnet, tmp_path / "dloop.db", DLOOP_NODE_STRATEGIES=strategies
+    )
+    with webhook_receiver() as slack:
+        settings = dataclasses.replace(
+            load_settings(environ),
+            alert_interval=0.3,
+            head_timeout=600.0,
+            alert_deadline_hours=1.0,  # the 15 s voting period ends within it
+            alert_webhook_urls=(slack.url,),
+            alert_webhook_format="slack",
+        )
+        migrate(settings)
+        with running_service(settings) as svc:
+            w3 = Web3(Web3.HTTPProvider(bare_anvil.http_url))
+            [proposal] = create_proposals(
+                w3, devnet.contract_address, devnet.proposer_key, devnet.token_addresses, 1
+            )
+            subject = f"proposal {proposal} / ai-gov-02"
+            poll_until(lambda: slack.has("firing", "MissedVoteRisk", subject), timeout=20, what="risk fired")
+            poll_until(lambda: slack.has("firing", "VoteFailed", subject), timeout=20, what="failure fired")
+            failed = next(t for t in slack.texts() if "VoteFailed" in t)
+            assert "strategy bug on proposal" in failed
+            # Only the raising node is at risk: the others voted at once.
+            assert not any("MissedVoteRisk" in t and "ai-gov-02" not in t for t in slack.texts())
+
+            bare_anvil.rpc("evm_increaseTime", [700])  # voting ends: nothing is left to do about either
+            bare_anvil.rpc("evm_mine")
+            poll_until(
+                lambda: slack.has("resolved", "MissedVoteRisk", subject), timeout=20, what="risk resolved"
+            )
+            poll_until(
+                lambda: slack.has("resolved", "VoteFailed", subject), timeout=20, what="failure resolved"
+            )
+            # The outcome of the ended proposal is recorded for the analytics.
+            poll_until(
+                lambda: httpx.get(f"{svc.url}/analytics", timeout=10).json()["decided"] == 1,
+                timeout=20,
+                what="the outcome recorded",
+            )
+            analytics = httpx.get(f"{svc.url}/analytics", timeout=10).json()
+            by_node = {n["name"]: n for n in analytics["nodes"]}
+            assert by_node["ai-gov-02"]["votesFailed"] == 1 and by_node["ai-gov-02"]["participation"] == 0.0

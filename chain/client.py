@@ -23,6 +23,17 @@ from core.errors import ChainError, ContractRevert, MalformedAnswer, RateLimited
 RpcErrorCounts = Counter[str]  # error kind (the exception's class name) -> how many
 
 
+class RpcCounts(Counter[str]):
+    """Error counts by kind (a Counter, as RpcErrorCounts) that also count the requests sent: one per single
+    request and one per item of a batch, per attempt, as errors are counted. The error rate of the alert
+    rules (DLOOP_ALERT_RPC_ERROR_RATE) is errors / requests over a window of these totals."""
+
+    requests: int = 0
+
+    def total_errors(self) -> int:
+        return sum(self.values())
+
+
 @dataclass(frozen=True)
 class BlockHeader:
     number: int
@@ -85,6 +96,12 @@ class Receipt:
     block_number: int
     gas_used: int
     block_hash: str | None = None
+    effective_gas_price: int | None = None  # wei per gas actually paid (EIP-1559), when the node says
+
+    @property
+    def fee_wei(self) -> int | None:
+        """What the transaction cost its sender, in wei."""
+        return None if self.effective_gas_price is None else self.gas_used * self.effective_gas_price
 
 
 def mined_receipt(receipts: Sequence[Receipt | None], head: int, confirmations: int) -> Receipt | None:
@@ -107,6 +124,9 @@ def parse_receipt(raw: Any, *, missing_status: int = 0) -> Receipt | None:
         block_number=int(str(raw["blockNumber"]), 16),
         gas_used=int(str(raw.get("gasUsed", "0x0")), 16),
         block_hash=str(raw["blockHash"]).lower() if raw.get("blockHash") is not None else None,
+        effective_gas_price=int(str(raw["effectiveGasPrice"]), 16)
+        if raw.get("effectiveGasPrice") is not None
+        else None,
     )
 
 
@@ -193,6 +213,7 @@ class ChainClient:
                 attempt += 1
 
     async def _request_once(self, method: str, params: Sequence[Any]) -> Any:
+        self._sent(1)
         try:
             with anyio.fail_after(self.timeout):
                 return await self._answer_or_malformed(
@@ -203,6 +224,10 @@ class ChainClient:
             raise
         except Exception as exc:
             raise self._counted(translate_exception(exc)) from exc
+
+    def _sent(self, requests: int) -> None:
+        if isinstance(self.error_counts, RpcCounts):
+            self.error_counts.requests += requests
 
     def _counted(self, error: E) -> E:
         self.error_counts[type(error).__name__] += 1
@@ -262,6 +287,7 @@ class ChainClient:
 
     async def _batch_once(self, requests: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
         async with self._batch_lock:
+            self._sent(len(requests))
             cache_keys: list[str | None] = []
             try:
                 with anyio.fail_after(self.timeout):

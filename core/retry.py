@@ -54,6 +54,17 @@ async def broadcast_with_backoff(
     return await _call_retrying(is_refused_unprocessed, fn, *args, **kwargs)
 
 
+async def call_retrying(
+    predicate: Callable[[BaseException], bool],
+    fn: Callable[P, Awaitable[T]],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """The same policy for other transient failures (e.g. a webhook receiver answering 5xx): `fn` is called
+    again, up to 4 times in all, while `predicate` says the error is worth another try."""
+    return await _call_retrying(predicate, fn, *args, **kwargs)
+
+
 async def _call_retrying(
     predicate: Callable[[BaseException], bool],
     fn: Callable[P, Awaitable[T]],

@@ -24,6 +24,7 @@ DEFAULT_NODE_NAMES = tuple(f"ai-gov-{i:02d}" for i in range(1, NODE_COUNT + 1))
 DEFAULT_NODE_STRATEGIES = ("conservative", "aggressive", "conservative", "aggressive", "conservative")
 _HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+WEBHOOK_FORMATS = ("generic", "slack", "discord")
 
 
 class PrivateKey:
@@ -103,11 +104,20 @@ class Settings:
     strategies: StrategySettings = StrategySettings()
     log_level: str = "INFO"
     log_format: str = "json"  # "json" (one object per line) or "console" (readable, for a terminal)
+    # alerts (monitor/): rules evaluated every alert_interval seconds, notifications to the webhooks
+    alert_interval: float = 15.0
+    alert_deadline_hours: float = 6.0  # MissedVoteRisk: votingEnds within this many hours
+    alert_min_votes: int = 20  # NodeLowBalance: ETH for fewer votes than this at current fees
+    alert_rpc_error_rate: float = 0.2  # RpcErrors: errors / requests over 5 minutes above this (0..1)
+    # Incoming-webhook URLs carry their own token (Slack, Discord): secrets, never logged or shown.
+    alert_webhook_urls: tuple[str, ...] = field(default=(), repr=False)
+    alert_webhook_format: str = "generic"  # generic JSON, slack or discord
+    alert_repeat_minutes: float = 60.0  # a still-firing critical alert is notified again this often
 
     def secrets(self) -> tuple[str, ...]:
-        """What no log line may hold: the node keys and the API token (for `configure_logging`)."""
+        """What no log line or notification may hold: the node keys, the API token and the webhook URLs."""
         token = (self.api_token,) if self.api_token else ()
-        return (*(node.key.reveal() for node in self.nodes), *token)
+        return (*(node.key.reveal() for node in self.nodes), *token, *self.alert_webhook_urls)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -172,6 +182,13 @@ class _Parser:
             strategies=self.strategy_settings(),
             log_level=self.log_level(),
             log_format=self.log_format(),
+            alert_interval=self.number("DLOOP_ALERT_INTERVAL", 15.0, minimum=0.1),
+            alert_deadline_hours=self.number("DLOOP_ALERT_DEADLINE_HOURS", 6.0, minimum=0.0),
+            alert_min_votes=self.integer("DLOOP_ALERT_MIN_VOTES", 20, minimum=0),
+            alert_rpc_error_rate=self.percent("DLOOP_ALERT_RPC_ERROR_RATE", 20.0) / 100,
+            alert_webhook_urls=self.webhook_urls("DLOOP_ALERT_WEBHOOK_URLS"),
+            alert_webhook_format=self.choice("DLOOP_ALERT_WEBHOOK_FORMAT", "generic", WEBHOOK_FORMATS),
+            alert_repeat_minutes=self.number("DLOOP_ALERT_REPEAT_MINUTES", 60.0, minimum=0.1),
         )
 
     # -- scalars ---------------------------------------------------------------------------------------
@@ -216,6 +233,30 @@ class _Parser:
         if not value >= minimum:  # also rejects NaN
             raise ConfigError(name, f"must be at least {minimum:g}, got {raw}")
         return value
+
+    def percent(self, name: str, default: float) -> float:
+        value = self.number(name, default, minimum=0.0)
+        if value > 100:
+            raise ConfigError(name, f"must be a percentage from 0 to 100, got {self.env.get(name)}")
+        return value
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.env.get(name, default).strip().lower()
+        if value not in allowed:
+            raise ConfigError(name, f"must be one of {', '.join(allowed)}, got {value!r}")
+        return value
+
+    def webhook_urls(self, name: str) -> tuple[str, ...]:
+        """http(s) URLs, comma-separated. A URL is never echoed back: it holds the receiver's token."""
+        raw = self.env.get(name)
+        if raw is None:
+            return ()
+        urls = tuple(part.strip() for part in raw.split(",") if part.strip())
+        for number, url in enumerate(urls, 1):
+            parts = urlsplit(url)
+            if parts.scheme not in {"http", "https"} or not parts.hostname:
+                raise ConfigError(name, f"entry {number} is not an http:// or https:// URL with a host")
+        return urls
 
     def names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
         raw = self.env.get(name)

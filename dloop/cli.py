@@ -84,6 +84,24 @@ def build_parser(load_plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     _service_client(trigger)
     trigger.add_argument("--wait", action="store_true", help="wait for the round to finish and print it")
     trigger.add_argument("--timeout", type=float, default=300.0, help="seconds to wait with --wait")
+
+    alerts = sub.add_parser("alerts", help="alert notifications: `dloop alerts test`")
+    alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)
+    alerts_test = alerts_sub.add_parser(
+        "test", help="send a test notification to every DLOOP_ALERT_WEBHOOK_URLS receiver; print each answer"
+    )
+    _env_file(alerts_test)
+
+    report = sub.add_parser("report", help="governance analytics from the database (a table, CSV or JSON)")
+    _env_file(report)
+    report.add_argument("--since", default=None, metavar="DATE", help="proposals created from DATE (UTC)")
+    report.add_argument("--until", default=None, metavar="DATE", help="proposals created before DATE (UTC)")
+    report.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    report.add_argument(
+        "--database-url",
+        default=None,
+        help="database to read (default DLOOP_DATABASE_URL; no other setting needed)",
+    )
     return parser
 
 
@@ -108,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.status_command(args)
         if args.command == "trigger":
             return commands.trigger_command(args)
+        if args.command == "alerts":
+            return commands.alerts_test_command(args)
+        if args.command == "report":
+            return commands.report_command(args)
     except DloopError as exc:
         print(f"dloop: error: {exc}", file=sys.stderr)
         return 2

@@ -276,3 +276,74 @@ def format_status(base: str, overview: dict[str, Any], health: dict[str, Any]) -
             f"last vote {node['lastVoteAt'] or '-'}"
         )
     return "\n".join(lines)
+
+
+# -- alerts and analytics ------------------------------------------------------------------------------------
+
+
+def alerts_test_command(args: argparse.Namespace) -> int:
+    """One test notification to every configured receiver, sent at once; prints what each answered."""
+    import datetime as dt
+
+    from monitor.notify import Notifier, notice_masker, trial_notice
+
+    settings = settings_from(args)
+    if not settings.alert_webhook_urls:
+        raise ConfigError("DLOOP_ALERT_WEBHOOK_URLS", "is not set: there is no receiver to test")
+    notifier = Notifier(
+        settings.alert_webhook_urls, settings.alert_webhook_format, notice_masker(settings.secrets())
+    )
+    notice = trial_notice(dt.datetime.now(dt.UTC))
+    answers = anyio.run(notifier.test, notice)
+    failed = 0
+    for number, answer in enumerate(answers, 1):
+        if answer.status is not None and answer.status < 300:
+            print(f"receiver {number} {answer.label}: {answer.status} {answer.detail}")
+        else:
+            failed += 1
+            print(f"receiver {number} {answer.label}: FAILED {answer.detail}")
+    print(f"{len(answers) - failed} of {len(answers)} receivers took the test notification")
+    return 0 if failed == 0 else 1
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """The analytics, read from the database directly: it works while the service is stopped, needs no API
+    token, and runs the same computation (monitor/analytics.py) as `GET /analytics`."""
+    import datetime as dt
+
+    from dloop.report import render_report
+    from monitor.analytics import report
+    from storage.analytics import analytics_facts
+    from storage.queries import ContractScope
+
+    # One database follows one chain (see `chains`): every proposal it holds is reported.
+    scope: ContractScope | None = None
+    database_url = args.database_url or settings_from(args).database_url
+    since, until = _report_moment(args.since, "--since"), _report_moment(args.until, "--until")
+    check_database_location(database_url)
+
+    async def compute() -> str:
+        await ensure_schema_current(database_url)
+        engine = create_engine(database_url)
+        try:
+            facts = await analytics_facts(session_factory(engine), scope, since=since, until=until)
+        finally:
+            await engine.dispose()
+        now = dt.datetime.now(dt.UTC)
+        result = report(facts.proposals, facts.votes, now=now, since=since, until=until, nodes=facts.nodes)
+        return render_report(result, args.format)
+
+    print(anyio.run(compute), end="")
+    return 0
+
+
+def _report_moment(raw: str | None, option: str) -> Any:
+    import datetime as dt
+
+    if raw is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(option, f"must be a date (YYYY-MM-DD) or an ISO 8601 time, got {raw!r}") from None
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment

@@ -110,6 +110,10 @@ class Rounds:
         if event is not None:
             await event.wait()
 
+    def running(self) -> TriggerResult | None:
+        """The round running now (its id and start), if any (for the RoundStuck alert)."""
+        return self._current
+
     def phase(self, round_id: int) -> str | None:
         return self.status.phase if self.status.current_round == round_id else None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,20 +17,23 @@ import anyio
 import anyio.abc
 
 from chain.accounts import NodeAccount
-from chain.client import ChainClient, RpcErrorCounts
+from chain.client import ChainClient, RpcCounts, RpcErrorCounts
 from chain.codec import dao_functions
 from chain.events import ContractVersion
 from chain.reads import BadAnswer, Batch, Reads, read_balance, read_block, read_nonce, read_token_balance
+from chain.types import ProposalData
 from chain.ws_client import ws_chain_client
 from core.errors import ChainError, TransientChainError
 from core.logs import log_event
 from core.settings import Settings
 from core.signals import WorkSignal
+from dloop.alerts import AlertEvaluator
 from dloop.listener_watch import ListenerWatch
 from dloop.rounds import Rounds
 from listener.blindness import ListenerProgress
 from listener.listener import Listener
 from listener.reconcile import Reconciler
+from monitor.notify import Notifier, notice_masker
 from storage.engine import SessionFactory
 from storage.proposals import NodeRecord
 from storage.queries import ContractScope
@@ -93,6 +95,21 @@ class ChainReads:
             raise TransientChainError("no connection to the chain")
         try:
             return await self._read(client)
+        except TransientChainError:
+            self._broken.set()
+            raise
+
+    async def read_proposal(self, proposal_id: int) -> ProposalData:
+        """The proposal as the contract holds it now (for the outcome recorded after votingEnds)."""
+        client = self.client
+        if client is None:
+            raise TransientChainError("no connection to the chain")
+        reads = Reads(client, batch_size=self.settings.rpc_batch_size, plain=True)
+        try:
+            answer = (await reads.proposals([proposal_id]))[proposal_id]
+            if isinstance(answer, ChainError):
+                raise answer
+            return answer
         except TransientChainError:
             self._broken.set()
             raise
@@ -165,8 +182,9 @@ class Service:
         self.signal = WorkSignal()
         self.running = Running()
         self.enable_listener = enable_listener
-        # One count of the node's errors for /metrics, whichever part's request met them.
-        self.rpc_error_counts: RpcErrorCounts = Counter()
+        # One count of the node's errors for /metrics, whichever part's request met them (and of the
+        # requests: the RpcErrors alert is a rate).
+        self.rpc_error_counts: RpcCounts = RpcCounts()
         self.listener = Listener(
             settings,
             sessions,
@@ -196,6 +214,22 @@ class Service:
             drain=self.voter.drain,
         )
         self.reads = ChainReads(settings, self.nodes, self.rpc_error_counts)
+        self.notifier = Notifier(
+            settings.alert_webhook_urls, settings.alert_webhook_format, notice_masker(settings.secrets())
+        )
+        self.alerts = AlertEvaluator(
+            settings,
+            sessions,
+            ContractScope(chain_id, settings.contract_address),
+            self.nodes,
+            self.notifier,
+            listener=self.listener_view,
+            listener_enabled=enable_listener,
+            node_chain=self.reads.node_states,
+            rpc_counts=self.rpc_error_counts,
+            running_round=self.rounds.running,
+            read_proposal=self.reads.read_proposal,
+        )
         self.app = create_app(self.web_context())
         self.http = HttpServer(self.app, settings.http_host, settings.http_port)
 
@@ -210,6 +244,8 @@ class Service:
             voter=self.voter_view,
             node_chain=self.reads.node_states,
             rpc_errors=self.rpc_errors,
+            alerts=self.alerts.view,
+            rpc_requests=lambda: self.rpc_error_counts.requests,
             api_token=self.settings.api_token,
             head_timeout=self.settings.head_timeout,
         )
@@ -314,6 +350,9 @@ class Service:
                 await tg.start(self._component, "listener", self.listener.run)
                 await tg.start(self._component, "listener_watch", self.listener_watch.run)
             await tg.start(self._component, "reconciler", self.rounds.run)
+            # Alerts last, and off the voting path: the notifier's POSTs wait on nobody but their receiver.
+            await tg.start(self._component, "notifier", self.notifier.run)
+            await tg.start(self._component, "alerts", self.alerts.run)
             log_event(
                 logger,
                 "service_started",

@@ -287,7 +287,9 @@ class Reconciler:
         """`sent` -> `confirmed` for votes whose transaction is mined with success; never anything else."""
         resolved = 0
         for vote_id, receipt in mined_sent_votes(receipts, head, depth).items():
-            confirmation = Confirmation(vote_id, receipt.tx_hash, receipt.block_number, receipt.gas_used)
+            confirmation = Confirmation(
+                vote_id, receipt.tx_hash, receipt.block_number, receipt.gas_used, receipt.fee_wei
+            )
             if await queue.confirm_by_reconcile(self.sessions, confirmation):
                 resolved += 1
                 log_event(logger, "vote_resolved_by_reconcile", vote=vote_id, tx=receipt.tx_hash)

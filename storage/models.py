@@ -186,6 +186,7 @@ class Vote(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     confirmed_block: Mapped[int | None] = mapped_column(BigInteger)
     gas_used: Mapped[int | None] = mapped_column(BigInteger)
+    fee_wei: Mapped[str | None] = mapped_column(String(40))  # ETH paid for the mined vote, exact wei text
 
 
 class VoteTransaction(Base):
@@ -283,3 +284,40 @@ class Round(Base):
     votes_sent: Mapped[int] = mapped_column(Integer, default=0)
     votes_confirmed: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class AlertRow(Base):
+    """An alert of the rules in monitor/rules.py: firing while `resolved_at` is NULL. A condition that holds
+    again after it resolved is a new row with the same fingerprint (rule + subject)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_fingerprint_resolved", "fingerprint", "resolved_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(200))
+    rule: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(160))
+    severity: Mapped[str] = mapped_column(String(16))
+    summary: Mapped[str] = mapped_column(Text)
+    first_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_notified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class ProposalResult(Base):
+    """A proposal's outcome, recorded once its votingEnds passed: the final tally read from the contract, its
+    status then, and the majority (`for`, `against`, `tie`, compared as exact integers)."""
+
+    __tablename__ = "proposal_results"
+
+    proposal_ref: Mapped[int] = mapped_column(
+        ForeignKey("proposals.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    yes_votes: Mapped[str] = mapped_column(String(80))
+    no_votes: Mapped[str] = mapped_column(String(80))
+    majority: Mapped[str] = mapped_column(String(8))
+    status: Mapped[int] = mapped_column(Integer)
+    status_name: Mapped[str] = mapped_column(String(32))
+    executed: Mapped[bool] = mapped_column(Boolean, default=False)
+    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -310,6 +310,7 @@ class Confirmation:
     tx_hash: str
     block_number: int
     gas_used: int | None
+    fee_wei: int | None = None  # gas used x effective gas price, when the receipt says
 
 
 async def confirm_by_receipts(session: AsyncSession, confirmations: Sequence[Confirmation]) -> set[int]:
@@ -333,11 +334,18 @@ async def confirm_by_receipts(session: AsyncSession, confirmations: Sequence[Con
             tx_hash=bindparam("b_tx"),
             confirmed_block=bindparam("b_block"),
             gas_used=bindparam("b_gas"),
+            fee_wei=bindparam("b_fee"),
             confirmed_at=func.coalesce(votes.c.confirmed_at, now),
             last_error=None,
         ),
         [
-            {"b_vote": c.vote_id, "b_tx": c.tx_hash, "b_block": c.block_number, "b_gas": c.gas_used}
+            {
+                "b_vote": c.vote_id,
+                "b_tx": c.tx_hash,
+                "b_block": c.block_number,
+                "b_gas": c.gas_used,
+                "b_fee": None if c.fee_wei is None else str(c.fee_wei),
+            }
             for c in confirmations
         ],
     )
@@ -388,6 +396,7 @@ async def confirm_queued_by_own_tx(session: AsyncSession, *, owner: str, confirm
             "tx_hash": confirmation.tx_hash,
             "confirmed_block": confirmation.block_number,
             "gas_used": confirmation.gas_used,
+            "fee_wei": None if confirmation.fee_wei is None else str(confirmation.fee_wei),
             "confirmed_at": utcnow(),
             "last_error": None,
             "lease_owner": None,
@@ -493,6 +502,7 @@ async def reopen_confirmed(
             "outcome": VoteOutcome.CONFIRMATION_REORGED,
             "confirmed_block": None,
             "gas_used": None,
+            "fee_wei": None,
             "confirmed_at": None,
             "last_error": reason,
         },
@@ -771,6 +781,7 @@ async def confirm_by_reconcile(session: AsyncSession, confirmation: Confirmation
             "confirmed_at": utcnow(),
             "confirmed_block": confirmation.block_number,
             "gas_used": confirmation.gas_used,
+            "fee_wei": None if confirmation.fee_wei is None else str(confirmation.fee_wei),
             "lease_owner": None,
             "lease_expires_at": None,
         },

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-COMPONENTS = {"chain", "storage", "listener", "voter", "web"}
+COMPONENTS = {"chain", "storage", "listener", "monitor", "voter", "web"}
 PACKAGES = {"core", *COMPONENTS, "dloop", "devtools"}
 
 # package -> the packages it may import. tests/ and bench/ sit outside the service and may import anything;
@@ -20,10 +20,11 @@ PACKAGES = {"core", *COMPONENTS, "dloop", "devtools"}
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "chain": {"core"},
-    "storage": {"core", "chain"},
+    "monitor": {"core"},  # alert rules and analytics: pure, just above core
+    "storage": {"core", "chain", "monitor"},
     "listener": {"core", "chain", "storage"},
     "voter": {"core", "chain", "storage"},
-    "web": {"core", "chain", "storage"},
+    "web": {"core", "chain", "storage", "monitor"},
     "dloop": {"core", *COMPONENTS},
     "devtools": PACKAGES - {"devtools"},
 }

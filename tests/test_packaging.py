@@ -23,11 +23,14 @@ from devtools.devnet import deploy_devnet
 from tests.support.service import devnet_environ
 
 REPO = Path(__file__).resolve().parents[1]
-FIRST_PARTY = ("chain", "core", "devtools", "dloop", "listener", "storage", "voter", "web")
 
 
 def _pyproject() -> dict[str, object]:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+# The project's own top-level packages, as ruff's import sorting knows them.
+FIRST_PARTY: list[str] = _pyproject()["tool"]["ruff"]["lint"]["isort"]["known-first-party"]  # type: ignore[index]
 
 
 def test_every_package_is_listed_for_the_wheel() -> None:

@@ -48,7 +48,9 @@ async def own_votes_on_chain(
         if isinstance(block, BlockHeader)
     }
     return {
-        vote_id: Confirmation(vote_id, receipt.tx_hash, receipt.block_number, receipt.gas_used)
+        vote_id: Confirmation(
+            vote_id, receipt.tx_hash, receipt.block_number, receipt.gas_used, receipt.fee_wei
+        )
         for vote_id, receipt in mined.items()
         if receipt.block_hash is not None and canonical.get(receipt.block_number) == receipt.block_hash
     }

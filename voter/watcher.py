@@ -137,7 +137,7 @@ class ReceiptWatcher:
         """Confirmed votes in one transaction; reverted ones with their decoded error."""
         mined = [(t, r) for t, r in mined if self.state.tracked.pop(t.vote_id, None) is not None]
         confirmations = [
-            queue.Confirmation(t.vote_id, r.tx_hash, r.block_number, r.gas_used)
+            queue.Confirmation(t.vote_id, r.tx_hash, r.block_number, r.gas_used, r.fee_wei)
             for t, r in mined
             if r.status == 1
         ]

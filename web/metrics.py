@@ -27,6 +27,8 @@ class MetricsSnapshot:
     listener_missed: int = 0
     listener_blind: bool = False
     contract_version: str = "unknown"
+    rpc_requests: int = 0  # chain requests sent (each batch item counts), the denominator of an error rate
+    alerts_firing: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (alert, severity) -> firing
 
 
 def _escape(value: str) -> str:
@@ -121,7 +123,12 @@ def render(snapshot: MetricsSnapshot) -> str:
     )
     for topic, count in sorted(snapshot.unknown_events.items()):
         out.sample("dloop_unknown_events_total", count, {"topic": topic})
+    out.family("dloop_alerts_firing", "gauge", "Alerts firing now, by alert rule and severity.")
+    for (alert, severity), count in sorted(snapshot.alerts_firing.items()):
+        out.sample("dloop_alerts_firing", count, {"alert": alert, "severity": severity})
     out.family("dloop_rpc_errors_total", "counter", "Chain RPC errors by kind.")
     for kind, count in sorted(snapshot.rpc_errors.items()):
         out.sample("dloop_rpc_errors_total", count, {"kind": kind})
+    out.family("dloop_rpc_requests_total", "counter", "Chain RPC requests sent (each batch item counts).")
+    out.sample("dloop_rpc_requests_total", snapshot.rpc_requests)
     return "\n".join(out.lines) + "\n"

@@ -69,6 +69,17 @@ class RoundControl(Protocol):
 
 
 @dataclass(frozen=True)
+class AlertsView:
+    """The alert evaluator and the notifier, live (the alerts themselves are rows: storage/alerts.py)."""
+
+    interval: float = 15.0
+    last_evaluated_at: dt.datetime | None = None
+    last_error: str | None = None
+    # per webhook receiver (named by host only): sent, failed, dropped, queued, lastError
+    receivers: Sequence[Mapping[str, object]] = ()
+
+
+@dataclass(frozen=True)
 class WebContext:
     sessions: SessionFactory
     scope: ContractScope
@@ -78,6 +89,8 @@ class WebContext:
     voter: Callable[[], VoterView]
     node_chain: Callable[[], Awaitable[Sequence[NodeChainState]]]
     rpc_errors: Callable[[], Mapping[str, int]]
+    alerts: Callable[[], AlertsView] = AlertsView
+    rpc_requests: Callable[[], int] = int  # chain requests sent so far (0 when not counted)
     api_token: str | None = None
     head_timeout: float = 30.0
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))

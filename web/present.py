@@ -9,19 +9,30 @@ from decimal import Decimal
 import msgspec
 
 from chain.types import format_units
+from monitor.analytics import Approval, Performance, Report
+from monitor.engine import Alert
+from monitor.rules import SEVERITY, Rule
 from storage.models import OPEN_VOTE_STATES, VoteState
 from storage.queries import ActiveProposalRows, NodeVoteStats, ProposalRecord, Record
 from storage.rounds import RoundRecord
-from web.ports import ListenerView, NodeChainState, VoterView
+from web.ports import AlertsView, ListenerView, NodeChainState, VoterView
 from web.schemas import (
     ActiveProposal,
     ActiveProposalsResponse,
+    AlertOut,
+    AnalyticsResponse,
+    ApprovalOut,
+    DayOut,
+    EvaluatorOut,
     HealthCheck,
     ListenerOut,
     NodeOut,
     NodeVoteBrief,
+    PairAgreementOut,
+    PerformanceOut,
     ProposalOut,
     QueueOut,
+    ReceiverOut,
     RoundOut,
     TransactionOut,
     VoteOut,
@@ -254,3 +265,94 @@ def active_proposal_lines(rows: ActiveProposalRows) -> list[tuple[dt.datetime, b
 
 def node_chain_by_address(states: Sequence[NodeChainState]) -> dict[str, NodeChainState]:
     return {s.address.lower(): s for s in states}
+
+
+# -- alerts and analytics ------------------------------------------------------------------------------------
+
+
+def alert_out(alert: Alert) -> AlertOut:
+    return AlertOut(
+        id=alert.id,
+        fingerprint=alert.fingerprint,
+        alert=alert.rule,
+        severity=alert.severity,
+        subject=alert.subject,
+        summary=alert.summary,
+        state="firing" if alert.firing else "resolved",
+        first_seen=alert.first_seen,
+        last_seen=alert.last_seen,
+        resolved_at=alert.resolved_at,
+        last_notified=alert.last_notified,
+    )
+
+
+def evaluator_out(view: AlertsView) -> EvaluatorOut:
+    return EvaluatorOut(
+        interval_seconds=view.interval,
+        last_evaluated_at=view.last_evaluated_at,
+        last_error=view.last_error,
+        receivers=[msgspec.convert(r, ReceiverOut) for r in view.receivers],
+    )
+
+
+def firing_counts(alerts: Iterable[Alert]) -> dict[tuple[str, str], int]:
+    """(rule, severity) -> firing alerts, every rule listed (0 when none fires) for /metrics."""
+    counts = {(str(rule), str(SEVERITY[rule])): 0 for rule in Rule}
+    for alert in alerts:
+        if alert.firing:
+            key = (alert.rule, alert.severity)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def performance_out(p: Performance) -> PerformanceOut:
+    return PerformanceOut(
+        name=p.name,
+        votes_owed=p.votes_owed,
+        votes_cast=p.votes_cast,
+        votes_failed=p.votes_failed,
+        participation=p.participation,
+        time_to_vote_p50_seconds=p.time_to_vote_p50,
+        time_to_vote_p95_seconds=p.time_to_vote_p95,
+        gas_used=p.gas_used,
+        eth_spent=units(p.eth_spent_wei) or "0",
+        eth_spent_wei=str(p.eth_spent_wei),
+        compared_with_majority=p.compared_with_majority,
+        agreed_with_majority=p.agreed_with_majority,
+        majority_agreement=p.majority_agreement,
+    )
+
+
+def approval_out(a: Approval) -> ApprovalOut:
+    return ApprovalOut(a.key, a.proposals, a.decided, a.approved, a.executed, a.rate)
+
+
+def analytics_out(report: Report, now: dt.datetime) -> AnalyticsResponse:
+    return AnalyticsResponse(
+        success=True,
+        since=report.since,
+        until=report.until,
+        proposals=report.proposals,
+        decided=report.decided,
+        approved=report.approved,
+        approval_rate=None if report.decided == 0 else report.approved / report.decided,
+        nodes=[performance_out(p) for p in report.nodes],
+        strategies=[performance_out(p) for p in report.strategies],
+        pairs=[PairAgreementOut(p.node_a, p.node_b, p.compared, p.agreed, p.rate) for p in report.pairs],
+        by_proposal_type=[approval_out(a) for a in report.by_type],
+        by_asset=[approval_out(a) for a in report.by_asset],
+        days=[
+            DayOut(
+                day=d.day.isoformat(),
+                proposals=d.proposals,
+                decided=d.decided,
+                approved=d.approved,
+                votes_owed=d.votes_owed,
+                votes_cast=d.votes_cast,
+                participation=d.participation,
+                eth_spent_wei=str(d.eth_spent_wei),
+            )
+            for d in report.days
+        ],
+        timestamp=now,
+    )

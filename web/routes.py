@@ -16,7 +16,10 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, QueryParameter
 
 from core.errors import DloopError
+from monitor.analytics import report as analytics_report
 from storage import queries
+from storage.alerts import firing_alerts, list_alerts
+from storage.analytics import analytics_facts
 from storage.models import VoteState
 from storage.rounds import get_round, last_round
 from web.auth import trigger_guard
@@ -24,7 +27,11 @@ from web.caches import WebCaches
 from web.metrics import CONTENT_TYPE, MetricsSnapshot, render
 from web.ports import NodeChainState, WebContext
 from web.present import (
+    alert_out,
+    analytics_out,
     chain_now,
+    evaluator_out,
+    firing_counts,
     head_age,
     health_checks,
     health_status,
@@ -40,6 +47,8 @@ from web.present import (
 )
 from web.schemas import (
     ActiveProposalsResponse,
+    AlertsResponse,
+    AnalyticsResponse,
     ErrorResponse,
     HealthResponse,
     NodesResponse,
@@ -250,6 +259,7 @@ async def metrics(context: Ctx) -> Response[str]:
         sent_latencies=[v.to_sent for v in latencies if v.to_sent is not None],
         mined_latencies=[v.to_mined for v in latencies if v.to_mined is not None],
         rpc_errors=context.rpc_errors(),
+        rpc_requests=context.rpc_requests(),
         proposals_known=proposal_counts["total"],
         proposals_active=proposal_counts["active"],
         listener_up=listener.running,
@@ -258,11 +268,75 @@ async def metrics(context: Ctx) -> Response[str]:
         listener_missed=listener.missed_total,
         listener_blind=listener.blind_reason is not None,
         contract_version=listener.contract_version,
+        alerts_firing=firing_counts(await firing_alerts(context.sessions)),
     )
     return Response(render(snapshot), media_type=CONTENT_TYPE)
 
 
-ROUTES = [overview, nodes, proposal, votes, trigger_voting, round_detail, metrics]
+@get("/alerts", responses=ERRORS, summary="Alerts of the rules, newest first (firing ones: state=firing)")
+async def alerts(
+    context: Ctx,
+    alert_state: Annotated[
+        str | None,
+        QueryParameter(name="state", description="firing or resolved", pattern="^(firing|resolved)$"),
+    ] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+    offset: Annotated[int, QueryParameter(ge=0, le=10_000_000)] = 0,
+) -> AlertsResponse:
+    items = await list_alerts(context.sessions, state=alert_state, limit=limit, offset=offset)
+    firing = await firing_alerts(context.sessions)
+    by_severity: dict[str, int] = {}
+    for alert in firing:
+        by_severity[alert.severity] = by_severity.get(alert.severity, 0) + 1
+    return AlertsResponse(
+        success=True,
+        alerts=[alert_out(a) for a in items],
+        count=len(items),
+        firing=len(firing),
+        firing_by_severity=by_severity,
+        evaluator=evaluator_out(context.alerts()),
+        timestamp=utcnow(),
+    )
+
+
+def parse_moment(raw: str | None, what: str) -> dt.datetime | None:
+    """A date (YYYY-MM-DD, midnight UTC) or an ISO 8601 time (UTC when it names no zone)."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise ValidationException(
+            detail=f"{what} must be a date (YYYY-MM-DD) or an ISO 8601 time, got {raw[:40]!r}"
+        ) from None
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+@get(
+    "/analytics", responses=ERRORS, summary="Governance analytics of the proposals created in [since, until)"
+)
+async def analytics(
+    context: Ctx,
+    since: Annotated[str | None, QueryParameter(description="date or ISO time (UTC)", max_length=40)] = None,
+    until: Annotated[str | None, QueryParameter(description="date or ISO time (UTC)", max_length=40)] = None,
+) -> AnalyticsResponse:
+    start, end = parse_moment(since, "since"), parse_moment(until, "until")
+    if start is not None and end is not None and end <= start:
+        raise ValidationException(detail="until must be later than since")
+    now = utcnow()
+    facts = await analytics_facts(context.sessions, context.scope, since=start, until=end)
+    result = analytics_report(
+        facts.proposals,
+        facts.votes,
+        now=chain_now(context.listener(), now),
+        since=start,
+        until=end,
+        nodes=[n.name for n in context.nodes],
+    )
+    return analytics_out(result, now)
+
+
+ROUTES = [overview, nodes, proposal, votes, trigger_voting, round_detail, metrics, alerts, analytics]
 
 
 # -- the endpoints monitors and dashboards poll ------------------------------------------------------------

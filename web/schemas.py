@@ -263,3 +263,107 @@ class OverviewResponse(Api):
     proposals: ProposalsOut
     last_round: RoundOut | None
     uptime_seconds: float
+
+
+# -- alerts and analytics ------------------------------------------------------------------------------------
+
+
+class AlertOut(Api):
+    id: int | None
+    fingerprint: str  # rule + subject
+    alert: str  # the rule, e.g. MissedVoteRisk
+    severity: str  # critical / warning
+    subject: str
+    summary: str
+    state: str  # firing / resolved
+    first_seen: dt.datetime
+    last_seen: dt.datetime
+    resolved_at: dt.datetime | None
+    last_notified: dt.datetime | None
+
+
+class ReceiverOut(Api):
+    receiver: str  # scheme and host only: the URL holds the receiver's token
+    sent: int
+    failed: int
+    dropped: int
+    queued: int
+    last_error: str | None
+
+
+class EvaluatorOut(Api):
+    interval_seconds: float
+    last_evaluated_at: dt.datetime | None
+    last_error: str | None
+    receivers: list[ReceiverOut]
+
+
+class AlertsResponse(Api):
+    success: bool
+    alerts: list[AlertOut]
+    count: int
+    firing: int  # alerts firing now (whatever the filter)
+    firing_by_severity: dict[str, int]
+    evaluator: EvaluatorOut
+    timestamp: dt.datetime
+
+
+class PerformanceOut(Api):
+    name: str
+    votes_owed: int
+    votes_cast: int
+    votes_failed: int
+    participation: float | None  # votes cast / votes owed
+    time_to_vote_p50_seconds: float | None  # proposal created (chain time) -> vote mined
+    time_to_vote_p95_seconds: float | None
+    gas_used: int
+    eth_spent: str  # ETH, exact decimal text
+    eth_spent_wei: str
+    compared_with_majority: int
+    agreed_with_majority: int
+    majority_agreement: float | None
+
+
+class PairAgreementOut(Api):
+    node_a: str
+    node_b: str
+    compared: int
+    agreed: int
+    rate: float | None
+
+
+class ApprovalOut(Api):
+    key: str
+    proposals: int
+    decided: int
+    approved: int
+    executed: int
+    rate: float | None
+
+
+class DayOut(Api):
+    day: str  # YYYY-MM-DD (UTC)
+    proposals: int
+    decided: int
+    approved: int
+    votes_owed: int
+    votes_cast: int
+    participation: float | None
+    eth_spent_wei: str
+
+
+class AnalyticsResponse(Api):
+    success: bool
+    since: dt.datetime | None
+    until: dt.datetime | None
+    proposals: int
+    decided: int  # outcome recorded (votingEnds passed)
+    approved: int
+    approval_rate: float | None
+    nodes: list[PerformanceOut]
+    strategies: list[PerformanceOut]
+    pairs: list[PairAgreementOut]
+    by_proposal_type: list[ApprovalOut]
+    by_asset: list[ApprovalOut]
+    days: list[DayOut]
+    timestamp: dt.datetime

@@ -222,7 +222,6 @@ def conservative(
     proposal: ProposalData, tally: Tally, settings: StrategySettings, *, price: Price | None = None
 ) -> Decision:
     """Protect capital. Rules in order; the first that matches decides."""
-    kind = ProposalType(proposal.proposal_type)
     limit = size_limit(
         proposal,
         price,
@@ -265,7 +264,6 @@ def aggressive(
     proposal: ProposalData, tally: Tally, settings: StrategySettings, *, price: Price | None = None
 ) -> Decision:
     """Seek growth. Rules in order; the first that matches decides."""
-    kind = ProposalType(proposal.proposal_type)
     limit = size_limit(
         proposal,
         price,

@@ -53,7 +53,7 @@ CASES: list[tuple[str, int, str, Price, bool, bool, str]] = [
         False,
         True,
         "investment of 0.05 WBTC worth 3,050.00 is over the conservative limit of 1,000.00",
-    ),  # fmt: skip
+    ),
     ("WBTC", 8, "0.1", price("61000"), False, False, "worth 6,100.00"),
     # 1,200 USDC at 0.50: 1,200 units would be over the unit limit, its value (600) is not
     ("USDC", 6, "1200", price("0.5"), True, True, "worth 600.00 within the conservative limit of 1,000.00"),

@@ -7,6 +7,7 @@ point group, loaded only when one of them (or the help) is asked for: `dloop run
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -55,6 +56,29 @@ def load_plugin(name: str) -> PluginCommand:
     raise KeyError(name)
 
 
+def _iso_date(text: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def add_pause_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("node", nargs="?", default=None, help="a node name (default: the whole service)")
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--strategy", required=True, help="conservative, aggressive or package.module:function"
+    )
+    parser.add_argument("--node", default=None, help="only this node's decisions")
+    parser.add_argument(
+        "--since", type=_iso_date, default=None, metavar="DATE", help="only proposals created from DATE (UTC)"
+    )
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+
 def build_parser(load_plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The parser; the plugins named in `load_plugins` are imported for their full arguments, the others
     are listed by name only."""
@@ -84,6 +108,19 @@ def build_parser(load_plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     _service_client(trigger)
     trigger.add_argument("--wait", action="store_true", help="wait for the round to finish and print it")
     trigger.add_argument("--timeout", type=float, default=300.0, help="seconds to wait with --wait")
+
+    pause = sub.add_parser("pause", help="stop signing at once, for one node or the whole service")
+    _service_client(pause)
+    add_pause_arguments(pause)
+    resume = sub.add_parser("resume", help="sign again, for one node or the whole service")
+    _service_client(resume)
+    add_pause_arguments(resume)
+    replay = sub.add_parser(
+        "replay",
+        help="decide stored proposals again with a strategy; print where it differs (nothing signed)",
+    )
+    _env_file(replay)
+    add_replay_arguments(replay)
     return parser
 
 
@@ -108,6 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.status_command(args)
         if args.command == "trigger":
             return commands.trigger_command(args)
+        if args.command in ("pause", "resume", "replay"):
+            from dloop import controls
+
+            if args.command == "replay":
+                return controls.replay_command(args)
+            return controls.switch_command(args, paused=args.command == "pause")
     except DloopError as exc:
         print(f"dloop: error: {exc}", file=sys.stderr)
         return 2

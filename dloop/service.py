@@ -212,6 +212,8 @@ class Service:
             rpc_errors=self.rpc_errors,
             api_token=self.settings.api_token,
             head_timeout=self.settings.head_timeout,
+            controls=self.voter,
+            dry_run=self.settings.dry_run,
         )
 
     def listener_view(self) -> ListenerView:
@@ -272,6 +274,9 @@ class Service:
                     "at": last.finished_at,
                 },
                 "unfundedNodes": [n.name for n in status.nodes if n.unfunded],
+                "servicePaused": status.service_paused,
+                "pausedNodes": [n.name for n in status.nodes if n.paused],
+                "dryRun": status.dry_run,
             },
         )
 

@@ -236,6 +236,9 @@ class Voter:
         )
 
     # -- operator controls -----------------------------------------------------------------------------
+    async def current(self) -> PauseState:
+        return await self.pauses.current()
+
     async def set_paused(self, scopes: Sequence[str], paused: bool, *, by: str) -> PauseState:
         """Store the switches, read them back, then wait for every lane's signing lock: a send that checked
         the old state finishes first, and every later one sees the new state. After this returns, no

@@ -27,6 +27,10 @@ class MetricsSnapshot:
     listener_missed: int = 0
     listener_blind: bool = False
     contract_version: str = "unknown"
+    service_paused: bool = False
+    paused_nodes: Sequence[str] = ()  # nodes paused by their own switch
+    nodes: Sequence[str] = ()  # every configured node, for a 0/1 sample each
+    dry_run: bool = False
 
 
 def _escape(value: str) -> str:
@@ -121,6 +125,13 @@ def render(snapshot: MetricsSnapshot) -> str:
     )
     for topic, count in sorted(snapshot.unknown_events.items()):
         out.sample("dloop_unknown_events_total", count, {"topic": topic})
+    out.family("dloop_signing_paused", "gauge", "1 while signing is paused (scope: service, or a node).")
+    out.sample("dloop_signing_paused", int(snapshot.service_paused), {"scope": "service"})
+    for node in sorted({*snapshot.nodes, *snapshot.paused_nodes}):
+        paused = snapshot.service_paused or node in snapshot.paused_nodes
+        out.sample("dloop_signing_paused", int(paused), {"scope": "node", "node": node})
+    out.family("dloop_dry_run", "gauge", "1 when DLOOP_DRY_RUN is set: decisions are recorded, never signed.")
+    out.sample("dloop_dry_run", int(snapshot.dry_run))
     out.family("dloop_rpc_errors_total", "counter", "Chain RPC errors by kind.")
     for kind, count in sorted(snapshot.rpc_errors.items()):
         out.sample("dloop_rpc_errors_total", count, {"kind": kind})

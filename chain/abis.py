@@ -1,4 +1,5 @@
-"""ABIs shipped with the package: the production AssetDAO ABI and a minimal ERC-20."""
+"""ABIs shipped with the package: the production AssetDAO ABI, a minimal ERC-20 and the price oracle's
+`getAssetPrice(address)` (the contract named by AssetDAO's `priceOracle()`)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,8 @@ def assetdao_abi() -> Abi:
 @cache
 def erc20_abi() -> Abi:
     return _load("erc20.json")
+
+
+@cache
+def price_oracle_abi() -> Abi:
+    return _load("price_oracle.json")

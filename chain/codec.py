@@ -11,7 +11,7 @@ from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_utils import keccak
 
-from chain.abis import Abi, assetdao_abi, erc20_abi
+from chain.abis import Abi, assetdao_abi, erc20_abi, price_oracle_abi
 
 
 def canonical_type(param: Mapping[str, Any]) -> str:
@@ -64,6 +64,11 @@ def dao_functions() -> dict[str, AbiFunction]:
 @cache
 def erc20_functions() -> dict[str, AbiFunction]:
     return functions_of(erc20_abi())
+
+
+@cache
+def oracle_functions() -> dict[str, AbiFunction]:
+    return functions_of(price_oracle_abi())
 
 
 # -- custom errors --------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 from chain import requests
 from chain.client import BlockHeader, ChainClient, Receipt, decode_result, parse_block, parse_receipt
 from chain.client import proposal_from_values as _proposal_from_values
-from chain.codec import AbiFunction, dao_functions, erc20_functions
+from chain.codec import AbiFunction, dao_functions, erc20_functions, oracle_functions
 from chain.requests import BlockTag, Request
 from chain.retrying import call_many_retrying
 from chain.types import ProposalData
@@ -142,6 +142,18 @@ def read_has_voted(contract: str, proposal_id: int, voter: str, block: BlockTag 
 def read_token_balance(token: str, holder: str, block: BlockTag = "latest") -> Read[int]:
     fn = erc20_functions()["balanceOf"]
     return Read(requests.call_function(token, fn, holder, block=block), lambda raw: int(_first(fn)(raw)))
+
+
+def read_price_oracle(contract: str, block: BlockTag = "latest") -> Read[str]:
+    """AssetDAO's `priceOracle()`: the oracle's address (the zero address when none is set)."""
+    fn = dao_functions()["priceOracle"]
+    return Read(requests.call_function(contract, fn, block=block), lambda raw: str(_first(fn)(raw)))
+
+
+def read_asset_price(oracle: str, asset: str, block: BlockTag = "latest") -> Read[int]:
+    """The oracle's `getAssetPrice(asset)`: a price normalised to 18 decimals (0: none known)."""
+    fn = oracle_functions()["getAssetPrice"]
+    return Read(requests.call_function(oracle, fn, asset, block=block), lambda raw: int(_first(fn)(raw)))
 
 
 def read_nonce(address: str, block: BlockTag = "latest") -> Read[int]:

@@ -9,6 +9,7 @@ import io
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -60,10 +61,13 @@ class NodeSettings:
 
 @dataclass(frozen=True)
 class StrategySettings:
-    """Thresholds of the built-in strategies (amounts in token units)."""
+    """Thresholds of the built-in strategies: in value (the price oracle's unit) when the oracle answers,
+    else in token units."""
 
     conservative_max_amount: int = 1_000
     aggressive_max_amount: int = 5_000
+    conservative_max_value: Decimal = Decimal(1_000)
+    aggressive_max_value: Decimal = Decimal(5_000)
     stablecoins: tuple[str, ...] = ("USDC", "EURT")
     growth_assets: tuple[str, ...] = ("WBTC", "PAXG")
     conservative_divestment_support: float = 0.5
@@ -101,6 +105,7 @@ class Settings:
     allow_unknown_events: bool = False  # start on a contract with no known ProposalCreated: reconcile only
     rpc_batch_size: int = 50
     rpc_timeout: float = 20.0
+    dry_run: bool = False  # decide and record, never sign (rows end `dry_run`)
     strategies: StrategySettings = StrategySettings()
     log_level: str = "INFO"
     log_format: str = "json"  # "json" (one object per line) or "console" (readable, for a terminal)
@@ -179,6 +184,7 @@ class _Parser:
             allow_unknown_events=self.flag("DLOOP_ALLOW_UNKNOWN_EVENTS", False),
             rpc_batch_size=self.integer("DLOOP_RPC_BATCH_SIZE", 50, minimum=1),
             rpc_timeout=self.number("DLOOP_RPC_TIMEOUT", 20.0, minimum=0.1),
+            dry_run=self.flag("DLOOP_DRY_RUN", False),
             strategies=self.strategy_settings(),
             log_level=self.log_level(),
             log_format=self.log_format(),
@@ -218,6 +224,19 @@ class _Parser:
         if value in ("0", "false", "no", "off"):
             return False
         raise ConfigError(name, f"must be 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
+
+    def decimal(self, name: str, default: Decimal) -> Decimal:
+        """A non-negative exact decimal (`_` and `,` as thousands separators are accepted)."""
+        raw = self.env.get(name)
+        if raw is None:
+            return default
+        try:
+            value = Decimal(raw.strip().replace("_", "").replace(",", ""))
+        except InvalidOperation:
+            raise ConfigError(name, f"must be a number, got {raw!r}") from None
+        if not value.is_finite() or value < 0:
+            raise ConfigError(name, f"must be a finite number of at least 0, got {raw!r}")
+        return value
 
     def optional_integer(self, name: str) -> int | None:
         return None if name not in self.env else self.integer(name, 0, minimum=0)
@@ -372,6 +391,8 @@ class _Parser:
             aggressive_max_amount=self.integer(
                 "DLOOP_AGGRESSIVE_MAX_AMOUNT", d.aggressive_max_amount, minimum=0
             ),
+            conservative_max_value=self.decimal("DLOOP_CONSERVATIVE_MAX_VALUE", d.conservative_max_value),
+            aggressive_max_value=self.decimal("DLOOP_AGGRESSIVE_MAX_VALUE", d.aggressive_max_value),
             stablecoins=tuple(s.upper() for s in self.names("DLOOP_STABLECOINS", d.stablecoins)),
             growth_assets=tuple(s.upper() for s in self.names("DLOOP_GROWTH_ASSETS", d.growth_assets)),
         )

@@ -7,6 +7,7 @@ point group, loaded only when one of them (or the help) is asked for: `dloop run
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -53,6 +54,29 @@ def load_plugin(name: str) -> PluginCommand:
         plugin: PluginCommand = entry.load()
         return plugin
     raise KeyError(name)
+
+
+def _iso_date(text: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def add_pause_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("node", nargs="?", default=None, help="a node name (default: the whole service)")
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--strategy", required=True, help="conservative, aggressive or package.module:function"
+    )
+    parser.add_argument("--node", default=None, help="only this node's decisions")
+    parser.add_argument(
+        "--since", type=_iso_date, default=None, metavar="DATE", help="only proposals created from DATE (UTC)"
+    )
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
 
 def build_parser(load_plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -102,6 +126,18 @@ def build_parser(load_plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
         default=None,
         help="database to read (default DLOOP_DATABASE_URL; no other setting needed)",
     )
+    pause = sub.add_parser("pause", help="stop signing at once, for one node or the whole service")
+    _service_client(pause)
+    add_pause_arguments(pause)
+    resume = sub.add_parser("resume", help="sign again, for one node or the whole service")
+    _service_client(resume)
+    add_pause_arguments(resume)
+    replay = sub.add_parser(
+        "replay",
+        help="decide stored proposals again with a strategy; print where it differs (nothing signed)",
+    )
+    _env_file(replay)
+    add_replay_arguments(replay)
     return parser
 
 
@@ -130,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.alerts_test_command(args)
         if args.command == "report":
             return commands.report_command(args)
+        if args.command in ("pause", "resume", "replay"):
+            from dloop import controls
+
+            if args.command == "replay":
+                return controls.replay_command(args)
+            return controls.switch_command(args, paused=args.command == "pause")
     except DloopError as exc:
         print(f"dloop: error: {exc}", file=sys.stderr)
         return 2

@@ -248,6 +248,8 @@ class Service:
             rpc_requests=lambda: self.rpc_error_counts.requests,
             api_token=self.settings.api_token,
             head_timeout=self.settings.head_timeout,
+            controls=self.voter,
+            dry_run=self.settings.dry_run,
         )
 
     def listener_view(self) -> ListenerView:
@@ -308,6 +310,9 @@ class Service:
                     "at": last.finished_at,
                 },
                 "unfundedNodes": [n.name for n in status.nodes if n.unfunded],
+                "servicePaused": status.service_paused,
+                "pausedNodes": [n.name for n in status.nodes if n.paused],
+                "dryRun": status.dry_run,
             },
         )
 

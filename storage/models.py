@@ -57,6 +57,7 @@ class VoteState(enum.StrEnum):
     ALREADY_VOTED = "already_voted"  # hasVoted was true before we sent anything
     CLOSED = "closed"  # proposal no longer open for voting
     NO_VOTE = "no_vote"  # the strategy declined; the reason says why
+    DRY_RUN = "dry_run"  # decided under DLOOP_DRY_RUN: decision and reason recorded, nothing signed
 
 
 # Vote states that may still change through us (the queue depth; a proposal with one is read again by every
@@ -82,6 +83,7 @@ class VoteOutcome(enum.StrEnum):
     CLOSED = "closed"  # found closed (contract status, chain time, a revert)
     CLOSED_BY_EVENT = "closed_by_event"  # a ProposalCanceled/Executed log closed it before it was sent
     NO_VOTE = "no_vote"  # the strategy declined
+    DRY_RUN = "dry_run"  # decided under DLOOP_DRY_RUN, never signed
     PROPOSAL_NOT_FOUND = "proposal_not_found"  # ProposalNotFound: a reorg took the proposal away
     REQUEUED = "requeued"  # a transaction that will never land: back in the queue
     DEEP_ENOUGH = "deep_enough"  # pending until DLOOP_CONFIRMATIONS, now queued
@@ -187,6 +189,22 @@ class Vote(Base):
     confirmed_block: Mapped[int | None] = mapped_column(BigInteger)
     gas_used: Mapped[int | None] = mapped_column(BigInteger)
     fee_wei: Mapped[str | None] = mapped_column(String(40))  # ETH paid for the mined vote, exact wei text
+    # The asset price the decision used (the oracle's unit per whole token, exact decimal text) and the
+    # proposal's value at that price; NULL when no oracle answered (the thresholds were in token units).
+    price: Mapped[str | None] = mapped_column(String(100))
+    value: Mapped[str | None] = mapped_column(String(100))
+
+
+class OperatorControl(Base):
+    """Operator switches shared by every instance on this database: one row per scope, `*` for the whole
+    service or a node's name. A row with `paused` true stops signing for its scope."""
+
+    __tablename__ = "operator_controls"
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    changed_by: Mapped[str | None] = mapped_column(String(64))  # http / cli
 
 
 class VoteTransaction(Base):

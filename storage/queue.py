@@ -231,9 +231,11 @@ async def finish_unsent(
     decision: str | None,
     confidence: float | None,
     reason: str,
+    price: str | None = None,
+    value: str | None = None,
 ) -> bool:
-    """queued -> already_voted / closed / no_vote / failed (or pending: the proposal is not on chain), by the
-    lease holder, without any transaction."""
+    """queued -> already_voted / closed / no_vote / dry_run / failed (or pending: the proposal is not on
+    chain), by the lease holder, without any transaction."""
 
     async def work(session: AsyncSession) -> bool:
         return await votes.finish_unsent(
@@ -244,6 +246,8 @@ async def finish_unsent(
             decision=decision,
             confidence=confidence,
             reason=reason,
+            price=price,
+            value=value,
         )
 
     return await write(sessions, work, what="vote queue")

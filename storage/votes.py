@@ -32,7 +32,7 @@ ALLOWED: Mapping[VoteState, frozenset[VoteState]] = {
     S.PENDING: frozenset({S.QUEUED, S.CLOSED, S.ALREADY_VOTED, S.CONFIRMED}),
     # Waiting for the voter: sent, or ended without a transaction; parked again after a reorg.
     S.QUEUED: frozenset(
-        {S.QUEUED, S.PENDING, S.SENT, S.CONFIRMED, S.FAILED, S.ALREADY_VOTED, S.CLOSED, S.NO_VOTE}
+        {S.QUEUED, S.PENDING, S.SENT, S.CONFIRMED, S.FAILED, S.ALREADY_VOTED, S.CLOSED, S.NO_VOTE, S.DRY_RUN}
     ),
     # Broadcast: settled from the chain, or back to the queue when the transaction will never land.
     S.SENT: frozenset({S.QUEUED, S.PENDING, S.CONFIRMED, S.FAILED, S.ALREADY_VOTED}),
@@ -46,6 +46,8 @@ ALLOWED: Mapping[VoteState, frozenset[VoteState]] = {
     S.NO_VOTE: frozenset({S.QUEUED}),
     # Final: the chain has this node's vote, and nothing of ours can change that.
     S.ALREADY_VOTED: frozenset(),
+    # Final: decided under DLOOP_DRY_RUN and never signed; turning dry run off does not vote it afterwards.
+    S.DRY_RUN: frozenset(),
 }
 # The states a new row is inserted in: pending while DLOOP_CONFIRMATIONS are not reached, closed when the
 # reconcile pass first finds a proposal no longer open.
@@ -150,6 +152,7 @@ UNSENT_OUTCOMES: Mapping[VoteState, VoteOutcome] = {
     S.ALREADY_VOTED: VoteOutcome.ALREADY_VOTED,
     S.CLOSED: VoteOutcome.CLOSED,
     S.NO_VOTE: VoteOutcome.NO_VOTE,
+    S.DRY_RUN: VoteOutcome.DRY_RUN,
     S.FAILED: VoteOutcome.REJECTED,
     S.PENDING: VoteOutcome.PROPOSAL_NOT_FOUND,  # the gas estimate says a reorg took the proposal away
 }
@@ -164,8 +167,11 @@ async def finish_unsent(
     decision: str | None,
     confidence: float | None,
     reason: str,
+    price: str | None = None,
+    value: str | None = None,
 ) -> bool:
-    """queued -> already_voted / closed / no_vote / failed / pending, by the lease holder, no transaction."""
+    """queued -> already_voted / closed / no_vote / dry_run / failed / pending, by the lease holder, no
+    transaction. `price` / `value`: what a decision was valued at (exact decimal text), if priced."""
     if state not in UNSENT_OUTCOMES:  # queued -> sent needs its transaction: record_sent
         raise IllegalTransition(f"a vote ended without a transaction cannot become {state}")
     return (
@@ -182,6 +188,8 @@ async def finish_unsent(
                 "lease_owner": None,
                 "lease_expires_at": None,
                 "last_error": reason if state == S.FAILED else None,
+                "price": price,
+                "value": value,
             },
         )
         == 1
@@ -209,6 +217,8 @@ class SentRecord:
     decision: str
     confidence: float
     reason: str
+    price: str | None = None  # the asset price the decision used (exact decimal text), if priced
+    value: str | None = None  # the proposal's value at that price
 
 
 async def record_sent(session: AsyncSession, records: Sequence[SentRecord], *, owner: str) -> set[int]:
@@ -231,6 +241,8 @@ async def record_sent(session: AsyncSession, records: Sequence[SentRecord], *, o
             decision=bindparam("b_decision"),
             confidence=bindparam("b_confidence"),
             reason=bindparam("b_reason"),
+            price=bindparam("b_price"),
+            value=bindparam("b_value"),
             decided_at=now,
             tx_hash=bindparam("b_tx"),
             nonce=bindparam("b_nonce"),
@@ -248,6 +260,8 @@ async def record_sent(session: AsyncSession, records: Sequence[SentRecord], *, o
                 "b_decision": r.decision,
                 "b_confidence": r.confidence,
                 "b_reason": r.reason,
+                "b_price": r.price,
+                "b_value": r.value,
                 "b_tx": r.tx.tx_hash,
                 "b_nonce": r.tx.nonce,
                 "b_max_fee": str(r.tx.max_fee_per_gas),

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,10 @@ def test_node_keys_from_comma_list() -> None:
         ("DLOOP_NODE_STRATEGIES", "conservative", "1 strategies for 5"),
         ("DLOOP_LOG_LEVEL", "LOUD", "DEBUG"),
         ("DLOOP_LOG_FORMAT", "xml", "json or console"),
+        ("DLOOP_DRY_RUN", "perhaps", "must be 1 or 0"),
+        ("DLOOP_CONSERVATIVE_MAX_VALUE", "lots", "must be a number"),
+        ("DLOOP_AGGRESSIVE_MAX_VALUE", "-5", "at least 0"),
+        ("DLOOP_AGGRESSIVE_MAX_VALUE", "inf", "finite"),
     ],
 )
 def test_invalid_value_names_the_setting(setting: str, value: str, fragment: str) -> None:
@@ -257,3 +262,21 @@ def test_the_blind_listener_settings_have_defaults_and_reject_nonsense() -> None
     assert settings.allow_unknown_events is True and settings.reconcile_fallback_interval == 2.5
     with pytest.raises(ConfigError, match="DLOOP_ALLOW_UNKNOWN_EVENTS: must be 1 or 0"):
         load_settings({**base, "DLOOP_ALLOW_UNKNOWN_EVENTS": "maybe"})
+
+
+def test_operator_control_and_value_settings() -> None:
+    settings = load_settings(base_env())
+    assert settings.dry_run is False
+    assert settings.strategies.conservative_max_value == Decimal(1000)
+    assert settings.strategies.aggressive_max_value == Decimal(5000)
+    settings = load_settings(
+        {
+            **base_env(),
+            "DLOOP_DRY_RUN": "1",
+            "DLOOP_CONSERVATIVE_MAX_VALUE": "2,500.50",
+            "DLOOP_AGGRESSIVE_MAX_VALUE": "10_000",
+        }
+    )
+    assert settings.dry_run is True
+    assert settings.strategies.conservative_max_value == Decimal("2500.50")
+    assert settings.strategies.aggressive_max_value == Decimal(10000)

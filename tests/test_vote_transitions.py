@@ -30,6 +30,7 @@ EXPECTED = {
     (S.QUEUED, S.ALREADY_VOTED),
     (S.QUEUED, S.CLOSED),
     (S.QUEUED, S.NO_VOTE),
+    (S.QUEUED, S.DRY_RUN),  # decided under DLOOP_DRY_RUN: recorded, never signed
     (S.SENT, S.QUEUED),  # the transaction will never land: sent again
     (S.SENT, S.PENDING),  # reverted with ProposalNotFound: owed once the proposal is back
     (S.SENT, S.CONFIRMED),  # receipt (voter, reconcile), our VoteCast log
@@ -71,6 +72,7 @@ def test_only_the_voter_signing_or_a_reorg_recheck_lead_to_sent() -> None:
     transaction left the chain and is checked again (no new transaction)."""
     assert set(sources(S.SENT)) == {S.QUEUED, S.CONFIRMED}
     assert not allowed(S.ALREADY_VOTED, S.SENT) and not allowed(S.NO_VOTE, S.SENT)
+    assert not allowed(S.DRY_RUN, S.SENT) and ALLOWED[S.DRY_RUN] == frozenset()  # a dry run never signs
 
 
 def test_sources_checks_every_state_asked_for() -> None:

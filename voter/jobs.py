@@ -13,7 +13,7 @@ from chain.codec import dao_functions
 from chain.types import ProposalData
 from core.errors import ChainError
 from storage.queue import QueuedVote, SignedTx
-from voter.strategies import Decision
+from voter.strategies import Decision, Price
 
 
 def as_int(value: Any) -> int:
@@ -26,6 +26,7 @@ class VoteJob:
     proposal: ProposalData
     decision: Decision
     gas_estimate: int | ChainError | None = None  # estimated with the round's batch; None: by the lane
+    price: Price | None = None  # the asset's price the decision used (stored with it)
 
 
 def vote_calldata(job: VoteJob) -> str:
@@ -56,6 +57,8 @@ class Counters:
     closed: int = 0
     already_voted: int = 0
     no_vote: int = 0
+    dry_run: int = 0
+    paused: int = 0  # rows handed back untouched because their node is paused
     deferred: int = 0
     replaced: int = 0
     rebroadcast: int = 0

@@ -18,6 +18,7 @@ import anyio
 from chain.accounts import NodeAccount
 from chain.client import ChainClient
 from core.settings import Settings
+from storage.controls import PauseWatch
 from storage.engine import SessionFactory
 from storage.proposals import NodeRecord
 from voter.fee_oracle import FeeOracle
@@ -49,6 +50,7 @@ class NodeLane:
         step_hook: StepHook | None = None,
         receipt_poll_interval: float = 0.2,
         stall_seconds: float = 5.0,
+        pauses: PauseWatch | None = None,
     ) -> None:
         self.state = LaneState(
             account=account,
@@ -61,6 +63,7 @@ class NodeLane:
             fees=fees,
             totals=totals,
             step_hook=step_hook,
+            pauses=pauses,
         )
         self.sender = LaneSender(self.state)
         self.watcher = ReceiptWatcher(

@@ -15,6 +15,7 @@ from chain.reads import Reads
 from core.errors import ChainError
 from core.logs import log_event
 from core.settings import Settings
+from storage.controls import PauseWatch
 from storage.engine import SessionFactory
 from storage.proposals import NodeRecord
 from voter.fee_oracle import FeeOracle
@@ -45,8 +46,10 @@ class LaneState:
         fees: FeeOracle,
         totals: Counters,
         step_hook: StepHook | None = None,
+        pauses: PauseWatch | None = None,
     ) -> None:
         self.account = account
+        self.pauses = pauses or PauseWatch(sessions)  # checked under `lock` right before signing
         self.node = node
         self.config = config
         self.settings = settings

@@ -36,6 +36,7 @@ from voter.jobs import (
 from voter.lane_state import LaneState, log
 from voter.outcomes import Action, classify
 from voter.planning import NonceCounts, nonce_plan
+from voter.strategies import value_text
 
 
 class LaneSender:
@@ -166,6 +167,12 @@ class LaneSender:
                 await self._defer(job.row, why, counters)
             return
         async with self.state.lock:
+            # Pause takes effect before the next signature: checked under the lock that signs (a pause
+            # answered over HTTP waits for this lock, so nothing is signed after its answer).
+            paused = (await self.state.pauses.current()).reason(self.state.node.name)
+            if paused is not None:
+                await self._hand_back([job.row for job, _, _ in ready], paused, counters)
+                return
             if self.state.unfunded or self.state.next_nonce is None:
                 for job, _, _ in ready:
                     await self._defer(
@@ -183,6 +190,8 @@ class LaneSender:
                             job.decision.label,
                             job.decision.confidence,
                             job.decision.reason,
+                            job.price.text() if job.price is not None else None,
+                            value_text(job.proposal, job.price),
                         )
                         for job, tx in zip((j for j, _, _ in ready), signed, strict=True)
                     ],
@@ -235,6 +244,15 @@ class LaneSender:
                     max_fee_gwei=item.latest.max_fee_per_gas / GWEI,
                 )
         self.state.notify()
+
+    async def _hand_back(self, rows: Sequence[QueuedVote], why: str, counters: Counters) -> None:
+        """A paused node's leased rows go back to the queue untouched (no error, no delay, no attempt)."""
+        with anyio.CancelScope(shield=True):
+            count = await queue.release(
+                self.state.sessions, [row.vote_id for row in rows], owner=self.state.owner
+            )
+        counters.paused += count
+        log_event(log, "votes_held_paused", node=self.state.node.name, votes=count, reason=why)
 
     async def _estimate_many(self, calldata: Sequence[str]) -> list[int | ChainError]:
         """Gas estimates in one batch; per call its estimate or the error (a revert names the reason)."""

@@ -27,16 +27,26 @@ import anyio.abc
 from chain.accounts import NodeAccount
 from chain.client import ChainClient, RpcErrorCounts
 from chain.connection import open_ws
-from chain.reads import BadAnswer, Batch, Reads, read_has_voted, read_nonce, read_proposal
+from chain.reads import (
+    BadAnswer,
+    Batch,
+    Reads,
+    read_asset_price,
+    read_has_voted,
+    read_nonce,
+    read_price_oracle,
+    read_proposal,
+)
 from chain.requests import estimate_gas
 from chain.retrying import call_many_retrying
-from chain.types import ProposalData, status_name
+from chain.types import ProposalData, ProposalType, status_name
 from core.errors import ChainError, ConfigError, StorageError, TransientChainError, first_error
 from core.logs import log_event
 from core.retry import with_backoff
 from core.settings import Settings
 from core.signals import WorkSignal
 from storage import queue
+from storage.controls import PauseState, PauseWatch
 from storage.engine import SessionFactory
 from storage.models import VoteState, utcnow
 from storage.proposals import NodeRecord, record_proposal
@@ -47,7 +57,7 @@ from voter.jobs import Counters, VoteJob, estimate_request, estimate_value, vote
 from voter.lane import NodeLane, StepHook
 from voter.own_votes import own_votes_on_chain
 from voter.planning import NonceCounts, plan_batch, rows_by_node
-from voter.strategies import Decision, Tally, decide, node_config
+from voter.strategies import Decision, Price, Tally, decide, node_config, value_text
 
 log = logging.getLogger("dloop.voter")
 READ_RETRY = 10.0  # seconds before a row whose proposal could not be read is tried again
@@ -73,6 +83,7 @@ class DrainResult:
     in_flight: int  # transactions still awaiting a receipt when the round ended
     deadline_reached: bool
     left_work: bool  # queued rows of sendable nodes remain (the next round starts at once)
+    dry_run: int = 0  # decided and recorded under DLOOP_DRY_RUN, not signed
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,7 @@ class NodeStatus:
     unfunded: bool
     last_error: str | None
     last_vote_at: dt.datetime | None
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,8 @@ class VoterStatus:
     reconnects: int
     last_connection_error: str | None
     nodes: tuple[NodeStatus, ...] = field(default_factory=tuple)
+    service_paused: bool = False
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,13 @@ class Snapshot:
     proposals: dict[int, ProposalData | ChainError]
     voted: dict[tuple[int, str], bool | ChainError]
     nonces: dict[str, NonceCounts] = field(default_factory=dict)  # by node address; missing: read again
+    prices: dict[str, Price] = field(default_factory=dict)  # by asset address (lower case), at that block
+
+    def price_of(self, data: ProposalData) -> Price | None:
+        """The asset's price for an investment or divestment (None for other types)."""
+        if data.proposal_type not in (ProposalType.INVESTMENT, ProposalType.DIVESTMENT):
+            return None
+        return self.prices.get(data.asset_address.lower(), Price.missing("no price was read"))
 
 
 def process_owner_id() -> str:
@@ -135,6 +156,7 @@ class Voter:
         stall_seconds: float = 5.0,
         step_hook: StepHook | None = None,
         rpc_errors: RpcErrorCounts | None = None,
+        pauses: PauseWatch | None = None,
     ) -> None:
         if len(accounts) != len(nodes):
             raise ConfigError("nodes", f"{len(accounts)} node accounts but {len(nodes)} node rows")
@@ -150,6 +172,7 @@ class Voter:
         self.poll_interval = poll_interval
         self.step_hook = step_hook
         self.totals = Counters()
+        self.pauses = pauses or PauseWatch(sessions)  # the operator's pause switches (storage/controls.py)
         fees = FeeOracle(gwei_to_wei(settings.max_fee_gwei))
         # Strategies load here, at start: an unknown one is a ConfigError naming DLOOP_NODE_STRATEGIES.
         self.lanes = [
@@ -166,6 +189,7 @@ class Voter:
                 step_hook=step_hook,
                 receipt_poll_interval=receipt_poll_interval,
                 stall_seconds=stall_seconds,
+                pauses=self.pauses,
             )
             for account, node in zip(accounts, nodes, strict=True)
         ]
@@ -203,10 +227,29 @@ class Voter:
                     unfunded=lane.unfunded,
                     last_error=lane.last_error,
                     last_vote_at=lane.last_vote_at,
+                    paused=self.pauses.cached.paused(lane.node.name),
                 )
                 for lane in self.lanes
             ),
+            service_paused=self.pauses.cached.service,
+            dry_run=self.settings.dry_run,
         )
+
+    # -- operator controls -----------------------------------------------------------------------------
+    async def current(self) -> PauseState:
+        return await self.pauses.current()
+
+    async def set_paused(self, scopes: Sequence[str], paused: bool, *, by: str) -> PauseState:
+        """Store the switches, read them back, then wait for every lane's signing lock: a send that checked
+        the old state finishes first, and every later one sees the new state. After this returns, no
+        transaction of a paused node is signed. A resume wakes the voter at once."""
+        state = await self.pauses.set(scopes, paused, by=by)
+        for lane in self.lanes:
+            async with lane.lock:
+                pass
+        if not paused:
+            self.signal.notify()
+        return state
 
     # -- long-running service --------------------------------------------------------------------------
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -374,6 +417,7 @@ class Voter:
                 await self._lane_safely(lane, lane.adopt_sent)
         handled: Counter[int] = Counter()  # what keeps coming back waits for the next round
         while anyio.current_time() < deadline:
+            await self.pauses.current()  # read again when older than a second (another instance's change)
             sendable = self._sendable()
             if not sendable:
                 break
@@ -417,6 +461,7 @@ class Voter:
             in_flight=sum(len(lane.tracked) for lane in self.lanes),
             deadline_reached=deadline_reached,
             left_work=left,
+            dry_run=counters.dry_run,
         )
 
     async def _lane_safely(self, lane: NodeLane, step: Callable[[], Awaitable[object]]) -> None:
@@ -430,7 +475,12 @@ class Voter:
             log_event(log, "node_error", level=logging.WARNING, node=lane.node.name, error=lane.last_error)
 
     def _sendable(self) -> list[int]:
-        return [lane.node.id for lane in self.lanes if not lane.unfunded]
+        """Nodes whose queued rows a round leases: funded and not paused (a paused node's rows stay queued,
+        unleased, until it is resumed)."""
+        pauses = self.pauses.cached
+        return [
+            lane.node.id for lane in self.lanes if not lane.unfunded and not pauses.paused(lane.node.name)
+        ]
 
     def _require_client(self) -> ChainClient:
         if self._client is None:
@@ -552,6 +602,7 @@ class Voter:
             )
             return None
         finish: tuple[VoteState, Decision | None, str]
+        price = snapshot.price_of(data)
         if voted:
             finish = (
                 VoteState.ALREADY_VOTED,
@@ -562,13 +613,16 @@ class Voter:
             finish = (VoteState.CLOSED, None, closed_reason(data, snapshot.chain_time))
         else:
             try:
-                decision = decide(data, Tally.of(data), snapshot.chain_time, lane.config)
+                decision = decide(data, Tally.of(data), snapshot.chain_time, lane.config, price)
             except Exception as exc:  # a user's strategy may raise anything; the row must not stay leased
                 finish = (VoteState.FAILED, None, f"strategy {lane.config.strategy_name} raised {exc!r}")
             else:
-                if decision.support is not None:
-                    return VoteJob(row, data, decision)
-                finish = (VoteState.NO_VOTE, decision, decision.reason)
+                if self.settings.dry_run:  # decided and recorded, never signed
+                    finish = (VoteState.DRY_RUN, decision, f"dry run: {decision.reason}")
+                elif decision.support is not None:
+                    return VoteJob(row, data, decision, price=price)
+                else:
+                    finish = (VoteState.NO_VOTE, decision, decision.reason)
         state, decision_or_none, reason = finish
         done = await queue.finish_unsent(
             self.sessions,
@@ -578,6 +632,8 @@ class Voter:
             decision=decision_or_none.label if decision_or_none else None,
             confidence=decision_or_none.confidence if decision_or_none else None,
             reason=reason,
+            price=price.text() if price is not None and decision_or_none else None,
+            value=value_text(data, price) if decision_or_none else None,
         )
         if done:
             setattr(counters, state.value, getattr(counters, state.value) + 1)
@@ -668,6 +724,7 @@ class Voter:
         batch = Batch()
         proposal_slots = {i: batch.add(read_proposal(client.contract, i, block.number)) for i in ids}
         voted_slots = {p: batch.add(read_has_voted(client.contract, *p, block=block.number)) for p in pairs}
+        oracle_slot = batch.add(read_price_oracle(client.contract, block.number))
         mined_slots = {a: batch.add(read_nonce(a, block.number)) for a in addresses}
         pending_slots = {a: batch.add(read_nonce(a, "pending")) for a in addresses}
         reads = Reads(client, batch_size=self.settings.rpc_batch_size)
@@ -688,7 +745,51 @@ class Voter:
         for pair, voted_slot in voted_slots.items():
             flag = answers[voted_slot]
             voted[pair] = ChainError(f"hasVoted: {flag}") if isinstance(flag, BadAnswer) else flag
-        return Snapshot(block.number, block.timestamp, proposals, voted, nonces)
+        oracle = answers[oracle_slot]
+        prices = await self._read_prices(reads, oracle, proposals, block.number)
+        for proposal_id, data in list(proposals.items()):
+            quote = prices.get(data.asset_address.lower()) if isinstance(data, ProposalData) else None
+            if isinstance(quote, TransientChainError):  # decided again when the price can be read
+                proposals[proposal_id] = quote
+        usable = {asset: quote for asset, quote in prices.items() if isinstance(quote, Price)}
+        return Snapshot(block.number, block.timestamp, proposals, voted, nonces, usable)
+
+    @staticmethod
+    async def _read_prices(
+        reads: Reads,
+        oracle: str | ChainError,
+        proposals: dict[int, ProposalData | ChainError],
+        block: int,
+    ) -> dict[str, Price | TransientChainError]:
+        """Each asset's price from the contract's oracle, at the snapshot's block, read once per batch;
+        a `Price` without a value says why (no oracle, a revert, zero). A transient failure is kept as the
+        error: those proposals are decided again, not decided on token units by accident."""
+        assets = sorted(
+            {
+                d.asset_address.lower()
+                for d in proposals.values()
+                if isinstance(d, ProposalData)
+                and d.proposal_type in (ProposalType.INVESTMENT, ProposalType.DIVESTMENT)
+            }
+        )
+        if not assets:
+            return {}
+        if isinstance(oracle, TransientChainError):
+            return dict.fromkeys(assets, oracle)
+        if isinstance(oracle, ChainError):
+            return dict.fromkeys(assets, Price.missing(f"the contract has no price oracle ({oracle})"))
+        if int(oracle, 16) == 0:
+            return dict.fromkeys(assets, Price.missing("no price oracle is set"))
+        answers = await reads.many([read_asset_price(oracle, asset, block) for asset in assets])
+        prices: dict[str, Price | TransientChainError] = {}
+        for asset, answer in zip(assets, answers, strict=True):
+            if isinstance(answer, TransientChainError):
+                prices[asset] = answer
+            elif isinstance(answer, ChainError):
+                prices[asset] = Price.missing(f"the price oracle reverted ({answer})")
+            else:
+                prices[asset] = Price.from_raw(answer)
+        return prices
 
 
 def combined(results: Sequence[DrainResult]) -> DrainResult:

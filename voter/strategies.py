@@ -1,13 +1,16 @@
-"""Voting strategies: pure functions from a proposal and the current tally to a decision.
+"""Voting strategies: pure functions from a proposal, the current tally and the asset's price to a decision.
 
 `decide` validates first (open for voting, description, asset, amount) and only then asks the node's
 strategy. A strategy is any `(proposal, tally, thresholds) -> Decision` function: the built-ins
-`conservative` and `aggressive`, or a user's own named by dotted path `package.module:function`.
+`conservative` and `aggressive`, or a user's own named by dotted path `package.module:function`. A strategy
+that also takes a keyword `price` gets the asset's `Price` (read from the contract's price oracle at decision
+time): the built-ins then judge the proposal's value (amount in units x price) instead of its token count.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -55,7 +58,65 @@ class Tally:
         return f"{_percent(self.support)} support" + ("" if self.yes + self.no else " (no votes yet)")
 
 
-StrategyFn = Callable[[ProposalData, Tally, StrategySettings], Decision]
+PRICE_DECIMALS = 18  # the oracle's getAssetPrice answers a price normalised to 18 decimals
+
+
+@dataclass(frozen=True)
+class Price:
+    """The price oracle's answer for one asset at decision time: the price of one whole token in the
+    oracle's unit (exact), or, when there is none, why (`problem`): no oracle, a revert, a zero price."""
+
+    value: Decimal | None
+    problem: str | None = None
+
+    @classmethod
+    def from_raw(cls, raw: int) -> Price:
+        """getAssetPrice's uint256, normalised to 18 decimals. Zero is no price (an unset asset)."""
+        if raw <= 0:
+            return cls(None, "the price oracle answers a price of zero")
+        return cls(Decimal(raw).scaleb(-PRICE_DECIMALS))
+
+    @classmethod
+    def missing(cls, problem: str) -> Price:
+        return cls(None, problem)
+
+    @property
+    def usable(self) -> bool:
+        return self.value is not None and self.value > 0
+
+    def text(self) -> str | None:
+        """Exact decimal text for the `votes.price` column, or None."""
+        return None if self.value is None else _exact(self.value)
+
+
+def value_of(proposal: ProposalData, price: Price | None) -> Decimal | None:
+    """The proposal's value: amount in units x price; None without a usable price or known decimals."""
+    units = proposal.amount_units
+    if price is None or price.value is None or price.value <= 0 or units is None:
+        return None
+    return units * price.value
+
+
+def value_text(proposal: ProposalData, price: Price | None) -> str | None:
+    """value_of as exact decimal text for the `votes.value` column."""
+    value = value_of(proposal, price)
+    return None if value is None else _exact(value)
+
+
+StrategyFn = Callable[..., Decision]  # (proposal, tally, thresholds[, *, price]) -> Decision
+
+
+def takes_price(strategy: StrategyFn) -> bool:
+    """Whether the strategy accepts the keyword `price` (the built-ins do; older users' functions do not)."""
+    try:
+        parameters = inspect.signature(strategy).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.kind == inspect.Parameter.VAR_KEYWORD
+        or (p.name == "price" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        for p in parameters
+    )
 
 
 @dataclass(frozen=True)
@@ -66,13 +127,28 @@ class NodeConfig:
     strategy: StrategyFn
     thresholds: StrategySettings = field(default_factory=StrategySettings)
 
+    @property
+    def priced(self) -> bool:
+        return takes_price(self.strategy)
 
-def decide(proposal: ProposalData, tally: Tally, chain_time: int, node_config: NodeConfig) -> Decision:
-    """Validation first (its failure is a "no vote" with the reason), then the node's strategy."""
+
+def decide(
+    proposal: ProposalData,
+    tally: Tally,
+    chain_time: int,
+    node_config: NodeConfig,
+    price: Price | None = None,
+) -> Decision:
+    """Validation first (its failure is a "no vote" with the reason), then the node's strategy (with the
+    asset's price when it takes one)."""
     problem = validation_problem(proposal, chain_time)
     if problem is not None:
         return Decision(None, 0.0, problem)
-    return node_config.strategy(proposal, tally, node_config.thresholds)
+    if node_config.priced:
+        decision: Decision = node_config.strategy(proposal, tally, node_config.thresholds, price=price)
+    else:
+        decision = node_config.strategy(proposal, tally, node_config.thresholds)
+    return decision
 
 
 def validation_problem(proposal: ProposalData, chain_time: int) -> str | None:
@@ -102,17 +178,67 @@ def validation_problem(proposal: ProposalData, chain_time: int) -> str | None:
 # -- built-in strategies ---------------------------------------------------------------------------------
 
 
-def conservative(proposal: ProposalData, tally: Tally, settings: StrategySettings) -> Decision:
-    """Protect capital. Rules in order; the first that matches decides."""
-    units = proposal.amount_units
+@dataclass(frozen=True)
+class Limit:
+    """The size rule of a strategy: in value when a price is usable, else in token units."""
+
+    over: bool
+    text: str  # "over the conservative limit of 1,000.00" / "within the limit of 1,000 units (...)"
+    figure: str  # "investment of 0.05 WBTC worth 3,050.00" / "2,500 USDC"
+    note: str = ""  # "no price: ...; limit in token units" when a price was asked for and none answered
+
+    def noted(self, decision: Decision) -> Decision:
+        """Every reason says when the oracle did not answer, whichever rule decided."""
+        if not self.note or self.note in decision.reason:
+            return decision
+        return Decision(decision.support, decision.confidence, f"{decision.reason} ({self.note})")
+
+
+def size_limit(
+    proposal: ProposalData, price: Price | None, *, name: str, max_value: Decimal, max_amount: int
+) -> Limit | None:
+    """Pure: the size rule's verdict, with the figures it used; None when the proposal moves no asset."""
     kind = ProposalType(proposal.proposal_type)
-    if units is not None and units > settings.conservative_max_amount:
-        return Decision(
-            False,
-            0.9,
-            f"against: {_amount(proposal)} is over the conservative limit of "
-            f"{settings.conservative_max_amount:,} units",
-        )
+    if kind not in (ProposalType.INVESTMENT, ProposalType.DIVESTMENT):
+        units = proposal.amount_units
+        if units is None or units <= max_amount:
+            return None
+        return Limit(True, f"over the {name} limit of {max_amount:,} units", _amount(proposal))
+    value = value_of(proposal, price)
+    what = f"{_type_text(kind)} of {_amount(proposal)}"
+    if value is not None:
+        figure = f"{what} worth {value:,.2f}"
+        if value > max_value:
+            return Limit(True, f"over the {name} limit of {max_value:,.2f}", figure)
+        return Limit(False, f"within the {name} limit of {max_value:,.2f}", figure)
+    units = proposal.amount_units
+    note = "" if price is None else f"no price: {price.problem or 'none'}; limit in token units"
+    if units is not None and units > max_amount:
+        return Limit(True, f"over the {name} limit of {max_amount:,} units", _amount(proposal), note)
+    return Limit(False, f"within the {name} limit of {max_amount:,} units", what, note)
+
+
+def conservative(
+    proposal: ProposalData, tally: Tally, settings: StrategySettings, *, price: Price | None = None
+) -> Decision:
+    """Protect capital. Rules in order; the first that matches decides."""
+    limit = size_limit(
+        proposal,
+        price,
+        name="conservative",
+        max_value=settings.conservative_max_value,
+        max_amount=settings.conservative_max_amount,
+    )
+    decision = _conservative(proposal, tally, settings, limit)
+    return limit.noted(decision) if limit is not None else decision
+
+
+def _conservative(
+    proposal: ProposalData, tally: Tally, settings: StrategySettings, limit: Limit | None
+) -> Decision:
+    kind = ProposalType(proposal.proposal_type)
+    if limit is not None and limit.over:
+        return Decision(False, 0.9, f"against: {limit.figure} is {limit.text}")
     if kind == ProposalType.INVESTMENT:
         if _symbol(proposal) not in _upper(settings.stablecoins):
             return Decision(
@@ -121,7 +247,9 @@ def conservative(proposal: ProposalData, tally: Tally, settings: StrategySetting
                 f"against: investment in {_asset(proposal)}, not a stablecoin "
                 f"({', '.join(settings.stablecoins)})",
             )
-        return Decision(True, 0.8, f"for: stablecoin investment of {_amount(proposal)} within the limit")
+        within = limit.text if limit is not None else "within the limit"
+        figure = limit.figure if limit is not None else f"investment of {_amount(proposal)}"
+        return Decision(True, 0.8, f"for: stablecoin {figure} {within}")
     if kind == ProposalType.DIVESTMENT:
         needed = _fraction(settings.conservative_divestment_support)
         if tally.support > needed:
@@ -132,21 +260,32 @@ def conservative(proposal: ProposalData, tally: Tally, settings: StrategySetting
     return Decision(False, 0.7, f"against: {_type_text(kind)} proposals are outside the conservative policy")
 
 
-def aggressive(proposal: ProposalData, tally: Tally, settings: StrategySettings) -> Decision:
+def aggressive(
+    proposal: ProposalData, tally: Tally, settings: StrategySettings, *, price: Price | None = None
+) -> Decision:
     """Seek growth. Rules in order; the first that matches decides."""
-    units = proposal.amount_units
+    limit = size_limit(
+        proposal,
+        price,
+        name="aggressive",
+        max_value=settings.aggressive_max_value,
+        max_amount=settings.aggressive_max_amount,
+    )
+    decision = _aggressive(proposal, tally, settings, limit)
+    return limit.noted(decision) if limit is not None else decision
+
+
+def _aggressive(
+    proposal: ProposalData, tally: Tally, settings: StrategySettings, limit: Limit | None
+) -> Decision:
     kind = ProposalType(proposal.proposal_type)
-    if units is not None and units > settings.aggressive_max_amount:
-        return Decision(
-            False,
-            0.8,
-            f"against: {_amount(proposal)} is over the aggressive limit of "
-            f"{settings.aggressive_max_amount:,} units",
-        )
+    if limit is not None and limit.over:
+        return Decision(False, 0.8, f"against: {limit.figure} is {limit.text}")
     if kind == ProposalType.INVESTMENT:
         strong = _fraction(settings.aggressive_investment_support)
         if _symbol(proposal) in _upper(settings.growth_assets):
-            return Decision(True, 0.85, f"for: growth asset investment of {_amount(proposal)}")
+            figure = limit.figure if limit is not None else f"investment of {_amount(proposal)}"
+            return Decision(True, 0.85, f"for: growth asset {figure}")
         if tally.support > strong:
             return Decision(
                 True, 0.75, f"for: investment with strong {tally.describe()} (over {_percent(strong)})"
@@ -228,6 +367,12 @@ def _amount(proposal: ProposalData) -> str:
 def _fraction(value: float) -> Fraction:
     # Through the decimal text: 0.6 means exactly 3/5, not the binary float just below it.
     return Fraction(Decimal(repr(value)))
+
+
+def _exact(value: Decimal) -> str:
+    """Plain exact decimal text (no exponent), trailing zeros dropped."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _percent(value: Fraction) -> str:

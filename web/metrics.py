@@ -29,6 +29,10 @@ class MetricsSnapshot:
     contract_version: str = "unknown"
     rpc_requests: int = 0  # chain requests sent (each batch item counts), the denominator of an error rate
     alerts_firing: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (alert, severity) -> firing
+    service_paused: bool = False
+    paused_nodes: Sequence[str] = ()  # nodes paused by their own switch
+    nodes: Sequence[str] = ()  # every configured node, for a 0/1 sample each
+    dry_run: bool = False
 
 
 def _escape(value: str) -> str:
@@ -126,6 +130,13 @@ def render(snapshot: MetricsSnapshot) -> str:
     out.family("dloop_alerts_firing", "gauge", "Alerts firing now, by alert rule and severity.")
     for (alert, severity), count in sorted(snapshot.alerts_firing.items()):
         out.sample("dloop_alerts_firing", count, {"alert": alert, "severity": severity})
+    out.family("dloop_signing_paused", "gauge", "1 while signing is paused (scope: service, or a node).")
+    out.sample("dloop_signing_paused", int(snapshot.service_paused), {"scope": "service"})
+    for node in sorted({*snapshot.nodes, *snapshot.paused_nodes}):
+        paused = snapshot.service_paused or node in snapshot.paused_nodes
+        out.sample("dloop_signing_paused", int(paused), {"scope": "node", "node": node})
+    out.family("dloop_dry_run", "gauge", "1 when DLOOP_DRY_RUN is set: decisions are recorded, never signed.")
+    out.sample("dloop_dry_run", int(snapshot.dry_run))
     out.family("dloop_rpc_errors_total", "counter", "Chain RPC errors by kind.")
     for kind, count in sorted(snapshot.rpc_errors.items()):
         out.sample("dloop_rpc_errors_total", count, {"kind": kind})

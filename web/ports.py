@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from storage.controls import PauseState, PauseWatch
 from storage.engine import SessionFactory
 from storage.proposals import NodeRecord
 from storage.queries import ContractScope
@@ -68,6 +69,28 @@ class RoundControl(Protocol):
         ...
 
 
+class PauseControl(Protocol):
+    """The operator's pause switches. `set_paused` returns once no paused node can sign any more."""
+
+    async def set_paused(self, scopes: Sequence[str], paused: bool, *, by: str) -> PauseState: ...
+
+    async def current(self) -> PauseState: ...
+
+
+class StoredPauses:
+    """Pause switches straight in the database, for a web app without a voter in its process: the voters
+    read the change within a second."""
+
+    def __init__(self, watch: PauseWatch) -> None:
+        self.watch = watch
+
+    async def set_paused(self, scopes: Sequence[str], paused: bool, *, by: str) -> PauseState:
+        return await self.watch.set(scopes, paused, by=by)
+
+    async def current(self) -> PauseState:
+        return await self.watch.current()
+
+
 @dataclass(frozen=True)
 class AlertsView:
     """The alert evaluator and the notifier, live (the alerts themselves are rows: storage/alerts.py)."""
@@ -93,4 +116,20 @@ class WebContext:
     rpc_requests: Callable[[], int] = int  # chain requests sent so far (0 when not counted)
     api_token: str | None = None
     head_timeout: float = 30.0
+    controls: PauseControl | None = None  # None: StoredPauses over `sessions`
+    dry_run: bool = False
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+def pause_control(context: WebContext) -> PauseControl:
+    return context.controls if context.controls is not None else _stored(context.sessions)
+
+
+_STORED: dict[int, StoredPauses] = {}
+
+
+def _stored(sessions: SessionFactory) -> StoredPauses:
+    key = id(sessions)
+    if key not in _STORED:
+        _STORED[key] = StoredPauses(PauseWatch(sessions))
+    return _STORED[key]

@@ -20,12 +20,13 @@ from monitor.analytics import report as analytics_report
 from storage import queries
 from storage.alerts import firing_alerts, list_alerts
 from storage.analytics import analytics_facts
+from storage.controls import SERVICE_SCOPE, PauseState
 from storage.models import VoteState
 from storage.rounds import get_round, last_round
 from web.auth import trigger_guard
 from web.caches import WebCaches
 from web.metrics import CONTENT_TYPE, MetricsSnapshot, render
-from web.ports import NodeChainState, WebContext
+from web.ports import NodeChainState, WebContext, pause_control
 from web.present import (
     alert_out,
     analytics_out,
@@ -49,11 +50,13 @@ from web.schemas import (
     ActiveProposalsResponse,
     AlertsResponse,
     AnalyticsResponse,
+    ControlsOut,
     ErrorResponse,
     HealthResponse,
     NodesResponse,
     NodeStatusOut,
     OverviewResponse,
+    PauseResponse,
     ProposalResponse,
     ProposalsOut,
     RoundResponse,
@@ -108,9 +111,19 @@ async def read_node_chain(context: Ctx) -> dict[str, NodeChainState]:
     return node_chain_by_address(states)
 
 
+def controls_out(context: WebContext, state: PauseState) -> ControlsOut:
+    return ControlsOut(
+        service_paused=state.service,
+        paused_nodes=sorted(state.nodes),
+        dry_run=context.dry_run,
+        changed_at=state.changed_at,
+    )
+
+
 @get("/", responses=ERRORS, summary="Service overview")
 async def overview(context: Ctx) -> OverviewResponse:
     now = utcnow()
+    pauses = await pause_control(context).current()
     listener = context.listener()
     voter = context.voter()
     stats = await queries.node_vote_stats(context.sessions, context.scope)
@@ -126,6 +139,7 @@ async def overview(context: Ctx) -> OverviewResponse:
             votes_pending=s.pending,
             votes_failed=s.failed,
             last_vote_at=s.last_vote_at,
+            paused=pauses.paused(s.name),
         )
         for s in stats
         if s.address.lower() in configured
@@ -157,6 +171,7 @@ async def overview(context: Ctx) -> OverviewResponse:
         ),
         last_round=round_out(latest, context.rounds.phase(latest.id)) if latest else None,
         uptime_seconds=round((now - context.started_at).total_seconds(), 3),
+        controls=controls_out(context, pauses),
     )
 
 
@@ -165,8 +180,24 @@ async def nodes(context: Ctx) -> NodesResponse:
     stats = await queries.node_vote_stats(context.sessions, context.scope)
     chain = await read_node_chain(context)
     configured = {n.address.lower() for n in context.nodes}
-    items = [node_out(s, chain.get(s.address.lower())) for s in stats if s.address.lower() in configured]
-    return NodesResponse(success=True, nodes=items, count=len(items), timestamp=utcnow())
+    pauses = await pause_control(context).current()
+    items = [
+        msgspec.structs.replace(
+            node_out(s, chain.get(s.address.lower())),
+            paused=pauses.paused(s.name),
+            paused_reason=pauses.reason(s.name),
+        )
+        for s in stats
+        if s.address.lower() in configured
+    ]
+    return NodesResponse(
+        success=True,
+        nodes=items,
+        count=len(items),
+        timestamp=utcnow(),
+        service_paused=pauses.service,
+        dry_run=context.dry_run,
+    )
 
 
 @get("/proposals/{proposal_id:str}", responses=ERRORS, summary="One proposal with every node's decision")
@@ -229,6 +260,64 @@ async def trigger_voting(context: Ctx) -> TriggerResponse:
     )
 
 
+async def _switch(context: WebContext, scope: str, paused: bool) -> PauseResponse:
+    state = await pause_control(context).set_paused([scope], paused, by="http")
+    who = "the whole service" if scope == SERVICE_SCOPE else f"node {scope}"
+    return PauseResponse(
+        success=True,
+        message=f"signing {'paused' if paused else 'resumed'} for {who}",
+        controls=controls_out(context, state),
+        timestamp=utcnow(),
+    )
+
+
+def _node_scope(context: WebContext, name: str) -> str:
+    if name not in {n.name for n in context.nodes}:
+        known = ", ".join(sorted(n.name for n in context.nodes))
+        raise NotFoundException(detail=f"node {name[:64]!r} is not configured (known: {known})")
+    return name
+
+
+PAUSE_DOC = "Answers once no paused node can sign any more (the trigger's auth rules apply)."
+
+
+@post(
+    "/pause",
+    responses=TRIGGER_ERRORS,
+    guards=[trigger_guard],
+    summary="Pause signing for every node",
+    description=PAUSE_DOC,
+)
+async def pause_all(context: Ctx) -> PauseResponse:
+    return await _switch(context, SERVICE_SCOPE, True)
+
+
+@post("/resume", responses=TRIGGER_ERRORS, guards=[trigger_guard], summary="Resume signing for the service")
+async def resume_all(context: Ctx) -> PauseResponse:
+    return await _switch(context, SERVICE_SCOPE, False)
+
+
+@post(
+    "/nodes/{name:str}/pause",
+    responses=TRIGGER_ERRORS,
+    guards=[trigger_guard],
+    summary="Pause signing for one node",
+    description=PAUSE_DOC,
+)
+async def pause_node(context: Ctx, name: FromPath[str]) -> PauseResponse:
+    return await _switch(context, _node_scope(context, name), True)
+
+
+@post(
+    "/nodes/{name:str}/resume",
+    responses=TRIGGER_ERRORS,
+    guards=[trigger_guard],
+    summary="Resume signing for one node",
+)
+async def resume_node(context: Ctx, name: FromPath[str]) -> PauseResponse:
+    return await _switch(context, _node_scope(context, name), False)
+
+
 @get("/rounds/{round_id:str}", responses=ERRORS, summary="Progress and result of a voting round")
 async def round_detail(context: Ctx, round_id: FromPath[str]) -> RoundResponse:
     number = parse_id(round_id, "round id")
@@ -250,6 +339,7 @@ async def metrics(context: Ctx) -> Response[str]:
         context.sessions, context.scope, now=chain_now(listener, now)
     )
     queue = queue_out(counts)
+    pauses = await pause_control(context).current()
     snapshot = MetricsSnapshot(
         vote_counts=counts,
         queue_by_state={s: queue.by_state.get(s, 0) for s in ("pending", "queued", "sent")},
@@ -269,6 +359,10 @@ async def metrics(context: Ctx) -> Response[str]:
         listener_blind=listener.blind_reason is not None,
         contract_version=listener.contract_version,
         alerts_firing=firing_counts(await firing_alerts(context.sessions)),
+        service_paused=pauses.service,
+        paused_nodes=sorted(pauses.nodes),
+        nodes=[n.name for n in context.nodes],
+        dry_run=context.dry_run,
     )
     return Response(render(snapshot), media_type=CONTENT_TYPE)
 
@@ -336,7 +430,21 @@ async def analytics(
     return analytics_out(result, now)
 
 
-ROUTES = [overview, nodes, proposal, votes, trigger_voting, round_detail, metrics, alerts, analytics]
+ROUTES = [
+    overview,
+    nodes,
+    proposal,
+    votes,
+    trigger_voting,
+    pause_all,
+    resume_all,
+    pause_node,
+    resume_node,
+    round_detail,
+    metrics,
+    alerts,
+    analytics,
+]
 
 
 # -- the endpoints monitors and dashboards poll ------------------------------------------------------------

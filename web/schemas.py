@@ -150,12 +150,32 @@ class NodeOut(Api):
     votes_by_state: dict[str, int]
     last_vote_at: dt.datetime | None
     error: str | None
+    paused: bool = False  # signing paused for this node (by its own switch or the whole service's)
+    paused_reason: str | None = None
 
 
 class NodesResponse(Api):
     success: bool
     nodes: list[NodeOut]
     count: int
+    timestamp: dt.datetime
+    service_paused: bool = False
+    dry_run: bool = False
+
+
+class ControlsOut(Api):
+    """The operator controls: whether signing is paused for the service and per node, and dry run."""
+
+    service_paused: bool
+    paused_nodes: list[str]
+    dry_run: bool
+    changed_at: dt.datetime | None
+
+
+class PauseResponse(Api):
+    success: bool
+    message: str
+    controls: ControlsOut
     timestamp: dt.datetime
 
 
@@ -237,6 +257,7 @@ class NodeStatusOut(Api):
     votes_pending: int
     votes_failed: int
     last_vote_at: dt.datetime | None
+    paused: bool = False
 
 
 class SystemOut(Api):
@@ -263,6 +284,7 @@ class OverviewResponse(Api):
     proposals: ProposalsOut
     last_round: RoundOut | None
     uptime_seconds: float
+    controls: ControlsOut | None = None
 
 
 # -- alerts and analytics ------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.support.chain import Chain
 from tests.support.chaos import DloopRun, service_env, settled
@@ -67,7 +68,7 @@ def service(module_chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> It
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     _need_chromium()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # imported here: without chromium the module only skips
 
     with sync_playwright() as playwright:
         # launch() gives every run a fresh temporary profile (user-data-dir).
@@ -191,15 +192,15 @@ def test_a_new_proposal_appears_with_its_five_votes_within_3_s(
     watched.open()
     watched.wait_live()
     page = watched.page
-    page.evaluate("window.__notReloaded = true")
+    page.evaluate("() => { window.__notReloaded = true; }")
     (proposal_id,) = module_chain.create(1, first_index=200)
     created = time.monotonic()
-    page.wait_for_function(
-        f"document.querySelectorAll('#proposal-{proposal_id} tr.vote[data-state=confirmed]').length === 5",
-        timeout=3000,
+    # The page's CSP forbids eval, so no wait_for_function: the locator is polled from here.
+    expect(page.locator(f"#proposal-{proposal_id} tr.vote[data-state=confirmed]")).to_have_count(
+        5, timeout=3000
     )
     took = time.monotonic() - created
-    assert page.evaluate("window.__notReloaded === true"), "the page reloaded"
+    assert page.evaluate("() => window.__notReloaded === true"), "the page reloaded"
     assert page.locator(".proposal").first.get_attribute("data-proposal") == str(proposal_id)  # newest first
     print(f"proposal {proposal_id} shown with 5 votes {took:.2f} s after it was mined")
     _artifact(watched, tmp_path, "dashboard-new-proposal.png")
@@ -229,7 +230,7 @@ def test_the_trigger_asks_for_the_token_refuses_a_wrong_one_and_starts_a_round(
     assert page.evaluate("sessionStorage.getItem('dloop-api-token')") == TOKEN
     # Asked once: the next click goes straight through.
     page.click("#trigger")
-    page.wait_for_function("document.querySelector('#notice').textContent.includes('Voting round #')")
+    expect(page.locator("#notice")).to_contain_text("Voting round #")
     assert page.locator("#token-box").is_hidden()
 
 

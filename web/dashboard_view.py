@@ -63,7 +63,8 @@ def duration_text(seconds: float | None) -> str:
     """A short human duration: 42 s, 5 min 3 s, 3 h 12 min, 2 d 4 h."""
     if seconds is None:
         return "-"
-    whole = int(max(0.0, seconds))
+    seconds = max(0.0, seconds)
+    whole = int(seconds)
     if whole < 60:
         return f"{seconds:.1f} s" if seconds < 10 else f"{whole} s"
     minutes, secs = divmod(whole, 60)

@@ -10,8 +10,8 @@ from typing import Any
 
 import jinja2
 from litestar import MediaType, Request, get
-from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.handlers import HTTPRouteHandler
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import ServerSentEvent, Template
 from litestar.router import Router
 from litestar.static_files import create_static_files_router

@@ -73,6 +73,7 @@ def curl_commands(base: str) -> list[str]:
         f"curl -s '{base}/votes?node=ai-gov-01&limit=5'",
         f"curl -s {base}/proposals/1",
         f"curl -s {base}/metrics",
+        f"curl -sN {base}/events",
     ]
 
 
@@ -120,6 +121,8 @@ def _banner(
 ) -> str:
     mining = f"a block every {args.block_time:g} s" if args.block_time else "automine"
     lines = [
+        "",
+        f"dashboard: {base}/dashboard   (open it in a browser: live, no internet needed)",
         "",
         "dloop demo is running",
         f"  chain     {anvil.ws_url} (chain id {info.chain_id}, {mining})",

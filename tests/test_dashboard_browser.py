@@ -151,13 +151,15 @@ def test_the_page_shows_five_nodes_and_every_active_proposal_cleanly(
     assert page.locator("#listener-state").inner_text() == "connected"
     assert page.locator(".chart").count() == 2
     time.sleep(1.5)  # a live refresh or two
+    target = os.environ.get("DLOOP_DASHBOARD_SCREENSHOT")
+    if target:  # the README's: the top of the page in one tall viewport (full_page would float the header)
+        page.set_viewport_size({"width": 1280, "height": 1700})
+        page.evaluate("() => window.scrollTo(0, 0)")
+        page.screenshot(path=target)
     path = _artifact(watched, tmp_path, "dashboard-desktop.png")
     for section in ("charts", "rounds"):
         page.locator(f"#{section}").screenshot(path=str(tmp_path / f"dashboard-{section}.png"))
     page.locator(".proposal").first.screenshot(path=str(tmp_path / "dashboard-proposal.png"))
-    target = os.environ.get("DLOOP_DASHBOARD_SCREENSHOT")
-    if target:
-        page.screenshot(path=target, full_page=False)
     print(f"screenshot: {path}")
     assert not watched.console_errors, watched.console_errors
     assert not watched.failed, watched.failed
@@ -283,3 +285,19 @@ def test_without_javascript_it_is_a_static_page_that_refreshes(service: DloopRun
     assert page.locator(".proposal").count() == len(_active_ids(service))
     assert page.locator("meta[http-equiv=refresh]").get_attribute("content") == "10"
     assert "static" in page.locator("#live").inner_text()
+
+
+def test_sigterm_with_dashboards_open_stops_the_service_within_seconds(
+    service: DloopRun, watched: Watched
+) -> None:
+    """Last in the module (it stops the shared service): open /events streams must not hold up shutdown."""
+    watched.open()
+    watched.wait_live()
+    with httpx.stream("GET", f"{service.url}/events", timeout=10) as response:
+        assert next(response.iter_lines()) == "event: hello"
+        started = time.monotonic()
+        assert service.stop(timeout=15) == 0
+        took = time.monotonic() - started
+    print(f"stopped {took:.2f} s after SIGTERM with two event streams open")
+    assert took < 5, took
+    assert not service.tracebacks(), service.tracebacks()

@@ -322,11 +322,18 @@ def proposal_card(proposal: ActiveProposal, chain_now: dt.datetime) -> ProposalC
     def weight(raw: str) -> str:
         return (units(int(raw)) or raw) if raw.isdigit() else raw
 
+    no_asset = (
+        proposal.asset_symbol is None and int(proposal.asset_address, 16) == 0 and proposal.amount == "0"
+    )
     return ProposalCard(
         id=proposal.id,
         type_name=proposal.proposal_type_name,
-        asset=proposal.asset_symbol or short_address(proposal.asset_address),
-        amount=proposal.amount_units if proposal.amount_units is not None else proposal.amount,
+        asset="" if no_asset else proposal.asset_symbol or short_address(proposal.asset_address),
+        amount=""
+        if no_asset
+        else proposal.amount_units
+        if proposal.amount_units is not None
+        else proposal.amount,
         description=proposal.description,
         time_left=duration_text((proposal.end_time_utc - chain_now).total_seconds()),
         votes_for=weight(proposal.votes_for) or "0",

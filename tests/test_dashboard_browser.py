@@ -53,6 +53,12 @@ def _need_chromium() -> None:
     pytest.skip(message)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def chromium_present() -> None:
+    """First of all: without a browser the module skips (or fails under CI) before starting any chain."""
+    _need_chromium()
+
+
 @pytest.fixture(scope="module")
 def service(module_chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DloopRun]:
     anvil, info = module_chain
@@ -67,7 +73,6 @@ def service(module_chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    _need_chromium()
     from playwright.sync_api import sync_playwright  # imported here: without chromium the module only skips
 
     with sync_playwright() as playwright:

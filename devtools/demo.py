@@ -83,6 +83,8 @@ def demo_command(args: argparse.Namespace) -> int:
     for suffix in ("", "-wal", "-shm"):  # a fresh chain: the old demo database means nothing
         Path(f"{database}{suffix}").unlink(missing_ok=True)
     anvil_bin = args.anvil_bin or os.environ.get(ANVIL_BIN_SETTING)
+    # First of all, the page to open: it answers as soon as the service is up (a few seconds).
+    print(f"dashboard: http://localhost:{args.port}/dashboard", flush=True)
     print("starting a local chain and deploying the AssetDAO ...", flush=True)
     with AnvilProcess(binary=anvil_bin, port=0, block_time=args.block_time or None) as anvil:
         started = time.monotonic()

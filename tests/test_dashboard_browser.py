@@ -172,7 +172,8 @@ def test_the_page_shows_five_nodes_and_every_active_proposal_cleanly(
 
 
 def test_root_answers_the_page_to_a_browser_and_json_to_curl(service: DloopRun, watched: Watched) -> None:
-    assert service.get("/").json()["system"]["totalNodes"] == 5  # httpx sends */*, like curl
+    plain = service.get("/")  # httpx sends */*, like curl
+    assert plain.json()["system"]["totalNodes"] == 5 and plain.headers["vary"] == "Accept"
     curl = shutil.which("curl")
     if curl:
         import subprocess
@@ -181,7 +182,7 @@ def test_root_answers_the_page_to_a_browser_and_json_to_curl(service: DloopRun, 
         assert json.loads(out.stdout)["status"] in ("running", "degraded")
     html = httpx.get(f"{service.url}/", headers={"Accept": BROWSER_ACCEPT}, timeout=10)
     assert html.headers["content-type"].startswith("text/html")
-    assert "Content-Security-Policy" in html.headers
+    assert "Content-Security-Policy" in html.headers and html.headers.get("vary") == "Accept"
     watched.open("/")
     assert watched.page.locator("[data-section=nodes] .node").count() == 5
 

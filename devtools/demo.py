@@ -73,6 +73,7 @@ def curl_commands(base: str) -> list[str]:
         f"curl -s '{base}/votes?node=ai-gov-01&limit=5'",
         f"curl -s {base}/proposals/1",
         f"curl -s {base}/metrics",
+        f"curl -sN {base}/events",
     ]
 
 
@@ -82,6 +83,8 @@ def demo_command(args: argparse.Namespace) -> int:
     for suffix in ("", "-wal", "-shm"):  # a fresh chain: the old demo database means nothing
         Path(f"{database}{suffix}").unlink(missing_ok=True)
     anvil_bin = args.anvil_bin or os.environ.get(ANVIL_BIN_SETTING)
+    # First of all, the page to open: it answers as soon as the service is up (a few seconds).
+    print(f"dashboard: http://localhost:{args.port}/dashboard", flush=True)
     print("starting a local chain and deploying the AssetDAO ...", flush=True)
     with AnvilProcess(binary=anvil_bin, port=0, block_time=args.block_time or None) as anvil:
         started = time.monotonic()
@@ -120,6 +123,8 @@ def _banner(
 ) -> str:
     mining = f"a block every {args.block_time:g} s" if args.block_time else "automine"
     lines = [
+        "",
+        f"dashboard: {base}/dashboard   (open it in a browser: live, no internet needed)",
         "",
         "dloop demo is running",
         f"  chain     {anvil.ws_url} (chain id {info.chain_id}, {mining})",

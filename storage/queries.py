@@ -398,6 +398,29 @@ async def vote_latencies(sessions: SessionFactory, scope: ContractScope) -> list
     return await read(sessions, work, what="vote_latencies", brief=True)
 
 
+async def recent_vote_times(
+    sessions: SessionFactory, scope: ContractScope, *, since: dt.datetime, limit: int = 20_000
+) -> list[tuple[dt.datetime, dt.datetime]]:
+    """(queued_at, confirmed_at) of the votes mined since `since`, newest first, at most `limit`: the
+    dashboard's charts (votes per hour, time from proposal to vote)."""
+
+    async def work(session: AsyncSession) -> list[tuple[dt.datetime, dt.datetime]]:
+        rows = await session.execute(
+            select(Vote.queued_at, Vote.confirmed_at)
+            .join(Proposal, Vote.proposal_ref == Proposal.id)
+            .where(
+                Proposal.chain_id == scope.chain_id,
+                Proposal.contract == scope.contract,
+                Vote.confirmed_at >= since,
+            )
+            .order_by(Vote.confirmed_at.desc())
+            .limit(limit)
+        )
+        return [(queued, confirmed) for queued, confirmed in rows if confirmed is not None]
+
+    return await read(sessions, work, what="recent_vote_times", brief=True)
+
+
 # -- a version of the data the API shows, for caching answers ---------------------------------------------
 
 SHOWN_TABLES = frozenset({Proposal.__tablename__, Vote.__tablename__, Node.__tablename__})

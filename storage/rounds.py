@@ -167,3 +167,13 @@ async def fail_interrupted_rounds(sessions: SessionFactory) -> int:
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     return await write(sessions, work, what="fail_interrupted_rounds")
+
+
+async def recent_rounds(sessions: SessionFactory, limit: int = 10) -> list[RoundRecord]:
+    """The latest `limit` rounds, newest first (the dashboard's "recent rounds")."""
+
+    async def work(session: AsyncSession) -> list[RoundRecord]:
+        rows = (await session.execute(select(Round).order_by(Round.id.desc()).limit(limit))).scalars()
+        return [_record(row) for row in rows]
+
+    return await read(sessions, work, what="recent_rounds")

@@ -56,6 +56,21 @@ def test_every_package_is_listed_for_the_wheel() -> None:
     assert not (REPO / "alembic" / "__init__.py").exists(), "it would shadow the alembic library"
 
 
+def test_the_dashboard_files_are_package_data() -> None:
+    # The page's templates, CSS and JS are served from the installed package (no CDN): each must match a
+    # package-data pattern of `web`, or the wheel would ship a dashboard without them.
+    patterns = _pyproject()["tool"]["setuptools"]["package-data"]["web"]  # type: ignore[index]
+    files = [
+        p.relative_to(REPO / "web")
+        for folder in ("templates", "static")
+        for p in (REPO / "web" / folder).rglob("*")
+        if p.is_file()
+    ]
+    assert files
+    unmatched = [str(f) for f in files if not any(f.match(pattern) for pattern in patterns)]
+    assert not unmatched, unmatched
+
+
 def _source_copy(destination: Path) -> Path:
     """The repository as pip sees it, without the virtualenv, node_modules and build output. pip builds a
     local directory in place, and setuptools' build/ folder would otherwise be left in the checkout (its
@@ -155,6 +170,12 @@ def test_pip_install_into_a_fresh_virtualenv_migrates_and_runs(tmp_path: Path) -
             )
         try:
             health = _wait_for_health(f"http://127.0.0.1:{port}/health", run, log)
+            # The dashboard renders from the installed templates and static files (package data).
+            base = f"http://127.0.0.1:{port}"
+            page = httpx.get(f"{base}/dashboard", timeout=10)
+            assert page.status_code == 200 and "dloop governance" in page.text, page.text[:2000]
+            for asset in ("/static/dashboard.js", "/static/dashboard.css"):
+                assert httpx.get(f"{base}{asset}", timeout=10).status_code == 200, asset
             run.send_signal(signal.SIGTERM)
             exit_code = run.wait(timeout=30)
         finally:

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from typing import Annotated
 
-import anyio
 import msgspec
 from litestar import MediaType, Response, get, post
+from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, QueryParameter
 
-from core.errors import DloopError
 from monitor.analytics import report as analytics_report
 from storage import queries
 from storage.alerts import firing_alerts, list_alerts
@@ -25,8 +23,10 @@ from storage.models import VoteState
 from storage.rounds import get_round, last_round
 from web.auth import trigger_guard
 from web.caches import WebCaches
+from web.dashboard import read_node_chain
 from web.metrics import CONTENT_TYPE, MetricsSnapshot, render
-from web.ports import NodeChainState, WebContext, pause_control
+from web.pages import overview_page
+from web.ports import WebContext, pause_control
 from web.present import (
     alert_out,
     analytics_out,
@@ -37,7 +37,6 @@ from web.present import (
     health_checks,
     health_status,
     listener_out,
-    node_chain_by_address,
     node_out,
     node_status,
     proposal_out,
@@ -69,7 +68,6 @@ Ctx = NamedDependency[WebContext]  # provided by the app (web.app), by name
 
 
 MAX_ID = 2**63 - 1  # ids are BIGINT in the database
-NODE_READ_TIMEOUT = 5.0
 
 
 def _error_specs(*statuses: int) -> dict[int, ResponseSpec]:
@@ -100,17 +98,6 @@ def parse_id(raw: str, what: str) -> int:
     return int(text)
 
 
-async def read_node_chain(context: Ctx) -> dict[str, NodeChainState]:
-    """Live balances and nonces; a chain that does not answer in time marks every node 'error'."""
-    try:
-        with anyio.fail_after(NODE_READ_TIMEOUT):
-            states: Sequence[NodeChainState] = await context.node_chain()
-    except (TimeoutError, DloopError) as exc:
-        reason = "timed out reading the chain" if isinstance(exc, TimeoutError) else str(exc)
-        states = [NodeChainState(address=n.address, error=reason) for n in context.nodes]
-    return node_chain_by_address(states)
-
-
 def controls_out(context: WebContext, state: PauseState) -> ControlsOut:
     return ControlsOut(
         service_paused=state.service,
@@ -120,7 +107,13 @@ def controls_out(context: WebContext, state: PauseState) -> ControlsOut:
     )
 
 
-@get("/", responses=ERRORS, summary="Service overview")
+@get(
+    "/",
+    responses=ERRORS,
+    summary="Service overview (a browser, which prefers text/html, gets the dashboard page instead)",
+    before_request=overview_page,
+    response_headers=[ResponseHeader(name="Vary", value="Accept")],
+)
 async def overview(context: Ctx) -> OverviewResponse:
     now = utcnow()
     pauses = await pause_control(context).current()

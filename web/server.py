@@ -14,6 +14,7 @@ from litestar import Litestar
 
 from core.errors import ConfigError
 from core.logs import log_event
+from web.app import stop_streams
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class HttpServer:
                 task_status.started()
                 await done.wait()
             finally:
+                stop_streams(self.app)  # long-lived /events responses end now, not at the graceful timeout
                 self.server.should_exit = True
                 with anyio.move_on_after(self.shutdown_timeout + 1, shield=True):
                     await done.wait()

@@ -25,7 +25,7 @@ from storage.proposals import record_proposal
 from storage.queries import ContractScope, DataVersion, writes_shown_tables
 from tests.support.database import Database, NodeSpec, made_up_nodes
 from web.active_cache import ActiveProposalsCache, ActiveSnapshot, needs_rebuild
-from web.auth import authorize_trigger, bearer_token, is_loopback, trigger_guard
+from web.auth import authorize_trigger, bearer_token, cross_site, is_loopback, trigger_guard
 from web.db_probe import DatabaseProbe, probe_is_fresh
 from web.errors import handle_http_exception
 from web.metrics import MetricsSnapshot, render
@@ -93,6 +93,28 @@ def test_without_a_token_only_direct_loopback_clients_pass() -> None:
     assert decide("::1") == (True, 200)
     assert decide("192.0.2.2") == (False, 403)
     assert decide("127.0.0.1", proxied=True) == (False, 403)  # a local reverse proxy relaying someone
+
+
+def test_a_page_of_another_site_may_not_post_whatever_the_client_address() -> None:
+    assert cross_site(fetch_site="cross-site", origin="https://evil.example", host="127.0.0.1:5001")
+    assert cross_site(fetch_site="same-site", origin=None, host="127.0.0.1:5001")
+    assert cross_site(fetch_site=None, origin="http://evil.example", host="127.0.0.1:5001")  # older browsers
+    assert cross_site(fetch_site=None, origin="http://rebound.example:5001", host="127.0.0.1:5001") is True
+    assert cross_site(fetch_site=None, origin="null", host="127.0.0.1:5001")  # sandboxed frames
+    assert not cross_site(fetch_site="same-origin", origin="http://127.0.0.1:5001", host="127.0.0.1:5001")
+    assert not cross_site(fetch_site=None, origin=None, host="127.0.0.1:5001")  # curl, scripts
+    refused = authorize_trigger(
+        api_token=None, authorization=None, client_host="127.0.0.1", proxied=False, from_other_site=True
+    )
+    assert (refused.allowed, refused.status) == (False, 403) and "another site" in refused.reason
+    with_token = authorize_trigger(
+        api_token="s3cret",
+        authorization="Bearer s3cret",
+        client_host="::1",
+        proxied=False,
+        from_other_site=True,
+    )
+    assert not with_token.allowed
 
 
 def test_bearer_token_parsing() -> None:

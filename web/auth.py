@@ -1,9 +1,14 @@
-"""Who may start a voting round.
+"""Who may start a voting round, or pause and resume signing.
 
 With `DLOOP_API_TOKEN` set: `Authorization: Bearer <token>`, compared in constant time (401 otherwise).
 Without it: loopback clients only (403 otherwise). A request carrying proxy headers (`Forwarded`,
 `X-Forwarded-For`, `X-Real-IP`) is treated as not loopback: a reverse proxy on the same host relays other
 people's requests from 127.0.0.1, and without a token nothing else would tell them apart.
+
+Always: a request a browser sent from another site is refused (403). Without a token, any web page the
+operator opens could otherwise POST to 127.0.0.1:5001 (a `no-cors` fetch) and undo a pause; browsers say
+where a request comes from in `Sec-Fetch-Site` and `Origin`, and a page on another origin cannot forge them.
+Scripts and `curl` send neither and are judged by the rules above.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import hmac
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
@@ -47,9 +53,28 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip()
 
 
+def cross_site(*, fetch_site: str | None, origin: str | None, host: str | None) -> bool:
+    """Whether a browser sent this request from a page of another origin (or from a DNS-rebound name)."""
+    if fetch_site is not None and fetch_site.strip().lower() not in ("same-origin", "none"):
+        return True
+    if origin is not None:
+        origin_host = urlsplit(origin.strip()).netloc.lower()
+        return not origin_host or origin_host != (host or "").strip().lower()
+    return False
+
+
 def authorize_trigger(
-    *, api_token: str | None, authorization: str | None, client_host: str | None, proxied: bool
+    *,
+    api_token: str | None,
+    authorization: str | None,
+    client_host: str | None,
+    proxied: bool,
+    from_other_site: bool = False,
 ) -> AuthDecision:
+    if from_other_site:
+        return AuthDecision(
+            False, 403, "a request from another site's page is refused (Origin / Sec-Fetch-Site)"
+        )
     if api_token:
         presented = bearer_token(authorization)
         if presented is None:
@@ -75,6 +100,11 @@ def trigger_guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: Base
         authorization=connection.headers.get("authorization"),
         client_host=connection.client.host if connection.client else None,
         proxied=any(name in connection.headers for name in PROXY_HEADERS),
+        from_other_site=cross_site(
+            fetch_site=connection.headers.get("sec-fetch-site"),
+            origin=connection.headers.get("origin"),
+            host=connection.headers.get("host"),
+        ),
     )
     if decision.allowed:
         return

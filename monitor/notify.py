@@ -29,6 +29,7 @@ logger = logging.getLogger("dloop.alerts")
 
 QUEUE_SIZE = 200  # notices waiting per receiver
 POST_TIMEOUT = 10.0  # seconds per attempt
+DISCORD_SUPPRESS_EMBEDS = 1 << 2  # no link previews of URLs in the text
 DISCORD_LIMIT = 2000  # characters of a Discord message
 _KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 SERVICE = "dloop-governance"
@@ -90,12 +91,32 @@ def generic_body(notice: Notice) -> dict[str, Any]:
     }
 
 
+def slack_text(text: str) -> str:
+    """Slack's escaping of message text: an alert's summary may quote a proposal's asset or a strategy's
+    error, attacker-controlled text that must not become `<!channel>` or a `<link|label>`."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_DISCORD_MARKDOWN = re.compile(r"([\\*_~`|>#\[\]()@<])")
+
+
+def discord_text(text: str) -> str:
+    """Every markdown, mention and link character backslash-escaped (the body also allows no mention)."""
+    return _DISCORD_MARKDOWN.sub(r"\\\1", text)
+
+
 def body(notice: Notice, fmt: str, masker: Masker) -> Any:
-    """The JSON body for a receiver of format `fmt` (generic, slack, discord), every string masked."""
+    """The JSON body for a receiver of format `fmt` (generic, slack, discord), every string masked. Slack
+    and Discord render markup: their text is escaped, and Discord is told to ping nobody and embed nothing."""
+    line = masker.text(headline(notice))  # masked before escaping changes how a secret is spelled
     if fmt == "slack":
-        raw: Any = {"text": headline(notice)}
+        raw: Any = {"text": slack_text(line)}
     elif fmt == "discord":
-        raw = {"content": headline(notice)[:DISCORD_LIMIT]}
+        raw = {
+            "content": discord_text(line)[:DISCORD_LIMIT],
+            "allowed_mentions": {"parse": []},
+            "flags": DISCORD_SUPPRESS_EMBEDS,
+        }
     else:
         raw = generic_body(notice)
     return masker.value(raw)

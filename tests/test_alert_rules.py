@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 from monitor.engine import Alert, Notice, NoticeKind, step
 from monitor.notify import body, notice_masker, receiver_label, trial_notice
@@ -142,5 +143,28 @@ def test_notification_bodies_hold_no_secret_in_any_format() -> None:
     generic = body(trial_notice(NOW), "generic", masker)
     assert generic["status"] == "firing" and generic["kind"] == "test"
     assert set(body(trial_notice(NOW), "slack", masker)) == {"text"}
-    assert set(body(trial_notice(NOW), "discord", masker)) == {"content"}
+    discord = body(trial_notice(NOW), "discord", masker)
+    assert set(discord) == {"content", "allowed_mentions", "flags"} and discord["allowed_mentions"] == {
+        "parse": []
+    }
+
+
+def test_chat_bodies_escape_attacker_text_in_a_summary() -> None:
+    """A VoteFailed summary quotes a strategy's error, which may quote a proposal's asset symbol."""
+    hostile = Alert(
+        fingerprint="VoteFailed:proposal 9 / ai-gov-01",
+        rule="VoteFailed",
+        subject="proposal 9 / ai-gov-01",
+        severity="warning",
+        summary="KeyError('<!channel> <http://evil.example|click> @everyone [x](http://evil.example) **b**')",
+        first_seen=NOW,
+        last_seen=NOW,
+    )
+    masker = notice_masker([])
+    slack = body(Notice(NoticeKind.FIRING, hostile), "slack", masker)["text"]
+    assert "<!channel>" not in slack and "<http" not in slack and "&lt;!channel&gt;" in slack
+    discord = body(Notice(NoticeKind.FIRING, hostile), "discord", masker)["content"]
+    for markup in ("@everyone", "](", "**", "<@"):  # none left unescaped (not behind a backslash)
+        assert not re.search(r"(?<!\\)" + re.escape(markup[0]) + re.escape(markup[1:]), discord), markup
+    assert "\\@everyone" in discord and "\\[x\\]\\(http" in discord
     assert receiver_label(HOOK) == "https://hooks.slack.com/..."

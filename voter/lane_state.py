@@ -84,6 +84,13 @@ class LaneState:
         self.client = None
         self.notify()
 
+    async def signing_held(self) -> str | None:
+        """Why this node may not sign anything now (a vote, a replacement, a filler), or None: paused, or
+        DLOOP_DRY_RUN. Checked under `lock`, right before each signature."""
+        if self.settings.dry_run:
+            return "dry run: nothing is signed"
+        return (await self.pauses.current()).reason(self.node.name)
+
     def held_nonces(self) -> set[int]:
         """Nonces of transactions this lane has in flight (votes, and fillers of a nonce gap)."""
         return {t.nonce for t in self.tracked.values()} | set(self.fillers)

@@ -312,6 +312,8 @@ class ReceiptWatcher:
             nonce = gap[0]
             if nonce in self.state.held_nonces():
                 return  # a vote took it meanwhile
+            if await self.state.signing_held() is not None:
+                return  # paused or dry run: no signature, the gap waits
             waiting = max(self.state.tracked.values(), key=lambda t: t.nonce, default=tracked)
             reason = f"nonce {nonce} left unused (a reorg?); vote tx {waiting.latest.tx_hash} waits behind it"
             filler = self.sender.sign(nonce, "0x", FILLER_GAS, fees, to=self.state.address)
@@ -404,6 +406,10 @@ class ReceiptWatcher:
             if tracked.vote_id not in self.state.tracked:
                 return
             tracked.sent_block = head  # wait another interval before the next attempt, whatever happens
+            held = await self.state.signing_held()
+            if held is not None:  # paused or dry run: not even a fee bump is signed
+                await queue.set_note(self.state.sessions, tracked.vote_id, f"{why}; not replaced: {held}")
+                return
             if bump.fees is None:
                 note = f"{why}; cannot replace: {bump.reason}"
                 await queue.set_note(self.state.sessions, tracked.vote_id, note)

@@ -13,7 +13,7 @@ events (assets, roles, parameters), which the service knows and ignores. Any oth
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -247,9 +247,6 @@ class ContractVersion:
     @property
     def knows_proposals(self) -> bool:
         return bool(self.versions)
-
-    def as_dict(self) -> Mapping[str, object]:
-        return {"version": self.name, "missing_functions": list(self.missing_functions)}
 
 
 def detect_version(code: bytes | str) -> ContractVersion:

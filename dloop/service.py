@@ -8,7 +8,6 @@ and hash records are shielded, uvicorn finishes its requests, queued rows simply
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -254,16 +253,13 @@ class Service:
 
     def listener_view(self) -> ListenerView:
         status = self.listener.status
-        head_timestamp = None
-        if status.head_lag_seconds is not None:
-            head_timestamp = int(dt.datetime.now(dt.UTC).timestamp() - status.head_lag_seconds)
         return ListenerView(
             running=self.running["listener"],
             connected=status.connected,
             subscribed=status.connected,  # "connected" means subscribed, caught up and following live
             head_block=status.last_head_number,
             head_received_at=status.last_head_time,
-            head_timestamp=head_timestamp,
+            head_timestamp=status.last_head_timestamp,
             reconnects=status.reconnects,
             last_error=status.last_error,
             contract_version=self.contract.name,

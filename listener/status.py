@@ -22,6 +22,7 @@ class ListenerStatus:
     last_head_number: int | None
     last_head_time: dt.datetime | None  # when the newest head arrived (UTC)
     head_lag_seconds: float | None  # now minus the newest head's block timestamp
+    last_head_timestamp: int | None  # the newest head's block time (a devnet's clock may run ahead)
     last_event_time: dt.datetime | None  # when the last contract log was processed (UTC)
     reconnects: int
     backfill_active: bool
@@ -69,6 +70,7 @@ class StatusBoard:
             last_head_number=self.last_head_number,
             last_head_time=self.last_head_time,
             head_lag_seconds=lag,
+            last_head_timestamp=self.last_head_timestamp,
             last_event_time=self.last_event_time,
             reconnects=self.reconnects,
             backfill_active=self.backfill_active,

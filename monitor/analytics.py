@@ -2,7 +2,8 @@
 them). Definitions, also in the README:
 
 - a vote is *owed* by a node on every proposal of the window, except where its strategy declined (`no_vote`:
-  an invalid or closed proposal) and where the proposal is still open and the vote still on its way;
+  an invalid or closed proposal), where it was decided in a dry run (`dry_run`), and where the proposal is
+  still open and the vote still on its way;
 - a vote is *cast* when it is on chain: `confirmed` (by this service) or `already_voted` (by the same key);
 - *participation* = cast / owed; *time to vote* = from the proposal's creation (chain time) to the vote
   being mined, p50 and p95 by linear interpolation between the closest ranks;
@@ -150,7 +151,7 @@ def in_window(created_at: dt.datetime, since: dt.datetime | None, until: dt.date
 
 
 def is_owed(vote: VoteFact, proposal: ProposalFact, now: dt.datetime) -> bool:
-    if vote.state == "no_vote":
+    if vote.state in ("no_vote", "dry_run"):  # declined by the strategy, or decided in a dry run
         return False
     return not (vote.state in OPEN_STATES and proposal.voting_ends >= now)
 

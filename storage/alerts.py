@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from monitor.engine import Alert
@@ -95,8 +95,9 @@ async def save_alerts(sessions: SessionFactory, alerts: Sequence[Alert]) -> list
 async def votes_not_on_chain(
     sessions: SessionFactory, scope: ContractScope, *, chain_now: dt.datetime, horizon: dt.datetime
 ) -> list[UnvotedVote]:
-    """Vote rows pending, queued, sent or failed on proposals still Active whose voting ends between the
-    chain's now and `horizon` (the facts of MissedVoteRisk and VoteFailed)."""
+    """On proposals still Active and open at the chain's now: vote rows pending, queued or sent whose voting
+    ends before `horizon` (the facts of MissedVoteRisk), and failed ones whatever the deadline (VoteFailed;
+    MissedVoteRisk judges those too, within its own horizon)."""
     wall = utcnow()
 
     async def work(session: AsyncSession) -> list[UnvotedVote]:
@@ -116,8 +117,11 @@ async def votes_not_on_chain(
                 Proposal.contract == scope.contract,
                 Proposal.status == 1,
                 Proposal.voting_ends_at >= chain_now,
-                Proposal.voting_ends_at <= horizon,
-                Vote.state.in_([*OPEN_VOTE_STATES, VoteState.FAILED]),
+                # Near the deadline (MissedVoteRisk), or failed whatever the deadline (VoteFailed).
+                or_(
+                    and_(Proposal.voting_ends_at <= horizon, Vote.state.in_(list(OPEN_VOTE_STATES))),
+                    Vote.state == VoteState.FAILED,
+                ),
             )
             .order_by(Proposal.proposal_id, Node.name)
         )

@@ -547,7 +547,14 @@ async def forget_pending_decisions(session: AsyncSession, proposal_row_id: int) 
     await _update(
         session,
         [Vote.proposal_ref == proposal_row_id, Vote.state == S.PENDING],
-        {"decision": None, "confidence": None, "reason": None, "decided_at": None},
+        {
+            "decision": None,
+            "confidence": None,
+            "reason": None,
+            "decided_at": None,
+            "price": None,
+            "value": None,
+        },
     )
 
 
@@ -563,6 +570,8 @@ async def decide_again(session: AsyncSession, proposal_row_id: int) -> None:
             "state": S.QUEUED,
             "outcome": VoteOutcome.CONTENT_CHANGED,
             "decision": None,
+            "price": None,
+            "value": None,
             "confidence": None,
             "reason": None,
             "decided_at": None,
@@ -581,19 +590,12 @@ class LogConfirmation:
     block: int
 
 
-async def confirm_by_log(
-    session: AsyncSession, proposal_row_id: int, node_id: int, tx_hash: str, block: int
-) -> bool:
-    """Our node's VoteCast log: its row -> confirmed from any state but no_vote (that keeps the strategy's
-    recorded decision: a VoteCast there means someone else used the key) and the final ones."""
-    done = await confirm_by_logs(session, [LogConfirmation(proposal_row_id, node_id, tx_hash, block)])
-    return bool(done)
-
-
 async def confirm_by_logs(session: AsyncSession, logs: Sequence[LogConfirmation]) -> set[tuple[int, int]]:
-    """`confirm_by_log` for many in one SELECT and one executemany UPDATE (a burst brings hundreds of our
-    VoteCast logs at once); returns the (proposal row, node) pairs this confirmed. The UPDATE stays
-    conditional on the state, so a row another writer moved meanwhile is left alone."""
+    """Our nodes' VoteCast logs: each row -> confirmed from any state but no_vote (that keeps the strategy's
+    recorded decision: a VoteCast there means someone else used the key) and the final ones. One SELECT and
+    one executemany UPDATE (a burst brings hundreds of our VoteCast logs at once); returns the (proposal
+    row, node) pairs this confirmed. The UPDATE stays conditional on the state, so a row another writer
+    moved meanwhile is left alone."""
     if not logs:
         return set()
     among = [S.PENDING, S.QUEUED, S.SENT, S.FAILED, S.CLOSED]
@@ -706,7 +708,7 @@ async def reopen_not_found(
         "updated_at": now,
     }
     if content_changed:
-        values.update(decision=None, confidence=None, reason=None, decided_at=None)
+        values.update(decision=None, confidence=None, reason=None, decided_at=None, price=None, value=None)
     return await _update(
         session,
         [

@@ -16,14 +16,15 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-# Portable SQL (SQLite and PostgreSQL). A vote is owed unless its strategy declined (no_vote) or it is still
+# Portable SQL (SQLite and PostgreSQL). A vote is owed unless its strategy declined (no_vote), the service ran
+# in dry run (dry_run: decided, never meant to be cast), or it is still
 # on its way on a proposal whose voting has not ended (no result recorded yet); see monitor/analytics.py.
 NODE_PERFORMANCE = """
 CREATE VIEW node_performance AS
 SELECT
     n.name AS node,
     n.strategy AS strategy,
-    SUM(CASE WHEN v.state IS NULL OR v.state = 'no_vote' THEN 0
+    SUM(CASE WHEN v.state IS NULL OR v.state IN ('no_vote', 'dry_run') THEN 0
              WHEN v.state IN ('pending', 'queued', 'sent') AND r.proposal_ref IS NULL THEN 0
              ELSE 1 END) AS votes_owed,
     SUM(CASE WHEN v.state IN ('confirmed', 'already_voted') THEN 1 ELSE 0 END) AS votes_cast,

@@ -6,7 +6,7 @@
 - vote_history gains `price` and `value`; `dry_run` is a new vote state (a plain string column: no DDL).
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-08 10:00:00
 """
 

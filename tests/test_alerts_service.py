@@ -1,24 +1,31 @@
 """Alerts end to end: the real service on a real chain, notifying real HTTP receivers (one stands in for
-Slack). A firing then a resolved notification for a drained-then-refunded node; a receiver that answers
-500 and one that hangs for 30 s do not delay the votes of a burst; no body holds a key, a key's first 16
-hex digits or the API token."""
+Slack). A firing then a resolved notification for a drained-then-refunded node, for anvil stopped then
+started again from its --state (ListenerDown), and for a provider answering "Too Many Requests" (RpcErrors);
+a receiver that answers 500 and one that hangs for 30 s do not delay the votes of a burst; no body holds a
+key, a key's first 16 hex digits or the API token. `dloop alerts test` against a receiver that answers 200
+and one that answers 500."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from anyio.from_thread import start_blocking_portal
 from web3 import Web3
 
 from core.settings import load_settings
-from devtools.anvil import AnvilProcess
-from devtools.devnet import create_proposals, deploy_devnet
-from tests.support.chain import Chain
+from devtools.anvil import AnvilProcess, free_port
+from devtools.devnet import DevnetInfo, create_proposals, deploy_devnet
+from tests.support.chain import Chain, start_anvil
+from tests.support.chaos import run_dloop
 from tests.support.database import migrate
-from tests.support.receiver import webhook_receiver
+from tests.support.receiver import Receiver, webhook_receiver
+from tests.support.rpc_faults import FaultPlan, FaultyRpcProxy, faulty_rpc_proxy
 from tests.support.service import devnet_environ, devnet_settings, queue_settled, running_service
 from tests.support.waiting import poll_until
 
@@ -83,7 +90,14 @@ def test_drained_node_fires_and_resolves_and_slow_receivers_do_not_delay_a_burst
                 f"http://127.0.0.1:{u.split(':')[2].split('/')[0]}/..." for u in settings.alert_webhook_urls
             ]
 
-    everything = "\n".join(slack.raw + broken.raw + hanging.raw).lower()
+    assert_no_secrets([slack, broken, hanging], devnet)
+
+
+def assert_no_secrets(receivers: list[Receiver], devnet: DevnetInfo) -> None:
+    """No body any receiver got holds a node key, a key's first 16 hex digits, the API token or the URL's
+    secret path."""
+    everything = "\n".join(raw for r in receivers for raw in r.raw).lower()
+    assert everything, "no notification arrived"
     for key in devnet.node_keys:
         bare = key.removeprefix("0x").lower()
         assert bare not in everything and bare[:16] not in everything
@@ -138,3 +152,147 @@ def test_a_raising_strategy_near_the_deadline_fires_missed_vote_risk_and_vote_fa
             analytics = httpx.get(f"{svc.url}/analytics", timeout=10).json()
             by_node = {n["name"]: n for n in analytics["nodes"]}
             assert by_node["ai-gov-02"]["votesFailed"] == 1 and by_node["ai-gov-02"]["participation"] == 0.0
+
+
+def test_anvil_stopped_then_started_again_fires_and_resolves_listener_down(tmp_path: Path) -> None:
+    """anvil stopped for longer than twice DLOOP_HEAD_TIMEOUT, then started again from its --state on the
+    same port: Slack gets ListenerDown firing, then resolved once heads arrive again."""
+    head_timeout = 1.0  # ListenerDown after 2 s without a head (or disconnected that long)
+    state = tmp_path / "anvil-state.json"
+    anvil = start_anvil(port=free_port(), block_time=0.5, state_file=state).start()  # heads while idle
+    try:
+        devnet = deploy_devnet(anvil.http_url, proposals=0)
+        with webhook_receiver() as slack:
+            settings = devnet_settings(
+                anvil.ws_url,
+                devnet,
+                tmp_path / "dloop.db",
+                api_token=TOKEN,
+                alert_interval=0.3,
+                head_timeout=head_timeout,
+                rpc_timeout=2.0,
+                alert_webhook_urls=(slack.url,),
+                alert_webhook_format="slack",
+            )
+            migrate(settings)
+            with running_service(settings) as svc:
+                poll_until(
+                    lambda: httpx.get(f"{svc.url}/", timeout=5).json()["listener"]["connected"],
+                    timeout=30,
+                    what="the listener live",
+                )
+                time.sleep(4 * head_timeout)  # heads keep coming: no ListenerDown while anvil runs
+                assert not slack.has("firing", "ListenerDown"), slack.texts()
+
+                anvil.stop()  # SIGTERM: anvil writes its state file
+                stopped = time.monotonic()
+                poll_until(
+                    lambda: slack.has("firing", "ListenerDown", "listener"), timeout=30, what="firing notice"
+                )
+                fired_after = time.monotonic() - stopped
+                firing = httpx.get(f"{svc.url}/alerts?state=firing", timeout=10).json()
+                [down] = [a for a in firing["alerts"] if a["alert"] == "ListenerDown"]
+                assert down["severity"] == "critical" and down["subject"] == "listener"
+                time.sleep(max(0.0, 3 * head_timeout - fired_after))  # stopped well past 2x the timeout
+                assert not slack.has("resolved", "ListenerDown")
+
+                anvil.start()  # the same port, the chain loaded from --state
+                poll_until(
+                    lambda: slack.has("resolved", "ListenerDown", "listener"),
+                    timeout=60,
+                    what="resolved notice",
+                )
+                resolved = httpx.get(f"{svc.url}/alerts?state=resolved", timeout=10).json()
+                assert any(a["fingerprint"] == "ListenerDown:listener" for a in resolved["alerts"])
+                assert httpx.get(f"{svc.url}/", timeout=5).json()["listener"]["connected"]
+            texts = [t for t in slack.texts() if "ListenerDown" in t]
+            assert texts[0].startswith("[FIRING critical] ListenerDown listener: the listener is down")
+            assert texts[-1].startswith("[RESOLVED] ListenerDown listener")
+            assert_no_secrets([slack], devnet)
+    finally:
+        anvil.stop()
+
+
+@contextmanager
+def proxy_in_thread(upstream_ws: str, plan: FaultPlan) -> Iterator[FaultyRpcProxy]:
+    with (
+        start_blocking_portal("asyncio") as portal,
+        portal.wrap_async_context_manager(faulty_rpc_proxy(upstream_ws, plan)) as proxy,
+    ):
+        yield proxy
+
+
+def test_a_provider_answering_too_many_requests_fires_rpc_errors_then_it_resolves(
+    bare_anvil: AnvilProcess, tmp_path: Path
+) -> None:
+    """Half the chain requests answered -32005 "Too Many Requests" by a proxy in front of anvil: RpcErrors
+    fires; with the proxy healthy again the 5-minute rate falls below the threshold and it resolves."""
+    devnet = deploy_devnet(bare_anvil.http_url, proposals=0)
+    with (
+        proxy_in_thread(bare_anvil.ws_url, FaultPlan(rate_limited=0.5)) as proxy,
+        webhook_receiver() as slack,
+    ):
+        proxy.active = False  # start-up through a healthy provider
+        settings = devnet_settings(
+            proxy.url,
+            devnet,
+            tmp_path / "dloop.db",
+            api_token=TOKEN,
+            alert_interval=0.2,  # each pass reads the balances: chain requests even while idle
+            head_timeout=600.0,
+            alert_rpc_error_rate=0.2,
+            alert_webhook_urls=(slack.url,),
+            alert_webhook_format="slack",
+        )
+        migrate(settings)
+        with running_service(settings) as svc:
+            proxy.active = True
+            poll_until(lambda: slack.has("firing", "RpcErrors", "rpc"), timeout=60, what="firing notice")
+            injected = proxy.counts["rate_limited"]
+            [alert] = httpx.get(f"{svc.url}/alerts?state=firing", timeout=10).json()["alerts"]
+            assert alert["fingerprint"] == "RpcErrors:rpc" and alert["severity"] == "warning"
+            assert "chain requests failed over the last 5 minutes" in alert["summary"]
+
+            proxy.active = False
+            poll_until(lambda: slack.has("resolved", "RpcErrors", "rpc"), timeout=120, what="resolved notice")
+        assert injected > 0
+        assert_no_secrets([slack], devnet)
+
+
+def test_dloop_alerts_test_prints_each_receivers_answer_and_fails_when_one_refuses(tmp_path: Path) -> None:
+    keys = [f"0x{n:064x}" for n in range(0xA11CE0001, 0xA11CE0006)]
+    env = {
+        "DLOOP_RPC_WS_URL": "ws://127.0.0.1:9",  # never dialled: the command talks to the receivers only
+        "DLOOP_CONTRACT_ADDRESS": "0x" + "12" * 20,
+        "DLOOP_NODE_KEYS": ",".join(keys),
+        "DLOOP_API_TOKEN": TOKEN,
+        "DLOOP_ALERT_WEBHOOK_FORMAT": "slack",
+    }
+    with webhook_receiver() as ok, webhook_receiver(status=500) as refusing:
+        env["DLOOP_ALERT_WEBHOOK_URLS"] = f"{ok.url},{refusing.url}"
+        both = run_dloop(["alerts", "test"], env, tmp_path, timeout=60)
+        env["DLOOP_ALERT_WEBHOOK_URLS"] = ok.url
+        alone = run_dloop(["alerts", "test"], env, tmp_path, timeout=60)
+
+    def host(receiver: Receiver) -> str:
+        return receiver.url.split("/hooks/")[0] + "/..."
+
+    assert both.returncode == 1, both
+    assert both.stdout.splitlines() == [
+        f"receiver 1 {host(ok)}: 200 ok",
+        f"receiver 2 {host(refusing)}: FAILED answered 500",
+        "1 of 2 receivers took the test notification",
+    ], both.stdout
+    assert alone.returncode == 0, alone
+    assert alone.stdout.splitlines() == [
+        f"receiver 1 {host(ok)}: 200 ok",
+        "1 of 1 receivers took the test notification",
+    ]
+    assert len(ok.bodies) == 2 and len(refusing.bodies) == 1  # one POST each per run, no retry
+    assert all(t.startswith("[TEST] ") for t in ok.texts() + refusing.texts())
+    output = (both.stdout + both.stderr + alone.stdout + alone.stderr).lower()
+    bodies = "\n".join(ok.raw + refusing.raw).lower()
+    for key in keys:
+        bare = key.removeprefix("0x")
+        assert bare not in output and bare not in bodies and bare[:16] not in bodies
+    assert "secret-path" not in output and TOKEN.lower() not in output + bodies

@@ -63,7 +63,16 @@ def chromium_present() -> None:
 def service(module_chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DloopRun]:
     anvil, info = module_chain
     folder = tmp_path_factory.mktemp("dashboard")
-    env = service_env(anvil.ws_url, info, folder / "dloop.db", DLOOP_API_TOKEN=TOKEN)
+    env = service_env(
+        anvil.ws_url,
+        info,
+        folder / "dloop.db",
+        DLOOP_API_TOKEN=TOKEN,
+        DLOOP_ALERT_INTERVAL="0.5",  # the banner test's alert fires and resolves within a second
+        # An automining chain makes no block while idle: with the default 30 s the module would see
+        # ListenerDown (and an unhealthy head) after a minute of nothing to mine.
+        DLOOP_HEAD_TIMEOUT="600",
+    )
     migrate(folder / "dloop.db")
     with DloopRun(env, folder, folder / "dloop.log") as run:
         run.wait_live(60)
@@ -291,6 +300,88 @@ def test_without_javascript_it_is_a_static_page_that_refreshes(service: DloopRun
     assert page.locator(".proposal").count() == len(_active_ids(service))
     assert page.locator("meta[http-equiv=refresh]").get_attribute("content") == "10"
     assert "static" in page.locator("#live").inner_text()
+
+
+def _overflowing(page: Any) -> list[str]:
+    return page.evaluate(  # type: ignore[no-any-return]
+        """() => [...document.querySelectorAll('body *')]
+            .filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5)
+            .slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' + e.getBoundingClientRect().right)"""
+    )
+
+
+def test_a_firing_alert_shows_in_the_banner_and_goes_away_after_the_refund(
+    module_chain: Chain, service: DloopRun, watched: Watched, tmp_path: Path
+) -> None:
+    anvil, info = module_chain
+    watched.open()
+    watched.wait_live()
+    page = watched.page
+    banner = page.locator("#alerts")
+    expect(banner).to_be_hidden()  # nothing fires
+    assert page.locator("#node-analytics tbody tr").count() == 5
+    assert page.locator("#type-analytics tbody tr").count() >= 1
+    page.evaluate("() => { window.__notReloaded = true; }")
+    node = info.node_addresses[2]
+    balance = anvil.rpc("eth_getBalance", [node, "latest"])
+    anvil.rpc("anvil_setBalance", [node, "0x0"])
+    try:
+        line = page.locator('#alerts li[data-alert="NodeLowBalance:ai-gov-03"]')
+        expect(line).to_be_visible(timeout=10_000)  # arrived live: an `alert` event, then the sections
+        assert page.evaluate("() => window.__notReloaded === true"), "the page reloaded"
+        assert line.locator(".badge").inner_text() == "warning"
+        assert line.locator(".rule").inner_text() == "NodeLowBalance"
+        assert line.locator(".subject").inner_text() == "ai-gov-03"
+        assert "ai-gov-03's ETH pays for 0 votes" in line.locator(".summary").inner_text()
+        assert line.locator(".since").inner_text().startswith("since ")
+        firing = service.get("/alerts?state=firing").json()["alerts"]
+        assert "NodeLowBalance:ai-gov-03" in {a["fingerprint"] for a in firing}
+        _artifact(watched, tmp_path, "dashboard-alert.png")
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.evaluate("() => window.scrollTo(0, 0)")
+        page.screenshot(path=str(tmp_path / "dashboard-alert-390px.png"))
+        assert not _overflowing(page), _overflowing(page)
+    finally:
+        anvil.rpc("anvil_setBalance", [node, balance])
+    expect(line).to_have_count(0, timeout=10_000)
+    expect(banner).to_be_hidden()
+    assert not watched.console_errors, watched.console_errors
+    assert not watched.http_errors, watched.http_errors
+
+
+def test_pausing_a_node_and_the_service_from_the_page(
+    service: DloopRun, watched: Watched, tmp_path: Path
+) -> None:
+    watched.open()
+    watched.wait_live()
+    page = watched.page
+    card = page.locator('.node[data-node="ai-gov-03"]')
+    assert card.get_attribute("data-paused") == "false"
+    assert page.locator("#signing").inner_text().startswith("on")
+    page.click('button[data-control="/nodes/ai-gov-03/pause"]')
+    page.wait_for_selector("#token-box:not([hidden])")  # the token is asked for first, as for the trigger
+    page.fill("#token-input", TOKEN)
+    page.click("#token-form button")
+    expect(page.locator('.node[data-node="ai-gov-03"][data-paused="true"]')).to_have_count(1, timeout=5000)
+    expect(page.locator("#notice")).to_contain_text("signing paused for node ai-gov-03")
+    assert "paused" in card.locator("h3").inner_text()
+    by_name = {n["name"]: n for n in service.get("/nodes").json()["nodes"]}
+    assert by_name["ai-gov-03"]["paused"] is True and by_name["ai-gov-02"]["paused"] is False
+    _artifact(watched, tmp_path, "dashboard-paused-node.png")
+
+    page.click("#service-control")  # the token is kept in the tab: no second prompt
+    expect(page.locator('.node[data-paused="true"]')).to_have_count(5, timeout=5000)
+    assert page.locator("#token-box").is_hidden()
+    assert service.get("/nodes").json()["servicePaused"] is True
+    expect(page.locator("#service-control")).to_have_text("Resume signing")
+    page.click("#service-control")
+    expect(page.locator('.node[data-paused="true"]')).to_have_count(1, timeout=5000)
+    page.click('button[data-control="/nodes/ai-gov-03/resume"]')
+    expect(page.locator('.node[data-paused="true"]')).to_have_count(0, timeout=5000)
+    nodes = service.get("/nodes").json()
+    assert not nodes["servicePaused"] and not any(n["paused"] for n in nodes["nodes"])
+    assert not watched.console_errors, watched.console_errors
+    assert not watched.http_errors, watched.http_errors
 
 
 def test_sigterm_with_dashboards_open_stops_the_service_within_seconds(

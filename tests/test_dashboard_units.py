@@ -3,23 +3,31 @@ events and queues; and the templates' escaping, rendered from a hand-made model.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import anyio
 import pytest
 
+from monitor.analytics import Outcome, ProposalFact, VoteFact, report
+from monitor.engine import Alert
+from storage.controls import PauseState
 from storage.queries import NodeVoteStats
 from tests.support.waiting import wait_until
+from web.caches import AnalyticsMemo
 from web.dashboard import CONTENT_SECURITY_POLICY
 from web.dashboard_view import (
     Dashboard,
     ListenerInfo,
     ServiceInfo,
+    alert_lines,
+    analytics_view,
     bar_chart,
     duration_text,
     hour_labels,
     latency_histogram,
     node_card,
+    percent_text,
     prefers_html,
     proposal_card,
     short_address,
@@ -121,10 +129,142 @@ def test_changes_between_two_states() -> None:
         ("votes", {"byState": {"confirmed": 15, "queued": 10}}),
         ("round", {"id": 2, "kind": "manual", "state": "running"}),
         ("listener", {"connected": False, "reconnects": 1, "blindReason": None}),
-        ("alert", {"status": "unhealthy", "was": "healthy"}),
+        ("alert", {"firing": [], "fired": [], "resolved": [], "status": "unhealthy", "was": "healthy"}),
     ]
     burst = changes(LiveState(0), LiveState(1000))
     assert [e.data["id"] for e in burst] == list(range(951, 1001))  # the newest 50
+
+
+def test_an_alert_event_when_the_set_of_firing_alerts_changes_and_a_controls_event_on_a_pause() -> None:
+    quiet = LiveState(health="healthy")
+    low = LiveState(health="healthy", alerts=("NodeLowBalance:ai-gov-03",))
+    both = LiveState(health="healthy", alerts=("ListenerDown:listener", "NodeLowBalance:ai-gov-03"))
+    [fired] = changes(quiet, low)
+    assert fired.kind == "alert" and fired.data["fired"] == ["NodeLowBalance:ai-gov-03"]
+    assert fired.data["firing"] == ["NodeLowBalance:ai-gov-03"] and fired.data["resolved"] == []
+    [more] = changes(low, both)
+    assert more.data["fired"] == ["ListenerDown:listener"]
+    assert more.data["firing"] == ["ListenerDown:listener", "NodeLowBalance:ai-gov-03"]
+    [gone] = changes(both, quiet)
+    assert gone.data["firing"] == [] and gone.data["resolved"] == [
+        "ListenerDown:listener",
+        "NodeLowBalance:ai-gov-03",
+    ]
+    assert changes(low, low) == []  # still firing: nothing new
+    [paused] = changes(quiet, LiveState(health="healthy", pauses=(False, ("ai-gov-02",))))
+    assert (paused.kind, paused.data) == ("controls", {"servicePaused": False, "pausedNodes": ["ai-gov-02"]})
+
+
+def test_the_banner_lists_firing_alerts_critical_first_then_the_oldest() -> None:
+    def alert(rule: str, subject: str, severity: str, minutes: int, resolved: bool = False) -> Alert:
+        seen = NOW - dt.timedelta(minutes=minutes)
+        return Alert(
+            f"{rule}:{subject}",
+            rule,
+            subject,
+            severity,
+            f"{rule} about {subject}",
+            seen,
+            NOW,
+            resolved_at=NOW if resolved else None,
+        )
+
+    lines = alert_lines(
+        [
+            alert("NodeLowBalance", "ai-gov-03", "warning", 5),
+            alert("NodeNoWeight", "ai-gov-01", "warning", 50),
+            alert("ListenerDown", "listener", "critical", 1),
+            alert("VoteFailed", "proposal 3 / ai-gov-02", "warning", 90, resolved=True),
+        ],
+        NOW,
+    )
+    assert [(a.rule, a.severity) for a in lines] == [
+        ("ListenerDown", "critical"),
+        ("NodeNoWeight", "warning"),
+        ("NodeLowBalance", "warning"),
+    ]
+    assert (
+        lines[0].since == "12:29:00 UTC (1 min 0 s ago)" and lines[0].since_exact == "2026-01-01 12:29:00 UTC"
+    )
+    assert lines[0].summary == "ListenerDown about listener" and lines[0].subject == "listener"
+    assert alert_lines([], NOW) == ()
+
+
+def test_percentages_never_round_to_all_or_nothing() -> None:
+    assert percent_text(None) == "-"
+    assert percent_text(0.0) == "0 %" and percent_text(1.0) == "100 %"
+    assert percent_text(0.9583) == "96 %" and percent_text(0.25) == "25 %"
+    assert percent_text(0.998) == "99.8 %" and percent_text(0.002) == "0.2 %"
+
+
+def test_analytics_section_is_the_analytics_report_per_node_and_per_proposal_type() -> None:
+    start = NOW - dt.timedelta(days=2)
+    ended = start + dt.timedelta(days=1)
+    proposals = [
+        ProposalFact(1, "invest", "USDC", start, ended, Outcome(10, 2, "Executed", True)),
+        ProposalFact(2, "invest", "WBTC", start, ended, Outcome(1, 5, "Defeated", False)),
+        ProposalFact(3, "divest", "USDC", start, NOW + dt.timedelta(days=1)),
+    ]
+    votes = [
+        VoteFact(
+            1,
+            "ai-gov-01",
+            "conservative",
+            "confirmed",
+            "for",
+            start + dt.timedelta(seconds=2),
+            60_000,
+            10**15,
+        ),
+        VoteFact(
+            2,
+            "ai-gov-01",
+            "conservative",
+            "confirmed",
+            "for",
+            start + dt.timedelta(seconds=4),
+            60_000,
+            10**15,
+        ),
+        VoteFact(3, "ai-gov-01", "conservative", "queued"),
+        VoteFact(1, "ai-gov-02", "aggressive", "failed"),
+        VoteFact(2, "ai-gov-02", "aggressive", "confirmed", "against", start + dt.timedelta(seconds=10)),
+        VoteFact(1, "old-node", "aggressive", "confirmed", "for", start + dt.timedelta(seconds=3)),
+    ]
+    result = report(proposals, votes, now=NOW, nodes=["ai-gov-01", "ai-gov-02"])
+    view = analytics_view(result, ["ai-gov-01", "ai-gov-02"])
+    assert (view.proposals, view.decided, view.approved, view.approval_rate) == (3, 2, 1, "50 %")
+    assert view.summary == "3 proposals, 2 ended, 1 approved (50 %)"
+    assert analytics_view(report([], [], now=NOW)).summary == "0 proposals, none ended yet"
+    one, two = view.nodes  # a node no longer configured is left out
+    assert (one.name, one.participation, one.cast_of_owed) == ("ai-gov-01", "100 %", "2 of 2")
+    assert (one.time_to_vote_p50, one.time_to_vote_p95) == ("3.0 s", "3.9 s")
+    assert (one.eth_spent, one.eth_spent_exact) == ("0.002", "0.002")
+    assert (one.agreement, one.agreement_detail) == ("50 %", "1 of 2 decided proposals")
+    assert (two.participation, two.agreement, two.eth_spent) == ("50 %", "100 %", "0")
+    assert [(t.key, t.proposals, t.decided, t.approved, t.rate) for t in view.by_type] == [
+        ("divest", 1, 0, 0, "-"),
+        ("invest", 2, 2, 1, "50 %"),
+    ]
+
+
+def test_the_dashboard_analytics_are_computed_again_only_when_due() -> None:
+    memo = AnalyticsMemo(min_age=2, max_age=15)
+    assert memo.due(0, 100.0)
+    memo.store(report([], [], now=NOW), 0, 100.0)
+    assert not memo.due(0, 110.0)  # nothing written, younger than max_age
+    assert not memo.due(1, 101.0)  # written, but computed under min_age ago
+    assert memo.due(1, 102.0) and memo.due(0, 115.0)
+
+
+def test_a_node_card_says_whether_the_node_signs() -> None:
+    stats = NodeVoteStats(1, "ai-gov-02", "0x" + "33" * 20, "aggressive", {}, None)
+    assert not node_card(stats, None, NOW).paused
+    own = node_card(stats, None, NOW, PauseState(nodes=frozenset({"ai-gov-02"})))
+    assert own.paused and own.node_paused and own.paused_reason == "signing paused for node ai-gov-02"
+    service = node_card(stats, None, NOW, PauseState(service=True))
+    assert service.paused and not service.node_paused
+    assert service.paused_reason == "signing paused for the whole service"
 
 
 def test_a_slow_subscriber_loses_the_oldest_events_never_blocks() -> None:
@@ -203,10 +343,18 @@ def _model() -> Dashboard:
     )
     stats = NodeVoteStats(1, "ai-gov-01", "0x" + "33" * 20, "conservative", {"confirmed": 3}, NOW)
     chain = NodeChainState("0x" + "33" * 20, 10**18, 10**21, 4, required_wei=10**15)
+    hostile_alert = Alert(
+        f"VoteFailed:{HOSTILE}", "VoteFailed", HOSTILE, "warning", f"failed: {HOSTILE}", NOW, NOW
+    )
+    analytics = report(
+        [ProposalFact(7, HOSTILE, "USDC", NOW, NOW, Outcome(1, 0, "Executed", True))],
+        [VoteFact(7, "ai-gov-01", "conservative", "confirmed", "for", NOW, 1, 1)],
+        now=NOW,
+    )
     return Dashboard(
         service=ServiceInfo("0.1.0", "5 s", "0x" + "44" * 20, 31337, "production", "healthy", ()),
         listener=ListenerInfo(True, 100, "1.0 s", 0, 0, "now", None),
-        nodes=(node_card(stats, chain, NOW),),
+        nodes=(node_card(stats, chain, NOW, PauseState(nodes=frozenset({"ai-gov-01"}))),),
         proposals=(proposal_card(proposal, NOW),),
         proposals_active=1,
         rounds=(),
@@ -216,6 +364,9 @@ def _model() -> Dashboard:
         latency_chart=bar_chart([3], [HOSTILE]),
         token_required=False,
         generated_at=NOW,
+        alerts=alert_lines([hostile_alert], NOW),
+        analytics=analytics_view(analytics),
+        dry_run=True,
     )
 
 
@@ -225,6 +376,11 @@ def test_the_sections_escape_everything_from_the_chain() -> None:
     assert HOSTILE not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "<img" not in html and "<script" not in html and "style=" not in html
+    assert html.count("&lt;img src=x onerror=alert(1)&gt;") >= 5  # alert subject and summary, proposal type
+    assert 'data-control="/nodes/ai-gov-01/resume"' in html and 'data-control="/pause"' in html
+    assert 'data-node="ai-gov-01" data-paused="true"' in html and ">dry run<" in html
+    quiet = engine.get_template(SECTIONS).render(d=dataclasses.replace(_model(), alerts=()))
+    assert '<section data-section="alerts" id="alerts" class="alerts" data-firing="0" hidden>' in quiet
     node = node_card(
         NodeVoteStats(1, "n", "0x" + "33" * 20, "s", {}, None),
         NodeChainState("0x" + "33" * 20, 10**18, None, None, 10**15),

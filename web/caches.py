@@ -4,10 +4,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from monitor.analytics import Report
 from storage.queries import DataVersion, engine_of
 from web.active_cache import ActiveProposalsCache
 from web.db_probe import DatabaseProbe
 from web.ports import WebContext
+
+
+@dataclass
+class AnalyticsMemo:
+    """The dashboard's analytics (every proposal and vote read, then computed): at most every `min_age`
+    seconds while this process writes, else every `max_age` seconds (outcomes, other processes' writes), so
+    open pages refreshing every few seconds cost one computation per interval, not one per refresh."""
+
+    min_age: float = 2.0
+    max_age: float = 15.0
+    report: Report | None = None
+    computed_at: float = 0.0
+    version: int = -1
+
+    def due(self, version: int, clock: float) -> bool:
+        if self.report is None:
+            return True
+        age = clock - self.computed_at
+        return age >= self.max_age or (version != self.version and age >= self.min_age)
+
+    def store(self, report: Report, version: int, clock: float) -> None:
+        self.report, self.version, self.computed_at = report, version, clock
 
 
 @dataclass(frozen=True)
@@ -15,6 +38,7 @@ class WebCaches:
     active: ActiveProposalsCache
     database: DatabaseProbe
     version: DataVersion = field(repr=False)
+    analytics: AnalyticsMemo = field(default_factory=AnalyticsMemo, repr=False)
 
     @classmethod
     def for_context(cls, context: WebContext) -> WebCaches:

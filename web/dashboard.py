@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import time
 from collections.abc import Sequence
 from functools import cache
 
@@ -12,7 +13,10 @@ import anyio
 import msgspec
 
 from core.errors import DloopError
+from monitor.analytics import Report, report
 from storage import queries
+from storage.alerts import firing_alerts
+from storage.analytics import analytics_facts
 from storage.rounds import recent_rounds
 from web.caches import WebCaches
 from web.dashboard_view import (
@@ -20,6 +24,8 @@ from web.dashboard_view import (
     LATENCY_LABELS,
     Dashboard,
     ServiceInfo,
+    alert_lines,
+    analytics_view,
     bar_chart,
     duration_text,
     hour_labels,
@@ -32,7 +38,7 @@ from web.dashboard_view import (
     round_row,
     votes_per_hour,
 )
-from web.ports import NodeChainState, WebContext
+from web.ports import NodeChainState, WebContext, pause_control
 from web.present import chain_now, health_checks, health_status, node_chain_by_address, queue_out
 from web.schemas import ActiveProposal
 
@@ -75,6 +81,20 @@ async def read_node_chain(context: WebContext) -> dict[str, NodeChainState]:
     return node_chain_by_address(states)
 
 
+async def dashboard_analytics(context: WebContext, caches: WebCaches, chain_time: dt.datetime) -> Report:
+    """What `GET /analytics` answers for all time (the same reads and computation), memoised."""
+    memo, version, clock = caches.analytics, caches.version.value, time.monotonic()
+    if memo.report is None or memo.due(version, clock):
+        facts = await analytics_facts(context.sessions, context.scope)
+        memo.store(
+            report(facts.proposals, facts.votes, now=chain_time, nodes=[n.name for n in context.nodes]),
+            version,
+            clock,
+        )
+    assert memo.report is not None
+    return memo.report
+
+
 async def build_dashboard(context: WebContext, caches: WebCaches, now: dt.datetime) -> Dashboard:
     listener = context.listener()
     clock = chain_now(listener, now)
@@ -97,6 +117,9 @@ async def build_dashboard(context: WebContext, caches: WebCaches, now: dt.dateti
         now=now,
         head_timeout=context.head_timeout,
     )
+    pauses = await pause_control(context).current()
+    alerts = await firing_alerts(context.sessions)
+    analytics = await dashboard_analytics(context, caches, clock)
     return Dashboard(
         service=ServiceInfo(
             version=service_version(),
@@ -109,7 +132,9 @@ async def build_dashboard(context: WebContext, caches: WebCaches, now: dt.dateti
         ),
         listener=listener_info(listener, now),
         nodes=tuple(
-            node_card(s, chain.get(s.address.lower()), now) for s in stats if s.address.lower() in configured
+            node_card(s, chain.get(s.address.lower()), now, pauses)
+            for s in stats
+            if s.address.lower() in configured
         ),
         proposals=tuple(proposal_card(p, clock) for p in shown),
         proposals_active=active,
@@ -125,4 +150,8 @@ async def build_dashboard(context: WebContext, caches: WebCaches, now: dt.dateti
         ),
         token_required=bool(context.api_token),
         generated_at=now,
+        alerts=alert_lines(alerts, now),
+        analytics=analytics_view(analytics, [n.name for n in context.nodes]),
+        service_paused=pauses.service,
+        dry_run=context.dry_run,
     )

@@ -9,6 +9,9 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from monitor.analytics import Approval, Performance, Report
+from monitor.engine import Alert
+from storage.controls import PauseState
 from storage.queries import NodeVoteStats
 from storage.rounds import RoundRecord
 from web.ports import ListenerView, NodeChainState
@@ -229,6 +232,9 @@ class NodeCard:
     last_vote: str
     status: str
     error: str | None
+    paused: bool = False  # does not sign now: paused itself, or the whole service is
+    paused_reason: str | None = None
+    node_paused: bool = False  # paused by name (what its Pause / Resume button switches)
 
 
 @dataclass(frozen=True)
@@ -266,6 +272,52 @@ class RoundRow:
 
 
 @dataclass(frozen=True)
+class AlertLine:
+    """One firing alert in the banner at the top of the page."""
+
+    fingerprint: str
+    severity: str
+    rule: str
+    subject: str
+    summary: str
+    since: str  # "12:29:00 UTC (5 min 3 s ago)"
+    since_exact: str  # the first sighting with its date, for a tooltip
+
+
+@dataclass(frozen=True)
+class NodeAnalytics:
+    name: str
+    participation: str  # "96 %" or "-"
+    cast_of_owed: str  # "48 of 50"
+    time_to_vote_p50: str
+    time_to_vote_p95: str
+    eth_spent: str
+    eth_spent_exact: str
+    agreement: str  # "75 %" or "-"
+    agreement_detail: str  # "3 of 4 decided proposals"
+
+
+@dataclass(frozen=True)
+class ApprovalRow:
+    key: str
+    proposals: int
+    decided: int
+    approved: int
+    rate: str
+
+
+@dataclass(frozen=True)
+class AnalyticsView:
+    proposals: int
+    decided: int
+    approved: int
+    approval_rate: str
+    summary: str  # "51 proposals, 2 ended, 1 approved (50 %)"
+    nodes: tuple[NodeAnalytics, ...]
+    by_type: tuple[ApprovalRow, ...]
+
+
+@dataclass(frozen=True)
 class Dashboard:
     service: ServiceInfo
     listener: ListenerInfo
@@ -279,6 +331,10 @@ class Dashboard:
     latency_chart: BarChart
     token_required: bool
     generated_at: dt.datetime
+    alerts: tuple[AlertLine, ...] = ()
+    analytics: AnalyticsView | None = None
+    service_paused: bool = False
+    dry_run: bool = False
 
 
 def listener_info(listener: ListenerView, now: dt.datetime) -> ListenerInfo:
@@ -298,7 +354,13 @@ def listener_info(listener: ListenerView, now: dt.datetime) -> ListenerInfo:
     )
 
 
-def node_card(stats: NodeVoteStats, chain: NodeChainState | None, now: dt.datetime) -> NodeCard:
+def node_card(
+    stats: NodeVoteStats,
+    chain: NodeChainState | None,
+    now: dt.datetime,
+    pauses: PauseState | None = None,
+) -> NodeCard:
+    pauses = pauses or PauseState()
     balance = chain.eth_balance_wei if chain is not None else None
     return NodeCard(
         name=stats.name,
@@ -315,6 +377,9 @@ def node_card(stats: NodeVoteStats, chain: NodeChainState | None, now: dt.dateti
         last_vote=when_text(stats.last_vote_at, now),
         status=node_status(chain),
         error=chain.error if chain is not None else "chain state unavailable",
+        paused=pauses.paused(stats.name),
+        paused_reason=pauses.reason(stats.name),
+        node_paused=stats.name in pauses.nodes,
     )
 
 
@@ -381,3 +446,76 @@ def open_proposals(
 
 def queue_states(by_state: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
     return tuple((state, count) for state, count in by_state.items() if count)
+
+
+# -- alerts and analytics ------------------------------------------------------------------------------------
+
+SEVERITY_ORDER = {"critical": 0, "warning": 1}
+
+
+def alert_lines(alerts: Iterable[Alert], now: dt.datetime) -> tuple[AlertLine, ...]:
+    """The firing alerts for the banner: critical first, then the longest firing first."""
+    firing = sorted(
+        (a for a in alerts if a.firing),
+        key=lambda a: (SEVERITY_ORDER.get(a.severity, 2), a.first_seen, a.fingerprint),
+    )
+    return tuple(
+        AlertLine(
+            fingerprint=a.fingerprint,
+            severity=a.severity,
+            rule=a.rule,
+            subject=a.subject,
+            summary=a.summary,
+            since=f"{a.first_seen.astimezone(dt.UTC):%H:%M:%S} UTC ({when_text(a.first_seen, now)})",
+            since_exact=a.first_seen.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        )
+        for a in firing
+    )
+
+
+def percent_text(value: float | None) -> str:
+    """0.9583 -> "96 %"; a share that is not 0 or 1 never rounds to them ("99.6 %", "0.4 %")."""
+    if value is None:
+        return "-"
+    percent = value * 100
+    text = f"{percent:.0f}"
+    if (text == "100" and value < 1) or (text == "0" and value > 0):
+        text = f"{percent:.1f}"
+    return f"{text} %"
+
+
+def node_analytics(p: Performance) -> NodeAnalytics:
+    return NodeAnalytics(
+        name=p.name,
+        participation=percent_text(p.participation),
+        cast_of_owed=f"{p.votes_cast} of {p.votes_owed}",
+        time_to_vote_p50=duration_text(p.time_to_vote_p50),
+        time_to_vote_p95=duration_text(p.time_to_vote_p95),
+        eth_spent=short_units(p.eth_spent_wei),
+        eth_spent_exact=units(p.eth_spent_wei) or "0",
+        agreement=percent_text(p.majority_agreement),
+        agreement_detail=f"{p.agreed_with_majority} of {p.compared_with_majority} decided proposals",
+    )
+
+
+def approval_row(a: Approval) -> ApprovalRow:
+    return ApprovalRow(a.key, a.proposals, a.decided, a.approved, percent_text(a.rate))
+
+
+def analytics_view(report: Report, nodes: Sequence[str] = ()) -> AnalyticsView:
+    """The dashboard's share of `GET /analytics`: per node (only `nodes` when given: the configured ones) and
+    per proposal type."""
+    shown = set(nodes)
+    rate = percent_text(None if report.decided == 0 else report.approved / report.decided)
+    ended = (
+        f"{report.decided} ended, {report.approved} approved ({rate})" if report.decided else "none ended yet"
+    )
+    return AnalyticsView(
+        proposals=report.proposals,
+        decided=report.decided,
+        approved=report.approved,
+        approval_rate=rate,
+        summary=f"{report.proposals} {'proposal' if report.proposals == 1 else 'proposals'}, {ended}",
+        nodes=tuple(node_analytics(p) for p in report.nodes if not shown or p.name in shown),
+        by_type=tuple(approval_row(a) for a in report.by_type),
+    )

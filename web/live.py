@@ -3,10 +3,12 @@
 The watcher runs only while someone listens. Every `interval` (0.5 s) it reads a `LiveState`: the write
 counter of web.caches (DataVersion: moves when this process writes proposals, votes or nodes), and only when
 it moved (or every `recheck` seconds, for other processes' writes) the highest proposal id and the vote
-counts by state; the latest round (one indexed row); the listener's view and the health status (in memory).
-`changes` (pure) turns two states into events: one `proposal` per proposal recorded, `votes` when vote
-states changed, `round` when a round starts or ends, `listener` when the listener's state changes, `alert`
-when the health status does. So the listener, the voter and the rounds know nothing of the dashboard.
+counts by state, and the firing alerts (their fingerprints); the latest round (one indexed row); the pause
+switches (storage.controls.PauseWatch: read again at most every second); the listener's view and the health
+status (in memory). `changes` (pure) turns two states into events: one `proposal` per proposal recorded,
+`votes` when vote states changed, `round` when a round starts or ends, `listener` when the listener's state
+changes, `alert` when the set of firing alerts or the health status does, `controls` when a pause switch
+does. So the listener, the voter, the rounds and the alert evaluator know nothing of the dashboard.
 
 Each subscriber has a bounded queue: when a browser reads slowly the oldest events are dropped (the page
 refetches the current state on any event anyway), and the watcher never waits on a subscriber. `close()`
@@ -27,9 +29,10 @@ import anyio
 
 from core.logs import log_event
 from storage import queries
+from storage.alerts import firing_alerts
 from storage.rounds import last_round
 from web.caches import WebCaches
-from web.ports import WebContext
+from web.ports import WebContext, pause_control
 from web.present import health_checks, health_status
 
 logger = logging.getLogger(__name__)
@@ -43,7 +46,7 @@ MAX_PROPOSAL_EVENTS = 50  # per tick: a burst of proposals sends the newest ones
 
 @dataclass(frozen=True)
 class LiveEvent:
-    kind: str  # proposal / votes / round / listener / alert
+    kind: str  # proposal / votes / round / listener / alert / controls
     data: dict[str, object]
 
     def encoded(self) -> str:
@@ -57,6 +60,8 @@ class LiveState:
     round: tuple[int, str, str] | None = None  # id, kind, state
     listener: tuple[bool, int, str | None] = (False, 0, None)  # connected, reconnects, blind reason
     health: str = "unknown"
+    alerts: tuple[str, ...] = ()  # fingerprints of the firing alerts, sorted
+    pauses: tuple[bool, tuple[str, ...]] = (False, ())  # service paused, paused nodes (sorted)
 
 
 def changes(before: LiveState | None, after: LiveState) -> list[LiveEvent]:
@@ -76,8 +81,22 @@ def changes(before: LiveState | None, after: LiveState) -> list[LiveEvent]:
         events.append(
             LiveEvent("listener", {"connected": connected, "reconnects": reconnects, "blindReason": blind})
         )
-    if after.health != before.health:
-        events.append(LiveEvent("alert", {"status": after.health, "was": before.health}))
+    if after.alerts != before.alerts or after.health != before.health:
+        events.append(
+            LiveEvent(
+                "alert",
+                {
+                    "firing": list(after.alerts),
+                    "fired": sorted(set(after.alerts) - set(before.alerts)),
+                    "resolved": sorted(set(before.alerts) - set(after.alerts)),
+                    "status": after.health,
+                    "was": before.health,
+                },
+            )
+        )
+    if after.pauses != before.pauses:
+        service, nodes = after.pauses
+        events.append(LiveEvent("controls", {"servicePaused": service, "pausedNodes": list(nodes)}))
     return events
 
 
@@ -135,9 +154,12 @@ class LiveFeed:
                 ).items():
                     by_state[state] = by_state.get(state, 0) + count
                 highest, states = counts["highest_id"], tuple(sorted(by_state.items()))
+                alerts = tuple(sorted(a.fingerprint for a in await firing_alerts(context.sessions)))
             else:
                 highest, states = previous.highest_proposal, previous.vote_states
+                alerts = previous.alerts
             latest = await last_round(context.sessions)
+            pauses = await pause_control(context).current()
             checks = health_checks(
                 database_error=await caches.database.error(),
                 listener=listener,
@@ -154,6 +176,8 @@ class LiveFeed:
                     listener.blind_reason,
                 ),
                 health=health_status(checks),
+                alerts=alerts,
+                pauses=(pauses.service, tuple(sorted(pauses.nodes))),
             )
 
         return cls(read_state=read, version=lambda: caches.version.value)

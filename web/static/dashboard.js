@@ -58,7 +58,7 @@
       var current = document.querySelector('section[data-section="' + section.getAttribute("data-section") + '"]');
       if (!current) { return; }
       section.querySelectorAll("details[id]").forEach(function (d) { if (open[d.id]) { d.open = true; } });
-      if (current.innerHTML !== section.innerHTML) {
+      if (current.outerHTML !== section.outerHTML) {
         current.replaceWith(document.importNode(section, true));
       }
     });
@@ -71,31 +71,63 @@
     tokenInput.focus();
   }
 
-  async function trigger() {
+  // What to do once a token is entered: the action that asked for it (the trigger by default).
+  var pending = function () { trigger(); };
+
+  // POST to one of the service's operator endpoints with the token when it needs one. Resolves to
+  // {status, body}, or null when a token must be asked for first (the action runs again once it is given).
+  async function post(path, button, again) {
     var headers = { Accept: "application/json" };
     if (tokenRequired) {
       var token = sessionStorage.getItem(TOKEN_KEY);
-      if (!token) { askToken("This service needs its API token to start a round."); return; }
+      if (!token) {
+        pending = again;
+        askToken("This service needs its API token for that.");
+        return null;
+      }
       headers.Authorization = "Bearer " + token;
     }
-    triggerButton.disabled = true;
+    if (button) { button.disabled = true; }
     try {
-      var response = await fetch("/trigger-voting", { method: "POST", headers: headers });
+      var response = await fetch(path, { method: "POST", headers: headers });
       var body = {};
       try { body = await response.json(); } catch (ignored) { body = {}; }
-      if (response.status === 202) {
-        say("Voting round #" + body.roundId + (body.joined ? " is running (joined it)" : " started"), "ok");
-        refresh();
-      } else if (response.status === 401) {
+      if (response.status === 401) {
         sessionStorage.removeItem(TOKEN_KEY);
+        pending = again;
         askToken("The token was refused: " + (body.reason || "401"));
-      } else {
-        say("The trigger was refused (" + response.status + "): " + (body.reason || ""), "error");
+        return null;
       }
+      return { status: response.status, body: body };
     } catch (error) {
       say("The service did not answer: " + error, "error");
+      return null;
     } finally {
-      triggerButton.disabled = false;
+      if (button) { button.disabled = false; }
+    }
+  }
+
+  async function trigger() {
+    var answer = await post("/trigger-voting", triggerButton, function () { trigger(); });
+    if (!answer) { return; }
+    if (answer.status === 202) {
+      say("Voting round #" + answer.body.roundId + (answer.body.joined ? " is running (joined it)" : " started"), "ok");
+      refresh();
+    } else {
+      say("The trigger was refused (" + answer.status + "): " + (answer.body.reason || ""), "error");
+    }
+  }
+
+  // Pause / Resume buttons (service and nodes): data-control holds the endpoint's path.
+  async function control(path) {
+    var button = document.querySelector('button[data-control="' + path + '"]');
+    var answer = await post(path, button, function () { control(path); });
+    if (!answer) { return; }
+    if (answer.status >= 200 && answer.status < 300) {  // the pause endpoints answer 201
+      say(answer.body.message || "done", "ok");
+      refresh();
+    } else {
+      say("Refused (" + answer.status + "): " + (answer.body.reason || ""), "error");
     }
   }
 
@@ -111,7 +143,15 @@
     sessionStorage.setItem(TOKEN_KEY, token);
     tokenInput.value = "";
     tokenBox.hidden = true;
-    trigger();
+    var action = pending;
+    pending = function () { trigger(); };
+    action();
+  });
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest ? event.target.closest("button[data-control]") : null;
+    if (!button) { return; }
+    control(button.getAttribute("data-control"));
   });
 
   document.addEventListener("click", function (event) {
@@ -133,7 +173,7 @@
     source.addEventListener("hello", function () { setLive("live"); });
     source.onopen = function () { setLive("live"); };
     source.onerror = function () { setLive("down"); };
-    ["proposal", "votes", "round", "listener", "alert"].forEach(function (kind) {
+    ["proposal", "votes", "round", "listener", "alert", "controls"].forEach(function (kind) {
       source.addEventListener(kind, function () { setLive("live"); refresh(); });
     });
     window.addEventListener("pagehide", function () { source.close(); });

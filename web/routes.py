@@ -271,7 +271,7 @@ def _node_scope(context: WebContext, name: str) -> str:
     return name
 
 
-# 200, not POST's default 201 (nothing is created) nor the trigger's 202: the switch is in effect when answered.
+# 200: not POST's default 201 (nothing is created) nor 202 (the switch is in effect when answered).
 PAUSE_DOC = "Answers once no paused node can sign any more (the trigger's auth rules apply)."
 
 

@@ -1,4 +1,4 @@
-"""A local devnet: anvil with DLOOP, four asset tokens, the AssetDAO and realistic proposals.
+"""A local devnet: anvil with DLOOP, four asset tokens, the AssetDAO with its price oracle, and proposals.
 
 `deploy_devnet` and `create_proposals` are used by `dloop devnet`, the tests and the benchmarks. Transactions
 of one account are signed locally and sent back to back with locally counted nonces, and only then awaited:
@@ -45,6 +45,8 @@ ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 # Gas for a mint of a fresh holder (two zero-to-non-zero stores); estimating is impossible before the
 # token's deployment is mined, and a fixed limit lets mints follow the deployments in the same batch.
 _MINT_GAS = 120_000
+# The same for the oracle's setPrice and the AssetDAO's updatePriceOracle, sent right after the deployments.
+_SETTER_GAS = 120_000
 _GAS_MARGIN = Decimal("1.25")
 _PRIORITY_FEE_WEI = 1_000_000_000
 _RECEIPT_TIMEOUT_SECONDS = 120.0
@@ -72,6 +74,17 @@ ASSET_TOKENS: tuple[TokenSpec, ...] = (
     TokenSpec("PAXG", "Paxos Gold", 18),
 )
 TOKEN_DECIMALS: Mapping[str, int] = {spec.symbol: spec.decimals for spec in (DLOOP, *ASSET_TOKENS)}
+
+# What `DevPriceOracle` answers for each asset on a fresh devnet: the price of one whole token in the oracle's
+# unit (US dollars here), set as price x 1e18 as production's oracle answers. Realistic, so that the
+# value-aware thresholds decide the demo's proposals by what they are worth (0.05 WBTC: 3,050).
+ASSET_PRICES: Mapping[str, Decimal] = {
+    "USDC": Decimal("1"),
+    "EURT": Decimal("1.08"),
+    "WBTC": Decimal("61000"),
+    "PAXG": Decimal("2400"),
+}
+PRICE_DECIMALS = 18  # getAssetPrice answers prices normalised to 18 decimals
 
 # Deliberately different voting weights (whole DLOOP) for the five nodes, anvil accounts 1-5.
 NODE_DLOOP_BALANCES: tuple[int, ...] = (1000, 2000, 1500, 2500, 1200)
@@ -181,6 +194,10 @@ class DevnetInfo:
     proposals_created: int = 0
     token_decimals: dict[str, int] = field(default_factory=lambda: dict(TOKEN_DECIMALS))
     events: str = "production"  # which AssetDAO version's events the contract emits (EVENT_SETS)
+    # The DevPriceOracle named by the AssetDAO's priceOracle() ("" in a record of an older devnet, which had
+    # none) and the prices seeded in it: symbol -> price of one whole token, exact decimal text.
+    price_oracle_address: str = ""
+    asset_prices: dict[str, str] = field(default_factory=dict)
 
     @property
     def dloop_token_address(self) -> str:
@@ -215,6 +232,37 @@ def load_artifact(name: str) -> dict[str, Any]:
 def asset_dao(w3: Web3, address: str) -> Contract:
     """The devnet AssetDAO at `address`, with the devnet artifact's ABI."""
     return w3.eth.contract(address=Web3.to_checksum_address(address), abi=load_artifact("AssetDAO")["abi"])
+
+
+def price_oracle(w3: Web3, address: str) -> Contract:
+    """The devnet's DevPriceOracle at `address`."""
+    abi = load_artifact("DevPriceOracle")["abi"]
+    return w3.eth.contract(address=Web3.to_checksum_address(address), abi=abi)
+
+
+def price_to_raw(price: Decimal | str | int) -> int:
+    """A price of one whole token as `setPrice` takes it and `getAssetPrice` answers it (18 decimals)."""
+    return to_base_units(price, PRICE_DECIMALS)
+
+
+def set_asset_price(w3: Web3, info: DevnetInfo, symbol: str, price: Decimal | str | int) -> None:
+    """Move an asset's price on the devnet oracle (owner's transaction, awaited)."""
+    oracle = price_oracle(w3, info.price_oracle_address)
+    call = oracle.encode_abi("setPrice", args=[info.token_addresses[symbol], price_to_raw(price)])
+    with _translated_chain_errors(f"setting the devnet price of {symbol}"):
+        sender = _Sender(w3, info.owner_key)
+        sender.send(oracle.address, call, sender.estimate(oracle.address, call))
+        sender.wait_all()
+
+
+def set_oracle_reverting(w3: Web3, info: DevnetInfo, reverting: bool) -> None:
+    """Make the devnet oracle's getAssetPrice revert (True) or answer again (False)."""
+    oracle = price_oracle(w3, info.price_oracle_address)
+    call = oracle.encode_abi("setReverting", args=[reverting])
+    with _translated_chain_errors("switching the devnet price oracle"):
+        sender = _Sender(w3, info.owner_key)
+        sender.send(oracle.address, call, sender.estimate(oracle.address, call))
+        sender.wait_all()
 
 
 @contextmanager
@@ -335,8 +383,9 @@ def deploy_devnet(
     voting_period: int = DEFAULT_VOTING_PERIOD_SECONDS,
     events: str = "production",
 ) -> DevnetInfo:
-    """Deploy DLOOP, USDC, EURT, WBTC, PAXG and the AssetDAO (emitting `events`, a key of EVENT_SETS) from
-    anvil account 0, fund the five nodes and the proposer with DLOOP, and create `proposals` proposals."""
+    """Deploy DLOOP, USDC, EURT, WBTC, PAXG, the AssetDAO (emitting `events`, a key of EVENT_SETS) and its
+    price oracle (seeded with ASSET_PRICES) from anvil account 0, fund the five nodes and the proposer with
+    DLOOP, and create `proposals` proposals."""
     if events not in EVENT_SETS:
         raise DloopError(f"unknown event set {events!r}: choose one of {', '.join(EVENT_SETS)}")
     with _translated_chain_errors(f"deploying the devnet on {rpc_http_url}"):
@@ -361,6 +410,21 @@ def _deploy_devnet(rpc_http_url: str, proposals: int, voting_period: int, events
     data = dao_factory.constructor(token_addresses[DLOOP.symbol], voting_period).data_in_transaction
     dao_nonce = owner.send(None, data, owner.estimate(None, data))
     contract_address = owner.created_address(dao_nonce)
+
+    # The oracle after the AssetDAO: the contract's address stays what it was before the devnet had one.
+    oracle_artifact = load_artifact("DevPriceOracle")
+    data = (
+        w3.eth.contract(abi=oracle_artifact["abi"], bytecode=oracle_artifact["bytecode"])
+        .constructor()
+        .data_in_transaction
+    )
+    oracle_address = owner.created_address(owner.send(None, data, owner.estimate(None, data)))
+    oracle = w3.eth.contract(address=Web3.to_checksum_address(oracle_address), abi=oracle_artifact["abi"])
+    for symbol, price in ASSET_PRICES.items():
+        call = oracle.encode_abi("setPrice", args=[token_addresses[symbol], price_to_raw(price)])
+        owner.send(oracle.address, call, _SETTER_GAS)
+    dao = w3.eth.contract(address=Web3.to_checksum_address(contract_address), abi=dao_artifact["abi"])
+    owner.send(dao.address, dao.encode_abi("updatePriceOracle", args=[oracle.address]), _SETTER_GAS)
 
     dloop = w3.eth.contract(
         address=Web3.to_checksum_address(token_addresses[DLOOP.symbol]), abi=token_artifact["abi"]
@@ -398,6 +462,8 @@ def _deploy_devnet(rpc_http_url: str, proposals: int, voting_period: int, events
         proposer_key=PROPOSER_ACCOUNT.private_key,
         proposals_created=len(proposal_ids),
         events=events,
+        price_oracle_address=oracle_address,
+        asset_prices={symbol: str(price) for symbol, price in ASSET_PRICES.items()},
     )
 
 
@@ -511,7 +577,13 @@ def _print_summary(info: DevnetInfo, anvil: AnvilProcess, env_file: Path, reused
         f"  AssetDAO        {info.contract_address} (deployed in block {info.deployment_block}, "
         f"{info.events} events)",
     ]
-    lines += [f"  {symbol:<15} {address}" for symbol, address in info.token_addresses.items()]
+    lines += [
+        f"  {symbol:<15} {address}"
+        + (f" (price {Decimal(info.asset_prices[symbol]):,})" if symbol in info.asset_prices else "")
+        for symbol, address in info.token_addresses.items()
+    ]
+    if info.price_oracle_address:
+        lines.append(f"  price oracle    {info.price_oracle_address} (DevPriceOracle, prices in USD)")
     for number, (address, weight) in enumerate(
         zip(info.node_addresses, info.node_weights, strict=True), start=1
     ):

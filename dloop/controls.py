@@ -43,7 +43,7 @@ def switch_command(args: argparse.Namespace, paused: bool) -> int:
         print(describe(state))
         return 0
     body = _json(response)
-    if response.status_code != 201 and response.status_code != 200:
+    if response.status_code != 200:
         print(f"dloop: {verb} refused ({response.status_code}): {body.get('reason', body)}")
         return 1
     print(body.get("message", verb))

@@ -32,6 +32,8 @@ VOTE_COLUMNS = (
     Vote.decision,
     Vote.confidence,
     Vote.reason,
+    Vote.price,
+    Vote.value,
     Vote.tx_hash,
     Vote.nonce,
     Vote.attempts,

@@ -29,8 +29,10 @@ USED_FUNCTIONS = (
     "quorum",
     "dloopToken",
     "minVotingBuffer",
+    "priceOracle",  # the voter values proposals with the oracle it names
+    "updatePriceOracle",  # the devnet sets its DevPriceOracle with production's function
 )
-USED_EVENTS = ("ProposalCreated", "VoteCast", "ProposalCanceled", "ProposalExecuted")
+USED_EVENTS = ("ProposalCreated", "VoteCast", "ProposalCanceled", "ProposalExecuted", "PriceOracleUpdated")
 DECODED_ERRORS = (
     "ProposalNotFound",
     "VotingPeriodEnded",

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from eth_account import Account
 from web3 import Web3
 from web3.contract import Contract
+from web3.exceptions import ContractCustomError
 
 from devtools.anvil import ANVIL_KEYS, AnvilProcess
-from devtools.devnet import DevnetInfo, ProposalType, load_artifact, to_base_units
+from devtools.devnet import (
+    ASSET_PRICES,
+    ZERO_ADDRESS,
+    DevnetInfo,
+    ProposalType,
+    load_artifact,
+    price_oracle,
+    price_to_raw,
+    to_base_units,
+)
 from tests.conftest import RevertName, Transact
 
 ACTIVE, EXECUTED, CANCELED = 1, 4, 5
@@ -257,6 +268,36 @@ def test_governance_parameters(dao: Contract, devnet: DevnetInfo) -> None:
     assert dao.functions.quorum().call() == 10
     assert dao.functions.dloopToken().call() == devnet.dloop_token_address
     assert dao.functions.paused().call() is False
+
+
+def test_the_price_oracle_is_named_by_the_dao_seeded_and_set_by_its_owner_only(
+    dao: Contract, w3: Web3, transact: Transact, revert_name: RevertName, devnet: DevnetInfo
+) -> None:
+    assert dao.functions.priceOracle().call() == devnet.price_oracle_address
+    oracle = price_oracle(w3, devnet.price_oracle_address)
+    assert {symbol: Decimal(text) for symbol, text in devnet.asset_prices.items()} == ASSET_PRICES
+    for symbol, price in ASSET_PRICES.items():  # normalised to 18 decimals, whatever the token's decimals
+        assert oracle.functions.getAssetPrice(devnet.token_addresses[symbol]).call() == price_to_raw(price)
+    assert oracle.functions.getAssetPrice(devnet.dloop_token_address).call() == 0  # no price set
+    assert price_to_raw("61000") == 61_000 * 10**18 and price_to_raw("1.08") == 108 * 10**16
+
+    wbtc = devnet.token_addresses["WBTC"]
+    outsider = devnet.node_keys[0]
+    assert revert_name(outsider, oracle.functions.setPrice(wbtc, 1)) == "NotAuthorized"
+    assert revert_name(outsider, oracle.functions.setReverting(True)) == "NotAuthorized"
+    assert revert_name(outsider, dao.functions.updatePriceOracle(ZERO_ADDRESS)) == "NotAuthorized"
+
+    transact(devnet.owner_key, oracle.functions.setPrice(wbtc, price_to_raw("70000")))
+    assert oracle.functions.getAssetPrice(wbtc).call() == 70_000 * 10**18
+    transact(devnet.owner_key, oracle.functions.setReverting(True))
+    with pytest.raises(ContractCustomError) as raised:
+        oracle.functions.getAssetPrice(wbtc).call()
+    assert raised.value.data == "0x" + Web3.keccak(text="PriceUnavailable()").hex().removeprefix("0x")[:8]
+
+    receipt = transact(devnet.owner_key, dao.functions.updatePriceOracle(ZERO_ADDRESS))
+    (event,) = dao.events.PriceOracleUpdated().process_receipt(receipt)
+    assert event["args"] == {"oldPriceOracle": devnet.price_oracle_address, "newPriceOracle": ZERO_ADDRESS}
+    assert dao.functions.priceOracle().call() == ZERO_ADDRESS
 
 
 @pytest.mark.parametrize(

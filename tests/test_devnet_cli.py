@@ -15,11 +15,20 @@ from web3 import Web3
 
 from core.errors import DloopError
 from devtools.anvil import AnvilProcess, find_anvil_binary, free_port, port_is_open
-from devtools.devnet import ASSET_TOKENS, ZERO_ADDRESS, deploy_devnet, load_artifact, proposal_plan
+from devtools.devnet import (
+    ASSET_PRICES,
+    ASSET_TOKENS,
+    ZERO_ADDRESS,
+    deploy_devnet,
+    load_artifact,
+    price_to_raw,
+    proposal_plan,
+)
 from tests.support.chain import ANVIL_BIN
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAO_ABI = load_artifact("AssetDAO")["abi"]
+ORACLE_ABI = load_artifact("DevPriceOracle")["abi"]
 EXPECTED_KEYS = {
     "DLOOP_RPC_WS_URL",
     "DLOOP_CONTRACT_ADDRESS",
@@ -98,6 +107,15 @@ def test_devnet_command_deploys_proposals_and_stops_on_sigterm(tmp_path: Path) -
         assert {("PAXG", 10), ("EURT", 6000), ("EURT", 800)} <= amounts
         kinds = Counter(p[1] for p in proposals)
         assert kinds[0] > kinds[1] > 0 and kinds[2] > 0 and kinds[3] > 0
+
+        # The AssetDAO names the devnet's price oracle, seeded with realistic prices (18 decimals).
+        oracle = w3.eth.contract(address=dao.functions.priceOracle().call(), abi=ORACLE_ABI)
+        prices = {
+            symbol: oracle.functions.getAssetPrice(Web3.to_checksum_address(address)).call()
+            for symbol, address in addresses.items()
+        }
+        assert prices == {symbol: price_to_raw(price) for symbol, price in ASSET_PRICES.items()}
+        assert prices["WBTC"] == 61_000 * 10**18
     finally:
         stop_started = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -110,6 +128,7 @@ def test_devnet_command_deploys_proposals_and_stops_on_sigterm(tmp_path: Path) -
     assert process.returncode == 0, stderr
     assert time.monotonic() - stop_started < 5
     assert "set -a; ." in stdout and str(env_file) in stdout
+    assert "(price 61,000)" in stdout and "price oracle" in stdout, stdout
     assert not port_is_open(port), "anvil still listening after dloop devnet stopped"
 
 

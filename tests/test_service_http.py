@@ -110,6 +110,8 @@ def test_proposal_detail_votes_rounds_metrics_and_openapi(svc: RunningService) -
     for vote in detail["votes"]:
         assert vote["decision"] in ("for", "against") and vote["reason"] and vote["state"] == "confirmed"
         assert vote["txHash"] and vote["transactions"][0]["txHash"] == vote["txHash"]
+        # The price the decision used and the value at it (exact decimal text): 2,500 USDC at 1.
+        assert (vote["price"], vote["value"]) == ("1", "2500"), vote
 
     page = httpx.get(f"{svc.url}/votes", params={"node": "ai-gov-02", "limit": 4}).json()
     assert page["total"] == PROPOSALS and len(page["votes"]) == 4 and page["limit"] == 4
@@ -118,6 +120,7 @@ def test_proposal_detail_votes_rounds_metrics_and_openapi(svc: RunningService) -
     assert {v["id"] for v in page["votes"]}.isdisjoint(v["id"] for v in rest["votes"])
     one = httpx.get(f"{svc.url}/votes", params={"proposal": 3, "state": "confirmed"}).json()
     assert one["total"] == NODES and {v["proposalId"] for v in one["votes"]} == {3}
+    assert {(v["price"], v["value"]) for v in one["votes"]} == {("61000", "3050")}  # 0.05 WBTC at 61,000
 
     round_one = httpx.get(f"{svc.url}/rounds/1").json()["round"]
     assert round_one["kind"] == "startup" and round_one["proposalsScanned"] >= PROPOSALS

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from tests.support.service import (
     create_proposals,
     devnet_environ,
     devnet_settings,
+    non_loopback_address,
     queue_settled,
     running_service,
 )
@@ -72,19 +72,8 @@ def test_trigger_with_a_token_needs_the_right_bearer(settings: Settings) -> None
         assert httpx.get(f"{svc.url}/health").status_code in (200, 503)  # reads need no token
 
 
-def _non_loopback_address() -> str | None:
-    """An address of this machine that is not loopback (a TEST-NET address on the sandbox's eth0)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
-            address = str(probe.getsockname()[0])
-    except OSError:
-        return None
-    return None if address.startswith("127.") else address
-
-
 def test_without_a_token_a_non_loopback_client_is_refused(settings: Settings) -> None:
-    address = _non_loopback_address()
+    address = non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback address to connect from")
     # Served on that interface only, for the few hundred milliseconds of the test.

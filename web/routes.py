@@ -271,12 +271,14 @@ def _node_scope(context: WebContext, name: str) -> str:
     return name
 
 
+# 200: not POST's default 201 (nothing is created) nor 202 (the switch is in effect when answered).
 PAUSE_DOC = "Answers once no paused node can sign any more (the trigger's auth rules apply)."
 
 
 @post(
     "/pause",
     responses=TRIGGER_ERRORS,
+    status_code=200,
     guards=[trigger_guard],
     summary="Pause signing for every node",
     description=PAUSE_DOC,
@@ -285,7 +287,13 @@ async def pause_all(context: Ctx) -> PauseResponse:
     return await _switch(context, SERVICE_SCOPE, True)
 
 
-@post("/resume", responses=TRIGGER_ERRORS, guards=[trigger_guard], summary="Resume signing for the service")
+@post(
+    "/resume",
+    responses=TRIGGER_ERRORS,
+    status_code=200,
+    guards=[trigger_guard],
+    summary="Resume signing for the service",
+)
 async def resume_all(context: Ctx) -> PauseResponse:
     return await _switch(context, SERVICE_SCOPE, False)
 
@@ -293,6 +301,7 @@ async def resume_all(context: Ctx) -> PauseResponse:
 @post(
     "/nodes/{name:str}/pause",
     responses=TRIGGER_ERRORS,
+    status_code=200,
     guards=[trigger_guard],
     summary="Pause signing for one node",
     description=PAUSE_DOC,
@@ -304,6 +313,7 @@ async def pause_node(context: Ctx, name: FromPath[str]) -> PauseResponse:
 @post(
     "/nodes/{name:str}/resume",
     responses=TRIGGER_ERRORS,
+    status_code=200,
     guards=[trigger_guard],
     summary="Resume signing for one node",
 )

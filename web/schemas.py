@@ -79,6 +79,10 @@ class VoteOut(Api):
     decision: str | None
     confidence: float | None
     reason: str | None
+    # The asset's price the decision used (the oracle's unit per whole token) and the proposal's value at it,
+    # exact decimal text; null when no oracle answered (the size rule was in token units) or not decided yet.
+    price: str | None
+    value: str | None
     tx_hash: str | None
     nonce: int | None
     attempts: int

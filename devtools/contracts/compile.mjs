@@ -17,6 +17,7 @@ const ARTIFACT_DIR = join(CONTRACTS_DIR, "artifacts");
 const CONTRACTS = {
   AssetDAO: ["AssetDAO", "AssetDAOUpstream", "AssetDAOUnknownEvents"],
   DevToken: ["DevToken"],
+  DevPriceOracle: ["DevPriceOracle"],
 };
 
 function compile() {

@@ -118,6 +118,19 @@ def queue_settled(url: str, expected_votes: int) -> bool:
     return overview["queue"]["depth"] == 0 and sum(by_state.values()) == expected_votes
 
 
+def non_loopback_address() -> str | None:
+    """An address of this machine that is not loopback (a TEST-NET address on the sandbox's eth0)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
+            address = str(probe.getsockname()[0])
+    except OSError:
+        return None
+    return None if address.startswith("127.") else address
+
+
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     import socket
 

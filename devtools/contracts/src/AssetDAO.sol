@@ -15,7 +15,9 @@ interface IVotingToken {
 ///      - `vote` checks, in order: not paused, proposal exists, `block.timestamp <= votingEnds`, status Active;
 ///      - vote weight is the voter's DLOOP balance at vote time (zero is allowed and still counts as cast);
 ///      - a voter may vote again only `minVotingBuffer` after its last vote on that proposal; the new vote
-///        moves the voter's weight (old weight removed, new weight added) and `hasVoted` stays true.
+///        moves the voter's weight (old weight removed, new weight added) and `hasVoted` stays true;
+///      - `priceOracle()` names the price oracle (zero until the owner sets one with `updatePriceOracle`,
+///        which emits production's `PriceOracleUpdated`): the devnet deploys `DevPriceOracle` for it.
 ///      The two events that differ between the AssetDAO versions in the wild (ProposalCreated, VoteCast) are
 ///      emitted by the concrete contracts below, one per version, so each deployed bytecode holds only its own
 ///      event topics, as a real deployment does: `AssetDAO` (production, the verified Sepolia ABI),
@@ -71,11 +73,14 @@ abstract contract AssetDAOCore {
     address public owner;
     bool public paused;
     uint256 public proposalCounter;
+    /// @notice The oracle whose `getAssetPrice(asset)` values proposals; the zero address when none is set.
+    address public priceOracle;
 
     mapping(uint256 proposalId => Proposal) private _proposals;
     mapping(uint256 proposalId => mapping(address voter => Ballot)) private _ballots;
 
     event ProposalCanceled(uint256 indexed proposalId);
+    event PriceOracleUpdated(address indexed oldPriceOracle, address indexed newPriceOracle);
     event ProposalExecuted(uint256 indexed proposalId);
 
     error ProposalNotFound();
@@ -173,6 +178,12 @@ abstract contract AssetDAOCore {
         proposal.status = ProposalStatus.Executed;
         proposal.executed = true;
         emit ProposalExecuted(proposalId);
+    }
+
+    /// @notice Name the price oracle (production's function and event). Owner only; zero unsets it.
+    function updatePriceOracle(address newPriceOracle) external onlyOwner {
+        emit PriceOracleUpdated(priceOracle, newPriceOracle);
+        priceOracle = newPriceOracle;
     }
 
     function pause() external onlyOwner {

@@ -192,6 +192,15 @@ def failed_votes(facts: Facts) -> list[Condition]:
     ]
 
 
+def votes_affordable(balance_wei: int | None, vote_cost_wei: int) -> int | None:
+    """How many more votes a balance pays for at current fees: balance / (gas per vote x fee per gas); None
+    when the balance or the cost is unknown. The one figure behind NodeLowBalance, the dashboard's "votes
+    left" and a node's `unfunded` status."""
+    if balance_wei is None or vote_cost_wei <= 0:
+        return None
+    return balance_wei // vote_cost_wei
+
+
 def node_funds(funds: Sequence[NodeFunds], settings: RuleSettings) -> tuple[list[Condition], set[str]]:
     out: list[Condition] = []
     unknown: set[str] = set()
@@ -199,8 +208,7 @@ def node_funds(funds: Sequence[NodeFunds], settings: RuleSettings) -> tuple[list
         if node.eth_wei is None:
             unknown.add(fingerprint(Rule.NODE_LOW_BALANCE, node.node))
         else:
-            cost = max(node.vote_cost_wei, 1)
-            votes = node.eth_wei // cost
+            votes = votes_affordable(node.eth_wei, max(node.vote_cost_wei, 1)) or 0
             if votes < settings.min_votes:
                 out.append(
                     Condition(

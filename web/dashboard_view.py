@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from monitor.analytics import Approval, Performance, Report
 from monitor.engine import Alert
+from monitor.rules import votes_affordable
 from storage.controls import PauseState
 from storage.queries import NodeVoteStats
 from storage.rounds import RoundRecord
@@ -78,14 +79,6 @@ def duration_text(seconds: float | None) -> str:
         return f"{hours} h {minutes} min"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h"
-
-
-def votes_affordable(balance_wei: int | None, required_wei: int) -> int | None:
-    """How many more votes a balance pays for at current fees: balance / (gas per vote x fee per gas), where
-    `required_wei` (NodeChainState) is that product. None when unknown."""
-    if balance_wei is None or required_wei <= 0:
-        return None
-    return balance_wei // required_wei
 
 
 def short_units(wei: int | None, places: int = 4) -> str:

@@ -11,7 +11,7 @@ import msgspec
 from chain.types import format_units
 from monitor.analytics import Approval, Performance, Report
 from monitor.engine import Alert
-from monitor.rules import SEVERITY, Rule
+from monitor.rules import SEVERITY, Rule, votes_affordable
 from storage.models import OPEN_VOTE_STATES, VoteState
 from storage.queries import ActiveProposalRows, NodeVoteStats, ProposalRecord, Record
 from storage.rounds import RoundRecord
@@ -82,7 +82,7 @@ def round_out(record: RoundRecord, phase: str | None) -> RoundOut:
 def node_status(chain: NodeChainState | None) -> str:
     if chain is None or chain.error is not None or chain.eth_balance_wei is None:
         return NODE_ERROR
-    if chain.eth_balance_wei < max(chain.required_wei, 1):
+    if not votes_affordable(chain.eth_balance_wei, max(chain.required_wei, 1)):
         return NODE_UNFUNDED
     return NODE_ACTIVE
 

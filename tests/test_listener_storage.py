@@ -1,4 +1,5 @@
-"""storage.chain_state on a real SQLite file and PostgreSQL database: idempotent log records, cursor, recent blocks, reorg records."""
+"""storage.chain_state on a real SQLite file and PostgreSQL database: idempotent log records, cursor, recent
+blocks, reorg records."""
 
 from __future__ import annotations
 

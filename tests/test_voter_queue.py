@@ -1,4 +1,5 @@
-"""The vote queue on a real SQLite file and PostgreSQL database: leases are exclusive and expire, every transition is conditional."""
+"""The vote queue on a real SQLite file and PostgreSQL database: leases are exclusive and expire, every
+transition is conditional."""
 
 from __future__ import annotations
 

@@ -33,6 +33,7 @@ from typing import TypeVar
 import anyio
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -115,8 +116,11 @@ class PostgresServer:
     def from_environment(cls) -> PostgresServer:
         url = os.environ.get(URL_VARIABLE)
         if url:
-            server = cls(admin_url=async_url(url))
-            server.execute("SELECT 1")
+            try:
+                server = cls(admin_url=async_url(url))
+                server.execute("SELECT 1")
+            except (OSError, SQLAlchemyError) as exc:
+                raise PostgresUnavailable(f"{URL_VARIABLE}: cannot connect: {exc}") from exc
             return server
         return cls.start()
 

@@ -46,6 +46,19 @@ URL_VARIABLE = "DLOOP_TEST_POSTGRES_URL"
 SYSTEM_USER = "postgres"
 
 
+FOLDER_PREFIX = "dloop-pg-"  # + the test session's pid + "-" + a random part
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class PostgresUnavailable(Exception):
     """No PostgreSQL for the tests: no server binaries, or the server did not start."""
 
@@ -128,7 +141,8 @@ class PostgresServer:
     def start(cls) -> PostgresServer:
         bindir = server_bindir()
         as_postgres = os.geteuid() == 0
-        folder = Path(tempfile.mkdtemp(prefix="dloop-pg-"))
+        cls._stop_abandoned(bindir, as_postgres)
+        folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
         if as_postgres:
             shutil.chown(folder, SYSTEM_USER, SYSTEM_USER)
         port = free_port()
@@ -173,6 +187,16 @@ class PostgresServer:
             server.stop()
             raise
         return server
+
+    @classmethod
+    def _stop_abandoned(cls, bindir: Path, as_postgres: bool) -> None:
+        """Stop and remove the clusters of test sessions that were killed before their teardown (the folder
+        names the session's pid, which is gone)."""
+        for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+            pid = folder.name.removeprefix(FOLDER_PREFIX).split("-", 1)[0]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            cls(admin_url="", folder=folder, bindir=bindir, as_postgres=as_postgres).stop()
 
     def _command(self, program: str, *args: str) -> None:
         assert self.bindir is not None

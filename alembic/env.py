@@ -6,8 +6,12 @@ purpose (in a checkout it would shadow the alembic library).
 
 from __future__ import annotations
 
+import asyncio
+
 from alembic import context
 from sqlalchemy import Connection, create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from storage.models import Base
 
@@ -29,11 +33,24 @@ def main() -> None:
     if connection is not None:
         run_on(connection)
         return
-    # `alembic upgrade head` from the shell: use a sync driver for the same file.
+    # `alembic upgrade head` from the shell: SQLite through the sync driver for the same file; PostgreSQL
+    # through asyncpg (the only PostgreSQL driver installed, by the `postgres` extra).
     url = context.config.get_main_option("sqlalchemy.url") or "sqlite:///dloop.db"
-    engine = create_engine(url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg"))
+    if make_url(url).get_backend_name() == "postgresql":
+        asyncio.run(_run_async(make_url(url).set(drivername="postgresql+asyncpg").render_as_string(False)))
+        return
+    engine = create_engine(url.replace("+aiosqlite", ""))
     with engine.begin() as conn:
         run_on(conn)
+
+
+async def _run_async(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(run_on)
+    finally:
+        await engine.dispose()
 
 
 if context.is_offline_mode():

@@ -75,6 +75,39 @@ class StrategySettings:
     aggressive_investment_support: float = 0.7
 
 
+# The databases the service runs on, by SQLAlchemy dialect: the async driver it uses, and where it comes from.
+DATABASE_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+DATABASE_EXAMPLES = "sqlite+aiosqlite:///dloop.db or postgresql+asyncpg://user:password@host/dloop"
+
+
+def parse_database_url(name: str, raw: str) -> str:
+    """A database URL the service can use: SQLite through aiosqlite or PostgreSQL through asyncpg (the
+    `postgres` extra). `sqlite:///...` and `postgresql://...` (or `postgres://`) get their async driver."""
+    import importlib.util
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    text = raw.strip()
+    if text.startswith("postgres://"):
+        text = "postgresql://" + text.removeprefix("postgres://")
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise ConfigError(name, f"is not a database URL such as {DATABASE_EXAMPLES}") from None
+    dialect, _, driver = url.drivername.partition("+")
+    wanted = DATABASE_DRIVERS.get(dialect)
+    if wanted is None or driver not in ("", wanted):
+        raise ConfigError(name, f"must use {DATABASE_EXAMPLES} (got {url.drivername}://)")
+    if not driver:
+        url = url.set(drivername=f"{dialect}+{wanted}")
+        text = url.render_as_string(hide_password=False)
+    if importlib.util.find_spec(wanted) is None:
+        extra = " (pip install 'dloop-governance[postgres]')" if dialect == "postgresql" else ""
+        raise ConfigError(name, f"needs the {wanted} driver, which is not installed{extra}")
+    return text
+
+
 @dataclass(frozen=True)
 class Settings:
     rpc_ws_url: str
@@ -321,17 +354,9 @@ class _Parser:
         return parse_address(name, raw)
 
     def database_url(self) -> str:
-        raw = self.env.get("DLOOP_DATABASE_URL", "sqlite+aiosqlite:///dloop.db")
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            make_url(raw)
-        except ArgumentError:
-            raise ConfigError(
-                "DLOOP_DATABASE_URL", "is not a database URL such as sqlite+aiosqlite:///dloop.db"
-            ) from None
-        return raw
+        return parse_database_url(
+            "DLOOP_DATABASE_URL", self.env.get("DLOOP_DATABASE_URL", "sqlite+aiosqlite:///dloop.db")
+        )
 
     def nodes(self) -> tuple[NodeSettings, ...]:
         keys = self.node_keys()

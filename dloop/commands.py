@@ -22,7 +22,7 @@ from chain.accounts import node_accounts
 from chain.connection import safe_url
 from core.errors import ConfigError, DloopError
 from core.logs import configure_logging, log_event
-from core.settings import Settings, load_settings
+from core.settings import Settings, load_settings, parse_database_url
 from dloop.preflight import check_same_chain, preflight_chain
 from storage.engine import check_database_location, create_engine, session_factory
 from storage.migrations import ensure_schema_current, upgrade
@@ -42,6 +42,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return load_settings(os.environ, env_file)
 
 
+def database_url_of(args: argparse.Namespace) -> str:
+    """`--database-url` when given (checked like DLOOP_DATABASE_URL), else the settings' URL."""
+    if args.database_url:
+        return parse_database_url("--database-url", args.database_url)
+    return settings_from(args).database_url
+
+
 def service_url(settings: Settings, override: str | None = None) -> str:
     if override:
         return override.rstrip("/")
@@ -59,7 +66,7 @@ def service_url(settings: Settings, override: str | None = None) -> str:
 
 
 def migrate_command(args: argparse.Namespace) -> int:
-    database_url = args.database_url or settings_from(args).database_url
+    database_url = database_url_of(args)
     check_database_location(database_url)
     anyio.run(upgrade, database_url)
     print(f"database schema is up to date ({_describe_db(database_url)})")
@@ -318,7 +325,7 @@ def report_command(args: argparse.Namespace) -> int:
 
     # One database follows one chain (see `chains`): every proposal it holds is reported.
     scope: ContractScope | None = None
-    database_url = args.database_url or settings_from(args).database_url
+    database_url = database_url_of(args)
     since, until = _report_moment(args.since, "--since"), _report_moment(args.until, "--until")
     check_database_location(database_url)
 

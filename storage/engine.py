@@ -1,4 +1,5 @@
-"""Engine and session factory. The only SQLite-specific code of the service lives here."""
+"""Engine and session factory. The only database-specific code of the service lives here: SQLite's pragmas
+and file checks, PostgreSQL's pool (both through SQLAlchemy's async drivers, aiosqlite and asyncpg)."""
 
 from __future__ import annotations
 
@@ -45,8 +46,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# PostgreSQL's connection pool: the listener, the voter's lanes, the HTTP API and the alert evaluator read and
+# write at once (writes of one process take turns: storage/transactions.py), so a handful of connections and
+# a burst above it. Connections are checked before use (a restarted server or a dropped idle connection is a
+# new connection, not a failed write) and renewed every half hour (proxies and poolers close idle ones).
+POSTGRES_POOL = {
+    "pool_size": 5,
+    "max_overflow": 10,
+    "pool_timeout": 30,
+    "pool_recycle": 1800,
+    "pool_pre_ping": True,
+}
+
+
 def create_engine(database_url: str) -> AsyncEngine:
-    engine = create_async_engine(database_url)
+    url = make_url(database_url)
+    if url.get_backend_name() == "postgresql":
+        return create_async_engine(url, **POSTGRES_POOL)
+    engine = create_async_engine(url)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine

@@ -29,6 +29,7 @@ from devtools.anvil import AnvilProcess
 from devtools.devnet import DevnetInfo, deploy_devnet, load_artifact
 from tests.support.chain import ANVIL_BIN, Chain, devnet_chain, start_anvil
 from tests.support.database import Database, NodeSpec, devnet_nodes, made_up_nodes, migrated_database
+from tests.support.postgres import PostgresServer, PostgresUnavailable, in_ci
 
 __all__ = ["ANVIL_BIN", "RevertName", "Transact"]
 
@@ -41,10 +42,23 @@ CHAIN_FIXTURES = frozenset(
 )
 
 
+# The databases a `both_databases` test runs on (its `db_backend` parameter).
+DATABASES = ("sqlite", "postgres")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test (or module) marked `both_databases` that uses a database fixture runs once per database."""
+    if "db_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_databases"):
+        metafunc.parametrize("db_backend", DATABASES, indirect=True)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark `slow` every test that uses a chain fixture (the rest of `slow` is marked in the modules)."""
+    """Mark `slow` every test that uses a chain fixture or PostgreSQL (a server process) (the rest of `slow`
+    is marked in the modules)."""
     for item in items:
-        if CHAIN_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("db_backend") == "postgres"
+        if on_postgres or CHAIN_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 
@@ -202,8 +216,52 @@ def db_nodes(request: pytest.FixtureRequest) -> list[NodeSpec]:
 
 
 @pytest.fixture
-async def db(tmp_path: Any, db_nodes: list[NodeSpec]) -> AsyncIterator[Database]:
-    """A real SQLite file in the test's temp directory, migrated, with `db_nodes` recorded (for
-    `pytest.mark.anyio` tests; a module's own `db` may request this one and add rows)."""
-    async with migrated_database(tmp_path / "dloop.db", db_nodes) as database:
-        yield database
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """The database of the test: `sqlite`, or each of DATABASES for a test marked `both_databases`."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster for the session (or DLOOP_TEST_POSTGRES_URL's server): see
+    tests/support/postgres.py. Without one the tests that need it are skipped, or fail under CI=true."""
+    try:
+        server = PostgresServer.from_environment()
+    except PostgresUnavailable as exc:
+        if in_ci():
+            pytest.fail(f"PostgreSQL is needed under CI=true: {exc}")
+        pytest.skip(f"no PostgreSQL for the tests: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _database_url(
+    request: pytest.FixtureRequest, backend: str, tmp_path: Any, migrated: bool
+) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'dloop.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    with server.database(migrated=migrated) as url:
+        yield url
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, db_backend: str, tmp_path: Any) -> Iterator[str]:
+    """The URL of a new, empty database of the test's `db_backend`: an SQLite file in the test's temp
+    directory (not created yet), or a PostgreSQL database dropped after the test."""
+    yield from _database_url(request, db_backend, tmp_path, migrated=False)
+
+
+@pytest.fixture
+async def db(
+    request: pytest.FixtureRequest, db_backend: str, tmp_path: Any, db_nodes: list[NodeSpec]
+) -> AsyncIterator[Database]:
+    """A real database of the test's `db_backend` (an SQLite file in the test's temp directory, or a new
+    PostgreSQL database), migrated, with `db_nodes` recorded (for `pytest.mark.anyio` tests; a module's own
+    `db` may request this one and add rows)."""
+    for url in _database_url(request, db_backend, tmp_path, migrated=True):
+        async with migrated_database(url, db_nodes) as database:
+            yield database

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
-from pathlib import Path
 
 import anyio
 import pytest
@@ -15,7 +13,7 @@ import pytest
 from monitor.analytics import Outcome, ProposalFact, VoteFact, percentile, report
 from storage.analytics import FinalResult, analytics_facts, record_results
 from storage.models import Proposal, Vote
-from tests.support.database import migrated_database
+from tests.support.database import migrated_database, sql
 
 UTC = dt.UTC
 
@@ -135,16 +133,17 @@ def test_a_window_keeps_the_proposals_created_in_it() -> None:
     assert [d.day for d in result.days] == [dt.date(2026, 1, 2)]
 
 
+@pytest.mark.both_databases
 def test_stored_rows_views_and_dloop_report_give_the_same_figures(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    anyio.run(_store_and_check, tmp_path)
-    _check_views_and_report(tmp_path, capsys)
+    anyio.run(_store_and_check, database_url)
+    _check_views_and_report(database_url, capsys)
 
 
-async def _store_and_check(tmp_path: Path) -> None:
+async def _store_and_check(url: str) -> None:
     nodes = [(name, "0x" + f"{i:02d}" * 20, strategy) for i, (name, strategy) in enumerate(NODES.items(), 1)]
-    async with migrated_database(tmp_path / "dloop.db", nodes) as db:
+    async with migrated_database(url, nodes) as db:
         node_ids = {n.name: n.id for n in db.nodes}
         refs: dict[int, int] = {}
         async with db.sessions.begin() as session:  # fixture rows (the service writes through write())
@@ -181,26 +180,29 @@ async def _store_and_check(tmp_path: Path) -> None:
         check_report(report(facts.proposals, facts.votes, now=NOW, nodes=facts.nodes))
 
 
-def _check_views_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with sqlite3.connect(tmp_path / "dloop.db") as conn:
-        rows = conn.execute(
-            "SELECT node, votes_owed, votes_cast, votes_failed, gas_used, eth_spent_wei, "
-            "compared_with_majority, agreed_with_majority FROM node_performance ORDER BY node"
-        ).fetchall()
-        assert rows == [
-            ("A", 3, 3, 0, 140_000, 280, 2, 2),
-            ("B", 2, 1, 1, 60_000, 200, 1, 1),
-            ("C", 2, 2, 0, 55_000, 150, 1, 0),
-        ]
-        outcomes = conn.execute(
-            "SELECT proposal_id, final_yes, final_no, majority, approved, executed FROM proposal_outcomes "
-            "ORDER BY proposal_id"
-        ).fetchall()
-        assert outcomes == [(1, "300", "100", "for", 1, 1), (2, "50", "200", "against", 0, 0)]
+def _check_views_and_report(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = anyio.run(
+        sql,
+        url,
+        "SELECT node, votes_owed, votes_cast, votes_failed, gas_used, eth_spent_wei, "
+        "compared_with_majority, agreed_with_majority FROM node_performance ORDER BY node",
+    )
+    assert [tuple(r) for r in rows] == [
+        ("A", 3, 3, 0, 140_000, 280, 2, 2),
+        ("B", 2, 1, 1, 60_000, 200, 1, 1),
+        ("C", 2, 2, 0, 55_000, 150, 1, 0),
+    ]
+    outcomes = anyio.run(
+        sql,
+        url,
+        "SELECT proposal_id, final_yes, final_no, majority, approved, executed FROM proposal_outcomes "
+        "ORDER BY proposal_id",
+    )
+    assert [tuple(r) for r in outcomes] == [(1, "300", "100", "for", 1, 1), (2, "50", "200", "against", 0, 0)]
 
     from dloop.cli import main
 
-    db_url = f"sqlite+aiosqlite:///{tmp_path / 'dloop.db'}"
+    db_url = url
     assert main(["report", "--database-url", db_url, "--format", "json"]) == 0
     body = json.loads(capsys.readouterr().out)
     assert {n["name"]: (n["votesOwed"], n["votesCast"], n["ethSpentWei"]) for n in body["nodes"]} == {

@@ -18,7 +18,6 @@ from dloop import cli
 from tests.support.chain import Chain
 from tests.support.chaos import DLOOP, DloopRun, audit_votes, clean_env, service_env, settled
 from tests.support.chaos import run_dloop as dloop
-from tests.support.database import migrate
 from tests.support.service import create_proposals, devnet_environ
 from tests.support.waiting import poll_until
 
@@ -162,14 +161,17 @@ def test_a_database_from_a_chain_started_afresh_stops_start_up_with_one_line(
     assert second.stop() == 0
 
 
+@pytest.mark.both_databases
 def test_two_services_started_at_once_on_one_fresh_database_both_run_and_vote_once(
-    chain: Chain, tmp_path: Path
+    chain: Chain, tmp_path: Path, database_url: str
 ) -> None:
     """Both insert the node rows at the same moment (the loser of that race used to die with an
-    IntegrityError traceback); then both lease from one queue, and each vote is sent once."""
+    IntegrityError traceback); then both lease from one queue, and each vote is sent once. On an SQLite file
+    and on a PostgreSQL database (`dloop migrate` on it first, as a user would)."""
     anvil, devnet = chain
-    db = tmp_path / "dloop.db"
-    migrate(db)
+    db = database_url
+    migrated = dloop(["migrate", "--database-url", db], {}, tmp_path)
+    assert migrated.returncode == 0 and "database schema is up to date" in migrated.stdout, migrated.stderr
     runs = [
         DloopRun(service_env(anvil.ws_url, devnet, db), tmp_path, tmp_path / f"run{i}.log").start()
         for i in range(2)
@@ -178,7 +180,8 @@ def test_two_services_started_at_once_on_one_fresh_database_both_run_and_vote_on
         for run in runs:
             run.wait_live(timeout=45)
         ids = create_proposals(anvil, devnet, 3, first_index=200)
-        poll_until(lambda: settled(db, 3 * 5), timeout=30, what="the votes of both services")
+        # Every proposal of the module's chain gets its rows (the other database's run created some before).
+        poll_until(lambda: settled(db, max(ids) * 5), timeout=30, what="the votes of both services")
     finally:
         codes = [run.stop() for run in runs]
         tracebacks = [run.tracebacks() for run in runs]

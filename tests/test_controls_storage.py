@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from storage.controls import SERVICE_SCOPE, PauseWatch, read_pauses, set_paused
@@ -14,8 +12,9 @@ from web.metrics import MetricsSnapshot, render
 pytestmark = pytest.mark.anyio
 
 
-async def test_pause_state_is_stored_shared_and_read_back(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"
+@pytest.mark.both_databases
+async def test_pause_state_is_stored_shared_and_read_back(database_url: str) -> None:
+    url = database_url
     await upgrade(url)
     engine = create_engine(url)
     try:

@@ -1,4 +1,5 @@
-"""The listener against a real anvil, a real SQLite file, and faults injected through a TCP proxy."""
+"""The listener against a real anvil, a real SQLite file (a few tests PostgreSQL too), and faults injected
+through a TCP proxy."""
 
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ async def test_new_proposal_is_queued_with_five_votes_well_under_a_second(chain:
     assert [(log.event, log.proposal_id, log.removed) for log in logs] == [("ProposalCreated", ids[0], False)]
 
 
+@pytest.mark.both_databases
 async def test_burst_of_200_proposals_is_queued_each_exactly_once(chain: Chain, db: Database) -> None:
     signal = WorkSignal()
     settings = make_settings(chain.anvil.ws_url, chain.info, db.url)
@@ -113,6 +115,7 @@ async def test_first_run_without_start_block_finds_the_deployment_block(chain: C
         assert all_queued(await vote_states(db), set(ids))
 
 
+@pytest.mark.both_databases
 async def test_dropped_connection_mid_burst_loses_and_duplicates_nothing(chain: Chain, db: Database) -> None:
     signal = WorkSignal()
     async with TcpProxy(chain.anvil.port) as proxy:
@@ -357,6 +360,7 @@ async def test_bad_data_is_recorded_and_the_listener_carries_on(chain: Chain, db
 
 
 @pytest.mark.parametrize("chain", EVENT_VERSIONS, indirect=True)
+@pytest.mark.both_databases
 async def test_votes_and_closing_events_update_the_records(chain: Chain, db: Database) -> None:
     signal = WorkSignal()
     settings = make_settings(chain.anvil.ws_url, chain.info, db.url)

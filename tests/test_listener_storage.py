@@ -1,4 +1,5 @@
-"""storage.chain_state on a real SQLite file: idempotent log records, cursor, recent blocks, reorg records."""
+"""storage.chain_state on a real SQLite file and PostgreSQL database: idempotent log records, cursor, recent
+blocks, reorg records."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from storage.models import ChainLog, Proposal, RecentBlock, Vote, VoteOutcome, V
 from storage.proposals import NodeRecord
 from tests.support.database import Database
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_databases]
 
 CHAIN, CONTRACT = 31337, "0x5FC8d32690cc91D4c39d9d3abcBD16989F875707"
 STREAM = chain_state.stream_name(CHAIN, CONTRACT)

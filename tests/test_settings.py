@@ -84,6 +84,8 @@ def test_node_keys_from_comma_list() -> None:
         ("DLOOP_BATCH_SIZE", "0", "at least 1"),
         ("DLOOP_HEAD_TIMEOUT", "nan", "at least"),
         ("DLOOP_DATABASE_URL", "not a url", "database URL"),
+        ("DLOOP_DATABASE_URL", "mysql+aiomysql://db/dloop", "postgresql+asyncpg://"),
+        ("DLOOP_DATABASE_URL", "postgresql+psycopg2://db/dloop", "got postgresql+psycopg2://"),
         ("DLOOP_NODE_NAMES", "a,b", "2 names for 5"),
         ("DLOOP_NODE_STRATEGIES", "conservative", "1 strategies for 5"),
         ("DLOOP_LOG_LEVEL", "LOUD", "DEBUG"),
@@ -102,6 +104,20 @@ def test_invalid_value_names_the_setting(setting: str, value: str, fragment: str
     assert str(info.value).startswith(setting)
     if "PRIVATE_KEY" in setting:
         assert value not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "url"),
+    [
+        ("sqlite+aiosqlite:///dloop.db", "sqlite+aiosqlite:///dloop.db"),
+        ("sqlite:///dloop.db", "sqlite+aiosqlite:///dloop.db"),
+        ("postgresql+asyncpg://dloop:pw@db:5432/dloop", "postgresql+asyncpg://dloop:pw@db:5432/dloop"),
+        ("postgresql://dloop@db/dloop", "postgresql+asyncpg://dloop@db/dloop"),
+        ("postgres://dloop@db/dloop", "postgresql+asyncpg://dloop@db/dloop"),
+    ],
+)
+def test_database_urls_of_sqlite_and_postgresql_get_their_async_driver(value: str, url: str) -> None:
+    assert load_settings(base_env(DLOOP_DATABASE_URL=value)).database_url == url
 
 
 def test_missing_required_settings() -> None:

@@ -1,8 +1,9 @@
-"""Migrations and the proposal/vote records, on a real SQLite file."""
+"""Migrations and the proposal/vote records, on a real SQLite file and a real PostgreSQL database."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import sqlite3
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from storage.engine import check_database_location, create_engine, session_facto
 from storage.migrations import downgrade, ensure_schema_current, upgrade
 from storage.models import Base, Vote, VoteState
 from storage.proposals import record_proposal, sync_nodes
+from tests.support.database import sql
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_databases]
 
 USDC = AssetInfo("0x" + "11" * 20, "USDC", 6)
 PROPOSAL = ProposalData(
@@ -40,9 +42,9 @@ PROPOSAL = ProposalData(
 NODES = [(f"ai-gov-0{i}", "0x" + f"{i:02d}" * 20, "conservative") for i in range(1, 6)]
 
 
-async def test_the_migrations_build_exactly_the_models_tables(tmp_path: Path) -> None:
+async def test_the_migrations_build_exactly_the_models_tables(database_url: str) -> None:
     """A column or table added to storage/models.py without its alembic migration shows up here."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'dloop.db'}"
+    url = database_url
     await upgrade(url)
     engine = create_engine(url)
     try:
@@ -55,8 +57,10 @@ async def test_the_migrations_build_exactly_the_models_tables(tmp_path: Path) ->
     assert differences == []
 
 
-async def test_upgrade_downgrade_upgrade_and_views(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'dloop.db'}"
+async def test_upgrade_downgrade_upgrade_and_views(
+    database_url: str, db_backend: str, tmp_path: Path
+) -> None:
+    url = database_url
     with pytest.raises(SchemaOutOfDate, match="dloop migrate"):
         await ensure_schema_current(url)
     await upgrade(url)
@@ -75,27 +79,26 @@ async def test_upgrade_downgrade_upgrade_and_views(tmp_path: Path) -> None:
     )  # fmt: skip
     await engine.dispose()
 
-    # What a user sees with plain sqlite3: readable UTC times, exact amounts, one row per vote.
-    with sqlite3.connect(tmp_path / "dloop.db") as db:
-        rows = db.execute(
-            "SELECT node, state, amount, asset, queued_at FROM vote_history ORDER BY node"
-        ).fetchall()
-        assert [r[0] for r in rows] == [n[0] for n in NODES]
-        assert {r[1] for r in rows} == {"queued"} and rows[0][2] == "2500" and rows[0][3] == "USDC"
-        assert rows[0][4][:4] == "20" + rows[0][4][2:4] and rows[0][4][4] == "-"  # 'YYYY-MM-DD HH:MM:SS...'
-        tally = db.execute(
-            "SELECT proposal_id, nodes_pending, node_votes, onchain_yes FROM proposal_tally"
-        ).fetchall()
-        assert (
-            tally[0][0] == 1 and tally[0][1] == 5 and "ai-gov-01=queued" in tally[0][2] and tally[0][3] == "0"
-        )
-        created = db.execute("SELECT created_at FROM proposals").fetchone()[0]
-        assert created.startswith("2023-11-14 22:13:20")
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # What a user sees with plain SQL: UTC times, exact amounts, one row per vote.
+    rows = await sql(url, "SELECT node, state, amount, asset, queued_at FROM vote_history ORDER BY node")
+    assert [r[0] for r in rows] == [n[0] for n in NODES]
+    assert {r[1] for r in rows} == {"queued"} and rows[0][2] == "2500" and rows[0][3] == "USDC"
+    tally = await sql(url, "SELECT proposal_id, nodes_pending, node_votes, onchain_yes FROM proposal_tally")
+    assert tally[0][0] == 1 and tally[0][1] == 5 and "ai-gov-01=queued" in tally[0][2] and tally[0][3] == "0"
+    (created,) = (await sql(url, "SELECT created_at FROM proposals"))[0]
+    if db_backend == "sqlite":  # readable text in the sqlite3 shell: 'YYYY-MM-DD HH:MM:SS...'
+        with sqlite3.connect(tmp_path / "dloop.db") as db:
+            assert (
+                db.execute("SELECT created_at FROM proposals").fetchone()[0].startswith("2023-11-14 22:13:20")
+            )
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    else:  # `timestamp without time zone`, in UTC
+        assert created == dt.datetime(2023, 11, 14, 22, 13, 20)
+        assert isinstance(rows[0][4], dt.datetime)
 
 
-async def test_record_proposal_is_idempotent_and_handles_content_change(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
+async def test_record_proposal_is_idempotent_and_handles_content_change(database_url: str) -> None:
+    url = database_url
     await upgrade(url)
     engine = create_engine(url)
     sessions = session_factory(engine)
@@ -149,12 +152,11 @@ def test_database_location_checked(tmp_path: Path) -> None:
 
 
 async def test_migration_0004_derives_outcomes_and_downgrades_without_losing_transactions(
-    tmp_path: Path,
+    database_url: str,
 ) -> None:
     """Rows written before `votes.outcome` existed get the two codes the service decides on; going back
     drops the column only (vote_transactions rows stay: no table copy, no cascade)."""
-    path = tmp_path / "dloop.db"
-    url = f"sqlite+aiosqlite:///{path}"
+    url = database_url
     await upgrade(url, "0003")
     engine = create_engine(url)
     nodes = await sync_nodes(session_factory(engine), NODES[:3])
@@ -168,35 +170,38 @@ async def test_migration_0004_derives_outcomes_and_downgrades_without_losing_tra
     )  # fmt: skip  (no vote rows: the models have a column this schema lacks)
     await engine.dispose()
     rows = [
-        (nodes[0].id, "closed", "closed on chain by ProposalCanceled before our vote was sent"),
-        (nodes[1].id, "failed", "reverted on chain: ProposalNotFound"),
-        (nodes[2].id, "failed", "reverted on chain: VotingPeriodEnded"),
+        {
+            "node": nodes[0].id,
+            "state": "closed",
+            "error": "closed on chain by ProposalCanceled",
+        },
+        {"node": nodes[1].id, "state": "failed", "error": "reverted on chain: ProposalNotFound"},
+        {"node": nodes[2].id, "state": "failed", "error": "reverted on chain: VotingPeriodEnded"},
     ]
-    with sqlite3.connect(path) as db:
-        db.executemany(
-            "INSERT INTO votes (proposal_ref, node_id, state, last_error, attempts, queued_at, updated_at)"
-            " VALUES (1, ?, ?, ?, 0, '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
-            rows,
-        )
-        db.execute(
-            "INSERT INTO vote_transactions (vote_id, tx_hash, nonce, max_fee_per_gas,"
-            " max_priority_fee_per_gas, gas_limit, raw_transaction, created_at)"
-            " VALUES (1, '0x01', 0, '1', '1', 21000, '0x', '2026-01-01 00:00:00')"
-        )
+    await sql(
+        url,
+        "INSERT INTO votes (proposal_ref, node_id, state, last_error, attempts, queued_at, updated_at)"
+        " VALUES (1, :node, :state, :error, 0, '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+        rows,
+    )
+    await sql(
+        url,
+        "INSERT INTO vote_transactions (vote_id, tx_hash, nonce, max_fee_per_gas,"
+        " max_priority_fee_per_gas, gas_limit, raw_transaction, created_at)"
+        " SELECT MIN(id), '0x01', 0, '1', '1', 21000, '0x', '2026-01-01 00:00:00' FROM votes",
+    )
 
     await upgrade(url)
-    with sqlite3.connect(path) as db:
-        found = db.execute("SELECT node, outcome FROM vote_history ORDER BY node").fetchall()
-    assert found == [
+    found = await sql(url, "SELECT node, outcome FROM vote_history ORDER BY node")
+    assert [tuple(r) for r in found] == [
         ("ai-gov-01", "closed_by_event"),
         ("ai-gov-02", "proposal_not_found"),
         ("ai-gov-03", None),
     ]
 
     await downgrade(url, "0003")
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT COUNT(*) FROM vote_transactions").fetchone()[0] == 1
-        assert "outcome" not in [c[1] for c in db.execute("PRAGMA table_info(votes)")]
-        assert len(db.execute("SELECT * FROM vote_history").fetchall()) == 3
+    assert (await sql(url, "SELECT COUNT(*) FROM vote_transactions"))[0][0] == 1
+    assert "outcome" not in (await sql(url, "SELECT * FROM votes LIMIT 1"))[0]._fields
+    assert len(await sql(url, "SELECT * FROM vote_history")) == 3
     await upgrade(url)
     await ensure_schema_current(url)

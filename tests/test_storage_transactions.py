@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,6 +16,7 @@ from core.errors import StorageError
 from storage import transactions
 from storage.engine import SessionFactory, create_engine, session_factory
 from storage.transactions import write
+from tests.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.anyio
 
@@ -101,3 +103,28 @@ async def test_busy_retries_are_few_and_short(
     # A write that already waited out the window (SQLite's busy timeout) is not run again.
     monkeypatch.setattr(transactions, "BUSY_RETRY_WINDOW", 0.0)
     assert await attempts(sessions, busy) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sqlstate", ["40001", "40P01"])
+async def test_a_real_postgresql_serialization_failure_or_deadlock_is_retried(
+    postgres_server: PostgresServer, sqlstate: str
+) -> None:
+    """The error asyncpg raises (wrapped by SQLAlchemy) carries the SQLSTATE `is_busy` looks for."""
+    with postgres_server.database(migrated=False) as url:
+        engine = create_engine(url)
+        try:
+            calls: list[int] = []
+
+            async def work(session: AsyncSession) -> int:
+                calls.append(1)
+                if len(calls) == 1:
+                    await session.execute(
+                        text(f"DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '{sqlstate}'; END $$")
+                    )
+                return int((await session.execute(text("SELECT 41 + 1"))).scalar_one())
+
+            assert await write(session_factory(engine), work, what="test") == 42
+            assert len(calls) == 2
+        finally:
+            await engine.dispose()

@@ -1,4 +1,5 @@
-"""The vote queue on a real SQLite file: leases are exclusive and expire, every transition is conditional."""
+"""The vote queue on a real SQLite file and PostgreSQL database: leases are exclusive and expire, every
+transition is conditional."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from storage.queue import SignedTx
 from storage.transactions import write
 from tests.support.database import Database, NodeSpec
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_databases]
 
 
 def proposal(pid: int) -> ProposalData:

@@ -39,10 +39,13 @@ def states(rows: list) -> Counter[str]:  # type: ignore[type-arg]
     return Counter(r.state for r in rows)
 
 
-async def test_unfunded_node_waits_while_the_others_vote(tmp_path: Path) -> None:
+@pytest.mark.both_databases
+async def test_unfunded_node_waits_while_the_others_vote(tmp_path: Path, database_url: str) -> None:
     fresh = Account.create()
     with devnet_chain(3) as (node, info):
-        h = await make_harness(node, info, tmp_path, node_keys=[*info.node_keys[:4], fresh.key.hex()])
+        h = await make_harness(
+            node, info, tmp_path, database_url=database_url, node_keys=[*info.node_keys[:4], fresh.key.hex()]
+        )
         await queue_proposals(h)
         voter = h.voter()
         first = await voter.drain()
@@ -63,9 +66,12 @@ async def test_unfunded_node_waits_while_the_others_vote(tmp_path: Path) -> None
         assert check_exactly_once(node.http_url, info.contract_address, h.addresses)[fresh.address] == 3
 
 
-async def test_canceled_while_queued_is_closed_without_a_transaction(tmp_path: Path) -> None:
+@pytest.mark.both_databases
+async def test_canceled_while_queued_is_closed_without_a_transaction(
+    tmp_path: Path, database_url: str
+) -> None:
     with devnet_chain(3) as (node, info):
-        h = await make_harness(node, info, tmp_path)
+        h = await make_harness(node, info, tmp_path, database_url=database_url)
         await queue_proposals(h)
         cancel_proposal(node.http_url, info.contract_address, info.proposer_key, 2)
         result = await h.voter().drain()
@@ -112,9 +118,12 @@ async def running_voter(h: Harness, tg: anyio.abc.TaskGroup) -> Voter:
     return voter
 
 
-async def test_stuck_transaction_is_replaced_and_only_one_vote_counts(tmp_path: Path) -> None:
+@pytest.mark.both_databases
+async def test_stuck_transaction_is_replaced_and_only_one_vote_counts(
+    tmp_path: Path, database_url: str
+) -> None:
     with devnet_chain(1) as (node, info):
-        h = await make_harness(node, info, tmp_path)
+        h = await make_harness(node, info, tmp_path, database_url=database_url)
         h.rpc("evm_setAutomine", [False])  # mining paused
         await queue_proposals(h)
         async with anyio.create_task_group() as tg:

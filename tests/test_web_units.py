@@ -423,6 +423,7 @@ async def _set_first_vote(sessions: SessionFactory, state: str) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.both_databases
 async def test_the_snapshot_is_reused_until_this_process_writes_what_it_shows(db: Db) -> None:
     clock = FakeClock()
     cache = ActiveProposalsCache(db.sessions, SCOPE, db.version, clock=clock)
@@ -451,6 +452,7 @@ async def test_the_snapshot_is_reused_until_this_process_writes_what_it_shows(db
 
 
 @pytest.mark.anyio
+@pytest.mark.both_databases
 async def test_other_processes_writes_show_within_max_age(db: Db) -> None:
     clock = FakeClock()
     cache = ActiveProposalsCache(db.sessions, SCOPE, db.version, clock=clock)
@@ -467,6 +469,7 @@ async def test_other_processes_writes_show_within_max_age(db: Db) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.both_databases
 async def test_proposals_drop_out_as_the_chain_clock_passes_their_end(db: Db) -> None:
     clock = FakeClock()
     cache = ActiveProposalsCache(db.sessions, SCOPE, db.version, clock=clock)
@@ -480,6 +483,7 @@ async def test_proposals_drop_out_as_the_chain_clock_passes_their_end(db: Db) ->
 
 
 @pytest.mark.anyio
+@pytest.mark.both_databases
 async def test_concurrent_requests_share_one_rebuild_and_unwatched_means_uncached(db: Db) -> None:
     cache = ActiveProposalsCache(db.sessions, SCOPE, db.version, clock=FakeClock())
     answers: list[bytes] = []

@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from sqlalchemy.exc import SQLAlchemyError
 from web3 import Web3
 
 from devtools.anvil import AnvilProcess, free_port
 from devtools.devnet import DevnetInfo
+from tests.support.database import sql
+from tests.support.postgres import run_async
 from tests.support.service import devnet_environ
 from tests.support.voter import rpc, vote_cast_logs, vote_events
 from tests.support.waiting import poll_until
@@ -74,7 +77,7 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def service_env(ws_url: str, devnet: DevnetInfo, db_path: Path, **extra: str) -> dict[str, str]:
+def service_env(ws_url: str, devnet: DevnetInfo, db_path: DatabaseRef, **extra: str) -> dict[str, str]:
     """`devnet_environ` plus the knobs the chaos tests share: a fixed free HTTP port (restarts reuse it),
     short leases so a killed process's rows come back quickly, and no timed reconcile pass."""
     settings = {
@@ -241,28 +244,54 @@ def proposal_count(anvil: AnvilProcess, devnet: DevnetInfo) -> int:
     return int(rpc(anvil.http_url, "eth_call", [{"to": devnet.contract_address, "data": data}, "latest"]), 16)
 
 
-def db_rows(db_path: Path) -> list[tuple[int, str, str, str | None, str | None]]:
-    """(proposal id, node address, state, decision, reason) of every vote row, read with sqlite3."""
-    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)) as db:
-        rows = db.execute(
-            "SELECT p.proposal_id, n.address, v.state, v.decision, v.reason FROM votes v "
-            "JOIN proposals p ON p.id = v.proposal_ref JOIN nodes n ON n.id = v.node_id"
-        ).fetchall()
+# The database of a `dloop` process: an SQLite file (read with sqlite3, read-only, as a user's shell would)
+# or a database URL (a PostgreSQL one is read through SQLAlchemy).
+DatabaseRef = Path | str
+
+
+class DatabaseUnreadable(Exception):
+    """The database is not there yet, or busy."""
+
+
+def query(db: DatabaseRef, statement: str) -> list[tuple[Any, ...]]:
+    """The rows of one SELECT on `db`."""
+    if isinstance(db, str) and db.startswith("sqlite"):
+        db = Path(db.split(":///", 1)[1])
+    if isinstance(db, Path):
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
+                return [tuple(row) for row in conn.execute(statement).fetchall()]
+        except sqlite3.Error as exc:
+            raise DatabaseUnreadable(str(exc)) from exc
+    url = db
+    try:
+        return [tuple(row) for row in run_async(lambda: sql(url, statement))]
+    except SQLAlchemyError as exc:
+        raise DatabaseUnreadable(str(exc)) from exc
+
+
+def db_rows(db_path: DatabaseRef) -> list[tuple[int, str, str, str | None, str | None]]:
+    """(proposal id, node address, state, decision, reason) of every vote row."""
+    rows = query(
+        db_path,
+        "SELECT p.proposal_id, n.address, v.state, v.decision, v.reason FROM votes v "
+        "JOIN proposals p ON p.id = v.proposal_ref JOIN nodes n ON n.id = v.node_id",
+    )
     return [(int(r[0]), str(r[1]), str(r[2]), r[3], r[4]) for r in rows]
 
 
-def db_states(db_path: Path) -> Counter[str]:
+def db_states(db_path: DatabaseRef) -> Counter[str]:
     return Counter(state for _pid, _addr, state, _d, _r in db_rows(db_path))
 
 
 OPEN_STATES = ("pending", "queued", "sent")
 
 
-def settled(db_path: Path, expected_rows: int) -> bool:
+def settled(db_path: DatabaseRef, expected_rows: int) -> bool:
     """All `expected_rows` vote rows exist and none is still on its way."""
     try:
         states = db_states(db_path)
-    except sqlite3.Error:
+    except DatabaseUnreadable:
         return False  # not created yet, or busy
     return sum(states.values()) == expected_rows and not any(states[s] for s in OPEN_STATES)
 
@@ -300,7 +329,7 @@ class VoteAudit:
 def audit_votes(
     anvil: AnvilProcess,
     devnet: DevnetInfo,
-    db_path: Path,
+    db_path: DatabaseRef,
     proposal_ids: Iterable[int],
     *,
     addresses: Iterable[str] | None = None,
@@ -454,15 +483,14 @@ def raw_transactions_of_blocks(anvil: AnvilProcess, first: int, last: int) -> li
     return raws
 
 
-def vote_rows_of(db_path: Path, proposal_id: int) -> Counter[str]:
+def vote_rows_of(db_path: DatabaseRef, proposal_id: int) -> Counter[str]:
     """The states of the vote rows of one proposal id."""
     return Counter(state for pid, _addr, state, _d, _r in db_rows(db_path) if pid == proposal_id)
 
 
-def reverted_vote_transactions(anvil: AnvilProcess, db_path: Path) -> Counter[str]:
+def reverted_vote_transactions(anvil: AnvilProcess, db_path: DatabaseRef) -> Counter[str]:
     """Per sender: the service's vote transactions (every one it signed) mined with status 0 on the chain."""
-    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)) as db:
-        hashes = [str(h) for (h,) in db.execute("SELECT tx_hash FROM vote_transactions").fetchall()]
+    hashes = [str(h) for (h,) in query(db_path, "SELECT tx_hash FROM vote_transactions")]
     reverted: Counter[str] = Counter()
     for tx_hash in hashes:
         receipt = anvil.rpc("eth_getTransactionReceipt", [tx_hash])
@@ -471,12 +499,9 @@ def reverted_vote_transactions(anvil: AnvilProcess, db_path: Path) -> Counter[st
     return reverted
 
 
-def mined_nonce_fillers(anvil: AnvilProcess, db_path: Path) -> Counter[str]:
+def mined_nonce_fillers(anvil: AnvilProcess, db_path: DatabaseRef) -> Counter[str]:
     """Per node address: the no-op transactions the service sent to fill a nonce gap that are on chain."""
-    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)) as db:
-        rows = db.execute(
-            "SELECT n.address, f.tx_hash FROM nonce_fillers f JOIN nodes n ON n.id = f.node_id"
-        ).fetchall()
+    rows = query(db_path, "SELECT n.address, f.tx_hash FROM nonce_fillers f JOIN nodes n ON n.id = f.node_id")
     mined: Counter[str] = Counter()
     for address, tx_hash in rows:
         receipt = anvil.rpc("eth_getTransactionReceipt", [tx_hash])
@@ -485,12 +510,11 @@ def mined_nonce_fillers(anvil: AnvilProcess, db_path: Path) -> Counter[str]:
     return mined
 
 
-def fillers_of(db_path: Path) -> list[tuple[str, int, str]]:
+def fillers_of(db_path: DatabaseRef) -> list[tuple[str, int, str]]:
     """(node address, nonce, reason) of every no-op gap filler the service recorded."""
-    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)) as db:
-        rows = db.execute(
-            "SELECT n.address, f.nonce, f.reason FROM nonce_fillers f JOIN nodes n ON n.id = f.node_id"
-        ).fetchall()
+    rows = query(
+        db_path, "SELECT n.address, f.nonce, f.reason FROM nonce_fillers f JOIN nodes n ON n.id = f.node_id"
+    )
     return [(str(a), int(nonce), str(reason)) for a, nonce, reason in rows]
 
 
@@ -500,8 +524,7 @@ def pool_size(anvil: AnvilProcess) -> int:
     return int(status["pending"], 16) + int(status["queued"], 16)
 
 
-def failed_vote_errors(db_path: Path) -> set[str]:
+def failed_vote_errors(db_path: DatabaseRef) -> set[str]:
     """The last_error of every `failed` vote row."""
-    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)) as db:
-        rows = db.execute("SELECT last_error FROM votes WHERE state = 'failed'").fetchall()
+    rows = query(db_path, "SELECT last_error FROM votes WHERE state = 'failed'")
     return {str(error) for (error,) in rows}

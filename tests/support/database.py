@@ -1,7 +1,10 @@
-"""The one way tests get a database: a real SQLite file, migrated with alembic, with node records.
+"""The one way tests get a database: a real SQLite file or PostgreSQL database, migrated with alembic, with
+node records.
 
-The `db` fixture in tests/conftest.py opens one per test; tests that start `dloop` processes or the service
-only `migrate` a file, and a few open one inside the test with `open_database` / `migrated_database`.
+The `db` fixture in tests/conftest.py opens one per test (on both databases for a test marked
+`both_databases`; `database_url` is an empty one); tests that start `dloop` processes or the service only
+`migrate` one, and a few open one inside the test with `open_database` / `migrated_database`. `sql` runs
+plain SQL on either, as a user's shell would.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
+from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chain.accounts import node_accounts
@@ -82,3 +87,15 @@ async def migrated_database(
         yield database
     finally:
         await database.engine.dispose()
+
+
+async def sql(url: str, statement: str, params: Sequence[dict[str, object]] | None = None) -> list[Row[Any]]:
+    """Plain SQL on the database at `url` (named `:parameters`; several parameter sets run it once each), in
+    one committed transaction; the rows of a SELECT, else []."""
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(text(statement), list(params) if params else None)
+            return list(result.all()) if result.returns_rows else []
+    finally:
+        await engine.dispose()

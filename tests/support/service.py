@@ -25,12 +25,13 @@ from devtools.devnet import DevnetInfo, asset_dao
 T = TypeVar("T")
 
 
-def devnet_environ(ws_url: str, devnet: DevnetInfo, db_path: Path, **extra: str) -> dict[str, str]:
-    """The environment a user would set for this devnet (what `dloop devnet` writes to .env.devnet)."""
+def devnet_environ(ws_url: str, devnet: DevnetInfo, db_path: Path | str, **extra: str) -> dict[str, str]:
+    """The environment a user would set for this devnet (what `dloop devnet` writes to .env.devnet); the
+    database is an SQLite file or a URL."""
     env = {
         "DLOOP_RPC_WS_URL": ws_url,
         "DLOOP_CONTRACT_ADDRESS": devnet.contract_address,
-        "DLOOP_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
+        "DLOOP_DATABASE_URL": db_path if isinstance(db_path, str) else f"sqlite+aiosqlite:///{db_path}",
         "DLOOP_START_BLOCK": str(devnet.deployment_block),
         "DLOOP_HTTP_PORT": "0",
     }

@@ -1,4 +1,4 @@
-"""Helpers for the voter tests: a devnet per test, a migrated SQLite file, queued work and chain checks."""
+"""Helpers for the voter tests: a devnet per test, a migrated database, queued work and chain checks."""
 
 from __future__ import annotations
 
@@ -101,8 +101,11 @@ class Harness:
         return Web3(Web3.HTTPProvider(self.node.http_url))
 
 
-async def make_harness(node: AnvilProcess, info: DevnetInfo, tmp_path: Path, **overrides: Any) -> Harness:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'voter.db'}"
+async def make_harness(
+    node: AnvilProcess, info: DevnetInfo, tmp_path: Path, *, database_url: str | None = None, **overrides: Any
+) -> Harness:
+    """A harness on `database_url` (the `database_url` fixture: SQLite or PostgreSQL), else an SQLite file."""
+    url = database_url or f"sqlite+aiosqlite:///{tmp_path / 'voter.db'}"
     settings = voter_settings(node, info, url, **overrides)
     db = await open_database(url, settings_nodes(settings))
     return Harness(node, info, settings, db.sessions, node_accounts(settings.nodes), db.nodes, WorkSignal())

@@ -43,7 +43,11 @@ pytestmark = pytest.mark.devnet(proposals=2)  # `module_chain`: a private anvil 
 def svc(module_chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
     anvil, devnet = module_chain
     db: Path = tmp_path_factory.mktemp("fuzz") / "dloop.db"
-    config = devnet_settings(anvil.ws_url, devnet, db, http_port=0, reconcile_interval=3600.0)
+    # An idle automining chain makes no heads: with the default 30 s head timeout /health would rightly answer
+    # 503 once the fuzzing has run that long. This module is about HTTP input, so the head stays "fresh".
+    config = devnet_settings(
+        anvil.ws_url, devnet, db, http_port=0, reconcile_interval=3600.0, head_timeout=3600.0
+    )
     migrate(config)
     with running_service(config) as running:
         yield running

@@ -174,14 +174,7 @@ class LogProcessor:
                 return 0
             if record.record.created:
                 self.board.proposals_recorded += 1
-            reopened = 0
-            if not record.record.created:  # a proposal seen before: back after a reorg, maybe new content
-                reopened = await chain_state.reopen_votes_sent_before_creation(
-                    ctx.sessions,
-                    record.record.proposal_row_id,
-                    state=VoteState.QUEUED if deep else VoteState.PENDING,
-                    content_changed=record.record.content_changed,
-                )
+            reopened = record.reopened
             if asset_problem is not None:
                 self._warn_bad(item, f"asset {data.asset_address}: {asset_problem}")
             log_event(

@@ -302,6 +302,7 @@ async def _proposal_row_ids_in(
 class CreatedRecord:
     record: RecordResult
     queued_votes: int  # vote rows now in state queued because of this log (new or promoted)
+    reopened: int = 0  # votes that had reverted with ProposalNotFound, owed again (a proposal seen before)
 
 
 async def record_created_proposal(
@@ -321,7 +322,9 @@ async def record_created_proposal(
 
     None when this log was processed before. `log_error` notes bad data (an asset that is not an ERC-20)
     on the log's row. Vote rows parked as pending (confirmations, or a reorg that
-    took the proposal's block away) are queued when `initial_state` is queued.
+    took the proposal's block away) are queued when `initial_state` is queued; votes that reverted with
+    ProposalNotFound while a reorg had taken the proposal away are owed again, in the same transaction (the
+    log, once claimed, is never processed again).
     """
 
     async def work(session: AsyncSession) -> CreatedRecord | None:
@@ -343,9 +346,14 @@ async def record_created_proposal(
         promoted = 0
         if initial_state == VoteState.QUEUED and not result.created:  # a new proposal has no parked rows
             promoted = await votes.queue_deep_pending(session, [result.proposal_row_id])
+        reopened = 0
+        if not result.created:  # back after a reorg: its votes that reverted meanwhile are owed again
+            reopened = await votes.reopen_not_found(
+                session, result.proposal_row_id, state=initial_state, content_changed=result.content_changed
+            )
         await _advance_cursor_in(session, stream, log.block_number - 1)
         queued = promoted + (result.votes_added if initial_state == VoteState.QUEUED else 0)
-        return CreatedRecord(result, queued)
+        return CreatedRecord(result, queued, reopened)
 
     return await write(sessions, work, what="record_created_proposal", conflict_retries=1)
 

@@ -40,7 +40,7 @@ class FinalResult:
 
     @property
     def majority(self) -> str:
-        return "for" if self.yes > self.no else "against" if self.no > self.yes else "tie"
+        return Outcome(self.yes, self.no, self.status_name, self.executed).majority or "tie"
 
 
 def _int(text: str | None) -> int:

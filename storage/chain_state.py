@@ -358,20 +358,6 @@ async def record_created_proposal(
     return await write(sessions, work, what="record_created_proposal", conflict_retries=1)
 
 
-async def _proposal_row_id_in(
-    session: AsyncSession, chain_id: int, contract: str, proposal_id: int
-) -> int | None:
-    return (
-        await session.execute(
-            select(Proposal.id).where(
-                Proposal.chain_id == chain_id,
-                Proposal.contract == contract,
-                Proposal.proposal_id == proposal_id,
-            )
-        )
-    ).scalar_one_or_none()
-
-
 @dataclass(frozen=True)
 class VoteCastRecord:
     known_proposal: bool
@@ -460,7 +446,7 @@ async def record_proposal_closed(
     async def work(session: AsyncSession) -> int | None:
         if not await _claim_log_in(session, log, event, proposal_id, None):
             return None
-        row_id = await _proposal_row_id_in(session, chain_id, contract, proposal_id)
+        row_id = (await _proposal_row_ids_in(session, chain_id, contract, [proposal_id])).get(proposal_id)
         closed = 0
         if row_id is not None:
             values: dict[str, object] = {

@@ -45,7 +45,18 @@ async def known_proposals(sessions: SessionFactory, chain_id: int, contract: str
         proposals = list(rows)
         open_states = [str(s) for s in OPEN_VOTE_STATES]
         open_refs = set(
-            (await session.execute(select(Vote.proposal_ref).where(Vote.state.in_(open_states)).distinct()))
+            (
+                await session.execute(
+                    select(Vote.proposal_ref)
+                    .join(Proposal, Vote.proposal_ref == Proposal.id)
+                    .where(
+                        Proposal.chain_id == chain_id,
+                        Proposal.contract == contract,
+                        Vote.state.in_(open_states),
+                    )
+                    .distinct()
+                )
+            )
             .scalars()
             .all()
         )
@@ -66,8 +77,9 @@ async def vote_rows(
 
     async def work(session: AsyncSession) -> list[VoteRow]:
         rows = await session.execute(
-            select(Vote.id, Proposal.proposal_id, Vote.node_id, Vote.state, Vote.tx_hash)
-            .add_columns(Vote.confirmed_block)
+            select(
+                Vote.id, Proposal.proposal_id, Vote.node_id, Vote.state, Vote.tx_hash, Vote.confirmed_block
+            )
             .join(Proposal, Vote.proposal_ref == Proposal.id)
             .where(
                 Proposal.chain_id == chain_id,

@@ -110,12 +110,7 @@ async def insert_missing(
         .all()
     )
     missing = [n for n in node_ids if n not in existing]
-    now = utcnow()
-    outcome = VoteOutcome.CLOSED if state == S.CLOSED else None
-    session.add_all(
-        Vote(proposal_ref=proposal_row_id, node_id=n, state=state, outcome=outcome, attempts=0, queued_at=now)
-        for n in missing
-    )
+    await insert_for_new_proposals(session, [(proposal_row_id, state)], missing)
     return len(missing)
 
 

@@ -169,7 +169,7 @@ class LaneSender:
         async with self.state.lock:
             # Pause takes effect before the next signature: checked under the lock that signs (a pause
             # answered over HTTP waits for this lock, so nothing is signed after its answer).
-            paused = (await self.state.pauses.current()).reason(self.state.node.name)
+            paused = await self.state.signing_held()
             if paused is not None:
                 await self._hand_back([job.row for job, _, _ in ready], paused, counters)
                 return

@@ -9,6 +9,7 @@ time): the built-ins then judge the proposal's value (amount in units x price) i
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
@@ -92,7 +93,7 @@ class Price:
 def value_of(proposal: ProposalData, price: Price | None) -> Decimal | None:
     """The proposal's value: amount in units x price; None without a usable price or known decimals."""
     units = proposal.amount_units
-    if price is None or price.value is None or price.value <= 0 or units is None:
+    if price is None or not price.usable or price.value is None or units is None:
         return None
     return units * price.value
 
@@ -127,8 +128,9 @@ class NodeConfig:
     strategy: StrategyFn
     thresholds: StrategySettings = field(default_factory=StrategySettings)
 
-    @property
+    @functools.cached_property
     def priced(self) -> bool:
+        """Whether the strategy takes a `price` (read once: `decide` runs for every vote)."""
         return takes_price(self.strategy)
 
 

@@ -60,7 +60,9 @@ def _iso_date(text: str) -> dt.datetime:
     try:
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
+        raise argparse.ArgumentTypeError(
+            f"not a date: {text!r} (use YYYY-MM-DD or an ISO 8601 time)"
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
@@ -118,8 +120,12 @@ def build_parser(load_plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="governance analytics from the database (a table, CSV or JSON)")
     _env_file(report)
-    report.add_argument("--since", default=None, metavar="DATE", help="proposals created from DATE (UTC)")
-    report.add_argument("--until", default=None, metavar="DATE", help="proposals created before DATE (UTC)")
+    report.add_argument(
+        "--since", type=_iso_date, default=None, metavar="DATE", help="proposals created from DATE (UTC)"
+    )
+    report.add_argument(
+        "--until", type=_iso_date, default=None, metavar="DATE", help="proposals created before DATE (UTC)"
+    )
     report.add_argument("--format", choices=("table", "csv", "json"), default="table")
     report.add_argument(
         "--database-url",

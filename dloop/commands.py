@@ -326,7 +326,7 @@ def report_command(args: argparse.Namespace) -> int:
     # One database follows one chain (see `chains`): every proposal it holds is reported.
     scope: ContractScope | None = None
     database_url = database_url_of(args)
-    since, until = _report_moment(args.since, "--since"), _report_moment(args.until, "--until")
+    since, until = args.since, args.until  # parsed as UTC times by the CLI
     check_database_location(database_url)
 
     async def compute() -> str:
@@ -342,15 +342,3 @@ def report_command(args: argparse.Namespace) -> int:
 
     print(anyio.run(compute), end="")
     return 0
-
-
-def _report_moment(raw: str | None, option: str) -> Any:
-    import datetime as dt
-
-    if raw is None:
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(raw)
-    except ValueError:
-        raise ConfigError(option, f"must be a date (YYYY-MM-DD) or an ISO 8601 time, got {raw!r}") from None
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment

@@ -175,6 +175,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.contract = contract
+        self.scope = ContractScope(chain_id, settings.contract_address)
         self.sessions = sessions
         self.nodes = tuple(nodes)
         self.chain_id = chain_id
@@ -219,7 +220,7 @@ class Service:
         self.alerts = AlertEvaluator(
             settings,
             sessions,
-            ContractScope(chain_id, settings.contract_address),
+            self.scope,
             self.nodes,
             self.notifier,
             listener=self.listener_view,
@@ -236,7 +237,7 @@ class Service:
     def web_context(self) -> WebContext:
         return WebContext(
             sessions=self.sessions,
-            scope=ContractScope(self.chain_id, self.settings.contract_address),
+            scope=self.scope,
             nodes=self.nodes,
             rounds=self.rounds,
             listener=self.listener_view,

@@ -84,7 +84,7 @@ async def read_node_chain(context: WebContext) -> dict[str, NodeChainState]:
 async def dashboard_analytics(context: WebContext, caches: WebCaches, chain_time: dt.datetime) -> Report:
     """What `GET /analytics` answers for all time (the same reads and computation), memoised."""
     memo, version, clock = caches.analytics, caches.version.value, time.monotonic()
-    if memo.report is None or memo.due(version, clock):
+    if memo.due(version, clock):
         facts = await analytics_facts(context.sessions, context.scope)
         memo.store(
             report(facts.proposals, facts.votes, now=chain_time, nodes=[n.name for n in context.nodes]),

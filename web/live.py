@@ -33,7 +33,7 @@ from storage.alerts import firing_alerts
 from storage.rounds import last_round
 from web.caches import WebCaches
 from web.ports import WebContext, pause_control
-from web.present import health_checks, health_status
+from web.present import health_checks, health_status, queue_out
 
 logger = logging.getLogger(__name__)
 
@@ -148,11 +148,8 @@ class LiveFeed:
             listener = context.listener()
             if previous is None or data_may_have_changed:
                 counts = await queries.proposal_counts(context.sessions, context.scope, now=_utcnow())
-                by_state: dict[str, int] = {}
-                for (_node, state), count in (
-                    await queries.vote_counts(context.sessions, context.scope)
-                ).items():
-                    by_state[state] = by_state.get(state, 0) + count
+                queue = queue_out(await queries.vote_counts(context.sessions, context.scope))
+                by_state = {state: count for state, count in queue.by_state.items() if count}
                 highest, states = counts["highest_id"], tuple(sorted(by_state.items()))
                 alerts = tuple(sorted(a.fingerprint for a in await firing_alerts(context.sessions)))
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from typing import Annotated
 
 import msgspec
@@ -382,9 +383,7 @@ async def alerts(
 ) -> AlertsResponse:
     items = await list_alerts(context.sessions, state=alert_state, limit=limit, offset=offset)
     firing = await firing_alerts(context.sessions)
-    by_severity: dict[str, int] = {}
-    for alert in firing:
-        by_severity[alert.severity] = by_severity.get(alert.severity, 0) + 1
+    by_severity = dict(Counter(alert.severity for alert in firing))
     return AlertsResponse(
         success=True,
         alerts=[alert_out(a) for a in items],

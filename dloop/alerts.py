@@ -13,14 +13,14 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
 import anyio.abc
 
 from chain.client import RpcCounts
 from chain.types import ProposalData, status_name
-from core.errors import DloopError
+from core.errors import ChainError, DloopError
 from core.logs import log_event
 from core.settings import Settings
 from monitor import engine
@@ -74,7 +74,8 @@ class AlertEvaluator:
         node_chain: Callable[[], Awaitable[Sequence[NodeChainState]]],
         rpc_counts: RpcCounts,
         running_round: Callable[[], TriggerResult | None],
-        read_proposal: Callable[[int], Awaitable[ProposalData]] | None = None,
+        read_proposals: Callable[[Sequence[int]], Awaitable[Mapping[int, ProposalData | ChainError]]]
+        | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -86,7 +87,7 @@ class AlertEvaluator:
         self.node_chain = node_chain
         self.rpc_counts = rpc_counts
         self.running_round = running_round
-        self.read_proposal = read_proposal
+        self.read_proposals = read_proposals
         self.rules = rule_settings(settings)
         self.repeat = dt.timedelta(minutes=settings.alert_repeat_minutes)
         self.firing: dict[str, Alert] = {}
@@ -206,19 +207,22 @@ class AlertEvaluator:
 
     async def record_outcomes(self) -> int:
         """The final tally and status of proposals whose votingEnds passed, read from the contract."""
-        if self.read_proposal is None:
+        if self.read_proposals is None:
             return 0
         now = dt.datetime.now(dt.UTC)
         ended = await ended_without_result(
             self.sessions, self.scope, chain_now=chain_now(self.listener(), now), limit=OUTCOMES_PER_PASS
         )
         results = []
+        try:
+            with anyio.fail_after(CHAIN_READ_TIMEOUT):
+                answers = await self.read_proposals([p.proposal_id for p in ended]) if ended else {}
+        except (TimeoutError, DloopError):
+            answers = {}  # the chain is away: the next pass tries again
         for proposal in ended:
-            try:
-                with anyio.fail_after(CHAIN_READ_TIMEOUT):
-                    data = await self.read_proposal(proposal.proposal_id)
-            except (TimeoutError, DloopError):
-                break  # the chain is away: the next pass goes on from here
+            data = answers.get(proposal.proposal_id)
+            if data is None or isinstance(data, ChainError):
+                break  # in order: the next pass goes on from here
             results.append(
                 FinalResult(
                     proposal.ref,

@@ -98,20 +98,21 @@ class ChainReads:
             self._broken.set()
             raise
 
-    async def read_proposal(self, proposal_id: int) -> ProposalData:
-        """The proposal as the contract holds it now (for the outcome recorded after votingEnds)."""
+    async def read_proposals(self, proposal_ids: Sequence[int]) -> dict[int, ProposalData | ChainError]:
+        """The proposals as the contract holds them now, in one JSON-RPC batch (for the outcomes recorded
+        after votingEnds); a proposal that could not be read is its ChainError."""
         client = self.client
         if client is None:
             raise TransientChainError("no connection to the chain")
         reads = Reads(client, batch_size=self.settings.rpc_batch_size, plain=True)
         try:
-            answer = (await reads.proposals([proposal_id]))[proposal_id]
-            if isinstance(answer, ChainError):
-                raise answer
-            return answer
+            answers = await reads.proposals(proposal_ids)
         except TransientChainError:
             self._broken.set()
             raise
+        if any(isinstance(a, TransientChainError) for a in answers.values()):
+            self._broken.set()
+        return answers
 
     async def _read(self, client: ChainClient) -> list[NodeChainState]:
         if self._dloop_token is None:
@@ -228,7 +229,7 @@ class Service:
             node_chain=self.reads.node_states,
             rpc_counts=self.rpc_error_counts,
             running_round=self.rounds.running,
-            read_proposal=self.reads.read_proposal,
+            read_proposals=self.reads.read_proposals,
         )
         self.app = create_app(self.web_context())
         self.http = HttpServer(self.app, settings.http_host, settings.http_port)

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from anyio.from_thread import start_blocking_portal
 from web3 import Web3
 
 from core.settings import load_settings
@@ -25,7 +22,7 @@ from tests.support.chain import Chain, start_anvil
 from tests.support.chaos import run_dloop
 from tests.support.database import migrate
 from tests.support.receiver import Receiver, webhook_receiver
-from tests.support.rpc_faults import FaultPlan, FaultyRpcProxy, faulty_rpc_proxy
+from tests.support.rpc_faults import FaultPlan, proxy_in_thread
 from tests.support.service import devnet_environ, devnet_settings, queue_settled, running_service
 from tests.support.waiting import poll_until
 
@@ -211,15 +208,6 @@ def test_anvil_stopped_then_started_again_fires_and_resolves_listener_down(tmp_p
             assert_no_secrets([slack], devnet)
     finally:
         anvil.stop()
-
-
-@contextmanager
-def proxy_in_thread(upstream_ws: str, plan: FaultPlan) -> Iterator[FaultyRpcProxy]:
-    with (
-        start_blocking_portal("asyncio") as portal,
-        portal.wrap_async_context_manager(faulty_rpc_proxy(upstream_ws, plan)) as proxy,
-    ):
-        yield proxy
 
 
 def test_a_provider_answering_too_many_requests_fires_rpc_errors_then_it_resolves(

@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from anyio.from_thread import start_blocking_portal
 from web3 import Web3
 
 from devtools.anvil import AnvilProcess
 from devtools.devnet import deploy_devnet
 from tests.support.chaos import audit_votes, db_rows, db_states, settled
 from tests.support.database import migrate
-from tests.support.rpc_faults import FaultPlan, FaultyRpcProxy, faulty_rpc_proxy
+from tests.support.rpc_faults import proxy_in_thread
 from tests.support.service import create_proposals, devnet_settings, running_service
 from tests.support.voter import vote_events
 from tests.support.waiting import poll_until
@@ -38,16 +35,6 @@ pytestmark = pytest.mark.slow  # starts anvil, a proxy and the service
 
 NODES = 5
 RPC_TIMEOUT = 2.0  # seconds: the swallowed broadcast times out quickly; localhost answers well within it
-
-
-@contextmanager
-def proxy_in_thread(upstream_ws: str) -> Iterator[FaultyRpcProxy]:
-    """A faulty proxy with no random faults (only forced ones), in its own event loop thread."""
-    with (
-        start_blocking_portal("asyncio") as portal,
-        portal.wrap_async_context_manager(faulty_rpc_proxy(upstream_ws, FaultPlan())) as proxy,
-    ):
-        yield proxy
 
 
 def node_errors(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:

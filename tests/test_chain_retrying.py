@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, cast
+from unittest import mock
 
 import pytest
 
@@ -72,3 +73,7 @@ async def test_a_rate_limited_batch_is_raised_unless_asked_to_shrink_it() -> Non
 def test_the_backoff_curve_is_the_policy_one() -> None:
     for n in range(1, 12):
         assert 0 <= retry.backoff_delay(n) <= min(retry.BACKOFF_MAX, retry.BACKOFF_BASE * 2 ** (n - 1))
+    with mock.patch("core.retry.random.uniform", lambda low, high: high):  # the top of each jitter range
+        base = retry.BACKOFF_BASE
+        assert [retry.backoff_delay(n) for n in (1, 2, 3)] == [base, 2 * base, 4 * base]
+        assert retry.backoff_delay(50) == retry.BACKOFF_MAX

@@ -7,13 +7,10 @@ hearing back). The service must not crash, must back off, and every vote must la
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
 import pytest
-from anyio.from_thread import start_blocking_portal
 from web3 import Web3
 
 from chain.client import ChainClient
@@ -27,7 +24,7 @@ from tests.support.chain import Chain, devnet_chain
 from tests.support.chaos import DloopRun, audit_votes, report, service_env, settled, sized
 from tests.support.database import devnet_nodes, migrate, open_database
 from tests.support.listener_env import make_settings, running_listener, wait_for_queue
-from tests.support.rpc_faults import FaultPlan, FaultyRpcProxy, faulty_rpc_proxy
+from tests.support.rpc_faults import FaultPlan, faulty_rpc_proxy, proxy_in_thread
 from tests.support.rpc_proxy import rpc_proxy
 from tests.support.service import create_proposals
 from tests.support.voter import check_exactly_once, make_harness, queue_proposals, vote_rows
@@ -50,15 +47,6 @@ PLANS = sized(
     ],
 )
 SETTLE_TIMEOUT = sized(60.0, 300.0)  # 2 s delays make a 49-proposal burst take minutes
-
-
-@contextmanager
-def proxy_in_thread(upstream_ws: str, plan: FaultPlan) -> Iterator[FaultyRpcProxy]:
-    with (
-        start_blocking_portal("asyncio") as portal,
-        portal.wrap_async_context_manager(faulty_rpc_proxy(upstream_ws, plan)) as proxy,
-    ):
-        yield proxy
 
 
 @pytest.mark.slow  # starts its own anvil
@@ -162,6 +150,7 @@ async def test_the_listener_keeps_up_through_30_percent_rate_limits(tmp_path: Pa
                     proxy.active = True
                     ids = await chain.create_async(5)
                     await wait_for_queue(db, signal, set(ids), timeout=20)
+                    assert proxy.counts["rate_limited"] > 0, proxy.counts  # the fault was really served
         finally:
             await db.engine.dispose()
 
@@ -175,6 +164,7 @@ def test_start_up_through_a_rate_limited_first_request(tmp_path: Path) -> None:
         proxy.force("rate_limited", 1)
         with DloopRun(service_env(proxy.url, devnet, db), tmp_path, tmp_path / "run.log") as svc:
             svc.wait_ready(timeout=30)
+            assert proxy.counts["rate_limited"] == 1, proxy.counts  # the first request was refused
 
 
 # -- pure: what a malformed answer and a task group's error become -----------------------------------------

@@ -31,6 +31,7 @@ from tests.support.listener_env import (
     proposal,
     proposal_row_count,
     running_listener,
+    vote_state_is,
     vote_states,
     votes_of,
     wait_for_queue,
@@ -213,7 +214,7 @@ async def test_reorg_replacing_the_proposal_block_marks_orphans_and_records_the_
         old = await proposal(db, pid)
         # Node 1 votes (its row is confirmed from the VoteCast log); node 2's strategy "decided" meanwhile.
         vote_receipt = await chain.transact_async(chain.info.node_keys[0], "vote", pid, True)
-        await wait_until(lambda: _vote_state_is(db, pid, 0, "confirmed"))
+        await wait_until(lambda: vote_state_is(db, pid, 0, "confirmed"))
         await _record_decision(db, pid, node_index=1)
 
         # Blocks of the proposal and of the vote are replaced: proposal 1 now has other content.
@@ -237,11 +238,6 @@ async def test_reorg_replacing_the_proposal_block_marks_orphans_and_records_the_
     assert logs[(vote_hash, "VoteCast")].removed
     assert not logs[(new.block_hash, "ProposalCreated")].removed
     assert await proposal_row_count(db) == 1
-
-
-async def _vote_state_is(db: Database, pid: int, node_index: int, state: str) -> bool:
-    votes = await votes_of(db, pid)
-    return len(votes) == 5 and votes[node_index].state == state
 
 
 async def _record_decision(db: Database, pid: int, *, node_index: int) -> None:

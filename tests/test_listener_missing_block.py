@@ -28,6 +28,7 @@ from tests.support.listener_env import (
     proposal,
     proposal_row_count,
     running_listener,
+    vote_state_is,
     vote_states,
     votes_of,
     wait_for_queue,
@@ -200,7 +201,7 @@ async def test_a_null_height_holding_a_confirmed_vote_does_not_end_the_connectio
         await wait_for_queue(db, signal, {pid})
         receipt = await chain.transact_async(chain.info.node_keys[0], "vote", pid, True)
         await chain.rpc("evm_mine")
-        await wait_until(lambda: _vote_state_is(db, pid, 0, "confirmed"))
+        await wait_until(lambda: vote_state_is(db, pid, 0, "confirmed"))
         head = await _head(chain)
         await wait_until(lambda: listener.status.last_head_number == head)
 
@@ -213,8 +214,3 @@ async def test_a_null_height_holding_a_confirmed_vote_does_not_end_the_connectio
         assert (await votes_of(db, pid))[0].state == "queued"
         assert _events(caplog, "vote_requeued_after_reorg")
         assert listener.status.reconnects == 0
-
-
-async def _vote_state_is(db: Database, pid: int, node_index: int, state: str) -> bool:
-    votes = await votes_of(db, pid)
-    return len(votes) == 5 and votes[node_index].state == state

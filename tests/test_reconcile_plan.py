@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from chain.client import Receipt, mined_receipt
 from chain.types import AssetInfo, ProposalData, ProposalStatus
 from listener.reconcile_plan import (
@@ -71,12 +73,10 @@ def test_what_to_insert_open_proposals_queue_their_votes_the_others_start_closed
 
 def test_the_plan_is_made_of_frozen_values() -> None:
     plan = plan_records([proposal(1)], chain_time=0)
-    try:
+    with pytest.raises(dataclasses.FrozenInstanceError):
         plan.open_ids = frozenset()  # type: ignore[misc]
-    except dataclasses.FrozenInstanceError:
-        pass
-    else:
-        raise AssertionError("RecordPlan must be frozen")
+    assert isinstance(plan.records, tuple)
+    assert isinstance(plan.open_ids, frozenset) and isinstance(plan.read_ids, frozenset)
 
 
 def test_fixes_close_mark_promote_and_reopen() -> None:

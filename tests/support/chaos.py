@@ -90,10 +90,6 @@ def service_env(ws_url: str, devnet: DevnetInfo, db_path: DatabaseRef, **extra: 
     return devnet_environ(ws_url, devnet, db_path, **settings)
 
 
-def db_path_of(env: dict[str, str]) -> Path:
-    return Path(env["DLOOP_DATABASE_URL"].removeprefix("sqlite+aiosqlite:///"))
-
-
 def run_dloop(
     args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:

@@ -87,6 +87,12 @@ async def proposal(db: Database, proposal_id: int) -> Proposal:
         ).scalar_one()
 
 
+async def vote_state_is(db: Database, pid: int, node_index: int, state: str) -> bool:
+    """Whether the proposal has its five vote rows and the node's (by index) is in `state`."""
+    votes = await votes_of(db, pid)
+    return len(votes) == 5 and votes[node_index].state == state
+
+
 async def votes_of(db: Database, proposal_id: int) -> list[Vote]:
     async with db.sessions() as session:
         rows = await session.execute(

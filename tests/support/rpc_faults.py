@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 import anyio
+from anyio.from_thread import start_blocking_portal
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -197,4 +198,15 @@ async def faulty_rpc_proxy(upstream_ws: str, plan: FaultPlan) -> AsyncIterator[F
         proxy._handle, "127.0.0.1", 0, max_size=2**26, process_request=proxy.process_request
     ) as server:
         proxy.port = next(iter(server.sockets)).getsockname()[1]
+        yield proxy
+
+
+@contextmanager
+def proxy_in_thread(upstream_ws: str, plan: FaultPlan | None = None) -> Iterator[FaultyRpcProxy]:
+    """`faulty_rpc_proxy` in its own event loop thread, for tests that run `dloop` as a process (no random
+    fault without a plan: only forced ones)."""
+    with (
+        start_blocking_portal("asyncio") as portal,
+        portal.wrap_async_context_manager(faulty_rpc_proxy(upstream_ws, plan or FaultPlan())) as proxy,
+    ):
         yield proxy

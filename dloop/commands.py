@@ -39,7 +39,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """The environment wins over the env file: `--env-file FILE`, else `.env` when present."""
     explicit: Path | None = getattr(args, "env_file", None)
     env_file = explicit if explicit is not None else (Path(".env") if Path(".env").is_file() else None)
-    return load_settings(os.environ, env_file)
+    return load_settings(os.environ, env_file, workdir=Path.cwd())
 
 
 def database_url_of(args: argparse.Namespace) -> str:

@@ -596,7 +596,27 @@ class _DeploymentsFile:
             if any(d.name == deployment.name for d in result):
                 raise self.error(f"deployment {deployment.name!r}", "name: used by two deployments")
             result.append(deployment)
+        self.check_shared_nodes(result)
         return tuple(result)
+
+    def check_shared_nodes(self, deployments: list[DeploymentSettings]) -> None:
+        """A key may vote in several deployments (one node row per address, one nonce lane per chain), under
+        one name: the dashboard, the pause switches and the vote history name a node, not a key."""
+        names: dict[PrivateKey, str] = {}
+        keys: dict[str, PrivateKey] = {}
+        for deployment in deployments:
+            where = f"deployment {deployment.name!r}"
+            for number, node in enumerate(deployment.nodes, 1):
+                if names.setdefault(node.key, node.name) != node.name:
+                    raise self.error(
+                        where,
+                        f"nodes[{number}].name: the same key is node {names[node.key]!r} in another "
+                        "deployment (a key keeps one name everywhere)",
+                    )
+                if keys.setdefault(node.name, node.key) != node.key:
+                    raise self.error(
+                        where, f"nodes[{number}].name: {node.name!r} names another key in another deployment"
+                    )
 
     def deployment(self, number: int, table: dict[str, Any]) -> DeploymentSettings:
         raw_name = table.get("name")

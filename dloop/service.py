@@ -33,6 +33,7 @@ from listener.blindness import ListenerProgress
 from listener.listener import Listener
 from listener.reconcile import Reconciler
 from monitor.notify import Notifier, notice_masker
+from storage.chain_state import stream_name
 from storage.engine import SessionFactory
 from storage.proposals import NodeRecord
 from storage.queries import ContractScope
@@ -202,7 +203,12 @@ class Service:
             settings, sessions, self.nodes, chain_id, confirm_sent=False, rpc_errors=self.rpc_error_counts
         )
         self.listener_watch = ListenerWatch(
-            settings, sessions, contract, self.listener_progress, on_blind=self._round_now
+            settings,
+            sessions,
+            contract,
+            self.listener_progress,
+            stream=stream_name(chain_id, settings.contract_address),
+            on_blind=self._round_now,
         )
         self.rounds = Rounds(
             settings,

@@ -209,6 +209,17 @@ NODE = '[[deployments.nodes]]\nname = "n1"\nkey_env = "NODE1_KEY"\n'
             r"deployment 'a': contract_address: must be 0x followed by 40 hex digits",
         ),
         (
+            _first_deployment() + NODE + _first_deployment().replace('"a"', '"b"') + NODE.replace("n1", "n2"),
+            r"deployment 'b': nodes\[1\]\.name: the same key is node 'n1' in another deployment",
+        ),
+        (
+            _first_deployment()
+            + NODE
+            + _first_deployment().replace('"a"', '"b"')
+            + NODE.replace("NODE1", "NODE2"),
+            r"deployment 'b': nodes\[1\]\.name: 'n1' names another key in another deployment",
+        ),
+        (
             '[[deployments]]\nname = "a"\nrpc_ws_url = "ws://h:1"\n' + NODE,
             r"deployment 'a': contract_address: is required",
         ),

@@ -103,9 +103,21 @@ class AlertsView:
 
 
 @dataclass(frozen=True)
+class DeploymentStatus:
+    """One configured deployment: running (scope, listener, voter set) or waiting for its chain (`error`)."""
+
+    name: str
+    scope: ContractScope | None = None
+    listener: ListenerView | None = None
+    voter: VoterView | None = None
+    rpc_errors: Mapping[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class WebContext:
     sessions: SessionFactory
-    scope: ContractScope
+    scope: ContractScope  # the first deployment's: what its per-chain views (listener, alerts) describe
     nodes: Sequence[NodeRecord]
     rounds: RoundControl
     listener: Callable[[], ListenerView]
@@ -119,6 +131,13 @@ class WebContext:
     controls: PauseControl | None = None  # None: StoredPauses over `sessions`
     dry_run: bool = False
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    # Every running deployment by name (a live mapping: a deployment whose chain came up late joins it).
+    # Empty: the one `scope`, named `default`.
+    scopes: Mapping[str, ContractScope] = field(default_factory=dict)
+    deployment_status: Callable[[], Sequence[DeploymentStatus]] = tuple
+
+    def deployments(self) -> Mapping[str, ContractScope]:
+        return self.scopes or {"default": self.scope}
 
 
 def pause_control(context: WebContext) -> PauseControl:

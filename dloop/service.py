@@ -197,7 +197,7 @@ class Deployment:
         self.name = name
         self.settings = settings
         self.contract = contract
-        self.scope = ContractScope(chain_id, settings.contract_address)
+        self.scope = ContractScope(chain_id, settings.contract_address, name)
         self.sessions = sessions
         self.nodes = tuple(nodes)
         self.chain_id = chain_id

@@ -339,6 +339,8 @@ def _model() -> Dashboard:
         state=1,
         status="Active",
         executed=False,
+        chain_id=31337,
+        deployment="default",
         votes=votes,
     )
     stats = NodeVoteStats(1, "ai-gov-01", "0x" + "33" * 20, "conservative", {"confirmed": 3}, NOW)

@@ -180,6 +180,8 @@ def _proposal(pid: int, description: str = "Allocate 500 USDC") -> ActiveProposa
         state=1,
         status="active",
         executed=False,
+        chain_id=31337,
+        deployment="default",
         votes=[NodeVoteBrief("ai-gov-01", "queued", None, None, None, None)],
     )
 
@@ -212,15 +214,17 @@ def test_a_document_assembled_from_cached_lines_is_byte_identical() -> None:
 
 def test_query_columns_are_labelled_with_the_response_fields() -> None:
     """/proposals/{id} and /votes build their structs from rows by label: one definition of each field."""
-    assert [c.key for c in queries.VOTE_COLUMNS] == [*VoteOut.__struct_fields__[:-1]]  # + transactions
+    for scope in (SCOPE, queries.Scopes((SCOPE, queries.ContractScope(31338, CONTRACT, "side")))):
+        vote_columns, proposal_columns = queries.vote_columns(scope), queries.proposal_columns(scope)
+        assert [c.key for c in vote_columns] == [*VoteOut.__struct_fields__[:-1]]  # + transactions
+        computed = {"end_time", "votes"}
+        assert [c.key for c in proposal_columns] == [
+            f for f in ProposalOut.__struct_fields__ if f not in computed
+        ]
+        # /active-proposals reads a subset of the same labels.
+        assert queries.columns_labelled(proposal_columns, ACTIVE_PROPOSAL_FIELDS)
+        assert queries.columns_labelled(vote_columns, VOTE_BRIEF_FIELDS)
     assert [c.key for c in queries.TRANSACTION_COLUMNS] == [*TransactionOut.__struct_fields__]
-    computed = {"end_time", "votes"}
-    assert [c.key for c in queries.PROPOSAL_COLUMNS] == [
-        f for f in ProposalOut.__struct_fields__ if f not in computed
-    ]
-    # /active-proposals reads a subset of the same labels.
-    assert queries.columns_labelled(queries.PROPOSAL_COLUMNS, ACTIVE_PROPOSAL_FIELDS)
-    assert queries.columns_labelled(queries.VOTE_COLUMNS, VOTE_BRIEF_FIELDS)
 
 
 # -- the /active-proposals snapshot: when to rebuild, what is still open ---
@@ -426,7 +430,7 @@ async def _set_first_vote(sessions: SessionFactory, state: str) -> None:
 @pytest.mark.both_databases
 async def test_the_snapshot_is_reused_until_this_process_writes_what_it_shows(db: Db) -> None:
     clock = FakeClock()
-    cache = ActiveProposalsCache(db.sessions, SCOPE, db.version, clock=clock)
+    cache = ActiveProposalsCache(db.sessions, lambda: SCOPE, db.version, clock=clock)
     first = await cache.answer(NOW, CHAIN_NOW)
     assert _states(first) == {1: ["queued", "queued"], 2: ["queued", "queued"], 3: ["queued", "queued"]}
     assert first.count(b"\n") == 5 and json.loads(first)["count"] == 3  # head, 3 lines, closing bracket
@@ -455,7 +459,7 @@ async def test_the_snapshot_is_reused_until_this_process_writes_what_it_shows(db
 @pytest.mark.both_databases
 async def test_other_processes_writes_show_within_max_age(db: Db) -> None:
     clock = FakeClock()
-    cache = ActiveProposalsCache(db.sessions, SCOPE, db.version, clock=clock)
+    cache = ActiveProposalsCache(db.sessions, lambda: SCOPE, db.version, clock=clock)
     await cache.answer(NOW, CHAIN_NOW)
     other = create_engine(db.url)  # another process's engine: its writes are not watched
     try:
@@ -472,7 +476,7 @@ async def test_other_processes_writes_show_within_max_age(db: Db) -> None:
 @pytest.mark.both_databases
 async def test_proposals_drop_out_as_the_chain_clock_passes_their_end(db: Db) -> None:
     clock = FakeClock()
-    cache = ActiveProposalsCache(db.sessions, SCOPE, db.version, clock=clock)
+    cache = ActiveProposalsCache(db.sessions, lambda: SCOPE, db.version, clock=clock)
     end_of_1 = dt.datetime.fromtimestamp(ENDS + 1, dt.UTC)
     assert json.loads(await cache.answer(NOW, end_of_1))["count"] == 3  # voting ends at == still open
     later = json.loads(await cache.answer(NOW, end_of_1 + dt.timedelta(seconds=0.5)))
@@ -485,7 +489,7 @@ async def test_proposals_drop_out_as_the_chain_clock_passes_their_end(db: Db) ->
 @pytest.mark.anyio
 @pytest.mark.both_databases
 async def test_concurrent_requests_share_one_rebuild_and_unwatched_means_uncached(db: Db) -> None:
-    cache = ActiveProposalsCache(db.sessions, SCOPE, db.version, clock=FakeClock())
+    cache = ActiveProposalsCache(db.sessions, lambda: SCOPE, db.version, clock=FakeClock())
     answers: list[bytes] = []
 
     async def ask() -> None:

@@ -14,7 +14,7 @@ from typing import Protocol
 from storage.controls import PauseState, PauseWatch
 from storage.engine import SessionFactory
 from storage.proposals import NodeRecord
-from storage.queries import ContractScope
+from storage.queries import ContractScope, Scope, Scopes
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,23 @@ class WebContext:
     deployment_status: Callable[[], Sequence[DeploymentStatus]] = tuple
 
     def deployments(self) -> Mapping[str, ContractScope]:
-        return self.scopes or {"default": self.scope}
+        return self.scopes or {self.scope.name: self.scope}
+
+    def everything(self) -> Scopes:
+        """Every running deployment: what the API shows unless asked for one."""
+        return Scopes(tuple(self.deployments().values()))
+
+    def deployment_scope(self, name: str | None) -> Scope:
+        """`?deployment=NAME`: that deployment (no rows while its chain is not reached yet), every
+        deployment without one; LookupError for a name no deployment has."""
+        if name is None:
+            return self.everything()
+        running = self.deployments().get(name)
+        if running is not None:
+            return running
+        if any(d.name == name for d in self.deployment_status()):
+            return Scopes(())
+        raise LookupError(name)
 
 
 def pause_control(context: WebContext) -> PauseControl:

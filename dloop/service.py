@@ -27,7 +27,7 @@ from chain.reads import BadAnswer, Batch, Reads, read_balance, read_block, read_
 from chain.types import ProposalData
 from chain.ws_client import ws_chain_client
 from core.errors import ChainError, ConfigError, TransientChainError
-from core.logs import log_event
+from core.logs import log_context, log_event
 from core.settings import Settings
 from core.signals import WorkSignal
 from dloop.alerts import AlertEvaluator
@@ -43,7 +43,7 @@ from storage.engine import SessionFactory
 from storage.proposals import NodeRecord
 from storage.queries import ContractScope
 from storage.rounds import fail_interrupted_rounds
-from voter.service import Voter
+from voter.service import Voter, process_owner_id
 from web.app import create_app
 from web.ports import (
     AlertsView,
@@ -217,7 +217,15 @@ class Deployment:
             rpc_errors=self.rpc_error_counts,
         )
         self.voter = Voter(
-            settings, sessions, accounts, self.nodes, self.signal, chain_id, rpc_errors=self.rpc_error_counts
+            settings,
+            sessions,
+            accounts,
+            self.nodes,
+            self.signal,
+            chain_id,
+            rpc_errors=self.rpc_error_counts,
+            # Each deployment's voter its own lease owner: one handing back its rows leaves the others'.
+            owner=f"{process_owner_id()}-{name}"[:64],
         )
         self.reconciler = Reconciler(
             settings, sessions, self.nodes, chain_id, confirm_sent=False, rpc_errors=self.rpc_error_counts
@@ -327,6 +335,10 @@ class Deployment:
 
     # -- the task group --------------------------------------------------------------------------------
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with log_context(deployment=self.name):
+            await self._run(task_status)
+
+    async def _run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(self._component, "reads", self.reads.run)
             await tg.start(self._component, "voter", self.voter.run)

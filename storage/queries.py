@@ -174,6 +174,8 @@ class Scopes:
     def deployment(self) -> ColumnElement[str]:
         if len(self.members) == 1:
             return self.members[0].deployment()
+        if not self.members:  # a deployment not started yet: no rows, but a valid query
+            return literal("", String()).label("deployment")
         whens = [(m.where(), literal(m.name, String())) for m in self.members]
         return case(*whens, else_=literal("", String())).label("deployment")
 

@@ -155,3 +155,50 @@ def test_two_deployments_vote_in_real_time_and_a_stopped_chain_delays_only_its_o
             assert "confirmed" in states and "failed" not in states, states
             assert svc.alive and not svc.tracebacks(), svc.tracebacks()[:3]
             assert svc.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_chain_down_at_start_up_leaves_its_deployment_waiting_until_it_answers(tmp_path: Path) -> None:
+    """The service starts with the deployments it can reach; the other one waits (in /health, /metrics and
+    the log) and starts, backfilling, once its chain answers."""
+    beta_port = free_port()
+    with devnet_chain(chain_id=31337) as alpha:
+        # The devnet deploys from the same account in the same order: beta's contract gets alpha's address.
+        text = config(alpha, alpha).replace(
+            f'name = "beta"\nrpc_ws_url = "{alpha.anvil.ws_url}"',
+            f'name = "beta"\nrpc_ws_url = "ws://127.0.0.1:{beta_port}"',
+        )
+        text = text.replace(
+            f"start_block = {alpha.info.deployment_block}\n[[deployments.nodes]]", "[[deployments.nodes]]"
+        )
+        (tmp_path / "dloop.toml").write_text(text)
+        db = tmp_path / "dloop.db"
+        migrate(db)
+        with DloopRun(environment(alpha, db), tmp_path, tmp_path / "run.log") as svc:
+            svc.wait_ready()
+            check = svc.get("/health").json()["checks"]["deployments"]
+            assert not check["ok"] and "beta: waiting for its chain" in check["detail"], check
+            assert (
+                f"deployment 'beta': rpc_ws_url: cannot connect to ws://127.0.0.1:{beta_port}"
+                in check["detail"]
+            )
+            assert 'dloop_deployment_up{deployment="beta",chain_id=""} 0' in svc.get("/metrics").text
+            wait_voted(svc, "alpha", alpha.create(2), 30)
+            assert svc.get("/active-proposals?deployment=beta").json()["count"] == 0  # known, not started
+
+            with devnet_chain(chain_id=31338, port=beta_port) as beta:
+                assert beta.info.contract_address == alpha.info.contract_address
+                early = beta.create(2)  # before the service reached beta: found by its first backfill
+                poll_until(
+                    lambda: (
+                        'dloop_deployment_up{deployment="beta",chain_id="31338"} 1'
+                        in svc.get("/metrics").text
+                    ),
+                    timeout=30,
+                    what="beta to start",
+                )
+                wait_voted(svc, "beta", early + beta.create(1), 30)
+            assert svc.alive and not svc.tracebacks(), svc.tracebacks()[:3]
+            events = svc.log.read_text()
+            assert '"event": "deployment_waiting"' in events and '"event": "deployment_reachable"' in events
+            assert svc.stop() == 0

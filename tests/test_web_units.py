@@ -214,7 +214,8 @@ def test_a_document_assembled_from_cached_lines_is_byte_identical() -> None:
 
 def test_query_columns_are_labelled_with_the_response_fields() -> None:
     """/proposals/{id} and /votes build their structs from rows by label: one definition of each field."""
-    for scope in (SCOPE, queries.Scopes((SCOPE, queries.ContractScope(31338, CONTRACT, "side")))):
+    several = queries.Scopes((SCOPE, queries.ContractScope(31338, CONTRACT, "side")))
+    for scope in (SCOPE, several, queries.Scopes(())):
         vote_columns, proposal_columns = queries.vote_columns(scope), queries.proposal_columns(scope)
         assert [c.key for c in vote_columns] == [*VoteOut.__struct_fields__[:-1]]  # + transactions
         computed = {"end_time", "votes"}

@@ -234,3 +234,25 @@ def test_each_mistake_is_one_line_naming_file_deployment_and_field(
     line = str(caught.value)
     assert "\n" not in line and line.startswith(str(tmp_path / "dloop.toml"))
     assert KEYS[0].removeprefix("0x") not in line
+
+
+def test_the_example_file_is_valid_up_to_its_placeholder_keystore(tmp_path: Path) -> None:
+    """dloop.toml.example parses (every field it shows is known); it stops only at the keystore it names."""
+    example = Path(__file__).resolve().parents[1] / "dloop.toml.example"
+    (tmp_path / "dloop.toml").write_text(example.read_text())
+    with pytest.raises(ConfigError, match=r"deployment 'mainnet': nodes\[2\]\.password_file: cannot be read"):
+        load_settings({"AI_NODE_1_PRIVATE_KEY": KEYS[0]}, workdir=tmp_path)
+    uncommented = "\n".join(
+        line.removeprefix("# ")
+        if line.startswith(("# start_block", "# confirmations", "# max_fee"))
+        else line
+        for line in example.read_text().splitlines()
+    )
+    keystore = uncommented.replace(
+        'keystore = "keystores/ai-gov-02.json"\npassword_file = "keystores/password"', 'key_env = "NODE2_KEY"'
+    )
+    (tmp_path / "dloop.toml").write_text(keystore)
+    settings = load_settings({"AI_NODE_1_PRIVATE_KEY": KEYS[0], "NODE2_KEY": KEYS[1]}, workdir=tmp_path)
+    mainnet, testnet = settings.deployments
+    assert mainnet.start_block == 19000000 and mainnet.confirmations == 2 and mainnet.max_fee_gwei == 200
+    assert testnet.nodes[0].key == mainnet.nodes[0].key and testnet.nodes[0].strategy == "aggressive"

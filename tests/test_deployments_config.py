@@ -3,6 +3,7 @@ naming the file, the deployment and the field, and no key is ever read from the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -256,3 +257,20 @@ def test_the_example_file_is_valid_up_to_its_placeholder_keystore(tmp_path: Path
     mainnet, testnet = settings.deployments
     assert mainnet.start_block == 19000000 and mainnet.confirmations == 2 and mainnet.max_fee_gwei == 200
     assert testnet.nodes[0].key == mainnet.nodes[0].key and testnet.nodes[0].strategy == "aggressive"
+
+
+def test_two_deployments_on_one_chain_need_other_contracts_and_other_keys(tmp_path: Path) -> None:
+    """Checked at start-up, once the chain ids are known: a key has one nonce lane per chain."""
+    from dloop.preflight import check_apart
+
+    write(tmp_path, GOOD)
+    main, side = load_settings(ENV, workdir=tmp_path).deployments
+    check_apart(side, 31338, [(main, 31337)])  # the same key on another chain: fine
+    with pytest.raises(
+        ConfigError, match=r"ai-gov-01 also vote\(s\) in deployment 'main' on the same chain 1"
+    ):
+        check_apart(side, 1, [(main, 1)])
+    same_contract = dataclasses.replace(side, contract_address=main.contract_address, nodes=())
+    with pytest.raises(ConfigError, match=r"deployment 'main' already follows 0x5FbDB2315678"):
+        check_apart(same_contract, 1, [(main, 1)])
+    check_apart(dataclasses.replace(side, nodes=()), 1, [(main, 1)])  # other contract, other keys: fine

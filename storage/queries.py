@@ -305,6 +305,21 @@ async def proposal_detail(sessions: SessionFactory, scope: Scope, proposal_id: i
     return await read(sessions, work, what="proposal_detail", brief=True)
 
 
+async def deployments_with_proposal(sessions: SessionFactory, scope: Scope, proposal_id: int) -> list[str]:
+    """The deployments that know a proposal id (one per chain and contract: the same id on two chains is two
+    proposals)."""
+
+    async def work(session: AsyncSession) -> list[str]:
+        rows = await session.execute(
+            select(scope.deployment())
+            .where(scope.where(), Proposal.proposal_id == proposal_id)
+            .order_by(Proposal.id)
+        )
+        return [str(name) for (name,) in rows]
+
+    return await read(sessions, work, what="deployments_with_proposal", brief=True)
+
+
 async def list_votes(
     sessions: SessionFactory,
     scope: Scope,

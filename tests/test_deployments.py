@@ -120,6 +120,10 @@ def test_two_deployments_vote_in_real_time_and_a_stopped_chain_delays_only_its_o
             }
             only_beta = svc.get("/active-proposals?deployment=beta").json()
             assert only_beta["count"] == 2 and {p["chainId"] for p in only_beta["proposals"]} == {31338}
+            ambiguous = svc.get(f"/proposals/{b_ids[0]}")
+            assert ambiguous.status_code == 400 and "deployments alpha, beta" in ambiguous.text, (
+                ambiguous.text
+            )
             detail = svc.get(f"/proposals/{b_ids[0]}?deployment=beta").json()["proposal"]
             assert detail["deployment"] == "beta" and {v["deployment"] for v in detail["votes"]} == {"beta"}
             for path in ("/active-proposals", "/votes", f"/proposals/{a_ids[0]}"):

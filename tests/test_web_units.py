@@ -3,6 +3,7 @@ and the caches behind /active-proposals and /health, on a real SQLite file."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -15,7 +16,7 @@ import msgspec
 import pytest
 from litestar import Litestar, post
 from litestar.testing import TestClient
-from sqlalchemy import insert, text, update
+from sqlalchemy import insert, select, text, update
 
 from chain.types import AssetInfo, ProposalData
 from storage import queries
@@ -33,6 +34,7 @@ from web.ports import ListenerView, NodeChainState
 from web.present import (
     ACTIVE_PROPOSAL_FIELDS,
     VOTE_BRIEF_FIELDS,
+    active_proposal_lines,
     assemble_active_proposals,
     chain_now,
     encode_active_proposals,
@@ -530,3 +532,62 @@ async def test_the_health_probe_runs_once_per_interval(db: Db, tmp_path: Path) -
     finally:
         await broken.dispose()
     assert error is not None and "database unreachable" in error
+
+
+@pytest.mark.anyio
+@pytest.mark.both_databases
+async def test_several_deployments_read_as_one_with_each_rows_deployment(db: Db) -> None:
+    """Another chain's proposal 1 beside this one's: every read names each row's deployment, one scope reads
+    one deployment, and an id known on both is reported as such."""
+    side = ContractScope(31338, CONTRACT, "side")
+    main = dataclasses.replace(SCOPE, name="main")
+    async with db.sessions() as session:
+        node_ids = [n for (n,) in await session.execute(select(Vote.node_id).distinct())]
+    usdc = AssetInfo("0x" + "11" * 20, "USDC", 6)
+    data = ProposalData(
+        1,
+        0,
+        usdc.address,
+        7,
+        "Another chain",
+        "0x" + "22" * 20,
+        ENDS - 86_400,
+        ENDS + 9,
+        0,
+        0,
+        1,
+        False,
+        usdc,
+    )
+    await record_proposal(
+        db.sessions,
+        chain_id=side.chain_id,
+        contract=CONTRACT,
+        data=data,
+        source="subscription",
+        node_ids=node_ids,
+    )
+    both = queries.Scopes((main, side))
+    rows = await queries.active_proposal_rows(
+        db.sessions,
+        both,
+        ends_at_or_after=CHAIN_NOW,
+        proposal_fields=ACTIVE_PROPOSAL_FIELDS,
+        vote_fields=VOTE_BRIEF_FIELDS,
+    )
+    lines = [json.loads(line) for _end, line in active_proposal_lines(rows)]
+    assert sorted((p["deployment"], p["chainId"], p["id"]) for p in lines) == [
+        ("main", 31337, 1), ("main", 31337, 2), ("main", 31337, 3), ("side", 31338, 1)
+    ]  # fmt: skip
+    page = await queries.list_votes(db.sessions, side)
+    assert page.total == len(node_ids) and {(v["deployment"], v["chain_id"]) for v in page.items} == {
+        ("side", 31338)
+    }
+    assert (await queries.list_votes(db.sessions, both)).total == 4 * len(node_ids)
+    assert await queries.deployments_with_proposal(db.sessions, both, 1) == ["main", "side"]
+    assert await queries.deployments_with_proposal(db.sessions, both, 2) == ["main"]
+    detail = await queries.proposal_detail(db.sessions, side, 1)
+    assert detail is not None and detail.proposal["deployment"] == "side" and detail.proposal["amount"] == "7"
+    assert await queries.proposal_counts(db.sessions, queries.Scopes(()), now=CHAIN_NOW) == {
+        "total": 0, "active": 0, "highest_id": 0
+    }  # fmt: skip

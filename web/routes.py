@@ -217,6 +217,12 @@ async def proposal(
 ) -> ProposalResponse:
     number = parse_id(proposal_id, "proposal id")
     scope = deployment_scope(context, deployment)
+    if deployment is None and len(context.deployments()) > 1:
+        names = await queries.deployments_with_proposal(context.sessions, scope, number)
+        if len(names) > 1:
+            raise ValidationException(
+                detail=f"proposal {number} exists in deployments {', '.join(names)}: add ?deployment=NAME"
+            )
     record = await queries.proposal_detail(context.sessions, scope, number)
     if record is None:
         raise NotFoundException(detail=f"proposal {number} is not known (yet) to this service")

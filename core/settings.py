@@ -188,7 +188,9 @@ class Settings:
     config_file: str | None = None  # the deployments file read, for messages
 
     def __post_init__(self) -> None:
-        if not self.deployments:
+        # Without a file the top-level fields are the one deployment, also after dataclasses.replace() of
+        # one of them (tests point rpc_ws_url at a proxy that way).
+        if self.config_file is None or not self.deployments:
             values = {name: getattr(self, name) for name in _PER_DEPLOYMENT}
             default = DeploymentSettings(name=DEFAULT_DEPLOYMENT, **values)
             object.__setattr__(self, "deployments", (default,))

@@ -274,3 +274,17 @@ def test_two_deployments_on_one_chain_need_other_contracts_and_other_keys(tmp_pa
     with pytest.raises(ConfigError, match=r"deployment 'main' already follows 0x5FbDB2315678"):
         check_apart(same_contract, 1, [(main, 1)])
     check_apart(dataclasses.replace(side, nodes=()), 1, [(main, 1)])  # other contract, other keys: fine
+
+
+def test_without_a_file_a_replaced_field_is_the_default_deployments(tmp_path: Path) -> None:
+    env = {
+        "DLOOP_RPC_WS_URL": "ws://h:1",
+        "DLOOP_CONTRACT_ADDRESS": CONTRACT_A,
+        "AI_NODE_1_PRIVATE_KEY": KEYS[0],
+    }
+    settings = dataclasses.replace(
+        load_settings(env, workdir=tmp_path), rpc_ws_url="ws://proxy:2", confirmations=3
+    )
+    (deployment,) = settings.deployments
+    assert deployment.rpc_ws_url == "ws://proxy:2" and deployment.confirmations == 3
+    assert settings.for_deployment(deployment).rpc_ws_url == "ws://proxy:2"

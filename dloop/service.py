@@ -59,6 +59,8 @@ from web.server import HttpServer
 
 logger = logging.getLogger(__name__)
 
+# Each deployment's live node reads for the API get this long (under the web's own 5 s cap for all of them).
+NODE_STATES_TIMEOUT = 3.0
 VOTE_GAS_ALLOWANCE = 150_000  # gas a vote may need, for the "unfunded" status of /nodes
 PRIORITY_FEE_WEI = 1_000_000_000
 
@@ -583,15 +585,25 @@ class Service:
     async def node_states(self) -> list[NodeChainState]:
         """Each node's chain facts on the first running deployment that has it (a deployment whose chain is
         down is skipped: the others still answer)."""
-        found: dict[str, NodeChainState] = {}
+        answers: dict[str, list[NodeChainState]] = {}
         errors: list[str] = []
-        for deployment in self.deployments:
-            try:
-                states = await deployment.reads.node_states()
-            except ChainError as exc:
-                errors.append(f"{deployment.name}: {exc}")
-                continue
-            for state in states:
+
+        async def read(deployment: Deployment) -> None:
+            # Side by side, each within its own time: a chain that hangs leaves the others' answers whole.
+            with anyio.move_on_after(NODE_STATES_TIMEOUT) as scope:
+                try:
+                    answers[deployment.name] = await deployment.reads.node_states()
+                except ChainError as exc:
+                    errors.append(f"{deployment.name}: {exc}")
+            if scope.cancelled_caught:
+                errors.append(f"{deployment.name}: no answer within {NODE_STATES_TIMEOUT:g} s")
+
+        async with anyio.create_task_group() as tg:
+            for deployment in self.deployments:
+                tg.start_soon(read, deployment)
+        found: dict[str, NodeChainState] = {}
+        for deployment in self.deployments:  # the first deployment that has a node speaks for it
+            for state in answers.get(deployment.name, []):
                 found.setdefault(state.address.lower(), state)
         if not found and errors:
             raise TransientChainError("; ".join(errors))

@@ -140,6 +140,11 @@ def test_two_deployments_vote_in_real_time_and_a_stopped_chain_delays_only_its_o
                     ids = alpha.create(1)
                     delays.append(wait_voted(svc, "alpha", ids, VOTED_WITHIN))
                     time.sleep(2)
+                # The API's live node reads skip the stopped chain: alpha speaks for the shared keys, in time.
+                started = time.monotonic()
+                nodes = svc.get("/nodes", timeout=10).json()["nodes"]
+                assert time.monotonic() - started < 5.0
+                assert {n["status"] for n in nodes} == {"active"}, nodes
                 health = svc.get("/health")
                 assert health.status_code == 503 and not health.json()["checks"]["deployments"]["ok"]
                 assert "beta" in health.json()["checks"]["deployments"]["detail"]

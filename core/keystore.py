@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from eth_account import Account
 
@@ -23,10 +24,14 @@ def load_keystore_dir(directory: Path, password_file: Path) -> list[str]:
     keys: list[str] = []
     for path in files:
         try:
-            keyfile = json.loads(path.read_text())
-            keys.append("0x" + bytes(Account.decrypt(keyfile, password)).hex())
+            keys.append(decrypt(json.loads(path.read_text()), password))
         except (ValueError, KeyError, TypeError):
             raise ConfigError(
                 "DLOOP_KEYSTORE_DIR", f"{path.name} could not be decrypted with the password file"
             ) from None
     return keys
+
+
+def decrypt(keyfile: Any, password: str) -> str:
+    """The 0x-hex key of a parsed keystore; ValueError, KeyError or TypeError when it does not open."""
+    return "0x" + bytes(Account.decrypt(keyfile, password)).hex()

@@ -12,13 +12,16 @@ An exception passed as `exc_info` is kept: its type and message as `error`, the 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
 import json
 import logging
 import re
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 _SECRET_HEX = re.compile(r"(?<![0-9a-fA-Fx])(0x)?[0-9a-fA-F]{64}(?![0-9a-fA-F])")
@@ -31,9 +34,27 @@ _MIN_SECRET_LENGTH = 6
 _NOISY = ("web3", "websockets", "aiosqlite", "sqlalchemy", "uvicorn.access", "httpx", "asyncio")
 
 
+# Fields every event of the current task (and the tasks it starts) carries, e.g. the deployment it serves.
+_CONTEXT: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "dloop_log_context", default=MappingProxyType({})
+)
+
+
+@contextlib.contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Add `fields` to every event logged inside (tasks started inside inherit them: anyio copies the
+    context), so two deployments' listeners tell their lines apart without knowing of each other."""
+    token = _CONTEXT.set({**_CONTEXT.get(), **fields})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
 def log_event(logger: logging.Logger, event: str, *, level: int = logging.INFO, **fields: Any) -> None:
     if logger.isEnabledFor(level):
-        logger.log(level, event, extra={"dloop_fields": fields})
+        context = _CONTEXT.get()
+        logger.log(level, event, extra={"dloop_fields": {**context, **fields} if context else fields})
 
 
 class Masker:

@@ -1,16 +1,21 @@
-"""One `Settings` object, built once by the CLI from the environment and an optional `.env` file.
+"""One `Settings` object, built once by the CLI from the environment, an optional `.env` file and an optional
+deployments file (TOML: `DLOOP_CONFIG=path`, or `dloop.toml` in the working directory).
 
-Every problem is a `ConfigError` naming the setting; secret values never appear in a message.
+Every problem is a `ConfigError` naming the setting (for the deployments file: the file, the deployment and
+the field); secret values never appear in a message.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -108,8 +113,35 @@ def parse_database_url(name: str, raw: str) -> str:
     return text
 
 
+DEFAULT_DEPLOYMENT = "default"
+CONFIG_FILE_NAME = "dloop.toml"
+
+
+@dataclass(frozen=True)
+class DeploymentSettings:
+    """One contract on one chain, with the nodes that vote on it: what differs between deployments."""
+
+    name: str
+    rpc_ws_url: str
+    contract_address: str
+    nodes: tuple[NodeSettings, ...]
+    strategies: StrategySettings = StrategySettings()
+    start_block: int | None = None
+    confirmations: int = 0
+    allow_unknown_events: bool = False
+    max_fee_gwei: float = 500.0
+
+
+# The Settings fields a deployment overrides (same names on both classes).
+_PER_DEPLOYMENT = tuple(f.name for f in dataclasses.fields(DeploymentSettings) if f.name != "name")
+
+
 @dataclass(frozen=True)
 class Settings:
+    """The service's settings. The top-level per-chain fields (rpc_ws_url, contract_address, nodes, ...)
+    describe the first deployment; `deployments` lists them all (one named `default`, from those same fields,
+    when no deployments file is used). Code that serves one deployment gets `for_deployment(d)`."""
+
     rpc_ws_url: str
     contract_address: str
     nodes: tuple[NodeSettings, ...]
@@ -151,11 +183,32 @@ class Settings:
     alert_webhook_urls: tuple[str, ...] = field(default=(), repr=False)
     alert_webhook_format: str = "generic"  # generic JSON, slack or discord
     alert_repeat_minutes: float = 60.0  # a still-firing critical alert is notified again this often
+    # Every deployment followed; empty when built directly: then the top-level fields are `default`.
+    deployments: tuple[DeploymentSettings, ...] = ()
+    config_file: str | None = None  # the deployments file read, for messages
+
+    def __post_init__(self) -> None:
+        # Without a file the top-level fields are the one deployment, also after dataclasses.replace() of
+        # one of them (tests point rpc_ws_url at a proxy that way).
+        if self.config_file is None or not self.deployments:
+            values = {name: getattr(self, name) for name in _PER_DEPLOYMENT}
+            default = DeploymentSettings(name=DEFAULT_DEPLOYMENT, **values)
+            object.__setattr__(self, "deployments", (default,))
+
+    def for_deployment(self, deployment: DeploymentSettings) -> Settings:
+        """These settings with the per-chain fields of one deployment: what its listener, voter and
+        reconciler read."""
+        values = {name: getattr(deployment, name) for name in _PER_DEPLOYMENT}
+        return dataclasses.replace(self, deployments=(deployment,), **values)
+
+    def deployment_named(self, name: str) -> DeploymentSettings | None:
+        return next((d for d in self.deployments if d.name == name), None)
 
     def secrets(self) -> tuple[str, ...]:
         """What no log line or notification may hold: the node keys, the API token and the webhook URLs."""
         token = (self.api_token,) if self.api_token else ()
-        return (*(node.key.reveal() for node in self.nodes), *token, *self.alert_webhook_urls)
+        keys = dict.fromkeys(node.key.reveal() for d in self.deployments for node in d.nodes)
+        return (*keys, *token, *self.alert_webhook_urls)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -175,15 +228,36 @@ def read_env_file(path: Path) -> dict[str, str]:
     return {key: value for key, value in values.items() if value}
 
 
-def load_settings(environ: Mapping[str, str], env_file: Path | None = None) -> Settings:
-    """Build and validate settings; the process environment wins over the env file."""
+def load_settings(
+    environ: Mapping[str, str], env_file: Path | None = None, *, workdir: Path | None = None
+) -> Settings:
+    """Build and validate settings; the process environment wins over the env file. The deployments file is
+    DLOOP_CONFIG when set, else `dloop.toml` in `workdir` (the CLI passes the working directory) when there;
+    without one, the environment describes one deployment named `default`."""
     source: dict[str, str] = {}
     if env_file is not None:
         if not env_file.is_file():
             raise ConfigError("env file", f"{env_file} does not exist")
         source.update(read_env_file(env_file))
     source.update({k: v for k, v in environ.items() if v != ""})
-    return _Parser(source).settings()
+    parser = _Parser(source)
+    config = config_file_of(source, workdir)
+    if config is None:
+        return parser.settings()
+    return parser.settings_with_file(config)
+
+
+def config_file_of(env: Mapping[str, str], workdir: Path | None) -> Path | None:
+    if "DLOOP_CONFIG" in env:
+        path = Path(env["DLOOP_CONFIG"])
+        if workdir is not None and not path.is_absolute():
+            path = workdir / path
+        if not path.is_file():
+            raise ConfigError("DLOOP_CONFIG", f"{path} does not exist")
+        return path
+    if workdir is not None and (workdir / CONFIG_FILE_NAME).is_file():
+        return workdir / CONFIG_FILE_NAME
+    return None
 
 
 class _Parser:
@@ -191,13 +265,34 @@ class _Parser:
         self.env = env
 
     def settings(self) -> Settings:
-        d = Settings.__dataclass_fields__
         return Settings(
             rpc_ws_url=self.ws_url("DLOOP_RPC_WS_URL"),
             contract_address=self.address("DLOOP_CONTRACT_ADDRESS"),
             nodes=self.nodes(),
+            **self.service_wide(),
+        )
+
+    def settings_with_file(self, path: Path) -> Settings:
+        """The deployments come from the file; everything else (database, HTTP, timings, alerts, and the
+        defaults of the per-deployment knobs) from the environment as without it."""
+        defaults = {
+            "strategies": self.strategy_settings(),
+            "start_block": self.optional_integer("DLOOP_START_BLOCK"),
+            "confirmations": self.integer("DLOOP_CONFIRMATIONS", 0, minimum=0),
+            "allow_unknown_events": self.flag("DLOOP_ALLOW_UNKNOWN_EVENTS", False),
+            "max_fee_gwei": self.number("DLOOP_MAX_FEE_GWEI", 500.0, minimum=0.000000001),
+        }
+        deployments = _DeploymentsFile(path, self.env, defaults).deployments()
+        first = deployments[0]
+        service_wide = self.service_wide()
+        service_wide.update({name: getattr(first, name) for name in _PER_DEPLOYMENT if name != "nodes"})
+        return Settings(nodes=first.nodes, deployments=deployments, config_file=str(path), **service_wide)
+
+    def service_wide(self) -> dict[str, Any]:
+        d = Settings.__dataclass_fields__
+        return dict(
             database_url=self.database_url(),
-            http_host=self.env.get("DLOOP_HTTP_HOST", d["http_host"].default),  # type: ignore[arg-type]
+            http_host=self.env.get("DLOOP_HTTP_HOST", d["http_host"].default),
             http_port=self.integer("DLOOP_HTTP_PORT", 5001, minimum=0, maximum=65535),
             api_token=self.env.get("DLOOP_API_TOKEN"),
             start_block=self.optional_integer("DLOOP_START_BLOCK"),
@@ -442,3 +537,251 @@ def parse_private_key(setting: str, raw: str) -> PrivateKey:
     if int(value.removeprefix("0x"), 16) == 0:
         raise ConfigError(setting, "is not a valid private key (zero)")
     return PrivateKey(value)
+
+
+# -- the deployments file ----------------------------------------------------------------------------------
+
+_DEPLOYMENT_FIELDS = {
+    "name",
+    "rpc_ws_url",
+    "contract_address",
+    "nodes",
+    "strategies",
+    "start_block",
+    "confirmations",
+    "allow_unknown_events",
+    "max_fee_gwei",
+}
+_NODE_FIELDS = {"name", "strategy", "key_env", "keystore", "password_file"}
+_INLINE_KEY_FIELDS = {"key", "private_key", "privatekey", "secret"}
+_STRATEGY_FIELDS = {
+    "conservative_max_amount": "int",
+    "aggressive_max_amount": "int",
+    "conservative_max_value": "decimal",
+    "aggressive_max_value": "decimal",
+    "stablecoins": "names",
+    "growth_assets": "names",
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class _DeploymentsFile:
+    """`[[deployments]]` tables of a TOML file. Keys are never in the file: a node names the environment
+    variable holding its key (`key_env`), or a keystore file and a password file."""
+
+    def __init__(self, path: Path, env: Mapping[str, str], defaults: dict[str, Any]) -> None:
+        self.path = path
+        self.env = env
+        self.defaults = defaults
+
+    def error(self, where: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {where}" if where else str(self.path), problem)
+
+    def deployments(self) -> tuple[DeploymentSettings, ...]:
+        try:
+            data = tomllib.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self.error("", f"cannot be read ({exc})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise self.error("", f"is not valid TOML ({exc})") from None
+        unknown = sorted(set(data) - {"deployments"})
+        if unknown:
+            raise self.error(unknown[0], "unknown key (the file holds [[deployments]] tables only)")
+        tables = data.get("deployments")
+        if not isinstance(tables, list) or not tables:
+            raise self.error("deployments", "declares no deployment (add a [[deployments]] table)")
+        result: list[DeploymentSettings] = []
+        for number, table in enumerate(tables, 1):
+            if not isinstance(table, dict):
+                raise self.error(f"deployments[{number}]", "must be a table")
+            deployment = self.deployment(number, table)
+            if any(d.name == deployment.name for d in result):
+                raise self.error(f"deployment {deployment.name!r}", "name: used by two deployments")
+            result.append(deployment)
+        self.check_shared_nodes(result)
+        return tuple(result)
+
+    def check_shared_nodes(self, deployments: list[DeploymentSettings]) -> None:
+        """A key may vote in several deployments (one node row per address, one nonce lane per chain), under
+        one name: the dashboard, the pause switches and the vote history name a node, not a key."""
+        names: dict[PrivateKey, str] = {}
+        keys: dict[str, PrivateKey] = {}
+        for deployment in deployments:
+            where = f"deployment {deployment.name!r}"
+            for number, node in enumerate(deployment.nodes, 1):
+                if names.setdefault(node.key, node.name) != node.name:
+                    raise self.error(
+                        where,
+                        f"nodes[{number}].name: the same key is node {names[node.key]!r} in another "
+                        "deployment (a key keeps one name everywhere)",
+                    )
+                if keys.setdefault(node.name, node.key) != node.key:
+                    raise self.error(
+                        where, f"nodes[{number}].name: {node.name!r} names another key in another deployment"
+                    )
+
+    def deployment(self, number: int, table: dict[str, Any]) -> DeploymentSettings:
+        raw_name = table.get("name")
+        if not isinstance(raw_name, str) or not _NAME.match(raw_name):
+            raise self.error(
+                f"deployments[{number}]",
+                "name: required, letters, digits, '-', '_' or '.' (at most 64 characters)",
+            )
+        where = f"deployment {raw_name!r}"
+        unknown = sorted(set(table) - _DEPLOYMENT_FIELDS)
+        if unknown:
+            raise self.error(
+                where, f"{unknown[0]}: unknown field (known: {', '.join(sorted(_DEPLOYMENT_FIELDS))})"
+            )
+        try:
+            rpc_ws_url = _Parser({"rpc_ws_url": self.text(where, table, "rpc_ws_url")}).ws_url("rpc_ws_url")
+            contract = parse_address("contract_address", self.text(where, table, "contract_address"))
+        except ConfigError as exc:
+            raise self.error(where, str(exc)) from None
+        d = self.defaults
+        return DeploymentSettings(
+            name=raw_name,
+            rpc_ws_url=rpc_ws_url,
+            contract_address=contract,
+            nodes=self.nodes(where, table.get("nodes")),
+            strategies=self.strategies(where, table.get("strategies"), d["strategies"]),
+            start_block=self.integer(where, table, "start_block", d["start_block"], optional=True),
+            confirmations=self.integer(where, table, "confirmations", d["confirmations"]),
+            allow_unknown_events=self.boolean(
+                where, table, "allow_unknown_events", d["allow_unknown_events"]
+            ),
+            max_fee_gwei=self.positive(where, table, "max_fee_gwei", d["max_fee_gwei"]),
+        )
+
+    # -- fields --------------------------------------------------------------------------------------------
+    def text(self, where: str, table: dict[str, Any], name: str) -> str:
+        value = table.get(name)
+        if value is None:
+            raise self.error(where, f"{name}: is required")
+        if not isinstance(value, str):
+            raise self.error(where, f"{name}: must be a string, got {type(value).__name__}")
+        return value
+
+    def integer(
+        self, where: str, table: dict[str, Any], name: str, default: int | None, *, optional: bool = False
+    ) -> Any:
+        value = table.get(name, default)
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.error(where, f"{name}: must be a whole number of at least 0, got {value!r}")
+        return value
+
+    def boolean(self, where: str, table: dict[str, Any], name: str, default: bool) -> bool:
+        value = table.get(name, default)
+        if not isinstance(value, bool):
+            raise self.error(where, f"{name}: must be true or false, got {value!r}")
+        return value
+
+    def positive(self, where: str, table: dict[str, Any], name: str, default: float) -> float:
+        value = table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise self.error(where, f"{name}: must be a number above 0, got {value!r}")
+        return float(value)
+
+    def strategies(self, where: str, raw: Any, default: StrategySettings) -> StrategySettings:
+        if raw is None:
+            return default
+        if not isinstance(raw, dict):
+            raise self.error(where, "strategies: must be a table ([deployments.strategies])")
+        values: dict[str, Any] = {}
+        for name, value in raw.items():
+            kind = _STRATEGY_FIELDS.get(name)
+            field_name = f"strategies.{name}"
+            if kind is None:
+                raise self.error(where, f"{field_name}: unknown field (known: {', '.join(_STRATEGY_FIELDS)})")
+            if kind == "int":
+                values[name] = self.integer(where, raw, name, None)
+            elif kind == "decimal":
+                if isinstance(value, bool) or not isinstance(value, int | float | str):
+                    raise self.error(where, f"{field_name}: must be a number, got {value!r}")
+                try:
+                    values[name] = _Parser({field_name: str(value)}).decimal(field_name, Decimal(0))
+                except ConfigError as exc:
+                    raise self.error(where, str(exc)) from None
+            else:
+                if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                    raise self.error(where, f"{field_name}: must be a non-empty list of symbols")
+                values[name] = tuple(v.strip().upper() for v in value)
+        return dataclasses.replace(default, **values)
+
+    def nodes(self, where: str, raw: Any) -> tuple[NodeSettings, ...]:
+        if not isinstance(raw, list) or not raw:
+            raise self.error(where, "nodes: at least one node is required ([[deployments.nodes]])")
+        nodes: list[NodeSettings] = []
+        for number, table in enumerate(raw, 1):
+            at = f"nodes[{number}]"
+            if not isinstance(table, dict):
+                raise self.error(where, f"{at}: must be a table")
+            inline = sorted(set(table) & _INLINE_KEY_FIELDS)
+            if inline:
+                raise self.error(
+                    where,
+                    f"{at}.{inline[0]}: keys are never written in the file; name an environment variable "
+                    "with key_env, or a keystore with keystore and password_file",
+                )
+            unknown = sorted(set(table) - _NODE_FIELDS)
+            if unknown:
+                raise self.error(
+                    where, f"{at}.{unknown[0]}: unknown field (known: {', '.join(sorted(_NODE_FIELDS))})"
+                )
+            default_name = DEFAULT_NODE_NAMES[number - 1] if number <= NODE_COUNT else None
+            name = table.get("name", default_name)
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise self.error(where, f"{at}.name: required, letters, digits, '-', '_' or '.'")
+            strategy = table.get("strategy", DEFAULT_NODE_STRATEGIES[(number - 1) % NODE_COUNT])
+            if not isinstance(strategy, str) or not strategy.strip():
+                raise self.error(where, f"{at}.strategy: must be a strategy name or package.module:function")
+            nodes.append(NodeSettings(name, self.node_key(where, at, table), strategy.strip()))
+        if len({n.name for n in nodes}) != len(nodes):
+            raise self.error(where, "nodes: node names must be unique within a deployment")
+        if len({n.key for n in nodes}) != len(nodes):
+            raise self.error(where, "nodes: the same key is configured for two nodes")
+        return tuple(nodes)
+
+    def node_key(self, where: str, at: str, table: dict[str, Any]) -> PrivateKey:
+        key_env, keystore = table.get("key_env"), table.get("keystore")
+        if (key_env is None) == (keystore is None):
+            raise self.error(where, f"{at}: give either key_env or keystore (with password_file)")
+        if key_env is not None:
+            if not isinstance(key_env, str) or not key_env:
+                raise self.error(where, f"{at}.key_env: must name an environment variable")
+            if key_env not in self.env:
+                raise self.error(where, f"{at}.key_env: the environment variable {key_env} is not set")
+            try:
+                return parse_private_key(key_env, self.env[key_env])
+            except ConfigError as exc:
+                raise self.error(where, f"{at}.key_env: {exc}") from None
+        password_file = table.get("password_file")
+        if not isinstance(keystore, str) or not isinstance(password_file, str):
+            raise self.error(where, f"{at}: keystore and password_file must both be file paths")
+        return PrivateKey(self.decrypt(where, at, self.relative(keystore), self.relative(password_file)))
+
+    def relative(self, name: str) -> Path:
+        path = Path(name)
+        return path if path.is_absolute() else self.path.parent / path
+
+    def decrypt(self, where: str, at: str, keystore: Path, password_file: Path) -> str:
+        import json
+
+        from core.keystore import decrypt
+
+        try:
+            password = password_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise self.error(where, f"{at}.password_file: cannot be read ({exc.strerror})") from None
+        try:
+            keyfile = json.loads(keystore.read_text())
+        except OSError as exc:
+            raise self.error(where, f"{at}.keystore: cannot be read ({exc.strerror})") from None
+        except ValueError:
+            raise self.error(where, f"{at}.keystore: is not a JSON keystore") from None
+        try:
+            return decrypt(keyfile, password)
+        except (ValueError, KeyError, TypeError):
+            raise self.error(where, f"{at}.keystore: could not be decrypted with the password file") from None

@@ -7,11 +7,12 @@ here, and every failure a user can fix leaves as a DloopError that the CLI print
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,11 @@ from chain.accounts import node_accounts
 from chain.connection import safe_url
 from core.errors import ConfigError, DloopError
 from core.logs import configure_logging, log_event
-from core.settings import Settings, load_settings, parse_database_url
-from dloop.preflight import check_same_chain, preflight_chain
-from storage.engine import check_database_location, create_engine, session_factory
+from core.settings import DeploymentSettings, Settings, load_settings, parse_database_url
+from dloop.preflight import ChainIdentity, check_apart, check_same_chain, preflight_chain
+from storage.engine import SessionFactory, check_database_location, create_engine, session_factory
 from storage.migrations import ensure_schema_current, upgrade
-from storage.proposals import sync_nodes
+from storage.proposals import NodeRecord, sync_nodes
 from voter.strategies import load_strategy
 
 logger = logging.getLogger("dloop.service")
@@ -39,7 +40,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """The environment wins over the env file: `--env-file FILE`, else `.env` when present."""
     explicit: Path | None = getattr(args, "env_file", None)
     env_file = explicit if explicit is not None else (Path(".env") if Path(".env").is_file() else None)
-    return load_settings(os.environ, env_file)
+    return load_settings(os.environ, env_file, workdir=Path.cwd())
 
 
 def database_url_of(args: argparse.Namespace) -> str:
@@ -98,35 +99,61 @@ async def serve(
     handle_signals: bool = True,
     enable_listener: bool = True,
 ) -> None:
-    """Preflight, then the service until cancelled (or a signal when `handle_signals`)."""
+    """Preflight, then the service until cancelled (or a signal when `handle_signals`).
+
+    With several deployments, each is checked against its chain on its own: one whose chain cannot be
+    reached waits (the others start, /health says so) and starts when it answers; any other problem stops
+    start-up. With one deployment, an unreachable chain stops start-up as it always has."""
     from dloop.service import Service  # imports the whole service: only for commands that run it
 
     check_database_location(settings.database_url)
-    accounts = node_accounts(settings.nodes)
-    for account in accounts:
-        load_strategy(account.strategy)  # an unknown one stops start-up before anything is written
-    identity = await preflight_chain(settings)
-    chain_id = identity.chain_id
+    plans = [DeploymentPlan(settings, deployment) for deployment in settings.deployments]
+    for plan in plans:
+        for account in plan.accounts:
+            load_strategy(account.strategy)  # an unknown one stops start-up before anything is written
+    identities = await preflight_all(settings, plans)
     await ensure_schema_current(settings.database_url)
     engine = create_engine(settings.database_url)
     try:
         sessions = session_factory(engine)
-        await check_same_chain(sessions, identity)
-        nodes = await sync_nodes(sessions, [(a.name, a.address, a.strategy) for a in accounts])
+        records = await sync_all_nodes(sessions, plans)
+        deployments: list[Any] = []
+        for plan in plans:
+            identity = identities.get(plan.name)
+            if isinstance(identity, ChainIdentity):
+                deployments.append(
+                    await plan.start(sessions, records, identity, deployments, enable_listener)
+                )
+        waiting = [
+            plan.waiting(sessions, records, str(identities[plan.name]), enable_listener)
+            for plan in plans
+            if not isinstance(identities.get(plan.name), ChainIdentity)
+        ]
         service = Service(
-            settings, sessions, nodes, accounts, chain_id, identity.contract, enable_listener=enable_listener
+            settings,
+            sessions,
+            deployments,
+            waiting=waiting,
+            nodes=list(records.values()),
+            enable_listener=enable_listener,
         )
         service.http.bind()  # a busy port fails here, before anything starts
-        log_event(
-            logger,
-            "service_starting",
-            chain_id=chain_id,
-            rpc=safe_url(settings.rpc_ws_url),
-            contract=settings.contract_address,
-            contract_version=identity.contract.name,
-            nodes=[n.name for n in nodes],
-            http=service.http.url,
-        )
+        for deployment in deployments:
+            log_event(
+                logger,
+                "service_starting",
+                deployment=deployment.name,
+                chain_id=deployment.chain_id,
+                rpc=safe_url(deployment.settings.rpc_ws_url),
+                contract=deployment.settings.contract_address,
+                contract_version=deployment.contract.name,
+                nodes=[n.name for n in deployment.nodes],
+                http=service.http.url,
+            )
+        for late in waiting:
+            log_event(
+                logger, "deployment_waiting", level=logging.WARNING, deployment=late.name, error=late.error
+            )
         try:
             async with anyio.create_task_group() as tg:
                 if handle_signals:
@@ -139,6 +166,122 @@ async def serve(
     finally:
         with anyio.CancelScope(shield=True):
             await engine.dispose()
+
+
+class DeploymentPlan:
+    """One deployment before it runs: its settings view, accounts, and how to start it."""
+
+    def __init__(self, settings: Settings, deployment: DeploymentSettings) -> None:
+        self.settings = settings
+        self.deployment = deployment
+        self.name = deployment.name
+        self.view = settings.for_deployment(deployment)
+        self.accounts = node_accounts(deployment.nodes)
+
+    def named(self, exc: ConfigError) -> ConfigError:
+        """A preflight problem, named after the deployments file's field when the deployment comes from
+        one (the environment's setting otherwise)."""
+        if self.settings.config_file is None:
+            return exc
+        field = DEPLOYMENT_FIELDS.get(exc.setting, exc.setting)
+        return ConfigError(f"{self.settings.config_file}: deployment {self.name!r}: {field}", exc.problem)
+
+    async def start(
+        self,
+        sessions: SessionFactory,
+        records: dict[str, NodeRecord],
+        identity: ChainIdentity,
+        running: Sequence[Any],
+        enable_listener: bool,
+    ) -> Any:
+        from dloop.service import Deployment
+
+        try:
+            await check_same_chain(sessions, identity)
+            check_apart(
+                self.deployment, identity.chain_id, [(d.settings.deployments[0], d.chain_id) for d in running]
+            )
+        except ConfigError as exc:
+            raise self.named(exc) from None
+        nodes = [dataclasses.replace(records[a.address], strategy=a.strategy) for a in self.accounts]
+        return Deployment(
+            self.name,
+            self.view,
+            sessions,
+            nodes,
+            self.accounts,
+            identity.chain_id,
+            identity.contract,
+            enable_listener=enable_listener,
+        )
+
+    def waiting(
+        self, sessions: SessionFactory, records: dict[str, NodeRecord], error: str, enable_listener: bool
+    ) -> Any:
+        from dloop.service import WaitingDeployment
+
+        async def attempt(running: Sequence[Any]) -> Any:
+            try:
+                identity = await preflight_chain(self.view)
+            except ConfigError as exc:
+                if exc.setting != UNREACHABLE:
+                    raise self.named(exc) from None
+                return str(self.named(exc))
+            return await self.start(sessions, records, identity, running, enable_listener)
+
+        return WaitingDeployment(self.name, error, attempt)
+
+
+# Preflight problems name environment settings; a deployment of the file has these fields instead.
+DEPLOYMENT_FIELDS = {
+    "DLOOP_RPC_WS_URL": "rpc_ws_url",
+    "DLOOP_CONTRACT_ADDRESS": "contract_address",
+}
+UNREACHABLE = "DLOOP_RPC_WS_URL"  # the setting preflight names when the chain does not answer
+
+
+async def preflight_all(
+    settings: Settings, plans: Sequence[DeploymentPlan]
+) -> dict[str, ChainIdentity | ConfigError]:
+    """Each deployment's chain identity, checked side by side. With several deployments an unreachable chain
+    is an answer (that deployment waits); every other problem, or every chain unreachable, stops start-up."""
+    if len(plans) == 1:
+        try:
+            return {plans[0].name: await preflight_chain(plans[0].view)}
+        except ConfigError as exc:
+            raise plans[0].named(exc) from None
+    found: dict[str, ChainIdentity | ConfigError] = {}
+
+    async def one(plan: DeploymentPlan) -> None:
+        try:
+            found[plan.name] = await preflight_chain(plan.view)
+        except ConfigError as exc:
+            found[plan.name] = exc
+
+    async with anyio.create_task_group() as tg:
+        for plan in plans:
+            tg.start_soon(one, plan)
+    problems = [(plan, found[plan.name]) for plan in plans if isinstance(found[plan.name], ConfigError)]
+    for plan, problem in problems:
+        assert isinstance(problem, ConfigError)
+        if problem.setting != UNREACHABLE:
+            raise plan.named(problem)
+        found[plan.name] = plan.named(problem)
+    if len(problems) == len(plans):
+        first = found[plans[0].name]
+        assert isinstance(first, ConfigError)
+        raise first
+    return found
+
+
+async def sync_all_nodes(sessions: SessionFactory, plans: Sequence[DeploymentPlan]) -> dict[str, NodeRecord]:
+    """One node row per address, whichever deployments it votes in (settings keep its name the same)."""
+    wanted: dict[str, tuple[str, str, str]] = {}
+    for plan in plans:
+        for account in plan.accounts:
+            wanted.setdefault(account.address, (account.name, account.address, account.strategy))
+    records = await sync_nodes(sessions, list(wanted.values()))
+    return {r.address: r for r in records}
 
 
 def run_command(args: argparse.Namespace) -> int:

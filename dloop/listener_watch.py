@@ -33,12 +33,14 @@ class ListenerWatch:
         contract: ContractVersion,
         progress: Callable[[], ListenerProgress],
         *,
+        stream: str,
         on_blind: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.contract = contract
         self.progress = progress
+        self.stream = stream  # the listener's log stream: proposal ids mean something only within it
         self.on_blind = on_blind  # e.g. start a round at once: the miss may have been a burst
         self.state = BlindWatch()
 
@@ -71,7 +73,7 @@ class ListenerWatch:
     async def look(self) -> None:
         progress = self.progress()
         wanted = due(self.state, progress)
-        logged = await logged_proposals(self.sessions, wanted) if wanted else set()
+        logged = await logged_proposals(self.sessions, self.stream, wanted) if wanted else set()
         before = self.state
         self.state = judge(before, progress, logged)
         if self.state.missed_total > before.missed_total:

@@ -7,6 +7,7 @@ ConfigError naming the setting to fix.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -16,7 +17,7 @@ from chain.connection import open_ws, safe_url
 from chain.events import REQUIRED_FUNCTIONS, ContractVersion, detect_version, proposal_created_topics
 from core.errors import ChainError, ConfigError, RateLimited, TransientChainError
 from core.logs import log_event
-from core.settings import Settings
+from core.settings import DeploymentSettings, Settings
 from storage.chain_state import remember_genesis
 from storage.engine import SessionFactory
 
@@ -127,6 +128,30 @@ async def check_same_chain(sessions: SessionFactory, identity: ChainIdentity) ->
             f"{known[:12]}..., the node's is {identity.genesis_hash.lower()[:12]}...; started afresh?): "
             "use a new database file, or point DLOOP_RPC_WS_URL at the chain it followed",
         )
+
+
+def check_apart(
+    deployment: DeploymentSettings, chain_id: int, others: Sequence[tuple[DeploymentSettings, int]]
+) -> None:
+    """Two deployments on one chain must follow two contracts with no key in common: a key has one nonce
+    lane per chain, and two voters sharing it would race for its nonces."""
+    keys = {node.key for node in deployment.nodes}
+    for other, other_chain in others:
+        if other_chain != chain_id:
+            continue
+        if other.contract_address.lower() == deployment.contract_address.lower():
+            raise ConfigError(
+                "DLOOP_CONTRACT_ADDRESS",
+                f"deployment {other.name!r} already follows {deployment.contract_address} on chain "
+                f"{chain_id}",
+            )
+        shared = sorted(node.name for node in other.nodes if node.key in keys)
+        if shared:
+            raise ConfigError(
+                "nodes",
+                f"{', '.join(shared)} also vote(s) in deployment {other.name!r} on the same chain "
+                f"{chain_id}: a key may vote in several deployments on different chains only",
+            )
 
 
 def _first_line(exc: BaseException) -> str:

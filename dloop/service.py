@@ -1,9 +1,13 @@
-"""The service: one anyio task group owning the HTTP server, the voter, the listener and the rounds.
+"""The service: one anyio task group owning the HTTP server, the alerts and, per deployment, a voter, a
+listener and the rounds.
 
 Everything is built from one `Settings`, one session factory and the node records synced at start-up. Each
-component is started with `tg.start` (in that order: the API answers while the listener backfills); on
-cancellation (SIGINT/SIGTERM in `dloop run`) each one stops on its own terms: the voter's state changes
-and hash records are shielded, uvicorn finishes its requests, queued rows simply stay queued.
+deployment (one chain and contract, `Settings.deployments`) is a `Deployment` with its own components and
+chain connections, so a chain that is down holds up only its own deployment; one that could not be reached at
+start-up waits in a `WaitingDeployment` and starts when its chain answers. Each component is started with
+`tg.start` (the API first: it answers while the listeners backfill); on cancellation (SIGINT/SIGTERM in
+`dloop run`) each one stops on its own terms: the voter's state changes and hash records are shielded,
+uvicorn finishes its requests, queued rows simply stay queued.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from chain.events import ContractVersion
 from chain.reads import BadAnswer, Batch, Reads, read_balance, read_block, read_nonce, read_token_balance
 from chain.types import ProposalData
 from chain.ws_client import ws_chain_client
-from core.errors import ChainError, TransientChainError
-from core.logs import log_event
+from core.errors import ChainError, ConfigError, TransientChainError
+from core.logs import log_context, log_event
 from core.settings import Settings
 from core.signals import WorkSignal
 from dloop.alerts import AlertEvaluator
@@ -33,17 +37,30 @@ from listener.blindness import ListenerProgress
 from listener.listener import Listener
 from listener.reconcile import Reconciler
 from monitor.notify import Notifier, notice_masker
+from storage.chain_state import stream_name
+from storage.controls import PauseState, PauseWatch
 from storage.engine import SessionFactory
 from storage.proposals import NodeRecord
 from storage.queries import ContractScope
 from storage.rounds import fail_interrupted_rounds
-from voter.service import Voter
+from voter.service import Voter, process_owner_id
 from web.app import create_app
-from web.ports import ListenerView, NodeChainState, VoterView, WebContext
+from web.ports import (
+    AlertsView,
+    DeploymentStatus,
+    ListenerView,
+    NodeChainState,
+    StoredPauses,
+    TriggerResult,
+    VoterView,
+    WebContext,
+)
 from web.server import HttpServer
 
 logger = logging.getLogger(__name__)
 
+# Each deployment's live node reads for the API get this long (under the web's own 5 s cap for all of them).
+NODE_STATES_TIMEOUT = 3.0
 VOTE_GAS_ALLOWANCE = 150_000  # gas a vote may need, for the "unfunded" status of /nodes
 PRIORITY_FEE_WEI = 1_000_000_000
 
@@ -162,9 +179,14 @@ class Running:
         return self.flags.get(name, False)
 
 
-class Service:
+class Deployment:
+    """One deployment's components: listener, voter, reconcile rounds, blind-listener watch and the API's
+    chain reads, over its own chain connections. `settings` is the deployment's view
+    (`Settings.for_deployment`); `nodes` carry the deployment's strategies."""
+
     def __init__(
         self,
+        name: str,
         settings: Settings,
         sessions: SessionFactory,
         nodes: Sequence[NodeRecord],
@@ -174,9 +196,10 @@ class Service:
         *,
         enable_listener: bool = True,
     ) -> None:
+        self.name = name
         self.settings = settings
         self.contract = contract
-        self.scope = ContractScope(chain_id, settings.contract_address)
+        self.scope = ContractScope(chain_id, settings.contract_address, name)
         self.sessions = sessions
         self.nodes = tuple(nodes)
         self.chain_id = chain_id
@@ -196,13 +219,26 @@ class Service:
             rpc_errors=self.rpc_error_counts,
         )
         self.voter = Voter(
-            settings, sessions, accounts, self.nodes, self.signal, chain_id, rpc_errors=self.rpc_error_counts
+            settings,
+            sessions,
+            accounts,
+            self.nodes,
+            self.signal,
+            chain_id,
+            rpc_errors=self.rpc_error_counts,
+            # Each deployment's voter its own lease owner: one handing back its rows leaves the others'.
+            owner=f"{process_owner_id()}-{name}"[:64],
         )
         self.reconciler = Reconciler(
             settings, sessions, self.nodes, chain_id, confirm_sent=False, rpc_errors=self.rpc_error_counts
         )
         self.listener_watch = ListenerWatch(
-            settings, sessions, contract, self.listener_progress, on_blind=self._round_now
+            settings,
+            sessions,
+            contract,
+            self.listener_progress,
+            stream=stream_name(chain_id, settings.contract_address),
+            on_blind=self._round_now,
         )
         self.rounds = Rounds(
             settings,
@@ -215,43 +251,6 @@ class Service:
             drain=self.voter.drain,
         )
         self.reads = ChainReads(settings, self.nodes, self.rpc_error_counts)
-        self.notifier = Notifier(
-            settings.alert_webhook_urls, settings.alert_webhook_format, notice_masker(settings.secrets())
-        )
-        self.alerts = AlertEvaluator(
-            settings,
-            sessions,
-            self.scope,
-            self.nodes,
-            self.notifier,
-            listener=self.listener_view,
-            listener_enabled=enable_listener,
-            node_chain=self.reads.node_states,
-            rpc_counts=self.rpc_error_counts,
-            running_round=self.rounds.running,
-            read_proposals=self.reads.read_proposals,
-        )
-        self.app = create_app(self.web_context())
-        self.http = HttpServer(self.app, settings.http_host, settings.http_port)
-
-    # -- what the web layer sees -----------------------------------------------------------------------
-    def web_context(self) -> WebContext:
-        return WebContext(
-            sessions=self.sessions,
-            scope=self.scope,
-            nodes=self.nodes,
-            rounds=self.rounds,
-            listener=self.listener_view,
-            voter=self.voter_view,
-            node_chain=self.reads.node_states,
-            rpc_errors=self.rpc_errors,
-            alerts=self.alerts.view,
-            rpc_requests=lambda: self.rpc_error_counts.requests,
-            api_token=self.settings.api_token,
-            head_timeout=self.settings.head_timeout,
-            controls=self.voter,
-            dry_run=self.settings.dry_run,
-        )
 
     def listener_view(self) -> ListenerView:
         status = self.listener.status
@@ -314,9 +313,6 @@ class Service:
             },
         )
 
-    def rpc_errors(self) -> dict[str, int]:
-        return dict(self.rpc_error_counts)
-
     # -- rounds ----------------------------------------------------------------------------------------
     async def _round_now(self) -> None:
         await self.rounds.trigger()
@@ -341,25 +337,21 @@ class Service:
 
     # -- the task group --------------------------------------------------------------------------------
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        interrupted = await fail_interrupted_rounds(self.sessions)
-        if interrupted:
-            log_event(logger, "rounds_interrupted_before", count=interrupted)
-        self.http.bind()
+        with log_context(deployment=self.name):
+            await self._run(task_status)
+
+    async def _run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(self._component, "reads", self.reads.run)
-            await tg.start(self._component, "web", self.http.run)
             await tg.start(self._component, "voter", self.voter.run)
             if self.enable_listener:
                 await tg.start(self._component, "listener", self.listener.run)
                 await tg.start(self._component, "listener_watch", self.listener_watch.run)
             await tg.start(self._component, "reconciler", self.rounds.run)
-            # Alerts last, and off the voting path: the notifier's POSTs wait on nobody but their receiver.
-            await tg.start(self._component, "notifier", self.notifier.run)
-            await tg.start(self._component, "alerts", self.alerts.run)
             log_event(
                 logger,
-                "service_started",
-                url=self.http.url,
+                "deployment_started",
+                deployment=self.name,
                 nodes=len(self.nodes),
                 chain_id=self.chain_id,
                 contract=self.settings.contract_address,
@@ -368,9 +360,315 @@ class Service:
             )
             if self.listener_watch.blind_reason is not None:
                 log_event(
-                    logger, "listener_blind", level=logging.WARNING, reason=self.listener_watch.blind_reason
+                    logger,
+                    "listener_blind",
+                    level=logging.WARNING,
+                    deployment=self.name,
+                    reason=self.listener_watch.blind_reason,
                 )
             task_status.started()
+
+    async def _component(
+        self,
+        name: str,
+        run: Callable[..., Awaitable[None]],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self.running.flags[name] = True
+        try:
+            await run(task_status=task_status)
+        finally:
+            self.running.flags[name] = False
+            log_event(logger, "component_stopped", component=name, deployment=self.name)
+
+
+# What builds a deployment once its chain answers, given those running: while the chain is still unreachable
+# it returns why (kept in `WaitingDeployment.error`); it raises ConfigError when the chain answers but does
+# not fit (another deployment's contract, a key already voting on that chain, another genesis).
+StartLater = Callable[[Sequence["Deployment"]], Awaitable["Deployment | str"]]
+
+
+@dataclass
+class WaitingDeployment:
+    """A deployment whose chain could not be reached at start-up: retried every `retry` seconds."""
+
+    name: str
+    error: str
+    attempt: StartLater
+    retry: float = 5.0
+    failed: str | None = None  # the chain answered but does not fit (a ConfigError): given up
+
+
+class AllRounds:
+    """POST /trigger-voting starts a round in every deployment; the answer is the first one's."""
+
+    def __init__(self, deployments: Callable[[], Sequence[Deployment]]) -> None:
+        self.deployments = deployments
+
+    async def trigger(self) -> TriggerResult:
+        results = [await d.rounds.trigger() for d in self.deployments()]
+        if not results:
+            raise TransientChainError("no deployment is connected to its chain yet")
+        return results[0]
+
+    def phase(self, round_id: int) -> str | None:
+        return next((p for d in self.deployments() if (p := d.rounds.phase(round_id)) is not None), None)
+
+    def running(self) -> TriggerResult | None:
+        return next((r for d in self.deployments() if (r := d.rounds.running()) is not None), None)
+
+
+class AllVoters:
+    """The pause switches are service-wide rows; each voter takes its lanes' signing locks before the
+    answer (no paused node signs on any chain after it)."""
+
+    def __init__(self, sessions: SessionFactory, deployments: Callable[[], Sequence[Deployment]]) -> None:
+        self.deployments = deployments
+        self.stored = StoredPauses(PauseWatch(sessions))
+
+    async def set_paused(self, scopes: Sequence[str], paused: bool, *, by: str) -> PauseState:
+        voters = [d.voter for d in self.deployments()]
+        if not voters:
+            return await self.stored.set_paused(scopes, paused, by=by)
+        state = None
+        for voter in voters:
+            state = await voter.set_paused(scopes, paused, by=by)
+        assert state is not None
+        return state
+
+    async def current(self) -> PauseState:
+        voters = [d.voter for d in self.deployments()]
+        return await (voters[0].current() if voters else self.stored.current())
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: SessionFactory,
+        deployments: Sequence[Deployment],
+        *,
+        waiting: Sequence[WaitingDeployment] = (),
+        nodes: Sequence[NodeRecord] = (),
+        enable_listener: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.deployments: list[Deployment] = list(deployments)
+        self.waiting: dict[str, WaitingDeployment] = {w.name: w for w in waiting}
+        self.enable_listener = enable_listener
+        # Every configured node once (a key voting in several deployments is one node row).
+        known = {n.id: n for d in self.deployments for n in d.nodes}
+        known.update({n.id: n for n in nodes if n.id not in known})
+        self.nodes = tuple(sorted(known.values(), key=lambda n: n.name))
+        # name -> scope of every running deployment (the web reads it live: a late deployment joins it).
+        self.scopes: dict[str, ContractScope] = {d.name: d.scope for d in self.deployments}
+        self.running = Running()
+        self.all_rounds = AllRounds(lambda: self.deployments)
+        self.all_voters = AllVoters(sessions, lambda: self.deployments)
+        primary = self.primary
+        self.notifier = Notifier(
+            settings.alert_webhook_urls, settings.alert_webhook_format, notice_masker(settings.secrets())
+        )
+        # One evaluator (the alerts table holds one firing set): it watches the first deployment.
+        self.alerts: AlertEvaluator | None = (
+            None
+            if primary is None
+            else AlertEvaluator(
+                primary.settings,
+                sessions,
+                primary.scope,
+                primary.nodes,
+                self.notifier,
+                listener=primary.listener_view,
+                listener_enabled=enable_listener,
+                node_chain=primary.reads.node_states,
+                rpc_counts=primary.rpc_error_counts,
+                running_round=primary.rounds.running,
+                read_proposals=primary.reads.read_proposals,
+            )
+        )
+        self.app = create_app(self.web_context())
+        self.http = HttpServer(self.app, settings.http_host, settings.http_port)
+
+    # -- the first deployment: what single-deployment callers (and the alerts) see -----------------------
+    @property
+    def primary(self) -> Deployment | None:
+        return self.deployments[0] if self.deployments else None
+
+    def _first(self) -> Deployment:
+        if not self.deployments:
+            raise TransientChainError("no deployment is connected to its chain yet")
+        return self.deployments[0]
+
+    @property
+    def listener(self) -> Listener:
+        return self._first().listener
+
+    @property
+    def voter(self) -> Voter:
+        return self._first().voter
+
+    @property
+    def rounds(self) -> Rounds:
+        return self._first().rounds
+
+    @property
+    def reads(self) -> ChainReads:
+        return self._first().reads
+
+    @property
+    def scope(self) -> ContractScope:
+        return self._first().scope
+
+    @property
+    def chain_id(self) -> int:
+        return self._first().chain_id
+
+    # -- what the web layer sees -----------------------------------------------------------------------
+    def web_context(self) -> WebContext:
+        primary = self.primary
+        return WebContext(
+            sessions=self.sessions,
+            scope=primary.scope if primary is not None else ContractScope(0, self.settings.contract_address),
+            scopes=self.scopes,
+            nodes=self.nodes,
+            rounds=self.all_rounds,
+            listener=self.listener_view,
+            voter=self.voter_view,
+            node_chain=self.node_states,
+            rpc_errors=self.rpc_errors,
+            alerts=self.alerts.view if self.alerts is not None else AlertsView,
+            rpc_requests=lambda: sum(d.rpc_error_counts.requests for d in self.deployments),
+            api_token=self.settings.api_token,
+            head_timeout=self.settings.head_timeout,
+            controls=self.all_voters,
+            dry_run=self.settings.dry_run,
+            deployment_status=self.deployment_status,
+        )
+
+    def listener_view(self) -> ListenerView:
+        primary = self.primary
+        if primary is None:
+            waiting = "; ".join(f"{w.name}: {w.error}" for w in self.waiting.values())
+            return ListenerView(running=False, connected=False, subscribed=False, last_error=waiting or None)
+        return primary.listener_view()
+
+    def voter_view(self) -> VoterView:
+        primary = self.primary
+        return VoterView(running=False) if primary is None else primary.voter_view()
+
+    def deployment_status(self) -> list[DeploymentStatus]:
+        """Every configured deployment, in the file's order: running (with its listener and voter) or
+        waiting for its chain (with why)."""
+        running = {d.name: d for d in self.deployments}
+        result = []
+        for configured in self.settings.deployments:
+            deployment = running.get(configured.name)
+            if deployment is not None:
+                result.append(
+                    DeploymentStatus(
+                        name=deployment.name,
+                        scope=deployment.scope,
+                        listener=deployment.listener_view(),
+                        voter=deployment.voter_view(),
+                        rpc_errors=dict(deployment.rpc_error_counts),
+                    )
+                )
+            else:
+                waiting = self.waiting.get(configured.name)
+                error = None if waiting is None else (waiting.failed or waiting.error)
+                result.append(DeploymentStatus(name=configured.name, error=error or "not started"))
+        return result
+
+    async def node_states(self) -> list[NodeChainState]:
+        """Each node's chain facts on the first running deployment that has it (a deployment whose chain is
+        down is skipped: the others still answer)."""
+        answers: dict[str, list[NodeChainState]] = {}
+        errors: list[str] = []
+
+        async def read(deployment: Deployment) -> None:
+            # Side by side, each within its own time: a chain that hangs leaves the others' answers whole.
+            with anyio.move_on_after(NODE_STATES_TIMEOUT) as scope:
+                try:
+                    answers[deployment.name] = await deployment.reads.node_states()
+                except ChainError as exc:
+                    errors.append(f"{deployment.name}: {exc}")
+            if scope.cancelled_caught:
+                errors.append(f"{deployment.name}: no answer within {NODE_STATES_TIMEOUT:g} s")
+
+        async with anyio.create_task_group() as tg:
+            for deployment in self.deployments:
+                tg.start_soon(read, deployment)
+        found: dict[str, NodeChainState] = {}
+        for deployment in self.deployments:  # the first deployment that has a node speaks for it
+            for state in answers.get(deployment.name, []):
+                found.setdefault(state.address.lower(), state)
+        if not found and errors:
+            raise TransientChainError("; ".join(errors))
+        return list(found.values())
+
+    def rpc_errors(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for deployment in self.deployments:
+            for kind, count in deployment.rpc_error_counts.items():
+                total[kind] = total.get(kind, 0) + count
+        return total
+
+    # -- the task group --------------------------------------------------------------------------------
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        interrupted = await fail_interrupted_rounds(self.sessions)
+        if interrupted:
+            log_event(logger, "rounds_interrupted_before", count=interrupted)
+        self.http.bind()
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._component, "web", self.http.run)
+            # The deployments side by side: each one's start-up (and chain) waits on nobody else's.
+            async with anyio.create_task_group() as starting:
+                for deployment in self.deployments:
+                    starting.start_soon(tg.start, deployment.run)
+            for waiting in self.waiting.values():
+                tg.start_soon(self._start_when_reachable, tg, waiting)
+            # Alerts last, and off the voting path: the notifier's POSTs wait on nobody but their receiver.
+            await tg.start(self._component, "notifier", self.notifier.run)
+            if self.alerts is not None:
+                await tg.start(self._component, "alerts", self.alerts.run)
+            log_event(
+                logger,
+                "service_started",
+                url=self.http.url,
+                nodes=len(self.nodes),
+                deployments=[d.name for d in self.deployments],
+                waiting=sorted(self.waiting),
+                chain_id=self.primary.chain_id if self.primary is not None else None,
+                contract=self.settings.contract_address,
+                listener=self.enable_listener,
+            )
+            task_status.started()
+
+    async def _start_when_reachable(self, tg: anyio.abc.TaskGroup, waiting: WaitingDeployment) -> None:
+        """Retry the preflight of a deployment whose chain was down at start-up; start it once it answers.
+        A chain that answers but does not fit (another chain id, no contract) stops the retries, loudly."""
+        while True:
+            await anyio.sleep(waiting.retry)
+            try:
+                deployment = await waiting.attempt(list(self.deployments))
+            except ConfigError as exc:
+                waiting.failed = str(exc)
+                log_event(
+                    logger, "deployment_refused", level=logging.ERROR, deployment=waiting.name, error=str(exc)
+                )
+                return
+            if isinstance(deployment, str):
+                waiting.error = deployment
+                continue
+            log_event(logger, "deployment_reachable", deployment=waiting.name, chain_id=deployment.chain_id)
+            self.deployments.append(deployment)
+            self.scopes[deployment.name] = deployment.scope
+            del self.waiting[waiting.name]
+            await tg.start(deployment.run)
+            return
 
     async def _component(
         self,

@@ -42,7 +42,8 @@ class BlockTracker:
         self.log_blocks: dict[int, set[str]] = {}  # block hashes of logs processed live, by number
 
     async def load(self) -> None:
-        self.blocks = {b.number: b for b in await chain_state.load_recent_blocks(self.ctx.sessions)}
+        stored = await chain_state.load_recent_blocks(self.ctx.sessions, self.ctx.stream)
+        self.blocks = {b.number: b for b in stored}
 
     @property
     def top(self) -> int | None:
@@ -127,7 +128,7 @@ class BlockTracker:
         latest, window = await self._canonical_window(client)
         mismatches = [n for n, b in self.blocks.items() if n not in window or window[n].hash != b.hash]
         first = min(window)
-        recorded = await chain_state.log_hashes_between(self.ctx.sessions, first, 2**62)
+        recorded = await chain_state.log_hashes_between(self.ctx.sessions, self.ctx.stream, first, 2**62)
         # A recorded log at a height the node has no block for is not a mismatch: the stored block there
         # already is, and the logs re-read after it are the node's own word (else every check would fork).
         mismatches += [
@@ -143,6 +144,7 @@ class BlockTracker:
             queued = await self._handle_reorg(client, fork, latest, window, reason)
         await chain_state.replace_recent_blocks(
             self.ctx.sessions,
+            stream=self.ctx.stream,
             above=latest.number if fork is None else fork,
             blocks=[StoredBlock(h.number, h.hash, h.parent_hash) for h in window.values()],
             keep_blocks=self.ctx.keep_blocks,

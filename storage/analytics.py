@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from monitor.analytics import Outcome, ProposalFact, VoteFact
 from storage.engine import SessionFactory
 from storage.models import Node, Proposal, ProposalResult, Vote, utcnow
-from storage.queries import ContractScope
+from storage.queries import ContractScope, Scope
 from storage.transactions import read, write
 
 
@@ -52,7 +52,7 @@ def _int(text: str | None) -> int:
 
 async def analytics_facts(
     sessions: SessionFactory,
-    scope: ContractScope | None,
+    scope: Scope | None,
     *,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
@@ -61,7 +61,7 @@ async def analytics_facts(
     scope's contract; of every contract in the database when `scope` is None)."""
     conditions = []
     if scope is not None:
-        conditions += [Proposal.chain_id == scope.chain_id, Proposal.contract == scope.contract]
+        conditions.append(scope.where())
     if since is not None:
         conditions.append(Proposal.created_at >= since)
     if until is not None:

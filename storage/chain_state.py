@@ -93,25 +93,30 @@ class StoredBlock:
     parent_hash: str
 
 
-async def load_recent_blocks(sessions: SessionFactory) -> list[StoredBlock]:
+async def load_recent_blocks(sessions: SessionFactory, stream: str) -> list[StoredBlock]:
     async def work(session: AsyncSession) -> list[StoredBlock]:
-        rows = (await session.execute(select(RecentBlock).order_by(RecentBlock.number))).scalars().all()
+        query = select(RecentBlock).where(RecentBlock.stream == stream).order_by(RecentBlock.number)
+        rows = (await session.execute(query)).scalars().all()
         return [StoredBlock(r.number, r.hash, r.parent_hash) for r in rows]
 
     return await read(sessions, work, what="load_recent_blocks")
 
 
-async def _put_blocks_in(session: AsyncSession, blocks: Sequence[StoredBlock], keep_blocks: int) -> None:
+async def _put_blocks_in(
+    session: AsyncSession, stream: str, blocks: Sequence[StoredBlock], keep_blocks: int
+) -> None:
     if not blocks:
         return
     numbers = [b.number for b in blocks]
+    mine = RecentBlock.stream == stream
     # Delete-then-insert is the portable upsert; the table is small and bounded.
-    await session.execute(delete(RecentBlock).where(RecentBlock.number.in_(numbers)))
+    await session.execute(delete(RecentBlock).where(mine, RecentBlock.number.in_(numbers)))
     now = utcnow()
     session.add_all(
-        RecentBlock(number=b.number, hash=b.hash, parent_hash=b.parent_hash, seen_at=now) for b in blocks
+        RecentBlock(stream=stream, number=b.number, hash=b.hash, parent_hash=b.parent_hash, seen_at=now)
+        for b in blocks
     )
-    await session.execute(delete(RecentBlock).where(RecentBlock.number <= max(numbers) - keep_blocks))
+    await session.execute(delete(RecentBlock).where(mine, RecentBlock.number <= max(numbers) - keep_blocks))
 
 
 async def record_heads(
@@ -131,7 +136,7 @@ async def record_heads(
     """
 
     async def work(session: AsyncSession) -> int:
-        await _put_blocks_in(session, heads, keep_blocks)
+        await _put_blocks_in(session, stream, heads, keep_blocks)
         await _advance_cursor_in(session, stream, cursor_block)
         if queue_up_to_block is None:
             return 0
@@ -152,13 +157,15 @@ async def _queue_deep_pending_in(
 
 
 async def replace_recent_blocks(
-    sessions: SessionFactory, *, above: int, blocks: Sequence[StoredBlock], keep_blocks: int
+    sessions: SessionFactory, *, stream: str, above: int, blocks: Sequence[StoredBlock], keep_blocks: int
 ) -> None:
     """After a reorg: forget every stored block above the fork point and store the canonical ones."""
 
     async def work(session: AsyncSession) -> None:
-        await session.execute(delete(RecentBlock).where(RecentBlock.number > above))
-        await _put_blocks_in(session, blocks, keep_blocks)
+        await session.execute(
+            delete(RecentBlock).where(RecentBlock.stream == stream, RecentBlock.number > above)
+        )
+        await _put_blocks_in(session, stream, blocks, keep_blocks)
 
     return await write(sessions, work, what="replace_recent_blocks", conflict_retries=1)
 
@@ -184,7 +191,7 @@ async def processed_log_keys(sessions: SessionFactory, keys: Iterable[LogKey]) -
     return await read(sessions, work, what="processed_log_keys")
 
 
-async def logged_proposals(sessions: SessionFactory, proposal_ids: Iterable[int]) -> set[int]:
+async def logged_proposals(sessions: SessionFactory, stream: str, proposal_ids: Iterable[int]) -> set[int]:
     """Which of these proposals the listener recorded from their ProposalCreated log (live, not removed)."""
     wanted = sorted(set(proposal_ids))
     if not wanted:
@@ -193,6 +200,7 @@ async def logged_proposals(sessions: SessionFactory, proposal_ids: Iterable[int]
     async def work(session: AsyncSession) -> set[int]:
         rows = await session.execute(
             select(ChainLog.proposal_id).where(
+                ChainLog.stream == stream,
                 ChainLog.event == "ProposalCreated",
                 ChainLog.proposal_id.in_(wanted),
                 ChainLog.removed.is_(False),
@@ -204,13 +212,16 @@ async def logged_proposals(sessions: SessionFactory, proposal_ids: Iterable[int]
     return await read(sessions, work, what="logged_proposals")
 
 
-async def log_hashes_between(sessions: SessionFactory, first: int, last: int) -> dict[int, set[str]]:
+async def log_hashes_between(
+    sessions: SessionFactory, stream: str, first: int, last: int
+) -> dict[int, set[str]]:
     """Block hashes of the live logs recorded in blocks first..last, by block number."""
 
     async def work(session: AsyncSession) -> dict[int, set[str]]:
         rows = await session.execute(
             select(ChainLog.block_number, ChainLog.block_hash)
             .where(
+                ChainLog.stream == stream,
                 ChainLog.block_number >= first,
                 ChainLog.block_number <= last,
                 ChainLog.removed.is_(False),
@@ -226,14 +237,14 @@ async def log_hashes_between(sessions: SessionFactory, first: int, last: int) ->
 
 
 async def _claim_log_in(
-    session: AsyncSession, log: LogRef, event: str, proposal_id: int | None, error: str | None
+    session: AsyncSession, stream: str, log: LogRef, event: str, proposal_id: int | None, error: str | None
 ) -> bool:
     """Insert the log's row; False when it was processed already. A removed log seen again is revived."""
-    return (await _claim_logs_in(session, [(log, event, proposal_id, error)]))[0]
+    return (await _claim_logs_in(session, stream, [(log, event, proposal_id, error)]))[0]
 
 
 async def _claim_logs_in(
-    session: AsyncSession, logs: Sequence[tuple[LogRef, str, int | None, str | None]]
+    session: AsyncSession, stream: str, logs: Sequence[tuple[LogRef, str, int | None, str | None]]
 ) -> list[bool]:
     """`_claim_log_in` for many logs: one SELECT, one bulk INSERT (a burst brings hundreds of VoteCast logs).
     The unique constraint on (block hash, log index) decides a race with another writer: the caller's
@@ -257,6 +268,7 @@ async def _claim_logs_in(
             claimed.append(True)
             fresh.append(
                 {
+                    "stream": stream,
                     "block_number": log.block_number,
                     "block_hash": log.block_hash,
                     "tx_hash": log.tx_hash,
@@ -328,7 +340,7 @@ async def record_created_proposal(
     """
 
     async def work(session: AsyncSession) -> CreatedRecord | None:
-        if not await _claim_log_in(session, log, "ProposalCreated", data.proposal_id, log_error):
+        if not await _claim_log_in(session, stream, log, "ProposalCreated", data.proposal_id, log_error):
             return None
         result = await record_proposal_in(
             session,
@@ -402,7 +414,9 @@ async def record_vote_casts(
         return []
 
     async def work(session: AsyncSession) -> list[VoteCastRecord | None]:
-        claimed = await _claim_logs_in(session, [(c.log, "VoteCast", c.proposal_id, None) for c in casts])
+        claimed = await _claim_logs_in(
+            session, stream, [(c.log, "VoteCast", c.proposal_id, None) for c in casts]
+        )
         mine = [c for c, new in zip(casts, claimed, strict=True) if new]
         row_ids = await _proposal_row_ids_in(session, chain_id, contract, (c.proposal_id for c in mine))
         ours = [c for c in mine if c.proposal_id in row_ids and c.voter_node_id is not None]
@@ -444,7 +458,7 @@ async def record_proposal_closed(
     """
 
     async def work(session: AsyncSession) -> int | None:
-        if not await _claim_log_in(session, log, event, proposal_id, None):
+        if not await _claim_log_in(session, stream, log, event, proposal_id, None):
             return None
         row_id = (await _proposal_row_ids_in(session, chain_id, contract, [proposal_id])).get(proposal_id)
         closed = 0
@@ -478,7 +492,7 @@ async def record_bad_log(
     """A log that could not be processed (undecodable, getProposal reverted): recorded with the reason."""
 
     async def work(session: AsyncSession) -> bool:
-        claimed = await _claim_log_in(session, log, event, proposal_id, error[:2000])
+        claimed = await _claim_log_in(session, stream, log, event, proposal_id, error[:2000])
         await _advance_cursor_in(session, stream, log.block_number - 1)
         return claimed
 
@@ -538,7 +552,7 @@ async def orphan_after(
         touched = (
             await session.execute(
                 select(ChainLog.proposal_id, ChainLog.event).where(
-                    ChainLog.block_number > fork_block, ChainLog.removed.is_(False)
+                    ChainLog.stream == stream, ChainLog.block_number > fork_block, ChainLog.removed.is_(False)
                 )
             )
         ).all()
@@ -546,7 +560,7 @@ async def orphan_after(
         unclosed = {pid for pid, event in touched if pid is not None and event in CLOSING_EVENTS}
         removed = await session.execute(
             update(ChainLog)
-            .where(ChainLog.block_number > fork_block, ChainLog.removed.is_(False))
+            .where(ChainLog.stream == stream, ChainLog.block_number > fork_block, ChainLog.removed.is_(False))
             .values(removed=True),
             execution_options=_NO_SYNC,
         )

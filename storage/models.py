@@ -259,10 +259,12 @@ class ChainCursor(Base):
 
 
 class RecentBlock(Base):
-    """Hashes of the latest blocks, to find the fork point of a reorg."""
+    """Hashes of the latest blocks of each log stream (chain and contract), to find the fork point of a
+    reorg."""
 
     __tablename__ = "recent_blocks"
 
+    stream: Mapped[str] = mapped_column(String(80), primary_key=True)
     number: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     hash: Mapped[str] = mapped_column(String(66))
     parent_hash: Mapped[str] = mapped_column(String(66))
@@ -273,9 +275,15 @@ class ChainLog(Base):
     """Every contract log processed, so a log seen twice changes nothing and reorged logs are marked."""
 
     __tablename__ = "chain_logs"
-    __table_args__ = (UniqueConstraint("block_hash", "log_index", name="uq_chain_logs_block_hash"),)
+    __table_args__ = (
+        UniqueConstraint("block_hash", "log_index", name="uq_chain_logs_block_hash"),
+        Index("ix_chain_logs_stream_block", "stream", "block_number"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The log stream (chain and contract, chain_state.stream_name) it belongs to: block numbers and proposal
+    # ids mean something only within one. NULL on rows older than several deployments and not attributable.
+    stream: Mapped[str | None] = mapped_column(String(80))
     block_number: Mapped[int] = mapped_column(BigInteger, index=True)
     block_hash: Mapped[str] = mapped_column(String(66))
     tx_hash: Mapped[str] = mapped_column(String(66))

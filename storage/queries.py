@@ -10,7 +10,20 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Select, event, func, select, text
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    case,
+    event,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.engine import Connection, ExecutionContext, RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -44,6 +57,7 @@ VOTE_COLUMNS = (
     Vote.confirmed_at,
     Vote.confirmed_block,
     Vote.gas_used,
+    Proposal.chain_id,
 )
 TRANSACTION_COLUMNS = (
     VoteTransaction.tx_hash,
@@ -77,6 +91,7 @@ PROPOSAL_COLUMNS = (
     Proposal.block_number,
     Proposal.tx_hash,
     Proposal.read_error,
+    Proposal.chain_id,
 )
 
 Record = Mapping[str, Any]  # one row by column label
@@ -134,10 +149,48 @@ class VoteLatency:
 
 @dataclass(frozen=True)
 class ContractScope:
-    """The chain and contract the service votes on: the API never mixes in rows of another deployment."""
+    """One deployment's chain and contract: the API never mixes in rows of a contract it does not follow."""
 
     chain_id: int
     contract: str
+    name: str = "default"  # the deployment's name, shown with each proposal and vote
+
+    def where(self) -> ColumnElement[bool]:
+        return and_(Proposal.chain_id == self.chain_id, Proposal.contract == self.contract)
+
+    def deployment(self) -> ColumnElement[str]:
+        return literal(self.name, String()).label("deployment")
+
+
+@dataclass(frozen=True)
+class Scopes:
+    """Several deployments at once (the API's default: every deployment the service follows)."""
+
+    members: tuple[ContractScope, ...]
+
+    def where(self) -> ColumnElement[bool]:
+        return or_(*(m.where() for m in self.members)) if self.members else false()
+
+    def deployment(self) -> ColumnElement[str]:
+        if len(self.members) == 1:
+            return self.members[0].deployment()
+        if not self.members:  # a deployment not started yet: no rows, but a valid query
+            return literal("", String()).label("deployment")
+        whens = [(m.where(), literal(m.name, String())) for m in self.members]
+        return case(*whens, else_=literal("", String())).label("deployment")
+
+
+Scope = ContractScope | Scopes
+
+
+def proposal_columns(scope: Scope) -> tuple[Any, ...]:
+    """PROPOSAL_COLUMNS and the deployment's name."""
+    return (*PROPOSAL_COLUMNS, scope.deployment())
+
+
+def vote_columns(scope: Scope) -> tuple[Any, ...]:
+    """VOTE_COLUMNS and the deployment's name."""
+    return (*VOTE_COLUMNS, scope.deployment())
 
 
 async def check_database(sessions: SessionFactory) -> None:
@@ -154,12 +207,12 @@ def _record(mapping: RowMapping) -> Record:
     return cast(Record, mapping)
 
 
-def _votes_in(scope: ContractScope) -> Select[*tuple[Any, ...]]:
+def _votes_in(scope: Scope) -> Select[*tuple[Any, ...]]:
     return (
-        select(*VOTE_COLUMNS)
+        select(*vote_columns(scope))
         .join(Node, Vote.node_id == Node.id)
         .join(Proposal, Vote.proposal_ref == Proposal.id)
-        .where(Proposal.chain_id == scope.chain_id, Proposal.contract == scope.contract)
+        .where(scope.where())
     )
 
 
@@ -180,7 +233,7 @@ class ActiveProposalRows:
 
 async def active_proposal_rows(
     sessions: SessionFactory,
-    scope: ContractScope,
+    scope: Scope,
     *,
     ends_at_or_after: dt.datetime,
     proposal_fields: Sequence[str],
@@ -192,8 +245,7 @@ async def active_proposal_rows(
     One read transaction, two column selects (the same filter joined for the votes, no IN list).
     """
     open_in_scope = (
-        Proposal.chain_id == scope.chain_id,
-        Proposal.contract == scope.contract,
+        scope.where(),
         Proposal.status == 1,
         Proposal.voting_ends_at >= ends_at_or_after,
     )
@@ -201,14 +253,14 @@ async def active_proposal_rows(
     async def work(session: AsyncSession) -> ActiveProposalRows:
         proposals = (
             await session.execute(
-                select(Proposal.id, *columns_labelled(PROPOSAL_COLUMNS, proposal_fields))
+                select(Proposal.id, *columns_labelled(proposal_columns(scope), proposal_fields))
                 .where(*open_in_scope)
                 .order_by(Proposal.proposal_id)
             )
         ).all()
         votes = (
             await session.execute(
-                select(Vote.proposal_ref, *columns_labelled(VOTE_COLUMNS, vote_fields))
+                select(Vote.proposal_ref, *columns_labelled(vote_columns(scope), vote_fields))
                 .join(Node, Vote.node_id == Node.id)
                 .join(Proposal, Vote.proposal_ref == Proposal.id)
                 .where(*open_in_scope)
@@ -220,21 +272,17 @@ async def active_proposal_rows(
     return await read(sessions, work, what="reading active proposals failed", brief=True)
 
 
-async def proposal_detail(
-    sessions: SessionFactory, scope: ContractScope, proposal_id: int
-) -> ProposalRecord | None:
+async def proposal_detail(sessions: SessionFactory, scope: Scope, proposal_id: int) -> ProposalRecord | None:
     """One proposal with every node's vote and every transaction signed for it."""
 
     async def work(session: AsyncSession) -> ProposalRecord | None:
         proposal = (
             await session.execute(
-                select(*PROPOSAL_COLUMNS).where(
-                    Proposal.chain_id == scope.chain_id,
-                    Proposal.contract == scope.contract,
-                    Proposal.proposal_id == proposal_id,
-                )
+                select(*proposal_columns(scope))
+                .where(scope.where(), Proposal.proposal_id == proposal_id)
+                .order_by(Proposal.id)
             )
-        ).one_or_none()
+        ).first()
         if proposal is None:
             return None
         votes = (
@@ -257,9 +305,24 @@ async def proposal_detail(
     return await read(sessions, work, what="proposal_detail", brief=True)
 
 
+async def deployments_with_proposal(sessions: SessionFactory, scope: Scope, proposal_id: int) -> list[str]:
+    """The deployments that know a proposal id (one per chain and contract: the same id on two chains is two
+    proposals)."""
+
+    async def work(session: AsyncSession) -> list[str]:
+        rows = await session.execute(
+            select(scope.deployment())
+            .where(scope.where(), Proposal.proposal_id == proposal_id)
+            .order_by(Proposal.id)
+        )
+        return [str(name) for (name,) in rows]
+
+    return await read(sessions, work, what="deployments_with_proposal", brief=True)
+
+
 async def list_votes(
     sessions: SessionFactory,
-    scope: ContractScope,
+    scope: Scope,
     *,
     node: str | None = None,
     proposal_id: int | None = None,
@@ -268,7 +331,7 @@ async def list_votes(
     offset: int = 0,
 ) -> VotePage:
     """Vote history, newest first, filtered by node name, proposal id and state."""
-    conditions = [Proposal.chain_id == scope.chain_id, Proposal.contract == scope.contract]
+    conditions = [scope.where()]
     if node is not None:
         conditions.append(Node.name == node)
     if proposal_id is not None:
@@ -299,7 +362,7 @@ async def list_votes(
     return await read(sessions, work, what="list_votes", brief=True)
 
 
-async def node_vote_stats(sessions: SessionFactory, scope: ContractScope) -> list[NodeVoteStats]:
+async def node_vote_stats(sessions: SessionFactory, scope: Scope) -> list[NodeVoteStats]:
     """Every node with its vote counts by state and its last vote time (sent or mined)."""
 
     async def work(session: AsyncSession) -> list[NodeVoteStats]:
@@ -309,7 +372,7 @@ async def node_vote_stats(sessions: SessionFactory, scope: ContractScope) -> lis
                 Vote.node_id, Vote.state, func.count(), func.max(Vote.sent_at), func.max(Vote.confirmed_at)
             )
             .join(Proposal, Vote.proposal_ref == Proposal.id)
-            .where(Proposal.chain_id == scope.chain_id, Proposal.contract == scope.contract)
+            .where(scope.where())
             .group_by(Vote.node_id, Vote.state)
         )
         by_node: dict[int, dict[str, int]] = {n.id: {} for n in nodes}
@@ -330,7 +393,7 @@ async def node_vote_stats(sessions: SessionFactory, scope: ContractScope) -> lis
     return await read(sessions, work, what="node_vote_stats", brief=True)
 
 
-async def vote_counts(sessions: SessionFactory, scope: ContractScope) -> dict[tuple[str, str], int]:
+async def vote_counts(sessions: SessionFactory, scope: Scope) -> dict[tuple[str, str], int]:
     """(node name, state) -> number of vote rows."""
 
     async def work(session: AsyncSession) -> dict[tuple[str, str], int]:
@@ -338,7 +401,7 @@ async def vote_counts(sessions: SessionFactory, scope: ContractScope) -> dict[tu
             select(Node.name, Vote.state, func.count())
             .join(Node, Vote.node_id == Node.id)
             .join(Proposal, Vote.proposal_ref == Proposal.id)
-            .where(Proposal.chain_id == scope.chain_id, Proposal.contract == scope.contract)
+            .where(scope.where())
             .group_by(Node.name, Vote.state)
         )
         return {(name, state): int(count) for name, state, count in rows}
@@ -346,34 +409,24 @@ async def vote_counts(sessions: SessionFactory, scope: ContractScope) -> dict[tu
     return await read(sessions, work, what="vote_counts", brief=True)
 
 
-async def proposal_counts(
-    sessions: SessionFactory, scope: ContractScope, *, now: dt.datetime
-) -> dict[str, int]:
+async def proposal_counts(sessions: SessionFactory, scope: Scope, *, now: dt.datetime) -> dict[str, int]:
     """Known proposals in total and open for voting at `now`."""
 
     async def work(session: AsyncSession) -> dict[str, int]:
-        base = (
-            select(func.count())
-            .select_from(Proposal)
-            .where(Proposal.chain_id == scope.chain_id, Proposal.contract == scope.contract)
-        )
+        base = select(func.count()).select_from(Proposal).where(scope.where())
         total = (await session.execute(base)).scalar_one()
         active = (
             await session.execute(base.where(Proposal.status == 1, Proposal.voting_ends_at >= now))
         ).scalar_one()
         highest = (
-            await session.execute(
-                select(func.max(Proposal.proposal_id)).where(
-                    Proposal.chain_id == scope.chain_id, Proposal.contract == scope.contract
-                )
-            )
+            await session.execute(select(func.max(Proposal.proposal_id)).where(scope.where()))
         ).scalar_one()
         return {"total": int(total), "active": int(active), "highest_id": int(highest or 0)}
 
     return await read(sessions, work, what="proposal_counts", brief=True)
 
 
-async def vote_latencies(sessions: SessionFactory, scope: ContractScope) -> list[VoteLatency]:
+async def vote_latencies(sessions: SessionFactory, scope: Scope) -> list[VoteLatency]:
     """Event-to-sent and event-to-mined durations of every vote this service sent."""
 
     async def work(session: AsyncSession) -> list[VoteLatency]:
@@ -381,8 +434,7 @@ async def vote_latencies(sessions: SessionFactory, scope: ContractScope) -> list
             select(Vote.queued_at, Vote.sent_at, Vote.confirmed_at)
             .join(Proposal, Vote.proposal_ref == Proposal.id)
             .where(
-                Proposal.chain_id == scope.chain_id,
-                Proposal.contract == scope.contract,
+                scope.where(),
                 Vote.sent_at.is_not(None),
             )
         )
@@ -401,7 +453,7 @@ async def vote_latencies(sessions: SessionFactory, scope: ContractScope) -> list
 
 
 async def recent_vote_times(
-    sessions: SessionFactory, scope: ContractScope, *, since: dt.datetime, limit: int = 20_000
+    sessions: SessionFactory, scope: Scope, *, since: dt.datetime, limit: int = 20_000
 ) -> list[tuple[dt.datetime, dt.datetime]]:
     """(queued_at, confirmed_at) of the votes mined since `since`, newest first, at most `limit`: the
     dashboard's charts (votes per hour, time from proposal to vote)."""
@@ -411,8 +463,7 @@ async def recent_vote_times(
             select(Vote.queued_at, Vote.confirmed_at)
             .join(Proposal, Vote.proposal_ref == Proposal.id)
             .where(
-                Proposal.chain_id == scope.chain_id,
-                Proposal.contract == scope.contract,
+                scope.where(),
                 Vote.confirmed_at >= since,
             )
             .order_by(Vote.confirmed_at.desc())

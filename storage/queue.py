@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import votes
@@ -73,14 +73,32 @@ def _lease_free(now: dt.datetime) -> ColumnElement[bool]:
 # -- leasing ---------------------------------------------------------------------------------------------
 
 
+def _on_chain(chain_id: int | None) -> ColumnElement[bool]:
+    """A node's rows on one chain: a key voting in several deployments has one nonce lane per chain, and
+    each voter sees its own chain's rows only (None: every chain, for tools and tests)."""
+    if chain_id is None:
+        return true()
+    return Vote.proposal_ref.in_(select(Proposal.id).where(Proposal.chain_id == chain_id))
+
+
 async def queued_candidates(
-    sessions: SessionFactory, *, node_ids: Collection[int], max_proposals: int, now: dt.datetime | None = None
+    sessions: SessionFactory,
+    *,
+    node_ids: Collection[int],
+    max_proposals: int,
+    now: dt.datetime | None = None,
+    chain_id: int | None = None,
 ) -> list[QueuedVote]:
     """Free queued rows of the `max_proposals` most urgent proposals (earliest end of voting first)."""
     moment = now or utcnow()
 
     async def work(session: AsyncSession) -> list[QueuedVote]:
-        free = and_(Vote.state == VoteState.QUEUED, _lease_free(moment), Vote.node_id.in_(list(node_ids)))
+        free = and_(
+            Vote.state == VoteState.QUEUED,
+            _lease_free(moment),
+            Vote.node_id.in_(list(node_ids)),
+            _on_chain(chain_id),
+        )
         proposals = (
             select(Proposal.id, Proposal.voting_ends_at)
             .join(Vote, Vote.proposal_ref == Proposal.id)
@@ -204,7 +222,11 @@ async def release_owner(sessions: SessionFactory, owner: str) -> int:
 
 
 async def count_leasable(
-    sessions: SessionFactory, *, node_ids: Collection[int], now: dt.datetime | None = None
+    sessions: SessionFactory,
+    *,
+    node_ids: Collection[int],
+    now: dt.datetime | None = None,
+    chain_id: int | None = None,
 ) -> int:
     moment = now or utcnow()
 
@@ -212,7 +234,12 @@ async def count_leasable(
         query = (
             select(func.count())
             .select_from(Vote)
-            .where(Vote.state == VoteState.QUEUED, _lease_free(moment), Vote.node_id.in_(list(node_ids)))
+            .where(
+                Vote.state == VoteState.QUEUED,
+                _lease_free(moment),
+                Vote.node_id.in_(list(node_ids)),
+                _on_chain(chain_id),
+            )
         )
         return int((await session.execute(query)).scalar_one())
 
@@ -488,13 +515,15 @@ async def confirm_by_reconcile(sessions: SessionFactory, confirmation: Confirmat
     return await write(sessions, work, what="reconcile")
 
 
-async def sent_vote_ids(sessions: SessionFactory, node_ids: Collection[int]) -> dict[int, set[int]]:
+async def sent_vote_ids(
+    sessions: SessionFactory, node_ids: Collection[int], *, chain_id: int | None = None
+) -> dict[int, set[int]]:
     """Ids of the `sent` rows of these nodes, by node: the cheap check whether a lane has rows to adopt."""
 
     async def work(session: AsyncSession) -> dict[int, set[int]]:
         rows = await session.execute(
             select(Vote.node_id, Vote.id).where(
-                Vote.node_id.in_(list(node_ids)), Vote.state == VoteState.SENT
+                Vote.node_id.in_(list(node_ids)), Vote.state == VoteState.SENT, _on_chain(chain_id)
             )
         )
         by_node: dict[int, set[int]] = {}
@@ -505,15 +534,17 @@ async def sent_vote_ids(sessions: SessionFactory, node_ids: Collection[int]) -> 
     return await read(sessions, work, what="vote queue")
 
 
-async def sent_votes(sessions: SessionFactory, node_id: int) -> list[SentVote]:
-    """Every `sent` row of a node with all its signed transactions, oldest nonce first."""
+async def sent_votes(
+    sessions: SessionFactory, node_id: int, *, chain_id: int | None = None
+) -> list[SentVote]:
+    """Every `sent` row of a node (on one chain) with all its signed transactions, oldest nonce first."""
 
     async def work(session: AsyncSession) -> list[SentVote]:
         rows = (
             await session.execute(
                 select(Vote.id, Vote.node_id, Proposal.proposal_id, Vote.nonce, Vote.tx_hash)
                 .join(Proposal, Proposal.id == Vote.proposal_ref)
-                .where(Vote.node_id == node_id, Vote.state == VoteState.SENT)
+                .where(Vote.node_id == node_id, Vote.state == VoteState.SENT, _on_chain(chain_id))
                 .order_by(Vote.nonce)
             )
         ).all()

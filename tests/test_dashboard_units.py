@@ -339,6 +339,8 @@ def _model() -> Dashboard:
         state=1,
         status="Active",
         executed=False,
+        chain_id=31337,
+        deployment="default",
         votes=votes,
     )
     stats = NodeVoteStats(1, "ai-gov-01", "0x" + "33" * 20, "conservative", {"confirmed": 3}, NOW)
@@ -387,6 +389,12 @@ def test_the_sections_escape_everything_from_the_chain() -> None:
         NOW,
     )
     assert node.votes_left == 1000 and node.status == "active"
+    assert 'title="deployment"' not in html  # one deployment: no tag
+    [card] = _model().proposals
+    several = dataclasses.replace(_model(), proposals=(dataclasses.replace(card, deployment="beta"),))
+    assert '<span class="tag" title="deployment">beta</span>' in engine.get_template(SECTIONS).render(
+        d=several
+    )
 
 
 def test_the_policy_forbids_inline_and_foreign_scripts() -> None:

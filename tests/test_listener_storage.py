@@ -118,7 +118,7 @@ async def test_pending_rows_are_queued_when_the_proposal_is_deep_or_seen_again(
         queue_up_to_block=29,
     )
     assert queued == 0 and await states(sessions) == ["pending"] * 5
-    assert [b.number for b in await chain_state.load_recent_blocks(sessions)] == [31, 32]  # bounded
+    assert [b.number for b in await chain_state.load_recent_blocks(sessions, STREAM)] == [31, 32]  # bounded
     queued = await chain_state.record_heads(
         sessions,
         stream=STREAM,
@@ -259,9 +259,9 @@ async def test_replacing_recent_blocks_drops_everything_above_the_fork(
 ) -> None:
     sessions, _ = store
     old = [StoredBlock(n, f"0x{n:063x}a", "0x") for n in range(1, 6)]
-    await chain_state.replace_recent_blocks(sessions, above=0, blocks=old, keep_blocks=256)
+    await chain_state.replace_recent_blocks(sessions, stream=STREAM, above=0, blocks=old, keep_blocks=256)
     new = [StoredBlock(n, f"0x{n:063x}b", "0x") for n in range(3, 5)]
-    await chain_state.replace_recent_blocks(sessions, above=2, blocks=new, keep_blocks=256)
+    await chain_state.replace_recent_blocks(sessions, stream=STREAM, above=2, blocks=new, keep_blocks=256)
     async with sessions() as session:
         stored = dict((await session.execute(select(RecentBlock.number, RecentBlock.hash))).all())
     assert stored == {1: old[0].hash, 2: old[1].hash, 3: new[0].hash, 4: new[1].hash}
@@ -327,3 +327,71 @@ async def test_votes_reverted_with_proposal_not_found_are_owed_when_it_is_create
     after = await outcomes(sessions)
     assert [state for state, _ in after] == ["queued", "queued", "failed", "queued", "queued"]
     assert after[0] == after[1] == ("queued", "reopened_after_reorg")
+
+
+async def test_two_streams_keep_their_own_blocks_logs_and_reorgs(
+    store: tuple[SessionFactory, list[NodeRecord]],
+) -> None:
+    """Two deployments in one database: another chain's blocks at the same heights are not a reorg of this
+    one, its proposal ids are not this one's, and a reorg here leaves its logs alone."""
+    sessions, nodes = store
+    other_chain = 31338
+    other = chain_state.stream_name(other_chain, CONTRACT)
+    for stream, fork in ((STREAM, "a"), (other, "b")):
+        blocks = [StoredBlock(n, "0x" + f"{n:02x}{fork}".ljust(64, "0"), "0x" + "00" * 32) for n in (40, 41)]
+        await chain_state.replace_recent_blocks(
+            sessions, stream=stream, above=0, blocks=blocks, keep_blocks=256
+        )
+    mine, theirs = [await chain_state.load_recent_blocks(sessions, s) for s in (STREAM, other)]
+    assert [b.number for b in mine] == [b.number for b in theirs] == [40, 41]
+    assert {b.hash for b in mine}.isdisjoint(b.hash for b in theirs)
+
+    await created(sessions, nodes, ref(41, fork="a"))
+    await chain_state.record_created_proposal(
+        sessions,
+        stream=other,
+        chain_id=other_chain,
+        contract=CONTRACT,
+        data=dataclasses.replace(DATA, proposal_id=2),
+        source="subscription",
+        node_ids=[n.id for n in nodes],
+        log=ref(41, fork="b"),
+        initial_state=VoteState.QUEUED,
+    )
+    assert await chain_state.logged_proposals(sessions, STREAM, [1, 2]) == {1}
+    assert await chain_state.logged_proposals(sessions, other, [1, 2]) == {2}
+    assert set(await chain_state.log_hashes_between(sessions, other, 0, 100)) == {41}
+
+    result = await chain_state.orphan_after(
+        sessions, stream=STREAM, chain_id=CHAIN, contract=CONTRACT, fork_block=40
+    )
+    assert result.logs_removed == 1 and result.proposal_ids == {1}
+    assert await chain_state.logged_proposals(sessions, other, [2]) == {2}
+
+
+async def test_a_node_voting_on_two_chains_has_one_queue_per_chain(
+    store: tuple[SessionFactory, list[NodeRecord]],
+) -> None:
+    """One node row per address; each chain's voter leases and adopts only its own chain's rows."""
+    from storage import queue
+
+    sessions, nodes = store
+    await created(sessions, nodes, ref(50))
+    await chain_state.record_created_proposal(
+        sessions,
+        stream=chain_state.stream_name(31338, CONTRACT),
+        chain_id=31338,
+        contract=CONTRACT,
+        data=dataclasses.replace(DATA, proposal_id=7),
+        source="subscription",
+        node_ids=[nodes[0].id],
+        log=ref(50, fork="b"),
+        initial_state=VoteState.QUEUED,
+    )
+    node = [nodes[0].id]
+    mine = await queue.queued_candidates(sessions, node_ids=node, max_proposals=10, chain_id=CHAIN)
+    theirs = await queue.queued_candidates(sessions, node_ids=node, max_proposals=10, chain_id=31338)
+    assert [(r.chain_id, r.proposal_id) for r in mine] == [(CHAIN, 1)]
+    assert [(r.chain_id, r.proposal_id) for r in theirs] == [(31338, 7)]
+    assert await queue.count_leasable(sessions, node_ids=node, chain_id=31338) == 1
+    assert await queue.count_leasable(sessions, node_ids=node) == 2

@@ -143,3 +143,31 @@ def test_a_wrong_log_format_stops_start_up_naming_the_setting(tmp_path: Path) ->
     assert bad.stderr.strip().splitlines() == [
         "dloop: error: DLOOP_LOG_FORMAT: must be json or console, got 'yaml'"
     ]
+
+
+def test_log_context_fields_reach_every_event_inside_and_tasks_started_there(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two deployments' listeners log the same events: the deployment bound around each tells them apart."""
+    import anyio
+
+    from core.logs import log_context
+
+    logger = logging.getLogger("dloop.test")
+
+    async def main() -> None:
+        async def child() -> None:
+            log_event(logger, "in_task", proposal=1)
+
+        with log_context(deployment="beta"):
+            log_event(logger, "inside", deployment_hint="x")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(child)
+        log_event(logger, "outside")
+
+    with caplog.at_level(logging.INFO, logger="dloop.test"):
+        anyio.run(main)
+    fields = {r.getMessage(): r.dloop_fields for r in caplog.records}  # type: ignore[attr-defined]
+    assert fields["inside"] == {"deployment": "beta", "deployment_hint": "x"}
+    assert fields["in_task"] == {"deployment": "beta", "proposal": 1}
+    assert fields["outside"] == {}

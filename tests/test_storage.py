@@ -205,3 +205,32 @@ async def test_migration_0004_derives_outcomes_and_downgrades_without_losing_tra
     assert len(await sql(url, "SELECT * FROM vote_history")) == 3
     await upgrade(url)
     await ensure_schema_current(url)
+
+
+async def test_migration_0008_puts_the_one_stream_on_old_blocks_and_logs(database_url: str) -> None:
+    """A database that followed one contract keeps its recent blocks and logs, now under that stream."""
+    url = database_url
+    await upgrade(url, "0006")
+    stream = "logs:31337:0x" + "aa" * 20
+    await sql(
+        url,
+        "INSERT INTO chain_cursor (stream, block_number, updated_at) VALUES (:s, 9, '2026-01-01 00:00:00')",
+        [{"s": stream}],
+    )
+    await sql(
+        url,
+        "INSERT INTO recent_blocks (number, hash, parent_hash, seen_at)"
+        " VALUES (9, '0x09', '0x08', '2026-01-01 00:00:00')",
+    )
+    await sql(
+        url,
+        "INSERT INTO chain_logs (block_number, block_hash, tx_hash, log_index, event, removed, seen_at)"
+        " VALUES (9, '0x09', '0x01', 0, 'ProposalCreated', false, '2026-01-01 00:00:00')",
+    )
+    await upgrade(url)
+    assert [tuple(r) for r in await sql(url, "SELECT stream, number FROM recent_blocks")] == [(stream, 9)]
+    assert [tuple(r) for r in await sql(url, "SELECT stream FROM chain_logs")] == [(stream,)]
+    await downgrade(url, "0006")
+    assert [tuple(r) for r in await sql(url, "SELECT number, hash FROM recent_blocks")] == [(9, "0x09")]
+    await upgrade(url)
+    await ensure_schema_current(url)

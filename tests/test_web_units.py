@@ -3,6 +3,7 @@ and the caches behind /active-proposals and /health, on a real SQLite file."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -15,7 +16,7 @@ import msgspec
 import pytest
 from litestar import Litestar, post
 from litestar.testing import TestClient
-from sqlalchemy import insert, text, update
+from sqlalchemy import insert, select, text, update
 
 from chain.types import AssetInfo, ProposalData
 from storage import queries
@@ -33,6 +34,7 @@ from web.ports import ListenerView, NodeChainState
 from web.present import (
     ACTIVE_PROPOSAL_FIELDS,
     VOTE_BRIEF_FIELDS,
+    active_proposal_lines,
     assemble_active_proposals,
     chain_now,
     encode_active_proposals,
@@ -180,6 +182,8 @@ def _proposal(pid: int, description: str = "Allocate 500 USDC") -> ActiveProposa
         state=1,
         status="active",
         executed=False,
+        chain_id=31337,
+        deployment="default",
         votes=[NodeVoteBrief("ai-gov-01", "queued", None, None, None, None)],
     )
 
@@ -212,15 +216,18 @@ def test_a_document_assembled_from_cached_lines_is_byte_identical() -> None:
 
 def test_query_columns_are_labelled_with_the_response_fields() -> None:
     """/proposals/{id} and /votes build their structs from rows by label: one definition of each field."""
-    assert [c.key for c in queries.VOTE_COLUMNS] == [*VoteOut.__struct_fields__[:-1]]  # + transactions
+    several = queries.Scopes((SCOPE, queries.ContractScope(31338, CONTRACT, "side")))
+    for scope in (SCOPE, several, queries.Scopes(())):
+        vote_columns, proposal_columns = queries.vote_columns(scope), queries.proposal_columns(scope)
+        assert [c.key for c in vote_columns] == [*VoteOut.__struct_fields__[:-1]]  # + transactions
+        computed = {"end_time", "votes"}
+        assert [c.key for c in proposal_columns] == [
+            f for f in ProposalOut.__struct_fields__ if f not in computed
+        ]
+        # /active-proposals reads a subset of the same labels.
+        assert queries.columns_labelled(proposal_columns, ACTIVE_PROPOSAL_FIELDS)
+        assert queries.columns_labelled(vote_columns, VOTE_BRIEF_FIELDS)
     assert [c.key for c in queries.TRANSACTION_COLUMNS] == [*TransactionOut.__struct_fields__]
-    computed = {"end_time", "votes"}
-    assert [c.key for c in queries.PROPOSAL_COLUMNS] == [
-        f for f in ProposalOut.__struct_fields__ if f not in computed
-    ]
-    # /active-proposals reads a subset of the same labels.
-    assert queries.columns_labelled(queries.PROPOSAL_COLUMNS, ACTIVE_PROPOSAL_FIELDS)
-    assert queries.columns_labelled(queries.VOTE_COLUMNS, VOTE_BRIEF_FIELDS)
 
 
 # -- the /active-proposals snapshot: when to rebuild, what is still open ---
@@ -426,7 +433,7 @@ async def _set_first_vote(sessions: SessionFactory, state: str) -> None:
 @pytest.mark.both_databases
 async def test_the_snapshot_is_reused_until_this_process_writes_what_it_shows(db: Db) -> None:
     clock = FakeClock()
-    cache = ActiveProposalsCache(db.sessions, SCOPE, db.version, clock=clock)
+    cache = ActiveProposalsCache(db.sessions, lambda: SCOPE, db.version, clock=clock)
     first = await cache.answer(NOW, CHAIN_NOW)
     assert _states(first) == {1: ["queued", "queued"], 2: ["queued", "queued"], 3: ["queued", "queued"]}
     assert first.count(b"\n") == 5 and json.loads(first)["count"] == 3  # head, 3 lines, closing bracket
@@ -455,7 +462,7 @@ async def test_the_snapshot_is_reused_until_this_process_writes_what_it_shows(db
 @pytest.mark.both_databases
 async def test_other_processes_writes_show_within_max_age(db: Db) -> None:
     clock = FakeClock()
-    cache = ActiveProposalsCache(db.sessions, SCOPE, db.version, clock=clock)
+    cache = ActiveProposalsCache(db.sessions, lambda: SCOPE, db.version, clock=clock)
     await cache.answer(NOW, CHAIN_NOW)
     other = create_engine(db.url)  # another process's engine: its writes are not watched
     try:
@@ -472,7 +479,7 @@ async def test_other_processes_writes_show_within_max_age(db: Db) -> None:
 @pytest.mark.both_databases
 async def test_proposals_drop_out_as_the_chain_clock_passes_their_end(db: Db) -> None:
     clock = FakeClock()
-    cache = ActiveProposalsCache(db.sessions, SCOPE, db.version, clock=clock)
+    cache = ActiveProposalsCache(db.sessions, lambda: SCOPE, db.version, clock=clock)
     end_of_1 = dt.datetime.fromtimestamp(ENDS + 1, dt.UTC)
     assert json.loads(await cache.answer(NOW, end_of_1))["count"] == 3  # voting ends at == still open
     later = json.loads(await cache.answer(NOW, end_of_1 + dt.timedelta(seconds=0.5)))
@@ -485,7 +492,7 @@ async def test_proposals_drop_out_as_the_chain_clock_passes_their_end(db: Db) ->
 @pytest.mark.anyio
 @pytest.mark.both_databases
 async def test_concurrent_requests_share_one_rebuild_and_unwatched_means_uncached(db: Db) -> None:
-    cache = ActiveProposalsCache(db.sessions, SCOPE, db.version, clock=FakeClock())
+    cache = ActiveProposalsCache(db.sessions, lambda: SCOPE, db.version, clock=FakeClock())
     answers: list[bytes] = []
 
     async def ask() -> None:
@@ -525,3 +532,62 @@ async def test_the_health_probe_runs_once_per_interval(db: Db, tmp_path: Path) -
     finally:
         await broken.dispose()
     assert error is not None and "database unreachable" in error
+
+
+@pytest.mark.anyio
+@pytest.mark.both_databases
+async def test_several_deployments_read_as_one_with_each_rows_deployment(db: Db) -> None:
+    """Another chain's proposal 1 beside this one's: every read names each row's deployment, one scope reads
+    one deployment, and an id known on both is reported as such."""
+    side = ContractScope(31338, CONTRACT, "side")
+    main = dataclasses.replace(SCOPE, name="main")
+    async with db.sessions() as session:
+        node_ids = [n for (n,) in await session.execute(select(Vote.node_id).distinct())]
+    usdc = AssetInfo("0x" + "11" * 20, "USDC", 6)
+    data = ProposalData(
+        1,
+        0,
+        usdc.address,
+        7,
+        "Another chain",
+        "0x" + "22" * 20,
+        ENDS - 86_400,
+        ENDS + 9,
+        0,
+        0,
+        1,
+        False,
+        usdc,
+    )
+    await record_proposal(
+        db.sessions,
+        chain_id=side.chain_id,
+        contract=CONTRACT,
+        data=data,
+        source="subscription",
+        node_ids=node_ids,
+    )
+    both = queries.Scopes((main, side))
+    rows = await queries.active_proposal_rows(
+        db.sessions,
+        both,
+        ends_at_or_after=CHAIN_NOW,
+        proposal_fields=ACTIVE_PROPOSAL_FIELDS,
+        vote_fields=VOTE_BRIEF_FIELDS,
+    )
+    lines = [json.loads(line) for _end, line in active_proposal_lines(rows)]
+    assert sorted((p["deployment"], p["chainId"], p["id"]) for p in lines) == [
+        ("main", 31337, 1), ("main", 31337, 2), ("main", 31337, 3), ("side", 31338, 1)
+    ]  # fmt: skip
+    page = await queries.list_votes(db.sessions, side)
+    assert page.total == len(node_ids) and {(v["deployment"], v["chain_id"]) for v in page.items} == {
+        ("side", 31338)
+    }
+    assert (await queries.list_votes(db.sessions, both)).total == 4 * len(node_ids)
+    assert await queries.deployments_with_proposal(db.sessions, both, 1) == ["main", "side"]
+    assert await queries.deployments_with_proposal(db.sessions, both, 2) == ["main"]
+    detail = await queries.proposal_detail(db.sessions, side, 1)
+    assert detail is not None and detail.proposal["deployment"] == "side" and detail.proposal["amount"] == "7"
+    assert await queries.proposal_counts(db.sessions, queries.Scopes(()), now=CHAIN_NOW) == {
+        "total": 0, "active": 0, "highest_id": 0
+    }  # fmt: skip

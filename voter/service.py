@@ -408,7 +408,7 @@ class Voter:
         counters = Counters()
         confirmed_before, failed_before = self.totals.confirmed, self.totals.failed
         batches = leased_total = 0
-        sent = await queue.sent_vote_ids(self.sessions, list(self._by_node))
+        sent = await queue.sent_vote_ids(self.sessions, list(self._by_node), chain_id=self.chain_id)
         for lane in self.lanes:
             await self._lane_safely(lane, lane.check_funding)
             if (
@@ -422,7 +422,10 @@ class Voter:
             if not sendable:
                 break
             candidates = await queue.queued_candidates(
-                self.sessions, node_ids=sendable, max_proposals=self.settings.batch_size
+                self.sessions,
+                node_ids=sendable,
+                max_proposals=self.settings.batch_size,
+                chain_id=self.chain_id,
             )
             planned = plan_batch(candidates, batch_size=self.settings.batch_size, node_ids=sendable)
             if not planned:
@@ -445,7 +448,10 @@ class Voter:
             await self._process_batch(client, leased, deadline, counters)
         deadline_reached = anyio.current_time() >= deadline
         sendable = self._sendable()
-        left = bool(sendable) and await queue.count_leasable(self.sessions, node_ids=sendable) > 0
+        left = (
+            bool(sendable)
+            and await queue.count_leasable(self.sessions, node_ids=sendable, chain_id=self.chain_id) > 0
+        )
         return DrainResult(
             started_at=started,
             finished_at=utcnow(),

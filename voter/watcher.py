@@ -62,7 +62,9 @@ class ReceiptWatcher:
         client = self.state.chain()
         rows = [
             r
-            for r in await queue.sent_votes(self.state.sessions, self.state.node.id)
+            for r in await queue.sent_votes(
+                self.state.sessions, self.state.node.id, chain_id=self.state.chain_id
+            )
             if r.vote_id not in self.state.tracked
         ]
         if not rows:

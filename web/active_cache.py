@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import anyio
 
 from storage.engine import SessionFactory
-from storage.queries import ContractScope, DataVersion, active_proposal_rows
+from storage.queries import DataVersion, Scope, active_proposal_rows
 from web.present import (
     ACTIVE_PROPOSAL_FIELDS,
     VOTE_BRIEF_FIELDS,
@@ -91,7 +91,7 @@ class ActiveProposalsCache:
     def __init__(
         self,
         sessions: SessionFactory,
-        scope: ContractScope,
+        scope: Callable[[], Scope],
         version: DataVersion,
         *,
         min_rebuild_interval: float = MIN_REBUILD_INTERVAL,
@@ -99,7 +99,7 @@ class ActiveProposalsCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sessions = sessions
-        self.scope = scope
+        self.scope = scope  # read at each rebuild: a deployment whose chain came up late joins
         self.version = version
         self.min_rebuild_interval = min_rebuild_interval
         self.max_age = max_age
@@ -133,7 +133,7 @@ class ActiveProposalsCache:
         version, built_at, covers_from = self.version.value, self.clock(), chain_now - LOOKBACK
         rows = await active_proposal_rows(
             self.sessions,
-            self.scope,
+            self.scope(),
             ends_at_or_after=covers_from,
             proposal_fields=ACTIVE_PROPOSAL_FIELDS,
             vote_fields=VOTE_BRIEF_FIELDS,

@@ -35,19 +35,34 @@ class AnalyticsMemo:
 
 @dataclass(frozen=True)
 class WebCaches:
-    active: ActiveProposalsCache
+    active: ActiveProposalsCache  # every deployment
     database: DatabaseProbe
     version: DataVersion = field(repr=False)
     analytics: AnalyticsMemo = field(default_factory=AnalyticsMemo, repr=False)
+    # /active-proposals?deployment=NAME, one snapshot per deployment asked for
+    by_deployment: dict[str, ActiveProposalsCache] = field(default_factory=dict, repr=False)
 
     @classmethod
     def for_context(cls, context: WebContext) -> WebCaches:
         version = DataVersion()
         return cls(
-            ActiveProposalsCache(context.sessions, context.scope, version),
+            ActiveProposalsCache(context.sessions, context.everything, version),
             DatabaseProbe(context.sessions),
             version,
         )
+
+    def active_of(self, context: WebContext, deployment: str | None) -> ActiveProposalsCache:
+        """The snapshot for `?deployment=` (LookupError for a name no deployment has)."""
+        if deployment is None:
+            return self.active
+        context.deployment_scope(deployment)  # an unknown name is refused before a cache is made for it
+        cache = self.by_deployment.get(deployment)
+        if cache is None:
+            cache = ActiveProposalsCache(
+                self.active.sessions, lambda: context.deployment_scope(deployment), self.version
+            )
+            self.by_deployment[deployment] = cache
+        return cache
 
     def start(self) -> None:
         """Watch writes through the service's engine; without one nothing is cached (see DataVersion)."""
@@ -58,3 +73,5 @@ class WebCaches:
     def stop(self) -> None:
         self.version.unwatch()
         self.active.snapshot = None
+        for cache in self.by_deployment.values():
+            cache.snapshot = None

@@ -85,7 +85,7 @@ async def dashboard_analytics(context: WebContext, caches: WebCaches, chain_time
     """What `GET /analytics` answers for all time (the same reads and computation), memoised."""
     memo, version, clock = caches.analytics, caches.version.value, time.monotonic()
     if memo.due(version, clock):
-        facts = await analytics_facts(context.sessions, context.scope)
+        facts = await analytics_facts(context.sessions, context.everything())
         memo.store(
             report(facts.proposals, facts.votes, now=chain_time, nodes=[n.name for n in context.nodes]),
             version,
@@ -98,7 +98,7 @@ async def dashboard_analytics(context: WebContext, caches: WebCaches, chain_time
 async def build_dashboard(context: WebContext, caches: WebCaches, now: dt.datetime) -> Dashboard:
     listener = context.listener()
     clock = chain_now(listener, now)
-    stats = await queries.node_vote_stats(context.sessions, context.scope)
+    stats = await queries.node_vote_stats(context.sessions, context.everything())
     chain = await read_node_chain(context)
     configured = {n.address.lower() for n in context.nodes}
     # The /active-proposals snapshot: no extra database read while nothing changed.
@@ -107,9 +107,9 @@ async def build_dashboard(context: WebContext, caches: WebCaches, now: dt.dateti
         (_decode_proposal(line) for line in snapshot.lines), clock, MAX_PROPOSALS_SHOWN
     )
     rounds = await recent_rounds(context.sessions, RECENT_ROUNDS)
-    queue = queue_out(await queries.vote_counts(context.sessions, context.scope))
+    queue = queue_out(await queries.vote_counts(context.sessions, context.everything()))
     times = await queries.recent_vote_times(
-        context.sessions, context.scope, since=now - dt.timedelta(hours=HOURS)
+        context.sessions, context.everything(), since=now - dt.timedelta(hours=HOURS)
     )
     checks = health_checks(
         database_error=await caches.database.error(),

@@ -251,6 +251,7 @@ class ProposalCard:
     votes_for: str
     votes_against: str
     votes: tuple[VoteCell, ...]
+    deployment: str = "default"  # shown when the service follows several deployments
 
 
 @dataclass(frozen=True)
@@ -396,6 +397,7 @@ def proposal_card(proposal: ActiveProposal, chain_now: dt.datetime) -> ProposalC
         time_left=duration_text((proposal.end_time_utc - chain_now).total_seconds()),
         votes_for=weight(proposal.votes_for) or "0",
         votes_against=weight(proposal.votes_against) or "0",
+        deployment=proposal.deployment,
         votes=tuple(
             VoteCell(
                 node=v.node,

@@ -147,8 +147,8 @@ class LiveFeed:
         async def read(previous: LiveState | None, data_may_have_changed: bool) -> LiveState:
             listener = context.listener()
             if previous is None or data_may_have_changed:
-                counts = await queries.proposal_counts(context.sessions, context.scope, now=_utcnow())
-                queue = queue_out(await queries.vote_counts(context.sessions, context.scope))
+                counts = await queries.proposal_counts(context.sessions, context.everything(), now=_utcnow())
+                queue = queue_out(await queries.vote_counts(context.sessions, context.everything()))
                 by_state = {state: count for state, count in queue.by_state.items() if count}
                 highest, states = counts["highest_id"], tuple(sorted(by_state.items()))
                 alerts = tuple(sorted(a.fingerprint for a in await firing_alerts(context.sessions)))

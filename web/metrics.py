@@ -33,6 +33,19 @@ class MetricsSnapshot:
     paused_nodes: Sequence[str] = ()  # nodes paused by their own switch
     nodes: Sequence[str] = ()  # every configured node, for a 0/1 sample each
     dry_run: bool = False
+    deployments: Sequence[DeploymentMetrics] = ()  # per deployment, when the service follows several
+
+
+@dataclass(frozen=True)
+class DeploymentMetrics:
+    name: str
+    chain_id: int | None  # None while its chain has not been reached
+    up: bool
+    connected: bool = False
+    head_block: int | None = None
+    head_lag_seconds: float | None = None
+    votes_by_state: Mapping[str, int] = field(default_factory=dict)
+    rpc_errors: Mapping[str, int] = field(default_factory=dict)
 
 
 def _escape(value: str) -> str:
@@ -142,4 +155,39 @@ def render(snapshot: MetricsSnapshot) -> str:
         out.sample("dloop_rpc_errors_total", count, {"kind": kind})
     out.family("dloop_rpc_requests_total", "counter", "Chain RPC requests sent (each batch item counts).")
     out.sample("dloop_rpc_requests_total", snapshot.rpc_requests)
+    _render_deployments(out, snapshot.deployments)
     return "\n".join(out.lines) + "\n"
+
+
+def _render_deployments(out: _Writer, deployments: Sequence[DeploymentMetrics]) -> None:
+    """The per-deployment series; the families above describe the first deployment's listener and every
+    deployment's votes, as they always have."""
+    if not deployments:
+        return
+    out.family("dloop_deployment_up", "gauge", "1 while a deployment runs (0: waiting for its chain).")
+    for d in deployments:
+        labels = {"deployment": d.name, "chain_id": "" if d.chain_id is None else str(d.chain_id)}
+        out.sample("dloop_deployment_up", int(d.up), labels)
+    out.family(
+        "dloop_deployment_connected", "gauge", "1 while a deployment's listener follows its chain live."
+    )
+    for d in deployments:
+        out.sample("dloop_deployment_connected", int(d.connected), {"deployment": d.name})
+    out.family("dloop_deployment_head_block", "gauge", "Latest block head of a deployment's chain.")
+    for d in deployments:
+        if d.head_block is not None:
+            out.sample("dloop_deployment_head_block", d.head_block, {"deployment": d.name})
+    out.family("dloop_deployment_head_lag_seconds", "gauge", "Seconds since a deployment's latest head.")
+    for d in deployments:
+        if d.head_lag_seconds is not None:
+            out.sample(
+                "dloop_deployment_head_lag_seconds", round(d.head_lag_seconds, 3), {"deployment": d.name}
+            )
+    out.family("dloop_deployment_votes", "gauge", "Vote rows of a deployment by state.")
+    for d in deployments:
+        for state, count in sorted(d.votes_by_state.items()):
+            out.sample("dloop_deployment_votes", count, {"deployment": d.name, "state": state})
+    out.family("dloop_deployment_rpc_errors_total", "counter", "Chain RPC errors of a deployment by kind.")
+    for d in deployments:
+        for kind, count in sorted(d.rpc_errors.items()):
+            out.sample("dloop_deployment_rpc_errors_total", count, {"deployment": d.name, "kind": kind})

@@ -14,7 +14,7 @@ from typing import Protocol
 from storage.controls import PauseState, PauseWatch
 from storage.engine import SessionFactory
 from storage.proposals import NodeRecord
-from storage.queries import ContractScope
+from storage.queries import ContractScope, Scope, Scopes
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,21 @@ class AlertsView:
 
 
 @dataclass(frozen=True)
+class DeploymentStatus:
+    """One configured deployment: running (scope, listener, voter set) or waiting for its chain (`error`)."""
+
+    name: str
+    scope: ContractScope | None = None
+    listener: ListenerView | None = None
+    voter: VoterView | None = None
+    rpc_errors: Mapping[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class WebContext:
     sessions: SessionFactory
-    scope: ContractScope
+    scope: ContractScope  # the first deployment's: what its per-chain views (listener, alerts) describe
     nodes: Sequence[NodeRecord]
     rounds: RoundControl
     listener: Callable[[], ListenerView]
@@ -119,6 +131,29 @@ class WebContext:
     controls: PauseControl | None = None  # None: StoredPauses over `sessions`
     dry_run: bool = False
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    # Every running deployment by name (a live mapping: a deployment whose chain came up late joins it).
+    # Empty: the one `scope`, named `default`.
+    scopes: Mapping[str, ContractScope] = field(default_factory=dict)
+    deployment_status: Callable[[], Sequence[DeploymentStatus]] = tuple
+
+    def deployments(self) -> Mapping[str, ContractScope]:
+        return self.scopes or {self.scope.name: self.scope}
+
+    def everything(self) -> Scopes:
+        """Every running deployment: what the API shows unless asked for one."""
+        return Scopes(tuple(self.deployments().values()))
+
+    def deployment_scope(self, name: str | None) -> Scope:
+        """`?deployment=NAME`: that deployment (no rows while its chain is not reached yet), every
+        deployment without one; LookupError for a name no deployment has."""
+        if name is None:
+            return self.everything()
+        running = self.deployments().get(name)
+        if running is not None:
+            return running
+        if any(d.name == name for d in self.deployment_status()):
+            return Scopes(())
+        raise LookupError(name)
 
 
 def pause_control(context: WebContext) -> PauseControl:

@@ -15,7 +15,7 @@ from monitor.rules import SEVERITY, Rule, votes_affordable
 from storage.models import OPEN_VOTE_STATES, VoteState
 from storage.queries import ActiveProposalRows, NodeVoteStats, ProposalRecord, Record
 from storage.rounds import RoundRecord
-from web.ports import AlertsView, ListenerView, NodeChainState, VoterView
+from web.ports import AlertsView, DeploymentStatus, ListenerView, NodeChainState, VoterView
 from web.schemas import (
     ActiveProposal,
     ActiveProposalsResponse,
@@ -177,7 +177,44 @@ def voter_out(voter: VoterView) -> VoterOut:
 
 
 def health_checks(
-    *, database_error: str | None, listener: ListenerView, now: dt.datetime, head_timeout: float
+    *,
+    database_error: str | None,
+    listener: ListenerView,
+    now: dt.datetime,
+    head_timeout: float,
+    deployments: Sequence[DeploymentStatus] = (),
+) -> dict[str, HealthCheck]:
+    """The checks of /health. The chain, subscription, head and events checks are of the first deployment;
+    with several, `deployments` says how each one is doing."""
+    checks = _first_deployment_checks(database_error, listener, now, head_timeout)
+    if len(deployments) > 1:
+        checks["deployments"] = deployments_check(deployments, now, head_timeout)
+    return checks
+
+
+def deployments_check(
+    deployments: Sequence[DeploymentStatus], now: dt.datetime, head_timeout: float
+) -> HealthCheck:
+    """ok when every deployment runs, connected to its chain with a fresh head; the detail names each."""
+    parts, ok = [], True
+    for d in deployments:
+        if d.listener is None:
+            ok = False
+            parts.append(f"{d.name}: waiting for its chain ({d.error})")
+            continue
+        age = head_age(d.listener, now)
+        live = d.listener.connected and age is not None and age <= head_timeout
+        ok = ok and live
+        where = f"chain {d.scope.chain_id}" if d.scope is not None else "chain ?"
+        if live:
+            parts.append(f"{d.name}: {where}, block {d.listener.head_block}")
+        else:
+            parts.append(f"{d.name}: {where}, not connected ({d.listener.last_error or 'no fresh head'})")
+    return HealthCheck(ok, "; ".join(parts))
+
+
+def _first_deployment_checks(
+    database_error: str | None, listener: ListenerView, now: dt.datetime, head_timeout: float
 ) -> dict[str, HealthCheck]:
     age = head_age(listener, now)
     if age is None:
@@ -207,8 +244,9 @@ def health_checks(
     }
 
 
-# Checks that leave the service voting, only later (from reconcile passes): failing alone, it is degraded.
-DEGRADED_ONLY = frozenset({"events"})
+# Checks that leave the service voting, only later (from reconcile passes) or on the other deployments:
+# failing alone, it is degraded.
+DEGRADED_ONLY = frozenset({"events", "deployments"})
 
 
 def health_status(checks: Mapping[str, HealthCheck]) -> str:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from litestar import MediaType, Response, get, post
+from litestar import MediaType, Request, Response, get, post
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, ValidationException
@@ -25,7 +25,7 @@ from storage.rounds import get_round, last_round
 from web.auth import trigger_guard
 from web.caches import WebCaches
 from web.dashboard import read_node_chain
-from web.metrics import CONTENT_TYPE, MetricsSnapshot, render
+from web.metrics import CONTENT_TYPE, DeploymentMetrics, MetricsSnapshot, render
 from web.pages import overview_page
 from web.ports import WebContext, pause_control
 from web.present import (
@@ -120,7 +120,7 @@ async def overview(context: Ctx) -> OverviewResponse:
     pauses = await pause_control(context).current()
     listener = context.listener()
     voter = context.voter()
-    stats = await queries.node_vote_stats(context.sessions, context.scope)
+    stats = await queries.node_vote_stats(context.sessions, context.everything())
     chain = await read_node_chain(context)
     configured = {n.address.lower() for n in context.nodes}
     statuses = [
@@ -138,9 +138,9 @@ async def overview(context: Ctx) -> OverviewResponse:
         for s in stats
         if s.address.lower() in configured
     ]
-    counts = await queries.vote_counts(context.sessions, context.scope)
+    counts = await queries.vote_counts(context.sessions, context.everything())
     proposal_counts = await queries.proposal_counts(
-        context.sessions, context.scope, now=chain_now(listener, now)
+        context.sessions, context.everything(), now=chain_now(listener, now)
     )
     latest = await last_round(context.sessions)
     running = listener.running and voter.running
@@ -171,7 +171,7 @@ async def overview(context: Ctx) -> OverviewResponse:
 
 @get("/nodes", responses=ERRORS, summary="Each node's account, funding, weight and votes")
 async def nodes(context: Ctx) -> NodesResponse:
-    stats = await queries.node_vote_stats(context.sessions, context.scope)
+    stats = await queries.node_vote_stats(context.sessions, context.everything())
     chain = await read_node_chain(context)
     configured = {n.address.lower() for n in context.nodes}
     pauses = await pause_control(context).current()
@@ -194,10 +194,36 @@ async def nodes(context: Ctx) -> NodesResponse:
     )
 
 
+DeploymentParam = Annotated[
+    str | None,
+    QueryParameter(description="a deployment's name (default: every deployment)", max_length=64),
+]
+
+
+def deployment_scope(context: WebContext, deployment: str | None) -> queries.Scope:
+    """`?deployment=NAME`: 400 with the known names for a name no deployment has."""
+    try:
+        return context.deployment_scope(deployment)
+    except LookupError:
+        known = ", ".join(d.name for d in context.deployment_status()) or ", ".join(context.deployments())
+        raise ValidationException(
+            detail=f"deployment: unknown deployment {str(deployment)[:64]!r} (known: {known})"
+        ) from None
+
+
 @get("/proposals/{proposal_id:str}", responses=ERRORS, summary="One proposal with every node's decision")
-async def proposal(context: Ctx, proposal_id: FromPath[str]) -> ProposalResponse:
+async def proposal(
+    context: Ctx, proposal_id: FromPath[str], deployment: DeploymentParam = None
+) -> ProposalResponse:
     number = parse_id(proposal_id, "proposal id")
-    record = await queries.proposal_detail(context.sessions, context.scope, number)
+    scope = deployment_scope(context, deployment)
+    if deployment is None and len(context.deployments()) > 1:
+        names = await queries.deployments_with_proposal(context.sessions, scope, number)
+        if len(names) > 1:
+            raise ValidationException(
+                detail=f"proposal {number} exists in deployments {', '.join(names)}: add ?deployment=NAME"
+            )
+    record = await queries.proposal_detail(context.sessions, scope, number)
     if record is None:
         raise NotFoundException(detail=f"proposal {number} is not known (yet) to this service")
     return ProposalResponse(success=True, proposal=proposal_out(record), timestamp=utcnow())
@@ -213,13 +239,15 @@ async def votes(
     vote_state: Annotated[VoteState | None, QueryParameter(name="state", description="vote state")] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     offset: Annotated[int, QueryParameter(ge=0, le=10_000_000)] = 0,
+    deployment: DeploymentParam = None,
 ) -> VotesResponse:
+    scope = deployment_scope(context, deployment)
     if node is not None and node not in {n.name for n in context.nodes}:
         known = ", ".join(sorted(n.name for n in context.nodes))
         raise ValidationException(detail=f"node: unknown node {node[:64]!r} (known: {known})")
     page = await queries.list_votes(
         context.sessions,
-        context.scope,
+        scope,
         node=node,
         proposal_id=proposal,
         state=vote_state.value if vote_state is not None else None,
@@ -337,10 +365,10 @@ async def round_detail(context: Ctx, round_id: FromPath[str]) -> RoundResponse:
 async def metrics(context: Ctx) -> Response[str]:
     now = utcnow()
     listener = context.listener()
-    counts = await queries.vote_counts(context.sessions, context.scope)
-    latencies = await queries.vote_latencies(context.sessions, context.scope)
+    counts = await queries.vote_counts(context.sessions, context.everything())
+    latencies = await queries.vote_latencies(context.sessions, context.everything())
     proposal_counts = await queries.proposal_counts(
-        context.sessions, context.scope, now=chain_now(listener, now)
+        context.sessions, context.everything(), now=chain_now(listener, now)
     )
     queue = queue_out(counts)
     pauses = await pause_control(context).current()
@@ -367,8 +395,33 @@ async def metrics(context: Ctx) -> Response[str]:
         paused_nodes=sorted(pauses.nodes),
         nodes=[n.name for n in context.nodes],
         dry_run=context.dry_run,
+        deployments=await deployment_metrics(context, now),
     )
     return Response(render(snapshot), media_type=CONTENT_TYPE)
+
+
+async def deployment_metrics(context: WebContext, now: dt.datetime) -> list[DeploymentMetrics]:
+    """The per-deployment series (label `deployment`): up, head, connection, votes by state, RPC errors."""
+    result = []
+    for status in context.deployment_status():
+        votes: dict[str, int] = {}
+        if status.scope is not None:
+            for (_node, state), count in (await queries.vote_counts(context.sessions, status.scope)).items():
+                votes[state] = votes.get(state, 0) + count
+        listener = status.listener
+        result.append(
+            DeploymentMetrics(
+                name=status.name,
+                chain_id=status.scope.chain_id if status.scope is not None else None,
+                up=listener is not None,
+                connected=listener is not None and listener.connected,
+                head_block=listener.head_block if listener is not None else None,
+                head_lag_seconds=head_age(listener, now) if listener is not None else None,
+                votes_by_state=votes,
+                rpc_errors=status.rpc_errors,
+            )
+        )
+    return result
 
 
 @get("/alerts", responses=ERRORS, summary="Alerts of the rules, newest first (firing ones: state=firing)")
@@ -420,7 +473,7 @@ async def analytics(
     if start is not None and end is not None and end <= start:
         raise ValidationException(detail="until must be later than since")
     now = utcnow()
-    facts = await analytics_facts(context.sessions, context.scope, since=start, until=end)
+    facts = await analytics_facts(context.sessions, context.everything(), since=start, until=end)
     result = analytics_report(
         facts.proposals,
         facts.votes,
@@ -456,22 +509,35 @@ async def health_answer(context: WebContext, caches: WebCaches) -> tuple[bytes, 
     now = utcnow()
     database_error = await caches.database.error()  # one shared probe per second, not one per request
     checks = health_checks(
-        database_error=database_error, listener=context.listener(), now=now, head_timeout=context.head_timeout
+        database_error=database_error,
+        listener=context.listener(),
+        now=now,
+        head_timeout=context.head_timeout,
+        deployments=context.deployment_status(),
     )
     status = health_status(checks)
     body = HealthResponse(status, status == "healthy", now, checks)
     return msgspec.json.encode(body), 200 if status == "healthy" else 503
 
 
-async def active_proposals_answer(context: WebContext, caches: WebCaches) -> bytes:
+async def active_proposals_answer(
+    context: WebContext, caches: WebCaches, deployment: str | None = None
+) -> bytes:
     now = utcnow()
-    return await caches.active.answer(now, chain_now(context.listener(), now))
+    try:
+        cache = caches.active_of(context, deployment)
+    except LookupError:
+        deployment_scope(context, deployment)  # raises the 400 with the known names
+        raise
+    return await cache.answer(now, chain_now(context.listener(), now))
 
 
 ACTIVE_PROPOSALS_DOC = (
     "Compact JSON, a newline after each proposal object: `grep -c '\"state\":1'` counts them. Served from a "
     "snapshot rebuilt when the service writes proposals or votes (at most every 0.2 s) and at least every "
-    "second: the answer lags the database by at most 0.2 s (1 s for other processes' writes)."
+    "second: the answer lags the database by at most 0.2 s (1 s for other processes' writes). Every "
+    "deployment's proposals, each with its `deployment` and `chainId`; `?deployment=NAME` shows one (400 for "
+    "a name no deployment has)."
 )
 
 
@@ -491,8 +557,10 @@ def polled_routes(context: WebContext, caches: WebCaches) -> list[HTTPRouteHandl
         summary="Proposals open for voting, one per line",
         description=ACTIVE_PROPOSALS_DOC,
     )
-    async def active_proposals() -> Response[ActiveProposalsResponse]:
-        content = await active_proposals_answer(context, caches)
+    async def active_proposals(request: Request[Any, Any, Any]) -> Response[ActiveProposalsResponse]:
+        # `?deployment=` read off the request: a declared parameter would be validated on every poll.
+        deployment = request.query_params.get("deployment")
+        content = await active_proposals_answer(context, caches, deployment)
         # Pre-encoded bytes pass through unchanged; the annotation documents the shape in the OpenAPI schema.
         return Response(content=content, media_type=MediaType.JSON)  # type: ignore[arg-type]
 

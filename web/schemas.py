@@ -48,6 +48,8 @@ class ActiveProposal(Api):
     state: int  # the contract's integer status: 1 = Active
     status: str
     executed: bool
+    chain_id: int
+    deployment: str
     votes: list[NodeVoteBrief]
 
 
@@ -93,6 +95,8 @@ class VoteOut(Api):
     confirmed_at: dt.datetime | None
     confirmed_block: int | None
     gas_used: int | None
+    chain_id: int
+    deployment: str  # the deployment (chain and contract) the proposal belongs to
     transactions: list[TransactionOut]
 
 
@@ -120,6 +124,8 @@ class ProposalOut(Api):
     block_number: int | None
     tx_hash: str | None
     read_error: str | None
+    chain_id: int
+    deployment: str
     votes: list[VoteOut]
 
 

@@ -30,10 +30,18 @@ ANVIL_BIN = os.environ.get("DLOOP_ANVIL_BIN")
 
 
 def start_anvil(
-    *, block_time: float | None = None, state_file: Path | None = None, port: int = 0
+    *,
+    block_time: float | None = None,
+    state_file: Path | None = None,
+    port: int = 0,
+    chain_id: int | None = None,
 ) -> AnvilProcess:
-    """An anvil process (not started: use it as a context manager), DLOOP_ANVIL_BIN honoured."""
-    return AnvilProcess(binary=ANVIL_BIN, port=port, block_time=block_time, state_file=state_file)
+    """An anvil process (not started: use it as a context manager), DLOOP_ANVIL_BIN honoured; `chain_id`
+    other than anvil's 31337 for a second chain beside the first."""
+    extra = ("--chain-id", str(chain_id)) if chain_id is not None else ()
+    return AnvilProcess(
+        binary=ANVIL_BIN, port=port, block_time=block_time, state_file=state_file, extra_args=extra
+    )
 
 
 @dataclass
@@ -89,9 +97,10 @@ def devnet_chain(
     state_file: Path | None = None,
     port: int = 0,
     events: str = "production",
+    chain_id: int | None = None,
 ) -> Iterator[Chain]:
     """A fresh anvil with tokens and AssetDAO deployed, nodes and proposer funded, `proposals` created.
     `events`: which AssetDAO version's events the contract emits (devtools.devnet.EVENT_SETS)."""
-    with start_anvil(block_time=block_time, state_file=state_file, port=port) as node:
+    with start_anvil(block_time=block_time, state_file=state_file, port=port, chain_id=chain_id) as node:
         info = deploy_devnet(node.http_url, proposals=proposals, events=events)
         yield Chain(node, info, Web3(Web3.HTTPProvider(node.http_url)))

@@ -37,7 +37,8 @@ from storage.engine import SessionFactory
 from storage.proposals import NodeRecord
 from storage.queries import ContractScope
 from storage.rounds import fail_interrupted_rounds
-from voter.service import Voter
+from voter.ownership import LaneOwnership
+from voter.service import Voter, process_owner_id
 from web.app import create_app
 from web.ports import ListenerView, NodeChainState, VoterView, WebContext
 from web.server import HttpServer
@@ -195,8 +196,26 @@ class Service:
             progress_bar=False,
             rpc_errors=self.rpc_error_counts,
         )
+        # Lane ownership: instances sharing one database sign each node's votes one at a time.
+        owner = process_owner_id()
+        self.lanes = LaneOwnership(
+            sessions,
+            chain_id=chain_id,
+            addresses=[account.address for account in accounts],
+            owner=owner,
+            takeover_seconds=settings.lane_takeover_seconds,
+            on_change=self.signal.notify,
+        )
         self.voter = Voter(
-            settings, sessions, accounts, self.nodes, self.signal, chain_id, rpc_errors=self.rpc_error_counts
+            settings,
+            sessions,
+            accounts,
+            self.nodes,
+            self.signal,
+            chain_id,
+            owner=owner,
+            rpc_errors=self.rpc_error_counts,
+            ownership=self.lanes,
         )
         self.reconciler = Reconciler(
             settings, sessions, self.nodes, chain_id, confirm_sent=False, rpc_errors=self.rpc_error_counts
@@ -348,6 +367,7 @@ class Service:
         async with anyio.create_task_group() as tg:
             await tg.start(self._component, "reads", self.reads.run)
             await tg.start(self._component, "web", self.http.run)
+            await tg.start(self._component, "lanes", self.lanes.run)
             await tg.start(self._component, "voter", self.voter.run)
             if self.enable_listener:
                 await tg.start(self._component, "listener", self.listener.run)

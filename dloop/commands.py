@@ -24,7 +24,7 @@ from core.errors import ConfigError, DloopError
 from core.logs import configure_logging, log_event
 from core.settings import Settings, load_settings, parse_database_url
 from dloop.preflight import check_same_chain, preflight_chain
-from storage.engine import check_database_location, create_engine, session_factory
+from storage.engine import check_database_location, create_engine, session_factory, sqlite_run_lock
 from storage.migrations import ensure_schema_current, upgrade
 from storage.proposals import sync_nodes
 from voter.strategies import load_strategy
@@ -99,9 +99,19 @@ async def serve(
     enable_listener: bool = True,
 ) -> None:
     """Preflight, then the service until cancelled (or a signal when `handle_signals`)."""
+    check_database_location(settings.database_url)
+    with sqlite_run_lock(settings.database_url):  # one `dloop run` per SQLite file
+        await _serve(settings, on_ready, handle_signals, enable_listener)
+
+
+async def _serve(
+    settings: Settings,
+    on_ready: Callable[[Any], None] | None,
+    handle_signals: bool,
+    enable_listener: bool,
+) -> None:
     from dloop.service import Service  # imports the whole service: only for commands that run it
 
-    check_database_location(settings.database_url)
     accounts = node_accounts(settings.nodes)
     for account in accounts:
         load_strategy(account.strategy)  # an unknown one stops start-up before anything is written

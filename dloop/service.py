@@ -40,7 +40,7 @@ from storage.rounds import fail_interrupted_rounds
 from voter.ownership import LaneOwnership
 from voter.service import Voter, process_owner_id
 from web.app import create_app
-from web.ports import ListenerView, NodeChainState, VoterView, WebContext
+from web.ports import LaneInfo, ListenerView, NodeChainState, VoterView, WebContext
 from web.server import HttpServer
 
 logger = logging.getLogger(__name__)
@@ -331,6 +331,11 @@ class Service:
                 "pausedNodes": [n.name for n in status.nodes if n.paused],
                 "dryRun": status.dry_run,
             },
+            instance=status.instance,
+            lanes=[
+                LaneInfo(lane.node, lane.address, lane.owned, lane.owner, lane.token, lane.expires_at)
+                for lane in status.lanes
+            ],
         )
 
     def rpc_errors(self) -> dict[str, int]:

@@ -196,6 +196,10 @@ def test_two_services_started_at_once_on_one_fresh_database_both_run_and_vote_on
         owners = {e["node"]: run.log.name for run in runs for e in run.events("lane_ready")}
         senders = {(e["node"], run.log.name) for run in runs for e in run.events("vote_sent")}
         taken = sorted(e["node"] for run in runs for e in run.events("lane_ready"))
+        # Each says what it signs for and who has the rest; a standby is healthy.
+        healths = [run.get("/health") for run in runs]
+        signs = [set(h.json()["lanes"]["owned"]) for h in healths]
+        holders = [{lane["node"]: lane["owner"] for lane in h.json()["lanes"]["lanes"]} for h in healths]
     finally:
         codes = [run.stop() for run in runs]
         tracebacks = [run.tracebacks() for run in runs]
@@ -206,6 +210,9 @@ def test_two_services_started_at_once_on_one_fresh_database_both_run_and_vote_on
     assert sum(sent_by.values()) == 15, sent_by  # each vote sent by one of them, once
     assert taken == sorted(owners) and len(owners) == 5, taken  # every lane taken once, by one instance
     assert senders == set(owners.items()), (senders, owners)  # a node's votes, by its lane's owner only
+    assert [h.status_code for h in healths] == [200] * len(runs), [h.text for h in healths]
+    assert set().union(*signs) == set(owners) and sum(map(len, signs)) == 5, signs
+    assert all(held == holders[0] for held in holders), holders  # both name the same owner per lane
 
 
 # -- a running service ---------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class MetricsSnapshot:
     paused_nodes: Sequence[str] = ()  # nodes paused by their own switch
     nodes: Sequence[str] = ()  # every configured node, for a 0/1 sample each
     dry_run: bool = False
+    lanes: Sequence[tuple[str, bool, str | None]] = ()  # (node, owned by this instance, lease owner)
 
 
 def _escape(value: str) -> str:
@@ -137,6 +138,14 @@ def render(snapshot: MetricsSnapshot) -> str:
         out.sample("dloop_signing_paused", int(paused), {"scope": "node", "node": node})
     out.family("dloop_dry_run", "gauge", "1 when DLOOP_DRY_RUN is set: decisions are recorded, never signed.")
     out.sample("dloop_dry_run", int(snapshot.dry_run))
+    if snapshot.lanes:
+        out.family("dloop_lane_owned", "gauge", "1 while this instance signs for the node (owns its lane).")
+        for node, owned, _owner in snapshot.lanes:
+            out.sample("dloop_lane_owned", int(owned), {"node": node})
+        out.family("dloop_lane_owner_info", "gauge", "The instance holding each node lane's lease (1).")
+        for node, _owned, owner in snapshot.lanes:
+            if owner is not None:
+                out.sample("dloop_lane_owner_info", 1, {"node": node, "owner": owner})
     out.family("dloop_rpc_errors_total", "counter", "Chain RPC errors by kind.")
     for kind, count in sorted(snapshot.rpc_errors.items()):
         out.sample("dloop_rpc_errors_total", count, {"kind": kind})

@@ -15,7 +15,7 @@ from monitor.rules import SEVERITY, Rule, votes_affordable
 from storage.models import OPEN_VOTE_STATES, VoteState
 from storage.queries import ActiveProposalRows, NodeVoteStats, ProposalRecord, Record
 from storage.rounds import RoundRecord
-from web.ports import AlertsView, ListenerView, NodeChainState, VoterView
+from web.ports import AlertsView, LaneInfo, ListenerView, NodeChainState, VoterView
 from web.schemas import (
     ActiveProposal,
     ActiveProposalsResponse,
@@ -25,6 +25,8 @@ from web.schemas import (
     DayOut,
     EvaluatorOut,
     HealthCheck,
+    LaneOut,
+    LanesOut,
     ListenerOut,
     NodeOut,
     NodeVoteBrief,
@@ -174,6 +176,52 @@ def voter_out(voter: VoterView) -> VoterOut:
         last_error=voter.last_error,
         details={k: plain(v) for k, v in voter.extra.items()},
     )
+
+
+def lanes_out(voter: VoterView) -> LanesOut | None:
+    """Which node lanes this instance signs for and who holds the others (None: no lane ownership)."""
+    if not voter.lanes:
+        return None
+    owned = [lane.node for lane in voter.lanes if lane.owned]
+    return LanesOut(
+        instance=voter.instance,
+        owned=owned,
+        standby=not owned,
+        lanes=[_lane_out(lane) for lane in voter.lanes],
+    )
+
+
+def _lane_out(lane: LaneInfo) -> LaneOut:
+    return LaneOut(
+        node=lane.node,
+        address=lane.address,
+        owned=lane.owned,
+        owner=lane.owner,
+        token=lane.token,
+        expires_at=lane.expires_at,
+    )
+
+
+def lanes_check(voter: VoterView, now: dt.datetime) -> HealthCheck | None:
+    """Always ok: a standby instance (another one signs for every node) is healthy, it takes over if that one
+    dies. The detail says which lanes are whose, and names any lane nobody holds a live lease on."""
+    if not voter.lanes:
+        return None
+    owned = [lane.node for lane in voter.lanes if lane.owned]
+    others: dict[str, list[str]] = {}
+    orphans = []
+    for lane in voter.lanes:
+        if lane.owned:
+            continue
+        if lane.owner is None or lane.expires_at is None or lane.expires_at <= now:
+            orphans.append(lane.node)
+        else:
+            others.setdefault(lane.owner, []).append(lane.node)
+    parts = [f"this instance signs for {', '.join(owned)}" if owned else "standby: signs for no node"]
+    parts += [f"{owner} signs for {', '.join(nodes)}" for owner, nodes in sorted(others.items())]
+    if orphans:
+        parts.append(f"no live owner (being taken over) for {', '.join(orphans)}")
+    return HealthCheck(True, "; ".join(parts))
 
 
 def health_checks(

@@ -37,6 +37,8 @@ from web.present import (
     head_age,
     health_checks,
     health_status,
+    lanes_check,
+    lanes_out,
     listener_out,
     node_out,
     node_status,
@@ -166,6 +168,7 @@ async def overview(context: Ctx) -> OverviewResponse:
         last_round=round_out(latest, context.rounds.phase(latest.id)) if latest else None,
         uptime_seconds=round((now - context.started_at).total_seconds(), 3),
         controls=controls_out(context, pauses),
+        lanes=lanes_out(voter),
     )
 
 
@@ -367,6 +370,7 @@ async def metrics(context: Ctx) -> Response[str]:
         paused_nodes=sorted(pauses.nodes),
         nodes=[n.name for n in context.nodes],
         dry_run=context.dry_run,
+        lanes=[(lane.node, lane.owned, lane.owner) for lane in context.voter().lanes],
     )
     return Response(render(snapshot), media_type=CONTENT_TYPE)
 
@@ -458,8 +462,12 @@ async def health_answer(context: WebContext, caches: WebCaches) -> tuple[bytes, 
     checks = health_checks(
         database_error=database_error, listener=context.listener(), now=now, head_timeout=context.head_timeout
     )
+    voter = context.voter()
+    lanes = lanes_check(voter, now)
+    if lanes is not None:
+        checks["lanes"] = lanes
     status = health_status(checks)
-    body = HealthResponse(status, status == "healthy", now, checks)
+    body = HealthResponse(status, status == "healthy", now, checks, lanes_out(voter))
     return msgspec.json.encode(body), 200 if status == "healthy" else 503
 
 

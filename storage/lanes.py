@@ -151,7 +151,8 @@ async def acquire(
         after = await _rows(session, chain_id, wanted)
         return {a: LaneClaim(owner, before.get(a), after[a]) for a in wanted}
 
-    return await write(sessions, work, what="lane leases", conflict_retries=2)
+    # Urgent: a renewal queued behind a burst of vote writes would let the lease lapse.
+    return await write(sessions, work, what="lane leases", conflict_retries=2, urgent=True)
 
 
 async def release(

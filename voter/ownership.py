@@ -112,14 +112,19 @@ class LaneOwnership:
         started = False
         try:
             while True:
+                began = anyio.current_time()
+                due = began + self.interval  # a steady beat, however long a tick took
                 try:
                     await self.tick()
                 except StorageError as exc:  # the held fences stay until their leases lapse (fence())
                     log_event(log, "lane_renew_failed", level=logging.WARNING, error=str(exc))
+                took = anyio.current_time() - began
+                if took > self.interval:  # leases are at risk: the database or this process is that slow
+                    log_event(log, "lane_renew_slow", level=logging.WARNING, seconds=round(took, 3))
                 if not started:
                     task_status.started()
                     started = True
-                await anyio.sleep(self.interval)
+                await anyio.sleep(max(0.0, due - anyio.current_time()))
         finally:
             self._fences.clear()
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):

@@ -18,12 +18,12 @@ from typing import Any
 import anyio
 import httpx
 
-from chain.accounts import node_accounts
+from chain.accounts import NodeAccount, node_accounts
 from chain.connection import safe_url
 from core.errors import ConfigError, DloopError
 from core.logs import configure_logging, log_event
 from core.settings import Settings, load_settings, parse_database_url
-from dloop.preflight import check_same_chain, preflight_chain
+from dloop.preflight import ChainIdentity, check_same_chain, preflight_chain
 from storage.engine import check_database_location, create_engine, session_factory, sqlite_run_lock
 from storage.migrations import ensure_schema_current, upgrade
 from storage.proposals import sync_nodes
@@ -100,24 +100,27 @@ async def serve(
 ) -> None:
     """Preflight, then the service until cancelled (or a signal when `handle_signals`)."""
     check_database_location(settings.database_url)
-    with sqlite_run_lock(settings.database_url):  # one `dloop run` per SQLite file
-        await _serve(settings, on_ready, handle_signals, enable_listener)
+    accounts = node_accounts(settings.nodes)
+    for account in accounts:
+        load_strategy(account.strategy)  # an unknown one stops start-up before anything is written
+    identity = await preflight_chain(settings)
+    await ensure_schema_current(settings.database_url)
+    # One `dloop run` per SQLite file: taken once the settings proved good, before anything is written.
+    with sqlite_run_lock(settings.database_url):
+        await _run_service(settings, accounts, identity, on_ready, handle_signals, enable_listener)
 
 
-async def _serve(
+async def _run_service(
     settings: Settings,
+    accounts: tuple[NodeAccount, ...],
+    identity: ChainIdentity,
     on_ready: Callable[[Any], None] | None,
     handle_signals: bool,
     enable_listener: bool,
 ) -> None:
     from dloop.service import Service  # imports the whole service: only for commands that run it
 
-    accounts = node_accounts(settings.nodes)
-    for account in accounts:
-        load_strategy(account.strategy)  # an unknown one stops start-up before anything is written
-    identity = await preflight_chain(settings)
     chain_id = identity.chain_id
-    await ensure_schema_current(settings.database_url)
     engine = create_engine(settings.database_url)
     try:
         sessions = session_factory(engine)

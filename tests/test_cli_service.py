@@ -188,6 +188,8 @@ def test_two_services_started_at_once_on_one_fresh_database_both_run_and_vote_on
                 "dloop: error: DLOOP_DATABASE_URL: another `dloop run` is using the SQLite file"
             ), errors
             assert "use PostgreSQL to run several instances" in errors[0]
+            again = dloop(["migrate", "--database-url", db], {}, tmp_path)  # not blocked by the running one
+            assert again.returncode == 0 and "up to date" in again.stdout, again.stderr
         for run in runs:
             run.wait_live(timeout=45)
         ids = create_proposals(anvil, devnet, 3, first_index=200)

@@ -27,6 +27,16 @@ class StorageError(DloopError):
     """The database could not be read or written."""
 
 
+class LaneLost(DloopError):
+    """This instance no longer owns a node's lane (its lease lapsed or another instance took it over):
+    nothing was recorded, so nothing may be broadcast for that node."""
+
+    def __init__(self, address: str, why: str) -> None:
+        super().__init__(f"lane {address}: {why}")
+        self.address = address
+        self.why = why
+
+
 class ChainError(DloopError):
     """A chain call failed."""
 

@@ -163,6 +163,8 @@ class Settings:
     max_in_flight: int = 16
     gas_margin: float = 1.25
     lease_seconds: float = 120.0
+    # Several `dloop run` on one PostgreSQL: a node lane whose owner died is taken over within this long.
+    lane_takeover_seconds: float = 10.0
     # reconciler
     reconcile_interval: float = 300.0
     # while the listener is blind (it missed a proposal, or the contract's events are of no known version)
@@ -307,6 +309,7 @@ class _Parser:
             max_in_flight=self.integer("DLOOP_MAX_IN_FLIGHT", 16, minimum=1),
             gas_margin=self.number("DLOOP_GAS_MARGIN", 1.25, minimum=1.0),
             lease_seconds=self.number("DLOOP_LEASE_SECONDS", 120.0, minimum=1.0),
+            lane_takeover_seconds=self.number("DLOOP_LANE_TAKEOVER_SECONDS", 10.0, minimum=1.0),
             reconcile_interval=self.number("DLOOP_RECONCILE_INTERVAL", 300.0, minimum=1.0),
             reconcile_fallback_interval=self.number("DLOOP_RECONCILE_FALLBACK_INTERVAL", 15.0, minimum=1.0),
             allow_unknown_events=self.flag("DLOOP_ALLOW_UNKNOWN_EVENTS", False),

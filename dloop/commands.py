@@ -25,7 +25,13 @@ from core.errors import ConfigError, DloopError
 from core.logs import configure_logging, log_event
 from core.settings import DeploymentSettings, Settings, load_settings, parse_database_url
 from dloop.preflight import ChainIdentity, check_apart, check_same_chain, preflight_chain
-from storage.engine import SessionFactory, check_database_location, create_engine, session_factory
+from storage.engine import (
+    SessionFactory,
+    check_database_location,
+    create_engine,
+    session_factory,
+    sqlite_run_lock,
+)
 from storage.migrations import ensure_schema_current, upgrade
 from storage.proposals import NodeRecord, sync_nodes
 from voter.strategies import load_strategy
@@ -104,15 +110,32 @@ async def serve(
     With several deployments, each is checked against its chain on its own: one whose chain cannot be
     reached waits (the others start, /health says so) and starts when it answers; any other problem stops
     start-up. With one deployment, an unreachable chain stops start-up as it always has."""
-    from dloop.service import Service  # imports the whole service: only for commands that run it
-
     check_database_location(settings.database_url)
-    plans = [DeploymentPlan(settings, deployment) for deployment in settings.deployments]
+    from voter.service import process_owner_id  # the voter's module: only for commands that run it
+
+    instance = process_owner_id()  # one lane-lease owner for every deployment of this process
+    plans = [DeploymentPlan(settings, deployment, instance) for deployment in settings.deployments]
     for plan in plans:
         for account in plan.accounts:
             load_strategy(account.strategy)  # an unknown one stops start-up before anything is written
     identities = await preflight_all(settings, plans)
     await ensure_schema_current(settings.database_url)
+    # One `dloop run` per SQLite file (one lock whatever the deployments): taken once the settings proved
+    # good, before anything is written.
+    with sqlite_run_lock(settings.database_url):
+        await _run_service(settings, plans, identities, on_ready, handle_signals, enable_listener)
+
+
+async def _run_service(
+    settings: Settings,
+    plans: Sequence[DeploymentPlan],
+    identities: dict[str, ChainIdentity | ConfigError],
+    on_ready: Callable[[Any], None] | None,
+    handle_signals: bool,
+    enable_listener: bool,
+) -> None:
+    from dloop.service import Service  # imports the whole service: only for commands that run it
+
     engine = create_engine(settings.database_url)
     try:
         sessions = session_factory(engine)
@@ -171,8 +194,9 @@ async def serve(
 class DeploymentPlan:
     """One deployment before it runs: its settings view, accounts, and how to start it."""
 
-    def __init__(self, settings: Settings, deployment: DeploymentSettings) -> None:
+    def __init__(self, settings: Settings, deployment: DeploymentSettings, instance: str) -> None:
         self.settings = settings
+        self.instance = instance
         self.deployment = deployment
         self.name = deployment.name
         self.view = settings.for_deployment(deployment)
@@ -213,6 +237,7 @@ class DeploymentPlan:
             identity.chain_id,
             identity.contract,
             enable_listener=enable_listener,
+            instance=self.instance,
         )
 
     def waiting(

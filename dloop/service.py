@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import anyio
 import anyio.abc
@@ -43,11 +43,13 @@ from storage.engine import SessionFactory
 from storage.proposals import NodeRecord
 from storage.queries import ContractScope
 from storage.rounds import fail_interrupted_rounds
+from voter.ownership import LaneOwnership
 from voter.service import Voter, process_owner_id
 from web.app import create_app
 from web.ports import (
     AlertsView,
     DeploymentStatus,
+    LaneInfo,
     ListenerView,
     NodeChainState,
     StoredPauses,
@@ -195,6 +197,7 @@ class Deployment:
         contract: ContractVersion,
         *,
         enable_listener: bool = True,
+        instance: str | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -218,6 +221,18 @@ class Deployment:
             progress_bar=False,
             rpc_errors=self.rpc_error_counts,
         )
+        # Lane ownership: instances sharing one database sign each node's votes one at a time. Lanes are
+        # (chain, address), and no address votes in two deployments on one chain (check_apart), so each
+        # deployment leases its own lanes under the instance's one owner id.
+        self.instance = instance or process_owner_id()
+        self.lanes = LaneOwnership(
+            sessions,
+            chain_id=chain_id,
+            addresses=[account.address for account in accounts],
+            owner=self.instance,
+            takeover_seconds=settings.lane_takeover_seconds,
+            on_change=self.signal.notify,
+        )
         self.voter = Voter(
             settings,
             sessions,
@@ -226,8 +241,9 @@ class Deployment:
             self.signal,
             chain_id,
             rpc_errors=self.rpc_error_counts,
-            # Each deployment's voter its own lease owner: one handing back its rows leaves the others'.
-            owner=f"{process_owner_id()}-{name}"[:64],
+            # Each deployment's voter its own queue lease owner: one handing back its rows leaves the others'.
+            owner=f"{self.instance}-{name}"[:64],
+            ownership=self.lanes,
         )
         self.reconciler = Reconciler(
             settings, sessions, self.nodes, chain_id, confirm_sent=False, rpc_errors=self.rpc_error_counts
@@ -311,6 +327,20 @@ class Deployment:
                 "pausedNodes": [n.name for n in status.nodes if n.paused],
                 "dryRun": status.dry_run,
             },
+            instance=status.instance,
+            lanes=[
+                LaneInfo(
+                    lane.node,
+                    lane.address,
+                    lane.owned,
+                    lane.owner,
+                    lane.token,
+                    lane.expires_at,
+                    deployment=self.name,
+                    chain_id=self.chain_id,
+                )
+                for lane in status.lanes
+            ],
         )
 
     # -- rounds ----------------------------------------------------------------------------------------
@@ -343,6 +373,7 @@ class Deployment:
     async def _run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(self._component, "reads", self.reads.run)
+            await tg.start(self._component, "lanes", self.lanes.run)  # owned lanes known before the voter
             await tg.start(self._component, "voter", self.voter.run)
             if self.enable_listener:
                 await tg.start(self._component, "listener", self.listener.run)
@@ -556,8 +587,13 @@ class Service:
         return primary.listener_view()
 
     def voter_view(self) -> VoterView:
+        """The first deployment's voter, with every running deployment's lanes (each names its deployment)."""
         primary = self.primary
-        return VoterView(running=False) if primary is None else primary.voter_view()
+        if primary is None:
+            return VoterView(running=False)
+        view = primary.voter_view()
+        lanes = [lane for d in self.deployments for lane in (view if d is primary else d.voter_view()).lanes]
+        return replace(view, lanes=lanes)
 
     def deployment_status(self) -> list[DeploymentStatus]:
         """Every configured deployment, in the file's order: running (with its listener and voter) or

@@ -3,7 +3,10 @@ and file checks, PostgreSQL's pool (both through SQLAlchemy's async drivers, aio
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,35 @@ def check_database_location(database_url: str) -> None:
     target = path if path.exists() else directory
     if not os.access(target, os.W_OK):
         raise ConfigError("DLOOP_DATABASE_URL", f"{target} is not writable")
+
+
+@contextmanager
+def sqlite_run_lock(database_url: str) -> Iterator[None]:
+    """While held, no other `dloop run` may use the same SQLite file: an exclusive, non-blocking flock on
+    `<file>.run.lock`, which the kernel drops when the process ends however it ends (SIGKILL included).
+    Two instances on one SQLite file would only take turns on its one write lock: instances that share a
+    database (and fail over) use PostgreSQL. No-op for PostgreSQL; `dloop migrate` and the read-only
+    commands do not take it."""
+    path = sqlite_path(database_url)
+    if path is None:
+        yield
+        return
+    lock = path.with_name(path.name + ".run.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                "DLOOP_DATABASE_URL",
+                f"another `dloop run` is using the SQLite file {path} (it holds {lock}); stop it first, "
+                "or use PostgreSQL to run several instances",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a person looking
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock; the file stays (removing it would race a new holder)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

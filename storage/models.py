@@ -249,6 +249,22 @@ class Chain(Base):
     first_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class LaneLease(Base):
+    """Which `dloop run` instance signs for a node (its nonce lane) on a chain: the owner renews its lease;
+    `token` grows by one on every change of owner, and a signed vote is recorded only under the owner's
+    current token and an unexpired lease (storage/lanes.py)."""
+
+    __tablename__ = "lane_leases"
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    address: Mapped[str] = mapped_column(String(42), primary_key=True)  # lower case
+    owner: Mapped[str] = mapped_column(String(100))
+    token: Mapped[int] = mapped_column(BigInteger)
+    acquired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    renewed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
 class ChainCursor(Base):
     __tablename__ = "chain_cursor"
 

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import votes
 from storage.engine import SessionFactory
+from storage.lanes import LaneFence, hold_fence
 from storage.models import NonceFiller, Proposal, Vote, VoteOutcome, VoteState, VoteTransaction, utcnow
 from storage.transactions import read, write
 
@@ -221,6 +222,30 @@ async def release_owner(sessions: SessionFactory, owner: str) -> int:
     return await write(sessions, work, what="vote queue")
 
 
+async def release_node_leases(
+    sessions: SessionFactory, node_id: int, *, keep_owner: str, chain_id: int | None = None
+) -> int:
+    """Free the queued rows of one node leased by owners other than `keep_owner` (not the deferred ones):
+    the node's lane has a new owner, and only it can record those votes. `chain_id` keeps it to that lane's
+    chain: the node's rows of another deployment's chain belong to that chain's lane (and voter)."""
+
+    async def work(session: AsyncSession) -> int:
+        result = await session.execute(
+            update(Vote)
+            .where(
+                Vote.node_id == node_id,
+                Vote.state == VoteState.QUEUED,
+                Vote.lease_owner.is_not(None),
+                Vote.lease_owner.not_in([keep_owner, DEFERRED_OWNER]),
+                _on_chain(chain_id),
+            )
+            .values(lease_owner=None, lease_expires_at=None)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    return await write(sessions, work, what="vote queue")
+
+
 async def count_leasable(
     sessions: SessionFactory,
     *,
@@ -299,25 +324,31 @@ async def record_sent(
 
 
 async def record_sent_many(
-    sessions: SessionFactory, records: Sequence[SentRecord], *, owner: str
+    sessions: SessionFactory, records: Sequence[SentRecord], *, owner: str, fence: LaneFence | None = None
 ) -> set[int]:
     """queued -> sent for each record, in ONE transaction, before any of them is broadcast.
 
-    Returns the vote ids recorded; a row missing from it had lost its lease (another voter has it).
+    Returns the vote ids recorded; a row missing from it had lost its lease (another voter has it). With a
+    `fence`, raises LaneLost (nothing recorded) when the node's lane is no longer this owner's.
     """
     if not records:
         return set()
 
     async def work(session: AsyncSession) -> set[int]:
-        return await votes.record_sent(session, records, owner=owner)
+        return await votes.record_sent(session, records, owner=owner, fence=fence)
 
     return await write(sessions, work, what="vote queue")
 
 
-async def record_replacement(sessions: SessionFactory, vote_id: int, tx: SignedTx, *, note: str) -> bool:
-    """A replacement (same nonce, higher fees) of a `sent` vote, persisted before it is broadcast."""
+async def record_replacement(
+    sessions: SessionFactory, vote_id: int, tx: SignedTx, *, note: str, fence: LaneFence | None = None
+) -> bool:
+    """A replacement (same nonce, higher fees) of a `sent` vote, persisted before it is broadcast (under the
+    lane's `fence`, like a first send)."""
 
     async def work(session: AsyncSession) -> bool:
+        if fence is not None:
+            await hold_fence(session, fence, utcnow())
         result = await session.execute(
             update(Vote)
             .where(Vote.id == vote_id, Vote.state == VoteState.SENT, Vote.nonce == tx.nonce)
@@ -446,11 +477,19 @@ async def resolve_sent(
 
 
 async def record_nonce_filler(
-    sessions: SessionFactory, *, node_id: int, nonce: int, tx_hash: str, reason: str
+    sessions: SessionFactory,
+    *,
+    node_id: int,
+    nonce: int,
+    tx_hash: str,
+    reason: str,
+    fence: LaneFence | None = None,
 ) -> None:
     """A gap filler's hash and nonce, BEFORE it is broadcast (like every transaction the service signs)."""
 
     async def work(session: AsyncSession) -> None:
+        if fence is not None:
+            await hold_fence(session, fence, utcnow())
         session.add(NonceFiller(node_id=node_id, nonce=nonce, tx_hash=tx_hash, reason=reason))
 
     await write(sessions, work, what="vote queue")

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 import anyio
@@ -50,15 +51,24 @@ def _write_lock(sessions: SessionFactory) -> anyio.Lock:
     return lock
 
 
-async def write(sessions: SessionFactory, work: Work[T], *, what: str, conflict_retries: int = 0) -> T:
+async def write(
+    sessions: SessionFactory,
+    work: Work[T],
+    *,
+    what: str,
+    conflict_retries: int = 0,
+    urgent: bool = False,
+) -> T:
     """Run `work` in one shielded write transaction, committed when it returns.
 
     `what` names the operation in a StorageError. `conflict_retries`: run again after an IntegrityError
     (a concurrent writer won an insert race; `work` then reads its row back instead of inserting). The
-    transaction rolled back before any retry, so `work` must keep no state across runs.
+    transaction rolled back before any retry, so `work` must keep no state across runs. `urgent`: do not
+    queue behind this process's other writers (a lease renewal that waited out a burst of vote writes
+    would lapse); the database still orders it (SQLite's busy timeout, PostgreSQL's row locks).
     """
     with anyio.CancelScope(shield=True):
-        result = await _retrying(sessions, work, what, conflict_retries)
+        result = await _retrying(sessions, work, what, conflict_retries, urgent)
     return result
 
 
@@ -78,13 +88,15 @@ def is_busy(exc: DBAPIError) -> bool:
     return any(busy in message for busy in _BUSY_MESSAGES)
 
 
-async def _retrying(sessions: SessionFactory, work: Work[T], what: str, conflict_retries: int) -> T:
+async def _retrying(
+    sessions: SessionFactory, work: Work[T], what: str, conflict_retries: int, urgent: bool
+) -> T:
     busy = iter(BUSY_RETRY_DELAYS)
     started = time.monotonic()
     conflicts = conflict_retries
     while True:
         try:
-            async with _write_lock(sessions), sessions.begin() as session:
+            async with _turn(sessions, urgent), sessions.begin() as session:
                 return await work(session)
         except IntegrityError as exc:
             if conflicts <= 0:
@@ -97,6 +109,16 @@ async def _retrying(sessions: SessionFactory, work: Work[T], what: str, conflict
             await anyio.sleep(delay)  # outside the lock: the other writers of this process go on
         except SQLAlchemyError as exc:
             raise StorageError(f"{what}: {exc}") from exc
+
+
+@asynccontextmanager
+async def _turn(sessions: SessionFactory, urgent: bool) -> AsyncIterator[None]:
+    """This process's writers one at a time; an urgent one goes first."""
+    if urgent:
+        yield
+        return
+    async with _write_lock(sessions):
+        yield
 
 
 async def read(sessions: SessionFactory, work: Work[T], *, what: str, brief: bool = False) -> T:

@@ -165,9 +165,10 @@ def test_a_database_from_a_chain_started_afresh_stops_start_up_with_one_line(
 def test_two_services_started_at_once_on_one_fresh_database_both_run_and_vote_once(
     chain: Chain, tmp_path: Path, database_url: str
 ) -> None:
-    """Both insert the node rows at the same moment (the loser of that race used to die with an
-    IntegrityError traceback); then both lease from one queue, and each vote is sent once. On an SQLite file
-    and on a PostgreSQL database (`dloop migrate` on it first, as a user would)."""
+    """On a PostgreSQL database (`dloop migrate` on it first, as a user would) both run: they insert the
+    node rows at the same moment (the loser of that race used to die with an IntegrityError traceback), each
+    node's lane is owned by one of them, which alone sends that node's votes, and each vote is sent once.
+    On an SQLite file the second is refused with one line, and the first votes for all."""
     anvil, devnet = chain
     db = database_url
     migrated = dloop(["migrate", "--database-url", db], {}, tmp_path)
@@ -177,19 +178,43 @@ def test_two_services_started_at_once_on_one_fresh_database_both_run_and_vote_on
         for i in range(2)
     ]
     try:
+        if db.startswith("sqlite"):
+            poll_until(lambda: not all(r.alive for r in runs), timeout=45, what="the second run's refusal")
+            refused = next(r for r in runs if not r.alive)
+            runs.remove(refused)
+            assert refused.exit_code == 2, refused.log_tail()
+            errors = [line for line in refused.log_tail().splitlines() if "error" in line.lower()]
+            assert len(errors) == 1 and errors[0].startswith(
+                "dloop: error: DLOOP_DATABASE_URL: another `dloop run` is using the SQLite file"
+            ), errors
+            assert "use PostgreSQL to run several instances" in errors[0]
+            again = dloop(["migrate", "--database-url", db], {}, tmp_path)  # not blocked by the running one
+            assert again.returncode == 0 and "up to date" in again.stdout, again.stderr
         for run in runs:
             run.wait_live(timeout=45)
         ids = create_proposals(anvil, devnet, 3, first_index=200)
         # Every proposal of the module's chain gets its rows (the other database's run created some before).
         poll_until(lambda: settled(db, max(ids) * 5), timeout=30, what="the votes of both services")
+        owners = {e["node"]: run.log.name for run in runs for e in run.events("lane_ready")}
+        senders = {(e["node"], run.log.name) for run in runs for e in run.events("vote_sent")}
+        taken = sorted(e["node"] for run in runs for e in run.events("lane_ready"))
+        # Each says what it signs for and who has the rest; a standby is healthy.
+        healths = [run.get("/health") for run in runs]
+        signs = [set(h.json()["lanes"]["owned"]) for h in healths]
+        holders = [{lane["node"]: lane["owner"] for lane in h.json()["lanes"]["lanes"]} for h in healths]
     finally:
         codes = [run.stop() for run in runs]
         tracebacks = [run.tracebacks() for run in runs]
-    assert codes == [0, 0] and tracebacks == [[], []], (codes, tracebacks)
+    assert codes == [0] * len(runs) and tracebacks == [[]] * len(runs), (codes, tracebacks)
     audit = audit_votes(anvil, devnet, db, ids)
     assert not audit.missed and not audit.doubled and audit.states == {"confirmed": 15}, audit
     sent_by = {run.log.name: len(run.events("vote_sent")) for run in runs}
     assert sum(sent_by.values()) == 15, sent_by  # each vote sent by one of them, once
+    assert taken == sorted(owners) and len(owners) == 5, taken  # every lane taken once, by one instance
+    assert senders == set(owners.items()), (senders, owners)  # a node's votes, by its lane's owner only
+    assert [h.status_code for h in healths] == [200] * len(runs), [h.text for h in healths]
+    assert set().union(*signs) == set(owners) and sum(map(len, signs)) == 5, signs
+    assert all(held == holders[0] for held in holders), holders  # both name the same owner per lane
 
 
 # -- a running service ---------------------------------------------------------------------------------------

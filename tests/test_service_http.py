@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -59,7 +60,13 @@ def test_the_runbook_curl_commands_work_as_written(svc: RunningService) -> None:
 
     health = json.loads(curl("curl -s http://localhost:5001/health", port))
     assert health["status"] == "healthy", health
-    assert set(health["checks"]) == {"database", "chain", "subscription", "head", "events"}
+    assert set(health["checks"]) == {"database", "chain", "subscription", "head", "events", "lanes"}
+    # The only instance signs for every node; the check and the lanes say so.
+    lanes = health["lanes"]
+    assert len(lanes["owned"]) == NODES and lanes["standby"] is False
+    assert lanes["instance"].startswith("voter-")
+    assert all(lane["owned"] and lane["owner"] == lanes["instance"] for lane in lanes["lanes"])
+    assert health["checks"]["lanes"]["detail"].startswith("this instance signs for ai-gov-01")
 
     nodes = json.loads(curl("curl -s http://localhost:5001/nodes", port))
     assert nodes["count"] == NODES and {n["status"] for n in nodes["nodes"]} == {"active"}
@@ -70,6 +77,8 @@ def test_the_runbook_curl_commands_work_as_written(svc: RunningService) -> None:
     system = overview["system"]
     assert system["isRunning"] is True and system["totalNodes"] == NODES and system["activeNodes"] == NODES
     assert len(system["nodeStatuses"]) == NODES and overview["listener"]["connected"] is True
+    assert overview["lanes"]["owned"] == [f"ai-gov-0{i}" for i in range(1, NODES + 1)]
+    assert all(lane["token"] >= 1 and lane["expiresAt"] for lane in overview["lanes"]["lanes"])
 
 
 def test_active_proposals_is_one_valid_json_document_with_a_proposal_per_line(svc: RunningService) -> None:
@@ -130,6 +139,9 @@ def test_proposal_detail_votes_rounds_metrics_and_openapi(svc: RunningService) -
     text = metrics.text
     assert f'dloop_votes{{node="ai-gov-01",state="confirmed"}} {PROPOSALS}' in text
     assert 'dloop_queue_depth{state="queued"} 0' in text
+    assert 'dloop_lane_owned{deployment="default",node="ai-gov-03"} 1' in text
+    owner_info = r'dloop_lane_owner_info\{deployment="default",node="ai-gov-03",owner="voter-[^"]+"\} 1'
+    assert re.search(owner_info, text), text
     assert f'dloop_vote_mined_seconds_bucket{{le="+Inf"}} {PROPOSALS * NODES}' in text
     for family in ("dloop_head_lag_seconds", "dloop_listener_reconnects_total", "dloop_rpc_errors_total"):
         assert f"# TYPE {family}" in text

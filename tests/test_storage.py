@@ -210,7 +210,7 @@ async def test_migration_0004_derives_outcomes_and_downgrades_without_losing_tra
 async def test_migration_0008_puts_the_one_stream_on_old_blocks_and_logs(database_url: str) -> None:
     """A database that followed one contract keeps its recent blocks and logs, now under that stream."""
     url = database_url
-    await upgrade(url, "0006")
+    await upgrade(url, "0007")
     stream = "logs:31337:0x" + "aa" * 20
     await sql(
         url,
@@ -230,7 +230,7 @@ async def test_migration_0008_puts_the_one_stream_on_old_blocks_and_logs(databas
     await upgrade(url)
     assert [tuple(r) for r in await sql(url, "SELECT stream, number FROM recent_blocks")] == [(stream, 9)]
     assert [tuple(r) for r in await sql(url, "SELECT stream FROM chain_logs")] == [(stream,)]
-    await downgrade(url, "0006")
+    await downgrade(url, "0007")
     assert [tuple(r) for r in await sql(url, "SELECT number, hash FROM recent_blocks")] == [(9, "0x09")]
     await upgrade(url)
     await ensure_schema_current(url)

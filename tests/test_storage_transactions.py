@@ -7,6 +7,7 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
@@ -128,3 +129,33 @@ async def test_a_real_postgresql_serialization_failure_or_deadlock_is_retried(
             assert len(calls) == 2
         finally:
             await engine.dispose()
+
+
+async def test_an_urgent_write_does_not_queue_behind_this_process_writers(sessions: SessionFactory) -> None:
+    """A lane lease renewal (urgent) goes through while a burst of vote writes holds the writers' turn."""
+
+    async def one(session: AsyncSession) -> int:
+        return int((await session.execute(text("SELECT 1"))).scalar_one())
+
+    holding, release = anyio.Event(), anyio.Event()
+
+    async def another_writer() -> None:  # holds the writers' turn for as long as it takes
+        async with transactions._write_lock(sessions):
+            holding.set()
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(another_writer)
+        await holding.wait()
+        with anyio.fail_after(5):
+            assert await write(sessions, one, what="renewal", urgent=True) == 1
+        done: list[int] = []
+
+        async def ordinary() -> None:
+            done.append(await write(sessions, one, what="an ordinary write"))
+
+        tg.start_soon(ordinary)
+        await anyio.sleep(0.3)
+        assert done == []  # the ordinary one waits its turn
+        release.set()
+    assert done == [1]

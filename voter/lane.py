@@ -24,6 +24,7 @@ from storage.proposals import NodeRecord
 from voter.fee_oracle import FeeOracle
 from voter.jobs import Counters, Tracked, VoteJob
 from voter.lane_state import LaneState, StepHook
+from voter.ownership import LaneOwnership
 from voter.planning import NonceCounts
 from voter.sender import LaneSender
 from voter.strategies import NodeConfig
@@ -51,6 +52,7 @@ class NodeLane:
         receipt_poll_interval: float = 0.2,
         stall_seconds: float = 5.0,
         pauses: PauseWatch | None = None,
+        ownership: LaneOwnership | None = None,
     ) -> None:
         self.state = LaneState(
             account=account,
@@ -64,6 +66,7 @@ class NodeLane:
             totals=totals,
             step_hook=step_hook,
             pauses=pauses,
+            ownership=ownership,
         )
         self.sender = LaneSender(self.state)
         self.watcher = ReceiptWatcher(
@@ -82,6 +85,10 @@ class NodeLane:
 
     def detach(self) -> None:
         self.state.disconnect()
+
+    def release(self) -> None:
+        """Another instance owns the lane now: forget what is in flight (see LaneState.release)."""
+        self.state.release()
 
     # -- the sender's and the watcher's work -----------------------------------------------------------
     async def send_many(self, jobs: Sequence[VoteJob], counters: Counters) -> None:

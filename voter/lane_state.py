@@ -17,10 +17,12 @@ from core.logs import log_event
 from core.settings import Settings
 from storage.controls import PauseWatch
 from storage.engine import SessionFactory
+from storage.lanes import LaneFence
 from storage.proposals import NodeRecord
 from voter.fee_oracle import FeeOracle
 from voter.fees import gwei_to_wei
 from voter.jobs import Counters, Tracked
+from voter.ownership import LaneOwnership
 from voter.strategies import NodeConfig
 
 log = logging.getLogger("dloop.voter")
@@ -47,8 +49,13 @@ class LaneState:
         totals: Counters,
         step_hook: StepHook | None = None,
         pauses: PauseWatch | None = None,
+        ownership: LaneOwnership | None = None,
     ) -> None:
         self.account = account
+        # Several instances on one database: this lane signs only under the fence it was attached with,
+        # while `ownership` still holds it. None: this process is the only signer (no lane leases).
+        self.ownership = ownership
+        self.fence: LaneFence | None = None
         self.pauses = pauses or PauseWatch(sessions)  # checked under `lock` right before signing
         self.node = node
         self.config = config
@@ -72,7 +79,7 @@ class LaneState:
         self.last_vote_at: dt.datetime | None = None
         self._changed = anyio.Event()  # a transaction was tracked or settled
 
-    def connect(self, client: ChainClient) -> None:
+    def connect(self, client: ChainClient | None) -> None:
         """A new connection: forget what was in flight and the nonces (the `sent` rows are adopted again)."""
         self.client = client
         self.tracked.clear()
@@ -84,9 +91,32 @@ class LaneState:
         self.client = None
         self.notify()
 
+    def release(self) -> None:
+        """The lane is another instance's now: forget it all (its transactions are the new owner's to
+        watch); taken again, it is attached afresh from the chain."""
+        self.fence = None
+        self.connect(None)
+        self.disconnect()
+
+    @property
+    def owned(self) -> bool:
+        """This instance may sign for the node: no ownership in play, or the fence it was attached with is
+        still the one held."""
+        if self.ownership is None:
+            return True
+        return self.fence is not None and self.ownership.fence(self.address) == self.fence
+
+    def lane_lost(self, why: str) -> None:
+        """The database refused a record under our fence: stop signing at once."""
+        if self.ownership is not None:
+            self.ownership.lost(self.address, why)
+
     async def signing_held(self) -> str | None:
-        """Why this node may not sign anything now (a vote, a replacement, a filler), or None: paused, or
-        DLOOP_DRY_RUN. Checked under `lock`, right before each signature."""
+        """Why this node may not sign anything now (a vote, a replacement, a filler), or None: another
+        instance owns its lane, paused, or DLOOP_DRY_RUN. Checked under `lock`, right before each
+        signature."""
+        if not self.owned:
+            return "another instance owns this node's lane"
         if self.settings.dry_run:
             return "dry run: nothing is signed"
         return (await self.pauses.current()).reason(self.node.name)

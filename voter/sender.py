@@ -16,7 +16,7 @@ import anyio
 
 from chain import requests as rpc
 from chain.retrying import call_many_retrying
-from core.errors import ChainError, ContractRevert, TransientChainError
+from core.errors import ChainError, ContractRevert, LaneLost, TransientChainError
 from core.logs import log_event
 from core.retry import broadcast_with_backoff, with_backoff
 from storage import queue
@@ -180,23 +180,14 @@ class LaneSender:
                     )
                 return
             signed = [self._sign_job(job, data, estimate, fees, base) for job, data, estimate in ready]
-            with anyio.CancelScope(shield=True):
-                recorded = await queue.record_sent_many(
-                    self.state.sessions,
-                    [
-                        queue.SentRecord(
-                            job.row.vote_id,
-                            tx.tx,
-                            job.decision.label,
-                            job.decision.confidence,
-                            job.decision.reason,
-                            job.price.text() if job.price is not None else None,
-                            value_text(job.proposal, job.price),
-                        )
-                        for job, tx in zip((j for j, _, _ in ready), signed, strict=True)
-                    ],
-                    owner=self.state.owner,
-                )
+            try:
+                recorded = await self._record(ready, signed)
+            except LaneLost as exc:
+                # Another instance took the lane (or our lease lapsed) since the check above: nothing was
+                # stored, so nothing is broadcast; the rows wait, queued, for the lane's owner.
+                self.state.lane_lost(exc.why)
+                await self._hand_back([job.row for job, _, _ in ready], str(exc), counters)
+                return
             tracked: list[tuple[VoteJob, Tracked]] = []
             for (job, data, _), tx in zip(ready, signed, strict=True):
                 if job.row.vote_id not in recorded:
@@ -245,8 +236,33 @@ class LaneSender:
                 )
         self.state.notify()
 
+    async def _record(
+        self, ready: Sequence[tuple[VoteJob, str, int]], signed: Sequence[SignedVote]
+    ) -> set[int]:
+        """Store the signed votes (rows `sent`) in one shielded transaction, under the lane's fence."""
+        with anyio.CancelScope(shield=True):
+            recorded = await queue.record_sent_many(
+                self.state.sessions,
+                [
+                    queue.SentRecord(
+                        job.row.vote_id,
+                        tx.tx,
+                        job.decision.label,
+                        job.decision.confidence,
+                        job.decision.reason,
+                        job.price.text() if job.price is not None else None,
+                        value_text(job.proposal, job.price),
+                    )
+                    for job, tx in zip((j for j, _, _ in ready), signed, strict=True)
+                ],
+                owner=self.state.owner,
+                fence=self.state.fence,
+            )
+        return recorded
+
     async def _hand_back(self, rows: Sequence[QueuedVote], why: str, counters: Counters) -> None:
-        """A paused node's leased rows go back to the queue untouched (no error, no delay, no attempt)."""
+        """A paused node's leased rows go back to the queue untouched (no error, no delay, no attempt); so do
+        the rows of a lane another instance owns now."""
         with anyio.CancelScope(shield=True):
             count = await queue.release(
                 self.state.sessions, [row.vote_id for row in rows], owner=self.state.owner
@@ -442,14 +458,20 @@ class LaneSender:
                 self.state.error(bump.reason)
                 return False
             signed = self.sign(tracked.nonce, tracked.data, tracked.latest.gas_limit, bump.fees)
-            with anyio.CancelScope(shield=True):
-                if not await queue.record_replacement(
-                    self.state.sessions,
-                    tracked.vote_id,
-                    signed,
-                    note="underpriced at first send; fees bumped",
-                ):
-                    return False
+            try:
+                with anyio.CancelScope(shield=True):
+                    stored = await queue.record_replacement(
+                        self.state.sessions,
+                        tracked.vote_id,
+                        signed,
+                        note="underpriced at first send; fees bumped",
+                        fence=self.state.fence,
+                    )
+            except LaneLost as exc:
+                self.state.lane_lost(exc.why)
+                return True  # the first transaction stays recorded: the lane's new owner resolves it
+            if not stored:
+                return False
             tracked.hashes.append(signed.tx_hash)
             tracked.latest = signed
             try:

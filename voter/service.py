@@ -48,6 +48,7 @@ from core.signals import WorkSignal
 from storage import queue
 from storage.controls import PauseState, PauseWatch
 from storage.engine import SessionFactory
+from storage.lanes import LaneFence
 from storage.models import VoteState, utcnow
 from storage.proposals import NodeRecord, record_proposal
 from storage.queue import QueuedVote
@@ -56,6 +57,7 @@ from voter.fees import gwei_to_wei
 from voter.jobs import Counters, VoteJob, estimate_request, estimate_value, vote_calldata
 from voter.lane import NodeLane, StepHook
 from voter.own_votes import own_votes_on_chain
+from voter.ownership import LaneOwnership, LaneView
 from voter.planning import NonceCounts, plan_batch, rows_by_node
 from voter.strategies import Decision, Price, Tally, decide, node_config, value_text
 
@@ -100,6 +102,19 @@ class NodeStatus:
 
 
 @dataclass(frozen=True)
+class LaneStatus:
+    """Who signs for one node: this instance (`owned`) or another (`owner`), when several share a database."""
+
+    node: str
+    address: str
+    owned: bool
+    owner: str | None
+    token: int | None
+    expires_at: dt.datetime | None
+    acquired_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
 class VoterStatus:
     connected: bool
     rounds: int
@@ -115,6 +130,8 @@ class VoterStatus:
     nodes: tuple[NodeStatus, ...] = field(default_factory=tuple)
     service_paused: bool = False
     dry_run: bool = False
+    instance: str = ""  # this process's owner id (queue and lane leases)
+    lanes: tuple[LaneStatus, ...] = field(default_factory=tuple)  # empty: no lane ownership in play
 
 
 @dataclass(frozen=True)
@@ -157,6 +174,7 @@ class Voter:
         step_hook: StepHook | None = None,
         rpc_errors: RpcErrorCounts | None = None,
         pauses: PauseWatch | None = None,
+        ownership: LaneOwnership | None = None,
     ) -> None:
         if len(accounts) != len(nodes):
             raise ConfigError("nodes", f"{len(accounts)} node accounts but {len(nodes)} node rows")
@@ -173,6 +191,10 @@ class Voter:
         self.step_hook = step_hook
         self.totals = Counters()
         self.pauses = pauses or PauseWatch(sessions)  # the operator's pause switches (storage/controls.py)
+        # Several instances on one database: only the lanes this instance owns are attached and sign.
+        self.ownership = ownership
+        if ownership is not None and ownership.on_change is None:
+            ownership.on_change = signal.notify  # a lane taken or lost: a round at once
         fees = FeeOracle(gwei_to_wei(settings.max_fee_gwei))
         # Strategies load here, at start: an unknown one is a ConfigError naming DLOOP_NODE_STRATEGIES.
         self.lanes = [
@@ -190,6 +212,7 @@ class Voter:
                 receipt_poll_interval=receipt_poll_interval,
                 stall_seconds=stall_seconds,
                 pauses=self.pauses,
+                ownership=ownership,
             )
             for account, node in zip(accounts, nodes, strict=True)
         ]
@@ -233,6 +256,26 @@ class Voter:
             ),
             service_paused=self.pauses.cached.service,
             dry_run=self.settings.dry_run,
+            instance=self.ownership.owner if self.ownership is not None else self.owner,
+            lanes=self._lane_statuses(),
+        )
+
+    def _lane_statuses(self) -> tuple[LaneStatus, ...]:
+        if self.ownership is None:
+            return ()
+        names = {lane.address.lower(): lane.node.name for lane in self.lanes}
+        return tuple(self._lane_status(names[view.address], view) for view in self.ownership.views())
+
+    @staticmethod
+    def _lane_status(name: str, view: LaneView) -> LaneStatus:
+        return LaneStatus(
+            node=name,
+            address=view.address,
+            owned=view.owned,
+            owner=view.owner,
+            token=view.token,
+            expires_at=view.expires_at,
+            acquired_at=view.acquired_at,
         )
 
     # -- operator controls -----------------------------------------------------------------------------
@@ -322,9 +365,12 @@ class Voter:
             raise ChainError(f"connected to chain {actual}, expected chain {self.chain_id}")
         # Rows this process held when its previous connection dropped are free again.
         await queue.release_owner(self.sessions, self.owner)
-        async with anyio.create_task_group() as tg:
-            for lane in self.lanes:
-                tg.start_soon(lane.attach, client)
+        if self.ownership is None:
+            async with anyio.create_task_group() as tg:
+                for lane in self.lanes:
+                    tg.start_soon(lane.attach, client)
+        else:
+            await self._sync_lanes(client)
         self._client = client
         log_event(log, "voter_connected", owner=self.owner, nodes=len(self.lanes))
 
@@ -332,6 +378,57 @@ class Voter:
         self._client = None
         for lane in self.lanes:
             lane.detach()
+            lane.state.fence = None  # a new connection attaches the owned lanes again
+
+    async def _sync_lanes(self, client: ChainClient) -> None:
+        """Lanes follow ownership (each round and each connection): a lane lost is forgotten; a lane taken
+        is attached the way a restart does (`sent` rows resolved from the chain, nonce synced) before it
+        signs anything. The owned lanes attach concurrently."""
+        if self.ownership is None:
+            return
+        taken: list[tuple[NodeLane, LaneFence]] = []
+        for lane in self.lanes:
+            fence = self.ownership.fence(lane.address)
+            if fence == lane.state.fence:
+                continue
+            if lane.state.fence is not None:
+                lane.release()
+                log_event(log, "lane_detached", node=lane.node.name, address=lane.address)
+            if fence is not None:
+                taken.append((lane, fence))
+        if taken:
+            async with anyio.create_task_group() as tg:
+                for lane, fence in taken:
+                    tg.start_soon(self._take_lane, lane, client, fence)
+
+    async def _take_lane(self, lane: NodeLane, client: ChainClient, fence: LaneFence) -> None:
+        started = anyio.current_time()
+        # Queued rows of this node leased by another instance (a dead one's leases last DLOOP_LEASE_SECONDS)
+        # are free now: only the lane's owner can record a vote for them.
+        freed = await queue.release_node_leases(
+            self.sessions, lane.node.id, keep_owner=self.owner, chain_id=self.chain_id
+        )
+        lane.state.fence = fence
+        try:
+            await lane.attach(client)
+        except TransientChainError:
+            lane.state.fence = None
+            raise
+        except ChainError as exc:
+            lane.state.fence = None  # attached again at the next round
+            lane.last_error = f"taking the lane: {exc}"
+            log_event(log, "node_error", level=logging.WARNING, node=lane.node.name, error=lane.last_error)
+            return
+        log_event(
+            log,
+            "lane_ready",
+            node=lane.node.name,
+            address=lane.address,
+            token=fence.token,
+            freed_leases=freed,
+            attach_seconds=round(anyio.current_time() - started, 3),
+        )
+        self.signal.notify()
 
     # -- rounds ----------------------------------------------------------------------------------------
     async def drain(self, *, deadline: float | None = None) -> DrainResult:
@@ -384,7 +481,7 @@ class Voter:
         if self._client is None:
             return 0
         async with self._round_lock:
-            counts = [await lane.adopt_sent() for lane in self.lanes]
+            counts = [await lane.adopt_sent() for lane in self.lanes if lane.state.owned]
         return sum(counts)
 
     async def _locked_round(self, deadline: float | None) -> DrainResult:
@@ -408,8 +505,11 @@ class Voter:
         counters = Counters()
         confirmed_before, failed_before = self.totals.confirmed, self.totals.failed
         batches = leased_total = 0
+        await self._sync_lanes(client)
         sent = await queue.sent_vote_ids(self.sessions, list(self._by_node), chain_id=self.chain_id)
         for lane in self.lanes:
+            if not lane.state.owned:
+                continue
             await self._lane_safely(lane, lane.check_funding)
             if (
                 sent.get(lane.node.id, set()) - lane.tracked.keys()
@@ -481,11 +581,13 @@ class Voter:
             log_event(log, "node_error", level=logging.WARNING, node=lane.node.name, error=lane.last_error)
 
     def _sendable(self) -> list[int]:
-        """Nodes whose queued rows a round leases: funded and not paused (a paused node's rows stay queued,
-        unleased, until it is resumed)."""
+        """Nodes whose queued rows a round leases: owned by this instance, funded and not paused (a paused
+        node's rows stay queued, unleased, until it is resumed; another instance's, for their owner)."""
         pauses = self.pauses.cached
         return [
-            lane.node.id for lane in self.lanes if not lane.unfunded and not pauses.paused(lane.node.name)
+            lane.node.id
+            for lane in self.lanes
+            if lane.state.owned and not lane.unfunded and not pauses.paused(lane.node.name)
         ]
 
     def _require_client(self) -> ChainClient:

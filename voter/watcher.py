@@ -16,7 +16,7 @@ import anyio
 
 from chain import requests as rpc
 from chain.client import Receipt
-from core.errors import ChainError, ContractRevert, DloopError, TransientChainError
+from core.errors import ChainError, ContractRevert, DloopError, LaneLost, TransientChainError
 from core.logs import log_event
 from core.retry import with_backoff
 from storage import queue
@@ -319,14 +319,19 @@ class ReceiptWatcher:
             waiting = max(self.state.tracked.values(), key=lambda t: t.nonce, default=tracked)
             reason = f"nonce {nonce} left unused (a reorg?); vote tx {waiting.latest.tx_hash} waits behind it"
             filler = self.sender.sign(nonce, "0x", FILLER_GAS, fees, to=self.state.address)
-            with anyio.CancelScope(shield=True):
-                await queue.record_nonce_filler(
-                    self.state.sessions,
-                    node_id=self.state.node.id,
-                    nonce=nonce,
-                    tx_hash=filler.tx_hash,
-                    reason=reason,
-                )
+            try:
+                with anyio.CancelScope(shield=True):
+                    await queue.record_nonce_filler(
+                        self.state.sessions,
+                        node_id=self.state.node.id,
+                        nonce=nonce,
+                        tx_hash=filler.tx_hash,
+                        reason=reason,
+                        fence=self.state.fence,
+                    )
+            except LaneLost as exc:
+                self.state.lane_lost(exc.why)
+                return
             self.state.fillers[nonce] = now
             self.state.free_nonces = [n for n in self.state.free_nonces if n != nonce]
             try:
@@ -419,12 +424,21 @@ class ReceiptWatcher:
                 return
             previous = tracked.latest
             signed = self.sender.sign(tracked.nonce, tracked.data, previous.gas_limit, bump.fees)
-            with anyio.CancelScope(shield=True):
-                if not await queue.record_replacement(
-                    self.state.sessions, tracked.vote_id, signed, note=f"replaced: {why}"
-                ):
-                    self.state.tracked.pop(tracked.vote_id, None)  # settled elsewhere (e.g. the listener)
-                    return
+            try:
+                with anyio.CancelScope(shield=True):
+                    stored = await queue.record_replacement(
+                        self.state.sessions,
+                        tracked.vote_id,
+                        signed,
+                        note=f"replaced: {why}",
+                        fence=self.state.fence,
+                    )
+            except LaneLost as exc:
+                self.state.lane_lost(exc.why)
+                return
+            if not stored:
+                self.state.tracked.pop(tracked.vote_id, None)  # settled elsewhere (e.g. the listener)
+                return
             tracked.hashes.append(signed.tx_hash)
             tracked.latest = signed
             tracked.rebroadcasts = 0

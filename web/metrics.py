@@ -34,6 +34,7 @@ class MetricsSnapshot:
     nodes: Sequence[str] = ()  # every configured node, for a 0/1 sample each
     dry_run: bool = False
     deployments: Sequence[DeploymentMetrics] = ()  # per deployment, when the service follows several
+    lanes: Sequence[LaneMetrics] = ()  # every node lane of every deployment, when lane ownership is on
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,14 @@ class DeploymentMetrics:
     head_lag_seconds: float | None = None
     votes_by_state: Mapping[str, int] = field(default_factory=dict)
     rpc_errors: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LaneMetrics:
+    deployment: str
+    node: str
+    owned: bool  # this instance signs for the node on the deployment's chain
+    owner: str | None  # the lease owner (None: no lease row yet)
 
 
 def _escape(value: str) -> str:
@@ -150,6 +159,18 @@ def render(snapshot: MetricsSnapshot) -> str:
         out.sample("dloop_signing_paused", int(paused), {"scope": "node", "node": node})
     out.family("dloop_dry_run", "gauge", "1 when DLOOP_DRY_RUN is set: decisions are recorded, never signed.")
     out.sample("dloop_dry_run", int(snapshot.dry_run))
+    if snapshot.lanes:
+        # A lane is (chain, node): a node voting in several deployments has one per deployment.
+        out.family("dloop_lane_owned", "gauge", "1 while this instance signs for the node (owns its lane).")
+        for lane in snapshot.lanes:
+            out.sample(
+                "dloop_lane_owned", int(lane.owned), {"deployment": lane.deployment, "node": lane.node}
+            )
+        out.family("dloop_lane_owner_info", "gauge", "The instance holding each node lane's lease (1).")
+        for lane in snapshot.lanes:
+            if lane.owner is not None:
+                labels = {"deployment": lane.deployment, "node": lane.node, "owner": lane.owner}
+                out.sample("dloop_lane_owner_info", 1, labels)
     out.family("dloop_rpc_errors_total", "counter", "Chain RPC errors by kind.")
     for kind, count in sorted(snapshot.rpc_errors.items()):
         out.sample("dloop_rpc_errors_total", count, {"kind": kind})

@@ -35,11 +35,27 @@ class ListenerView:
 
 
 @dataclass(frozen=True)
+class LaneInfo:
+    """Who signs for one node when several instances share the database: this one (`owned`) or `owner`."""
+
+    node: str
+    address: str
+    owned: bool
+    owner: str | None  # None: no instance has taken the lane yet
+    token: int | None  # the fencing token of the lane's current lease
+    expires_at: dt.datetime | None
+    deployment: str = ""  # a node voting in several deployments has one lane on each one's chain
+    chain_id: int | None = None
+
+
+@dataclass(frozen=True)
 class VoterView:
     running: bool
     in_flight: int = 0
     last_error: str | None = None
     extra: Mapping[str, object] = field(default_factory=dict)
+    instance: str = ""  # this process's owner id
+    lanes: Sequence[LaneInfo] = ()  # empty: no lane ownership in play
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 
@@ -15,7 +16,7 @@ from monitor.rules import SEVERITY, Rule, votes_affordable
 from storage.models import OPEN_VOTE_STATES, VoteState
 from storage.queries import ActiveProposalRows, NodeVoteStats, ProposalRecord, Record
 from storage.rounds import RoundRecord
-from web.ports import AlertsView, DeploymentStatus, ListenerView, NodeChainState, VoterView
+from web.ports import AlertsView, DeploymentStatus, LaneInfo, ListenerView, NodeChainState, VoterView
 from web.schemas import (
     ActiveProposal,
     ActiveProposalsResponse,
@@ -25,6 +26,8 @@ from web.schemas import (
     DayOut,
     EvaluatorOut,
     HealthCheck,
+    LaneOut,
+    LanesOut,
     ListenerOut,
     NodeOut,
     NodeVoteBrief,
@@ -174,6 +177,65 @@ def voter_out(voter: VoterView) -> VoterOut:
         last_error=voter.last_error,
         details={k: plain(v) for k, v in voter.extra.items()},
     )
+
+
+def lanes_out(voter: VoterView) -> LanesOut | None:
+    """Which node lanes this instance signs for and who holds the others (None: no lane ownership)."""
+    if not voter.lanes:
+        return None
+    names = _lane_names(voter.lanes)
+    owned = [name for name, lane in zip(names, voter.lanes, strict=True) if lane.owned]
+    return LanesOut(
+        instance=voter.instance,
+        owned=owned,
+        standby=not owned,
+        lanes=[_lane_out(lane) for lane in voter.lanes],
+    )
+
+
+def _lane_out(lane: LaneInfo) -> LaneOut:
+    return LaneOut(
+        node=lane.node,
+        address=lane.address,
+        owned=lane.owned,
+        owner=lane.owner,
+        token=lane.token,
+        expires_at=lane.expires_at,
+        deployment=lane.deployment or None,
+        chain_id=lane.chain_id,
+    )
+
+
+def _lane_names(lanes: Sequence[LaneInfo]) -> list[str]:
+    """Each lane's node name, with its deployment when the node has a lane in several deployments."""
+    counts = Counter(lane.node for lane in lanes)
+    return [
+        f"{lane.node} ({lane.deployment})" if counts[lane.node] > 1 and lane.deployment else lane.node
+        for lane in lanes
+    ]
+
+
+def lanes_check(voter: VoterView, now: dt.datetime) -> HealthCheck | None:
+    """Always ok: a standby instance (another one signs for every node) is healthy, it takes over if that one
+    dies. The detail says which lanes are whose, and names any lane nobody holds a live lease on."""
+    if not voter.lanes:
+        return None
+    names = _lane_names(voter.lanes)
+    owned = [name for name, lane in zip(names, voter.lanes, strict=True) if lane.owned]
+    others: dict[str, list[str]] = {}
+    orphans = []
+    for name, lane in zip(names, voter.lanes, strict=True):
+        if lane.owned:
+            continue
+        if lane.owner is None or lane.expires_at is None or lane.expires_at <= now:
+            orphans.append(name)
+        else:
+            others.setdefault(lane.owner, []).append(name)
+    parts = [f"this instance signs for {', '.join(owned)}" if owned else "standby: signs for no node"]
+    parts += [f"{owner} signs for {', '.join(nodes)}" for owner, nodes in sorted(others.items())]
+    if orphans:
+        parts.append(f"no live owner (being taken over) for {', '.join(orphans)}")
+    return HealthCheck(True, "; ".join(parts))
 
 
 def health_checks(

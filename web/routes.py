@@ -25,7 +25,7 @@ from storage.rounds import get_round, last_round
 from web.auth import trigger_guard
 from web.caches import WebCaches
 from web.dashboard import read_node_chain
-from web.metrics import CONTENT_TYPE, DeploymentMetrics, MetricsSnapshot, render
+from web.metrics import CONTENT_TYPE, DeploymentMetrics, LaneMetrics, MetricsSnapshot, render
 from web.pages import overview_page
 from web.ports import WebContext, pause_control
 from web.present import (
@@ -37,6 +37,8 @@ from web.present import (
     head_age,
     health_checks,
     health_status,
+    lanes_check,
+    lanes_out,
     listener_out,
     node_out,
     node_status,
@@ -166,6 +168,7 @@ async def overview(context: Ctx) -> OverviewResponse:
         last_round=round_out(latest, context.rounds.phase(latest.id)) if latest else None,
         uptime_seconds=round((now - context.started_at).total_seconds(), 3),
         controls=controls_out(context, pauses),
+        lanes=lanes_out(voter),
     )
 
 
@@ -396,6 +399,9 @@ async def metrics(context: Ctx) -> Response[str]:
         nodes=[n.name for n in context.nodes],
         dry_run=context.dry_run,
         deployments=await deployment_metrics(context, now),
+        lanes=[
+            LaneMetrics(lane.deployment, lane.node, lane.owned, lane.owner) for lane in context.voter().lanes
+        ],
     )
     return Response(render(snapshot), media_type=CONTENT_TYPE)
 
@@ -515,8 +521,12 @@ async def health_answer(context: WebContext, caches: WebCaches) -> tuple[bytes, 
         head_timeout=context.head_timeout,
         deployments=context.deployment_status(),
     )
+    voter = context.voter()
+    lanes = lanes_check(voter, now)
+    if lanes is not None:
+        checks["lanes"] = lanes
     status = health_status(checks)
-    body = HealthResponse(status, status == "healthy", now, checks)
+    body = HealthResponse(status, status == "healthy", now, checks, lanes_out(voter))
     return msgspec.json.encode(body), 200 if status == "healthy" else 503
 
 

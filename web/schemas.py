@@ -224,11 +224,32 @@ class HealthCheck(Api):
     detail: str
 
 
+class LaneOut(Api):
+    node: str
+    address: str
+    owned: bool  # this instance signs for the node now
+    owner: str | None  # the instance holding the lane's lease (None: nobody has taken it yet)
+    token: int | None  # the lease's fencing token
+    expires_at: dt.datetime | None
+    deployment: str | None = None  # lanes are per (chain, node): a node in several deployments has several
+    chain_id: int | None = None
+
+
+class LanesOut(Api):
+    """Node lanes when several instances share the database: which this one signs for, who has the others."""
+
+    instance: str  # this instance's id (host, pid, random)
+    owned: list[str]  # nodes this instance signs for
+    standby: bool  # owns none: another instance signs for every node (healthy: it takes over if that dies)
+    lanes: list[LaneOut]
+
+
 class HealthResponse(Api):
     status: str  # healthy / degraded (voting from reconcile passes only: the listener is blind) / unhealthy
     healthy: bool
     timestamp: dt.datetime
     checks: dict[str, HealthCheck]
+    lanes: LanesOut | None = None
 
 
 class ListenerOut(Api):
@@ -295,6 +316,7 @@ class OverviewResponse(Api):
     last_round: RoundOut | None
     uptime_seconds: float
     controls: ControlsOut | None = None
+    lanes: LanesOut | None = None
 
 
 # -- alerts and analytics ------------------------------------------------------------------------------------

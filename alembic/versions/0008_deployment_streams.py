@@ -9,7 +9,7 @@ reorg of the first and its proposal ids would meet the first's.
 - chain_logs: a `stream` column (the one stream's name on old rows, else NULL: such rows are never read).
 
 Revision ID: 0008
-Revises: 0006 (re-chained after 0007 at merge)
+Revises: 0007
 Create Date: 2026-12-07 03:10:00
 """
 
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"  # after lane leases (issue #17 landed in two branches)
 branch_labels = None
 depends_on = None
 

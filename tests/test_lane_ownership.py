@@ -1,0 +1,108 @@
+"""Lane ownership (voter/ownership.py) on a real database, without a chain: two instances' loops take, renew,
+lose and take over lanes; and how /health and /metrics show who signs for which node (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import anyio
+import pytest
+
+from storage import lanes
+from storage.models import utcnow
+from tests.support.database import Database
+from voter.ownership import LaneOwnership
+from web.metrics import LaneMetrics, MetricsSnapshot, render
+from web.ports import LaneInfo, VoterView
+from web.present import lanes_check, lanes_out
+
+ADDRESSES = ["0x" + f"{i:02x}" * 20 for i in (1, 2)]
+
+
+def ownership(db: Database, owner: str, changes: list[str], takeover: float = 1.5) -> LaneOwnership:
+    return LaneOwnership(
+        db.sessions,
+        chain_id=1,
+        addresses=ADDRESSES,
+        owner=owner,
+        takeover_seconds=takeover,
+        on_change=lambda: changes.append(owner),
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.both_databases
+async def test_a_standby_takes_a_silent_owners_lanes_and_the_old_owner_stops_signing(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    changes: list[str] = []
+    a, b = ownership(db, "a", changes), ownership(db, "b", changes)
+    await a.tick()
+    await b.tick()
+    assert all(a.fence(x) is not None and b.fence(x) is None for x in ADDRESSES)
+    assert changes == ["a"]  # b's first tick took nothing: no change to act on
+    assert {v.owner for v in b.views()} == {"a"} and not any(v.owned for v in b.views())
+    # a goes silent (killed, cut off): its lease (2/3 of the takeover time) runs out on both clocks.
+    caplog.set_level(logging.INFO, logger="dloop.voter")
+    await anyio.sleep(a.lease_seconds + 0.05)
+    assert a.fence(ADDRESSES[0]) is None  # by its own clock a stops before anyone may start
+    await b.tick()
+    assert all(b.fence(x) is not None for x in ADDRESSES) and changes[-1] == "b"
+    acquired = [r for r in caplog.records if r.getMessage() == "lane_acquired"]
+    fields = acquired[-1].dloop_fields  # type: ignore[attr-defined]
+    assert fields["previous_owner"] == "a" and fields["token"] == 2 and fields["ownerless_seconds"] >= 0
+    # a comes back: its renewal finds the lanes b's, and it does not take them.
+    await a.tick()
+    assert all(a.fence(x) is None for x in ADDRESSES)
+    assert {(r.owner, r.token) for r in await lanes.owners(db.sessions, chain_id=1)} == {("b", 2)}
+
+
+@pytest.mark.anyio
+@pytest.mark.both_databases
+async def test_a_clean_stop_hands_the_lanes_over_at_once(db: Database) -> None:
+    changes: list[str] = []
+    a, b = ownership(db, "a", changes, takeover=60), ownership(db, "b", changes, takeover=60)
+    async with anyio.create_task_group() as tg:
+        await tg.start(a.run)
+        assert a.fence(ADDRESSES[0]) is not None
+        tg.cancel_scope.cancel()  # a stops: its loop ends its leases on the way out
+    await b.tick()  # long before the 40 s lease would have expired
+    assert all(b.fence(x) is not None for x in ADDRESSES)
+
+
+def test_health_and_metrics_name_the_owner_of_each_lane() -> None:
+    now = utcnow()
+    later = now + dt.timedelta(seconds=5)
+    voter = VoterView(
+        running=True,
+        instance="voter-b",
+        lanes=[
+            LaneInfo("ai-gov-01", ADDRESSES[0], False, "voter-a", 3, later),
+            LaneInfo("ai-gov-02", ADDRESSES[1], False, "voter-a", 1, now - dt.timedelta(seconds=1)),
+        ],
+    )
+    check = lanes_check(voter, now)
+    assert check is not None and check.ok  # a standby is healthy
+    assert check.detail == (
+        "standby: signs for no node; voter-a signs for ai-gov-01; "
+        "no live owner (being taken over) for ai-gov-02"
+    )
+    body = lanes_out(voter)
+    assert body is not None and body.standby and body.owned == [] and body.lanes[0].owner == "voter-a"
+    assert lanes_out(VoterView(running=True)) is None and lanes_check(VoterView(running=True), now) is None
+    text = render(
+        MetricsSnapshot(
+            vote_counts={}, queue_by_state={}, head_block=None, head_lag_seconds=None, reconnects=0,
+            sent_latencies=[], mined_latencies=[], rpc_errors={}, proposals_known=0, proposals_active=0,
+            listener_up=True, voter_up=True,
+            lanes=[
+                LaneMetrics("default", "ai-gov-01", True, "voter-b"),
+                LaneMetrics("default", "ai-gov-02", False, None),
+            ],
+        )
+    )  # fmt: skip
+    assert 'dloop_lane_owned{deployment="default",node="ai-gov-01"} 1' in text
+    assert 'dloop_lane_owned{deployment="default",node="ai-gov-02"} 0' in text
+    assert 'dloop_lane_owner_info{deployment="default",node="ai-gov-01",owner="voter-b"} 1' in text
+    assert 'node="ai-gov-02",owner=' not in text

@@ -1,0 +1,134 @@
+"""Lane leases (storage/lanes.py) on a real SQLite file and PostgreSQL database: one owner per lane, taken
+only once its lease expired, a fencing token that moves with every take, and no signed vote recorded under a
+fence that is no longer current. No chain."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import anyio
+import pytest
+from sqlalchemy import select
+
+from core.errors import LaneLost
+from storage import lanes, queue
+from storage.engine import SessionFactory, create_engine, session_factory
+from storage.models import Vote, VoteState, utcnow
+from storage.proposals import record_proposal
+from storage.queue import SentRecord, SignedTx
+from tests.support.database import Database
+from tests.test_voter_queue import proposal
+
+pytestmark = [pytest.mark.anyio, pytest.mark.both_databases]
+
+LANE = "0x" + "ab" * 20
+OTHER = "0x" + "cd" * 20
+
+
+async def test_one_owner_per_lane_taken_only_after_its_lease_expired(db: Database) -> None:
+    sessions, t0 = db.sessions, utcnow()
+    mine = await lanes.acquire(sessions, chain_id=1, addresses=[LANE, OTHER], owner="a", seconds=5, now=t0)
+    assert all(c.held and c.taken and c.after.token == 1 for c in mine.values())
+    # Another instance, while a's leases are live: nothing for it; it sees who holds them.
+    theirs = await lanes.acquire(sessions, chain_id=1, addresses=[LANE], owner="b", seconds=5, now=t0)
+    assert not theirs[LANE].held and theirs[LANE].after.owner == "a"
+    # a renews: same token, later expiry, not a new take.
+    renewed = await lanes.acquire(
+        sessions, chain_id=1, addresses=[LANE], owner="a", seconds=5, now=t0 + dt.timedelta(seconds=3)
+    )
+    assert renewed[LANE].held and not renewed[LANE].taken and renewed[LANE].after.token == 1
+    assert renewed[LANE].after.acquired_at == mine[LANE].after.acquired_at
+    # a stops renewing: once its lease expired, b takes the lane under the next token.
+    later = t0 + dt.timedelta(seconds=8.5)
+    taken = await lanes.acquire(sessions, chain_id=1, addresses=[LANE], owner="b", seconds=5, now=later)
+    assert taken[LANE].held and taken[LANE].taken and taken[LANE].after.token == 2
+    assert taken[LANE].before is not None and taken[LANE].before.owner == "a"
+    # a's next renewal finds the lane b's.
+    back = await lanes.acquire(sessions, chain_id=1, addresses=[LANE], owner="a", seconds=5, now=later)
+    assert not back[LANE].held and back[LANE].after.owner == "b"
+    # a lapsed lease taken again by its own owner is a new take too (what it knew is stale).
+    late = t0 + dt.timedelta(seconds=30)
+    again = await lanes.acquire(sessions, chain_id=1, addresses=[OTHER], owner="a", seconds=5, now=late)
+    assert again[OTHER].taken and again[OTHER].after.token == 2
+    owners = {r.address: (r.owner, r.token) for r in await lanes.owners(sessions, chain_id=1)}
+    assert owners == {LANE: ("b", 2), OTHER: ("a", 2)}
+
+
+async def test_a_released_lane_is_taken_at_once(db: Database) -> None:
+    sessions, t0 = db.sessions, utcnow()
+    await lanes.acquire(sessions, chain_id=1, addresses=[LANE], owner="a", seconds=60, now=t0)
+    assert await lanes.release(sessions, chain_id=1, owner="a", now=t0) == 1
+    soon = t0 + dt.timedelta(milliseconds=1)
+    taken = await lanes.acquire(sessions, chain_id=1, addresses=[LANE], owner="b", seconds=60, now=soon)
+    assert taken[LANE].held and taken[LANE].after.token == 2
+    assert taken[LANE].before is not None and taken[LANE].before.owner == "a"
+
+
+async def test_two_instances_racing_for_a_new_lane_one_wins(db: Database) -> None:
+    """Two engines (two processes' pools) insert the same new lane at once: one row, one owner; the loser
+    reads the winner's row back instead of failing."""
+    engines = [create_engine(db.url), create_engine(db.url)]
+    try:
+        factories = [session_factory(engine) for engine in engines]
+        claims: dict[str, lanes.LaneClaim] = {}
+
+        async def take(sessions: SessionFactory, owner: str) -> None:
+            got = await lanes.acquire(sessions, chain_id=7, addresses=[LANE], owner=owner, seconds=30)
+            claims[owner] = got[LANE]
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take, factories[0], "a")
+            tg.start_soon(take, factories[1], "b")
+        assert sum(c.held for c in claims.values()) == 1
+        assert {c.after.owner for c in claims.values()} == {claims["a"].after.owner}
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_a_vote_signed_under_a_lapsed_fence_is_not_recorded(db: Database) -> None:
+    """The fencing rule: instance a signed a vote, but b took the lane over before a recorded it. The record
+    is refused in the same transaction (LaneLost), the row stays queued, no transaction is stored."""
+    sessions = db.sessions
+    node = db.nodes[0]
+    await record_proposal(
+        sessions, chain_id=1, contract="0xdao", data=proposal(1), source="backfill", node_ids=[node.id]
+    )
+    address = node.address.lower()
+    t0 = utcnow()
+    a = await lanes.acquire(sessions, chain_id=1, addresses=[address], owner="a", seconds=2, now=t0)
+    rows = await queue.lease(
+        sessions, [r.vote_id for r in await candidates(sessions, node.id)], owner="a", lease_seconds=60
+    )
+    assert len(rows) == 1
+    # b takes over once a's lease has expired (a missed its renewals: stopped, cut off, or just slow).
+    later = t0 + dt.timedelta(seconds=3)
+    b = await lanes.acquire(sessions, chain_id=1, addresses=[address], owner="b", seconds=60, now=later)
+    assert b[address].held and b[address].after.token == 2
+    signed = SignedTx("0x" + "99" * 32, 0, 2 * 10**9, 10**9, 100_000, b"\x02\x01")
+    record = SentRecord(rows[0].vote_id, signed, "for", 0.9, "r")
+    with pytest.raises(LaneLost, match="taken over by b"):
+        await queue.record_sent_many(sessions, [record], owner="a", fence=a[address].fence)
+    async with sessions() as session:
+        vote = (await session.execute(select(Vote).where(Vote.id == rows[0].vote_id))).scalar_one()
+    assert vote.state == VoteState.QUEUED and vote.tx_hash is None
+    # The new owner frees the rows a leased, and records under its own, current fence.
+    assert await queue.release_node_leases(sessions, node.id, keep_owner="b") == 1
+    leased = await queue.lease(sessions, [rows[0].vote_id], owner="b", lease_seconds=60)
+    recorded = await queue.record_sent_many(
+        sessions, [SentRecord(leased[0].vote_id, signed, "for", 0.9, "r")], owner="b", fence=b[address].fence
+    )
+    assert recorded == {rows[0].vote_id}
+
+
+async def test_an_expired_fence_is_refused_even_if_nobody_took_the_lane(db: Database) -> None:
+    sessions = db.sessions
+    t0 = utcnow() - dt.timedelta(seconds=10)
+    a = await lanes.acquire(sessions, chain_id=1, addresses=[LANE], owner="a", seconds=1, now=t0)
+    signed = SignedTx("0x" + "98" * 32, 0, 2 * 10**9, 10**9, 100_000, b"\x02\x02")
+    with pytest.raises(LaneLost, match="expired"):
+        await queue.record_replacement(sessions, 1, signed, note="bump", fence=a[LANE].fence)
+
+
+async def candidates(sessions: SessionFactory, node_id: int) -> list[queue.QueuedVote]:
+    return await queue.queued_candidates(sessions, node_ids=[node_id], max_proposals=10)

@@ -131,6 +131,14 @@ def test_two_deployments_vote_in_real_time_and_a_stopped_chain_delays_only_its_o
                 assert unknown.status_code == 400 and "alpha, beta" in unknown.text, (path, unknown.text)
             metrics = svc.get("/metrics").text
             assert 'dloop_deployment_up{deployment="beta",chain_id="31338"} 1' in metrics
+            # Lanes are (chain, node): the one instance owns each node's lane on both chains, named apart.
+            lanes = svc.get("/health").json()["lanes"]
+            assert sorted((lane["deployment"], lane["chainId"]) for lane in lanes["lanes"]) == sorted(
+                [("alpha", 31337), ("beta", 31338)] * NODES
+            )
+            assert all(lane["owned"] and lane["owner"] == lanes["instance"] for lane in lanes["lanes"]), lanes
+            assert {"ai-gov-01 (alpha)", "ai-gov-01 (beta)"} <= set(lanes["owned"]), lanes["owned"]
+            assert 'dloop_lane_owned{deployment="beta",node="ai-gov-01"} 1' in metrics
 
             # Beta's anvil stops for 30 s: alpha's proposals made meanwhile are voted without delay.
             delays = []

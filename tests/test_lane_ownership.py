@@ -91,6 +91,31 @@ def test_health_and_metrics_name_the_owner_of_each_lane() -> None:
     body = lanes_out(voter)
     assert body is not None and body.standby and body.owned == [] and body.lanes[0].owner == "voter-a"
     assert lanes_out(VoterView(running=True)) is None and lanes_check(VoterView(running=True), now) is None
+
+
+def test_a_node_in_two_deployments_has_a_lane_in_each_named_apart() -> None:
+    now = utcnow()
+    later = now + dt.timedelta(seconds=5)
+    voter = VoterView(
+        running=True,
+        instance="voter-b",
+        lanes=[
+            LaneInfo("ai-gov-01", ADDRESSES[0], True, "voter-b", 1, later, deployment="alpha", chain_id=1),
+            LaneInfo("ai-gov-01", ADDRESSES[0], False, "voter-a", 2, later, deployment="beta", chain_id=2),
+            LaneInfo("ai-gov-02", ADDRESSES[1], True, "voter-b", 1, later, deployment="beta", chain_id=2),
+        ],
+    )
+    check = lanes_check(voter, now)
+    assert check is not None and check.detail == (
+        "this instance signs for ai-gov-01 (alpha), ai-gov-02; voter-a signs for ai-gov-01 (beta)"
+    )
+    body = lanes_out(voter)
+    assert body is not None and body.owned == ["ai-gov-01 (alpha)", "ai-gov-02"]
+    assert [(lane.deployment, lane.chain_id) for lane in body.lanes] == [
+        ("alpha", 1),
+        ("beta", 2),
+        ("beta", 2),
+    ]
     text = render(
         MetricsSnapshot(
             vote_counts={}, queue_by_state={}, head_block=None, head_lag_seconds=None, reconnects=0,

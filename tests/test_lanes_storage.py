@@ -57,6 +57,9 @@ async def test_one_owner_per_lane_taken_only_after_its_lease_expired(db: Databas
 async def test_a_released_lane_is_taken_at_once(db: Database) -> None:
     sessions, t0 = db.sessions, utcnow()
     await lanes.acquire(sessions, chain_id=1, addresses=[LANE], owner="a", seconds=60, now=t0)
+    # Another deployment of the same instance on this chain ends only its own lanes.
+    await lanes.acquire(sessions, chain_id=1, addresses=[OTHER], owner="a", seconds=60, now=t0)
+    assert await lanes.release(sessions, chain_id=1, owner="a", addresses=[OTHER], now=t0) == 1
     assert await lanes.release(sessions, chain_id=1, owner="a", now=t0) == 1
     soon = t0 + dt.timedelta(milliseconds=1)
     taken = await lanes.acquire(sessions, chain_id=1, addresses=[LANE], owner="b", seconds=60, now=soon)
@@ -113,7 +116,9 @@ async def test_a_vote_signed_under_a_lapsed_fence_is_not_recorded(db: Database) 
         vote = (await session.execute(select(Vote).where(Vote.id == rows[0].vote_id))).scalar_one()
     assert vote.state == VoteState.QUEUED and vote.tx_hash is None
     # The new owner frees the rows a leased, and records under its own, current fence.
-    assert await queue.release_node_leases(sessions, node.id, keep_owner="b") == 1
+    # Only the rows on the lane's chain: the node's rows on another chain belong to that chain's lane.
+    assert await queue.release_node_leases(sessions, node.id, keep_owner="b", chain_id=2) == 0
+    assert await queue.release_node_leases(sessions, node.id, keep_owner="b", chain_id=1) == 1
     leased = await queue.lease(sessions, [rows[0].vote_id], owner="b", lease_seconds=60)
     recorded = await queue.record_sent_many(
         sessions, [SentRecord(leased[0].vote_id, signed, "for", 0.9, "r")], owner="b", fence=b[address].fence

@@ -20,12 +20,12 @@ import datetime as dt
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy import and_, case, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import LaneLost
 from storage.engine import SessionFactory
-from storage.models import LaneLease, utcnow
+from storage.models import LaneLease, UTCDateTime, utcnow
 from storage.transactions import read, write
 
 
@@ -129,7 +129,9 @@ async def acquire(
             .values(
                 owner=owner,
                 token=case((renewal, LaneLease.token), else_=LaneLease.token + 1),
-                acquired_at=case((renewal, LaneLease.acquired_at), else_=moment),
+                # Typed as the column: an untyped aware datetime is bound as TIMESTAMP WITH TIME ZONE on
+                # PostgreSQL and stored shifted by the session's TimeZone.
+                acquired_at=case((renewal, LaneLease.acquired_at), else_=literal(moment, UTCDateTime())),
                 renewed_at=moment,
                 expires_at=expires,
             )

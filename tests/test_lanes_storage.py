@@ -8,7 +8,7 @@ import datetime as dt
 
 import anyio
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from core.errors import LaneLost
 from storage import lanes, queue
@@ -128,6 +128,25 @@ async def test_an_expired_fence_is_refused_even_if_nobody_took_the_lane(db: Data
     signed = SignedTx("0x" + "98" * 32, 0, 2 * 10**9, 10**9, 100_000, b"\x02\x02")
     with pytest.raises(LaneLost, match="expired"):
         await queue.record_replacement(sessions, 1, signed, note="bump", fence=a[LANE].fence)
+
+
+async def test_a_take_stores_its_moment_whatever_the_sessions_time_zone(db: Database) -> None:
+    """acquired_at of a take (the UPDATE path) is the moment given, also on a PostgreSQL whose TimeZone is
+    not UTC (an untyped aware datetime would be bound as TIMESTAMP WITH TIME ZONE and stored shifted)."""
+    if db.engine.dialect.name == "postgresql":
+        async with db.engine.begin() as conn:
+            name = await conn.scalar(text("SELECT current_database()"))
+            await conn.execute(text(f"ALTER DATABASE \"{name}\" SET timezone TO 'America/New_York'"))
+        await db.engine.dispose()  # new connections start in that time zone
+        async with db.engine.connect() as conn:
+            assert await conn.scalar(text("SHOW timezone")) == "America/New_York"
+    t0 = utcnow()
+    await lanes.acquire(db.sessions, chain_id=1, addresses=[LANE], owner="a", seconds=1, now=t0)
+    later = t0 + dt.timedelta(seconds=5)
+    taken = await lanes.acquire(db.sessions, chain_id=1, addresses=[LANE], owner="b", seconds=60, now=later)
+    assert taken[LANE].held and taken[LANE].after.token == 2
+    assert taken[LANE].after.acquired_at == later
+    assert taken[LANE].after.expires_at == later + dt.timedelta(seconds=60)
 
 
 async def candidates(sessions: SessionFactory, node_id: int) -> list[queue.QueuedVote]:

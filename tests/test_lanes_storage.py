@@ -16,8 +16,7 @@ from storage.engine import SessionFactory, create_engine, session_factory
 from storage.models import Vote, VoteState, utcnow
 from storage.proposals import record_proposal
 from storage.queue import SentRecord, SignedTx
-from tests.support.database import Database
-from tests.test_voter_queue import proposal
+from tests.support.database import Database, made_up_proposal
 
 pytestmark = [pytest.mark.anyio, pytest.mark.both_databases]
 
@@ -92,7 +91,12 @@ async def test_a_vote_signed_under_a_lapsed_fence_is_not_recorded(db: Database) 
     sessions = db.sessions
     node = db.nodes[0]
     await record_proposal(
-        sessions, chain_id=1, contract="0xdao", data=proposal(1), source="backfill", node_ids=[node.id]
+        sessions,
+        chain_id=1,
+        contract="0xdao",
+        data=made_up_proposal(1),
+        source="backfill",
+        node_ids=[node.id],
     )
     address = node.address.lower()
     t0 = utcnow()

@@ -12,7 +12,6 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chain.types import AssetInfo, ProposalData
 from core.errors import StorageError
 from storage import queue
 from storage.engine import SessionFactory
@@ -20,16 +19,9 @@ from storage.models import Vote, VoteOutcome, VoteState, VoteTransaction, utcnow
 from storage.proposals import record_proposal
 from storage.queue import SignedTx
 from storage.transactions import write
-from tests.support.database import Database, NodeSpec
+from tests.support.database import Database, NodeSpec, made_up_proposal
 
 pytestmark = [pytest.mark.anyio, pytest.mark.both_databases]
-
-
-def proposal(pid: int) -> ProposalData:
-    return ProposalData(
-        pid, 0, "0x" + "11" * 20, 10**6, "A proposal", "0x" + "22" * 20, 1_700_000_000, 1_700_000_000 + pid,
-        0, 0, 1, False, AssetInfo("0x" + "11" * 20, "USDC", 6),
-    )  # fmt: skip
 
 
 @pytest.fixture
@@ -42,7 +34,7 @@ async def db(db: Database) -> tuple[SessionFactory, list[int]]:
     """The shared `db` (tests/conftest.py) with two nodes and five proposals."""
     for pid in range(1, 6):
         await record_proposal(
-            db.sessions, chain_id=1, contract="0xdao", data=proposal(pid), source="backfill",
+            db.sessions, chain_id=1, contract="0xdao", data=made_up_proposal(pid), source="backfill",
             node_ids=[n.id for n in db.nodes],
         )  # fmt: skip
     return db.sessions, [n.id for n in db.nodes]

@@ -50,16 +50,18 @@ def sqlite_run_lock(database_url: str) -> Iterator[None]:
     if path is None:
         yield
         return
+    path = path.resolve()  # one lock per file, however it is named (relative, via a symlink)
     lock = path.with_name(path.name + ".run.lock")
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise ConfigError(
                 "DLOOP_DATABASE_URL",
-                f"another `dloop run` is using the SQLite file {path} (it holds {lock}); stop it first, "
-                "or use PostgreSQL to run several instances",
+                f"another `dloop run` (pid {holder}) is using the SQLite file {path} (it holds {lock}); "
+                "stop it first, or use PostgreSQL to run several instances",
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a person looking

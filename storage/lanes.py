@@ -17,15 +17,17 @@ primary key.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Literal
 
-from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy import Select, and_, case, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import LaneLost
 from storage.engine import SessionFactory
-from storage.models import LaneLease, utcnow
+from storage.models import LaneLease, Node, UTCDateTime, utcnow
 from storage.transactions import read, write
 
 
@@ -53,6 +55,18 @@ class LaneFence:
     address: str
     owner: str
     token: int
+
+
+class NoLanes(enum.Enum):
+    """The explicit "this process is the only signer" marker (a voter built without lane ownership)."""
+
+    NO_LANES = "no lanes"
+
+
+NO_LANES = NoLanes.NO_LANES
+# What a signed transaction is recorded under: always said, never defaulted, so that a fence lost on the way
+# (None) can never pass for "no fencing". NO_LANES is refused too once the node has a lane lease row.
+Fencing = LaneFence | Literal[NoLanes.NO_LANES]
 
 
 @dataclass(frozen=True)
@@ -129,7 +143,9 @@ async def acquire(
             .values(
                 owner=owner,
                 token=case((renewal, LaneLease.token), else_=LaneLease.token + 1),
-                acquired_at=case((renewal, LaneLease.acquired_at), else_=moment),
+                # Typed as the column: an untyped aware datetime is bound as TIMESTAMP WITH TIME ZONE on
+                # PostgreSQL and stored shifted by the session's TimeZone.
+                acquired_at=case((renewal, LaneLease.acquired_at), else_=literal(moment, UTCDateTime())),
                 renewed_at=moment,
                 expires_at=expires,
             )
@@ -216,3 +232,22 @@ async def hold_fence(session: AsyncSession, fence: LaneFence, now: dt.datetime) 
     else:
         why = f"our lease expired at {row.expires_at:%H:%M:%S.%f} UTC"
     raise LaneLost(fence.address, why)
+
+
+async def hold(
+    session: AsyncSession, fence: Fencing, now: dt.datetime, *, node_ids: Collection[int] | Select[int]
+) -> None:
+    """Inside a write transaction that records a signed transaction of the nodes `node_ids`: with a fence,
+    `hold_fence`; with NO_LANES, LaneLost if any of those nodes has a lane lease row (lanes are in use
+    there: a record without the lane's fence would skip the fencing check)."""
+    if fence is not NO_LANES:
+        await hold_fence(session, fence, now)
+        return
+    addresses = select(func.lower(Node.address)).where(Node.id.in_(node_ids))
+    row = (
+        await session.execute(
+            select(LaneLease.address, LaneLease.owner).where(LaneLease.address.in_(addresses)).limit(1)
+        )
+    ).first()
+    if row is not None:
+        raise LaneLost(row.address, f"lanes are in use (owner {row.owner}): a record needs the lane's fence")

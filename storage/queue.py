@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import votes
 from storage.engine import SessionFactory
-from storage.lanes import LaneFence, hold_fence
+from storage.lanes import Fencing, hold
 from storage.models import NonceFiller, Proposal, Vote, VoteOutcome, VoteState, VoteTransaction, utcnow
 from storage.transactions import read, write
 
@@ -317,19 +317,21 @@ async def record_sent(
     decision: str,
     confidence: float,
     reason: str,
+    fence: Fencing,
 ) -> bool:
     """queued -> sent with the signed transaction, BEFORE it is broadcast. False: the lease was lost."""
     record = SentRecord(vote_id, tx, decision, confidence, reason)
-    return vote_id in await record_sent_many(sessions, [record], owner=owner)
+    return vote_id in await record_sent_many(sessions, [record], owner=owner, fence=fence)
 
 
 async def record_sent_many(
-    sessions: SessionFactory, records: Sequence[SentRecord], *, owner: str, fence: LaneFence | None = None
+    sessions: SessionFactory, records: Sequence[SentRecord], *, owner: str, fence: Fencing
 ) -> set[int]:
     """queued -> sent for each record, in ONE transaction, before any of them is broadcast.
 
-    Returns the vote ids recorded; a row missing from it had lost its lease (another voter has it). With a
-    `fence`, raises LaneLost (nothing recorded) when the node's lane is no longer this owner's.
+    Returns the vote ids recorded; a row missing from it had lost its lease (another voter has it). Raises
+    LaneLost (nothing recorded) when the node's lane is not this owner's under `fence` (or, with NO_LANES,
+    when lanes are in use).
     """
     if not records:
         return set()
@@ -341,14 +343,13 @@ async def record_sent_many(
 
 
 async def record_replacement(
-    sessions: SessionFactory, vote_id: int, tx: SignedTx, *, note: str, fence: LaneFence | None = None
+    sessions: SessionFactory, vote_id: int, tx: SignedTx, *, note: str, fence: Fencing
 ) -> bool:
     """A replacement (same nonce, higher fees) of a `sent` vote, persisted before it is broadcast (under the
     lane's `fence`, like a first send)."""
 
     async def work(session: AsyncSession) -> bool:
-        if fence is not None:
-            await hold_fence(session, fence, utcnow())
+        await hold(session, fence, utcnow(), node_ids=select(Vote.node_id).where(Vote.id == vote_id))
         result = await session.execute(
             update(Vote)
             .where(Vote.id == vote_id, Vote.state == VoteState.SENT, Vote.nonce == tx.nonce)
@@ -483,13 +484,13 @@ async def record_nonce_filler(
     nonce: int,
     tx_hash: str,
     reason: str,
-    fence: LaneFence | None = None,
+    fence: Fencing,
 ) -> None:
-    """A gap filler's hash and nonce, BEFORE it is broadcast (like every transaction the service signs)."""
+    """A gap filler's hash and nonce, BEFORE it is broadcast (like every transaction the service signs),
+    under the lane's `fence`."""
 
     async def work(session: AsyncSession) -> None:
-        if fence is not None:
-            await hold_fence(session, fence, utcnow())
+        await hold(session, fence, utcnow(), node_ids=[node_id])
         session.add(NonceFiller(node_id=node_id, nonce=nonce, tx_hash=tx_hash, reason=reason))
 
     await write(sessions, work, what="vote queue")

@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, Table, bindparam, case, func, insert, or_,
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import StorageError
-from storage.lanes import LaneFence, hold_fence
+from storage.lanes import Fencing, hold
 from storage.models import Vote, VoteOutcome, VoteState, VoteTransaction, utcnow
 
 S = VoteState
@@ -218,16 +218,17 @@ class SentRecord:
 
 
 async def record_sent(
-    session: AsyncSession, records: Sequence[SentRecord], *, owner: str, fence: LaneFence | None = None
+    session: AsyncSession, records: Sequence[SentRecord], *, owner: str, fence: Fencing
 ) -> set[int]:
     """queued -> sent for each record held by `owner`, with its transaction; returns the vote ids recorded
-    (a row missing from it had lost its lease). With a `fence`, first checks in this transaction that the
-    lane is still ours under that token (else LaneLost: nothing is recorded, so nothing may be broadcast)."""
+    (a row missing from it had lost its lease). First checks in this transaction that the lane is still ours
+    under `fence` (storage/lanes.py::hold; else LaneLost: nothing is recorded, so nothing may be
+    broadcast)."""
     if not records:
         return set()
     now = utcnow()
-    if fence is not None:
-        await hold_fence(session, fence, now)
+    vote_ids = [r.vote_id for r in records]
+    await hold(session, fence, now, node_ids=select(Vote.node_id).where(Vote.id.in_(vote_ids)))
     table = cast(Table, Vote.__table__)  # Core table: a list of parameters is one executemany
     await session.execute(
         update(table)

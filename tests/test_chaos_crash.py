@@ -9,7 +9,6 @@ after a crash. A round that is fully voted before its kills are made is followed
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ from tests.support.chaos import (
     DloopRun,
     audit_votes,
     chaos_random,
+    max_text,
+    median_text,
     report,
     service_env,
     settled,
@@ -129,19 +130,11 @@ def test_sigkill_at_random_moments_then_restart_votes_everything_exactly_once(
         f"crash {plan.name} ({plan.mining}, lease {plan.lease_seconds:g} s): {svc.kills} SIGKILLs "
         f"({kills_mid_round} mid-round, {kills_at_start} during start-up) over {rounds} round(s) of "
         f"{plan.proposals} proposals; {audit.summary()}; "
-        f"restart to HTTP ready median {_median(ready_times)} s max {_max(ready_times)} s; "
-        f"kill to next vote mined median {_median(resume_times)} s max {_max(resume_times)} s; "
+        f"restart to HTTP ready median {median_text(ready_times)} s max {max_text(ready_times)} s; "
+        f"kill to next vote mined median {median_text(resume_times)} s max {max_text(resume_times)} s; "
         f"all rounds done in {elapsed:.1f} s"
     )
     assert svc.kills == plan.kills, f"{svc.kills} of {plan.kills} kills made in {rounds} rounds"
     assert audit.clean, audit
     assert audit.states == {"confirmed": total}, audit.states
     assert not tracebacks, tracebacks[:3]
-
-
-def _median(values: list[float]) -> str:
-    return f"{statistics.median(values):.1f}" if values else "-"
-
-
-def _max(values: list[float]) -> str:
-    return f"{max(values):.1f}" if values else "-"

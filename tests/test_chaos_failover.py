@@ -10,7 +10,6 @@ with `--block-time 1`. DLOOP_LANE_TAKEOVER_SECONDS is 2 here (10 by default).
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ from tests.support.chaos import (
     DloopRun,
     audit_votes,
     chaos_random,
+    max_text,
+    median_text,
     report,
     run_dloop,
     service_env,
@@ -157,9 +158,11 @@ def test_sigkill_the_lane_owner_again_and_again_the_other_takes_over_and_nothing
     report(
         f"failover {plan.name} ({plan.mining}, two instances on one PostgreSQL, takeover "
         f"{TAKEOVER_SECONDS:g} s): {kills} SIGKILLs of the lane owner over {rounds} round(s) of "
-        f"{plan.proposals} proposals; {audit.summary()}; kill to lanes taken median {_median(acquired)} s "
-        f"max {_max(acquired)} s; kill to lanes ready (sent rows resolved) median {_median(ready)} s "
-        f"max {_max(ready)} s; lane_lost events {lost}; all rounds done in {elapsed:.1f} s"
+        f"{plan.proposals} proposals; {audit.summary()}; "
+        f"kill to lanes taken median {median_text(acquired, 2)} s max {max_text(acquired, 2)} s; "
+        f"kill to lanes ready (sent rows resolved) median {median_text(ready, 2)} s "
+        f"max {max_text(ready, 2)} s; "
+        f"lane_lost events {lost}; all rounds done in {elapsed:.1f} s"
     )
     assert kills == plan.kills, f"{kills} of {plan.kills} kills made in {rounds} rounds"
     assert codes == [0, 0]
@@ -168,11 +171,3 @@ def test_sigkill_the_lane_owner_again_and_again_the_other_takes_over_and_nothing
     assert not tracebacks, tracebacks[:3]
     # Lease 2/3 T, tries every T/4: a lane is taken at most about T after its owner's last renewal.
     assert max(acquired) < TAKEOVER_SECONDS + 1.0, acquired
-
-
-def _median(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f}" if values else "-"
-
-
-def _max(values: list[float]) -> str:
-    return f"{max(values):.2f}" if values else "-"

@@ -185,8 +185,9 @@ def test_two_services_started_at_once_on_one_fresh_database_both_run_and_vote_on
             assert refused.exit_code == 2, refused.log_tail()
             errors = [line for line in refused.log_tail().splitlines() if "error" in line.lower()]
             assert len(errors) == 1 and errors[0].startswith(
-                "dloop: error: DLOOP_DATABASE_URL: another `dloop run` is using the SQLite file"
+                "dloop: error: DLOOP_DATABASE_URL: another `dloop run` (pid "
             ), errors
+            assert "is using the SQLite file" in errors[0], errors
             assert "use PostgreSQL to run several instances" in errors[0]
             again = dloop(["migrate", "--database-url", db], {}, tmp_path)  # not blocked by the running one
             assert again.returncode == 0 and "up to date" in again.stdout, again.stderr

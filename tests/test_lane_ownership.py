@@ -9,10 +9,17 @@ import logging
 import anyio
 import pytest
 
+from chain.accounts import node_accounts
+from core.settings import NodeSettings, PrivateKey, Settings, StrategySettings
 from storage import lanes
+from storage.lanes import NO_LANES
 from storage.models import utcnow
 from tests.support.database import Database
+from voter.fee_oracle import FeeOracle
+from voter.jobs import Counters
+from voter.lane_state import Held, LaneState
 from voter.ownership import LaneOwnership
+from voter.strategies import node_config
 from web.metrics import LaneMetrics, MetricsSnapshot, render
 from web.ports import LaneInfo, VoterView
 from web.present import lanes_check, lanes_out
@@ -131,3 +138,55 @@ def test_a_node_in_two_deployments_has_a_lane_in_each_named_apart() -> None:
     assert 'dloop_lane_owned{deployment="default",node="ai-gov-02"} 0' in text
     assert 'dloop_lane_owner_info{deployment="default",node="ai-gov-01",owner="voter-b"} 1' in text
     assert 'node="ai-gov-02",owner=' not in text
+
+
+@pytest.mark.anyio
+async def test_a_lane_signs_under_the_fence_it_checked_stops_when_lost_and_is_released_under_its_lock(
+    db: Database,
+) -> None:
+    """The fence a signature is recorded under is the one checked (never None, which storage used to take
+    for "no lanes"); a lost lane is not owned the moment it is lost; release() waits for the lane's lock."""
+    settings = Settings(
+        rpc_ws_url="ws://127.0.0.1:1",
+        contract_address="0x" + "ee" * 20,
+        nodes=(NodeSettings("ai-gov-01", PrivateKey("0x" + "11" * 32), "conservative"),),
+    )
+    [account] = node_accounts(settings.nodes)
+    changes: list[str] = []
+    owned = LaneOwnership(
+        db.sessions, chain_id=1, addresses=[account.address], owner="a", takeover_seconds=30,
+        on_change=lambda: changes.append("a"),
+    )  # fmt: skip
+    state = LaneState(
+        account=account, node=db.nodes[0], config=node_config("conservative", StrategySettings()),
+        settings=settings, sessions=db.sessions, owner="a", chain_id=1, fees=FeeOracle(10**12),
+        totals=Counters(), ownership=owned,
+    )  # fmt: skip
+    assert isinstance(await state.signing_fence(), Held)  # not attached yet
+    await owned.tick()
+    fence = owned.fence(account.address)
+    assert fence is not None
+    state.fence = fence
+    assert state.owned and await state.signing_fence() == fence
+    # release() waits for whoever holds the lock (a signature, its record and its broadcast).
+    async with anyio.create_task_group() as tg:
+        await state.lock.acquire()
+        tg.start_soon(state.release)
+        await anyio.sleep(0.05)
+        assert state.fence == fence
+        state.lock.release()
+    assert state.fence is None and not state.owned
+    held = await state.signing_fence()
+    assert isinstance(held, Held) and "another instance" in held.reason
+    # Lost (a refused record, a renewal that found the lane taken): not owned from that moment on.
+    state.fence = fence
+    assert state.owned
+    owned.lost(account.address, "taken over in this test")
+    assert not state.owned and state.current_fence() is None
+    # Without lane ownership a lane records under the explicit NO_LANES, never under None.
+    alone = LaneState(
+        account=account, node=db.nodes[0], config=node_config("conservative", StrategySettings()),
+        settings=settings, sessions=db.sessions, owner="a", chain_id=1, fees=FeeOracle(10**12),
+        totals=Counters(),
+    )  # fmt: skip
+    assert await alone.signing_fence() is NO_LANES

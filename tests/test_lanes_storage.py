@@ -8,16 +8,16 @@ import datetime as dt
 
 import anyio
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from core.errors import LaneLost
 from storage import lanes, queue
 from storage.engine import SessionFactory, create_engine, session_factory
-from storage.models import Vote, VoteState, utcnow
+from storage.lanes import NO_LANES
+from storage.models import NonceFiller, Vote, VoteState, utcnow
 from storage.proposals import record_proposal
 from storage.queue import SentRecord, SignedTx
-from tests.support.database import Database
-from tests.test_voter_queue import proposal
+from tests.support.database import Database, made_up_proposal
 
 pytestmark = [pytest.mark.anyio, pytest.mark.both_databases]
 
@@ -95,7 +95,12 @@ async def test_a_vote_signed_under_a_lapsed_fence_is_not_recorded(db: Database) 
     sessions = db.sessions
     node = db.nodes[0]
     await record_proposal(
-        sessions, chain_id=1, contract="0xdao", data=proposal(1), source="backfill", node_ids=[node.id]
+        sessions,
+        chain_id=1,
+        contract="0xdao",
+        data=made_up_proposal(1),
+        source="backfill",
+        node_ids=[node.id],
     )
     address = node.address.lower()
     t0 = utcnow()
@@ -133,6 +138,104 @@ async def test_an_expired_fence_is_refused_even_if_nobody_took_the_lane(db: Data
     signed = SignedTx("0x" + "98" * 32, 0, 2 * 10**9, 10**9, 100_000, b"\x02\x02")
     with pytest.raises(LaneLost, match="expired"):
         await queue.record_replacement(sessions, 1, signed, note="bump", fence=a[LANE].fence)
+
+
+async def test_a_record_without_the_lanes_fence_is_refused_while_lanes_are_in_use(db: Database) -> None:
+    """A fence lost on the way can never pass for "no fencing": NO_LANES (a voter without lane ownership) is
+    refused for a node whose lane has a lease row, for a first send, a replacement and a nonce filler alike;
+    a node without one records as before."""
+    sessions = db.sessions
+    fenced, free = db.nodes[0], db.nodes[1]
+    await record_proposal(
+        sessions, chain_id=1, contract="0xdao", data=made_up_proposal(1), source="backfill",
+        node_ids=[fenced.id, free.id],
+    )  # fmt: skip
+    await lanes.acquire(sessions, chain_id=1, addresses=[fenced.address], owner="a", seconds=60)
+    rows = {r.node_id: r for r in await candidates(sessions, fenced.id) + await candidates(sessions, free.id)}
+    await queue.lease(sessions, [r.vote_id for r in rows.values()], owner="a", lease_seconds=60)
+    signed = SignedTx("0x" + "97" * 32, 0, 2 * 10**9, 10**9, 100_000, b"\x02\x03")
+    record = SentRecord(rows[fenced.id].vote_id, signed, "for", 0.9, "r")
+    with pytest.raises(LaneLost, match="lanes are in use"):
+        await queue.record_sent_many(sessions, [record], owner="a", fence=NO_LANES)
+    with pytest.raises(LaneLost, match="lanes are in use"):
+        await queue.record_replacement(sessions, rows[fenced.id].vote_id, signed, note="bump", fence=NO_LANES)
+    with pytest.raises(LaneLost, match="lanes are in use"):
+        await queue.record_nonce_filler(
+            sessions, node_id=fenced.id, nonce=3, tx_hash="0x" + "96" * 32, reason="gap", fence=NO_LANES
+        )
+    free_record = SentRecord(rows[free.id].vote_id, signed, "for", 0.9, "r")
+    assert await queue.record_sent_many(sessions, [free_record], owner="a", fence=NO_LANES) == {
+        rows[free.id].vote_id
+    }
+    await queue.record_nonce_filler(
+        sessions, node_id=free.id, nonce=3, tx_hash="0x" + "95" * 32, reason="gap", fence=NO_LANES
+    )
+    async with sessions() as session:
+        vote = (await session.execute(select(Vote).where(Vote.id == rows[fenced.id].vote_id))).scalar_one()
+        fillers = (await session.execute(select(NonceFiller.node_id))).scalars().all()
+    assert vote.state == VoteState.QUEUED and vote.tx_hash is None
+    assert fillers == [free.id]
+
+
+async def test_a_lost_lanes_watcher_cannot_settle_the_new_owners_row(db: Database) -> None:
+    """a recorded and sent a vote, then lost the lane; b took it and replaced a's transaction. a's watcher,
+    still running, sees the nonce used by none of its hashes: it may neither requeue nor mark the row
+    already_voted (only_if_tx_in=its hashes), nor record a replacement under its old fence."""
+    sessions = db.sessions
+    node = db.nodes[0]
+    await record_proposal(
+        sessions,
+        chain_id=1,
+        contract="0xdao",
+        data=made_up_proposal(1),
+        source="backfill",
+        node_ids=[node.id],
+    )
+    address = node.address.lower()
+    t0 = utcnow()
+    a = await lanes.acquire(sessions, chain_id=1, addresses=[address], owner="a", seconds=2, now=t0)
+    [row] = await queue.lease(
+        sessions, [r.vote_id for r in await candidates(sessions, node.id)], owner="a", lease_seconds=60
+    )
+    first = SignedTx("0x" + "91" * 32, 0, 2 * 10**9, 10**9, 100_000, b"\x02\x04")
+    await queue.record_sent_many(
+        sessions, [SentRecord(row.vote_id, first, "for", 0.9, "r")], owner="a", fence=a[address].fence
+    )
+    b = await lanes.acquire(
+        sessions, chain_id=1, addresses=[address], owner="b", seconds=60, now=t0 + dt.timedelta(seconds=3)
+    )
+    second = SignedTx("0x" + "92" * 32, 0, 4 * 10**9, 2 * 10**9, 100_000, b"\x02\x05")
+    assert await queue.record_replacement(sessions, row.vote_id, second, note="b", fence=b[address].fence)
+    for state in (VoteState.ALREADY_VOTED, VoteState.QUEUED):
+        assert not await queue.resolve_sent(
+            sessions, row.vote_id, state=state, reason="a's watcher", tx_outcome="dropped",
+            only_if_tx_in=[first.tx_hash],
+        )  # fmt: skip
+    third = SignedTx("0x" + "93" * 32, 0, 8 * 10**9, 4 * 10**9, 100_000, b"\x02\x06")
+    with pytest.raises(LaneLost, match="taken over by b"):
+        await queue.record_replacement(sessions, row.vote_id, third, note="a", fence=a[address].fence)
+    async with sessions() as session:
+        vote = (await session.execute(select(Vote).where(Vote.id == row.vote_id))).scalar_one()
+    assert (vote.state, vote.tx_hash) == (VoteState.SENT, second.tx_hash)
+
+
+async def test_a_take_stores_its_moment_whatever_the_sessions_time_zone(db: Database) -> None:
+    """acquired_at of a take (the UPDATE path) is the moment given, also on a PostgreSQL whose TimeZone is
+    not UTC (an untyped aware datetime would be bound as TIMESTAMP WITH TIME ZONE and stored shifted)."""
+    if db.engine.dialect.name == "postgresql":
+        async with db.engine.begin() as conn:
+            name = await conn.scalar(text("SELECT current_database()"))
+            await conn.execute(text(f"ALTER DATABASE \"{name}\" SET timezone TO 'America/New_York'"))
+        await db.engine.dispose()  # new connections start in that time zone
+        async with db.engine.connect() as conn:
+            assert await conn.scalar(text("SHOW timezone")) == "America/New_York"
+    t0 = utcnow()
+    await lanes.acquire(db.sessions, chain_id=1, addresses=[LANE], owner="a", seconds=1, now=t0)
+    later = t0 + dt.timedelta(seconds=5)
+    taken = await lanes.acquire(db.sessions, chain_id=1, addresses=[LANE], owner="b", seconds=60, now=later)
+    assert taken[LANE].held and taken[LANE].after.token == 2
+    assert taken[LANE].after.acquired_at == later
+    assert taken[LANE].after.expires_at == later + dt.timedelta(seconds=60)
 
 
 async def candidates(sessions: SessionFactory, node_id: int) -> list[queue.QueuedVote]:

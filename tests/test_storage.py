@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import sqlite3
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from sqlalchemy import func, select
 
 from chain.types import AssetInfo, LogRef, ProposalData
 from core.errors import ConfigError, SchemaOutOfDate
-from storage.engine import check_database_location, create_engine, session_factory
+from storage.engine import check_database_location, create_engine, session_factory, sqlite_run_lock
 from storage.migrations import downgrade, ensure_schema_current, upgrade
 from storage.models import Base, Vote, VoteState
 from storage.proposals import record_proposal, sync_nodes
@@ -141,14 +142,29 @@ def test_database_location_checked(tmp_path: Path) -> None:
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        import os
-
         if os.geteuid() != 0:  # root can write anywhere
             with pytest.raises(ConfigError, match="not writable"):
                 check_database_location(f"sqlite+aiosqlite:///{locked / 'x.db'}")
     finally:
         locked.chmod(0o700)
     check_database_location(f"sqlite+aiosqlite:///{tmp_path / 'ok.db'}")
+
+
+def test_one_run_lock_per_sqlite_file_however_it_is_named(tmp_path: Path) -> None:
+    """The run lock is named from the resolved path: the same file reached through a symlink is refused, and
+    the refusal names the holder's pid. (flock: two opens conflict even in one process.)"""
+    real = tmp_path / "dloop.db"
+    (tmp_path / "alias.db").symlink_to(real)
+    alias = f"sqlite+aiosqlite:///{tmp_path / 'alias.db'}"
+    with (
+        sqlite_run_lock(f"sqlite+aiosqlite:///{real}"),
+        pytest.raises(ConfigError, match=rf"another `dloop run` \(pid {os.getpid()}\) is using"),
+        sqlite_run_lock(alias),
+    ):
+        pass
+    with sqlite_run_lock(alias):  # free again
+        pass
+    assert not (tmp_path / "alias.db.run.lock").exists()  # one lock file, named after the real one
 
 
 async def test_migration_0004_derives_outcomes_and_downgrades_without_losing_transactions(

@@ -12,24 +12,17 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chain.types import AssetInfo, ProposalData
 from core.errors import StorageError
 from storage import queue
 from storage.engine import SessionFactory
+from storage.lanes import NO_LANES
 from storage.models import Vote, VoteOutcome, VoteState, VoteTransaction, utcnow
 from storage.proposals import record_proposal
 from storage.queue import SignedTx
 from storage.transactions import write
-from tests.support.database import Database, NodeSpec
+from tests.support.database import Database, NodeSpec, made_up_proposal
 
 pytestmark = [pytest.mark.anyio, pytest.mark.both_databases]
-
-
-def proposal(pid: int) -> ProposalData:
-    return ProposalData(
-        pid, 0, "0x" + "11" * 20, 10**6, "A proposal", "0x" + "22" * 20, 1_700_000_000, 1_700_000_000 + pid,
-        0, 0, 1, False, AssetInfo("0x" + "11" * 20, "USDC", 6),
-    )  # fmt: skip
 
 
 @pytest.fixture
@@ -42,13 +35,14 @@ async def db(db: Database) -> tuple[SessionFactory, list[int]]:
     """The shared `db` (tests/conftest.py) with two nodes and five proposals."""
     for pid in range(1, 6):
         await record_proposal(
-            db.sessions, chain_id=1, contract="0xdao", data=proposal(pid), source="backfill",
+            db.sessions, chain_id=1, contract="0xdao", data=made_up_proposal(pid), source="backfill",
             node_ids=[n.id for n in db.nodes],
         )  # fmt: skip
     return db.sessions, [n.id for n in db.nodes]
 
 
-DECIDED: dict[str, Any] = {"decision": "for", "confidence": 0.8, "reason": "r"}
+# A signed vote's record: the decision, and no lane fence (these tests use no lane leases).
+DECIDED: dict[str, Any] = {"decision": "for", "confidence": 0.8, "reason": "r", "fence": NO_LANES}
 
 
 def tx(n: int) -> SignedTx:
@@ -131,10 +125,10 @@ async def test_sent_confirmed_and_a_listener_racing(db: tuple[SessionFactory, li
     vote = (await all_ids(sessions))[0]
     await queue.lease(sessions, [vote], owner="me", lease_seconds=60)
     assert await queue.record_sent(
-        sessions, vote, owner="me", tx=tx(7), decision="for", confidence=0.8, reason="r"
+        sessions, vote, owner="me", tx=tx(7), decision="for", confidence=0.8, reason="r", fence=NO_LANES
     )
     replacement = SignedTx("0x" + "ab" * 32, 7, 3 * 10**9, 2 * 10**9, 100_000, b"\x02\x08")
-    assert await queue.record_replacement(sessions, vote, replacement, note="stuck")
+    assert await queue.record_replacement(sessions, vote, replacement, note="stuck", fence=NO_LANES)
     [sent] = await queue.sent_votes(sessions, nodes[0])
     assert sent.nonce == 7 and sent.latest == replacement and len(sent.transactions) == 2
     # The listener saw our VoteCast first and marked the row confirmed; ours must still succeed, harmlessly.
@@ -172,7 +166,7 @@ async def test_reorg_reopens_and_requeue_forgets_the_nonce(db: tuple[SessionFact
     # Sent again with the same signed bytes (deterministic signature): the stored transaction is reused.
     await queue.lease(sessions, [vote], owner="me", lease_seconds=60)
     assert await queue.record_sent(
-        sessions, vote, owner="me", tx=tx(3), decision="for", confidence=0.8, reason="r"
+        sessions, vote, owner="me", tx=tx(3), decision="for", confidence=0.8, reason="r", fence=NO_LANES
     )
     async with sessions() as session:
         outcomes = (await session.execute(select(VoteTransaction.outcome))).scalars().all()

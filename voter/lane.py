@@ -86,9 +86,9 @@ class NodeLane:
     def detach(self) -> None:
         self.state.disconnect()
 
-    def release(self) -> None:
+    async def release(self) -> None:
         """Another instance owns the lane now: forget what is in flight (see LaneState.release)."""
-        self.state.release()
+        await self.state.release()
 
     # -- the sender's and the watcher's work -----------------------------------------------------------
     async def send_many(self, jobs: Sequence[VoteJob], counters: Counters) -> None:

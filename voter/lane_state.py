@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -17,7 +18,7 @@ from core.logs import log_event
 from core.settings import Settings
 from storage.controls import PauseWatch
 from storage.engine import SessionFactory
-from storage.lanes import LaneFence
+from storage.lanes import NO_LANES, Fencing, LaneFence
 from storage.proposals import NodeRecord
 from voter.fee_oracle import FeeOracle
 from voter.fees import gwei_to_wei
@@ -28,6 +29,13 @@ from voter.strategies import NodeConfig
 log = logging.getLogger("dloop.voter")
 
 StepHook = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Held:
+    """Why this node may not sign anything now."""
+
+    reason: str
 
 
 class LaneState:
@@ -91,35 +99,49 @@ class LaneState:
         self.client = None
         self.notify()
 
-    def release(self) -> None:
+    async def release(self) -> None:
         """The lane is another instance's now: forget it all (its transactions are the new owner's to
-        watch); taken again, it is attached afresh from the chain."""
-        self.fence = None
-        self.connect(None)
-        self.disconnect()
+        watch); taken again, it is attached afresh from the chain. Under `lock`: not in the middle of a
+        signature, a record or a broadcast."""
+        async with self.lock:
+            self.fence = None
+            self.connect(None)
+            self.disconnect()
+
+    def current_fence(self) -> Fencing | None:
+        """What this lane's next record goes under (NO_LANES: no ownership in play), or None: not ours now
+        (lost, or not attached under the fence held). Synchronous, so a caller under `lock` checks and uses
+        the very same value."""
+        if self.ownership is None:
+            return NO_LANES
+        fence = self.fence
+        if fence is None or self.ownership.fence(self.address) != fence:
+            return None
+        return fence
 
     @property
     def owned(self) -> bool:
-        """This instance may sign for the node: no ownership in play, or the fence it was attached with is
-        still the one held."""
-        if self.ownership is None:
-            return True
-        return self.fence is not None and self.ownership.fence(self.address) == self.fence
+        """This instance may act for the node (sign, broadcast, settle): no ownership in play, or the fence
+        it was attached with is still the one held. Turns False the moment the lane is lost."""
+        return self.current_fence() is not None
 
     def lane_lost(self, why: str) -> None:
         """The database refused a record under our fence: stop signing at once."""
         if self.ownership is not None:
             self.ownership.lost(self.address, why)
 
-    async def signing_held(self) -> str | None:
-        """Why this node may not sign anything now (a vote, a replacement, a filler), or None: another
-        instance owns its lane, paused, or DLOOP_DRY_RUN. Checked under `lock`, right before each
-        signature."""
-        if not self.owned:
-            return "another instance owns this node's lane"
+    async def signing_fence(self) -> Fencing | Held:
+        """The fence to record the next signature under (a vote, a replacement, a filler), or why nothing
+        may be signed: another instance owns the lane, paused, or DLOOP_DRY_RUN. Called under `lock`, right
+        before each signature. The fence is read before the pause check's await and returned as read: a lane
+        lost meanwhile is refused by the database's check of that fence, never recorded without one."""
+        fence = self.current_fence()
+        if fence is None:
+            return Held("another instance owns this node's lane")
         if self.settings.dry_run:
-            return "dry run: nothing is signed"
-        return (await self.pauses.current()).reason(self.node.name)
+            return Held("dry run: nothing is signed")
+        paused = (await self.pauses.current()).reason(self.node.name)
+        return Held(paused) if paused is not None else fence
 
     def held_nonces(self) -> set[int]:
         """Nonces of transactions this lane has in flight (votes, and fillers of a nonce gap)."""

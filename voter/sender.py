@@ -20,6 +20,7 @@ from core.errors import ChainError, ContractRevert, LaneLost, TransientChainErro
 from core.logs import log_event
 from core.retry import broadcast_with_backoff, with_backoff
 from storage import queue
+from storage.lanes import Fencing
 from storage.models import VoteState, utcnow
 from storage.queue import QueuedVote, SignedTx
 from voter.fees import GWEI, Fees, bump_fees, gas_limit, includable
@@ -33,7 +34,7 @@ from voter.jobs import (
     estimate_value,
     vote_calldata,
 )
-from voter.lane_state import LaneState, log
+from voter.lane_state import Held, LaneState, log
 from voter.outcomes import Action, classify
 from voter.planning import NonceCounts, nonce_plan
 from voter.strategies import value_text
@@ -169,9 +170,9 @@ class LaneSender:
         async with self.state.lock:
             # Pause takes effect before the next signature: checked under the lock that signs (a pause
             # answered over HTTP waits for this lock, so nothing is signed after its answer).
-            paused = await self.state.signing_held()
-            if paused is not None:
-                await self._hand_back([job.row for job, _, _ in ready], paused, counters)
+            fence = await self.state.signing_fence()
+            if isinstance(fence, Held):
+                await self._hand_back([job.row for job, _, _ in ready], fence.reason, counters)
                 return
             if self.state.unfunded or self.state.next_nonce is None:
                 for job, _, _ in ready:
@@ -181,7 +182,7 @@ class LaneSender:
                 return
             signed = [self._sign_job(job, data, estimate, fees, base) for job, data, estimate in ready]
             try:
-                recorded = await self._record(ready, signed)
+                recorded = await self._record(ready, signed, fence)
             except LaneLost as exc:
                 # Another instance took the lane (or our lease lapsed) since the check above: nothing was
                 # stored, so nothing is broadcast; the rows wait, queued, for the lane's owner.
@@ -219,7 +220,7 @@ class LaneSender:
             errors = await self._broadcast_many([item.latest for _, item in tracked])
             for (job, item), error in zip(tracked, errors, strict=True):
                 if error is not None:
-                    await self._rejected(item, error, counters)
+                    await self._rejected(item, error, counters, fence)
                     continue
                 self.state.step("broadcast")
                 counters.sent += 1
@@ -237,7 +238,7 @@ class LaneSender:
         self.state.notify()
 
     async def _record(
-        self, ready: Sequence[tuple[VoteJob, str, int]], signed: Sequence[SignedVote]
+        self, ready: Sequence[tuple[VoteJob, str, int]], signed: Sequence[SignedVote], fence: Fencing
     ) -> set[int]:
         """Store the signed votes (rows `sent`) in one shielded transaction, under the lane's fence."""
         with anyio.CancelScope(shield=True):
@@ -256,7 +257,7 @@ class LaneSender:
                     for job, tx in zip((j for j, _, _ in ready), signed, strict=True)
                 ],
                 owner=self.state.owner,
-                fence=self.state.fence,
+                fence=fence,
             )
         return recorded
 
@@ -386,7 +387,7 @@ class LaneSender:
         self.state.needed_wei = needed_wei
         self.state.last_error = f"unfunded: {error}"
 
-    async def _rejected(self, tracked: Tracked, exc: ChainError, counters: Counters) -> None:
+    async def _rejected(self, tracked: Tracked, exc: ChainError, counters: Counters, fence: Fencing) -> None:
         """The node refused a new transaction (lock held). Decide from the error what the row becomes."""
         action = classify(exc)
         if action == Action.BUMP_FEES and "replacement" in str(exc).lower():
@@ -407,7 +408,7 @@ class LaneSender:
                 error=str(exc)[:200],
             )
             return
-        if action == Action.BUMP_FEES and await self._bump_rejected(tracked):
+        if action == Action.BUMP_FEES and await self._bump_rejected(tracked, fence):
             counters.sent += 1
             self.state.totals.sent += 1
             self.state.notify()
@@ -445,8 +446,9 @@ class LaneSender:
             )
         self.state.error(reason)
 
-    async def _bump_rejected(self, tracked: Tracked) -> bool:
-        """An underpriced first send: re-sign the same nonce with fees bumped from fresh chain values.
+    async def _bump_rejected(self, tracked: Tracked, fence: Fencing) -> bool:
+        """An underpriced first send: re-sign the same nonce with fees bumped from fresh chain values, under
+        the `fence` the first send was recorded with (still under the same hold of `lock`).
 
         True when a bumped transaction was accepted, or may have been (then the watcher checks the chain).
         """
@@ -465,7 +467,7 @@ class LaneSender:
                         tracked.vote_id,
                         signed,
                         note="underpriced at first send; fees bumped",
-                        fence=self.state.fence,
+                        fence=fence,
                     )
             except LaneLost as exc:
                 self.state.lane_lost(exc.why)

@@ -392,7 +392,7 @@ class Voter:
             if fence == lane.state.fence:
                 continue
             if lane.state.fence is not None:
-                lane.release()
+                await lane.release()
                 log_event(log, "lane_detached", node=lane.node.name, address=lane.address)
             if fence is not None:
                 taken.append((lane, fence))

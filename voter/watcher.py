@@ -23,7 +23,7 @@ from storage import queue
 from storage.models import VoteOutcome, VoteState, utcnow
 from voter.fees import GWEI, Fees, bump_fees, includable
 from voter.jobs import Tracked, as_int, calldata_of
-from voter.lane_state import LaneState, log
+from voter.lane_state import Held, LaneState, log
 from voter.outcomes import Action, classify
 from voter.planning import nonce_gap
 from voter.sender import LaneSender
@@ -100,6 +100,9 @@ class ReceiptWatcher:
                 await self.state.wait_changed()
                 continue
             await anyio.sleep(self.receipt_poll_interval)
+            if not self.state.owned:
+                await self._forget_lost()
+                continue
             client = self.state.client
             if client is None:
                 continue
@@ -121,9 +124,19 @@ class ReceiptWatcher:
                 self.state.error(f"watching transactions: {exc}")
                 await anyio.sleep(1.0)
 
+    async def _forget_lost(self) -> None:
+        """Another instance owns the lane now: its transactions (ours included) are the new owner's to
+        watch, settle or replace. Forgotten under `lock`, not in the middle of a signature or a broadcast."""
+        async with self.state.lock:
+            if self.state.owned:
+                return  # attached again meanwhile
+            self.state.tracked.clear()
+            self.state.fillers.clear()
+        self.state.notify()
+
     async def poll_receipts(self) -> None:
         items = list(self.state.tracked.values())
-        if not items:
+        if not items or not self.state.owned:  # a lost lane settles nothing: see _forget_lost
             return
         results = await self.state.reads().receipts([h for t in items for h in t.hashes])
         index = 0
@@ -232,6 +245,8 @@ class ReceiptWatcher:
 
     async def check(self, tracked: Tracked, head: int, *, adopting: bool = False) -> None:
         """A transaction without a receipt: still pending, replaced by someone, dropped, or stuck."""
+        if not self.state.owned:
+            return  # the lane's new owner judges its transactions now
         client = self.state.chain()
         mined = as_int(await with_backoff(client.request, *rpc.nonce(self.state.address, "latest")))
         if mined > tracked.nonce:
@@ -256,7 +271,7 @@ class ReceiptWatcher:
             await self.replace(tracked, head, "dropped, and not includable as signed")
             return
         async with self.state.lock:
-            if tracked.vote_id not in self.state.tracked:
+            if tracked.vote_id not in self.state.tracked or not self.state.owned:
                 return
             try:
                 await self.sender.broadcast(tracked.latest)
@@ -314,8 +329,9 @@ class ReceiptWatcher:
             nonce = gap[0]
             if nonce in self.state.held_nonces():
                 return  # a vote took it meanwhile
-            if await self.state.signing_held() is not None:
-                return  # paused or dry run: no signature, the gap waits
+            fence = await self.state.signing_fence()
+            if isinstance(fence, Held):
+                return  # paused, dry run or the lane lost: no signature, the gap waits
             waiting = max(self.state.tracked.values(), key=lambda t: t.nonce, default=tracked)
             reason = f"nonce {nonce} left unused (a reorg?); vote tx {waiting.latest.tx_hash} waits behind it"
             filler = self.sender.sign(nonce, "0x", FILLER_GAS, fees, to=self.state.address)
@@ -327,7 +343,7 @@ class ReceiptWatcher:
                         nonce=nonce,
                         tx_hash=filler.tx_hash,
                         reason=reason,
-                        fence=self.state.fence,
+                        fence=fence,
                     )
             except LaneLost as exc:
                 self.state.lane_lost(exc.why)
@@ -376,30 +392,31 @@ class ReceiptWatcher:
         voted = await with_backoff(self.state.chain().has_voted, tracked.proposal_id, self.state.address)
         self.state.tracked.pop(tracked.vote_id, None)
         used = f"nonce {tracked.nonce} was used by a transaction that is not one of this vote's"
+        if voted:
+            state = VoteState.ALREADY_VOTED
+            reason = f"already voted: {used}, and hasVoted is true (a vote sent outside this service)"
+        else:
+            state, reason = VoteState.QUEUED, f"{used}; hasVoted is false, so the vote is queued again"
         with anyio.CancelScope(shield=True):
-            if voted:
-                await queue.resolve_sent(
-                    self.state.sessions,
-                    tracked.vote_id,
-                    state=VoteState.ALREADY_VOTED,
-                    reason=f"already voted: {used}, and hasVoted is true (a vote sent outside this service)",
-                    tx_outcome="dropped",
-                )
-            else:
-                await queue.resolve_sent(
-                    self.state.sessions,
-                    tracked.vote_id,
-                    state=VoteState.QUEUED,
-                    reason=f"{used}; hasVoted is false, so the vote is queued again",
-                    tx_outcome="dropped",
-                )
-                self.state.totals.requeued += 1
+            # Only while the row's transaction is one this lane tracked: if another instance took the lane
+            # and replaced it, its replacement is what used the nonce, and that row is the new owner's.
+            done = await queue.resolve_sent(
+                self.state.sessions,
+                tracked.vote_id,
+                state=state,
+                reason=reason,
+                tx_outcome="dropped",
+                only_if_tx_in=tracked.hashes,
+            )
+        if done and not voted:
+            self.state.totals.requeued += 1
         log_event(
             log,
             "vote_nonce_used_elsewhere",
             node=self.state.node.name,
             proposal=tracked.proposal_id,
             voted=voted,
+            resolved=done,
         )
         self.state.notify()
 
@@ -413,9 +430,11 @@ class ReceiptWatcher:
             if tracked.vote_id not in self.state.tracked:
                 return
             tracked.sent_block = head  # wait another interval before the next attempt, whatever happens
-            held = await self.state.signing_held()
-            if held is not None:  # paused or dry run: not even a fee bump is signed
-                await queue.set_note(self.state.sessions, tracked.vote_id, f"{why}; not replaced: {held}")
+            fence = await self.state.signing_fence()
+            if isinstance(fence, Held):  # paused, dry run or lost: not even a fee bump is signed
+                if self.state.owned:
+                    note = f"{why}; not replaced: {fence.reason}"
+                    await queue.set_note(self.state.sessions, tracked.vote_id, note)
                 return
             if bump.fees is None:
                 note = f"{why}; cannot replace: {bump.reason}"
@@ -431,7 +450,7 @@ class ReceiptWatcher:
                         tracked.vote_id,
                         signed,
                         note=f"replaced: {why}",
-                        fence=self.state.fence,
+                        fence=fence,
                     )
             except LaneLost as exc:
                 self.state.lane_lost(exc.why)

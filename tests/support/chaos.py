@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -55,6 +56,15 @@ def sized(small: T, full: T) -> T:
 def chaos_random(name: str) -> random.Random:
     """A reproducible random source per scenario (DLOOP_CHAOS_SEED changes every scenario's draws)."""
     return random.Random(f"{os.environ.get('DLOOP_CHAOS_SEED', '7')}:{name}")
+
+
+def median_text(values: list[float], digits: int = 1) -> str:
+    """A reported figure's median, or "-" when nothing was measured."""
+    return f"{statistics.median(values):.{digits}f}" if values else "-"
+
+
+def max_text(values: list[float], digits: int = 1) -> str:
+    return f"{max(values):.{digits}f}" if values else "-"
 
 
 def report(line: str) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chain.accounts import node_accounts
+from chain.types import AssetInfo, ProposalData
 from core.settings import DEFAULT_NODE_NAMES, DEFAULT_NODE_STRATEGIES, Settings
 from devtools.devnet import DevnetInfo
 from storage.engine import SessionFactory, create_engine, session_factory
@@ -55,6 +56,14 @@ def made_up_nodes(count: int = 5) -> list[NodeSpec]:
 def devnet_nodes(info: DevnetInfo) -> list[NodeSpec]:
     """The devnet's five funded nodes, named and configured as the defaults name them."""
     return list(zip(DEFAULT_NODE_NAMES, info.node_addresses, DEFAULT_NODE_STRATEGIES, strict=True))
+
+
+def made_up_proposal(pid: int) -> ProposalData:
+    """An active investment proposal `pid` (1 USDC) for tests without a chain."""
+    return ProposalData(
+        pid, 0, "0x" + "11" * 20, 10**6, "A proposal", "0x" + "22" * 20, 1_700_000_000, 1_700_000_000 + pid,
+        0, 0, 1, False, AssetInfo("0x" + "11" * 20, "USDC", 6),
+    )  # fmt: skip
 
 
 def settings_nodes(settings: Settings) -> list[NodeSpec]:

@@ -408,7 +408,11 @@ class Voter:
         counters = Counters()
         confirmed_before, failed_before = self.totals.confirmed, self.totals.failed
         batches = leased_total = 0
-        sent = await queue.sent_vote_ids(self.sessions, list(self._by_node), chain_id=self.chain_id)
+        sent = await queue.sent_vote_ids(
+            self.sessions,
+            list(self._by_node),
+            scope=queue.ContractScope(self.chain_id, self.settings.contract_address),
+        )
         for lane in self.lanes:
             await self._lane_safely(lane, lane.check_funding)
             if (
@@ -425,7 +429,7 @@ class Voter:
                 self.sessions,
                 node_ids=sendable,
                 max_proposals=self.settings.batch_size,
-                chain_id=self.chain_id,
+                scope=queue.ContractScope(self.chain_id, self.settings.contract_address),
             )
             planned = plan_batch(candidates, batch_size=self.settings.batch_size, node_ids=sendable)
             if not planned:
@@ -450,7 +454,12 @@ class Voter:
         sendable = self._sendable()
         left = (
             bool(sendable)
-            and await queue.count_leasable(self.sessions, node_ids=sendable, chain_id=self.chain_id) > 0
+            and await queue.count_leasable(
+                self.sessions,
+                node_ids=sendable,
+                scope=queue.ContractScope(self.chain_id, self.settings.contract_address),
+            )
+            > 0
         )
         return DrainResult(
             started_at=started,

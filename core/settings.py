@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -284,11 +285,23 @@ class _Parser:
             "allow_unknown_events": self.flag("DLOOP_ALLOW_UNKNOWN_EVENTS", False),
             "max_fee_gwei": self.number("DLOOP_MAX_FEE_GWEI", 500.0, minimum=0.000000001),
         }
-        deployments = _DeploymentsFile(path, self.env, defaults).deployments()
+        file = _DeploymentsFile(path, self.env, defaults)
+        deployments = file.deployments()
+        self.refuse_replaced(path, file.key_envs)
         first = deployments[0]
         service_wide = self.service_wide()
         service_wide.update({name: getattr(first, name) for name in _PER_DEPLOYMENT if name != "nodes"})
         return Settings(nodes=first.nodes, deployments=deployments, config_file=str(path), **service_wide)
+
+    def refuse_replaced(self, path: Path, key_envs: set[str]) -> None:
+        """With a deployments file, the chain, contract and node variables would be ignored: refused, so
+        that no one believes a setting (or a key) is in use when the file says otherwise. A key variable the
+        file names with key_env is in use."""
+        for name in _REPLACED_BY_FILE:
+            if name in self.env and name not in key_envs:
+                raise ConfigError(
+                    name, f"is set, but the deployments file {path} replaces it: remove one of the two"
+                )
 
     def service_wide(self) -> dict[str, Any]:
         d = Settings.__dataclass_fields__
@@ -382,6 +395,8 @@ class _Parser:
             raise ConfigError(name, f"must be a number, got {raw!r}") from None
         if not value >= minimum:  # also rejects NaN
             raise ConfigError(name, f"must be at least {minimum:g}, got {raw}")
+        if not math.isfinite(value):
+            raise ConfigError(name, f"must be a finite number, got {raw}")
         return value
 
     def percent(self, name: str, default: float) -> float:
@@ -566,6 +581,22 @@ _STRATEGY_FIELDS = {
     "growth_assets": "names",
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Long runs of hex digits: a key (or most of one), never a variable's name.
+_KEY_LIKE = re.compile(r"^(0x)?[0-9a-fA-F]{32,}$")
+
+
+# The environment's description of the one deployment, which a deployments file replaces.
+_REPLACED_BY_FILE = (
+    "DLOOP_RPC_WS_URL",
+    "DLOOP_CONTRACT_ADDRESS",
+    *(f"AI_NODE_{i}_PRIVATE_KEY" for i in range(1, NODE_COUNT + 1)),
+    "DLOOP_NODE_KEYS",
+    "DLOOP_KEYSTORE_DIR",
+    "DLOOP_KEYSTORE_PASSWORD_FILE",
+    "DLOOP_NODE_NAMES",
+    "DLOOP_NODE_STRATEGIES",
+)
 
 
 class _DeploymentsFile:
@@ -576,6 +607,7 @@ class _DeploymentsFile:
         self.path = path
         self.env = env
         self.defaults = defaults
+        self.key_envs: set[str] = set()  # the variables the nodes' key_env name
 
     def error(self, where: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.path}: {where}" if where else str(self.path), problem)
@@ -666,13 +698,20 @@ class _DeploymentsFile:
         return value
 
     def integer(
-        self, where: str, table: dict[str, Any], name: str, default: int | None, *, optional: bool = False
+        self,
+        where: str,
+        table: dict[str, Any],
+        name: str,
+        default: int | None,
+        *,
+        optional: bool = False,
+        label: str | None = None,
     ) -> Any:
         value = table.get(name, default)
         if value is None and optional:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self.error(where, f"{name}: must be a whole number of at least 0, got {value!r}")
+            raise self.error(where, f"{label or name}: must be a whole number of at least 0, got {value!r}")
         return value
 
     def boolean(self, where: str, table: dict[str, Any], name: str, default: bool) -> bool:
@@ -683,8 +722,10 @@ class _DeploymentsFile:
 
     def positive(self, where: str, table: dict[str, Any], name: str, default: float) -> float:
         value = table.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise self.error(where, f"{name}: must be a number above 0, got {value!r}")
+        # TOML has inf and nan: neither is a fee cap.
+        finite = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not finite or not value > 0:
+            raise self.error(where, f"{name}: must be a finite number above 0, got {value!r}")
         return float(value)
 
     def strategies(self, where: str, raw: Any, default: StrategySettings) -> StrategySettings:
@@ -699,7 +740,7 @@ class _DeploymentsFile:
             if kind is None:
                 raise self.error(where, f"{field_name}: unknown field (known: {', '.join(_STRATEGY_FIELDS)})")
             if kind == "int":
-                values[name] = self.integer(where, raw, name, None)
+                values[name] = self.integer(where, raw, name, None, label=field_name)
             elif kind == "decimal":
                 if isinstance(value, bool) or not isinstance(value, int | float | str):
                     raise self.error(where, f"{field_name}: must be a number, got {value!r}")
@@ -754,8 +795,18 @@ class _DeploymentsFile:
         if key_env is not None:
             if not isinstance(key_env, str) or not key_env:
                 raise self.error(where, f"{at}.key_env: must name an environment variable")
+            # The value is echoed only when it is a variable's name: a key pasted here must not reach a log.
+            if _KEY_LIKE.match(key_env.strip()):
+                raise self.error(
+                    where, f"{at}.key_env: looks like a private key: name an environment variable instead"
+                )
+            if not _ENV_NAME.match(key_env):
+                raise self.error(
+                    where, f"{at}.key_env: must be an environment variable's name (letters, digits and _)"
+                )
             if key_env not in self.env:
                 raise self.error(where, f"{at}.key_env: the environment variable {key_env} is not set")
+            self.key_envs.add(key_env)
             try:
                 return parse_private_key(key_env, self.env[key_env])
             except ConfigError as exc:

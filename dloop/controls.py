@@ -29,7 +29,8 @@ from voter.strategies import NodeConfig, node_config
 
 def switch_command(args: argparse.Namespace, paused: bool) -> int:
     settings = settings_from(args)
-    names = {n.name for n in settings.nodes}
+    # Every deployment's nodes: `settings.nodes` is the first deployment's only.
+    names = {n.name for d in settings.deployments for n in d.nodes}
     if args.node is not None and args.node not in names:
         raise ConfigError("node", f"{args.node!r} is not configured (known: {', '.join(sorted(names))})")
     verb = "pause" if paused else "resume"

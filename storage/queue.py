@@ -13,13 +13,16 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import votes
 from storage.engine import SessionFactory
 from storage.lanes import Fencing, hold
 from storage.models import NonceFiller, Proposal, Vote, VoteOutcome, VoteState, VoteTransaction, utcnow
+
+# The voter names its deployment's queue with it (defined with the API's reads).
+from storage.queries import ContractScope as ContractScope
 from storage.transactions import read, write
 
 # Defined with the transitions; the voter imports them from here.
@@ -74,12 +77,11 @@ def _lease_free(now: dt.datetime) -> ColumnElement[bool]:
 # -- leasing ---------------------------------------------------------------------------------------------
 
 
-def _on_chain(chain_id: int | None) -> ColumnElement[bool]:
-    """A node's rows on one chain: a key voting in several deployments has one nonce lane per chain, and
-    each voter sees its own chain's rows only (None: every chain, for tools and tests)."""
-    if chain_id is None:
-        return true()
-    return Vote.proposal_ref.in_(select(Proposal.id).where(Proposal.chain_id == chain_id))
+def _in_scope(scope: ContractScope) -> ColumnElement[bool]:
+    """A node's rows of one deployment (chain AND contract): a key voting in several deployments has one
+    nonce lane per chain, and rows left by another contract on the same chain must never be leased, adopted
+    or voted on this contract by their proposal number."""
+    return Vote.proposal_ref.in_(select(Proposal.id).where(scope.where()))
 
 
 async def queued_candidates(
@@ -87,8 +89,8 @@ async def queued_candidates(
     *,
     node_ids: Collection[int],
     max_proposals: int,
+    scope: ContractScope,
     now: dt.datetime | None = None,
-    chain_id: int | None = None,
 ) -> list[QueuedVote]:
     """Free queued rows of the `max_proposals` most urgent proposals (earliest end of voting first)."""
     moment = now or utcnow()
@@ -98,7 +100,7 @@ async def queued_candidates(
             Vote.state == VoteState.QUEUED,
             _lease_free(moment),
             Vote.node_id.in_(list(node_ids)),
-            _on_chain(chain_id),
+            _in_scope(scope),
         )
         proposals = (
             select(Proposal.id, Proposal.voting_ends_at)
@@ -223,11 +225,11 @@ async def release_owner(sessions: SessionFactory, owner: str) -> int:
 
 
 async def release_node_leases(
-    sessions: SessionFactory, node_id: int, *, keep_owner: str, chain_id: int | None = None
+    sessions: SessionFactory, node_id: int, *, keep_owner: str, scope: ContractScope
 ) -> int:
     """Free the queued rows of one node leased by owners other than `keep_owner` (not the deferred ones):
-    the node's lane has a new owner, and only it can record those votes. `chain_id` keeps it to that lane's
-    chain: the node's rows of another deployment's chain belong to that chain's lane (and voter)."""
+    the node's lane has a new owner, and only it can record those votes. `scope` keeps it to that lane's
+    deployment: the node's rows of another deployment's chain belong to that chain's lane (and voter)."""
 
     async def work(session: AsyncSession) -> int:
         result = await session.execute(
@@ -237,7 +239,7 @@ async def release_node_leases(
                 Vote.state == VoteState.QUEUED,
                 Vote.lease_owner.is_not(None),
                 Vote.lease_owner.not_in([keep_owner, DEFERRED_OWNER]),
-                _on_chain(chain_id),
+                _in_scope(scope),
             )
             .values(lease_owner=None, lease_expires_at=None)
         )
@@ -250,8 +252,8 @@ async def count_leasable(
     sessions: SessionFactory,
     *,
     node_ids: Collection[int],
+    scope: ContractScope,
     now: dt.datetime | None = None,
-    chain_id: int | None = None,
 ) -> int:
     moment = now or utcnow()
 
@@ -263,7 +265,7 @@ async def count_leasable(
                 Vote.state == VoteState.QUEUED,
                 _lease_free(moment),
                 Vote.node_id.in_(list(node_ids)),
-                _on_chain(chain_id),
+                _in_scope(scope),
             )
         )
         return int((await session.execute(query)).scalar_one())
@@ -556,14 +558,14 @@ async def confirm_by_reconcile(sessions: SessionFactory, confirmation: Confirmat
 
 
 async def sent_vote_ids(
-    sessions: SessionFactory, node_ids: Collection[int], *, chain_id: int | None = None
+    sessions: SessionFactory, node_ids: Collection[int], *, scope: ContractScope
 ) -> dict[int, set[int]]:
     """Ids of the `sent` rows of these nodes, by node: the cheap check whether a lane has rows to adopt."""
 
     async def work(session: AsyncSession) -> dict[int, set[int]]:
         rows = await session.execute(
             select(Vote.node_id, Vote.id).where(
-                Vote.node_id.in_(list(node_ids)), Vote.state == VoteState.SENT, _on_chain(chain_id)
+                Vote.node_id.in_(list(node_ids)), Vote.state == VoteState.SENT, _in_scope(scope)
             )
         )
         by_node: dict[int, set[int]] = {}
@@ -574,17 +576,15 @@ async def sent_vote_ids(
     return await read(sessions, work, what="vote queue")
 
 
-async def sent_votes(
-    sessions: SessionFactory, node_id: int, *, chain_id: int | None = None
-) -> list[SentVote]:
-    """Every `sent` row of a node (on one chain) with all its signed transactions, oldest nonce first."""
+async def sent_votes(sessions: SessionFactory, node_id: int, *, scope: ContractScope) -> list[SentVote]:
+    """Every `sent` row of a node in one deployment with all its signed transactions, oldest nonce first."""
 
     async def work(session: AsyncSession) -> list[SentVote]:
         rows = (
             await session.execute(
                 select(Vote.id, Vote.node_id, Proposal.proposal_id, Vote.nonce, Vote.tx_hash)
                 .join(Proposal, Proposal.id == Vote.proposal_ref)
-                .where(Vote.node_id == node_id, Vote.state == VoteState.SENT, _on_chain(chain_id))
+                .where(Vote.node_id == node_id, Vote.state == VoteState.SENT, _in_scope(scope))
                 .order_by(Vote.nonce)
             )
         ).all()

@@ -188,7 +188,27 @@ NODE = '[[deployments.nodes]]\nname = "n1"\nkey_env = "NODE1_KEY"\n'
         ),
         (
             _first_deployment(max_fee_gwei="0") + NODE,
-            r"deployment 'a': max_fee_gwei: must be a number above 0",
+            r"deployment 'a': max_fee_gwei: must be a finite number above 0",
+        ),
+        (
+            _first_deployment(max_fee_gwei="inf") + NODE,
+            r"deployment 'a': max_fee_gwei: must be a finite number above 0, got inf",
+        ),
+        (
+            _first_deployment(max_fee_gwei="nan") + NODE,
+            r"deployment 'a': max_fee_gwei: must be a finite number above 0, got nan",
+        ),
+        (
+            _first_deployment(strategies="{ conservative_max_amount = -1 }") + NODE,
+            r"deployment 'a': strategies\.conservative_max_amount: must be a whole number",
+        ),
+        (
+            _first_deployment(strategies='{ aggressive_max_amount = "5" }') + NODE,
+            r"deployment 'a': strategies\.aggressive_max_amount: must be a whole number",
+        ),
+        (
+            _first_deployment() + '[[deployments.nodes]]\nname = "n1"\nkey_env = "NODE-1"\n',
+            r"deployment 'a': nodes\[1\]\.key_env: must be an environment variable's name",
         ),
         (
             _first_deployment(strategies="{ conservative_max = 1 }") + NODE,
@@ -288,3 +308,69 @@ def test_without_a_file_a_replaced_field_is_the_default_deployments(tmp_path: Pa
     (deployment,) = settings.deployments
     assert deployment.rpc_ws_url == "ws://proxy:2" and deployment.confirmations == 3
     assert settings.for_deployment(deployment).rpc_ws_url == "ws://proxy:2"
+
+
+@pytest.mark.parametrize("pasted", [KEYS[0], KEYS[0].removeprefix("0x"), KEYS[0].upper().replace("0X", "0x")])
+def test_a_key_pasted_into_key_env_is_refused_without_printing_it(tmp_path: Path, pasted: str) -> None:
+    write(tmp_path, _first_deployment() + f'[[deployments.nodes]]\nname = "n1"\nkey_env = "{pasted}"\n')
+    with pytest.raises(
+        ConfigError, match=r"nodes\[1\]\.key_env: looks like a private key: name an"
+    ) as caught:
+        load_settings({**ENV, pasted: KEYS[0]}, workdir=tmp_path)
+    line = str(caught.value).lower()
+    assert KEYS[0].removeprefix("0x")[:16] not in line and KEYS[0].removeprefix("0x")[-16:] not in line
+
+
+@pytest.mark.slow  # a `dloop` process
+def test_a_key_pasted_into_key_env_stays_out_of_the_cli_output(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.support.chaos import DLOOP, clean_env
+
+    write(tmp_path, _first_deployment() + f'[[deployments.nodes]]\nname = "n1"\nkey_env = "{KEYS[0]}"\n')
+    env = clean_env({"DLOOP_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'dloop.db'}"})
+    done = subprocess.run(
+        [*DLOOP, "run"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        f"dloop: error: {tmp_path / 'dloop.toml'}: deployment 'a': nodes[1].key_env: "
+        "looks like a private key: name an environment variable instead"
+    ]
+    secret = KEYS[0].removeprefix("0x")
+    assert secret[:16] not in done.stdout + done.stderr and secret[-16:] not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "DLOOP_RPC_WS_URL",
+        "DLOOP_CONTRACT_ADDRESS",
+        "AI_NODE_3_PRIVATE_KEY",
+        "DLOOP_NODE_KEYS",
+        "DLOOP_KEYSTORE_DIR",
+        "DLOOP_NODE_NAMES",
+        "DLOOP_NODE_STRATEGIES",
+    ],
+)
+def test_the_environments_deployment_next_to_a_file_is_refused(tmp_path: Path, name: str) -> None:
+    """Else it would be ignored without a word: the operator would believe it in use."""
+    path = write(tmp_path, GOOD)
+    values = {
+        "DLOOP_RPC_WS_URL": "ws://h:1",
+        "DLOOP_CONTRACT_ADDRESS": CONTRACT_A,
+        "DLOOP_NODE_KEYS": KEYS[2],
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**ENV, name: values.get(name, KEYS[2] if "KEY" in name else "x")}, workdir=tmp_path)
+    assert str(caught.value) == (
+        f"{name}: is set, but the deployments file {path} replaces it: remove one of the two"
+    )
+    assert KEYS[2].removeprefix("0x") not in str(caught.value)
+
+
+def test_a_key_variable_the_file_names_is_not_a_mix(tmp_path: Path) -> None:
+    """The documented layout: the file's key_env names the AI_NODE_n_PRIVATE_KEY variables."""
+    write(tmp_path, GOOD.replace("NODE1_KEY", "AI_NODE_1_PRIVATE_KEY"))
+    settings = load_settings({"AI_NODE_1_PRIVATE_KEY": KEYS[0], "NODE2_KEY": KEYS[1]}, workdir=tmp_path)
+    assert [n.name for n in settings.deployments[0].nodes] == ["ai-gov-01", "ai-gov-02"]

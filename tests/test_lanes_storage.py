@@ -121,9 +121,10 @@ async def test_a_vote_signed_under_a_lapsed_fence_is_not_recorded(db: Database) 
         vote = (await session.execute(select(Vote).where(Vote.id == rows[0].vote_id))).scalar_one()
     assert vote.state == VoteState.QUEUED and vote.tx_hash is None
     # The new owner frees the rows a leased, and records under its own, current fence.
-    # Only the rows on the lane's chain: the node's rows on another chain belong to that chain's lane.
-    assert await queue.release_node_leases(sessions, node.id, keep_owner="b", chain_id=2) == 0
-    assert await queue.release_node_leases(sessions, node.id, keep_owner="b", chain_id=1) == 1
+    # Only the rows of the lane's deployment: the node's rows on another chain belong to that chain's lane.
+    elsewhere, here = queue.ContractScope(2, "0xdao"), queue.ContractScope(1, "0xdao")
+    assert await queue.release_node_leases(sessions, node.id, keep_owner="b", scope=elsewhere) == 0
+    assert await queue.release_node_leases(sessions, node.id, keep_owner="b", scope=here) == 1
     leased = await queue.lease(sessions, [rows[0].vote_id], owner="b", lease_seconds=60)
     recorded = await queue.record_sent_many(
         sessions, [SentRecord(leased[0].vote_id, signed, "for", 0.9, "r")], owner="b", fence=b[address].fence

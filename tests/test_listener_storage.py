@@ -389,9 +389,10 @@ async def test_a_node_voting_on_two_chains_has_one_queue_per_chain(
         initial_state=VoteState.QUEUED,
     )
     node = [nodes[0].id]
-    mine = await queue.queued_candidates(sessions, node_ids=node, max_proposals=10, chain_id=CHAIN)
-    theirs = await queue.queued_candidates(sessions, node_ids=node, max_proposals=10, chain_id=31338)
+    here, there = queue.ContractScope(CHAIN, CONTRACT), queue.ContractScope(31338, CONTRACT)
+    mine = await queue.queued_candidates(sessions, node_ids=node, max_proposals=10, scope=here)
+    theirs = await queue.queued_candidates(sessions, node_ids=node, max_proposals=10, scope=there)
     assert [(r.chain_id, r.proposal_id) for r in mine] == [(CHAIN, 1)]
     assert [(r.chain_id, r.proposal_id) for r in theirs] == [(31338, 7)]
-    assert await queue.count_leasable(sessions, node_ids=node, chain_id=31338) == 1
-    assert await queue.count_leasable(sessions, node_ids=node) == 2
+    assert await queue.count_leasable(sessions, node_ids=node, scope=there) == 1
+    assert await queue.count_leasable(sessions, node_ids=node, scope=here) == 1

@@ -83,6 +83,8 @@ def test_node_keys_from_comma_list() -> None:
         ("DLOOP_HTTP_PORT", "70000", "at most 65535"),
         ("DLOOP_BATCH_SIZE", "0", "at least 1"),
         ("DLOOP_HEAD_TIMEOUT", "nan", "at least"),
+        ("DLOOP_MAX_FEE_GWEI", "inf", "finite"),
+        ("DLOOP_HEAD_TIMEOUT", "Infinity", "finite"),
         ("DLOOP_DATABASE_URL", "not a url", "database URL"),
         ("DLOOP_DATABASE_URL", "mysql+aiomysql://db/dloop", "postgresql+asyncpg://"),
         ("DLOOP_DATABASE_URL", "postgresql+psycopg2://db/dloop", "got postgresql+psycopg2://"),

@@ -250,3 +250,72 @@ async def test_migration_0008_puts_the_one_stream_on_old_blocks_and_logs(databas
     assert [tuple(r) for r in await sql(url, "SELECT number, hash FROM recent_blocks")] == [(9, "0x09")]
     await upgrade(url)
     await ensure_schema_current(url)
+
+
+async def test_migration_0008_with_two_streams_keeps_what_the_rows_attribute(database_url: str) -> None:
+    """A database that followed two contracts (on two chains): a log goes to the stream its rows prove (its
+    proposal, our vote transaction, a block of a chain one stream alone followed); the recent blocks linked
+    to a block of a known chain go to that chain's stream; the rest stays NULL / is dropped."""
+    url = database_url
+    await upgrade(url, "0006")
+    a, b = "0x" + "aa" * 20, "0x" + "bb" * 20
+    stream_a, stream_b = f"logs:31337:{a}", f"logs:31338:{b}"
+    engine = create_engine(url)
+    nodes = await sync_nodes(session_factory(engine), NODES[:1])
+    for chain_id, contract in ((31337, a.upper().replace("0X", "0x")), (31338, b)):
+        await record_proposal(
+            session_factory(engine), chain_id=chain_id, contract=contract, data=PROPOSAL,
+            source="backfill", node_ids=[nodes[0].id] if chain_id == 31337 else [],
+        )  # fmt: skip
+    await engine.dispose()
+    when = "'2026-01-01 00:00:00'"
+    await sql(url, "UPDATE proposals SET block_hash = '0xa1', log_index = 0 WHERE chain_id = 31337")
+    await sql(url, "UPDATE proposals SET block_hash = '0xb1', log_index = 0 WHERE chain_id = 31338")
+    await sql(
+        url,
+        "INSERT INTO vote_transactions (vote_id, tx_hash, nonce, max_fee_per_gas,"
+        f" max_priority_fee_per_gas, gas_limit, raw_transaction, created_at)"
+        f" SELECT MIN(id), '0xt1', 0, '1', '1', 21000, '0x', {when} FROM votes",
+    )
+    await sql(
+        url,
+        "INSERT INTO chain_cursor (stream, block_number, block_hash, updated_at)"
+        f" VALUES (:s, 11, :h, {when})",
+        [{"s": stream_a, "h": None}, {"s": stream_b, "h": "0xb11"}],
+    )
+    logs = [  # block hash, log index, tx hash, event
+        ("0xa1", 0, "0xc1", "ProposalCreated"),  # proposal 1 of A
+        ("0xb1", 0, "0xc2", "ProposalCreated"),  # proposal 1 of B
+        ("0xa5", 3, "0xt1", "VoteCast"),  # our vote on A
+        ("0xa5", 4, "0xother", "VoteCast"),  # someone's vote in the same block: chain 31337, only A there
+        ("0xb9", 0, "0xc3", "ProposalExecuted"),  # nothing tells
+    ]
+    await sql(
+        url,
+        "INSERT INTO chain_logs (block_number, block_hash, tx_hash, log_index, event, proposal_id, removed,"
+        f" seen_at) VALUES (5, :h, :t, :i, :e, 1, false, {when})",
+        [{"h": h, "i": i, "t": t, "e": e} for h, i, t, e in logs],
+    )
+    blocks = [(10, "0xb10", "0xb09"), (11, "0xb11", "0xb10"), (3, "0xq3", "0xq2")]  # B's head run; a stray
+    await sql(
+        url,
+        f"INSERT INTO recent_blocks (number, hash, parent_hash, seen_at) VALUES (:n, :h, :p, {when})",
+        [{"n": n, "h": h, "p": p} for n, h, p in blocks],
+    )
+
+    await upgrade(url)
+    found = await sql(
+        url, "SELECT block_hash, log_index, stream FROM chain_logs ORDER BY block_hash, log_index"
+    )
+    assert [tuple(r) for r in found] == [
+        ("0xa1", 0, stream_a),
+        ("0xa5", 3, stream_a),
+        ("0xa5", 4, stream_a),
+        ("0xb1", 0, stream_b),
+        ("0xb9", 0, None),
+    ]
+    window = await sql(url, "SELECT stream, number, hash FROM recent_blocks ORDER BY number")
+    assert [tuple(r) for r in window] == [(stream_b, 10, "0xb10"), (stream_b, 11, "0xb11")]
+    await downgrade(url, "0006")
+    await upgrade(url)
+    await ensure_schema_current(url)

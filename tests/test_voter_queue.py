@@ -18,7 +18,7 @@ from storage.engine import SessionFactory
 from storage.lanes import NO_LANES
 from storage.models import Vote, VoteOutcome, VoteState, VoteTransaction, utcnow
 from storage.proposals import record_proposal
-from storage.queue import SignedTx
+from storage.queue import ContractScope, SignedTx
 from storage.transactions import write
 from tests.support.database import Database, NodeSpec, made_up_proposal
 
@@ -41,6 +41,7 @@ async def db(db: Database) -> tuple[SessionFactory, list[int]]:
     return db.sessions, [n.id for n in db.nodes]
 
 
+SCOPE = ContractScope(1, "0xdao")  # the deployment of the `db` fixture's proposals
 # A signed vote's record: the decision, and no lane fence (these tests use no lane leases).
 DECIDED: dict[str, Any] = {"decision": "for", "confidence": 0.8, "reason": "r", "fence": NO_LANES}
 
@@ -56,9 +57,9 @@ async def all_ids(sessions: SessionFactory) -> list[int]:
 
 async def test_candidates_are_whole_proposals_most_urgent_first(db: tuple[SessionFactory, list[int]]) -> None:
     sessions, nodes = db
-    rows = await queue.queued_candidates(sessions, node_ids=nodes, max_proposals=2)
+    rows = await queue.queued_candidates(sessions, node_ids=nodes, max_proposals=2, scope=SCOPE)
     assert sorted({r.proposal_id for r in rows}) == [1, 2] and len(rows) == 4
-    only_second = await queue.queued_candidates(sessions, node_ids=[nodes[1]], max_proposals=5)
+    only_second = await queue.queued_candidates(sessions, node_ids=[nodes[1]], max_proposals=5, scope=SCOPE)
     assert {r.node_id for r in only_second} == {nodes[1]} and len(only_second) == 5
 
 
@@ -86,7 +87,7 @@ async def test_expired_lease_is_taken_up_again(db: tuple[SessionFactory, list[in
         == []
     )
     later = now + dt.timedelta(seconds=31)
-    assert await queue.count_leasable(sessions, node_ids=nodes, now=later) == 10
+    assert await queue.count_leasable(sessions, node_ids=nodes, scope=SCOPE, now=later) == 10
     assert len(await queue.lease(sessions, ids, owner="new", lease_seconds=30, now=later)) == 10
 
 
@@ -98,9 +99,11 @@ async def test_release_now_or_deferred(db: tuple[SessionFactory, list[int]]) -> 
     assert await queue.release(sessions, ids[:2], owner="me", error="later") == 2
     until = utcnow() + dt.timedelta(seconds=300)
     assert await queue.release(sessions, ids[2:4], owner="me", error="paused", defer_until=until) == 2
-    assert await queue.count_leasable(sessions, node_ids=nodes) == 2
+    assert await queue.count_leasable(sessions, node_ids=nodes, scope=SCOPE) == 2
     assert await queue.release_owner(sessions, "me") == 6
-    assert await queue.count_leasable(sessions, node_ids=nodes) == 8  # the deferred two still wait
+    assert (
+        await queue.count_leasable(sessions, node_ids=nodes, scope=SCOPE) == 8
+    )  # the deferred two still wait
 
 
 async def test_transitions_need_the_lease(db: tuple[SessionFactory, list[int]]) -> None:
@@ -129,7 +132,7 @@ async def test_sent_confirmed_and_a_listener_racing(db: tuple[SessionFactory, li
     )
     replacement = SignedTx("0x" + "ab" * 32, 7, 3 * 10**9, 2 * 10**9, 100_000, b"\x02\x08")
     assert await queue.record_replacement(sessions, vote, replacement, note="stuck", fence=NO_LANES)
-    [sent] = await queue.sent_votes(sessions, nodes[0])
+    [sent] = await queue.sent_votes(sessions, nodes[0], scope=SCOPE)
     assert sent.nonce == 7 and sent.latest == replacement and len(sent.transactions) == 2
     # The listener saw our VoteCast first and marked the row confirmed; ours must still succeed, harmlessly.
     async with sessions.begin() as session:
@@ -155,7 +158,7 @@ async def test_reorg_reopens_and_requeue_forgets_the_nonce(db: tuple[SessionFact
     await queue.record_sent(sessions, vote, owner="me", tx=tx(3), **DECIDED)
     await queue.mark_confirmed(sessions, vote, tx_hash=tx(3).tx_hash, block_number=4, gas_used=1)
     assert await queue.reopen_confirmed(sessions, tx_hashes=[tx(3).tx_hash]) == 1
-    assert [s.vote_id for s in await queue.sent_votes(sessions, nodes[0])] == [vote]
+    assert [s.vote_id for s in await queue.sent_votes(sessions, nodes[0], scope=SCOPE)] == [vote]
     assert await queue.resolve_sent(
         sessions, vote, state=VoteState.QUEUED, reason="nonce used elsewhere", tx_outcome="dropped"
     )
@@ -243,3 +246,29 @@ async def test_a_cancelled_write_still_commits(db: tuple[SessionFactory, list[in
     async with sessions() as session:
         written = (await session.execute(select(Vote.last_error).where(Vote.id == vote))).scalar_one()
     assert written == "written"
+
+
+async def test_another_contracts_rows_on_the_same_chain_are_not_this_deployments(
+    db: tuple[SessionFactory, list[int]],
+) -> None:
+    """A deployment is a chain AND a contract: rows a former contract left on the same chain, for the same
+    key, are never leased, counted or adopted by this one (they would be voted here by proposal number)."""
+    sessions, nodes = db
+    await record_proposal(
+        sessions, chain_id=1, contract="0xold", data=made_up_proposal(9), source="backfill", node_ids=nodes
+    )
+    other = ContractScope(1, "0xold")
+    rows = await queue.queued_candidates(sessions, node_ids=nodes, max_proposals=50, scope=SCOPE)
+    assert {(r.contract, r.proposal_id) for r in rows} == {("0xdao", pid) for pid in range(1, 6)}
+    assert await queue.count_leasable(sessions, node_ids=nodes, scope=SCOPE) == 10
+    theirs = await queue.queued_candidates(sessions, node_ids=nodes, max_proposals=50, scope=other)
+    assert {(r.contract, r.proposal_id) for r in theirs} == {("0xold", 9)} and len(theirs) == 2
+    assert await queue.count_leasable(sessions, node_ids=nodes, scope=other) == 2
+    # A sent row of the other contract is not adopted by this deployment's lanes.
+    old = theirs[0].vote_id
+    await queue.lease(sessions, [old], owner="me", lease_seconds=60)
+    assert await queue.record_sent(sessions, old, owner="me", tx=tx(4), **DECIDED)
+    assert await queue.sent_votes(sessions, theirs[0].node_id, scope=SCOPE) == []
+    assert await queue.sent_vote_ids(sessions, nodes, scope=SCOPE) == {}
+    assert [s.vote_id for s in await queue.sent_votes(sessions, theirs[0].node_id, scope=other)] == [old]
+    assert await queue.sent_vote_ids(sessions, nodes, scope=other) == {theirs[0].node_id: {old}}

@@ -406,7 +406,10 @@ class Voter:
         # Queued rows of this node leased by another instance (a dead one's leases last DLOOP_LEASE_SECONDS)
         # are free now: only the lane's owner can record a vote for them.
         freed = await queue.release_node_leases(
-            self.sessions, lane.node.id, keep_owner=self.owner, chain_id=self.chain_id
+            self.sessions,
+            lane.node.id,
+            keep_owner=self.owner,
+            scope=queue.ContractScope(self.chain_id, self.settings.contract_address),
         )
         lane.state.fence = fence
         try:
@@ -506,7 +509,11 @@ class Voter:
         confirmed_before, failed_before = self.totals.confirmed, self.totals.failed
         batches = leased_total = 0
         await self._sync_lanes(client)
-        sent = await queue.sent_vote_ids(self.sessions, list(self._by_node), chain_id=self.chain_id)
+        sent = await queue.sent_vote_ids(
+            self.sessions,
+            list(self._by_node),
+            scope=queue.ContractScope(self.chain_id, self.settings.contract_address),
+        )
         for lane in self.lanes:
             if not lane.state.owned:
                 continue
@@ -525,7 +532,7 @@ class Voter:
                 self.sessions,
                 node_ids=sendable,
                 max_proposals=self.settings.batch_size,
-                chain_id=self.chain_id,
+                scope=queue.ContractScope(self.chain_id, self.settings.contract_address),
             )
             planned = plan_batch(candidates, batch_size=self.settings.batch_size, node_ids=sendable)
             if not planned:
@@ -550,7 +557,12 @@ class Voter:
         sendable = self._sendable()
         left = (
             bool(sendable)
-            and await queue.count_leasable(self.sessions, node_ids=sendable, chain_id=self.chain_id) > 0
+            and await queue.count_leasable(
+                self.sessions,
+                node_ids=sendable,
+                scope=queue.ContractScope(self.chain_id, self.settings.contract_address),
+            )
+            > 0
         )
         return DrainResult(
             started_at=started,

@@ -63,7 +63,9 @@ class ReceiptWatcher:
         rows = [
             r
             for r in await queue.sent_votes(
-                self.state.sessions, self.state.node.id, chain_id=self.state.chain_id
+                self.state.sessions,
+                self.state.node.id,
+                scope=queue.ContractScope(self.state.chain_id, self.state.settings.contract_address),
             )
             if r.vote_id not in self.state.tracked
         ]

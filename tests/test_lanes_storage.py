@@ -240,4 +240,5 @@ async def test_a_take_stores_its_moment_whatever_the_sessions_time_zone(db: Data
 
 
 async def candidates(sessions: SessionFactory, node_id: int) -> list[queue.QueuedVote]:
-    return await queue.queued_candidates(sessions, node_ids=[node_id], max_proposals=10)
+    scope = queue.ContractScope(1, "0xdao")  # the deployment of these tests' proposals
+    return await queue.queued_candidates(sessions, node_ids=[node_id], max_proposals=10, scope=scope)

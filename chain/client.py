@@ -400,6 +400,10 @@ class ChainClient:
     async def has_voted(self, proposal_id: int, voter: str) -> bool:
         return bool(await self.call(dao_functions()["hasVoted"], proposal_id, to_checksum_address(voter)))
 
+    def known_asset(self, address: str) -> AssetInfo | None:
+        """The asset's metadata if read before (no I/O): the reads of a pass skip the retry wrapper."""
+        return self._assets.get(address.lower())
+
     async def asset_info(self, address: str) -> AssetInfo:
         """decimals() and symbol() of an asset, cached; anything not a readable ERC-20 is 'unknown'."""
         key = address.lower()

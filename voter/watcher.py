@@ -8,6 +8,7 @@ the lane's sender; the `sent` rows of a new connection are adopted here before t
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Mapping
@@ -22,9 +23,10 @@ from core.retry import with_backoff
 from storage import queue
 from storage.models import VoteOutcome, VoteState, utcnow
 from voter.fees import GWEI, Fees, bump_fees, includable
+from voter.gas import ran_out_of_gas
 from voter.jobs import Tracked, as_int, calldata_of
 from voter.lane_state import LaneState, log
-from voter.outcomes import Action, classify
+from voter.outcomes import WAIT_ERRORS, Action, classify
 from voter.planning import nonce_gap
 from voter.sender import LaneSender
 
@@ -38,6 +40,7 @@ NONCE_USED_GRACE_S = 2.0
 GAP_FILL_AFTER_S = 3.0
 FILLER_GAS = 21_000  # a plain transfer
 FILLER_RESEND_S = 30.0
+REVERT_RETRY_SECONDS = 5.0  # a vote that reverted for a reason that may pass is sent again after this
 
 
 class ReceiptWatcher:
@@ -157,9 +160,17 @@ class ReceiptWatcher:
             if receipt.status == 1:
                 continue
             tx_hash, block = receipt.tx_hash, receipt.block_number
-            name = await self._revert_name(tracked, block)
+            # Gas estimates are reused (voter/gas.py): whatever made this vote fail may make them wrong.
+            self.state.gas.forget()
+            out_of_gas = ran_out_of_gas(receipt.gas_used, tracked.latest.gas_limit)
+            name = "out of gas" if out_of_gas else await self._revert_name(tracked, block)
             if name == "ProposalNotFound":
                 await self._owed_after_reorg(tracked)
+                continue
+            if out_of_gas or name in WAIT_ERRORS:
+                # Not cast, and nothing says it never can be: estimated again and sent in a later round
+                # (a reused estimate skipped the check that would have deferred it).
+                await self._owed_after_revert(tracked, name)
                 continue
             reason = f"reverted on chain: {name}"
             with anyio.CancelScope(shield=True):
@@ -215,6 +226,22 @@ class ReceiptWatcher:
                 proposal=tracked.proposal_id,
                 state=state.value,
             )
+
+    async def _owed_after_revert(self, tracked: Tracked, name: str) -> None:
+        reason = f"reverted on chain: {name}; estimated again and sent later"
+        with anyio.CancelScope(shield=True):
+            done = await queue.resolve_sent(
+                self.state.sessions,
+                tracked.vote_id,
+                state=VoteState.QUEUED,
+                reason=reason,
+                tx_outcome="reverted",
+                defer_until=utcnow() + dt.timedelta(seconds=REVERT_RETRY_SECONDS),
+                only_if_tx_in=tracked.hashes,
+            )
+        if done:
+            self.state.totals.requeued += 1
+            self.state.error(f"proposal {tracked.proposal_id}: {reason}")
 
     async def _revert_name(self, tracked: Tracked, block: int) -> str:
         """Re-run the call at the block that mined it to get the custom error's name."""

@@ -16,7 +16,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from chain.types import LogRef, ProposalData, status_name
 from storage import votes
 from storage.engine import SessionFactory
-from storage.models import Chain, ChainCursor, ChainLog, Proposal, RecentBlock, Vote, VoteState, utcnow
+from storage.models import (
+    Chain,
+    ChainCursor,
+    ChainLog,
+    Proposal,
+    RecentBlock,
+    Vote,
+    VoteState,
+    core_table,
+    utcnow,
+)
 from storage.proposals import RecordResult, insert_new_in, record_proposal_in, refresh_tally
 from storage.transactions import read, write
 
@@ -281,7 +291,8 @@ async def _claim_logs_in(
         else:
             claimed.append(False)
     if fresh:
-        await session.execute(insert(ChainLog), fresh)
+        # Core INSERT: the ORM's bulk insert works per row (thousands here).
+        await session.execute(insert(core_table(ChainLog)), fresh)
     return claimed
 
 

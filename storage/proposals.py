@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from chain.types import LogRef, ProposalData, format_units, status_name, type_name
 from storage import votes
 from storage.engine import SessionFactory
-from storage.models import Node, Proposal, VoteState
+from storage.models import Node, Proposal, VoteState, core_table
 from storage.transactions import write
 
 # A transaction that lost an insert race to another writer runs again and reads the winner's rows back.
@@ -242,7 +242,8 @@ async def insert_new_in(
         }
         for data, _state, log in fresh
     ]
-    await session.execute(insert(Proposal), rows)
+    # Core INSERT: the ORM's bulk insert works per row (thousands here).
+    await session.execute(insert(core_table(Proposal)), rows)
     wanted = [data.proposal_id for data, _state, _log in fresh]
     found = await session.execute(
         select(Proposal.proposal_id, Proposal.id).where(

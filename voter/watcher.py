@@ -111,9 +111,20 @@ class ReceiptWatcher:
                     last_head, last_change = head, now
                     await self.poll_receipts()
                 stalled = now - last_change >= self.stall_seconds
-                for tracked in list(self.state.tracked.values()):
-                    if stalled or head - tracked.sent_block >= self.state.settings.replace_after_blocks:
-                        await self.check(tracked, head)
+                due = [
+                    t
+                    for t in self.state.tracked.values()
+                    if stalled or head - t.sent_block >= self.state.settings.replace_after_blocks
+                ]
+                if due:
+                    # One nonce read and one receipt poll for all of them (in an automine burst dozens are
+                    # due at once, and each checked alone polled every receipt again). The nonce is read
+                    # first: a vote mined by then has its receipt in the poll.
+                    mined = await self._mined_nonce()
+                    await self.poll_receipts()
+                    for tracked in due:
+                        if tracked.vote_id in self.state.tracked:
+                            await self.check(tracked, head, mined=mined)
                 if stalled:
                     last_change = now  # check a stalled chain again only after another interval
             except TransientChainError:
@@ -255,12 +266,21 @@ class ReceiptWatcher:
             return f"unknown (replay failed: {exc})"
         return "unknown (the replay did not revert; out of gas?)"
 
-    async def check(self, tracked: Tracked, head: int, *, adopting: bool = False) -> None:
-        """A transaction without a receipt: still pending, replaced by someone, dropped, or stuck."""
+    async def _mined_nonce(self) -> int:
         client = self.state.chain()
-        mined = as_int(await with_backoff(client.request, *rpc.nonce(self.state.address, "latest")))
+        return as_int(await with_backoff(client.request, *rpc.nonce(self.state.address, "latest")))
+
+    async def check(
+        self, tracked: Tracked, head: int, *, adopting: bool = False, mined: int | None = None
+    ) -> None:
+        """A transaction without a receipt: still pending, replaced by someone, dropped, or stuck. `mined`:
+        the account's mined nonce, read before the latest receipt poll (read here when not given)."""
+        client = self.state.chain()
+        polled = mined is not None
+        if mined is None:
+            mined = await self._mined_nonce()
         if mined > tracked.nonce:
-            await self._nonce_used_elsewhere(tracked)
+            await self._nonce_used_elsewhere(tracked, polled=polled)
             return
         await self._fill_gap_below(tracked, mined)
         known = await with_backoff(client.request, *rpc.transaction(tracked.latest.tx_hash))
@@ -383,9 +403,11 @@ class ReceiptWatcher:
             for a in answers
         )
 
-    async def _nonce_used_elsewhere(self, tracked: Tracked) -> None:
-        """The nonce is used but none of our hashes has a receipt (checked once more): hasVoted decides."""
-        await self.poll_receipts()
+    async def _nonce_used_elsewhere(self, tracked: Tracked, *, polled: bool = False) -> None:
+        """The nonce is used but none of our hashes has a receipt (checked once more, unless the receipts
+        were polled after the nonce was read): hasVoted decides."""
+        if not polled:
+            await self.poll_receipts()
         if tracked.vote_id not in self.state.tracked or await self._one_of_ours_mined(tracked):
             return
         now = time.monotonic()

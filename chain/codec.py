@@ -9,7 +9,7 @@ from typing import Any, cast
 
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 
 from chain.abis import Abi, assetdao_abi, erc20_abi, price_oracle_abi
 
@@ -89,6 +89,13 @@ def _static_values(kinds: tuple[str, ...], data: bytes) -> tuple[Any, ...] | Non
             return None
         values.append(word)
     return tuple(values)
+
+
+@lru_cache(maxsize=4096)
+def checksum(address: str) -> str:
+    """`to_checksum_address` once per address (a keccak each time): the logs and proposals of a burst or a
+    reconcile pass name the same few nodes, assets and proposers over and over."""
+    return to_checksum_address(address)
 
 
 def functions_of(abi: Abi) -> dict[str, AbiFunction]:

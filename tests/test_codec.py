@@ -8,7 +8,7 @@ import pytest
 from eth_abi import decode, encode
 from eth_utils import keccak
 
-from chain.codec import AbiFunction, decode_revert
+from chain.codec import AbiFunction, checksum, decode_revert
 from chain.events import (
     ProposalCanceled,
     ProposalCreated,
@@ -166,3 +166,9 @@ def test_static_results_eth_abi_refuses_are_refused(data: bytes) -> None:
         decode(list(STATIC.output_types), data)
     with pytest.raises(type(expected.value)):
         STATIC.decode(data)
+
+
+def test_checksum_is_eth_utils_own_and_refuses_what_it_refuses() -> None:
+    assert checksum(VOTER.lower()) == checksum(VOTER) == VOTER
+    with pytest.raises(ValueError):
+        checksum("0x1234")

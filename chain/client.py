@@ -14,7 +14,7 @@ from web3 import AsyncWeb3
 
 from chain import requests as rq
 from chain import web3_internals
-from chain.codec import AbiFunction, dao_functions, erc20_functions
+from chain.codec import AbiFunction, checksum, dao_functions, erc20_functions
 from chain.connection import batch_refusal, classify_rpc_error, translate_exception
 from chain.types import AssetInfo, ProposalData
 from chain.web3_internals import MalformedFrames
@@ -78,7 +78,7 @@ def parse_block(raw: dict[str, Any]) -> BlockHeader:
 
 def parse_log(raw: dict[str, Any]) -> RawLog:
     return RawLog(
-        address=to_checksum_address(raw["address"]),
+        address=checksum(raw["address"]),
         topics=tuple(_hex(t) for t in raw["topics"]),
         data=_hex(raw["data"]),
         block_number=_int(raw["blockNumber"]),
@@ -400,6 +400,10 @@ class ChainClient:
     async def has_voted(self, proposal_id: int, voter: str) -> bool:
         return bool(await self.call(dao_functions()["hasVoted"], proposal_id, to_checksum_address(voter)))
 
+    def known_asset(self, address: str) -> AssetInfo | None:
+        """The asset's metadata if read before (no I/O): the reads of a pass skip the retry wrapper."""
+        return self._assets.get(address.lower())
+
     async def asset_info(self, address: str) -> AssetInfo:
         """decimals() and symbol() of an asset, cached; anything not a readable ERC-20 is 'unknown'."""
         key = address.lower()
@@ -446,10 +450,10 @@ def proposal_from_values(raw: Sequence[Any], asset: AssetInfo) -> ProposalData:
     return ProposalData(
         proposal_id=int(raw[0]),
         proposal_type=int(raw[1]),
-        asset_address=to_checksum_address(raw[2]),
+        asset_address=checksum(raw[2]),
         amount=int(raw[3]),
         description=str(raw[4]),
-        proposer=to_checksum_address(raw[5]),
+        proposer=checksum(raw[5]),
         created_at=int(raw[6]),
         voting_ends=int(raw[7]),
         yes_votes=int(raw[8]),

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache, cached_property
-from typing import Any
+from functools import cache, cached_property, lru_cache
+from typing import Any, cast
 
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 
 from chain.abis import Abi, assetdao_abi, erc20_abi, price_oracle_abi
 
@@ -38,10 +38,64 @@ class AbiFunction:
         return keccak(text=self.signature)[:4]
 
     def encode(self, *args: Any) -> str:
+        # hasVoted(uint256,address) and the like, thousands per reconcile pass: one 32-byte word per argument
+        # without eth_abi's per-call setup; anything else (or a value it would refuse) goes through eth_abi.
+        words = [_static_word(kind, value) for kind, value in zip(self.input_types, args, strict=False)]
+        if len(args) == len(self.input_types) and None not in words:
+            return "0x" + self.selector.hex() + b"".join(cast(list[bytes], words)).hex()
         return "0x" + (self.selector + abi_encode(list(self.input_types), list(args))).hex()
 
     def decode(self, data: bytes) -> tuple[Any, ...]:
-        return tuple(abi_decode(list(self.output_types), data))
+        fast = _static_values(self.output_types, data)
+        return fast if fast is not None else tuple(abi_decode(list(self.output_types), data))
+
+
+_WORD = 32
+_UINT_BITS = {f"uint{bits}": bits for bits in range(8, 257, 8)}
+_FALSE, _TRUE = bytes(_WORD), (1).to_bytes(_WORD, "big")
+
+
+@lru_cache(maxsize=1024)
+def _address_word(value: str) -> bytes:
+    """eth_abi's own encoding (and checks) of an address, once per address: the nodes' few repeat."""
+    return abi_encode(["address"], [value])
+
+
+def _static_word(kind: str, value: Any) -> bytes | None:
+    """The ABI word of a uintN, bool or address argument that eth_abi would accept as is; None otherwise."""
+    if kind == "address" and isinstance(value, str):
+        return _address_word(value)
+    if kind == "bool" and isinstance(value, bool):
+        return _TRUE if value else _FALSE
+    bits = _UINT_BITS.get(kind)
+    if bits is not None and type(value) is int and 0 <= value < 1 << bits:
+        return value.to_bytes(_WORD, "big")
+    return None
+
+
+def _static_values(kinds: tuple[str, ...], data: bytes) -> tuple[Any, ...] | None:
+    """Results made only of uintN and bool words, exactly that long and in range, decoded as eth_abi would;
+    None sends anything else (other types, padding eth_abi refuses, short or long data) through eth_abi."""
+    if not kinds or len(data) != _WORD * len(kinds):
+        return None
+    values: list[Any] = []
+    for index, kind in enumerate(kinds):
+        word = int.from_bytes(data[index * _WORD : (index + 1) * _WORD], "big")
+        if kind == "bool" and word <= 1:
+            values.append(word == 1)
+            continue
+        bits = _UINT_BITS.get(kind)
+        if bits is None or word >> bits:
+            return None
+        values.append(word)
+    return tuple(values)
+
+
+@lru_cache(maxsize=4096)
+def checksum(address: str) -> str:
+    """`to_checksum_address` once per address (a keccak each time): the logs and proposals of a burst or a
+    reconcile pass name the same few nodes, assets and proposers over and over."""
+    return to_checksum_address(address)
 
 
 def functions_of(abi: Abi) -> dict[str, AbiFunction]:

@@ -19,10 +19,10 @@ from functools import cache
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_utils import keccak, to_checksum_address
+from eth_utils import keccak
 
 from chain.abis import assetdao_abi
-from chain.codec import canonical_type, dao_functions
+from chain.codec import canonical_type, checksum, dao_functions
 
 PRODUCTION = "production"
 UPSTREAM = "upstream"
@@ -187,18 +187,16 @@ def _event(abi: EventAbi, indexed: list[Any], values: list[Any]) -> ChainEvent:
     upstream = abi.versions == (UPSTREAM,)
     if abi.name == "ProposalCreated":
         if upstream:
-            return ProposalCreated(
-                int(indexed[0]), to_checksum_address(indexed[1]), description=str(values[0])
-            )
+            return ProposalCreated(int(indexed[0]), checksum(indexed[1]), description=str(values[0]))
         return ProposalCreated(
             int(indexed[0]),
-            to_checksum_address(indexed[2]),
+            checksum(indexed[2]),
             asset_id=int(indexed[1]),
             proposal_type=int(values[0]),
         )
     if abi.name == "VoteCast":
         weight = None if upstream else int(values[1])
-        return VoteCast(int(indexed[0]), to_checksum_address(indexed[1]), bool(values[0]), weight)
+        return VoteCast(int(indexed[0]), checksum(indexed[1]), bool(values[0]), weight)
     if abi.name == "ProposalCanceled":
         return ProposalCanceled(int(indexed[0]))
     return ProposalExecuted(int(indexed[0]))

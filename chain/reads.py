@@ -213,7 +213,10 @@ class Reads:
         if isinstance(values, ChainError):
             return values
         try:
-            asset = await with_backoff(self.client.asset_info, str(values[2]))
+            address = str(values[2])
+            asset = self.client.known_asset(address)
+            if asset is None:
+                asset = await with_backoff(self.client.asset_info, address)
             return _proposal_from_values(values, asset)
         except (ValueError, IndexError, TypeError) as exc:
             return BadAnswer(str(exc))

@@ -92,15 +92,26 @@ class LogProcessor:
         reads = await self.read_proposals(client, created)
         queued = 0
         tallies: set[int] = set()
-        casts: list[DecodedLog] = []  # consecutive VoteCast logs, recorded together in one transaction
+        # Consecutive VoteCast logs, and consecutive ProposalCreated logs, are each recorded together in one
+        # transaction (at most one of the two runs is open: the other was recorded when this one began).
+        casts: list[DecodedLog] = []
+        creates: list[DecodedLog] = []
         for item in todo:
             if isinstance(item.event, VoteCast):
+                queued += await self._apply_created(creates, reads, source=source, head_number=head_number)
+                creates = []
                 casts.append(item)
                 continue
             await self._apply_vote_casts(casts, tallies)
             casts = []
-            queued += await self._apply(item, reads, source=source, head_number=head_number, tallies=tallies)
+            if isinstance(item.event, ProposalCreated):
+                creates.append(item)
+                continue
+            queued += await self._apply_created(creates, reads, source=source, head_number=head_number)
+            creates = []
+            await self._apply_other(item)
         await self._apply_vote_casts(casts, tallies)
+        queued += await self._apply_created(creates, reads, source=source, head_number=head_number)
         await self.refresh_tallies(client, tallies)
         self.board.logs_processed += len(todo)
         if todo:
@@ -137,50 +148,48 @@ class LogProcessor:
         log_event(self.logger, "foreign_log_ignored", level=logging.WARNING, address=raw.address)
         return False
 
-    async def _apply(
-        self,
-        item: DecodedLog,
-        reads: dict[int, ProposalRead],
-        *,
-        source: str,
-        head_number: int,
-        tallies: set[int],
+    async def _apply_created(
+        self, items: Sequence[DecodedLog], reads: dict[int, ProposalRead], *, source: str, head_number: int
     ) -> int:
-        ctx, event = self.ctx, item.event
-        if event is None:
-            await self._record_bad(item, item.error or "undecodable log")
-            return 0
-        if isinstance(event, ProposalCreated):
-            data = reads.get(event.proposal_id, "getProposal was not read")
+        """ProposalCreated logs with the proposals read for them: recorded in one transaction (bad ones each
+        as a bad log); returns the vote rows queued."""
+        ctx = self.ctx
+        good: list[tuple[DecodedLog, chain_state.CreatedLog, str | None]] = []
+        for item in items:
+            assert isinstance(item.event, ProposalCreated)
+            data = reads.get(item.event.proposal_id, "getProposal was not read")
             if isinstance(data, str):
                 await self._record_bad(item, data)
-                return 0
+                continue
             deep = deep_enough(item.raw.block_number, head_number, ctx.confirmations)
             # Parameter changes and "other" proposals may have no asset: only a real address can be bad.
             asset_problem = data.asset.error if int(data.asset_address, 16) != 0 else None
-            record = await chain_state.record_created_proposal(
-                ctx.sessions,
-                stream=ctx.stream,
-                chain_id=ctx.chain_id,
-                contract=ctx.contract,
-                data=data,
-                source=source,
-                node_ids=ctx.node_ids,
-                log=item.ref,
-                initial_state=VoteState.QUEUED if deep else VoteState.PENDING,
-                log_error=None if asset_problem is None else f"asset {data.asset_address}: {asset_problem}",
-            )
+            problem = None if asset_problem is None else f"asset {data.asset_address}: {asset_problem}"
+            state = VoteState.QUEUED if deep else VoteState.PENDING
+            good.append((item, chain_state.CreatedLog(item.ref, data, state, problem), problem))
+        if not good:
+            return 0
+        records = await chain_state.record_created_proposals(
+            ctx.sessions,
+            stream=ctx.stream,
+            chain_id=ctx.chain_id,
+            contract=ctx.contract,
+            items=[created for _item, created, _problem in good],
+            source=source,
+            node_ids=ctx.node_ids,
+        )
+        queued = 0
+        for (item, created, problem), record in zip(good, records, strict=True):
             if record is None:
-                return 0
+                continue
             if record.record.created:
                 self.board.proposals_recorded += 1
-            reopened = record.reopened
-            if asset_problem is not None:
-                self._warn_bad(item, f"asset {data.asset_address}: {asset_problem}")
+            if problem is not None:
+                self._warn_bad(item, problem)
             log_event(
                 self.logger,
                 "proposal_recorded",
-                proposal=event.proposal_id,
+                proposal=created.data.proposal_id,
                 block=item.raw.block_number,
                 tx=item.raw.tx_hash,
                 source=source,
@@ -188,12 +197,18 @@ class LogProcessor:
                 content_changed=record.record.content_changed,
                 votes_added=record.record.votes_added,
                 votes_queued=record.queued_votes,
-                votes_reopened=reopened,
+                votes_reopened=record.reopened,
             )
-            return record.queued_votes + (reopened if deep else 0)
-        if isinstance(event, VoteCast):
-            await self._apply_vote_casts([item], tallies)
-            return 0
+            deep = created.initial_state == VoteState.QUEUED
+            queued += record.queued_votes + (record.reopened if deep else 0)
+        return queued
+
+    async def _apply_other(self, item: DecodedLog) -> None:
+        """A log that is neither ProposalCreated nor VoteCast: undecodable, or a proposal closed."""
+        ctx, event = self.ctx, item.event
+        if event is None:
+            await self._record_bad(item, item.error or "undecodable log")
+            return
         executed = isinstance(event, ProposalExecuted)
         assert isinstance(event, ProposalCanceled | ProposalExecuted)
         closed = await chain_state.record_proposal_closed(
@@ -216,7 +231,6 @@ class LogProcessor:
                 block=item.raw.block_number,
                 votes_closed=closed,
             )
-        return 0
 
     async def _apply_vote_casts(self, items: Sequence[DecodedLog], tallies: set[int]) -> None:
         """VoteCast logs: the vote rows of our nodes among them confirmed, all in one transaction."""

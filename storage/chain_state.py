@@ -6,6 +6,7 @@ block_hash + log_index) in the same transaction as its effect, so the same log s
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -15,8 +16,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from chain.types import LogRef, ProposalData, status_name
 from storage import votes
 from storage.engine import SessionFactory
-from storage.models import Chain, ChainCursor, ChainLog, Proposal, RecentBlock, Vote, VoteState, utcnow
-from storage.proposals import RecordResult, record_proposal_in, refresh_tally
+from storage.models import (
+    Chain,
+    ChainCursor,
+    ChainLog,
+    Proposal,
+    RecentBlock,
+    Vote,
+    VoteState,
+    core_table,
+    utcnow,
+)
+from storage.proposals import RecordResult, insert_new_in, record_proposal_in, refresh_tally
 from storage.transactions import read, write
 
 LogKey = tuple[str, int]  # (block_hash, log_index)
@@ -292,7 +303,8 @@ async def _claim_logs_in(
         else:
             claimed.append(False)
     if fresh:
-        await session.execute(insert(ChainLog), fresh)
+        # Core INSERT: the ORM's bulk insert works per row (thousands here).
+        await session.execute(insert(core_table(ChainLog)), fresh)
     return claimed
 
 
@@ -317,6 +329,16 @@ class CreatedRecord:
     reopened: int = 0  # votes that had reverted with ProposalNotFound, owed again (a proposal seen before)
 
 
+@dataclass(frozen=True)
+class CreatedLog:
+    """A ProposalCreated log with the proposal read for it."""
+
+    log: LogRef
+    data: ProposalData
+    initial_state: VoteState
+    log_error: str | None = None  # bad data noted on the log's row (an asset that is not an ERC-20)
+
+
 async def record_created_proposal(
     sessions: SessionFactory,
     *,
@@ -338,36 +360,95 @@ async def record_created_proposal(
     ProposalNotFound while a reorg had taken the proposal away are owed again, in the same transaction (the
     log, once claimed, is never processed again).
     """
+    item = CreatedLog(log, data, initial_state, log_error)
+    records = await record_created_proposals(
+        sessions,
+        stream=stream,
+        chain_id=chain_id,
+        contract=contract,
+        items=[item],
+        source=source,
+        node_ids=node_ids,
+    )
+    return records[0]
 
-    async def work(session: AsyncSession) -> CreatedRecord | None:
-        if not await _claim_log_in(session, stream, log, "ProposalCreated", data.proposal_id, log_error):
-            return None
-        result = await record_proposal_in(
-            session,
-            chain_id=chain_id,
-            contract=contract,
-            data=data,
-            source=source,
-            node_ids=node_ids,
-            log=log,
-            initial_state=initial_state,
+
+async def record_created_proposals(
+    sessions: SessionFactory,
+    *,
+    stream: str,
+    chain_id: int,
+    contract: str,
+    items: Sequence[CreatedLog],
+    source: str,
+    node_ids: Sequence[int],
+) -> list[CreatedRecord | None]:
+    """`record_created_proposal` for consecutive ProposalCreated logs (a burst brings hundreds), all in one
+    transaction: the logs claimed in one SELECT and one INSERT, the proposals seen for the first time inserted
+    in bulk with their vote rows; a proposal stored before (a reorg, a replay) goes the one-by-one way."""
+
+    async def work(session: AsyncSession) -> list[CreatedRecord | None]:
+        claims = [(i.log, "ProposalCreated", i.data.proposal_id, i.log_error) for i in items]
+        claimed = await _claim_logs_in(session, stream, claims)
+        todo = [item for item, ok in zip(items, claimed, strict=True) if ok]
+        if not todo:
+            return [None] * len(items)
+        times = Counter(item.data.proposal_id for item in todo)
+        known = await _proposal_row_ids_in(session, chain_id, contract, times)
+        fresh = [i for i in todo if times[i.data.proposal_id] == 1 and i.data.proposal_id not in known]
+        row_ids = await insert_new_in(
+            session, chain_id, contract, [(i.data, i.initial_state, i.log) for i in fresh], source, node_ids
         )
-        if result.content_changed:
-            # record_proposal resets queued/no_vote decisions; parked rows must not keep theirs either.
-            await votes.forget_pending_decisions(session, result.proposal_row_id)
-        promoted = 0
-        if initial_state == VoteState.QUEUED and not result.created:  # a new proposal has no parked rows
-            promoted = await votes.queue_deep_pending(session, [result.proposal_row_id])
-        reopened = 0
-        if not result.created:  # back after a reorg: its votes that reverted meanwhile are owed again
-            reopened = await votes.reopen_not_found(
-                session, result.proposal_row_id, state=initial_state, content_changed=result.content_changed
-            )
-        await _advance_cursor_in(session, stream, log.block_number - 1)
-        queued = promoted + (result.votes_added if initial_state == VoteState.QUEUED else 0)
-        return CreatedRecord(result, queued, reopened)
+        new = {id(item) for item in fresh}
+        records: list[CreatedRecord | None] = []
+        for item, ok in zip(items, claimed, strict=True):
+            if not ok:
+                records.append(None)
+            elif id(item) in new:
+                queued = len(node_ids) if item.initial_state == VoteState.QUEUED else 0
+                result = RecordResult(row_ids[item.data.proposal_id], True, False, len(node_ids))
+                records.append(CreatedRecord(result, queued))
+            else:
+                records.append(await _record_created_in(session, chain_id, contract, item, source, node_ids))
+        await _advance_cursor_in(session, stream, max(item.log.block_number for item in todo) - 1)
+        return records
 
-    return await write(sessions, work, what="record_created_proposal", conflict_retries=1)
+    return await write(sessions, work, what="record_created_proposals", conflict_retries=1)
+
+
+async def _record_created_in(
+    session: AsyncSession,
+    chain_id: int,
+    contract: str,
+    item: CreatedLog,
+    source: str,
+    node_ids: Sequence[int],
+) -> CreatedRecord:
+    """A claimed ProposalCreated log of a proposal that may be stored already, in the caller's transaction."""
+    initial_state = item.initial_state
+    result = await record_proposal_in(
+        session,
+        chain_id=chain_id,
+        contract=contract,
+        data=item.data,
+        source=source,
+        node_ids=node_ids,
+        log=item.log,
+        initial_state=initial_state,
+    )
+    if result.content_changed:
+        # record_proposal resets queued/no_vote decisions; parked rows must not keep theirs either.
+        await votes.forget_pending_decisions(session, result.proposal_row_id)
+    promoted = 0
+    if initial_state == VoteState.QUEUED and not result.created:  # a new proposal has no parked rows
+        promoted = await votes.queue_deep_pending(session, [result.proposal_row_id])
+    reopened = 0
+    if not result.created:  # back after a reorg: its votes that reverted meanwhile are owed again
+        reopened = await votes.reopen_not_found(
+            session, result.proposal_row_id, state=initial_state, content_changed=result.content_changed
+        )
+    queued = promoted + (result.votes_added if initial_state == VoteState.QUEUED else 0)
+    return CreatedRecord(result, queued, reopened)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from typing import cast
 
 from sqlalchemy import (
     BigInteger,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -109,6 +111,12 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+def core_table(model: type[Base]) -> Table:
+    """A mapped class's table for Core statements (one executemany for thousands of rows, no ORM work per
+    row); `__table__` is typed as any FromClause."""
+    return cast(Table, model.__table__)
 
 
 class Node(Base):

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from chain.types import LogRef, ProposalData, format_units, status_name, type_name
 from storage import votes
 from storage.engine import SessionFactory
-from storage.models import Node, Proposal, VoteState
+from storage.models import Node, Proposal, VoteState, core_table
 from storage.transactions import write
 
 # A transaction that lost an insert race to another writer runs again and reads the winner's rows back.
@@ -192,26 +192,14 @@ async def _record_many_in(
     for data, state in items:
         if data.proposal_id not in known:
             fresh.setdefault(data.proposal_id, (data, state))
-    row_ids: dict[int, int] = {}
-    if fresh:
-        rows = [
-            {
-                "chain_id": chain_id,
-                "contract": contract,
-                "proposal_id": pid,
-                "source": source,
-                **_content(data),
-            }
-            for pid, (data, _state) in fresh.items()
-        ]
-        await session.execute(insert(Proposal), rows)
-        found = await session.execute(
-            select(Proposal.proposal_id, Proposal.id).where(*scope, Proposal.proposal_id.in_(list(fresh)))
-        )
-        row_ids = {int(pid): int(row_id) for pid, row_id in found.all()}
-        await votes.insert_for_new_proposals(
-            session, [(row_ids[pid], state) for pid, (_data, state) in fresh.items()], node_ids
-        )
+    row_ids = await insert_new_in(
+        session,
+        chain_id,
+        contract,
+        [(data, state, None) for data, state in fresh.values()],
+        source,
+        node_ids,
+    )
     results: list[RecordResult] = []
     for data, state in items:
         if data.proposal_id in fresh and fresh.pop(data.proposal_id)[0] is data:
@@ -229,6 +217,54 @@ async def _record_many_in(
                 )
             )
     return results
+
+
+async def insert_new_in(
+    session: AsyncSession,
+    chain_id: int,
+    contract: str,
+    fresh: Sequence[tuple[ProposalData, VoteState, LogRef | None]],
+    source: str,
+    node_ids: Sequence[int],
+) -> dict[int, int]:
+    """Proposals known not to be stored yet (distinct ids), each with its initial vote state and the log that
+    created it: two bulk INSERTs, theirs and their vote rows, and one SELECT of their row ids."""
+    if not fresh:
+        return {}
+    rows = [
+        {
+            "chain_id": chain_id,
+            "contract": contract,
+            "proposal_id": data.proposal_id,
+            "source": source,
+            **_content(data),
+            **(_position(log) if log is not None else {}),
+        }
+        for data, _state, log in fresh
+    ]
+    # Core INSERT: the ORM's bulk insert works per row (thousands here).
+    await session.execute(insert(core_table(Proposal)), rows)
+    wanted = [data.proposal_id for data, _state, _log in fresh]
+    found = await session.execute(
+        select(Proposal.proposal_id, Proposal.id).where(
+            Proposal.chain_id == chain_id, Proposal.contract == contract, Proposal.proposal_id.in_(wanted)
+        )
+    )
+    row_ids = {int(pid): int(row_id) for pid, row_id in found.all()}
+    await votes.insert_for_new_proposals(
+        session, [(row_ids[data.proposal_id], state) for data, state, _log in fresh], node_ids
+    )
+    return row_ids
+
+
+def _position(log: LogRef) -> dict[str, object]:
+    """Where the proposal was created: the columns record_proposal_in sets from its log."""
+    return {
+        "block_number": log.block_number,
+        "block_hash": log.block_hash,
+        "tx_hash": log.tx_hash,
+        "log_index": log.log_index,
+    }
 
 
 async def record_proposal_in(

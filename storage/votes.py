@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import StorageError
 from storage.lanes import Fencing, hold
-from storage.models import Vote, VoteOutcome, VoteState, VoteTransaction, utcnow
+from storage.models import Vote, VoteOutcome, VoteState, VoteTransaction, core_table, utcnow
 
 S = VoteState
 
@@ -138,7 +138,8 @@ async def insert_for_new_proposals(
         for row_id, state in proposals
         for node_id in node_ids
     ]
-    await session.execute(insert(Vote), rows)
+    # Core INSERT: the ORM's bulk insert works per row (thousands here).
+    await session.execute(insert(core_table(Vote)), rows)
 
 
 # -- the voter: decisions, sends, settlements ------------------------------------------------------------

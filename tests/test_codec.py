@@ -1,14 +1,14 @@
-"""Pure decoding: events, custom errors, amounts. No chain."""
+"""Pure encoding and decoding: calls, events, custom errors, amounts. No chain."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
 import pytest
-from eth_abi import encode
+from eth_abi import decode, encode
 from eth_utils import keccak
 
-from chain.codec import decode_revert
+from chain.codec import AbiFunction, checksum, decode_revert
 from chain.events import (
     ProposalCanceled,
     ProposalCreated,
@@ -104,3 +104,71 @@ def test_unknown_asset_has_no_units() -> None:
     assert data.amount_units is None and format_units(None) is None
     assert data.voting_ends_utc.year == 9999  # absurd timestamps are clamped, not crashing
     assert format_units(Decimal("1.500")) == "1.5"
+
+
+STATIC = AbiFunction("f", ("uint256", "address", "bool", "uint8"), ("bool", "uint256", "uint8"))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (0, VOTER, True, 255),
+        (2**256 - 1, VOTER.lower(), False, 0),
+        (7, "0x" + "00" * 20, True, 1),
+    ],
+)
+def test_static_arguments_encode_as_eth_abi_does(args: tuple[object, ...]) -> None:
+    expected = "0x" + (STATIC.selector + encode(list(STATIC.input_types), list(args))).hex()
+    assert STATIC.encode(*args) == expected
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (-1, VOTER, True, 0),  # out of range
+        (2**256, VOTER, True, 0),
+        (1, VOTER, True, 256),
+        (True, VOTER, True, 0),  # a bool is not a uint
+        (1, VOTER.lower().replace("0x70", "0x7G"), True, 0),  # not hex
+        (1, VOTER[:-2], True, 0),  # 19 bytes
+        (1, VOTER, 1, 0),  # an int is not a bool
+    ],
+)
+def test_static_arguments_eth_abi_refuses_are_refused(args: tuple[object, ...]) -> None:
+    with pytest.raises(Exception) as expected:
+        encode(list(STATIC.input_types), list(args))
+    with pytest.raises(type(expected.value)):
+        STATIC.encode(*args)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(["bool", "uint256", "uint8"], [True, 2**256 - 1, 255]),
+        encode(["bool", "uint256", "uint8"], [False, 0, 0]),
+        encode(["bool", "uint256", "uint8"], [False, 0, 0]) + b"\x00" * 32,  # longer: eth_abi's way
+    ],
+)
+def test_static_results_decode_as_eth_abi_does(data: bytes) -> None:
+    assert STATIC.decode(data) == tuple(decode(list(STATIC.output_types), data))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        (2).to_bytes(32, "big") + bytes(64),  # a bool of 2
+        bytes(64) + (256).to_bytes(32, "big"),  # a uint8 of 256
+        bytes(64),  # too short
+    ],
+)
+def test_static_results_eth_abi_refuses_are_refused(data: bytes) -> None:
+    with pytest.raises(Exception) as expected:
+        decode(list(STATIC.output_types), data)
+    with pytest.raises(type(expected.value)):
+        STATIC.decode(data)
+
+
+def test_checksum_is_eth_utils_own_and_refuses_what_it_refuses() -> None:
+    assert checksum(VOTER.lower()) == checksum(VOTER) == VOTER
+    with pytest.raises(ValueError):
+        checksum("0x1234")

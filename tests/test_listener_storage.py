@@ -396,3 +396,52 @@ async def test_a_node_voting_on_two_chains_has_one_queue_per_chain(
     assert [(r.chain_id, r.proposal_id) for r in theirs] == [(31338, 7)]
     assert await queue.count_leasable(sessions, node_ids=node, scope=there) == 1
     assert await queue.count_leasable(sessions, node_ids=node, scope=here) == 1
+
+
+async def test_consecutive_created_logs_are_recorded_together_like_one_by_one(
+    store: tuple[SessionFactory, list[NodeRecord]],
+) -> None:
+    """A burst's ProposalCreated logs in one transaction: new proposals in bulk, with their log's position; a
+    log seen before is None; a proposal stored before (here re-created on another fork) goes the one-by-one
+    way; the cursor ends below the last block."""
+    sessions, nodes = store
+    assert await created(sessions, nodes, ref(40)) is not None
+    second, third = (dataclasses.replace(DATA, proposal_id=i) for i in (2, 3))
+    items = [
+        chain_state.CreatedLog(ref(40), DATA, VoteState.QUEUED),  # processed before
+        chain_state.CreatedLog(ref(41), second, VoteState.QUEUED),
+        chain_state.CreatedLog(ref(42, fork="b"), DATA, VoteState.QUEUED),  # proposal 1 again, same content
+        chain_state.CreatedLog(ref(43), third, VoteState.PENDING, log_error="asset: not an ERC-20"),
+        chain_state.CreatedLog(ref(43), third, VoteState.PENDING),  # the same log twice in one batch
+    ]
+    records = await chain_state.record_created_proposals(
+        sessions,
+        stream=STREAM,
+        chain_id=CHAIN,
+        contract=CONTRACT,
+        items=items,
+        source="subscription",
+        node_ids=[n.id for n in nodes],
+    )
+    assert records[0] is None and records[4] is None
+    assert records[1] is not None and records[1].record.created and records[1].queued_votes == 5
+    assert records[2] is not None and not records[2].record.created and records[2].queued_votes == 0
+    assert records[3] is not None and records[3].record.created and records[3].queued_votes == 0
+    assert (await chain_state.read_cursor(sessions, STREAM)) == chain_state.CursorRecord(42, None)
+    async with sessions() as session:
+        rows = (await session.execute(select(Proposal).order_by(Proposal.proposal_id))).scalars().all()
+        assert [(p.proposal_id, p.block_number, p.tx_hash) for p in rows] == [
+            (1, 40, ref(40).tx_hash),
+            (2, 41, ref(41).tx_hash),
+            (3, 43, ref(43).tx_hash),
+        ]
+        by_proposal = (
+            await session.execute(
+                select(Proposal.proposal_id, Vote.state).join(Vote, Vote.proposal_ref == Proposal.id)
+            )
+        ).all()
+        assert sorted((pid, str(state)) for pid, state in by_proposal) == sorted(
+            [(1, "queued")] * 5 + [(2, "queued")] * 5 + [(3, "pending")] * 5
+        )
+        errors = (await session.execute(select(ChainLog.block_number, ChainLog.error))).all()
+        assert sorted(errors) == [(40, None), (41, None), (42, None), (43, "asset: not an ERC-20")]

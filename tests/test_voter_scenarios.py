@@ -25,10 +25,12 @@ from tests.support.voter import (
     make_harness,
     queue_proposals,
     vote_by_hand,
+    vote_events,
     vote_rows,
     vote_transactions,
 )
 from tests.support.waiting import wait_until
+from voter.gas import GasEstimates, GasKey
 from voter.service import Voter
 
 # slow: each test starts its own anvil
@@ -304,3 +306,41 @@ async def test_a_vote_queued_again_whose_own_transaction_is_on_chain_is_confirme
             assert row.tx_hash == before[name].tx_hash, (row, before[name])
             assert (row.decision, row.reason) == (before[name].decision, before[name].reason), row
         check_exactly_once(node.http_url, info.contract_address, h.addresses)
+
+
+class TooLowOnce(GasEstimates):
+    """A reused estimate far too low for the first vote asked about: it runs out of gas on chain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.served = False
+
+    def known(self, key: GasKey) -> int | None:
+        if not self.served:
+            self.served = True
+            return 30_000
+        return super().known(key)
+
+
+async def test_a_vote_that_ran_out_of_gas_on_a_reused_estimate_is_estimated_and_sent_again(
+    tmp_path: Path,
+) -> None:
+    with devnet_chain(1) as (node, info):
+        h = await make_harness(node, info, tmp_path)
+        await queue_proposals(h)
+        voter = h.voter()
+        for lane in voter.lanes:
+            lane.state.gas = TooLowOnce()
+
+        async def all_confirmed() -> bool:
+            await voter.drain()
+            return states(await vote_rows(h.sessions)) == {VoteState.CONFIRMED: 5}
+
+        await wait_until(all_confirmed, timeout=60, what="every vote confirmed after running out of gas")
+        transactions = await vote_transactions(h.sessions)
+        assert Counter(outcome for *_, outcome in transactions) == {"reverted": 5, "mined": 5}
+        events = vote_events(node.http_url, info.contract_address)
+        assert sorted((pid, voter_address) for pid, voter_address, _ in events) == sorted(
+            (1, address) for address in h.addresses
+        )
+        assert all(len(lane.state.gas) == 1 for lane in voter.lanes)  # estimated again, and kept

@@ -18,6 +18,7 @@ from core.errors import (
 )
 from storage.queue import QueuedVote
 from voter.fees import GWEI, Fees, bump_fees, gas_limit, gwei_to_wei, includable, initial_fees
+from voter.gas import GasEstimates, gas_key, ran_out_of_gas
 from voter.outcomes import Action, classify
 from voter.planning import NonceCounts, nonce_gap, nonce_plan, plan_batch, rows_by_node
 
@@ -173,3 +174,22 @@ def test_rpc_errors_map_to_actions(error: dict[str, object], action: Action) -> 
 )
 def test_error_tree_maps_to_actions(exc: ChainError, action: Action) -> None:
     assert classify(exc) == action
+
+
+def test_gas_estimates_keep_the_highest_per_type_and_call_until_forgotten() -> None:
+    yes, no = (gas_key(0, "0xC9D27AFE" + "00" * 64, support) for support in (True, False))
+    assert yes == gas_key(0, "0xc9d27afe" + "11" * 64, True)  # another proposal: the same key
+    assert yes != gas_key(1, "0xc9d27afe", True) and yes != no
+    estimates = GasEstimates()
+    assert estimates.known(yes) is None
+    estimates.learn(yes, 70_000)
+    estimates.learn(yes, 52_000)  # a later vote on a tally already counted costs less: the first is kept
+    estimates.learn(no, 71_000)
+    assert (estimates.known(yes), estimates.known(no), len(estimates)) == (70_000, 71_000, 2)
+    estimates.forget()
+    assert estimates.known(yes) is None and len(estimates) == 0
+
+
+@pytest.mark.parametrize(("used", "limit", "out"), [(87_500, 87_500, True), (31_000, 87_500, False)])
+def test_ran_out_of_gas_when_the_limit_was_all_used(used: int, limit: int, out: bool) -> None:
+    assert ran_out_of_gas(used, limit) is out

@@ -13,6 +13,7 @@ from chain.codec import dao_functions
 from chain.types import ProposalData
 from core.errors import ChainError
 from storage.queue import QueuedVote, SignedTx
+from voter.gas import GasKey, gas_key
 from voter.strategies import Decision, Price
 
 
@@ -31,6 +32,10 @@ class VoteJob:
 
 def vote_calldata(job: VoteJob) -> str:
     return dao_functions()["vote"].encode(job.proposal.proposal_id, bool(job.decision.support))
+
+
+def vote_gas_key(job: VoteJob, calldata: str) -> GasKey:
+    return gas_key(job.proposal.proposal_type, calldata, bool(job.decision.support))
 
 
 def estimate_request(sender: str, contract: str, data: str) -> dict[str, str]:

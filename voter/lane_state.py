@@ -22,6 +22,7 @@ from storage.lanes import NO_LANES, Fencing, LaneFence
 from storage.proposals import NodeRecord
 from voter.fee_oracle import FeeOracle
 from voter.fees import gwei_to_wei
+from voter.gas import GasEstimates
 from voter.jobs import Counters, Tracked
 from voter.ownership import LaneOwnership
 from voter.strategies import NodeConfig
@@ -83,6 +84,7 @@ class LaneState:
         self.gap_seen_at: float | None = None  # when the watcher first saw a nonce gap below a vote
         self.unfunded = False
         self.needed_wei = 0
+        self.gas = GasEstimates()  # reused per proposal type and call; forgotten when a vote fails on chain
         self.last_error: str | None = None
         self.last_vote_at: dt.datetime | None = None
         self._changed = anyio.Event()  # a transaction was tracked or settled

@@ -33,6 +33,7 @@ from voter.jobs import (
     estimate_request,
     estimate_value,
     vote_calldata,
+    vote_gas_key,
 )
 from voter.lane_state import Held, LaneState, log
 from voter.outcomes import Action, classify
@@ -151,6 +152,9 @@ class LaneSender:
         calldata = [vote_calldata(job) for job in jobs]
         missing = [i for i, job in enumerate(jobs) if job.gas_estimate is None]
         fresh = dict(zip(missing, await self._estimate_many([calldata[i] for i in missing]), strict=True))
+        for index, answer in fresh.items():
+            if isinstance(answer, int):
+                self.state.gas.learn(vote_gas_key(jobs[index], calldata[index]), answer)
         for index, (job, data) in enumerate(zip(jobs, calldata, strict=True)):
             estimate = fresh.get(index, job.gas_estimate)
             assert estimate is not None

@@ -54,7 +54,7 @@ from storage.proposals import NodeRecord, record_proposal
 from storage.queue import QueuedVote
 from voter.fee_oracle import FeeOracle
 from voter.fees import gwei_to_wei
-from voter.jobs import Counters, VoteJob, estimate_request, estimate_value, vote_calldata
+from voter.jobs import Counters, VoteJob, estimate_request, estimate_value, vote_calldata, vote_gas_key
 from voter.lane import NodeLane, StepHook
 from voter.own_votes import own_votes_on_chain
 from voter.ownership import LaneOwnership, LaneView
@@ -648,22 +648,35 @@ class Voter:
     async def _with_gas_estimates(
         self, client: ChainClient, jobs: dict[int, list[VoteJob]]
     ) -> dict[int, list[VoteJob]]:
-        """Every vote of the batch estimated in one JSON-RPC batch (not one round trip per vote). A failed
-        estimate stays on its job: the lane decides from the error what the row becomes."""
-        flat = [(node_id, job) for node_id, lane_jobs in jobs.items() for job in lane_jobs]
-        requests = [
-            estimate_gas(
-                estimate_request(self._by_node[node_id].address, client.contract, vote_calldata(job))
-            )
-            for node_id, job in flat
+        """Each vote's gas: known for its proposal type and call (voter/gas.py), or estimated with the
+        batch's others in one JSON-RPC batch (not one round trip per vote). A failed estimate stays on its
+        job: the lane decides from the error what the row becomes."""
+        flat = [
+            (node_id, job, vote_calldata(job)) for node_id, lane_jobs in jobs.items() for job in lane_jobs
         ]
-        if not requests:
-            return jobs
-        answers = await call_many_retrying(client, requests, batch_size=self.settings.rpc_batch_size)
-        estimated: dict[int, list[VoteJob]] = {}
-        for (node_id, job), answer in zip(flat, answers, strict=True):
+        known = [
+            self._by_node[node_id].state.gas.known(vote_gas_key(job, data)) for node_id, job, data in flat
+        ]
+        asked = [item for item, gas in zip(flat, known, strict=True) if gas is None]
+        requests = [
+            estimate_gas(estimate_request(self._by_node[node_id].address, client.contract, data))
+            for node_id, _job, data in asked
+        ]
+        answers = (
+            await call_many_retrying(client, requests, batch_size=self.settings.rpc_batch_size)
+            if requests
+            else []
+        )
+        fresh: dict[int, int | ChainError] = {}
+        for (node_id, job, data), answer in zip(asked, answers, strict=True):
             estimate = estimate_value(answer)
-            estimated.setdefault(node_id, []).append(dataclasses.replace(job, gas_estimate=estimate))
+            fresh[id(job)] = estimate
+            if isinstance(estimate, int):
+                self._by_node[node_id].state.gas.learn(vote_gas_key(job, data), estimate)
+        estimated: dict[int, list[VoteJob]] = {}
+        for (node_id, job, _data), gas in zip(flat, known, strict=True):
+            value = gas if gas is not None else fresh[id(job)]
+            estimated.setdefault(node_id, []).append(dataclasses.replace(job, gas_estimate=value))
         return estimated
 
     async def _confirm_own_votes(

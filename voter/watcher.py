@@ -8,6 +8,7 @@ the lane's sender; the `sent` rows of a new connection are adopted here before t
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Mapping
@@ -22,9 +23,10 @@ from core.retry import with_backoff
 from storage import queue
 from storage.models import VoteOutcome, VoteState, utcnow
 from voter.fees import GWEI, Fees, bump_fees, includable
+from voter.gas import ran_out_of_gas
 from voter.jobs import Tracked, as_int, calldata_of
 from voter.lane_state import Held, LaneState, log
-from voter.outcomes import Action, classify
+from voter.outcomes import WAIT_ERRORS, Action, classify
 from voter.planning import nonce_gap
 from voter.sender import LaneSender
 
@@ -38,6 +40,7 @@ NONCE_USED_GRACE_S = 2.0
 GAP_FILL_AFTER_S = 3.0
 FILLER_GAS = 21_000  # a plain transfer
 FILLER_RESEND_S = 30.0
+REVERT_RETRY_SECONDS = 5.0  # a vote that reverted for a reason that may pass is sent again after this
 
 
 class ReceiptWatcher:
@@ -115,9 +118,20 @@ class ReceiptWatcher:
                     last_head, last_change = head, now
                     await self.poll_receipts()
                 stalled = now - last_change >= self.stall_seconds
-                for tracked in list(self.state.tracked.values()):
-                    if stalled or head - tracked.sent_block >= self.state.settings.replace_after_blocks:
-                        await self.check(tracked, head)
+                due = [
+                    t
+                    for t in self.state.tracked.values()
+                    if stalled or head - t.sent_block >= self.state.settings.replace_after_blocks
+                ]
+                if due:
+                    # One nonce read and one receipt poll for all of them (in an automine burst dozens are
+                    # due at once, and each checked alone polled every receipt again). The nonce is read
+                    # first: a vote mined by then has its receipt in the poll.
+                    mined = await self._mined_nonce()
+                    await self.poll_receipts()
+                    for tracked in due:
+                        if tracked.vote_id in self.state.tracked:
+                            await self.check(tracked, head, mined=mined)
                 if stalled:
                     last_change = now  # check a stalled chain again only after another interval
             except TransientChainError:
@@ -174,9 +188,17 @@ class ReceiptWatcher:
             if receipt.status == 1:
                 continue
             tx_hash, block = receipt.tx_hash, receipt.block_number
-            name = await self._revert_name(tracked, block)
+            # Gas estimates are reused (voter/gas.py): whatever made this vote fail may make them wrong.
+            self.state.gas.forget()
+            out_of_gas = ran_out_of_gas(receipt.gas_used, tracked.latest.gas_limit)
+            name = "out of gas" if out_of_gas else await self._revert_name(tracked, block)
             if name == "ProposalNotFound":
                 await self._owed_after_reorg(tracked)
+                continue
+            if out_of_gas or name in WAIT_ERRORS:
+                # Not cast, and nothing says it never can be: estimated again and sent in a later round
+                # (a reused estimate skipped the check that would have deferred it).
+                await self._owed_after_revert(tracked, name)
                 continue
             reason = f"reverted on chain: {name}"
             with anyio.CancelScope(shield=True):
@@ -233,6 +255,22 @@ class ReceiptWatcher:
                 state=state.value,
             )
 
+    async def _owed_after_revert(self, tracked: Tracked, name: str) -> None:
+        reason = f"reverted on chain: {name}; estimated again and sent later"
+        with anyio.CancelScope(shield=True):
+            done = await queue.resolve_sent(
+                self.state.sessions,
+                tracked.vote_id,
+                state=VoteState.QUEUED,
+                reason=reason,
+                tx_outcome="reverted",
+                defer_until=utcnow() + dt.timedelta(seconds=REVERT_RETRY_SECONDS),
+                only_if_tx_in=tracked.hashes,
+            )
+        if done:
+            self.state.totals.requeued += 1
+            self.state.error(f"proposal {tracked.proposal_id}: {reason}")
+
     async def _revert_name(self, tracked: Tracked, block: int) -> str:
         """Re-run the call at the block that mined it to get the custom error's name."""
         method, params = rpc.call(self.state.chain().contract, tracked.data, block)
@@ -245,14 +283,23 @@ class ReceiptWatcher:
             return f"unknown (replay failed: {exc})"
         return "unknown (the replay did not revert; out of gas?)"
 
-    async def check(self, tracked: Tracked, head: int, *, adopting: bool = False) -> None:
-        """A transaction without a receipt: still pending, replaced by someone, dropped, or stuck."""
+    async def _mined_nonce(self) -> int:
+        client = self.state.chain()
+        return as_int(await with_backoff(client.request, *rpc.nonce(self.state.address, "latest")))
+
+    async def check(
+        self, tracked: Tracked, head: int, *, adopting: bool = False, mined: int | None = None
+    ) -> None:
+        """A transaction without a receipt: still pending, replaced by someone, dropped, or stuck. `mined`:
+        the account's mined nonce, read before the latest receipt poll (read here when not given)."""
         if not self.state.owned:
             return  # the lane's new owner judges its transactions now
         client = self.state.chain()
-        mined = as_int(await with_backoff(client.request, *rpc.nonce(self.state.address, "latest")))
+        polled = mined is not None
+        if mined is None:
+            mined = await self._mined_nonce()
         if mined > tracked.nonce:
-            await self._nonce_used_elsewhere(tracked)
+            await self._nonce_used_elsewhere(tracked, polled=polled)
             return
         await self._fill_gap_below(tracked, mined)
         known = await with_backoff(client.request, *rpc.transaction(tracked.latest.tx_hash))
@@ -381,9 +428,11 @@ class ReceiptWatcher:
             for a in answers
         )
 
-    async def _nonce_used_elsewhere(self, tracked: Tracked) -> None:
-        """The nonce is used but none of our hashes has a receipt (checked once more): hasVoted decides."""
-        await self.poll_receipts()
+    async def _nonce_used_elsewhere(self, tracked: Tracked, *, polled: bool = False) -> None:
+        """The nonce is used but none of our hashes has a receipt (checked once more, unless the receipts
+        were polled after the nonce was read): hasVoted decides."""
+        if not polled:
+            await self.poll_receipts()
         if tracked.vote_id not in self.state.tracked or await self._one_of_ours_mined(tracked):
             return
         now = time.monotonic()

@@ -445,3 +445,41 @@ async def test_consecutive_created_logs_are_recorded_together_like_one_by_one(
         )
         errors = (await session.execute(select(ChainLog.block_number, ChainLog.error))).all()
         assert sorted(errors) == [(40, None), (41, None), (42, None), (43, "asset: not an ERC-20")]
+
+
+async def test_a_burst_recorded_in_bulk_keeps_each_deployments_stream(
+    store: tuple[SessionFactory, list[NodeRecord]],
+) -> None:
+    """The bulk path (perf, #18) claims its logs under the caller's stream like the one-by-one path (#17):
+    two deployments' bursts with the same proposal ids stay apart, and a reorg of one leaves the other."""
+    sessions, nodes = store
+    other_chain = 31338
+    other = chain_state.stream_name(other_chain, CONTRACT)
+    for stream, chain_id, fork in ((STREAM, CHAIN, "a"), (other, other_chain, "b")):
+        records = await chain_state.record_created_proposals(
+            sessions,
+            stream=stream,
+            chain_id=chain_id,
+            contract=CONTRACT,
+            items=[
+                chain_state.CreatedLog(
+                    ref(60 + i, fork=fork), dataclasses.replace(DATA, proposal_id=i), VoteState.QUEUED
+                )
+                for i in (1, 2)
+            ],
+            source="subscription",
+            node_ids=[n.id for n in nodes],
+        )
+        assert all(r is not None and r.record.created for r in records)
+    async with sessions() as session:
+        rows = (await session.execute(select(ChainLog.stream, ChainLog.proposal_id))).all()
+    assert sorted(rows) == sorted([(STREAM, 1), (STREAM, 2), (other, 1), (other, 2)])
+    for stream in (STREAM, other):
+        assert await chain_state.logged_proposals(sessions, stream, [1, 2]) == {1, 2}
+        assert set(await chain_state.log_hashes_between(sessions, stream, 0, 100)) == {61, 62}
+    result = await chain_state.orphan_after(
+        sessions, stream=other, chain_id=other_chain, contract=CONTRACT, fork_block=61
+    )
+    assert result.logs_removed == 1 and result.proposal_ids == {2}
+    assert await chain_state.logged_proposals(sessions, STREAM, [1, 2]) == {1, 2}
+    assert await chain_state.logged_proposals(sessions, other, [1, 2]) == {1}

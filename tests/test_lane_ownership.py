@@ -14,12 +14,15 @@ from core.settings import NodeSettings, PrivateKey, Settings, StrategySettings
 from storage import lanes
 from storage.lanes import NO_LANES
 from storage.models import utcnow
+from storage.queue import SignedTx
 from tests.support.database import Database
 from voter.fee_oracle import FeeOracle
-from voter.jobs import Counters
+from voter.jobs import Counters, Tracked
 from voter.lane_state import Held, LaneState
 from voter.ownership import LaneOwnership
+from voter.sender import LaneSender
 from voter.strategies import node_config
+from voter.watcher import ReceiptWatcher
 from web.metrics import LaneMetrics, MetricsSnapshot, render
 from web.ports import LaneInfo, VoterView
 from web.present import lanes_check, lanes_out
@@ -190,3 +193,38 @@ async def test_a_lane_signs_under_the_fence_it_checked_stops_when_lost_and_is_re
         totals=Counters(),
     )  # fmt: skip
     assert await alone.signing_fence() is NO_LANES
+
+
+@pytest.mark.anyio
+async def test_a_lost_lanes_due_transactions_are_not_judged_from_the_shared_nonce_read(db: Database) -> None:
+    """The watcher checks its due transactions with one nonce read shared by all of them (perf, #18); a lane
+    lost meanwhile judges none of them (#17): no "nonce used elsewhere" verdict, no receipt poll, the
+    transaction left tracked for `_forget_lost` (no connection here: any chain read would raise)."""
+    settings = Settings(
+        rpc_ws_url="ws://127.0.0.1:1",
+        contract_address="0x" + "ee" * 20,
+        nodes=(NodeSettings("ai-gov-01", PrivateKey("0x" + "11" * 32), "conservative"),),
+    )
+    [account] = node_accounts(settings.nodes)
+    owned = LaneOwnership(
+        db.sessions, chain_id=1, addresses=[account.address], owner="a", takeover_seconds=30
+    )
+    state = LaneState(
+        account=account, node=db.nodes[0], config=node_config("conservative", StrategySettings()),
+        settings=settings, sessions=db.sessions, owner="a", chain_id=1, fees=FeeOracle(10**12),
+        totals=Counters(), ownership=owned,
+    )  # fmt: skip
+    await owned.tick()
+    state.fence = owned.fence(account.address)
+    assert state.owned
+    signed = SignedTx("0x" + "91" * 32, 0, 2 * 10**9, 10**9, 100_000, b"\x02\x04")
+    tracked = Tracked(
+        vote_id=1, proposal_id=1, nonce=0, hashes=[signed.tx_hash], latest=signed, data="0x", sent_block=1
+    )
+    state.tracked[tracked.vote_id] = tracked
+    owned.lost(account.address, "taken over in this test")
+    watcher = ReceiptWatcher(state, LaneSender(state))
+    await watcher.poll_receipts()
+    await watcher.check(tracked, 10, mined=3)  # the nonce looks used by someone else
+    assert state.tracked == {1: tracked} and tracked.nonce_used_since is None
+    assert state.totals.requeued == 0 and state.last_error is None

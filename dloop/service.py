@@ -65,6 +65,9 @@ logger = logging.getLogger(__name__)
 NODE_STATES_TIMEOUT = 3.0
 VOTE_GAS_ALLOWANCE = 150_000  # gas a vote may need, for the "unfunded" status of /nodes
 PRIORITY_FEE_WEI = 1_000_000_000
+# How long a deployment's start waits for its chain-bound parts (listener live, voter connected) before it
+# reports started anyway: they keep connecting in the background.
+CHAIN_START_WAIT = 5.0
 
 
 def required_balance(base_fee_wei: int | None) -> int:
@@ -209,6 +212,7 @@ class Deployment:
         self.signal = WorkSignal()
         self.running = Running()
         self.enable_listener = enable_listener
+        self.start_wait = CHAIN_START_WAIT
         # One count of the node's errors for /metrics, whichever part's request met them (and of the
         # requests: the RpcErrors alert is a rate).
         self.rpc_error_counts: RpcCounts = RpcCounts()
@@ -372,13 +376,23 @@ class Deployment:
 
     async def _run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
-            await tg.start(self._component, "reads", self.reads.run)
             await tg.start(self._component, "lanes", self.lanes.run)  # owned lanes known before the voter
-            await tg.start(self._component, "voter", self.voter.run)
-            if self.enable_listener:
-                await tg.start(self._component, "listener", self.listener.run)
-                await tg.start(self._component, "listener_watch", self.listener_watch.run)
-            await tg.start(self._component, "reconciler", self.rounds.run)
+            # The chain-bound parts start in their own task: the voter reports started only once connected,
+            # and a chain that passed preflight and then went silent must not hold up the service (the API,
+            # the alerts, the other deployments). A chain that answers is waited for, briefly, so "started"
+            # still means connected when it can.
+            connected = anyio.Event()
+            tg.start_soon(self._chain_parts, connected)
+            with anyio.move_on_after(self.start_wait):
+                await connected.wait()
+            if not connected.is_set():
+                log_event(
+                    logger,
+                    "deployment_chain_pending",
+                    level=logging.WARNING,
+                    deployment=self.name,
+                    waited_seconds=self.start_wait,
+                )
             log_event(
                 logger,
                 "deployment_started",
@@ -398,6 +412,17 @@ class Deployment:
                     reason=self.listener_watch.blind_reason,
                 )
             task_status.started()
+
+    async def _chain_parts(self, connected: anyio.Event) -> None:
+        """The parts that need the chain, in their order (each reports started once connected)."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._component, "reads", self.reads.run)
+            await tg.start(self._component, "voter", self.voter.run)
+            if self.enable_listener:
+                await tg.start(self._component, "listener", self.listener.run)
+                await tg.start(self._component, "listener_watch", self.listener_watch.run)
+            await tg.start(self._component, "reconciler", self.rounds.run)
+            connected.set()
 
     async def _component(
         self,

@@ -39,12 +39,13 @@ from listener.reconcile import Reconciler
 from monitor.notify import Notifier, notice_masker
 from storage.chain_state import stream_name
 from storage.controls import PauseState, PauseWatch
-from storage.engine import SessionFactory
+from storage.engine import SessionFactory, is_sqlite
+from storage.lanes import forget as forget_lanes
 from storage.proposals import NodeRecord
 from storage.queries import ContractScope
 from storage.rounds import fail_interrupted_rounds
 from voter.ownership import LaneOwnership
-from voter.service import Voter, process_owner_id
+from voter.service import LaneStatus, Voter, process_owner_id
 from web.app import create_app
 from web.ports import (
     AlertsView,
@@ -227,15 +228,22 @@ class Deployment:
         )
         # Lane ownership: instances sharing one database sign each node's votes one at a time. Lanes are
         # (chain, address), and no address votes in two deployments on one chain (check_apart), so each
-        # deployment leases its own lanes under the instance's one owner id.
+        # deployment leases its own lanes under the instance's one owner id. On SQLite the run lock already
+        # makes this the only instance: no leases (their urgent writes would only contend for the file, and
+        # a late renewal would make the one signer drop its own lanes); the voter signs with NO_LANES.
         self.instance = instance or process_owner_id()
-        self.lanes = LaneOwnership(
-            sessions,
-            chain_id=chain_id,
-            addresses=[account.address for account in accounts],
-            owner=self.instance,
-            takeover_seconds=settings.lane_takeover_seconds,
-            on_change=self.signal.notify,
+        self.addresses = [account.address.lower() for account in accounts]
+        self.lanes: LaneOwnership | None = (
+            None
+            if is_sqlite(settings.database_url)
+            else LaneOwnership(
+                sessions,
+                chain_id=chain_id,
+                addresses=[account.address for account in accounts],
+                owner=self.instance,
+                takeover_seconds=settings.lane_takeover_seconds,
+                on_change=self.signal.notify,
+            )
         )
         self.voter = Voter(
             settings,
@@ -331,21 +339,39 @@ class Deployment:
                 "pausedNodes": [n.name for n in status.nodes if n.paused],
                 "dryRun": status.dry_run,
             },
-            instance=status.instance,
-            lanes=[
+            instance=status.instance if self.lanes is not None else self.instance,
+            lanes=self._lane_infos(status.lanes),
+        )
+
+    def _lane_infos(self, lanes: Sequence[LaneStatus]) -> list[LaneInfo]:
+        if self.lanes is None:  # SQLite: this instance signs for every node, by its run lock
+            return [
                 LaneInfo(
-                    lane.node,
-                    lane.address,
-                    lane.owned,
-                    lane.owner,
-                    lane.token,
-                    lane.expires_at,
+                    node.name,
+                    node.address.lower(),
+                    True,
+                    self.instance,
+                    None,
+                    None,
                     deployment=self.name,
                     chain_id=self.chain_id,
+                    leased=False,
                 )
-                for lane in status.lanes
-            ],
-        )
+                for node in self.nodes
+            ]
+        return [
+            LaneInfo(
+                lane.node,
+                lane.address,
+                lane.owned,
+                lane.owner,
+                lane.token,
+                lane.expires_at,
+                deployment=self.name,
+                chain_id=self.chain_id,
+            )
+            for lane in lanes
+        ]
 
     # -- rounds ----------------------------------------------------------------------------------------
     async def _round_now(self) -> None:
@@ -376,7 +402,10 @@ class Deployment:
 
     async def _run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
-            await tg.start(self._component, "lanes", self.lanes.run)  # owned lanes known before the voter
+            if self.lanes is not None:
+                await tg.start(self._component, "lanes", self.lanes.run)  # owned lanes known before the voter
+            else:
+                await forget_lanes(self.sessions, chain_id=self.chain_id, addresses=self.addresses)
             # The chain-bound parts start in their own task: the voter reports started only once connected,
             # and a chain that passed preflight and then went silent must not hold up the service (the API,
             # the alerts, the other deployments). A chain that answers is waited for, briefly, so "started"

@@ -1,6 +1,6 @@
 """A deployment whose chain passed preflight and then went silent (it accepts TCP, never answers) does not
 hold up the service: the API comes up, `dloop run` reports ready (`service_started`), and the other
-deployment votes (issue #17 review)."""
+deployment votes (issue #17 review). On SQLite it votes without lane leases (the run lock)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from anyio.from_thread import start_blocking_portal
 from core.settings import load_settings
 from dloop.commands import DeploymentPlan, _run_service
 from dloop.preflight import ChainIdentity, preflight_chain
+from storage.engine import create_engine, session_factory
+from storage.lanes import acquire as acquire_lanes
 from tests.support.chain import Chain
 from tests.support.database import migrate
 from tests.support.waiting import poll_until
@@ -73,6 +75,19 @@ def test_a_silent_chain_holds_up_neither_the_api_nor_the_other_deployment(
 
         async def serve(*, task_status: anyio.abc.TaskStatus[Any]) -> None:
             alpha = await preflight_chain(plans[0].view)
+            # Lease rows an earlier run with lane ownership left: on SQLite (one instance by its run lock)
+            # they are forgotten at start, or they would refuse every "no lanes" record.
+            engine = create_engine(settings.database_url)
+            try:
+                await acquire_lanes(
+                    session_factory(engine),
+                    chain_id=alpha.chain_id,
+                    addresses=[a.address.lower() for a in plans[0].accounts],
+                    owner="an-earlier-run",
+                    seconds=3600,
+                )
+            finally:
+                await engine.dispose()
             # Beta "passed preflight" (its chain answered then) and has gone silent since.
             beta = ChainIdentity(SILENT_CHAIN_ID, "0x" + "11" * 32, alpha.contract)
             identities: dict[str, Any] = {"alpha": alpha, "beta": beta}
@@ -86,6 +101,7 @@ def test_a_silent_chain_holds_up_neither_the_api_nor_the_other_deployment(
                 url = f"http://127.0.0.1:{service.http.port}"
                 health = httpx.get(f"{url}/health", timeout=10)
                 assert health.status_code in (200, 503) and "beta" in health.text, health.text
+                assert health.json()["lanes"]["mode"] == "run-lock"
                 assert service.running["alerts"]  # the notifier ends at once without webhooks
 
                 ids = chain.create(1)

@@ -190,6 +190,7 @@ def lanes_out(voter: VoterView) -> LanesOut | None:
         owned=owned,
         standby=not owned,
         lanes=[_lane_out(lane) for lane in voter.lanes],
+        mode="leases" if any(lane.leased for lane in voter.lanes) else "run-lock",
     )
 
 
@@ -222,6 +223,10 @@ def lanes_check(voter: VoterView, now: dt.datetime) -> HealthCheck | None:
         return None
     names = _lane_names(voter.lanes)
     owned = [name for name, lane in zip(names, voter.lanes, strict=True) if lane.owned]
+    if not any(lane.leased for lane in voter.lanes):
+        return HealthCheck(
+            True, f"this instance signs for {', '.join(owned)} (SQLite: the only instance, by its run lock)"
+        )
     others: dict[str, list[str]] = {}
     orphans = []
     for name, lane in zip(names, voter.lanes, strict=True):

@@ -277,6 +277,7 @@ class Deployment:
             on_scan=self.listener_watch.scanned,
             interval=self.listener_watch.reconcile_interval,
             drain=self.voter.drain,
+            instance=self.instance,
         )
         self.reads = ChainReads(settings, self.nodes, self.rpc_error_counts)
 
@@ -537,9 +538,12 @@ class Service:
         waiting: Sequence[WaitingDeployment] = (),
         nodes: Sequence[NodeRecord] = (),
         enable_listener: bool = True,
+        instance: str | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
+        # This process's id (the deployments' lane-lease owner): its rounds are recorded under it.
+        self.instance = instance or (deployments[0].instance if deployments else process_owner_id())
         self.deployments: list[Deployment] = list(deployments)
         self.waiting: dict[str, WaitingDeployment] = {w.name: w for w in waiting}
         self.enable_listener = enable_listener
@@ -708,7 +712,9 @@ class Service:
 
     # -- the task group --------------------------------------------------------------------------------
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        interrupted = await fail_interrupted_rounds(self.sessions)
+        interrupted = await fail_interrupted_rounds(
+            self.sessions, instance=self.instance, shared=not is_sqlite(self.settings.database_url)
+        )
         if interrupted:
             log_event(logger, "rounds_interrupted_before", count=interrupted)
         self.http.bind()

@@ -100,7 +100,10 @@ def test_a_silent_chain_holds_up_neither_the_api_nor_the_other_deployment(
                 assert time.monotonic() - began < 15.0
                 url = f"http://127.0.0.1:{service.http.port}"
                 health = httpx.get(f"{url}/health", timeout=10)
-                assert health.status_code in (200, 503) and "beta" in health.text, health.text
+                # Beta down, alpha live: degraded (not unhealthy), naming beta.
+                checks = health.json()["checks"]
+                assert health.json()["status"] == "degraded", health.text
+                assert not checks["deployments"]["ok"] and "beta" in checks["deployments"]["detail"]
                 assert health.json()["lanes"]["mode"] == "run-lock"
                 assert service.running["alerts"]  # the notifier ends at once without webhooks
 

@@ -374,6 +374,13 @@ class Deployment:
             for lane in lanes
         ]
 
+    def evaluates_alerts(self) -> bool:
+        """The alerts are evaluated by one instance: the owner of this (the first) deployment's first lane
+        (on SQLite, the only instance)."""
+        if self.lanes is None or not self.addresses:
+            return True
+        return self.lanes.fence(self.addresses[0]) is not None
+
     # -- rounds ----------------------------------------------------------------------------------------
     async def _round_now(self) -> None:
         await self.rounds.trigger()
@@ -576,6 +583,7 @@ class Service:
                 rpc_counts=primary.rpc_error_counts,
                 running_round=primary.rounds.running,
                 read_proposals=primary.reads.read_proposals,
+                active=primary.evaluates_alerts,
             )
         )
         self.app = create_app(self.web_context())

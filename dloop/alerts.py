@@ -76,8 +76,13 @@ class AlertEvaluator:
         running_round: Callable[[], TriggerResult | None],
         read_proposals: Callable[[Sequence[int]], Awaitable[Mapping[int, ProposalData | ChainError]]]
         | None = None,
+        active: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
+        # Whether this instance evaluates now (None: always). Instances sharing one database share its alerts
+        # table: only one may evaluate and notify, or every alert is sent once per instance.
+        self.active = active
+        self.evaluating = True
         self.sessions = sessions
         self.scope = scope
         self.nodes = tuple(nodes)
@@ -110,6 +115,8 @@ class AlertEvaluator:
         task_status.started()
         while True:
             await anyio.sleep(self.settings.alert_interval)
+            if not await self._our_turn():
+                continue
             try:
                 await self.evaluate_once()
             except DloopError as exc:  # a busy database or a chain hiccup: the next pass tries again
@@ -119,6 +126,22 @@ class AlertEvaluator:
                 await self.record_outcomes()
             except DloopError as exc:
                 log_event(logger, "outcome_recording_failed", level=logging.WARNING, error=str(exc))
+
+    async def _our_turn(self) -> bool:
+        """Whether to evaluate this pass; on becoming the evaluator, the firing set as the previous one left
+        it (it went on saving while this instance stood by)."""
+        evaluating = self.active is None or self.active()
+        if evaluating != self.evaluating:
+            self.evaluating = evaluating
+            log_event(logger, "alerts_evaluating" if evaluating else "alerts_standby")
+            if evaluating:
+                try:
+                    self.firing = {a.fingerprint: a for a in await firing_alerts(self.sessions)}
+                except DloopError as exc:
+                    self.evaluating = False  # try again next pass, never with a stale firing set
+                    log_event(logger, "alert_evaluation_failed", level=logging.WARNING, error=str(exc))
+                    return False
+        return evaluating
 
     # -- facts -----------------------------------------------------------------------------------------
     def _listener_health(self, view: ListenerView, now: dt.datetime) -> ListenerHealth:

@@ -159,6 +159,7 @@ async def _run_service(
             waiting=waiting,
             nodes=list(records.values()),
             enable_listener=enable_listener,
+            instance=plans[0].instance,
         )
         service.http.bind()  # a busy port fails here, before anything starts
         for deployment in deployments:

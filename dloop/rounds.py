@@ -53,8 +53,10 @@ class Rounds:
         drain: Drain | None = None,
         on_scan: Callable[[ReconcileResult], None] | None = None,
         interval: Callable[[], float] | None = None,
+        instance: str | None = None,
     ) -> None:
         self.settings = settings
+        self.instance = instance  # recorded on its rounds: another instance starting up leaves them alone
         self.sessions = sessions
         self.signal = signal
         self.scan = scan
@@ -75,7 +77,7 @@ class Rounds:
         async with self._lock:
             if self._current is not None:
                 return TriggerResult(self._current.round_id, True, self._current.started_at)
-            record = await start_round(self.sessions, kind)
+            record = await start_round(self.sessions, kind, instance=self.instance)
             self._current = TriggerResult(record.id, False, record.started_at)
             self._finished[record.id] = anyio.Event()
             self.status.current_round = record.id
@@ -143,7 +145,13 @@ class Rounds:
                 await self.drain()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                await finish_round(self.sessions, round_id, state=RoundState.FAILED, error="interrupted")
+                await finish_round(
+                    self.sessions,
+                    round_id,
+                    state=RoundState.FAILED,
+                    error="interrupted",
+                    instance=self.instance,
+                )
             raise
         except Exception as exc:
             # A failed round must not stop the service: the listener and the voter go on, the next round
@@ -155,11 +163,15 @@ class Rounds:
             else:
                 logger.error("round_crashed", exc_info=exc, extra={"dloop_fields": {"round": round_id}})
             with anyio.CancelScope(shield=True):
-                return await finish_round(self.sessions, round_id, state=RoundState.FAILED, error=reason)
+                return await finish_round(
+                    self.sessions, round_id, state=RoundState.FAILED, error=reason, instance=self.instance
+                )
         self.status.last_error = None
         error = "; ".join(result.read_errors)[:2000] or None
         with anyio.CancelScope(shield=True):
-            record = await finish_round(self.sessions, round_id, state=RoundState.DONE, error=error)
+            record = await finish_round(
+                self.sessions, round_id, state=RoundState.DONE, error=error, instance=self.instance
+            )
         if record is not None:
             log_event(
                 logger,

@@ -39,12 +39,13 @@ from listener.reconcile import Reconciler
 from monitor.notify import Notifier, notice_masker
 from storage.chain_state import stream_name
 from storage.controls import PauseState, PauseWatch
-from storage.engine import SessionFactory
+from storage.engine import SessionFactory, is_sqlite
+from storage.lanes import forget as forget_lanes
 from storage.proposals import NodeRecord
 from storage.queries import ContractScope
 from storage.rounds import fail_interrupted_rounds
 from voter.ownership import LaneOwnership
-from voter.service import Voter, process_owner_id
+from voter.service import LaneStatus, Voter, process_owner_id
 from web.app import create_app
 from web.ports import (
     AlertsView,
@@ -65,6 +66,9 @@ logger = logging.getLogger(__name__)
 NODE_STATES_TIMEOUT = 3.0
 VOTE_GAS_ALLOWANCE = 150_000  # gas a vote may need, for the "unfunded" status of /nodes
 PRIORITY_FEE_WEI = 1_000_000_000
+# How long a deployment's start waits for its chain-bound parts (listener live, voter connected) before it
+# reports started anyway: they keep connecting in the background.
+CHAIN_START_WAIT = 5.0
 
 
 def required_balance(base_fee_wei: int | None) -> int:
@@ -209,6 +213,7 @@ class Deployment:
         self.signal = WorkSignal()
         self.running = Running()
         self.enable_listener = enable_listener
+        self.start_wait = CHAIN_START_WAIT
         # One count of the node's errors for /metrics, whichever part's request met them (and of the
         # requests: the RpcErrors alert is a rate).
         self.rpc_error_counts: RpcCounts = RpcCounts()
@@ -223,15 +228,22 @@ class Deployment:
         )
         # Lane ownership: instances sharing one database sign each node's votes one at a time. Lanes are
         # (chain, address), and no address votes in two deployments on one chain (check_apart), so each
-        # deployment leases its own lanes under the instance's one owner id.
+        # deployment leases its own lanes under the instance's one owner id. On SQLite the run lock already
+        # makes this the only instance: no leases (their urgent writes would only contend for the file, and
+        # a late renewal would make the one signer drop its own lanes); the voter signs with NO_LANES.
         self.instance = instance or process_owner_id()
-        self.lanes = LaneOwnership(
-            sessions,
-            chain_id=chain_id,
-            addresses=[account.address for account in accounts],
-            owner=self.instance,
-            takeover_seconds=settings.lane_takeover_seconds,
-            on_change=self.signal.notify,
+        self.addresses = [account.address.lower() for account in accounts]
+        self.lanes: LaneOwnership | None = (
+            None
+            if is_sqlite(settings.database_url)
+            else LaneOwnership(
+                sessions,
+                chain_id=chain_id,
+                addresses=[account.address for account in accounts],
+                owner=self.instance,
+                takeover_seconds=settings.lane_takeover_seconds,
+                on_change=self.signal.notify,
+            )
         )
         self.voter = Voter(
             settings,
@@ -265,6 +277,7 @@ class Deployment:
             on_scan=self.listener_watch.scanned,
             interval=self.listener_watch.reconcile_interval,
             drain=self.voter.drain,
+            instance=self.instance,
         )
         self.reads = ChainReads(settings, self.nodes, self.rpc_error_counts)
 
@@ -327,21 +340,46 @@ class Deployment:
                 "pausedNodes": [n.name for n in status.nodes if n.paused],
                 "dryRun": status.dry_run,
             },
-            instance=status.instance,
-            lanes=[
+            instance=status.instance if self.lanes is not None else self.instance,
+            lanes=self._lane_infos(status.lanes),
+        )
+
+    def _lane_infos(self, lanes: Sequence[LaneStatus]) -> list[LaneInfo]:
+        if self.lanes is None:  # SQLite: this instance signs for every node, by its run lock
+            return [
                 LaneInfo(
-                    lane.node,
-                    lane.address,
-                    lane.owned,
-                    lane.owner,
-                    lane.token,
-                    lane.expires_at,
+                    node.name,
+                    node.address.lower(),
+                    True,
+                    self.instance,
+                    None,
+                    None,
                     deployment=self.name,
                     chain_id=self.chain_id,
+                    leased=False,
                 )
-                for lane in status.lanes
-            ],
-        )
+                for node in self.nodes
+            ]
+        return [
+            LaneInfo(
+                lane.node,
+                lane.address,
+                lane.owned,
+                lane.owner,
+                lane.token,
+                lane.expires_at,
+                deployment=self.name,
+                chain_id=self.chain_id,
+            )
+            for lane in lanes
+        ]
+
+    def evaluates_alerts(self) -> bool:
+        """The alerts are evaluated by one instance: the owner of this (the first) deployment's first lane
+        (on SQLite, the only instance)."""
+        if self.lanes is None or not self.addresses:
+            return True
+        return self.lanes.fence(self.addresses[0]) is not None
 
     # -- rounds ----------------------------------------------------------------------------------------
     async def _round_now(self) -> None:
@@ -372,13 +410,26 @@ class Deployment:
 
     async def _run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
-            await tg.start(self._component, "reads", self.reads.run)
-            await tg.start(self._component, "lanes", self.lanes.run)  # owned lanes known before the voter
-            await tg.start(self._component, "voter", self.voter.run)
-            if self.enable_listener:
-                await tg.start(self._component, "listener", self.listener.run)
-                await tg.start(self._component, "listener_watch", self.listener_watch.run)
-            await tg.start(self._component, "reconciler", self.rounds.run)
+            if self.lanes is not None:
+                await tg.start(self._component, "lanes", self.lanes.run)  # owned lanes known before the voter
+            else:
+                await forget_lanes(self.sessions, chain_id=self.chain_id, addresses=self.addresses)
+            # The chain-bound parts start in their own task: the voter reports started only once connected,
+            # and a chain that passed preflight and then went silent must not hold up the service (the API,
+            # the alerts, the other deployments). A chain that answers is waited for, briefly, so "started"
+            # still means connected when it can.
+            connected = anyio.Event()
+            tg.start_soon(self._chain_parts, connected)
+            with anyio.move_on_after(self.start_wait):
+                await connected.wait()
+            if not connected.is_set():
+                log_event(
+                    logger,
+                    "deployment_chain_pending",
+                    level=logging.WARNING,
+                    deployment=self.name,
+                    waited_seconds=self.start_wait,
+                )
             log_event(
                 logger,
                 "deployment_started",
@@ -398,6 +449,17 @@ class Deployment:
                     reason=self.listener_watch.blind_reason,
                 )
             task_status.started()
+
+    async def _chain_parts(self, connected: anyio.Event) -> None:
+        """The parts that need the chain, in their order (each reports started once connected)."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._component, "reads", self.reads.run)
+            await tg.start(self._component, "voter", self.voter.run)
+            if self.enable_listener:
+                await tg.start(self._component, "listener", self.listener.run)
+                await tg.start(self._component, "listener_watch", self.listener_watch.run)
+            await tg.start(self._component, "reconciler", self.rounds.run)
+            connected.set()
 
     async def _component(
         self,
@@ -483,9 +545,12 @@ class Service:
         waiting: Sequence[WaitingDeployment] = (),
         nodes: Sequence[NodeRecord] = (),
         enable_listener: bool = True,
+        instance: str | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
+        # This process's id (the deployments' lane-lease owner): its rounds are recorded under it.
+        self.instance = instance or (deployments[0].instance if deployments else process_owner_id())
         self.deployments: list[Deployment] = list(deployments)
         self.waiting: dict[str, WaitingDeployment] = {w.name: w for w in waiting}
         self.enable_listener = enable_listener
@@ -518,6 +583,7 @@ class Service:
                 rpc_counts=primary.rpc_error_counts,
                 running_round=primary.rounds.running,
                 read_proposals=primary.reads.read_proposals,
+                active=primary.evaluates_alerts,
             )
         )
         self.app = create_app(self.web_context())
@@ -654,7 +720,9 @@ class Service:
 
     # -- the task group --------------------------------------------------------------------------------
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        interrupted = await fail_interrupted_rounds(self.sessions)
+        interrupted = await fail_interrupted_rounds(
+            self.sessions, instance=self.instance, shared=not is_sqlite(self.settings.database_url)
+        )
         if interrupted:
             log_event(logger, "rounds_interrupted_before", count=interrupted)
         self.http.bind()

@@ -26,6 +26,10 @@ def sqlite_path(database_url: str) -> Path | None:
     return Path(url.database)
 
 
+def is_sqlite(database_url: str) -> bool:
+    return make_url(database_url).drivername.startswith("sqlite")
+
+
 def check_database_location(database_url: str) -> None:
     """Fail at start-up, naming the setting, when an SQLite file cannot be created or written."""
     path = sqlite_path(database_url)

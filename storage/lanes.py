@@ -22,7 +22,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import Select, and_, case, func, literal, or_, select, update
+from sqlalchemy import Select, and_, case, delete, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import LaneLost
@@ -191,6 +191,19 @@ async def release(
         if addresses is not None:
             query = query.where(LaneLease.address.in_(list(addresses)))
         result = await session.execute(query.values(expires_at=moment))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    return await write(sessions, work, what="lane leases")
+
+
+async def forget(sessions: SessionFactory, *, chain_id: int, addresses: Collection[str]) -> int:
+    """Delete these lanes' lease rows (lower-case addresses). Only for a database one instance holds by its
+    run lock (SQLite): rows left by a run with lane ownership would otherwise refuse its NO_LANES records."""
+
+    async def work(session: AsyncSession) -> int:
+        result = await session.execute(
+            delete(LaneLease).where(LaneLease.chain_id == chain_id, LaneLease.address.in_(list(addresses)))
+        )
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     return await write(sessions, work, what="lane leases")

@@ -334,6 +334,7 @@ class Round(Base):
     votes_sent: Mapped[int] = mapped_column(Integer, default=0)
     votes_confirmed: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    instance: Mapped[str | None] = mapped_column(String(100))  # the `dloop run` running it (NULL: older)
 
 
 class AlertRow(Base):

@@ -6,12 +6,12 @@ import datetime as dt
 import enum
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from storage.engine import SessionFactory
-from storage.models import Round, Vote, utcnow
+from storage.models import LaneLease, Round, Vote, utcnow
 from storage.transactions import read, write
 
 
@@ -68,9 +68,12 @@ def _record(row: Round) -> RoundRecord:
     )
 
 
-async def start_round(sessions: SessionFactory, kind: RoundKind | str) -> RoundRecord:
+async def start_round(
+    sessions: SessionFactory, kind: RoundKind | str, *, instance: str | None = None
+) -> RoundRecord:
     async def work(session: AsyncSession) -> RoundRecord:
         row = Round(
+            instance=instance,
             kind=str(kind),
             state=RoundState.RUNNING,
             started_at=utcnow(),
@@ -107,16 +110,23 @@ async def record_reconcile(sessions: SessionFactory, round_id: int, counts: Reco
 
 
 async def finish_round(
-    sessions: SessionFactory, round_id: int, *, state: RoundState, error: str | None = None
+    sessions: SessionFactory,
+    round_id: int,
+    *,
+    state: RoundState,
+    error: str | None = None,
+    instance: str | None = None,
 ) -> RoundRecord | None:
     """Close a running round. Votes sent/confirmed are those sent or mined while it ran (by the round's
-    drain or by the voter reacting to the listener meanwhile)."""
+    drain or by the voter reacting to the listener meanwhile). A round of `instance` that another instance
+    starting up took for interrupted (it held no lane then: a standby) is closed with its real outcome."""
 
     async def work(session: AsyncSession) -> RoundRecord | None:
         row = await session.get(Round, round_id)
         if row is None:
             return None
-        if row.state == RoundState.RUNNING:
+        mistaken = instance is not None and row.instance == instance and row.error == INTERRUPTED
+        if row.state == RoundState.RUNNING or mistaken:
             now = utcnow()
             row.votes_sent = await _count_between(session, Vote.sent_at, row.started_at, now)
             row.votes_confirmed = await _count_between(session, Vote.confirmed_at, row.started_at, now)
@@ -155,14 +165,34 @@ async def last_round(sessions: SessionFactory) -> RoundRecord | None:
     return await read(sessions, work, what="last_round")
 
 
-async def fail_interrupted_rounds(sessions: SessionFactory) -> int:
-    """Rounds left `running` by a stopped process can never finish: close them at start-up."""
+INTERRUPTED = "interrupted: the service stopped"
+
+
+async def fail_interrupted_rounds(
+    sessions: SessionFactory, *, instance: str | None = None, shared: bool = False
+) -> int:
+    """Rounds left `running` by a stopped process can never finish: close them at start-up.
+
+    `shared` (PostgreSQL: other instances may be running): only rounds of no instance (older rows) or of an
+    instance other than `instance` that holds no live lane lease; a live owner renews its leases every T/4,
+    so its rounds are left alone. A live standby (no lane) has its round closed too: it records the round's
+    real outcome when it ends (finish_round). Without `shared` (SQLite, one instance by its run lock): all."""
+    now = utcnow()
 
     async def work(session: AsyncSession) -> int:
+        query = update(Round).where(Round.state == RoundState.RUNNING)
+        if shared:
+            live = (
+                select(LaneLease.owner)
+                .where(LaneLease.owner == Round.instance, LaneLease.expires_at > now)
+                .exists()
+            )
+            query = query.where(
+                or_(Round.instance.is_(None), and_(Round.instance != (instance or ""), ~live))
+            )
         result = await session.execute(
-            update(Round)
-            .where(Round.state == RoundState.RUNNING)
-            .values(state=RoundState.FAILED, finished_at=utcnow(), error="interrupted: the service stopped")
+            query.values(state=RoundState.FAILED, finished_at=now, error=INTERRUPTED),
+            execution_options={"synchronize_session": False},
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
 

@@ -103,6 +103,30 @@ def test_health_and_metrics_name_the_owner_of_each_lane() -> None:
     assert lanes_out(VoterView(running=True)) is None and lanes_check(VoterView(running=True), now) is None
 
 
+def test_on_sqlite_the_run_lock_owns_every_lane_without_leases() -> None:
+    voter = VoterView(
+        running=True,
+        instance="voter-a",
+        lanes=[
+            LaneInfo("ai-gov-01", ADDRESSES[0], True, "voter-a", None, None, leased=False),
+            LaneInfo("ai-gov-02", ADDRESSES[1], True, "voter-a", None, None, leased=False),
+        ],
+    )
+    check = lanes_check(voter, utcnow())
+    assert check is not None and check.ok
+    assert (
+        check.detail
+        == "this instance signs for ai-gov-01, ai-gov-02 (SQLite: the only instance, by its run lock)"
+    )
+    body = lanes_out(voter)
+    assert body is not None and body.mode == "run-lock" and body.owned == ["ai-gov-01", "ai-gov-02"]
+    assert not body.standby and all(lane.owner == "voter-a" and lane.token is None for lane in body.lanes)
+    leased = lanes_out(
+        VoterView(running=True, instance="b", lanes=[LaneInfo("n", ADDRESSES[0], True, "b", 1, None)])
+    )
+    assert leased is not None and leased.mode == "leases"
+
+
 def test_a_node_in_two_deployments_has_a_lane_in_each_named_apart() -> None:
     now = utcnow()
     later = now + dt.timedelta(seconds=5)

@@ -61,7 +61,7 @@ def test_the_runbook_curl_commands_work_as_written(svc: RunningService) -> None:
     health = json.loads(curl("curl -s http://localhost:5001/health", port))
     assert health["status"] == "healthy", health
     assert set(health["checks"]) == {"database", "chain", "subscription", "head", "events", "lanes"}
-    # The only instance signs for every node; the check and the lanes say so.
+    # The only instance (SQLite's run lock) signs for every node; the check and the lanes say so.
     lanes = health["lanes"]
     assert len(lanes["owned"]) == NODES and lanes["standby"] is False
     assert lanes["instance"].startswith("voter-")
@@ -78,7 +78,9 @@ def test_the_runbook_curl_commands_work_as_written(svc: RunningService) -> None:
     assert system["isRunning"] is True and system["totalNodes"] == NODES and system["activeNodes"] == NODES
     assert len(system["nodeStatuses"]) == NODES and overview["listener"]["connected"] is True
     assert overview["lanes"]["owned"] == [f"ai-gov-0{i}" for i in range(1, NODES + 1)]
-    assert all(lane["token"] >= 1 and lane["expiresAt"] for lane in overview["lanes"]["lanes"])
+    # SQLite: one instance by its run lock, no leases (no token, no expiry).
+    assert overview["lanes"]["mode"] == "run-lock"
+    assert all(lane["token"] is None and lane["expiresAt"] is None for lane in overview["lanes"]["lanes"])
 
 
 def test_active_proposals_is_one_valid_json_document_with_a_proposal_per_line(svc: RunningService) -> None:

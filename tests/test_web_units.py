@@ -10,6 +10,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -30,7 +31,7 @@ from web.auth import authorize_trigger, bearer_token, cross_site, is_loopback, t
 from web.db_probe import DatabaseProbe, probe_is_fresh
 from web.errors import handle_http_exception
 from web.metrics import MetricsSnapshot, render
-from web.ports import ListenerView, NodeChainState
+from web.ports import DeploymentStatus, ListenerView, NodeChainState
 from web.present import (
     ACTIVE_PROPOSAL_FIELDS,
     VOTE_BRIEF_FIELDS,
@@ -319,6 +320,34 @@ def test_a_blind_listener_makes_health_degraded_and_other_failures_unhealthy() -
     assert health_status(checks) == "degraded"
     checks = health_checks(database_error="database unreachable", listener=blind, now=NOW, head_timeout=30)
     assert health_status(checks) == "unhealthy"
+
+
+def test_with_several_deployments_one_down_is_degraded_and_named_every_one_down_unhealthy() -> None:
+    fresh = NOW - dt.timedelta(seconds=2)
+    live = ListenerView(True, True, True, head_block=10, head_received_at=fresh, contract_version="upstream")
+    down = ListenerView(False, False, False, last_error="connection refused", contract_version="upstream")
+
+    def status(first: ListenerView, second: ListenerView | None, db: str | None = None) -> dict[str, Any]:
+        deployments = [
+            DeploymentStatus("alpha", ContractScope(31337, CONTRACT, "alpha"), first),
+            DeploymentStatus("beta", ContractScope(31338, CONTRACT, "beta"), second, error="no answer"),
+        ]
+        checks = health_checks(
+            database_error=db, listener=first, now=NOW, head_timeout=30, deployments=deployments
+        )
+        return {"status": health_status(checks), "checks": checks}
+
+    assert status(live, live)["status"] == "healthy"
+    for first, second in ((down, live), (live, down), (live, None)):  # the first one is not special
+        answer = status(first, second)
+        assert answer["status"] == "degraded", answer
+        gone = "alpha" if first is down else "beta"
+        assert not answer["checks"]["deployments"].ok and gone in answer["checks"]["deployments"].detail
+        assert answer["checks"]["chain"].ok and f"{gone}: " in answer["checks"]["chain"].detail
+    assert "beta: waiting for its chain (no answer)" in status(live, None)["checks"]["head"].detail
+    assert status(down, down)["status"] == "unhealthy"
+    assert status(down, None)["status"] == "unhealthy"
+    assert status(live, live, db="database unreachable")["status"] == "unhealthy"
 
 
 def test_node_status_from_balance_and_errors() -> None:

@@ -46,6 +46,7 @@ class LaneInfo:
     expires_at: dt.datetime | None
     deployment: str = ""  # a node voting in several deployments has one lane on each one's chain
     chain_id: int | None = None
+    leased: bool = True  # False: no leases (SQLite: the only instance, by its run lock)
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,7 @@ def lanes_out(voter: VoterView) -> LanesOut | None:
         owned=owned,
         standby=not owned,
         lanes=[_lane_out(lane) for lane in voter.lanes],
+        mode="leases" if any(lane.leased for lane in voter.lanes) else "run-lock",
     )
 
 
@@ -222,6 +223,10 @@ def lanes_check(voter: VoterView, now: dt.datetime) -> HealthCheck | None:
         return None
     names = _lane_names(voter.lanes)
     owned = [name for name, lane in zip(names, voter.lanes, strict=True) if lane.owned]
+    if not any(lane.leased for lane in voter.lanes):
+        return HealthCheck(
+            True, f"this instance signs for {', '.join(owned)} (SQLite: the only instance, by its run lock)"
+        )
     others: dict[str, list[str]] = {}
     orphans = []
     for name, lane in zip(names, voter.lanes, strict=True):
@@ -246,11 +251,41 @@ def health_checks(
     head_timeout: float,
     deployments: Sequence[DeploymentStatus] = (),
 ) -> dict[str, HealthCheck]:
-    """The checks of /health. The chain, subscription, head and events checks are of the first deployment;
-    with several, `deployments` says how each one is doing."""
+    """The checks of /health: of the one deployment. With several, every deployment counts alike: the
+    chain, subscription and head checks pass while at least one deployment has them (the service votes;
+    none: unhealthy), each detail naming every deployment, and `deployments` fails, naming it, when any one
+    is down (degraded); events passes when every running deployment's listener sees proposals."""
     checks = _first_deployment_checks(database_error, listener, now, head_timeout)
     if len(deployments) > 1:
+        checks.update(_every_deployment_checks(deployments, now, head_timeout))
         checks["deployments"] = deployments_check(deployments, now, head_timeout)
+    return checks
+
+
+def _every_deployment_checks(
+    deployments: Sequence[DeploymentStatus], now: dt.datetime, head_timeout: float
+) -> dict[str, HealthCheck]:
+    each: dict[str, list[tuple[str, HealthCheck]]] = {
+        "chain": [],
+        "subscription": [],
+        "head": [],
+        "events": [],
+    }
+    for d in deployments:
+        if d.listener is None:
+            waiting = HealthCheck(False, f"waiting for its chain ({d.error})")
+            for name in ("chain", "subscription", "head"):
+                each[name].append((d.name, waiting))
+            continue
+        for name, check in _first_deployment_checks(None, d.listener, now, head_timeout).items():
+            if name in each:
+                each[name].append((d.name, check))
+    checks = {}
+    for name, results in each.items():
+        detail = "; ".join(f"{deployment}: {check.detail}" for deployment, check in results) or "none running"
+        passed = [check.ok for _, check in results]
+        ok = all(passed) if name == "events" else any(passed)
+        checks[name] = HealthCheck(ok, detail)
     return checks
 
 

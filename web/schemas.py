@@ -242,6 +242,9 @@ class LanesOut(Api):
     owned: list[str]  # nodes this instance signs for
     standby: bool  # owns none: another instance signs for every node (healthy: it takes over if that dies)
     lanes: list[LaneOut]
+    # "leases": lanes leased in the database (PostgreSQL, several instances may share it); "run-lock": SQLite,
+    # one instance by its run lock signs for every node (no token, no expiry)
+    mode: str = "leases"
 
 
 class HealthResponse(Api):

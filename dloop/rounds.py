@@ -71,6 +71,9 @@ class Rounds:
         self._current: TriggerResult | None = None
         self._requested = anyio.Event()
         self._finished: dict[int, anyio.Event] = {}
+        # Set once `run` runs: a round triggered before (its deployment's chain not reached yet) would be a
+        # `running` row nothing runs, so callers ask `started` first.
+        self.started = False
 
     async def trigger(self, kind: RoundKind = RoundKind.MANUAL) -> TriggerResult:
         """Start a round, or join the one running; returns at once (the round runs in `run`)."""
@@ -86,6 +89,7 @@ class Rounds:
             return self._current
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self.started = True
         await self.trigger(RoundKind.STARTUP)  # registered before we report ready: triggers join it
         task_status.started()
         while True:

@@ -383,7 +383,8 @@ class Deployment:
 
     # -- rounds ----------------------------------------------------------------------------------------
     async def _round_now(self) -> None:
-        await self.rounds.trigger()
+        if self.rounds.started:  # else the start-up round, once the chain answers, does the same work
+            await self.rounds.trigger()
 
     def listener_progress(self) -> ListenerProgress:
         status = self.listener.status
@@ -500,7 +501,8 @@ class AllRounds:
         self.deployments = deployments
 
     async def trigger(self) -> TriggerResult:
-        results = [await d.rounds.trigger() for d in self.deployments()]
+        # A deployment whose chain has not answered yet has no round loop to run a round.
+        results = [await d.rounds.trigger() for d in self.deployments() if d.rounds.started]
         if not results:
             raise TransientChainError("no deployment is connected to its chain yet")
         return results[0]

@@ -26,7 +26,7 @@ from voter.fees import GWEI, Fees, bump_fees, includable
 from voter.gas import ran_out_of_gas
 from voter.jobs import Tracked, as_int, calldata_of
 from voter.lane_state import Held, LaneState, log
-from voter.outcomes import WAIT_ERRORS, Action, classify
+from voter.outcomes import ALREADY_VOTED_ERRORS, WAIT_ERRORS, Action, classify
 from voter.planning import nonce_gap
 from voter.sender import LaneSender
 
@@ -195,6 +195,11 @@ class ReceiptWatcher:
             if name == "ProposalNotFound":
                 await self._owed_after_reorg(tracked)
                 continue
+            if name in ALREADY_VOTED_ERRORS:
+                # The estimate (reused, so not run before this send) would have said so: another vote of
+                # this key, cast outside this service, came first. Not a failure of ours.
+                await self._already_voted_on_chain(tracked, name)
+                continue
             if out_of_gas or name in WAIT_ERRORS:
                 # Not cast, and nothing says it never can be: estimated again and sent in a later round
                 # (a reused estimate skipped the check that would have deferred it).
@@ -254,6 +259,21 @@ class ReceiptWatcher:
                 proposal=tracked.proposal_id,
                 state=state.value,
             )
+
+    async def _already_voted_on_chain(self, tracked: Tracked, name: str) -> None:
+        reason = f"already voted: reverted on chain with {name} (this key's vote, cast outside the service)"
+        with anyio.CancelScope(shield=True):
+            await queue.resolve_sent(
+                self.state.sessions,
+                tracked.vote_id,
+                state=VoteState.ALREADY_VOTED,
+                reason=reason,
+                tx_outcome="reverted",
+                only_if_tx_in=tracked.hashes,
+            )
+        log_event(
+            log, "vote_already_cast", node=self.state.node.name, proposal=tracked.proposal_id, error=name
+        )
 
     async def _owed_after_revert(self, tracked: Tracked, name: str) -> None:
         reason = f"reverted on chain: {name}; estimated again and sent later"

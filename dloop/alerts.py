@@ -39,8 +39,10 @@ from monitor.rules import (
 from storage.alerts import firing_alerts, save_alerts, votes_not_on_chain
 from storage.analytics import FinalResult, ended_without_result, record_results
 from storage.engine import SessionFactory
+from storage.lanes import ALERTS_ADDRESS, ALERTS_CHAIN_ID
 from storage.proposals import NodeRecord
 from storage.queries import ContractScope
+from voter.ownership import LaneOwnership
 from web.ports import AlertsView, ListenerView, NodeChainState, TriggerResult
 from web.present import chain_now
 
@@ -58,6 +60,25 @@ def rule_settings(settings: Settings) -> RuleSettings:
         rpc_error_rate=settings.alert_rpc_error_rate,
         round_deadline=settings.round_deadline,
     )
+
+
+def alerts_lease(settings: Settings, sessions: SessionFactory, owner: str) -> LaneOwnership:
+    """The lease that elects the one instance evaluating alerts among those sharing a database: a row of its
+    own in lane_leases (storage/lanes.py ALERTS_*), renewed and taken over like a lane, so the election
+    never depends on which deployments an instance runs or in which order. (Not used on SQLite: the run
+    lock makes that instance the only one.)"""
+    return LaneOwnership(
+        sessions,
+        chain_id=ALERTS_CHAIN_ID,
+        addresses=[ALERTS_ADDRESS],
+        owner=owner,
+        takeover_seconds=settings.lane_takeover_seconds,
+    )
+
+
+def holds_alerts(lease: LaneOwnership | None) -> bool:
+    """Whether this instance evaluates alerts now: it holds the alerts lease (always, without one)."""
+    return lease is None or lease.fence(ALERTS_ADDRESS) is not None
 
 
 class AlertEvaluator:

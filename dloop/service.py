@@ -30,7 +30,7 @@ from core.errors import ChainError, ConfigError, TransientChainError
 from core.logs import log_context, log_event
 from core.settings import Settings
 from core.signals import WorkSignal
-from dloop.alerts import AlertEvaluator
+from dloop.alerts import AlertEvaluator, alerts_lease, holds_alerts
 from dloop.listener_watch import ListenerWatch
 from dloop.rounds import Rounds
 from listener.blindness import ListenerProgress
@@ -374,13 +374,6 @@ class Deployment:
             for lane in lanes
         ]
 
-    def evaluates_alerts(self) -> bool:
-        """The alerts are evaluated by one instance: the owner of this (the first) deployment's first lane
-        (on SQLite, the only instance)."""
-        if self.lanes is None or not self.addresses:
-            return True
-        return self.lanes.fence(self.addresses[0]) is not None
-
     # -- rounds ----------------------------------------------------------------------------------------
     async def _round_now(self) -> None:
         if self.rounds.started:  # else the start-up round, once the chain answers, does the same work
@@ -569,7 +562,15 @@ class Service:
         self.notifier = Notifier(
             settings.alert_webhook_urls, settings.alert_webhook_format, notice_masker(settings.secrets())
         )
-        # One evaluator (the alerts table holds one firing set): it watches the first deployment.
+        # One evaluator (the alerts table holds one firing set): it watches the first deployment. Among
+        # instances sharing a database, the holder of the alerts lease evaluates; an instance without an
+        # evaluator never takes the lease (it would leave the alerts unevaluated).
+        # On SQLite the run lock makes this the only instance: no lease, it always evaluates.
+        self.alerts_lease: LaneOwnership | None = (
+            None
+            if primary is None or is_sqlite(settings.database_url)
+            else alerts_lease(settings, sessions, self.instance)
+        )
         self.alerts: AlertEvaluator | None = (
             None
             if primary is None
@@ -585,11 +586,14 @@ class Service:
                 rpc_counts=primary.rpc_error_counts,
                 running_round=primary.rounds.running,
                 read_proposals=primary.reads.read_proposals,
-                active=primary.evaluates_alerts,
+                active=self.evaluates_alerts,
             )
         )
         self.app = create_app(self.web_context())
         self.http = HttpServer(self.app, settings.http_host, settings.http_port)
+
+    def evaluates_alerts(self) -> bool:
+        return holds_alerts(self.alerts_lease)
 
     # -- the first deployment: what single-deployment callers (and the alerts) see -----------------------
     @property
@@ -738,6 +742,8 @@ class Service:
                 tg.start_soon(self._start_when_reachable, tg, waiting)
             # Alerts last, and off the voting path: the notifier's POSTs wait on nobody but their receiver.
             await tg.start(self._component, "notifier", self.notifier.run)
+            if self.alerts_lease is not None:
+                await tg.start(self._component, "alerts_lease", self.alerts_lease.run)
             if self.alerts is not None:
                 await tg.start(self._component, "alerts", self.alerts.run)
             log_event(

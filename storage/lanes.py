@@ -30,6 +30,11 @@ from storage.engine import SessionFactory
 from storage.models import LaneLease, Node, UTCDateTime, utcnow
 from storage.transactions import read, write
 
+# The alert evaluator's lease: one row under a key no lane can have (no chain has id 0, no account address
+# is "alerts"): the instance evaluating alerts is elected like a lane's signer, whatever deployments it runs.
+ALERTS_CHAIN_ID = 0
+ALERTS_ADDRESS = "alerts"
+
 
 @dataclass(frozen=True)
 class LaneRecord:

@@ -1,6 +1,7 @@
 """Instances sharing one database share its alerts table: only the instance whose turn it is evaluates and
-notifies (dloop/alerts.py `active`; the service gives it to the owner of the first deployment's first
-lane). On becoming the evaluator it takes the firing set the other one left. Real SQLite file; no chain."""
+notifies (dloop/alerts.py `active`; the service gives it to the holder of the alerts lease, tested in
+tests/test_alerts_lease.py). On becoming the evaluator it takes the firing set the other one left. Real
+SQLite file; no chain."""
 
 from __future__ import annotations
 

@@ -40,6 +40,7 @@ from storage.alerts import firing_alerts, save_alerts, votes_not_on_chain
 from storage.analytics import FinalResult, ended_without_result, record_results
 from storage.engine import SessionFactory
 from storage.lanes import ALERTS_ADDRESS, ALERTS_CHAIN_ID
+from storage.models import utcnow
 from storage.proposals import NodeRecord
 from storage.queries import ContractScope
 from voter.ownership import LaneOwnership
@@ -74,6 +75,12 @@ def alerts_lease(settings: Settings, sessions: SessionFactory, owner: str) -> La
         owner=owner,
         takeover_seconds=settings.lane_takeover_seconds,
     )
+
+
+def alerts_owner(lease: LaneOwnership) -> str | None:
+    """Who holds the alerts lease, as this instance last saw it (None: not seen yet, or lapsed then)."""
+    [view] = lease.views()
+    return view.owner if view.expires_at is not None and view.expires_at > utcnow() else None
 
 
 def holds_alerts(lease: LaneOwnership | None) -> bool:

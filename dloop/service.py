@@ -30,7 +30,7 @@ from core.errors import ChainError, ConfigError, TransientChainError
 from core.logs import log_context, log_event
 from core.settings import Settings
 from core.signals import WorkSignal
-from dloop.alerts import AlertEvaluator, alerts_lease, holds_alerts
+from dloop.alerts import AlertEvaluator, alerts_lease, alerts_owner, holds_alerts
 from dloop.listener_watch import ListenerWatch
 from dloop.rounds import Rounds
 from listener.blindness import ListenerProgress
@@ -665,7 +665,11 @@ class Service:
             return VoterView(running=False)
         view = primary.voter_view()
         lanes = [lane for d in self.deployments for lane in (view if d is primary else d.voter_view()).lanes]
-        return replace(view, lanes=lanes)
+        if self.alerts_lease is not None:
+            evaluator = alerts_owner(self.alerts_lease)
+        else:  # SQLite: this instance is the only one (and evaluates if it has an evaluator)
+            evaluator = self.instance if self.alerts is not None else None
+        return replace(view, lanes=lanes, alerts_owner=evaluator)
 
     def deployment_status(self) -> list[DeploymentStatus]:
         """Every configured deployment, in the file's order: running (with its listener and voter) or

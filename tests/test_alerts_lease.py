@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from core.settings import load_settings
-from dloop.alerts import alerts_lease, holds_alerts
+from dloop.alerts import alerts_lease, alerts_owner, holds_alerts
 from storage import lanes
 from storage.lanes import ALERTS_ADDRESS, ALERTS_CHAIN_ID
 from tests.support.database import Database
@@ -58,6 +58,7 @@ async def test_instances_with_different_deployment_orders_elect_one_evaluator(db
     await a.tick()  # renewals change nothing
     await b.tick()
     assert [holds_alerts(a), holds_alerts(b)] == [False, True]
+    assert [alerts_owner(a), alerts_owner(b)] == ["b", "b"]  # what GET / and /health show (alertsOwner)
     rows = await lanes.owners(db.sessions, chain_id=ALERTS_CHAIN_ID)
     assert [(r.address, r.owner, r.token) for r in rows] == [(ALERTS_ADDRESS, "b", 1)]
     # The lanes' rows are untouched by the election, and the election by theirs.
@@ -78,6 +79,7 @@ async def test_the_evaluator_moves_when_its_holder_stops_renewing_and_at_a_clean
     assert holds_alerts(b)
     await a.tick()  # back: it stands by
     assert [holds_alerts(a), holds_alerts(b)] == [False, True]
+    assert alerts_owner(a) == "b"
     [row] = await lanes.owners(db.sessions, chain_id=ALERTS_CHAIN_ID)
     assert (row.owner, row.token) == ("b", 2)
     # b's loop ends (a clean stop): its lease ends at once and a takes over at its next try.

@@ -203,6 +203,8 @@ def test_two_services_started_at_once_on_one_fresh_database_both_run_and_vote_on
         healths = [run.get("/health") for run in runs]
         signs = [set(h.json()["lanes"]["owned"]) for h in healths]
         holders = [{lane["node"]: lane["owner"] for lane in h.json()["lanes"]["lanes"]} for h in healths]
+        evaluators = [h.json()["lanes"]["alertsOwner"] for h in healths]
+        instances = [h.json()["lanes"]["instance"] for h in healths]
     finally:
         codes = [run.stop() for run in runs]
         tracebacks = [run.tracebacks() for run in runs]
@@ -221,6 +223,8 @@ def test_two_services_started_at_once_on_one_fresh_database_both_run_and_vote_on
     assert [h.status_code for h in healths] == [200] * len(runs), [h.text for h in healths]
     assert set().union(*signs) == set(owners) and sum(map(len, signs)) == 5, signs
     assert all(held == holders[0] for held in holders), holders  # both name the same owner per lane
+    # One alert evaluator, named alike by both (on SQLite the only instance).
+    assert len(set(evaluators)) == 1 and evaluators[0] in instances, (evaluators, instances)
 
 
 # -- a running service ---------------------------------------------------------------------------------------

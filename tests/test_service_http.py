@@ -66,6 +66,7 @@ def test_the_runbook_curl_commands_work_as_written(svc: RunningService) -> None:
     assert len(lanes["owned"]) == NODES and lanes["standby"] is False
     assert lanes["instance"].startswith("voter-")
     assert all(lane["owned"] and lane["owner"] == lanes["instance"] for lane in lanes["lanes"])
+    assert lanes["alertsOwner"] == lanes["instance"]  # and it evaluates the alerts (no lease on SQLite)
     assert health["checks"]["lanes"]["detail"].startswith("this instance signs for ai-gov-01")
 
     nodes = json.loads(curl("curl -s http://localhost:5001/nodes", port))

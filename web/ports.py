@@ -57,6 +57,7 @@ class VoterView:
     extra: Mapping[str, object] = field(default_factory=dict)
     instance: str = ""  # this process's owner id
     lanes: Sequence[LaneInfo] = ()  # empty: no lane ownership in play
+    alerts_owner: str | None = None  # the instance holding the alerts lease as last seen (None: not known)
 
 
 @dataclass(frozen=True)

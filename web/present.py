@@ -191,6 +191,7 @@ def lanes_out(voter: VoterView) -> LanesOut | None:
         standby=not owned,
         lanes=[_lane_out(lane) for lane in voter.lanes],
         mode="leases" if any(lane.leased for lane in voter.lanes) else "run-lock",
+        alerts_owner=voter.alerts_owner,
     )
 
 

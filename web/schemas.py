@@ -245,6 +245,8 @@ class LanesOut(Api):
     # "leases": lanes leased in the database (PostgreSQL, several instances may share it); "run-lock": SQLite,
     # one instance by its run lock signs for every node (no token, no expiry)
     mode: str = "leases"
+    # the instance evaluating and notifying alerts (the alerts lease's holder as last seen; null: not known)
+    alerts_owner: str | None = None
 
 
 class HealthResponse(Api):

@@ -94,14 +94,7 @@ async def test_a_vote_signed_under_a_lapsed_fence_is_not_recorded(db: Database) 
     is refused in the same transaction (LaneLost), the row stays queued, no transaction is stored."""
     sessions = db.sessions
     node = db.nodes[0]
-    await record_proposal(
-        sessions,
-        chain_id=1,
-        contract="0xdao",
-        data=made_up_proposal(1),
-        source="backfill",
-        node_ids=[node.id],
-    )
+    await one_proposal(sessions, [node.id])
     address = node.address.lower()
     t0 = utcnow()
     a = await lanes.acquire(sessions, chain_id=1, addresses=[address], owner="a", seconds=2, now=t0)
@@ -147,10 +140,7 @@ async def test_a_record_without_the_lanes_fence_is_refused_while_lanes_are_in_us
     a node without one records as before."""
     sessions = db.sessions
     fenced, free = db.nodes[0], db.nodes[1]
-    await record_proposal(
-        sessions, chain_id=1, contract="0xdao", data=made_up_proposal(1), source="backfill",
-        node_ids=[fenced.id, free.id],
-    )  # fmt: skip
+    await one_proposal(sessions, [fenced.id, free.id])  # fmt: skip
     await lanes.acquire(sessions, chain_id=1, addresses=[fenced.address], owner="a", seconds=60)
     rows = {r.node_id: r for r in await candidates(sessions, fenced.id) + await candidates(sessions, free.id)}
     await queue.lease(sessions, [r.vote_id for r in rows.values()], owner="a", lease_seconds=60)
@@ -184,14 +174,7 @@ async def test_a_lost_lanes_watcher_cannot_settle_the_new_owners_row(db: Databas
     already_voted (only_if_tx_in=its hashes), nor record a replacement under its old fence."""
     sessions = db.sessions
     node = db.nodes[0]
-    await record_proposal(
-        sessions,
-        chain_id=1,
-        contract="0xdao",
-        data=made_up_proposal(1),
-        source="backfill",
-        node_ids=[node.id],
-    )
+    await one_proposal(sessions, [node.id])
     address = node.address.lower()
     t0 = utcnow()
     a = await lanes.acquire(sessions, chain_id=1, addresses=[address], owner="a", seconds=2, now=t0)
@@ -237,6 +220,13 @@ async def test_a_take_stores_its_moment_whatever_the_sessions_time_zone(db: Data
     assert taken[LANE].held and taken[LANE].after.token == 2
     assert taken[LANE].after.acquired_at == later
     assert taken[LANE].after.expires_at == later + dt.timedelta(seconds=60)
+
+
+async def one_proposal(sessions: SessionFactory, node_ids: list[int]) -> None:
+    """Proposal 1 of the deployment these tests lease from (chain 1, contract 0xdao), a row per node."""
+    await record_proposal(
+        sessions, chain_id=1, contract="0xdao", data=made_up_proposal(1), source="backfill", node_ids=node_ids
+    )
 
 
 async def candidates(sessions: SessionFactory, node_id: int) -> list[queue.QueuedVote]:

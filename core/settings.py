@@ -161,7 +161,7 @@ class Settings:
     max_fee_gwei: float = 500.0
     replace_after_blocks: int = 3
     round_deadline: float = 90.0
-    max_in_flight: int = 16
+    max_in_flight: int = 64
     gas_margin: float = 1.25
     lease_seconds: float = 120.0
     # Several `dloop run` on one PostgreSQL: a node lane whose owner died is taken over within this long.
@@ -319,7 +319,7 @@ class _Parser:
             max_fee_gwei=self.number("DLOOP_MAX_FEE_GWEI", 500.0, minimum=0.000000001),
             replace_after_blocks=self.integer("DLOOP_REPLACE_AFTER_BLOCKS", 3, minimum=1),
             round_deadline=self.number("DLOOP_ROUND_DEADLINE", 90.0, minimum=1.0),
-            max_in_flight=self.integer("DLOOP_MAX_IN_FLIGHT", 16, minimum=1),
+            max_in_flight=self.integer("DLOOP_MAX_IN_FLIGHT", 64, minimum=1),
             gas_margin=self.number("DLOOP_GAS_MARGIN", 1.25, minimum=1.0),
             lease_seconds=self.number("DLOOP_LEASE_SECONDS", 120.0, minimum=1.0),
             lane_takeover_seconds=self.number("DLOOP_LANE_TAKEOVER_SECONDS", 10.0, minimum=1.0),

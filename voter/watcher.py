@@ -100,6 +100,7 @@ class ReceiptWatcher:
         """Poll receipts of the lane's transactions while any are in flight; resolve stuck or dropped ones."""
         last_head = -1
         last_change = anyio.current_time()
+        unsettled = 0  # transactions below the mined nonce whose receipt the node did not serve yet
         while True:
             if not self.state.tracked:
                 await self.state.wait_changed()
@@ -114,21 +115,18 @@ class ReceiptWatcher:
             try:
                 head = await with_backoff(client.block_number)
                 now = anyio.current_time()
-                if head != last_head:
+                moved = head != last_head
+                if moved:
                     last_head, last_change = head, now
-                    await self.poll_receipts()
                 stalled = now - last_change >= self.stall_seconds
-                due = [
-                    t
-                    for t in self.state.tracked.values()
-                    if stalled or head - t.sent_block >= self.state.settings.replace_after_blocks
-                ]
-                if due:
-                    # One nonce read and one receipt poll for all of them (in an automine burst dozens are
-                    # due at once, and each checked alone polled every receipt again). The nonce is read
-                    # first: a vote mined by then has its receipt in the poll.
+                due = [t for t in self.state.tracked.values() if stalled or self._due(t, head)]
+                if moved or due or unsettled:
+                    # One nonce read, then receipts only of the transactions it says are mined: under load
+                    # dozens are in flight per lane and a block comes with every vote (automine), and polling
+                    # each one's receipt at every block was most of the node's work. The nonce is read first:
+                    # a vote mined by then has its receipt in the poll.
                     mined = await self._mined_nonce()
-                    await self.poll_receipts()
+                    unsettled = await self.poll_receipts(mined=mined)
                     for tracked in due:
                         if tracked.vote_id in self.state.tracked:
                             await self.check(tracked, head, mined=mined)
@@ -140,6 +138,15 @@ class ReceiptWatcher:
                 self.state.error(f"watching transactions: {exc}")
                 await anyio.sleep(1.0)
 
+    def _due(self, tracked: Tracked, head: int) -> bool:
+        """Unmined for DLOOP_REPLACE_AFTER_BLOCKS blocks and a few seconds: judged from the chain (`check`).
+        Blocks alone are not enough: under automine they pass in milliseconds while the node works through
+        its pool, and every check reads the transaction from the node."""
+        return (
+            head - tracked.sent_block >= self.state.settings.replace_after_blocks
+            and time.monotonic() - tracked.sent_time >= MIN_SECONDS_BEFORE_REPLACING
+        )
+
     async def _forget_lost(self) -> None:
         """Another instance owns the lane now: its transactions (ours included) are the new owner's to
         watch, settle or replace. Forgotten under `lock`, not in the middle of a signature or a broadcast."""
@@ -150,19 +157,23 @@ class ReceiptWatcher:
             self.state.fillers.clear()
         self.state.notify()
 
-    async def poll_receipts(self) -> None:
-        items = list(self.state.tracked.values())
+    async def poll_receipts(self, *, mined: int | None = None) -> int:
+        """Settle what has a receipt. With `mined` (the account's mined nonce, read before this) only the
+        transactions below it are asked for; returns how many of those the node served no receipt for yet
+        (anvil counts a nonce a moment before it serves the receipt)."""
+        items = [t for t in self.state.tracked.values() if mined is None or t.nonce < mined]
         if not items or not self.state.owned:  # a lost lane settles nothing: see _forget_lost
-            return
+            return 0
         results = await self.state.reads().receipts([h for t in items for h in t.hashes])
         index = 0
-        mined: list[tuple[Tracked, Receipt]] = []
+        mined_receipts: list[tuple[Tracked, Receipt]] = []
         for tracked in items:
             receipts = [r for r in results[index : index + len(tracked.hashes)] if isinstance(r, Receipt)]
             index += len(tracked.hashes)
             if receipts:
-                mined.append((tracked, receipts[0]))
-        await self._settle(mined)
+                mined_receipts.append((tracked, receipts[0]))
+        await self._settle(mined_receipts)
+        return len(items) - len(mined_receipts)
 
     async def _settle(self, mined: list[tuple[Tracked, Receipt]]) -> None:
         """Confirmed votes in one transaction; reverted ones with their decoded error."""

@@ -518,7 +518,7 @@ async def record_vote_casts(
         await _advance_cursor_in(session, stream, max(c.log.block_number for c in casts) - 1)
         return records
 
-    return await write(sessions, work, what="record_vote_casts", conflict_retries=1)
+    return await write(sessions, work, what="record_vote_casts", conflict_retries=1, background=True)
 
 
 async def record_proposal_closed(
@@ -608,7 +608,7 @@ async def refresh_proposal_tallies(
                 refresh_tally(row, data)
         return len(rows)
 
-    return await write(sessions, work, what="refresh_proposal_tallies", conflict_retries=1)
+    return await write(sessions, work, what="refresh_proposal_tallies", conflict_retries=1, background=True)
 
 
 # -- reorgs -----------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.errors import LaneLost
 from storage import votes
 from storage.engine import SessionFactory
 from storage.lanes import Fencing, hold
@@ -337,9 +338,28 @@ async def record_sent_many(
     """
     if not records:
         return set()
+    (recorded,) = await record_sent_lanes(sessions, [(records, fence)], owner=owner)
+    if isinstance(recorded, LaneLost):
+        raise recorded
+    return recorded
 
-    async def work(session: AsyncSession) -> set[int]:
-        return await votes.record_sent(session, records, owner=owner, fence=fence)
+
+async def record_sent_lanes(
+    sessions: SessionFactory, lanes: Sequence[tuple[Sequence[SentRecord], Fencing]], *, owner: str
+) -> list[set[int] | LaneLost]:
+    """`record_sent_many` for several lanes' signed votes (each with its lane's fence) in ONE transaction:
+    the five nodes' votes on a proposal are stored together, then broadcast together. Per lane, the vote ids
+    recorded, or LaneLost: that lane's fence did not hold, so none of its records were written (the fence
+    check writes nothing when it fails) while the other lanes' were."""
+
+    async def work(session: AsyncSession) -> list[set[int] | LaneLost]:
+        results: list[set[int] | LaneLost] = []
+        for records, fence in lanes:
+            try:
+                results.append(await votes.record_sent(session, records, owner=owner, fence=fence))
+            except LaneLost as lost:
+                results.append(lost)
+        return results
 
     return await write(sessions, work, what="vote queue")
 
@@ -386,7 +406,7 @@ async def mark_confirmed_many(sessions: SessionFactory, confirmations: Sequence[
     async def work(session: AsyncSession) -> set[int]:
         return await votes.confirm_by_receipts(session, confirmations)
 
-    return await write(sessions, work, what="vote queue")
+    return await write(sessions, work, what="vote queue", background=True)
 
 
 async def own_transaction_hashes(sessions: SessionFactory, vote_ids: Collection[int]) -> dict[int, list[str]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -41,14 +42,49 @@ _SQLITE_LOCKED = 6
 _PG_RETRYABLE = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 _BUSY_MESSAGES = ("database is locked", "database is busy", "database table is locked")
 
-_write_locks: weakref.WeakKeyDictionary[SessionFactory, anyio.Lock] = weakref.WeakKeyDictionary()
+
+class WriteTurns:
+    """This process's writers, one at a time, in order of arrival; a `background` writer (bookkeeping no vote
+    waits for: confirmations, tallies) lets every waiting foreground writer go first. A signed vote's record
+    then waits behind at most one write, not behind the confirmations of the votes before it."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiting: tuple[deque[anyio.Event], deque[anyio.Event]] = (deque(), deque())
+
+    async def acquire(self, *, background: bool) -> None:
+        if not self._busy:
+            self._busy = True
+            return
+        turn = anyio.Event()
+        queue = self._waiting[1 if background else 0]
+        queue.append(turn)
+        try:
+            await turn.wait()
+        except BaseException:
+            if turn.is_set():
+                self.release()  # handed the turn while being cancelled: pass it on
+            else:
+                queue.remove(turn)
+            raise
+
+    def release(self) -> None:
+        """The next waiter's turn (it stays busy), foreground first; else free."""
+        for queue in self._waiting:
+            if queue:
+                queue.popleft().set()
+                return
+        self._busy = False
 
 
-def _write_lock(sessions: SessionFactory) -> anyio.Lock:
-    lock = _write_locks.get(sessions)
-    if lock is None:
-        lock = _write_locks[sessions] = anyio.Lock()
-    return lock
+_write_turns: weakref.WeakKeyDictionary[SessionFactory, WriteTurns] = weakref.WeakKeyDictionary()
+
+
+def _turns(sessions: SessionFactory) -> WriteTurns:
+    turns = _write_turns.get(sessions)
+    if turns is None:
+        turns = _write_turns[sessions] = WriteTurns()
+    return turns
 
 
 async def write(
@@ -58,6 +94,7 @@ async def write(
     what: str,
     conflict_retries: int = 0,
     urgent: bool = False,
+    background: bool = False,
 ) -> T:
     """Run `work` in one shielded write transaction, committed when it returns.
 
@@ -66,9 +103,10 @@ async def write(
     transaction rolled back before any retry, so `work` must keep no state across runs. `urgent`: do not
     queue behind this process's other writers (a lease renewal that waited out a burst of vote writes
     would lapse); the database still orders it (SQLite's busy timeout, PostgreSQL's row locks).
+    `background`: bookkeeping that may wait until this process's other waiting writers are done.
     """
     with anyio.CancelScope(shield=True):
-        result = await _retrying(sessions, work, what, conflict_retries, urgent)
+        result = await _retrying(sessions, work, what, conflict_retries, urgent, background)
     return result
 
 
@@ -89,14 +127,14 @@ def is_busy(exc: DBAPIError) -> bool:
 
 
 async def _retrying(
-    sessions: SessionFactory, work: Work[T], what: str, conflict_retries: int, urgent: bool
+    sessions: SessionFactory, work: Work[T], what: str, conflict_retries: int, urgent: bool, background: bool
 ) -> T:
     busy = iter(BUSY_RETRY_DELAYS)
     started = time.monotonic()
     conflicts = conflict_retries
     while True:
         try:
-            async with _turn(sessions, urgent), sessions.begin() as session:
+            async with _turn(sessions, urgent, background), sessions.begin() as session:
                 return await work(session)
         except IntegrityError as exc:
             if conflicts <= 0:
@@ -112,13 +150,17 @@ async def _retrying(
 
 
 @asynccontextmanager
-async def _turn(sessions: SessionFactory, urgent: bool) -> AsyncIterator[None]:
-    """This process's writers one at a time; an urgent one goes first."""
+async def _turn(sessions: SessionFactory, urgent: bool, background: bool) -> AsyncIterator[None]:
+    """This process's writers one at a time (see WriteTurns); an urgent one does not wait."""
     if urgent:
         yield
         return
-    async with _write_lock(sessions):
+    turns = _turns(sessions)
+    await turns.acquire(background=background)
+    try:
         yield
+    finally:
+        turns.release()
 
 
 async def read(sessions: SessionFactory, work: Work[T], *, what: str, brief: bool = False) -> T:

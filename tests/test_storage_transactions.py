@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 import pytest
@@ -140,7 +140,7 @@ async def test_an_urgent_write_does_not_queue_behind_this_process_writers(sessio
     holding, release = anyio.Event(), anyio.Event()
 
     async def another_writer() -> None:  # holds the writers' turn for as long as it takes
-        async with transactions._write_lock(sessions):
+        async with transactions._turn(sessions, urgent=False, background=False):
             holding.set()
             await release.wait()
 
@@ -159,3 +159,46 @@ async def test_an_urgent_write_does_not_queue_behind_this_process_writers(sessio
         assert done == []  # the ordinary one waits its turn
         release.set()
     assert done == [1]
+
+
+async def test_a_waiting_vote_write_goes_before_waiting_background_bookkeeping(
+    sessions: SessionFactory,
+) -> None:
+    """Confirmations and tallies (background) wait while a signed vote's record (foreground) is waiting."""
+    order: list[str] = []
+    holding, release = anyio.Event(), anyio.Event()
+
+    async def another_writer() -> None:
+        async with transactions._turn(sessions, urgent=False, background=False):
+            holding.set()
+            await release.wait()
+
+    def writer(name: str) -> Callable[[AsyncSession], Awaitable[None]]:
+        async def work(session: AsyncSession) -> None:
+            await session.execute(text("SELECT 1"))
+            order.append(name)
+
+        return work
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(another_writer)
+        await holding.wait()
+        tg.start_soon(lambda: write(sessions, writer("confirmations"), what="c", background=True))
+        await anyio.sleep(0.05)
+        tg.start_soon(lambda: write(sessions, writer("tallies"), what="t", background=True))
+        await anyio.sleep(0.05)
+        tg.start_soon(lambda: write(sessions, writer("vote"), what="v"))
+        await anyio.sleep(0.05)
+        release.set()
+    assert order == ["vote", "confirmations", "tallies"]
+
+
+async def test_a_writer_cancelled_while_waiting_leaves_the_turns_usable(sessions: SessionFactory) -> None:
+    turns = transactions.WriteTurns()
+    await turns.acquire(background=False)
+    with anyio.move_on_after(0.05):
+        await turns.acquire(background=True)  # cancelled while waiting: leaves the queue
+    turns.release()  # nobody waits: free again
+    with anyio.fail_after(1):
+        await turns.acquire(background=False)
+    turns.release()

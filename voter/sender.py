@@ -11,10 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import anyio
 
 from chain import requests as rpc
+from chain.client import ChainClient
 from chain.retrying import call_many_retrying
 from core.errors import ChainError, ContractRevert, LaneLost, TransientChainError
 from core.logs import log_event
@@ -39,6 +41,74 @@ from voter.lane_state import Held, LaneState, log
 from voter.outcomes import Action, classify
 from voter.planning import NonceCounts, nonce_plan
 from voter.strategies import value_text
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A lane's votes ready to sign: each job with its call data and gas estimate, and the fees to pay."""
+
+    items: list[tuple[VoteJob, str, int]]
+    fees: Fees
+    base: int
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A lane's votes signed under its lock, and the fence they are to be recorded under."""
+
+    items: list[tuple[VoteJob, str, int]]
+    txs: list[SignedVote]
+    fence: Fencing
+
+    def records(self) -> list[queue.SentRecord]:
+        return [
+            queue.SentRecord(
+                job.row.vote_id,
+                tx.tx,
+                job.decision.label,
+                job.decision.confidence,
+                job.decision.reason,
+                job.price.text() if job.price is not None else None,
+                value_text(job.proposal, job.price),
+            )
+            for (job, _, _), tx in zip(self.items, self.txs, strict=True)
+        ]
+
+
+async def broadcast_one(client: ChainClient, tx: SignedTx) -> None:
+    try:
+        await broadcast_with_backoff(client.request, *rpc.send_raw(tx.raw_transaction))
+    except ChainError as exc:
+        if classify(exc) != Action.ACCEPTED:  # "already known": the node has exactly this transaction
+            raise
+
+
+async def broadcast_all(
+    client: ChainClient, txs: Sequence[SignedTx], *, batch_size: int
+) -> list[ChainError | None]:
+    """Broadcast in one JSON-RPC batch; per transaction the error the node gave, if any. Sending the same
+    signed bytes again is always safe, so a single transaction's transient failure is asked again."""
+    if not txs:
+        return []
+    if len(txs) == 1:
+        try:
+            await broadcast_one(client, txs[0])
+            return [None]
+        except ChainError as exc:
+            return [exc]
+    requests = [rpc.send_raw(tx.raw_transaction) for tx in txs]
+    try:
+        # Not retried here: an unanswered broadcast may have gone through (then a resend earns "nonce too
+        # low"); it stays tracked as uncertain and the watcher reads its fate from the chain.
+        answers = await client.call_many(requests, batch_size=batch_size)
+    except TransientChainError:
+        raise  # e.g. a refused batch spoils the socket: the voter reconnects and adopts these rows again
+    except ChainError as exc:
+        return [exc] * len(txs)  # uncertain for all: each one's outcome is read from the chain
+    return [
+        answer if isinstance(answer, ChainError) and classify(answer) != Action.ACCEPTED else None
+        for answer in answers
+    ]
 
 
 class LaneSender:
@@ -68,11 +138,7 @@ class LaneSender:
         return SignedTx(tx_hash, nonce, fees.max_fee_per_gas, fees.max_priority_fee_per_gas, gas, raw)
 
     async def broadcast(self, tx: SignedTx) -> None:
-        try:
-            await broadcast_with_backoff(self.state.chain().request, *rpc.send_raw(tx.raw_transaction))
-        except ChainError as exc:
-            if classify(exc) != Action.ACCEPTED:  # "already known": the node has exactly this transaction
-                raise
+        await broadcast_one(self.state.chain(), tx)
 
     # -- nonces and funding ----------------------------------------------------------------------------
     async def resync_nonce(self, counts: NonceCounts | None = None) -> None:
@@ -145,8 +211,28 @@ class LaneSender:
         """Sign the jobs' votes, persist them all in one transaction, then broadcast them in one batch.
 
         Every outcome is written to the row. Jobs whose gas was not estimated with the batch are estimated
-        here; a failed estimate means nothing is signed for that job.
+        here; a failed estimate means nothing is signed for that job. (The voter sends several lanes' votes
+        in one transaction and one batch with the same steps: `voter.service.Voter._send_together`.)
         """
+        ready = await self.prepare(jobs, counters)
+        if ready is None:
+            return
+        async with self.state.lock:
+            signed = await self.sign_ready(ready, counters)
+            if signed is None:
+                return
+            tracked = await self.track_recorded(signed, await self._record(signed), counters)
+            errors = await broadcast_all(
+                self.state.chain(),
+                [item.latest for _, item in tracked],
+                batch_size=self.state.settings.rpc_batch_size,
+            )
+            await self.broadcast_done(tracked, errors, signed.fence, counters)
+        self.state.notify()
+
+    async def prepare(self, jobs: Sequence[VoteJob], counters: Counters) -> Ready | None:
+        """Before the lock: the gas of jobs not estimated yet, and the fees. A job whose estimate failed ends
+        here (its row says why); None when nothing is left to sign."""
         client = self.state.chain()
         ready: list[tuple[VoteJob, str, int]] = []  # job, call data, gas estimate
         calldata = [vote_calldata(job) for job in jobs]
@@ -163,107 +249,96 @@ class LaneSender:
             else:
                 ready.append((job, data, estimate))
         if not ready:
-            return
+            return None
         fees, base = await self.state.fees.initial(client)
         if not includable(fees, base):
             cap_gwei = self.state.settings.max_fee_gwei
             why = f"fee cap {cap_gwei:g} gwei is below the base fee {base / GWEI:g} gwei"
             for job, _, _ in ready:
                 await self._defer(job.row, why, counters)
-            return
-        async with self.state.lock:
-            # Pause takes effect before the next signature: checked under the lock that signs (a pause
-            # answered over HTTP waits for this lock, so nothing is signed after its answer).
-            fence = await self.state.signing_fence()
-            if isinstance(fence, Held):
-                await self._hand_back([job.row for job, _, _ in ready], fence.reason, counters)
-                return
-            if self.state.unfunded or self.state.next_nonce is None:
-                for job, _, _ in ready:
-                    await self._defer(
-                        job.row, self.state.last_error or "node not ready", counters, backoff=False
-                    )
-                return
-            signed = [self._sign_job(job, data, estimate, fees, base) for job, data, estimate in ready]
-            try:
-                recorded = await self._record(ready, signed, fence)
-            except LaneLost as exc:
-                # Another instance took the lane (or our lease lapsed) since the check above: nothing was
-                # stored, so nothing is broadcast; the rows wait, queued, for the lane's owner.
-                self.state.lane_lost(exc.why)
-                await self._hand_back([job.row for job, _, _ in ready], str(exc), counters)
-                return
-            tracked: list[tuple[VoteJob, Tracked]] = []
-            for (job, data, _), tx in zip(ready, signed, strict=True):
-                if job.row.vote_id not in recorded:
-                    if tx.previous is None:
-                        self._give_back_nonce(tx.tx.nonce)
-                    log_event(
-                        log,
-                        "lease_lost",
-                        level=logging.WARNING,
-                        node=self.state.node.name,
-                        vote=job.row.vote_id,
-                    )
-                    continue
-                self.state.step("persisted")
-                # The head as of the fee read (a moment old at most): "not mined after N blocks" counts
-                # from it.
-                hashes = [*(tx.previous.hashes if tx.previous is not None else []), tx.tx.tx_hash]
-                item = Tracked(
-                    job.row.vote_id,
-                    job.row.proposal_id,
-                    tx.tx.nonce,
-                    hashes,
-                    tx.tx,
-                    data,
-                    self.state.fees.head,
-                )
-                self.state.tracked[item.vote_id] = item
-                tracked.append((job, item))
-            errors = await self._broadcast_many([item.latest for _, item in tracked])
-            for (job, item), error in zip(tracked, errors, strict=True):
-                if error is not None:
-                    await self._rejected(item, error, counters, fence)
-                    continue
-                self.state.step("broadcast")
-                counters.sent += 1
-                self.state.totals.sent += 1
-                log_event(
-                    log,
-                    "vote_sent",
-                    node=self.state.node.name,
-                    proposal=job.row.proposal_id,
-                    decision=job.decision.label,
-                    tx=item.latest.tx_hash,
-                    nonce=item.nonce,
-                    max_fee_gwei=item.latest.max_fee_per_gas / GWEI,
-                )
-        self.state.notify()
+            return None
+        return Ready(ready, fees, base)
 
-    async def _record(
-        self, ready: Sequence[tuple[VoteJob, str, int]], signed: Sequence[SignedVote], fence: Fencing
-    ) -> set[int]:
+    async def sign_ready(self, ready: Ready, counters: Counters) -> Signed | None:
+        """Lock held: sign, unless the lane may not (paused, another instance's, unfunded, no nonce yet):
+        then the rows go back to the queue and None is returned."""
+        # Pause takes effect before the next signature: checked under the lock that signs (a pause
+        # answered over HTTP waits for this lock, so nothing is signed after its answer).
+        fence = await self.state.signing_fence()
+        if isinstance(fence, Held):
+            await self._hand_back([job.row for job, _, _ in ready.items], fence.reason, counters)
+            return None
+        if self.state.unfunded or self.state.next_nonce is None:
+            for job, _, _ in ready.items:
+                await self._defer(job.row, self.state.last_error or "node not ready", counters, backoff=False)
+            return None
+        txs = [
+            self._sign_job(job, data, estimate, ready.fees, ready.base) for job, data, estimate in ready.items
+        ]
+        return Signed(ready.items, txs, fence)
+
+    async def _record(self, signed: Signed) -> set[int] | LaneLost:
         """Store the signed votes (rows `sent`) in one shielded transaction, under the lane's fence."""
         with anyio.CancelScope(shield=True):
-            recorded = await queue.record_sent_many(
-                self.state.sessions,
-                [
-                    queue.SentRecord(
-                        job.row.vote_id,
-                        tx.tx,
-                        job.decision.label,
-                        job.decision.confidence,
-                        job.decision.reason,
-                        job.price.text() if job.price is not None else None,
-                        value_text(job.proposal, job.price),
-                    )
-                    for job, tx in zip((j for j, _, _ in ready), signed, strict=True)
-                ],
-                owner=self.state.owner,
-                fence=fence,
+            (recorded,) = await queue.record_sent_lanes(
+                self.state.sessions, [(signed.records(), signed.fence)], owner=self.state.owner
             )
         return recorded
+
+    async def track_recorded(
+        self, signed: Signed, recorded: set[int] | LaneLost, counters: Counters
+    ) -> list[tuple[VoteJob, Tracked]]:
+        """Lock held, after the record: the recorded votes are tracked (to be broadcast); a vote not recorded
+        (its lease lost) gives its nonce back. The whole lane lost (LaneLost): nothing was stored, so
+        nothing is broadcast; the rows wait, queued, for the lane's owner."""
+        if isinstance(recorded, LaneLost):
+            self.state.lane_lost(recorded.why)
+            await self._hand_back([job.row for job, _, _ in signed.items], str(recorded), counters)
+            return []
+        tracked: list[tuple[VoteJob, Tracked]] = []
+        for (job, data, _), tx in zip(signed.items, signed.txs, strict=True):
+            if job.row.vote_id not in recorded:
+                if tx.previous is None:
+                    self._give_back_nonce(tx.tx.nonce)
+                log_event(
+                    log, "lease_lost", level=logging.WARNING, node=self.state.node.name, vote=job.row.vote_id
+                )
+                continue
+            self.state.step("persisted")
+            # The head as of the fee read (a moment old at most): "not mined after N blocks" counts from it.
+            hashes = [*(tx.previous.hashes if tx.previous is not None else []), tx.tx.tx_hash]
+            item = Tracked(
+                job.row.vote_id, job.row.proposal_id, tx.tx.nonce, hashes, tx.tx, data, self.state.fees.head
+            )
+            self.state.tracked[item.vote_id] = item
+            tracked.append((job, item))
+        return tracked
+
+    async def broadcast_done(
+        self,
+        tracked: Sequence[tuple[VoteJob, Tracked]],
+        errors: Sequence[ChainError | None],
+        fence: Fencing,
+        counters: Counters,
+    ) -> None:
+        """Lock held, after the broadcast: each refusal decides what its row becomes."""
+        for (job, item), error in zip(tracked, errors, strict=True):
+            if error is not None:
+                await self._rejected(item, error, counters, fence)
+                continue
+            self.state.step("broadcast")
+            counters.sent += 1
+            self.state.totals.sent += 1
+            log_event(
+                log,
+                "vote_sent",
+                node=self.state.node.name,
+                proposal=job.row.proposal_id,
+                decision=job.decision.label,
+                tx=item.latest.tx_hash,
+                nonce=item.nonce,
+                max_fee_gwei=item.latest.max_fee_per_gas / GWEI,
+            )
 
     async def _hand_back(self, rows: Sequence[QueuedVote], why: str, counters: Counters) -> None:
         """A paused node's leased rows go back to the queue untouched (no error, no delay, no attempt); so do
@@ -302,31 +377,6 @@ class LaneSender:
             )
         tx = self.sign(nonce, data, gas_limit(estimate, self.state.settings.gas_margin), fees)
         return SignedVote(tx, previous)
-
-    async def _broadcast_many(self, txs: Sequence[SignedTx]) -> list[ChainError | None]:
-        """Broadcast in one JSON-RPC batch; per transaction the error the node gave, if any. Sending the same
-        signed bytes again is always safe, so transient failures are asked again."""
-        if len(txs) == 1:
-            try:
-                await self.broadcast(txs[0])
-                return [None]
-            except ChainError as exc:
-                return [exc]
-        requests = [rpc.send_raw(tx.raw_transaction) for tx in txs]
-        try:
-            # Not retried here: an unanswered broadcast may have gone through (then a resend earns "nonce
-            # too low"); it stays tracked as uncertain and the watcher reads its fate from the chain.
-            answers = await self.state.chain().call_many(
-                requests, batch_size=self.state.settings.rpc_batch_size
-            )
-        except TransientChainError:
-            raise  # e.g. a refused batch spoils the socket: the voter reconnects and adopts these rows again
-        except ChainError as exc:
-            return [exc] * len(txs)  # uncertain for all: each one's outcome is read from the chain
-        return [
-            answer if isinstance(answer, ChainError) and classify(answer) != Action.ACCEPTED else None
-            for answer in answers
-        ]
 
     async def _unsent(self, job: VoteJob, exc: ChainError, counters: Counters) -> None:
         """The gas estimate failed: nothing was signed. Contract errors decide the row's fate."""

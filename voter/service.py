@@ -8,6 +8,7 @@ round's deadline goes back to the queue.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -59,6 +60,7 @@ from voter.lane import NodeLane, StepHook
 from voter.own_votes import own_votes_on_chain
 from voter.ownership import LaneOwnership, LaneView
 from voter.planning import NonceCounts, plan_batch, rows_by_node
+from voter.sender import Ready, Signed, broadcast_all
 from voter.strategies import Decision, Price, Tally, decide, node_config, value_text
 
 log = logging.getLogger("dloop.voter")
@@ -639,11 +641,75 @@ class Voter:
                 if job is not None:
                     jobs.setdefault(node_id, []).append(job)
         jobs = await self._with_gas_estimates(client, jobs)
+        # The lanes with room for all their votes send together: one transaction, one broadcast batch (a
+        # proposal's five votes are stored and sent at once, not one node after another). The others wait
+        # for room, each on its own.
+        together = {
+            node_id: lane_jobs
+            for node_id, lane_jobs in jobs.items()
+            if not self._by_node[node_id].unfunded
+            and len(lane_jobs) <= self._by_node[node_id].free_slots
+            and anyio.current_time() < deadline
+        }
+        if len(together) > 1:
+            await self._send_together(client, together, snapshot, counters)
+            jobs = {node_id: lane_jobs for node_id, lane_jobs in jobs.items() if node_id not in together}
         async with anyio.create_task_group() as tg:
             for node_id, lane_jobs in jobs.items():
                 lane = self._by_node[node_id]
                 nonces = snapshot.nonces.get(lane.address)
                 tg.start_soon(self._send_lane, lane, lane_jobs, deadline, counters, nonces)
+
+    async def _send_together(
+        self, client: ChainClient, jobs: dict[int, list[VoteJob]], snapshot: Snapshot, counters: Counters
+    ) -> None:
+        """Several lanes' votes signed under all their locks (taken in node order), recorded in one
+        transaction (each lane under its own fence) and broadcast in one batch: `LaneSender.send_many`'s
+        steps, once for all. A lane's own trouble stays on its lane, as in `_send_lane`."""
+        ready: dict[NodeLane, Ready] = {}
+        for node_id, lane_jobs in sorted(jobs.items()):
+            lane = self._by_node[node_id]
+            try:
+                prepared = await lane.sender.prepare(lane_jobs, counters)
+            except TransientChainError:
+                await self._release(
+                    [j.row for js in jobs.values() for j in js], "connection trouble", counters
+                )
+                raise
+            except ChainError as exc:
+                lane.last_error = f"proposals {[j.row.proposal_id for j in lane_jobs]}: {exc}"
+                await self._release([j.row for j in lane_jobs], lane.last_error, counters, defer=READ_RETRY)
+                continue
+            if prepared is not None:
+                ready[lane] = prepared
+        async with contextlib.AsyncExitStack() as locks:
+            signed: dict[NodeLane, Signed] = {}
+            for lane, prepared in ready.items():
+                await locks.enter_async_context(lane.lock)
+                # The account's nonce can move back (a reorg took a mined vote away): sync before signing.
+                await self._lane_safely(
+                    lane, functools.partial(lane.resync_nonce, snapshot.nonces.get(lane.address))
+                )
+                lane_signed = await lane.sender.sign_ready(prepared, counters)
+                if lane_signed is not None:
+                    signed[lane] = lane_signed
+            if not signed:
+                return
+            with anyio.CancelScope(shield=True):
+                recorded = await queue.record_sent_lanes(
+                    self.sessions, [(s.records(), s.fence) for s in signed.values()], owner=self.owner
+                )
+            tracked = {
+                lane: await lane.sender.track_recorded(lane_signed, outcome, counters)
+                for (lane, lane_signed), outcome in zip(signed.items(), recorded, strict=True)
+            }
+            txs = [item.latest for items in tracked.values() for _, item in items]
+            errors = iter(await broadcast_all(client, txs, batch_size=self.settings.rpc_batch_size))
+            for lane, items in tracked.items():
+                lane_errors = [next(errors) for _ in items]
+                await lane.sender.broadcast_done(items, lane_errors, signed[lane].fence, counters)
+        for lane in signed:
+            lane.state.notify()
 
     async def _with_gas_estimates(
         self, client: ChainClient, jobs: dict[int, list[VoteJob]]

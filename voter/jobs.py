@@ -91,6 +91,7 @@ class Tracked:
     notes: list[str] = field(default_factory=list)
     sent_time: float = field(default_factory=time.monotonic)
     nonce_used_since: float | None = None  # when the nonce was first seen used without a receipt of ours
+    next_check: float = 0.0  # a pending transaction left alone at a fair price is not checked before this
 
 
 def calldata_of(tx: SignedTx) -> str:

@@ -40,7 +40,9 @@ NONCE_USED_GRACE_S = 2.0
 GAP_FILL_AFTER_S = 3.0
 FILLER_GAS = 21_000  # a plain transfer
 FILLER_RESEND_S = 30.0
-REVERT_RETRY_SECONDS = 5.0  # a vote that reverted for a reason that may pass is sent again after this
+REVERT_RETRY_SECONDS = 5.0
+# A pending transaction whose fees are still fair is replaced only after this long (see `_outbid`).
+STUCK_AT_FAIR_PRICE_S = 30.0  # a vote that reverted for a reason that may pass is sent again after this
 
 
 class ReceiptWatcher:
@@ -145,6 +147,7 @@ class ReceiptWatcher:
         return (
             head - tracked.sent_block >= self.state.settings.replace_after_blocks
             and time.monotonic() - tracked.sent_time >= MIN_SECONDS_BEFORE_REPLACING
+            and time.monotonic() >= tracked.next_check
         )
 
     async def _forget_lost(self) -> None:
@@ -342,7 +345,15 @@ class ReceiptWatcher:
         )
         if known is not None:
             if stale and not adopting:
-                await self.replace(tracked, head, f"not mined after {head - tracked.sent_block} blocks")
+                why = await self._outbid(tracked)
+                if why is None:
+                    # In the node's pool at a price the chain still takes: it waits for room in a block (a
+                    # busy pool, e.g. our own burst), and a bump would not make room. Looked at again later.
+                    tracked.next_check = time.monotonic() + MIN_SECONDS_BEFORE_REPLACING
+                    return
+                await self.replace(
+                    tracked, head, f"not mined after {head - tracked.sent_block} blocks ({why})"
+                )
             return
         # Unknown to the node and its nonce unused: dropped. Rebroadcast the same bytes if they can still be
         # included, else replace them with higher fees.
@@ -376,6 +387,21 @@ class ReceiptWatcher:
             proposal=tracked.proposal_id,
             tx=tracked.latest.tx_hash,
         )
+
+    async def _outbid(self, tracked: Tracked) -> str | None:
+        """Why a pending transaction's fees no longer get it mined: below the next block's base fee, a tip
+        below what the node suggests now, or unmined for STUCK_AT_FAIR_PRICE_S whatever its price (a bump
+        also makes the node send it to its peers again). None: its price is still fair."""
+        base, priority = await self.state.fees.read(self.state.chain())
+        tx = tracked.latest
+        if tx.max_fee_per_gas < base:
+            return f"max fee {tx.max_fee_per_gas / GWEI:g} gwei is below the base fee {base / GWEI:g} gwei"
+        if tx.max_priority_fee_per_gas < priority:
+            tip = tx.max_priority_fee_per_gas / GWEI
+            return f"tip {tip:g} gwei is below the {priority / GWEI:g} gwei asked now"
+        if time.monotonic() - tracked.sent_time >= STUCK_AT_FAIR_PRICE_S:
+            return f"unmined for {STUCK_AT_FAIR_PRICE_S:g} s at a fair price"
+        return None
 
     async def _fill_gap_below(self, tracked: Tracked, mined: int) -> None:
         """Use the lowest nonce below this transaction's that no mined transaction used and nothing of ours

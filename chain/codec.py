@@ -46,7 +46,7 @@ class AbiFunction:
         return "0x" + (self.selector + abi_encode(list(self.input_types), list(args))).hex()
 
     def decode(self, data: bytes) -> tuple[Any, ...]:
-        fast = _static_values(self.output_types, data)
+        fast = decode_static_words(self.output_types, data)
         return fast if fast is not None else tuple(abi_decode(list(self.output_types), data))
 
 
@@ -73,8 +73,9 @@ def _static_word(kind: str, value: Any) -> bytes | None:
     return None
 
 
-def _static_values(kinds: tuple[str, ...], data: bytes) -> tuple[Any, ...] | None:
-    """Results made only of uintN and bool words, exactly that long and in range, decoded as eth_abi would;
+def decode_static_words(kinds: tuple[str, ...], data: bytes) -> tuple[Any, ...] | None:
+    """Values made only of uintN, bool and address words, exactly that long and in range, decoded as eth_abi
+    would (contract results, event topics and data);
     None sends anything else (other types, padding eth_abi refuses, short or long data) through eth_abi."""
     if not kinds or len(data) != _WORD * len(kinds):
         return None
@@ -83,6 +84,9 @@ def _static_values(kinds: tuple[str, ...], data: bytes) -> tuple[Any, ...] | Non
         word = int.from_bytes(data[index * _WORD : (index + 1) * _WORD], "big")
         if kind == "bool" and word <= 1:
             values.append(word == 1)
+            continue
+        if kind == "address" and not word >> 160:
+            values.append("0x" + data[index * _WORD + 12 : (index + 1) * _WORD].hex())  # eth_abi's lowercase
             continue
         bits = _UINT_BITS.get(kind)
         if bits is None or word >> bits:

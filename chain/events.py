@@ -22,7 +22,7 @@ from eth_abi import decode as abi_decode
 from eth_utils import keccak
 
 from chain.abis import assetdao_abi
-from chain.codec import canonical_type, checksum, dao_functions
+from chain.codec import canonical_type, checksum, dao_functions, decode_static_words
 
 PRODUCTION = "production"
 UPSTREAM = "upstream"
@@ -175,12 +175,18 @@ def decode_log(topics: Sequence[Any], data: Any) -> ChainEvent | OtherEvent:
         raise UndecodableLog(f"{abi.name}: expected {len(abi.indexed)} indexed topics, got {len(topics) - 1}")
     try:
         indexed = [
-            abi_decode([t], _hex_bytes(topic))[0] for t, topic in zip(abi.indexed, topics[1:], strict=True)
+            _decode((t,), _hex_bytes(topic))[0] for t, topic in zip(abi.indexed, topics[1:], strict=True)
         ]
-        values = list(abi_decode(list(abi.data), _hex_bytes(data))) if abi.data else []
+        values = list(_decode(abi.data, _hex_bytes(data))) if abi.data else []
     except Exception as exc:  # eth_abi raises several unrelated types for bad input
         raise UndecodableLog(f"{abi.name}: {exc}") from exc
     return _event(abi, indexed, values)
+
+
+def _decode(kinds: tuple[str, ...], data: bytes) -> tuple[Any, ...]:
+    # A burst brings thousands of VoteCast logs: their uint/address/bool words skip eth_abi's setup.
+    fast = decode_static_words(kinds, data)
+    return fast if fast is not None else tuple(abi_decode(list(kinds), data))
 
 
 def _event(abi: EventAbi, indexed: list[Any], values: list[Any]) -> ChainEvent:

@@ -6,9 +6,10 @@ from decimal import Decimal
 
 import pytest
 from eth_abi import decode, encode
+from eth_abi.exceptions import NonEmptyPaddingBytes
 from eth_utils import keccak
 
-from chain.codec import AbiFunction, checksum, decode_revert
+from chain.codec import AbiFunction, checksum, decode_revert, decode_static_words
 from chain.events import (
     ProposalCanceled,
     ProposalCreated,
@@ -172,3 +173,21 @@ def test_checksum_is_eth_utils_own_and_refuses_what_it_refuses() -> None:
     assert checksum(VOTER.lower()) == checksum(VOTER) == VOTER
     with pytest.raises(ValueError):
         checksum("0x1234")
+
+
+@pytest.mark.parametrize(
+    ("kinds", "data"),
+    [
+        (("address",), encode(["address"], [VOTER])),
+        (("address", "bool", "uint256"), encode(["address", "bool", "uint256"], ["0x" + "00" * 20, True, 5])),
+    ],
+)
+def test_static_addresses_decode_as_eth_abi_does(kinds: tuple[str, ...], data: bytes) -> None:
+    assert decode_static_words(kinds, data) == tuple(decode(list(kinds), data))
+
+
+def test_an_address_word_with_high_bytes_set_is_left_to_eth_abi() -> None:
+    data = b"\x01" + bytes(11) + bytes.fromhex(VOTER[2:])
+    assert decode_static_words(("address",), data) is None
+    with pytest.raises(NonEmptyPaddingBytes):
+        decode(["address"], data)

@@ -99,3 +99,19 @@ def links_hold(window: Mapping[int, BlockHeader], low: int, high: int) -> bool:
         for n in range(low + 1, high + 1)
         if n in window and n - 1 in window
     )
+
+
+def tally_refresh_wait(
+    *, pending: bool, since_refresh: float | None, interval: float, quiet: float
+) -> float | None:
+    """How long the listener may wait for more logs before it refreshes the pending tallies: None when none
+    is pending; 0 when a refresh is due now (none yet, or the last one is `interval` old); otherwise until it
+    is due, but at most `quiet`: that long without a log means the chain went quiet, so refresh then.
+
+    One refresh per `interval` at most while logs keep coming (a proposal voted on in several blocks in a
+    row is read once, not once per block), and within `quiet` of the last log once they stop."""
+    if not pending:
+        return None
+    if since_refresh is None:
+        return 0.0
+    return max(0.0, min(quiet, interval - since_refresh))

@@ -215,6 +215,7 @@ class BlockTracker:
             client, fork + 1, latest.number, source="backfill", head_number=latest.number
         )
         queued += await self._recheck_votes(client, fork, window)
+        # At once, with any still pending: the chain changed under them.
         await self.processor.refresh_tallies(client, orphaned.proposal_ids)
         if orphaned.votes_reopened:
             queued += orphaned.votes_reopened

@@ -320,7 +320,11 @@ class Listener:
     # -- following --------------------------------------------------------------------------------------
     async def _follow(self, client: ChainClient, receive: MemoryObjectReceiveStream[Message]) -> None:
         while True:
-            batch = [await receive.receive()]
+            first = await _next_message(receive, self._processor.tally_wait())
+            if first is None:  # quiet for a while, or a refresh is due: the stored tallies catch up
+                await self._processor.refresh_tallies(client)
+                continue
+            batch = [first]
             while len(batch) < self.max_batch:
                 try:
                     batch.append(receive.receive_nowait())
@@ -359,6 +363,19 @@ class Listener:
             )
         else:
             await self._tracker.record_heads(heads)
+
+
+async def _next_message(receive: MemoryObjectReceiveStream[Message], wait: float | None) -> Message | None:
+    """The next message, or None when none arrived within `wait` seconds (None: no limit).
+
+    Giving up on `receive()` loses no message: anyio (pinned) hands a message only to a receiver with no
+    cancellation pending, and does not cancel a receiver it has handed one to (agronholm/anyio#728)."""
+    if wait is None:
+        return await receive.receive()
+    if wait > 0:
+        with anyio.move_on_after(wait):
+            return await receive.receive()
+    return None
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

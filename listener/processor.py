@@ -6,6 +6,8 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
 
+import anyio
+
 from chain.client import ChainClient, RawLog
 from chain.events import ProposalCanceled, ProposalCreated, ProposalExecuted, VoteCast
 from chain.reads import BadAnswer, Reads
@@ -14,25 +16,47 @@ from core.errors import ChainError, ContractRevert
 from core.logs import log_event
 from listener.context import ListenerContext
 from listener.messages import DecodedLog, decode
-from listener.planning import ChunkPlan, deep_enough, is_range_error
+from listener.planning import ChunkPlan, deep_enough, is_range_error, tally_refresh_wait
 from listener.status import BackfillProgress, StatusBoard
 from storage import chain_state
 from storage.models import VoteState
 
 ProposalRead = ProposalData | str  # the data, or why it could not be read (bad data, recorded)
 
+# The stored tallies are display data (the voter reads the chain itself): a proposal voted on in many blocks
+# in a row is read at most once a second, and within 0.2 s of the last log once the chain goes quiet
+# (listener/planning.py::tally_refresh_wait).
+TALLY_REFRESH_S = 1.0
+TALLY_QUIET_S = 0.2
+
 
 class LogProcessor:
     """Processes batches of logs in chain order. Every log is claimed in `chain_logs` in the transaction
-    that applies it, so replays (backfill after subscription, reconnects, reorg re-reads) change nothing."""
+    that applies it, so replays (backfill after subscription, reconnects, reorg re-reads) change nothing.
+
+    A VoteCast makes its proposal's stored tally stale; the processor keeps such ids pending (across batches
+    and reconnects: it outlives the connection) until a refresh that succeeded: in `process` once one is due,
+    when the listener goes idle (`tally_wait`), and at once after a reorg. A restart loses them: the
+    start-up reconcile pass reads every open proposal again."""
 
     def __init__(
-        self, ctx: ListenerContext, board: StatusBoard, logger: logging.Logger, *, chunk_blocks: int
+        self,
+        ctx: ListenerContext,
+        board: StatusBoard,
+        logger: logging.Logger,
+        *,
+        chunk_blocks: int,
+        tally_refresh_s: float = TALLY_REFRESH_S,
+        tally_quiet_s: float = TALLY_QUIET_S,
     ) -> None:
         self.ctx = ctx
         self.board = board
         self.logger = logger
         self.chunk_blocks = max(1, chunk_blocks)  # halves for good when a provider refuses a range
+        self.tally_refresh_s = tally_refresh_s
+        self.tally_quiet_s = tally_quiet_s
+        self.pending_tallies: set[int] = set()  # proposals whose stored tally may be behind the chain
+        self._tallies_refreshed_at: float | None = None  # anyio.current_time() of the last refresh
 
     # -- ranges -----------------------------------------------------------------------------------------
     async def read_range(
@@ -112,7 +136,9 @@ class LogProcessor:
             await self._apply_other(item)
         await self._apply_vote_casts(casts, tallies)
         queued += await self._apply_created(creates, reads, source=source, head_number=head_number)
-        await self.refresh_tallies(client, tallies)
+        self.pending_tallies |= tallies
+        if self.tally_wait() == 0:
+            await self.refresh_tallies(client)
         self.board.logs_processed += len(todo)
         if todo:
             self.board.last_event_time = dt.datetime.now(dt.UTC)
@@ -316,8 +342,25 @@ class LogProcessor:
                     proposals[pid] = data
         return proposals
 
-    async def refresh_tallies(self, client: ChainClient, proposal_ids: Iterable[int]) -> None:
-        reads = await self.read_proposals(client, proposal_ids)
+    def tally_wait(self) -> float | None:
+        """Seconds the listener may wait for logs before `refresh_tallies` is due (0: now; None: nothing
+        pending)."""
+        refreshed = self._tallies_refreshed_at
+        return tally_refresh_wait(
+            pending=bool(self.pending_tallies),
+            since_refresh=None if refreshed is None else anyio.current_time() - refreshed,
+            interval=self.tally_refresh_s,
+            quiet=self.tally_quiet_s,
+        )
+
+    async def refresh_tallies(self, client: ChainClient, proposal_ids: Iterable[int] = ()) -> None:
+        """Store the chain's tallies of the pending proposals and of `proposal_ids` now. They stay pending
+        until this succeeds: a failure (the connection lost) leaves them for the next refresh."""
+        ids = self.pending_tallies | set(proposal_ids)
+        if not ids:
+            return
+        started = anyio.current_time()
+        reads = await self.read_proposals(client, ids)
         fresh = [data for data in reads.values() if isinstance(data, ProposalData)]
         if fresh:
             await chain_state.refresh_proposal_tallies(
@@ -326,3 +369,6 @@ class LogProcessor:
                 contract=self.ctx.contract,
                 proposals=fresh,
             )
+        # A getProposal that reverts now is not retried: as before, such a proposal keeps its stored tally.
+        self.pending_tallies -= ids
+        self._tallies_refreshed_at = started

@@ -29,7 +29,7 @@ class NodeAccount:
     def sign_transaction(self, tx: dict[str, Any]) -> tuple[str, bytes]:
         """Sign an EIP-1559 transaction (`chainId`, `nonce`, `maxPriorityFeePerGas`, `maxFeePerGas`, `gas`,
         `to`, `value`, `data`; no access list); returns (tx hash, raw signed bytes)."""
-        fields = [
+        fields: list[RlpItem] = [
             int(tx["chainId"]),
             int(tx["nonce"]),
             int(tx["maxPriorityFeePerGas"]),

@@ -525,6 +525,7 @@ class Voter:
             ):  # rows sent by an earlier run, or reopened
                 await self._lane_safely(lane, lane.adopt_sent)
         handled: Counter[int] = Counter()  # what keeps coming back waits for the next round
+        drained = False  # the queue had nothing leasable left for the sendable nodes
         while anyio.current_time() < deadline:
             await self.pauses.current()  # read again when older than a second (another instance's change)
             sendable = self._sendable()
@@ -538,6 +539,7 @@ class Voter:
             )
             planned = plan_batch(candidates, batch_size=self.settings.batch_size, node_ids=sendable)
             if not planned:
+                drained = not candidates
                 break
             leased = await queue.lease(
                 self.sessions,
@@ -559,6 +561,7 @@ class Voter:
         sendable = self._sendable()
         left = (
             bool(sendable)
+            and not drained
             and await queue.count_leasable(
                 self.sessions,
                 node_ids=sendable,

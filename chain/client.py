@@ -56,16 +56,24 @@ class RawLog:
 
 
 def _hex(value: Any) -> str:
+    """A hash, topic or data as "0x..." lowercase hex, from the node's string or from bytes (HexBytes)."""
+    if isinstance(value, str):
+        return value.lower()  # as web3's HexBytes made it: hashes compare equal whatever the node's case
     if isinstance(value, bytes | bytearray):
         return "0x" + bytes(value).hex()
     return str(value)
 
 
 def _int(value: Any) -> int:
+    """A quantity: the node's hex string ("0x1a") or an int (already converted)."""
     return int(value, 16) if isinstance(value, str) else int(value)
 
 
-def parse_block(raw: dict[str, Any]) -> BlockHeader:
+# Both parsers take a block or log as the node sent it (hex strings: subscription notifications, eth_getLogs,
+# eth_getBlockByNumber) or as web3's formatters leave it (ints and HexBytes).
+
+
+def parse_block(raw: Mapping[str, Any]) -> BlockHeader:
     base_fee = raw.get("baseFeePerGas")
     return BlockHeader(
         number=_int(raw["number"]),
@@ -76,7 +84,7 @@ def parse_block(raw: dict[str, Any]) -> BlockHeader:
     )
 
 
-def parse_log(raw: dict[str, Any]) -> RawLog:
+def parse_log(raw: Mapping[str, Any]) -> RawLog:
     return RawLog(
         address=checksum(raw["address"]),
         topics=tuple(_hex(t) for t in raw["topics"]),

@@ -7,6 +7,10 @@ The service relies on web3's WebSocket provider beyond its public API in these w
   web3's batch key), reads `_ws`, calls `_handle_listener_task_exceptions`, and reaches into the request
   processor: `_request_response_cache`, `pop_raw_response`, `active_subscriptions`,
   `_subscription_response_queue`;
+- `next_notification` reads subscription notifications straight from the request processor
+  (`pop_raw_response(subscription=True)`, the queue behind web3's `process_subscriptions`), skipping web3's
+  result formatters, and reads the provider's `_message_listener_task` (its error, once web3's
+  `TaskNotRunning` in that queue says it ended);
 - `ChainClient` sends batches with `send_batch_request` / `recv_for_batch_request` and registers (then drops)
   their requests with the processor's `cache_request_information` / `pop_cached_request_information`, and
   sends single requests through `w3.manager.socket_request`;
@@ -33,7 +37,8 @@ import anyio
 from web3 import AsyncWeb3, WebSocketProvider
 from web3._utils.batching import BATCH_REQUEST_ID
 from web3._utils.caching.caching_utils import RequestInformation, generate_cache_key
-from web3.exceptions import TimeExhausted
+from web3.exceptions import TaskNotRunning, TimeExhausted
+from web3.providers.persistent import PersistentConnectionProvider
 from web3.types import RPCEndpoint, RPCId, RPCRequest, RPCResponse
 
 from core.errors import TransientChainError
@@ -166,6 +171,35 @@ class FrameTolerantWebSocketProvider(WebSocketProvider):
             self._request_processor._subscription_response_queue.put_nowait(lost)  # type: ignore[arg-type]
 
 
+# -- subscriptions ---------------------------------------------------------------------------------------
+
+
+async def next_notification(w3: AsyncWeb3[Any]) -> dict[str, Any] | None:
+    """The connection's next `eth_subscription` notification, as the node sent it (JSON, hex strings); None
+    once web3's listener task has ended cleanly (the socket closed).
+
+    It comes from the queue web3's `process_subscriptions` reads, without web3's result formatters (hex to
+    int and HexBytes, checksums), which our parsers only converted back: about 8 % of the service's CPU in a
+    voting burst. Notifications of every subscription of the socket come out. `pop_raw_response` also wakes
+    web3's listener task if a full queue paused it. Raises the error web3's listener task died of, and an
+    error put in the queue (`FrameTolerantWebSocketProvider._unclaimed`).
+    """
+    provider = cast(WebSocketProvider, w3.provider)
+    if provider._message_listener_task is None:
+        raise TransientChainError("the WebSocket is not connected: web3 has no listener task")
+    try:
+        return cast(dict[str, Any], await provider._request_processor.pop_raw_response(subscription=True))
+    except TaskNotRunning:
+        # Queued by the task's done callback, so the task's outcome is final. A cancelled task (web3's own
+        # `disconnect`) has no error to report.
+        task = provider._message_listener_task
+        if task is not None and task.done() and not task.cancelled():
+            error = task.exception()
+            if error is not None:
+                raise error from None
+        return None
+
+
 # -- what ChainClient needs -------------------------------------------------------------------------------
 
 
@@ -236,6 +270,7 @@ _PROVIDER_METHODS = (
     "disconnect",
 )
 _PROCESSOR_METHODS = ("pop_raw_response", "cache_request_information", "pop_cached_request_information")
+_POP_RAW_RESPONSE_PARAMETERS = ["self", "cache_key", "subscription"]
 _PROCESSOR_ATTRIBUTES = (
     "_request_response_cache",
     "_request_information_cache",
@@ -275,8 +310,18 @@ def internals_problems() -> list[str]:
         for name in _PROCESSOR_ATTRIBUTES:
             if not hasattr(processor, name):
                 problems.append(f"RequestProcessor.{name} is missing")
-    if not hasattr(provider, "_ws"):
-        problems.append("WebSocketProvider._ws is missing")
+        pop = getattr(type(processor), "pop_raw_response", None)
+        if pop is not None and list(inspect.signature(pop).parameters) != _POP_RAW_RESPONSE_PARAMETERS:
+            problems.append("RequestProcessor.pop_raw_response(cache_key, subscription) changed signature")
+    for name in ("_ws", "_message_listener_task"):
+        if not hasattr(provider, name):
+            problems.append(f"WebSocketProvider.{name} is missing")
+    # `next_notification` learns of a dead listener task only from this signal: without it, it waits forever.
+    callback = getattr(PersistentConnectionProvider, "_message_listener_callback", None)
+    if callback is None or "_subscription_response_queue" not in inspect.getsource(callback):
+        problems.append(
+            "PersistentConnectionProvider._message_listener_callback no longer signals the subscription queue"
+        )
     if not hasattr(getattr(provider, "_request_cache", None), "_data"):
         problems.append("WebSocketProvider._request_cache._data is missing")
     if list(inspect.signature(RequestInformation).parameters)[:3] != [
@@ -288,8 +333,6 @@ def internals_problems() -> list[str]:
     w3 = AsyncWeb3(provider, middleware=[])
     if not callable(getattr(getattr(w3, "manager", None), "socket_request", None)):
         problems.append("AsyncWeb3.manager.socket_request is missing")
-    if not callable(getattr(getattr(w3, "socket", None), "process_subscriptions", None)):
-        problems.append("AsyncWeb3.socket.process_subscriptions is missing")
     if not isinstance(BATCH_REQUEST_ID, str) or not callable(generate_cache_key):
         problems.append("web3._utils.batching.BATCH_REQUEST_ID or generate_cache_key changed")
     return problems

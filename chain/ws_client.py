@@ -8,7 +8,7 @@ hide the outcome of the work done on them (a reconcile pass, the API's reads).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, NoReturn, cast
 
@@ -16,6 +16,7 @@ import anyio
 from web3 import AsyncWeb3
 from web3.types import LogsSubscriptionArg
 
+from chain import web3_internals
 from chain.client import ChainClient, RpcErrorCounts, retry_rate_limited
 from chain.connection import open_ws, translate_exception
 from core.errors import ChainError, TransientChainError
@@ -99,12 +100,18 @@ async def subscribe_logs(client: ChainClient, address: str, topics: Sequence[Any
     return await _subscribe(client.w3, "logs", cast(LogsSubscriptionArg, arg))
 
 
-async def read_subscriptions(client: ChainClient, on_message: Callable[[Any], None]) -> NoReturn:
-    """Hand every subscription message of the client's connection, as web3 parsed it, to `on_message`.
+async def read_subscriptions(
+    client: ChainClient, on_message: Callable[[Mapping[str, Any]], None]
+) -> NoReturn:
+    """Hand every subscription notification of the client's connection to `on_message`, as the node sent
+    it: its `params`, `{"subscription": id, "result": ...}` with hex strings (web3's formatting skipped; our
+    parsers take the raw form). Notifications of any subscription come out: `on_message` picks its own.
     Errors leave as ChainError; the stream ending (the connection closed) is a TransientChainError."""
     try:
-        async for message in client.w3.socket.process_subscriptions():
-            on_message(message)
+        while (message := await web3_internals.next_notification(client.w3)) is not None:
+            params = message.get("params")
+            if isinstance(params, Mapping):  # without, it names no subscription: skipped, as web3 did
+                on_message(params)
     except ChainError:
         raise
     except Exception as exc:

@@ -12,7 +12,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -209,7 +209,7 @@ class Listener:
     ) -> None:
         """Move every subscription message into our unbounded buffer at once: web3's queue never fills."""
 
-        def on_message(message: Any) -> None:
+        def on_message(message: Mapping[str, Any]) -> None:
             parsed = parse_subscription_message(message, heads_id=heads_id, logs_id=logs_id)
             if parsed is None:
                 return

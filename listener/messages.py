@@ -33,17 +33,19 @@ Message = HeadMessage | LogMessage | BadMessage
 
 
 def parse_subscription_message(message: Mapping[str, Any], *, heads_id: str, logs_id: str) -> Message | None:
-    """One `{"subscription": id, "result": ...}` message; None for a subscription that is not ours."""
+    """One notification's `{"subscription": id, "result": ...}`, as the node sent it (hex strings) or as web3
+    formats it; None for a subscription that is not ours."""
     subscription = str(message.get("subscription", ""))
+    if subscription != heads_id and subscription != logs_id:
+        return None
     result = message.get("result")
     try:
+        raw = result if isinstance(result, Mapping) else dict(result or {})
         if subscription == heads_id:
-            return HeadMessage(parse_block(dict(result or {})))
-        if subscription == logs_id:
-            return LogMessage(parse_log(dict(result or {})))
+            return HeadMessage(parse_block(raw))
+        return LogMessage(parse_log(raw))
     except (KeyError, TypeError, ValueError) as exc:
         return BadMessage(subscription, f"{type(exc).__name__}: {exc}")
-    return None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from eth_utils import to_checksum_address
+from hexbytes import HexBytes
 
 from chain.client import BlockHeader, ChainClient, RawLog, parse_receipt
 from chain.events import ProposalCreated, VoteCast, event_topics
@@ -192,6 +194,122 @@ def parsed_log(topics: list[str], data: str) -> RawLog:
     )
     assert isinstance(message, LogMessage)
     return message.log
+
+
+# The listener reads notifications as the node sent them (chain/web3_internals.py::next_notification);
+# before, web3's formatters turned them into ints, HexBytes and checksummed addresses. Both must parse alike.
+RAW_HEAD = {
+    "hash": "0x" + "11" * 32,
+    "parentHash": "0x" + "22" * 32,
+    "sha3Uncles": "0x" + "33" * 32,
+    "miner": "0x0000000000000000000000000000000000000000",
+    "stateRoot": "0x" + "44" * 32,
+    "transactionsRoot": "0x" + "55" * 32,
+    "receiptsRoot": "0x" + "66" * 32,
+    "logsBloom": "0x" + "00" * 256,
+    "difficulty": "0x0",
+    "number": "0x1b4",
+    "gasLimit": "0x1c9c380",
+    "gasUsed": "0x5208",
+    "timestamp": "0x6553f100",
+    "extraData": "0x",
+    "mixHash": "0x" + "77" * 32,
+    "nonce": "0x0000000000000000",
+    "baseFeePerGas": "0x3b9aca00",
+}
+
+
+def raw_created_log(*, removed: bool) -> dict[str, Any]:
+    log = raw_log(
+        [TOPICS["ProposalCreated"], word(3), word(1), address_word(PROPOSER)], word(0), removed=removed
+    )
+    return {**log, "transactionIndex": "0x0", "logIndex": "0x0", "blockNumber": "0x1b4"}
+
+
+def web3_formatted(log: dict[str, Any]) -> dict[str, Any]:
+    """What web3's `log_entry_formatter` made of a raw log: ints, HexBytes, a checksummed address."""
+    return {
+        **log,
+        "address": to_checksum_address(log["address"]),
+        "topics": [HexBytes(t) for t in log["topics"]],
+        "data": HexBytes(log["data"]),
+        "blockNumber": int(log["blockNumber"], 16),
+        "blockHash": HexBytes(log["blockHash"]),
+        "transactionHash": HexBytes(log["transactionHash"]),
+        "transactionIndex": int(log["transactionIndex"], 16),
+        "logIndex": int(log["logIndex"], 16),
+    }
+
+
+def test_a_raw_new_head_parses_as_web3_formatted_one_did() -> None:
+    formatted = {
+        **RAW_HEAD,
+        **{k: HexBytes(RAW_HEAD[k]) for k in ("hash", "parentHash")},
+        **{k: int(RAW_HEAD[k], 16) for k in ("number", "timestamp", "baseFeePerGas", "gasLimit", "gasUsed")},
+    }
+    raw = parse_subscription_message(
+        {"subscription": "0xh", "result": RAW_HEAD}, heads_id="0xh", logs_id="0xl"
+    )
+    before = parse_subscription_message(
+        {"subscription": "0xh", "result": formatted}, heads_id="0xh", logs_id="0xl"
+    )
+    assert (
+        raw == before == HeadMessage(BlockHeader(436, "0x" + "11" * 32, "0x" + "22" * 32, 0x6553F100, 10**9))
+    )
+    # A pre-London head has no base fee; upper-case hex compares as HexBytes made it (lower case).
+    shouting = {k: v for k, v in RAW_HEAD.items() if k != "baseFeePerGas"} | {"hash": "0x" + "AB" * 32}
+    message = parse_subscription_message(
+        {"subscription": "0xh", "result": shouting}, heads_id="0xh", logs_id="0xl"
+    )
+    assert isinstance(message, HeadMessage)
+    assert message.header.base_fee_per_gas is None and message.header.hash == "0x" + "ab" * 32
+
+
+@pytest.mark.parametrize("removed", [False, True])
+def test_a_raw_log_parses_as_web3_formatted_one_did(removed: bool) -> None:
+    raw = raw_created_log(removed=removed)
+    parsed = parse_subscription_message({"subscription": "0xl", "result": raw}, heads_id="0xh", logs_id="0xl")
+    before = parse_subscription_message(
+        {"subscription": "0xl", "result": web3_formatted(raw)}, heads_id="0xh", logs_id="0xl"
+    )
+    assert (
+        parsed
+        == before
+        == LogMessage(
+            RawLog(
+                address=CONTRACT,
+                topics=(TOPICS["ProposalCreated"], word(3), word(1), address_word(PROPOSER)),
+                data=word(0),
+                block_number=436,
+                block_hash="0x" + "ab" * 32,
+                tx_hash="0x" + "cd" * 32,
+                log_index=0,
+                removed=removed,
+            )
+        )
+    )
+    assert decode(parsed.log).event == ProposalCreated(3, PROPOSER, asset_id=1, proposal_type=0)
+    # A log without data or topics (an anonymous event with no arguments) and without `removed`.
+    bare = {k: v for k, v in raw.items() if k != "removed"} | {"topics": [], "data": "0x"}
+    message = parse_subscription_message(
+        {"subscription": "0xl", "result": bare}, heads_id="0xh", logs_id="0xl"
+    )
+    assert isinstance(message, LogMessage)
+    assert message.log.topics == () and message.log.data == "0x" and not message.log.removed
+
+
+@pytest.mark.parametrize(
+    ("result", "error"),
+    [
+        (None, "KeyError"),
+        ("0x" + "ab" * 32, "ValueError"),
+        ({**raw_created_log(removed=False), "logIndex": "0xzz"}, "ValueError"),
+        ({**raw_created_log(removed=False), "address": "0x1234"}, "ValueError"),
+    ],
+)
+def test_a_malformed_raw_log_is_a_bad_message(result: Any, error: str) -> None:
+    bad = parse_subscription_message({"subscription": "0xl", "result": result}, heads_id="0xh", logs_id="0xl")
+    assert isinstance(bad, BadMessage) and bad.subscription == "0xl" and error in bad.error
 
 
 # -- status ------------------------------------------------------------------------------------------------

@@ -6,9 +6,25 @@ docstring against the new web3 before changing `WEB3_VERSION`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from chain.web3_internals import WEB3_VERSION, internals_problems
+import anyio
+import pytest
+from web3 import AsyncWeb3
+from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
+from websockets.frames import Close
+from websockets.protocol import State
+
+from chain.client import ChainClient
+from chain.web3_internals import WEB3_VERSION, FrameTolerantWebSocketProvider, internals_problems
+from chain.ws_client import read_subscriptions, subscribe_heads
+from core.errors import ChainError, TransientChainError
 
 
 def test_the_installed_web3_has_the_internals_we_rely_on() -> None:
@@ -28,3 +44,142 @@ def test_the_pinned_web3_is_the_version_the_internals_were_written_for() -> None
     assert pinned == f"web3=={WEB3_VERSION}", (
         f"pyproject.toml pins {pinned}, chain/web3_internals.py was written against web3=={WEB3_VERSION}"
     )
+
+
+# -- the subscription reader over web3's real listener task --------------------------------------------------
+# A fake socket stands in for the node (no server: these stay in `make test-fast`); web3's own `connect`
+# starts its listener task and its done callback over it, as on a real connection.
+
+
+class FakeSocket:
+    """websockets' client connection, as web3's provider uses it: answers requests from `answers` (method ->
+    result) and hands out the frames a test pushes, or raises the exception pushed."""
+
+    state = State.CLOSED  # web3's `disconnect` then skips the closing handshake
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+        self.frames: asyncio.Queue[str | BaseException] = asyncio.Queue()
+
+    def push(self, *frames: Any) -> None:
+        for frame in frames:
+            self.frames.put_nowait(frame if isinstance(frame, str | BaseException) else json.dumps(frame))
+
+    async def send(self, payload: bytes | str) -> None:
+        request = json.loads(payload)
+        self.push({"jsonrpc": "2.0", "id": request["id"], "result": self.answers[request["method"]]})
+
+    async def recv(self) -> str:
+        frame = await self.frames.get()
+        if isinstance(frame, BaseException):
+            raise frame
+        return frame
+
+
+@asynccontextmanager
+async def fake_connection(
+    answers: dict[str, Any] | None = None, *, queue_size: int = 500
+) -> AsyncIterator[tuple[ChainClient, FakeSocket]]:
+    socket = FakeSocket({"eth_subscribe": HEADS, **(answers or {})})
+    provider = FrameTolerantWebSocketProvider(
+        "ws://127.0.0.1:1", claim_window=0.05, subscription_response_queue_size=queue_size
+    )
+
+    async def connect() -> None:
+        provider._ws = socket  # type: ignore[assignment]
+
+    provider._provider_specific_connect = connect  # type: ignore[method-assign]
+    w3 = AsyncWeb3(provider, middleware=[])
+    await provider.connect()
+    try:
+        yield ChainClient(w3, "0x" + "11" * 20, timeout=5), socket
+    finally:
+        with contextlib.suppress(Exception):  # as open_ws: a dead listener's error again
+            await provider.disconnect()
+
+
+HEADS = "0x" + "aa" * 16
+
+
+def notification(subscription: str, number: int) -> dict[str, Any]:
+    head = {"number": hex(number), "hash": "0x" + "11" * 32}
+    return {
+        "jsonrpc": "2.0",
+        "method": "eth_subscription",
+        "params": {"subscription": subscription, "result": head},
+    }
+
+
+async def read_until_error(client: ChainClient) -> tuple[list[Any], BaseException]:
+    seen: list[Any] = []
+    with anyio.fail_after(5), pytest.raises(ChainError) as raised:
+        await read_subscriptions(client, seen.append)
+    return seen, raised.value
+
+
+@pytest.mark.anyio
+async def test_notifications_come_out_as_the_node_sent_them_until_the_socket_closes() -> None:
+    async with fake_connection() as (client, socket):
+        assert await subscribe_heads(client) == HEADS
+        socket.push(notification(HEADS, 1), notification("0xother", 2), notification(HEADS, 3))
+        socket.push(ConnectionClosedOK(Close(1000, "bye"), None))
+        seen, error = await read_until_error(client)
+    # Every subscription's, raw (hex strings, not web3's ints and HexBytes); the caller picks its own.
+    assert seen == [
+        notification(HEADS, 1)["params"],
+        notification("0xother", 2)["params"],
+        notification(HEADS, 3)["params"],
+    ]
+    assert isinstance(error, TransientChainError) and "stream ended" in str(error)
+
+
+@pytest.mark.anyio
+async def test_a_dead_listener_task_ends_the_reader_with_its_error() -> None:
+    async with fake_connection() as (client, socket):
+        await subscribe_heads(client)
+        socket.push(notification(HEADS, 1), ConnectionClosedError(None, None))
+        seen, error = await read_until_error(client)
+    assert [m["result"]["number"] for m in seen] == ["0x1"]  # what arrived before is still handed over
+    assert isinstance(error, TransientChainError) and "ConnectionClosedError" in str(error)
+
+
+@pytest.mark.anyio
+async def test_a_stray_error_that_kills_the_listener_task_ends_the_reader() -> None:
+    async with fake_connection() as (client, socket):
+        await subscribe_heads(client)
+        # An error answering no request: web3's listener task raises it and dies.
+        socket.push({"jsonrpc": "2.0", "id": 999, "error": {"code": -32000, "message": "boom"}})
+        _, error = await read_until_error(client)
+    assert "boom" in str(error)
+
+
+@pytest.mark.anyio
+async def test_an_unclaimed_malformed_frame_ends_the_reader() -> None:
+    async with fake_connection() as (client, socket):
+        await subscribe_heads(client)
+        socket.push("{not json")  # no request claims it: a lost notification?
+        seen, error = await read_until_error(client)
+    assert seen == [] and isinstance(error, TransientChainError) and "malformed frame 1" in str(error)
+
+
+@pytest.mark.anyio
+async def test_a_notification_without_params_is_skipped_and_one_with_bad_params_ends_the_reader() -> None:
+    async with fake_connection() as (client, socket):
+        await subscribe_heads(client)
+        socket.push({"jsonrpc": "2.0", "method": "eth_subscription"}, notification(HEADS, 1))
+        # web3's listener task itself fails on params that are not an object (it looks for the id in them).
+        socket.push({"jsonrpc": "2.0", "method": "eth_subscription", "params": "garbage"})
+        seen, error = await read_until_error(client)
+    assert seen == [notification(HEADS, 1)["params"]] and "AttributeError" in str(error)
+
+
+@pytest.mark.anyio
+async def test_the_reader_wakes_a_listener_task_paused_on_a_full_queue() -> None:
+    async with fake_connection(queue_size=2) as (client, socket):
+        await subscribe_heads(client)
+        socket.push(*(notification(HEADS, n) for n in range(1, 8)))
+        await asyncio.sleep(0.05)  # web3's listener fills the queue (2) and waits for a reader
+        socket.push(ConnectionClosedOK(Close(1000, "bye"), None))
+        seen, error = await read_until_error(client)
+    assert [int(m["result"]["number"], 16) for m in seen] == list(range(1, 8))
+    assert "stream ended" in str(error)

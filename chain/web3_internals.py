@@ -13,9 +13,11 @@ The service relies on web3's WebSocket provider beyond its public API in these w
   `TaskNotRunning` in that queue says it ended);
 - `ChainClient` sends batches with `send_batch_request` / `recv_for_batch_request` and registers (then drops)
   their requests with the processor's `cache_request_information` / `pop_cached_request_information`, and
-  sends single requests through `w3.manager.socket_request`;
+  sends single requests through `w3.manager.socket_request`, or its parts `w3.manager.send` and
+  `w3.manager.recv_for_request`;
 - `ChainClient`'s batches are registered straight into the processor's `_request_information_cache` (as a
-  `RequestInformation`) when the provider's `_request_cache` is empty;
+  `RequestInformation`) when the provider's `_request_cache` is empty, and so are its single requests when
+  request caching is also off (`cache_allowed_requests`);
 - `web3._utils.batching.BATCH_REQUEST_ID` and `web3._utils.caching.caching_utils.generate_cache_key`.
 
 `internals_problems()` lists what of that the installed web3 lacks; tests/test_web3_internals.py fails on
@@ -203,10 +205,24 @@ async def next_notification(w3: AsyncWeb3[Any]) -> dict[str, Any] | None:
 # -- what ChainClient needs -------------------------------------------------------------------------------
 
 
-def socket_request(w3: AsyncWeb3[Any], method: str, params: Sequence[Any]) -> Awaitable[Any]:
+async def socket_request(w3: AsyncWeb3[Any], method: str, params: Sequence[Any]) -> Any:
     """One request through web3's request manager, so web3 knows it: an error answer to a request it does
-    not know is raised as a "stray error" inside the next, unrelated request."""
-    return w3.manager.socket_request(method, list(params))  # type: ignore[arg-type]
+    not know is raised as a "stray error" inside the next, unrelated request.
+
+    As `manager.socket_request`, less its `cache_request_information`, which hashes the method and every
+    parameter (md5, recursively: ~60 us for an eth_call) to look for an answer in web3's request cache; with
+    request caching off (the service never turns it on) that cache is always empty. The request is registered
+    as it would be, under the key of its id, before its answer can be read (no await in between)."""
+    manager = w3.manager
+    provider = cast(WebSocketProvider, w3.provider)
+    if provider.cache_allowed_requests or provider._request_cache._data:  # web3's own way
+        return await manager.socket_request(cast(RPCEndpoint, method), list(params))
+    request = await manager.send(cast(RPCEndpoint, method), list(params))
+    provider._request_processor._request_information_cache.cache(
+        generate_cache_key(request["id"]),
+        RequestInformation(request["method"], request["params"], ((), (), ())),  # type: ignore[arg-type]
+    )
+    return await manager.recv_for_request(request)
 
 
 async def send_batch(w3: AsyncWeb3[Any], requests: Sequence[tuple[str, Sequence[Any]]]) -> list[RPCRequest]:
@@ -331,8 +347,11 @@ def internals_problems() -> list[str]:
     ]:
         problems.append("RequestInformation(method, params, response_formatters) changed signature")
     w3 = AsyncWeb3(provider, middleware=[])
-    if not callable(getattr(getattr(w3, "manager", None), "socket_request", None)):
-        problems.append("AsyncWeb3.manager.socket_request is missing")
+    for name in ("socket_request", "send", "recv_for_request"):
+        if not callable(getattr(getattr(w3, "manager", None), name, None)):
+            problems.append(f"AsyncWeb3.manager.{name} is missing")
+    if not isinstance(getattr(provider, "cache_allowed_requests", None), bool):
+        problems.append("WebSocketProvider.cache_allowed_requests is missing")
     if not isinstance(BATCH_REQUEST_ID, str) or not callable(generate_cache_key):
         problems.append("web3._utils.batching.BATCH_REQUEST_ID or generate_cache_key changed")
     return problems

@@ -11,8 +11,9 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -24,7 +25,7 @@ from websockets.protocol import State
 from chain.client import ChainClient
 from chain.web3_internals import WEB3_VERSION, FrameTolerantWebSocketProvider, internals_problems
 from chain.ws_client import read_subscriptions, subscribe_heads
-from core.errors import ChainError, TransientChainError
+from core.errors import ChainError, ContractRevert, TransientChainError
 
 
 def test_the_installed_web3_has_the_internals_we_rely_on() -> None:
@@ -51,6 +52,13 @@ def test_the_pinned_web3_is_the_version_the_internals_were_written_for() -> None
 # starts its listener task and its done callback over it, as on a real connection.
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A JSON-RPC error answer for FakeSocket's `answers`."""
+
+    error: dict[str, Any]
+
+
 class FakeSocket:
     """websockets' client connection, as web3's provider uses it: answers requests from `answers` (method ->
     result) and hands out the frames a test pushes, or raises the exception pushed."""
@@ -67,7 +75,11 @@ class FakeSocket:
 
     async def send(self, payload: bytes | str) -> None:
         request = json.loads(payload)
-        self.push({"jsonrpc": "2.0", "id": request["id"], "result": self.answers[request["method"]]})
+        answer = self.answers[request["method"]]
+        frame = {"jsonrpc": "2.0", "id": request["id"]}
+        frame |= {"error": answer.error} if isinstance(answer, Refusal) else {"result": answer}
+        # After a round trip, as a node: web3 registers a request only once its `send` has returned.
+        asyncio.get_running_loop().call_later(0.005, self.push, frame)
 
     async def recv(self) -> str:
         frame = await self.frames.get()
@@ -183,3 +195,37 @@ async def test_the_reader_wakes_a_listener_task_paused_on_a_full_queue() -> None
         seen, error = await read_until_error(client)
     assert [int(m["result"]["number"], 16) for m in seen] == list(range(1, 8))
     assert "stream ended" in str(error)
+
+
+# -- single requests ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("web3_caching", [False, True])
+async def test_single_requests_are_known_to_web3_and_forgotten_once_answered(
+    web3_caching: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusal = {"code": 3, "message": "execution reverted", "data": "0x"}
+    answers = {"eth_blockNumber": "0x10", "eth_call": Refusal(refusal), "eth_chainId": "0x7a69"}
+    async with fake_connection(answers) as (client, _socket):
+        provider = cast(FrameTolerantWebSocketProvider, client.w3.provider)
+        provider.cache_allowed_requests = web3_caching
+        processor = provider._request_processor
+        hashed: list[str] = []
+        registering = processor.cache_request_information
+
+        def counted(*args: Any, **kwargs: Any) -> str | None:
+            hashed.append(args[1])
+            return registering(*args, **kwargs)
+
+        monkeypatch.setattr(processor, "cache_request_information", counted)
+        assert await client.block_number() == 16
+        # An error answer is its request's (known to web3, not a stray error that kills the listener task).
+        with pytest.raises(ContractRevert):
+            await client.request("eth_call", [{"to": "0x" + "22" * 20, "data": "0x"}, "latest"])
+        assert await client.chain_id() == 31337
+        # Every entry popped with its answer (web3's request cache keeps eth_chainId's, when in use).
+        assert len(processor._request_information_cache) == (1 if web3_caching else 0)
+        assert provider._message_listener_task is not None and not provider._message_listener_task.done()
+    # web3's md5 of each request's method and parameters only when its request cache could be in use.
+    assert hashed == (["eth_blockNumber", "eth_call", "eth_chainId"] if web3_caching else [])

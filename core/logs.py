@@ -17,6 +17,7 @@ import contextvars
 import datetime as dt
 import json
 import logging
+import math
 import re
 import sys
 import traceback
@@ -70,11 +71,22 @@ class Masker:
                 variants.add(secret[2:])
         kept = sorted((v for v in variants if len(v) >= _MIN_SECRET_LENGTH), key=len, reverse=True)
         self._exact = re.compile("|".join(re.escape(v) for v in kept), re.IGNORECASE) if kept else None
+        self._folded = tuple(v.lower() for v in kept) if all(v.isascii() for v in kept) else None
 
     def text(self, value: str, *, keep_hex: bool = False) -> str:
-        if self._exact is not None:
+        if self._exact is not None and self._may_hold_secret(value):
             value = self._exact.sub(_REDACTED, value)
-        return value if keep_hex else _SECRET_HEX.sub(_REDACTED_HEX, value)
+        if keep_hex or len(value) < 64:  # a 32-byte hex secret is 64 digits long
+            return value
+        return _SECRET_HEX.sub(_REDACTED_HEX, value)
+
+    def _may_hold_secret(self, value: str) -> bool:
+        """A quick test before the regex (every field of every line passes here): an ASCII value holds a
+        registered ASCII secret, in any case, only if its lower case contains the secret's."""
+        if self._folded is None or not value.isascii():
+            return True
+        folded = value.lower()
+        return any(secret in folded for secret in self._folded)
 
     def value(self, value: Any, *, keep_hex: bool = False) -> Any:
         """`value` made JSON-safe with every string in it masked (lists, tuples and dicts walked)."""
@@ -151,9 +163,19 @@ class ConsoleFormatter(_EventFormatter):
         return line
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text: lines come many a second
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    moment = dt.datetime.fromtimestamp(record.created, dt.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """As `datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")` with "Z" (microseconds
+    rounded half to even, then cut to milliseconds), the date and time formatted once per second."""
+    whole = math.floor(record.created)
+    micros = round((record.created - whole) * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    if _second[0] != whole:
+        _second[:] = [whole, dt.datetime.fromtimestamp(whole, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")]
+    return f"{_second[1]}.{micros // 1000:03d}Z"
 
 
 def _console_value(value: Any) -> str:

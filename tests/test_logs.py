@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import subprocess
@@ -171,3 +172,22 @@ def test_log_context_fields_reach_every_event_inside_and_tasks_started_there(
     assert fields["inside"] == {"deployment": "beta", "deployment_hint": "x"}
     assert fields["in_task"] == {"deployment": "beta", "proposal": 1}
     assert fields["outside"] == {}
+
+
+def test_registered_secrets_are_masked_in_any_case_inside_longer_text() -> None:
+    token, key = "Tok3n-Secret", "0x" + "aB" * 32
+    masker = Masker([token, key])
+    for text in (f"bearer {token.upper()}!", f"x{token.lower()}y", f"key={key.upper()[2:]}", f"[{key}]"):
+        assert "<redacted>" in masker.text(text, keep_hex=True), text
+    assert masker.text("ai-gov-01") == "ai-gov-01"
+    non_ascii = Masker(["Straße-token"])  # not ASCII: always the regex
+    assert non_ascii.text("STRASSE-TOKEN or straße-TOKEN") == "STRASSE-TOKEN or <redacted>"
+
+
+def test_the_timestamp_is_isoformats_to_the_millisecond() -> None:
+    formatter = JsonFormatter()
+    for created in (0.0, 1765087356.9995, 1765087356.9999996, 1740553295.419, 1765087356.0004):
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "e", (), None)
+        record.created = created
+        expected = dt.datetime.fromtimestamp(created, dt.UTC).isoformat(timespec="milliseconds")
+        assert json.loads(formatter.format(record))["ts"] == expected.replace("+00:00", "Z")

@@ -123,9 +123,19 @@ async def _put_blocks_in(
     # Delete-then-insert is the portable upsert; the table is small and bounded.
     await session.execute(delete(RecentBlock).where(mine, RecentBlock.number.in_(numbers)))
     now = utcnow()
-    session.add_all(
-        RecentBlock(stream=stream, number=b.number, hash=b.hash, parent_hash=b.parent_hash, seen_at=now)
-        for b in blocks
+    # The table's Core INSERT (one executemany, no ORM unit of work): a head arrives with every block.
+    await session.execute(
+        insert(core_table(RecentBlock)),
+        [
+            {
+                "stream": stream,
+                "number": b.number,
+                "hash": b.hash,
+                "parent_hash": b.parent_hash,
+                "seen_at": now,
+            }
+            for b in blocks
+        ],
     )
     await session.execute(delete(RecentBlock).where(mine, RecentBlock.number <= max(numbers) - keep_blocks))
 

@@ -223,7 +223,7 @@ async def test_a_lane_signs_under_the_fence_it_checked_stops_when_lost_and_is_re
 async def test_a_lost_lanes_due_transactions_are_not_judged_from_the_shared_nonce_read(db: Database) -> None:
     """The watcher checks its due transactions with one nonce read shared by all of them (perf, #18); a lane
     lost meanwhile judges none of them (#17): no "nonce used elsewhere" verdict, no receipt poll, the
-    transaction left tracked for `_forget_lost` (no connection here: any chain read would raise)."""
+    transaction left tracked for `forget_lost` (no connection here: any chain read would raise)."""
     settings = Settings(
         rpc_ws_url="ws://127.0.0.1:1",
         contract_address="0x" + "ee" * 20,

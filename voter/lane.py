@@ -49,8 +49,6 @@ class NodeLane:
         fees: FeeOracle,
         totals: Counters,
         step_hook: StepHook | None = None,
-        receipt_poll_interval: float = 0.2,
-        stall_seconds: float = 5.0,
         pauses: PauseWatch | None = None,
         ownership: LaneOwnership | None = None,
     ) -> None:
@@ -69,12 +67,7 @@ class NodeLane:
             ownership=ownership,
         )
         self.sender = LaneSender(self.state)
-        self.watcher = ReceiptWatcher(
-            self.state,
-            self.sender,
-            receipt_poll_interval=receipt_poll_interval,
-            stall_seconds=stall_seconds,
-        )
+        self.watcher = ReceiptWatcher(self.state, self.sender)
 
     # -- connection ------------------------------------------------------------------------------------
     async def attach(self, client: ChainClient) -> None:
@@ -102,9 +95,6 @@ class NodeLane:
 
     async def wait_for_slot(self) -> None:
         await self.sender.wait_for_slot()
-
-    async def watch(self) -> None:
-        await self.watcher.watch()
 
     async def adopt_sent(self) -> int:
         return await self.watcher.adopt_sent()

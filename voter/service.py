@@ -60,6 +60,7 @@ from voter.lane import NodeLane, StepHook
 from voter.own_votes import own_votes_on_chain
 from voter.ownership import LaneOwnership, LaneView
 from voter.planning import NonceCounts, plan_batch, rows_by_node
+from voter.receipts import ReceiptPoller
 from voter.sender import Ready, Signed, broadcast_all
 from voter.strategies import Decision, Price, Tally, decide, node_config, value_text
 
@@ -211,14 +212,19 @@ class Voter:
                 fees=fees,
                 totals=self.totals,
                 step_hook=step_hook,
-                receipt_poll_interval=receipt_poll_interval,
-                stall_seconds=stall_seconds,
                 pauses=self.pauses,
                 ownership=ownership,
             )
             for account, node in zip(accounts, nodes, strict=True)
         ]
         self._by_node = {lane.node.id: lane for lane in self.lanes}
+        self._receipts = ReceiptPoller(
+            self.lanes,
+            sessions,
+            batch_size=settings.rpc_batch_size,
+            poll_interval=receipt_poll_interval,
+            stall_seconds=stall_seconds,
+        )
         self._client: ChainClient | None = None
         self._round_lock = anyio.Lock()
         self._rounds = 0
@@ -355,8 +361,7 @@ class Voter:
             try:
                 async with anyio.create_task_group() as tg:
                     await self._attach(client)
-                    for lane in self.lanes:
-                        tg.start_soon(lane.watch)
+                    await tg.start(self._receipts.run, client)
                     yield tg
             finally:
                 self._detach()

@@ -11,13 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import anyio
 
 from chain import requests as rpc
 from chain.client import Receipt
-from core.errors import ChainError, ContractRevert, DloopError, LaneLost, TransientChainError
+from core.errors import ChainError, ContractRevert, LaneLost
 from core.logs import log_event
 from core.retry import with_backoff
 from storage import queue
@@ -48,18 +48,9 @@ STUCK_AT_FAIR_PRICE_S = 30.0  # a vote that reverted for a reason that may pass 
 class ReceiptWatcher:
     """Watches one node's transactions in flight (its lane state's `tracked`) until each is settled."""
 
-    def __init__(
-        self,
-        state: LaneState,
-        sender: LaneSender,
-        *,
-        receipt_poll_interval: float = 0.2,
-        stall_seconds: float = 5.0,
-    ) -> None:
+    def __init__(self, state: LaneState, sender: LaneSender) -> None:
         self.state = state
         self.sender = sender  # signs and broadcasts replacements and fillers
-        self.receipt_poll_interval = receipt_poll_interval
-        self.stall_seconds = stall_seconds
 
     # -- restart safety --------------------------------------------------------------------------------
     async def adopt_sent(self) -> int:
@@ -97,50 +88,8 @@ class ReceiptWatcher:
         self.state.notify()
         return len(rows)
 
-    # -- watching --------------------------------------------------------------------------------------
-    async def watch(self) -> None:
-        """Poll receipts of the lane's transactions while any are in flight; resolve stuck or dropped ones."""
-        last_head = -1
-        last_change = anyio.current_time()
-        unsettled = 0  # transactions below the mined nonce whose receipt the node did not serve yet
-        while True:
-            if not self.state.tracked:
-                await self.state.wait_changed()
-                continue
-            await anyio.sleep(self.receipt_poll_interval)
-            if not self.state.owned:
-                await self._forget_lost()
-                continue
-            client = self.state.client
-            if client is None:
-                continue
-            try:
-                head = await with_backoff(client.block_number)
-                now = anyio.current_time()
-                moved = head != last_head
-                if moved:
-                    last_head, last_change = head, now
-                stalled = now - last_change >= self.stall_seconds
-                due = [t for t in self.state.tracked.values() if stalled or self._due(t, head)]
-                if moved or due or unsettled:
-                    # One nonce read, then receipts only of the transactions it says are mined: under load
-                    # dozens are in flight per lane and a block comes with every vote (automine), and polling
-                    # each one's receipt at every block was most of the node's work. The nonce is read first:
-                    # a vote mined by then has its receipt in the poll.
-                    mined = await self._mined_nonce()
-                    unsettled = await self.poll_receipts(mined=mined)
-                    for tracked in due:
-                        if tracked.vote_id in self.state.tracked:
-                            await self.check(tracked, head, mined=mined)
-                if stalled:
-                    last_change = now  # check a stalled chain again only after another interval
-            except TransientChainError:
-                raise  # the connection is gone: the voter reconnects
-            except DloopError as exc:
-                self.state.error(f"watching transactions: {exc}")
-                await anyio.sleep(1.0)
-
-    def _due(self, tracked: Tracked, head: int) -> bool:
+    # -- watching (one poll of every lane: voter/receipts.py) ----------------------------------------------
+    def due(self, tracked: Tracked, head: int) -> bool:
         """Unmined for DLOOP_REPLACE_AFTER_BLOCKS blocks and a few seconds: judged from the chain (`check`).
         Blocks alone are not enough: under automine they pass in milliseconds while the node works through
         its pool, and every check reads the transaction from the node."""
@@ -150,7 +99,7 @@ class ReceiptWatcher:
             and time.monotonic() >= tracked.next_check
         )
 
-    async def _forget_lost(self) -> None:
+    async def forget_lost(self) -> None:
         """Another instance owns the lane now: its transactions (ours included) are the new owner's to
         watch, settle or replace. Forgotten under `lock`, not in the middle of a signature or a broadcast."""
         async with self.state.lock:
@@ -160,35 +109,58 @@ class ReceiptWatcher:
             self.state.fillers.clear()
         self.state.notify()
 
-    async def poll_receipts(self, *, mined: int | None = None) -> int:
-        """Settle what has a receipt. With `mined` (the account's mined nonce, read before this) only the
-        transactions below it are asked for; returns how many of those the node served no receipt for yet
-        (anvil counts a nonce a moment before it serves the receipt)."""
-        items = [t for t in self.state.tracked.values() if mined is None or t.nonce < mined]
-        if not items or not self.state.owned:  # a lost lane settles nothing: see _forget_lost
-            return 0
-        results = await self.state.reads().receipts([h for t in items for h in t.hashes])
+    def receipts_asked(self, mined: int | None = None) -> list[Tracked]:
+        """The transactions whose receipts a poll asks for: with `mined` (the account's mined nonce, read
+        before the poll) only those below it; none for a lane lost (see `forget_lost`)."""
+        if not self.state.owned:
+            return []
+        return [t for t in self.state.tracked.values() if mined is None or t.nonce < mined]
+
+    @staticmethod
+    def with_receipts(items: list[Tracked], results: Sequence[object]) -> list[tuple[Tracked, Receipt]]:
+        """`items` with the first receipt found among their hashes' answers (`results`, in hash order)."""
         index = 0
-        mined_receipts: list[tuple[Tracked, Receipt]] = []
+        mined: list[tuple[Tracked, Receipt]] = []
         for tracked in items:
             receipts = [r for r in results[index : index + len(tracked.hashes)] if isinstance(r, Receipt)]
             index += len(tracked.hashes)
             if receipts:
-                mined_receipts.append((tracked, receipts[0]))
-        await self._settle(mined_receipts)
-        return len(items) - len(mined_receipts)
+                mined.append((tracked, receipts[0]))
+        return mined
+
+    async def poll_receipts(self) -> None:
+        """Settle what has a receipt now (a restart's or a reconnect's adoption, a nonce used elsewhere)."""
+        items = self.receipts_asked()
+        if items:
+            results = await self.state.reads().receipts([h for t in items for h in t.hashes])
+            await self._settle(self.with_receipts(items, results))
 
     async def _settle(self, mined: list[tuple[Tracked, Receipt]]) -> None:
         """Confirmed votes in one transaction; reverted ones with their decoded error."""
+        taken, confirmations = self.take_settled(mined)
+        if confirmations:
+            with anyio.CancelScope(shield=True):
+                await queue.mark_confirmed_many(self.state.sessions, confirmations)
+        await self.settled(taken, confirmations)
+
+    def take_settled(
+        self, mined: list[tuple[Tracked, Receipt]]
+    ) -> tuple[list[tuple[Tracked, Receipt]], list[queue.Confirmation]]:
+        """The mined ones still tracked, no longer tracked now, and the confirmations of those that
+        succeeded (to be stored, then `settled`)."""
         mined = [(t, r) for t, r in mined if self.state.tracked.pop(t.vote_id, None) is not None]
         confirmations = [
             queue.Confirmation(t.vote_id, r.tx_hash, r.block_number, r.gas_used, r.fee_wei)
             for t, r in mined
             if r.status == 1
         ]
+        return mined, confirmations
+
+    async def settled(
+        self, mined: list[tuple[Tracked, Receipt]], confirmations: Sequence[queue.Confirmation]
+    ) -> None:
+        """After the confirmations were stored: counts and logs; each reverted vote's fate."""
         if confirmations:
-            with anyio.CancelScope(shield=True):
-                await queue.mark_confirmed_many(self.state.sessions, confirmations)
             self.state.totals.confirmed += len(confirmations)
             self.state.last_vote_at = utcnow()
             if not self.state.unfunded:

@@ -11,6 +11,7 @@ Faults, each drawn independently per request from a seeded random source:
 - `swallowed` (forced only): the next single `eth_sendRawTransaction` request IS forwarded (the node takes
   the transaction; automine mines it) but its answer is dropped, so the client waits until its own timeout
   (batches and other methods are unaffected);
+- `swallowed_batch` (forced only): the same for the next batch holding an `eth_sendRawTransaction`;
 - `max_batch` (from RpcProxy): batches with more requests are refused with one error object.
 `counts` tells the test what was injected; `active = False` lets everything through (e.g. during start-up);
 `force("garbled", 1)` makes the next request(s) suffer that fault whatever the rates (deterministic tests);
@@ -149,6 +150,9 @@ class FaultyRpcProxy(RpcProxy):
             if _is_single_broadcast(payload) and self._draw(0.0, "swallowed"):
                 self.counts["swallowed"] += 1
                 swallowed_ids.add(payload["id"])
+            elif _is_batch_broadcast(payload) and self._draw(0.0, "swallowed_batch"):
+                self.counts["swallowed_batch"] += 1
+                swallowed_ids.add(_batch_key(payload))
             elif isinstance(payload, dict) and "id" in payload and self._draw(self.plan.garbled, "garbled"):
                 self.counts["garbled"] += 1
                 garbled_ids.add(payload["id"])
@@ -158,11 +162,24 @@ class FaultyRpcProxy(RpcProxy):
 
 
 def _answer_id(message: str | bytes) -> Any:
+    """A single answer's id; a batch answer's ids as one key (see `_batch_key`)."""
     try:
         payload = json.loads(message)
     except ValueError:
         return None
+    if isinstance(payload, list):
+        return _batch_key(payload)
     return payload.get("id") if isinstance(payload, dict) else None
+
+
+def _batch_key(items: list[Any]) -> frozenset[Any]:
+    return frozenset(item.get("id") for item in items if isinstance(item, dict))
+
+
+def _is_batch_broadcast(payload: Any) -> bool:
+    return isinstance(payload, list) and any(
+        isinstance(item, dict) and item.get("method") == "eth_sendRawTransaction" for item in payload
+    )
 
 
 def _is_single_broadcast(payload: Any) -> bool:

@@ -29,7 +29,14 @@ from core.settings import Settings
 from core.signals import WorkSignal
 from listener.blocks import BlockTracker
 from listener.context import ListenerContext
-from listener.messages import BadMessage, HeadMessage, LogMessage, Message, parse_subscription_message
+from listener.messages import (
+    BadMessage,
+    HeadMessage,
+    LogMessage,
+    Message,
+    parse_subscription_message,
+    waits_for_more,
+)
 from listener.planning import backfill_start, reconnect_delay
 from listener.processor import LogProcessor
 from listener.status import BackfillProgress, ListenerStatus, StatusBoard, terminal_stream
@@ -38,6 +45,10 @@ from storage.engine import SessionFactory
 from storage.proposals import NodeRecord
 
 logger = logging.getLogger("dloop.listener")
+
+# Heads and VoteCast logs wait this long for the next messages, so several blocks' share one transaction
+# (`Listener._follow`); a created or closed proposal or a reorg is handled at once.
+HOLD_S = 0.25
 
 
 class HeadTimeout(TransientChainError):
@@ -73,6 +84,7 @@ class Listener:
         ping_interval: float = 5.0,
         ping_timeout: float = 10.0,
         max_batch: int = 2000,
+        hold_s: float = HOLD_S,
         probe_idle_chain: bool = True,
         rpc_errors: RpcErrorCounts | None = None,
     ) -> None:
@@ -99,6 +111,7 @@ class Listener:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.max_batch = max_batch
+        self.hold_s = hold_s
         self.probe_idle_chain = probe_idle_chain
         self._board = StatusBoard()
         self._processor = LogProcessor(self.ctx, self._board, logger, chunk_blocks=settings.log_chunk_blocks)
@@ -319,18 +332,40 @@ class Listener:
 
     # -- following --------------------------------------------------------------------------------------
     async def _follow(self, client: ChainClient, receive: MemoryObjectReceiveStream[Message]) -> None:
+        held: list[Message] = []  # heads and VoteCast logs waiting (at most `hold_s`) for the next messages
+        held_since = 0.0
         while True:
-            first = await _next_message(receive, self._processor.tally_wait())
-            if first is None:  # quiet for a while, or a refresh is due: the stored tallies catch up
-                await self._processor.refresh_tallies(client)
+            wait = self._processor.tally_wait()
+            if held:
+                left = max(0.0, held_since + self.hold_s - anyio.current_time())
+                wait = left if wait is None else min(wait, left)
+            first = await _next_message(receive, wait)
+            if first is None:
+                if held:  # nothing more came: what waited is handled now
+                    batch, held = held, []
+                    await self._handle_batch(client, batch)
+                else:  # quiet for a while, or a refresh is due: the stored tallies catch up
+                    await self._processor.refresh_tallies(client)
                 continue
             batch = [first]
-            while len(batch) < self.max_batch:
+            while len(held) + len(batch) < self.max_batch:
                 try:
                     batch.append(receive.receive_nowait())
                 except anyio.WouldBlock:
                     break
-            await self._handle_batch(client, batch)
+            if not held:
+                held_since = anyio.current_time()
+            held.extend(batch)
+            # Under automine a block comes with every few votes, and each batch of its head and VoteCast
+            # logs was two write transactions; held a moment, several blocks share them. Anything else (a
+            # proposal created or closed, a reorg) is handled at once, with what waited before it.
+            if (
+                not all(waits_for_more(m) for m in batch)
+                or len(held) >= self.max_batch
+                or anyio.current_time() - held_since >= self.hold_s
+            ):
+                batch, held = held, []
+                await self._handle_batch(client, batch)
 
     async def _handle_batch(self, client: ChainClient, batch: Sequence[Message]) -> None:
         heads = [m.header for m in batch if isinstance(m, HeadMessage)]

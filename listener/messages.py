@@ -32,6 +32,19 @@ class BadMessage:
 Message = HeadMessage | LogMessage | BadMessage
 
 
+def waits_for_more(message: Message) -> bool:
+    """Whether the listener may hold this message back a moment to handle it with the next ones: a head, or
+    a VoteCast log (our votes confirmed, a tally changed: the receipt poll and the tally refresh do not wait
+    for it). A proposal created or closed, any other log, a removed log (a reorg) or a bad message is acted
+    on at once."""
+    if isinstance(message, HeadMessage):
+        return True
+    if isinstance(message, LogMessage):
+        log = message.log
+        return not log.removed and bool(log.topics) and event_name(log.topics[0]) == "VoteCast"
+    return False
+
+
 def parse_subscription_message(message: Mapping[str, Any], *, heads_id: str, logs_id: str) -> Message | None:
     """One notification's `{"subscription": id, "result": ...}`, as the node sent it (hex strings) or as web3
     formats it; None for a subscription that is not ours."""

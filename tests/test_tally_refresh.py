@@ -4,6 +4,7 @@ refreshing once the subscription goes quiet."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -14,13 +15,20 @@ from typing import Any, cast
 import anyio
 import pytest
 
-from chain.client import ChainClient, RawLog
+from chain.client import BlockHeader, ChainClient, RawLog
 from chain.events import event_topics
 from core.errors import TransientChainError
 from core.settings import Settings
 from core.signals import WorkSignal
 from listener.listener import Listener
-from listener.messages import LogMessage, Message, parse_subscription_message
+from listener.messages import (
+    BadMessage,
+    HeadMessage,
+    LogMessage,
+    Message,
+    parse_subscription_message,
+    waits_for_more,
+)
 from listener.planning import tally_refresh_wait
 from listener.processor import LogProcessor, ProposalRead
 from listener.status import StatusBoard
@@ -139,7 +147,7 @@ async def test_the_follow_loop_refreshes_once_the_subscription_is_quiet(
     processor, reads = stubbed
     processor.tally_refresh_s, processor.tally_quiet_s = 60.0, 0.5
     settings = Settings(rpc_ws_url="ws://127.0.0.1:1", contract_address=CONTRACT, nodes=())
-    listener = Listener(settings, cast(Any, None), [], WorkSignal(), 1)
+    listener = Listener(settings, cast(Any, None), [], WorkSignal(), 1, hold_s=0.0)
     listener._processor = processor
     handled: list[int] = []
 
@@ -159,3 +167,51 @@ async def test_the_follow_loop_refreshes_once_the_subscription_is_quiet(
         await wait_until(lambda: len(reads.calls) == 2, timeout=5, what="the refresh once quiet")
         tg.cancel_scope.cancel()
     assert reads.calls == [{1}, {1, 2, 3}] and handled == [1, 2, 3, 4, 5]  # every log handled, none lost
+
+
+@pytest.mark.anyio
+async def test_heads_and_vote_casts_wait_a_moment_and_anything_else_takes_them_along_at_once(
+    stubbed: tuple[LogProcessor, StubReads], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    processor, _reads = stubbed
+    processor.tally_refresh_s = processor.tally_quiet_s = 60.0
+    settings = Settings(rpc_ws_url="ws://127.0.0.1:1", contract_address=CONTRACT, nodes=())
+    listener = Listener(settings, cast(Any, None), [], WorkSignal(), 1, hold_s=0.3)
+    listener._processor = processor
+    batches: list[list[int]] = []
+
+    async def handle_batch(client: ChainClient, batch: Sequence[Message]) -> None:
+        batches.append([m.log.block_number for m in batch if isinstance(m, LogMessage)])
+
+    monkeypatch.setattr(listener, "_handle_batch", handle_batch)
+    created = {name: topic for topic, name in event_topics().items()}["ProposalCreated"]
+    send, receive = anyio.create_memory_object_stream[Message](max_buffer_size=math.inf)
+    async with send, receive, anyio.create_task_group() as tg:
+        tg.start_soon(listener._follow, CLIENT, receive)
+        for block in (1, 2):
+            send.send_nowait(LogMessage(vote_log(1, block)))
+            await anyio.sleep(0.05)
+        assert batches == []  # VoteCast logs wait for more
+        send.send_nowait(
+            LogMessage(dataclasses.replace(vote_log(2, 3), topics=(created, *vote_log(2, 3).topics[1:])))
+        )
+        await wait_until(lambda: batches == [[1, 2, 3]], timeout=5, what="the created proposal, with them")
+        send.send_nowait(LogMessage(vote_log(2, 4)))
+        await wait_until(lambda: len(batches) == 2, timeout=5, what="the held VoteCast, once nothing came")
+        tg.cancel_scope.cancel()
+    assert batches == [[1, 2, 3], [4]]  # in order, none lost
+
+
+def test_only_heads_and_vote_casts_may_wait() -> None:
+    vote = vote_log(1, 5)
+    created = {name: topic for topic, name in event_topics().items()}["ProposalCreated"]
+    head = HeadMessage(
+        BlockHeader(
+            number=5, hash="0x" + "05" * 32, parent_hash="0x" + "04" * 32, timestamp=1, base_fee_per_gas=None
+        )
+    )
+    assert waits_for_more(head) and waits_for_more(LogMessage(vote))
+    assert not waits_for_more(LogMessage(dataclasses.replace(vote, removed=True)))  # a reorg: at once
+    assert not waits_for_more(LogMessage(dataclasses.replace(vote, topics=(created, *vote.topics[1:]))))
+    assert not waits_for_more(LogMessage(dataclasses.replace(vote, topics=())))
+    assert not waits_for_more(BadMessage("l", "bad"))

@@ -77,12 +77,18 @@ async def _advance_cursor_in(
     """Move the cursor forward only (a late log of an old block must not move it back)."""
     if block_number < 0:
         return
-    row = await session.get(ChainCursor, stream)
-    if row is None:
-        session.add(ChainCursor(stream=stream, block_number=block_number, block_hash=block_hash))
-        await session.flush()
-    elif row.block_number < block_number:
-        row.block_number, row.block_hash = block_number, block_hash
+    # One UPDATE in the common case (every batch of logs and heads moves the cursor), no ORM object.
+    moved = await session.execute(
+        update(ChainCursor)
+        .where(ChainCursor.stream == stream, ChainCursor.block_number < block_number)
+        .values(block_number=block_number, block_hash=block_hash, updated_at=utcnow()),
+        execution_options=_NO_SYNC,
+    )
+    if moved.rowcount == 0:  # type: ignore[attr-defined]  # ahead already, or no cursor yet
+        known = await session.execute(select(ChainCursor.stream).where(ChainCursor.stream == stream))
+        if known.first() is None:
+            session.add(ChainCursor(stream=stream, block_number=block_number, block_hash=block_hash))
+            await session.flush()
 
 
 async def _rewind_cursor_in(session: AsyncSession, stream: str, block_number: int) -> None:

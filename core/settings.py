@@ -157,11 +157,11 @@ class Settings:
     head_timeout: float = 30.0
     confirmations: int = 0
     # voter
-    batch_size: int = 25
+    batch_size: int = 100
     max_fee_gwei: float = 500.0
     replace_after_blocks: int = 3
     round_deadline: float = 90.0
-    max_in_flight: int = 64
+    max_in_flight: int = 128
     gas_margin: float = 1.25
     lease_seconds: float = 120.0
     # Several `dloop run` on one PostgreSQL: a node lane whose owner died is taken over within this long.
@@ -315,11 +315,11 @@ class _Parser:
             log_chunk_blocks=self.integer("DLOOP_LOG_CHUNK_BLOCKS", 2_000, minimum=1),
             head_timeout=self.number("DLOOP_HEAD_TIMEOUT", 30.0, minimum=0.1),
             confirmations=self.integer("DLOOP_CONFIRMATIONS", 0, minimum=0),
-            batch_size=self.integer("DLOOP_BATCH_SIZE", 25, minimum=1),
+            batch_size=self.integer("DLOOP_BATCH_SIZE", 100, minimum=1),
             max_fee_gwei=self.number("DLOOP_MAX_FEE_GWEI", 500.0, minimum=0.000000001),
             replace_after_blocks=self.integer("DLOOP_REPLACE_AFTER_BLOCKS", 3, minimum=1),
             round_deadline=self.number("DLOOP_ROUND_DEADLINE", 90.0, minimum=1.0),
-            max_in_flight=self.integer("DLOOP_MAX_IN_FLIGHT", 64, minimum=1),
+            max_in_flight=self.integer("DLOOP_MAX_IN_FLIGHT", 128, minimum=1),
             gas_margin=self.number("DLOOP_GAS_MARGIN", 1.25, minimum=1.0),
             lease_seconds=self.number("DLOOP_LEASE_SECONDS", 120.0, minimum=1.0),
             lane_takeover_seconds=self.number("DLOOP_LANE_TAKEOVER_SECONDS", 10.0, minimum=1.0),

@@ -99,7 +99,7 @@ def test_sigkill_at_random_moments_then_restart_votes_everything_exactly_once(
                 if at_start:  # killed while starting up: backfill, lease recovery, nonce sync...
                     time.sleep(rng.uniform(0.3, 1.5))
                 else:
-                    time.sleep(rng.uniform(0.0, 1.0 if plan.block_time is None else 2.5))
+                    time.sleep(rng.uniform(0.0, 1.0))
                 if settled(db, total):
                     continue  # the round is over: a kill now would not be "during the round"
                 votes_at_kill = vote_cast_count(anvil, devnet)

@@ -478,6 +478,7 @@ def voter(kind: str, chain: Devnet, directory: Path) -> Iterator[tuple[ManagedPr
 
 
 SETUP_CHUNK = 250  # proposals sent at once while setting a benchmark up (see create_on_chain)
+STALL_S = 1.0  # no proposal mined for this long while setting up: anvil's automine is stuck, mine a block
 
 
 async def create_on_chain(chain: Devnet, count: int, *, timeout: float = 600.0) -> SignedProposals:
@@ -493,9 +494,16 @@ async def create_on_chain(chain: Devnet, count: int, *, timeout: float = 600.0) 
         for start in range(0, len(proposals.raw), SETUP_CHUNK):
             part = proposals.raw[start : start + SETUP_CHUNK]
             await rpc.send_raw_many(part)
-            while proposal_count(chain) < first + start + len(part) - 1:
+            seen, since = -1, time.monotonic()
+            while (mined := proposal_count(chain)) < first + start + len(part) - 1:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{count} proposals not mined within {timeout:g} s")
+                if mined != seen:
+                    seen, since = mined, time.monotonic()
+                elif time.monotonic() - since > STALL_S:
+                    # anvil's automine stall (see AnvilWatchdog): ready transactions left pending.
+                    chain.rpc("evm_mine")
+                    since = time.monotonic()
                 await asyncio.sleep(0.05)
     return proposals
 

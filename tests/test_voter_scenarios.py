@@ -4,6 +4,7 @@ node) is checked at the end of each."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from tests.support.voter import (
 )
 from tests.support.waiting import wait_until
 from voter.gas import GasEstimates, GasKey
+from voter.planning import NonceCounts
 from voter.service import Voter
 
 # slow: each test starts its own anvil
@@ -169,6 +171,42 @@ async def test_dropped_transaction_is_rebroadcast_from_its_signed_bytes(tmp_path
         assert next(r.tx_hash for r in rows if r.node == "ai-gov-01") == dropped  # same bytes, same hash
         assert len(await vote_transactions(h.sessions)) == 5  # nothing re-signed
         assert list(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == [1] * 5
+
+
+async def test_nonce_counts_read_before_earlier_votes_were_mined_show_no_gap(tmp_path: Path) -> None:
+    """A batch's nonce counts are read before it signs: an earlier batch's votes mined and settled in between
+    are no nonce gap. Seen in the 10,000-proposal memory benchmark: lanes signed new votes with nonces their
+    mined votes had used ("nonce too low"), and a refusal answered after the receipt poller had settled
+    that vote stopped the voter."""
+    with devnet_chain(3) as (node, info):
+        h = await make_harness(node, info, tmp_path)
+        h.rpc("evm_setAutomine", [False])
+        await queue_proposals(h, [1])
+        async with anyio.create_task_group() as tg:
+            voter = await running_voter(h, tg)
+            await wait_until(lambda: _count_state(h, VoteState.SENT, 5))  # each node's nonce 0, pending
+            lane = voter.lanes[0]
+            read_at = time.monotonic()
+            stale = NonceCounts(
+                int(h.rpc("eth_getTransactionCount", [lane.address, "latest"]), 16),
+                int(h.rpc("eth_getTransactionCount", [lane.address, "pending"]), 16),
+                read_at,
+            )
+            assert (stale.mined, stale.pending) == (0, 1)
+            h.rpc("evm_mine")
+            await wait_until(lambda: _count_state(h, VoteState.CONFIRMED, 5))  # settled: no longer tracked
+            await queue_proposals(h, [2])
+            await wait_until(lambda: _count_state(h, VoteState.SENT, 5))  # nonce 1, pending
+            async with lane.lock:  # what a batch signed with the counts read before does first
+                await lane.resync_nonce(stale)
+                assert (lane.next_nonce, lane.state.free_nonces) == (2, [])  # was (2, [0])
+            h.rpc("evm_setAutomine", [True])
+            h.rpc("evm_mine")
+            await queue_proposals(h, [3])
+            await wait_until(lambda: _count_state(h, VoteState.CONFIRMED, 15))
+            tg.cancel_scope.cancel()
+        assert len(await vote_transactions(h.sessions)) == 15  # none refused and signed again
+        assert list(check_exactly_once(node.http_url, info.contract_address, h.addresses).values()) == [3] * 5
 
 
 @pytest.mark.parametrize("reopen", ["reopen_confirmed", "listener_requeue"])

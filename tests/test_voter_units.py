@@ -20,7 +20,7 @@ from storage.queue import QueuedVote
 from voter.fees import GWEI, Fees, bump_fees, gas_limit, gwei_to_wei, includable, initial_fees
 from voter.gas import GasEstimates, gas_key, ran_out_of_gas
 from voter.outcomes import Action, classify
-from voter.planning import NonceCounts, nonce_gap, nonce_plan, plan_batch, rows_by_node
+from voter.planning import NonceCounts, nonce_gap, nonce_plan, plan_batch, rows_by_node, used_after
 
 CAP = gwei_to_wei(500)
 
@@ -126,6 +126,29 @@ def test_nonce_plan_fills_gaps_counted_from_the_mined_nonce(
 def test_nonce_gap_is_what_no_mined_transaction_used_and_nothing_of_ours_holds() -> None:
     assert nonce_gap(3, 7, {4, 6}) == [3, 5]
     assert nonce_gap(7, 7, set()) == []
+
+
+def test_nonce_plan_counts_read_before_our_votes_were_mined_show_no_gap() -> None:
+    """The snapshot's counts are a moment old when the lane signs: votes 4..6 mined and settled since (no
+    longer held) are not a gap. Before the fix the lane signed new votes with 4, 5 and 6: "nonce too low"."""
+    stale = NonceCounts(mined=4, pending=8, read_at=10.0)
+    assert nonce_plan(stale, {7}) == (8, [4, 5, 6])  # what the lane did
+    assert nonce_plan(stale, {7}, used={4, 5, 6}) == (8, [])
+    # All settled, none held: the next nonce is past the used ones even if the pool count lagged.
+    assert nonce_plan(NonceCounts(mined=4, pending=4, read_at=10.0), set(), used={4, 5}) == (6, [])
+    # A reorg gap below a used one is still a gap.
+    assert nonce_plan(NonceCounts(mined=4, pending=4), {6}, used={5}) == (7, [4])
+
+
+def test_used_nonces_count_for_counts_read_before_they_were_seen() -> None:
+    """A used nonce counts against a gap only for counts read before it was seen (a reorg may have freed it
+    since, and counts read later say so); forgotten `memory_s` before the read."""
+    seen = {4: 100.0, 5: 105.0, 9: 20.0}
+    kept, used = used_after(seen, NonceCounts(mined=4, pending=6, read_at=101.0), 60.0)
+    assert (kept, used) == ({4: 100.0, 5: 105.0}, {5})  # 9: seen over a minute before the read
+    # Counts read later do not forget them: a batch may still sign with the older counts.
+    assert used_after(kept, NonceCounts(mined=6, pending=6, read_at=106.0), 60.0) == (kept, set())
+    assert used_after(kept, NonceCounts(mined=4, pending=6, read_at=99.0), 60.0) == (kept, {4, 5})
 
 
 def test_rows_by_node_keeps_batch_order() -> None:

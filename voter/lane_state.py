@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +26,13 @@ from voter.fees import gwei_to_wei
 from voter.gas import GasEstimates
 from voter.jobs import Counters, Tracked
 from voter.ownership import LaneOwnership
+from voter.planning import NonceCounts, used_after
 from voter.strategies import NodeConfig
 
 log = logging.getLogger("dloop.voter")
 
 StepHook = Callable[[str], None]
+USED_NONCE_MEMORY_S = 30.0  # how long a used nonce is remembered for counts read before it was seen
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,9 @@ class LaneState:
         self.free_nonces: list[int] = []  # unused nonces below next_nonce (a gap a reorg left)
         self.tracked: dict[int, Tracked] = {}
         self.fillers: dict[int, float] = {}  # nonce -> when a no-op was sent to fill that nonce gap
+        # nonce -> when a transaction of ours left `tracked` because its nonce is used (mined): not a gap
+        # for nonce counts read before that moment (see `nonce_plan`)
+        self.used_nonces: dict[int, float] = {}
         self.gap_seen_at: float | None = None  # when the watcher first saw a nonce gap below a vote
         self.unfunded = False
         self.needed_wei = 0
@@ -94,6 +100,7 @@ class LaneState:
         self.client = client
         self.tracked.clear()
         self.fillers.clear()
+        self.used_nonces.clear()
         self.next_nonce = None
         self.free_nonces = []
 
@@ -144,6 +151,15 @@ class LaneState:
             return Held("dry run: nothing is signed")
         paused = (await self.pauses.current()).reason(self.node.name)
         return Held(paused) if paused is not None else fence
+
+    def nonce_used(self, nonce: int) -> None:
+        """A transaction of ours with `nonce` is mined (it left `tracked` for that reason)."""
+        self.used_nonces[nonce] = time.monotonic()
+
+    def used_since(self, counts: NonceCounts) -> set[int]:
+        """Our nonces seen used after `counts` were read (see `used_after`); the rest is forgotten."""
+        self.used_nonces, used = used_after(self.used_nonces, counts, USED_NONCE_MEMORY_S)
+        return used
 
     def held_nonces(self) -> set[int]:
         """Nonces of transactions this lane has in flight (votes, and fillers of a nonce gap)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from storage.queue import QueuedVote
@@ -39,21 +39,40 @@ def rows_by_node(rows: Sequence[QueuedVote]) -> dict[int, list[QueuedVote]]:
 class NonceCounts:
     """An account's transaction counts: `mined` at the latest block, `pending` with the node's pool. A pool
     can count transactions it no longer holds (anvil after a reorg), so only `mined` says which nonces are
-    used."""
+    used. `read_at`: the monotonic clock when the read began (the snapshot's counts are a moment old when
+    a lane signs; what its own transactions used since then is not a gap)."""
 
     mined: int
     pending: int
+    read_at: float = 0.0
 
 
-def nonce_gap(mined: int, below: int, held: Collection[int]) -> list[int]:
+def nonce_gap(mined: int, below: int, held: Collection[int], used: Collection[int] = ()) -> list[int]:
     """Nonces under `below` that no mined transaction used and none of ours in flight holds: a transaction
-    at `below` or above waits until each is used."""
-    return [n for n in range(mined, below) if n not in held]
+    at `below` or above waits until each is used. `used`: nonces our own transactions were seen using
+    after `mined` was read."""
+    return [n for n in range(mined, below) if n not in held and n not in used]
 
 
-def nonce_plan(counts: NonceCounts, held: Collection[int]) -> tuple[int, list[int]]:
+def used_after(
+    seen: Mapping[int, float], counts: NonceCounts, memory_s: float
+) -> tuple[dict[int, float], set[int]]:
+    """Of our nonces seen used (nonce -> when), (those still worth remembering, those seen after `counts`
+    were read). One seen before the read is the counts' to say (after a reorg took it away it is free
+    again, and the counts say so). Kept for `memory_s` before the read, not just until newer counts cover
+    it: a batch may sign with counts read before the newest ones."""
+    kept = {n: at for n, at in seen.items() if at >= counts.read_at - memory_s}
+    return kept, {n for n, at in kept.items() if at >= counts.read_at}
+
+
+def nonce_plan(
+    counts: NonceCounts, held: Collection[int], used: Collection[int] = ()
+) -> tuple[int, list[int]]:
     """(next nonce, free nonces below it) for a lane holding `held` in flight. The next one is past the
     pool's count (a pending transaction we do not track, sent outside the service, keeps its nonce) and
-    past ours; the free ones are the gap below our highest, counted from the mined count."""
-    highest = max((n + 1 for n in held), default=0)
-    return max(counts.pending, counts.mined, highest), nonce_gap(counts.mined, highest, held)
+    past ours; the free ones are the gap below our highest, counted from the mined count. `used`: nonces
+    our transactions were seen using (mined) since the counts were read: without them, counts read before
+    a burst's receipts arrived made every vote mined meanwhile look like a gap, and the lane signed new
+    votes with nonces already used (refused as "nonce too low")."""
+    highest = max((n + 1 for n in [*held, *used]), default=0)
+    return max(counts.pending, counts.mined, highest), nonce_gap(counts.mined, highest, held, used)

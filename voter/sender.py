@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -148,14 +149,18 @@ class LaneSender:
         transactions wait behind this gap until it is filled, so the next votes take them first."""
         if counts is None:
             request = self.state.chain().request
+            read_at = time.monotonic()
             counts = NonceCounts(
                 mined=as_int(await with_backoff(request, *rpc.nonce(self.state.address, "latest"))),
                 pending=as_int(await with_backoff(request, *rpc.nonce(self.state.address, "pending"))),
+                read_at=read_at,
             )
         # Gaps from the mined count, not the pending one: anvil's pool still counted a transaction it held
         # when a reorg took the block below it away, and dropped it later, so the gap was never seen.
         previous = self.state.next_nonce
-        self.state.next_nonce, self.state.free_nonces = nonce_plan(counts, self.state.held_nonces())
+        self.state.next_nonce, self.state.free_nonces = nonce_plan(
+            counts, self.state.held_nonces(), self.state.used_since(counts)
+        )
         if previous != self.state.next_nonce or self.state.free_nonces:
             log_event(
                 log,
@@ -467,8 +472,10 @@ class LaneSender:
             self.state.totals.sent += 1
             self.state.notify()
             return
-        # Refused for good: the nonce stays unused and the row goes back to the queue (or ends).
-        del self.state.tracked[tracked.vote_id]
+        # Refused for good: the nonce stays unused and the row goes back to the queue (or ends). Unless the
+        # receipt poller settled it while the broadcast was answered: then its path decided the row.
+        if self.state.tracked.pop(tracked.vote_id, None) is None:
+            return
         self._give_back_nonce(tracked.nonce)
         tx = tracked.latest
         if action == Action.UNFUNDED:

@@ -17,6 +17,7 @@ import os
 import random
 import secrets
 import socket
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -923,6 +924,7 @@ class Voter:
 
     async def read_snapshot(self, client: ChainClient, rows: Sequence[QueuedVote]) -> Snapshot:
         """getProposal of each proposal, hasVoted of each (proposal, node), at one block, in one batch."""
+        read_at = time.monotonic()  # the nonce counts are at least this fresh (see NonceCounts)
         block = await with_backoff(client.block, "latest")
         ids = sorted({row.proposal_id for row in rows})
         pairs = sorted({(row.proposal_id, self._by_node[row.node_id].address) for row in rows})
@@ -940,7 +942,7 @@ class Voter:
         for address in addresses:
             mined, pending = answers[mined_slots[address]], answers[pending_slots[address]]
             if not isinstance(mined, ChainError) and not isinstance(pending, ChainError):
-                nonces[address] = NonceCounts(mined, pending)
+                nonces[address] = NonceCounts(mined, pending, read_at)
         proposals: dict[int, ProposalData | ChainError] = {}
         for proposal_id, slot in proposal_slots.items():
             values = answers[slot]

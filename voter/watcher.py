@@ -107,6 +107,7 @@ class ReceiptWatcher:
                 return  # attached again meanwhile
             self.state.tracked.clear()
             self.state.fillers.clear()
+            self.state.used_nonces.clear()
         self.state.notify()
 
     def receipts_asked(self, mined: int | None = None) -> list[Tracked]:
@@ -149,6 +150,8 @@ class ReceiptWatcher:
         """The mined ones still tracked, no longer tracked now, and the confirmations of those that
         succeeded (to be stored, then `settled`)."""
         mined = [(t, r) for t, r in mined if self.state.tracked.pop(t.vote_id, None) is not None]
+        for t, _ in mined:
+            self.state.nonce_used(t.nonce)
         confirmations = [
             queue.Confirmation(t.vote_id, r.tx_hash, r.block_number, r.gas_used, r.fee_wei)
             for t, r in mined
@@ -470,7 +473,8 @@ class ReceiptWatcher:
         if now - tracked.nonce_used_since < NONCE_USED_GRACE_S:
             return
         voted = await with_backoff(self.state.chain().has_voted, tracked.proposal_id, self.state.address)
-        self.state.tracked.pop(tracked.vote_id, None)
+        if self.state.tracked.pop(tracked.vote_id, None) is not None:
+            self.state.nonce_used(tracked.nonce)
         used = f"nonce {tracked.nonce} was used by a transaction that is not one of this vote's"
         if voted:
             state = VoteState.ALREADY_VOTED
@@ -536,7 +540,9 @@ class ReceiptWatcher:
                 self.state.lane_lost(exc.why)
                 return
             if not stored:
-                self.state.tracked.pop(tracked.vote_id, None)  # settled elsewhere (e.g. the listener)
+                # Settled elsewhere (e.g. the listener saw its VoteCast): its nonce is used.
+                if self.state.tracked.pop(tracked.vote_id, None) is not None:
+                    self.state.nonce_used(tracked.nonce)
                 return
             tracked.hashes.append(signed.tx_hash)
             tracked.latest = signed

@@ -18,12 +18,13 @@ from typing import Any, cast
 import anyio
 import pytest
 from web3 import AsyncWeb3
+from web3._utils.caching.caching_utils import generate_cache_key
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 from websockets.frames import Close
 from websockets.protocol import State
 
 from chain.client import ChainClient
-from chain.web3_internals import WEB3_VERSION, FrameTolerantWebSocketProvider, internals_problems
+from chain.web3_internals import WEB3_VERSION, FrameTolerantWebSocketProvider, internals_problems, request_key
 from chain.ws_client import read_subscriptions, subscribe_heads
 from core.errors import ChainError, ContractRevert, TransientChainError
 
@@ -34,6 +35,24 @@ def test_the_installed_web3_has_the_internals_we_rely_on() -> None:
         f"chain/web3_internals.py was written against web3=={WEB3_VERSION} (pinned in pyproject.toml): "
         + "; ".join(problems)
     )
+
+
+@pytest.mark.parametrize("request_id", [0, 7, 123456789, "batch", "7"])
+def test_request_key_is_web3s_cache_key_of_the_id(request_id: int | str) -> None:
+    assert request_key(request_id) == generate_cache_key(request_id)
+
+
+def test_a_batch_is_sent_as_the_json_web3_would_send() -> None:
+    """The one-`json.dumps` encoding of a batch says what web3's per-request encoder says."""
+    provider = FrameTolerantWebSocketProvider("ws://127.0.0.1:1")
+    requests = [
+        ("eth_call", [{"to": "0x" + "ab" * 20, "data": "0x1234"}, "0x10"]),
+        ("eth_getTransactionCount", ["0x" + "cd" * 20, "pending"]),
+        ("eth_blockNumber", []),
+    ]
+    dicts = [provider.form_request(method, params) for method, params in requests]  # type: ignore[arg-type]
+    ours = json.loads(json.dumps(dicts, separators=(",", ":")))
+    assert ours == json.loads(provider.encode_batch_request_dicts(dicts))
 
 
 def test_the_pinned_web3_is_the_version_the_internals_were_written_for() -> None:

@@ -20,9 +20,9 @@ import datetime as dt
 import enum
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import Select, and_, case, delete, func, literal, or_, select, update
+from sqlalchemy import Row, Select, and_, case, delete, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import LaneLost
@@ -261,11 +261,22 @@ async def hold(
     if fence is not NO_LANES:
         await hold_fence(session, fence, now)
         return
+    row = await _lane_lease_of(session, node_ids)
+    if row is not None:
+        raise LaneLost(row.address, f"lanes are in use (owner {row.owner}): a record needs the lane's fence")
+
+
+async def lanes_in_use(session: AsyncSession, node_ids: Collection[int] | Select[Any]) -> bool:
+    """Whether any of the nodes `node_ids` has a lane lease row (then records need the lane's fence)."""
+    return await _lane_lease_of(session, node_ids) is not None
+
+
+async def _lane_lease_of(
+    session: AsyncSession, node_ids: Collection[int] | Select[Any]
+) -> Row[str, str] | None:
     addresses = select(func.lower(Node.address)).where(Node.id.in_(node_ids))
-    row = (
+    return (
         await session.execute(
             select(LaneLease.address, LaneLease.owner).where(LaneLease.address.in_(addresses)).limit(1)
         )
     ).first()
-    if row is not None:
-        raise LaneLost(row.address, f"lanes are in use (owner {row.owner}): a record needs the lane's fence")

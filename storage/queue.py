@@ -353,13 +353,7 @@ async def record_sent_lanes(
     check writes nothing when it fails) while the other lanes' were."""
 
     async def work(session: AsyncSession) -> list[set[int] | LaneLost]:
-        results: list[set[int] | LaneLost] = []
-        for records, fence in lanes:
-            try:
-                results.append(await votes.record_sent(session, records, owner=owner, fence=fence))
-            except LaneLost as lost:
-                results.append(lost)
-        return results
+        return await votes.record_sent(session, lanes, owner=owner)
 
     return await write(sessions, work, what="vote queue")
 

@@ -17,11 +17,11 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Select, Table, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.errors import StorageError
-from storage.lanes import Fencing, hold
+from core.errors import LaneLost, StorageError
+from storage.lanes import NO_LANES, Fencing, hold, lanes_in_use
 from storage.models import Vote, VoteOutcome, VoteState, VoteTransaction, core_table, utcnow
 
 S = VoteState
@@ -219,17 +219,47 @@ class SentRecord:
 
 
 async def record_sent(
-    session: AsyncSession, records: Sequence[SentRecord], *, owner: str, fence: Fencing
+    session: AsyncSession, lanes: Sequence[tuple[Sequence[SentRecord], Fencing]], *, owner: str
+) -> list[set[int] | LaneLost]:
+    """queued -> sent for each record held by `owner`, with its transaction, for several lanes at once; per
+    lane, the vote ids recorded (a row missing from it had lost its lease), or LaneLost: the lane is not
+    ours under its fence (storage/lanes.py::hold), so none of its records are written (nothing may be
+    broadcast) while the other lanes' are. The fences are checked first, then every lane's records are
+    written together: one statement per step, not one per lane (a proposal's five votes are one record)."""
+    now = utcnow()
+    lost: dict[int, LaneLost] = {}
+    for index, (records, fence) in enumerate(lanes):
+        if records and fence is not NO_LANES:
+            try:
+                await hold(session, fence, now, node_ids=())
+            except LaneLost as exc:
+                lost[index] = exc
+    unfenced = [i for i, (records, fence) in enumerate(lanes) if records and fence is NO_LANES]
+    if unfenced and await lanes_in_use(session, _node_ids([r for i in unfenced for r in lanes[i][0]])):
+        for index in unfenced:  # someone records without a fence where lanes are in use: lane by lane
+            try:
+                await hold(session, NO_LANES, now, node_ids=_node_ids(lanes[index][0]))
+            except LaneLost as exc:
+                lost[index] = exc
+    recorded = await _record_sent_rows(
+        session, [r for i, (records, _) in enumerate(lanes) if i not in lost for r in records], owner, now
+    )
+    return [
+        lost[index] if index in lost else {r.vote_id for r in records if r.vote_id in recorded}
+        for index, (records, _) in enumerate(lanes)
+    ]
+
+
+def _node_ids(records: Sequence[SentRecord]) -> Select[int]:
+    return select(Vote.node_id).where(Vote.id.in_([r.vote_id for r in records]))
+
+
+async def _record_sent_rows(
+    session: AsyncSession, records: Sequence[SentRecord], owner: str, now: dt.datetime
 ) -> set[int]:
-    """queued -> sent for each record held by `owner`, with its transaction; returns the vote ids recorded
-    (a row missing from it had lost its lease). First checks in this transaction that the lane is still ours
-    under `fence` (storage/lanes.py::hold; else LaneLost: nothing is recorded, so nothing may be
-    broadcast)."""
+    """The rows' queued -> sent (one executemany) and their transactions; the vote ids recorded."""
     if not records:
         return set()
-    now = utcnow()
-    vote_ids = [r.vote_id for r in records]
-    await hold(session, fence, now, node_ids=select(Vote.node_id).where(Vote.id.in_(vote_ids)))
     table = cast(Table, Vote.__table__)  # Core table: a list of parameters is one executemany
     await session.execute(
         update(table)

@@ -222,6 +222,62 @@ async def test_a_take_stores_its_moment_whatever_the_sessions_time_zone(db: Data
     assert taken[LANE].after.expires_at == later + dt.timedelta(seconds=60)
 
 
+async def test_lanes_recorded_together_each_under_its_own_fence(db: Database) -> None:
+    """Several lanes' votes in one transaction (`record_sent_lanes`, one statement per step for all lanes):
+    a lane whose fence lapsed records nothing, an unfenced lane whose node has a lease row is refused, and
+    the lanes still held are recorded."""
+    sessions = db.sessions
+    held, lapsed, unfenced, free = db.nodes[:4]
+    await one_proposal(sessions, [n.id for n in (held, lapsed, unfenced, free)])
+    t0 = utcnow()
+    mine = await lanes.acquire(
+        sessions,
+        chain_id=1,
+        addresses=[held.address.lower(), unfenced.address.lower()],
+        owner="a",
+        seconds=60,
+        now=t0,
+    )
+    gone = await lanes.acquire(
+        sessions,
+        chain_id=1,
+        addresses=[lapsed.address.lower()],
+        owner="a",
+        seconds=1,
+        now=t0 - dt.timedelta(seconds=5),
+    )
+    rows = {}
+    for node in (held, lapsed, unfenced, free):
+        (rows[node.id],) = await candidates(sessions, node.id)
+    await queue.lease(sessions, [r.vote_id for r in rows.values()], owner="a", lease_seconds=60)
+
+    def record(node_id: int, byte: int) -> list[SentRecord]:
+        tx = SignedTx("0x" + f"{byte:02x}" * 32, 0, 2 * 10**9, 10**9, 100_000, bytes([2, byte]))
+        return [SentRecord(rows[node_id].vote_id, tx, "for", 0.9, "r")]
+
+    outcome = await queue.record_sent_lanes(
+        sessions,
+        [
+            (record(held.id, 0x91), mine[held.address.lower()].fence),
+            (record(lapsed.id, 0x92), gone[lapsed.address.lower()].fence),
+            (record(unfenced.id, 0x93), NO_LANES),
+            (record(free.id, 0x94), NO_LANES),
+        ],
+        owner="a",
+    )
+    assert outcome[0] == {rows[held.id].vote_id} and outcome[3] == {rows[free.id].vote_id}
+    assert isinstance(outcome[1], LaneLost) and "expired" in str(outcome[1])
+    assert isinstance(outcome[2], LaneLost) and "lanes are in use" in str(outcome[2])
+    async with sessions() as session:
+        states = {node: state for node, state in await session.execute(select(Vote.node_id, Vote.state))}
+    assert states == {
+        held.id: VoteState.SENT,
+        lapsed.id: VoteState.QUEUED,
+        unfenced.id: VoteState.QUEUED,
+        free.id: VoteState.SENT,
+    }
+
+
 async def one_proposal(sessions: SessionFactory, node_ids: list[int]) -> None:
     """Proposal 1 of the deployment these tests lease from (chain 1, contract 0xdao), a row per node."""
     await record_proposal(

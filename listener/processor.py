@@ -12,6 +12,7 @@ from chain.client import ChainClient, RawLog
 from chain.events import ProposalCanceled, ProposalCreated, ProposalExecuted, VoteCast
 from chain.reads import BadAnswer, Reads
 from chain.types import ProposalData, ProposalStatus
+from core.concurrency import both
 from core.errors import ChainError, ContractRevert
 from core.logs import log_event
 from listener.context import ListenerContext
@@ -110,10 +111,14 @@ class LogProcessor:
         ]
         if not decoded:
             return 0
-        seen = await chain_state.processed_log_keys(self.ctx.sessions, [d.key for d in decoded])
+        # Which logs were processed before (a replay, a reconnect's backfill) and the proposals the new ones
+        # create, read at once: a database read and a JSON-RPC batch on the way from event to vote.
+        created = {d.event.proposal_id for d in decoded if isinstance(d.event, ProposalCreated)}
+        seen, reads = await both(
+            chain_state.processed_log_keys(self.ctx.sessions, [d.key for d in decoded]),
+            self.read_proposals(client, created),
+        )
         todo = [d for d in decoded if d.key not in seen]
-        created = {d.event.proposal_id for d in todo if isinstance(d.event, ProposalCreated)}
-        reads = await self.read_proposals(client, created)
         queued = 0
         tallies: set[int] = set()
         # Consecutive VoteCast logs, and consecutive ProposalCreated logs, are each recorded together in one
@@ -227,6 +232,8 @@ class LogProcessor:
             )
             deep = created.initial_state == VoteState.QUEUED
             queued += record.queued_votes + (record.reopened if deep else 0)
+        if queued:
+            self.ctx.signal.notify()  # at once: not after the rest of the batch (and a tally refresh)
         return queued
 
     async def _apply_other(self, item: DecodedLog) -> None:

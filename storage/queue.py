@@ -103,18 +103,19 @@ async def queued_candidates(
             Vote.node_id.in_(list(node_ids)),
             _in_scope(scope),
         )
+        # One statement (the most urgent proposals as a subquery): each statement is several hops to the
+        # database's thread, and this read is on the way from every event to its votes.
         proposals = (
-            select(Proposal.id, Proposal.voting_ends_at)
+            select(Proposal.id)
             .join(Vote, Vote.proposal_ref == Proposal.id)
             .where(free)
-            .distinct()
+            .group_by(Proposal.id, Proposal.voting_ends_at)
             .order_by(Proposal.voting_ends_at, Proposal.id)
             .limit(max_proposals)
         )
-        ids = [row.id for row in (await session.execute(proposals)).all()]
-        if not ids:
-            return []
-        rows = await session.execute(_queued_select().where(free, Vote.proposal_ref.in_(ids)))
+        rows = await session.execute(
+            _queued_select().where(free, Vote.proposal_ref.in_(proposals.scalar_subquery()))
+        )
         return [_queued(row) for row in rows.all()]
 
     return await read(sessions, work, what="vote queue")

@@ -58,7 +58,8 @@ SIZES: dict[str, dict[str, Any]] = {
     "medium": {"samples": 30, "block_time": 1.0},
     "default": {"samples": 100, "block_time": 1.0},
 }
-AIM = Aim("<=", 1.5)
+# The performance issue (#18): p50 at most 1.5x the sign-on-arrival script, p99 at most 2x.
+AIMS = {"p50": Aim("<=", 1.5), "p99": Aim("<=", 2.0)}
 WARMUP = 1
 
 
@@ -149,7 +150,7 @@ def summarise(runs: Sequence[dict[str, Any]]) -> list[SummaryLine]:
                     "ms",
                     service["per_vote_ms"][q] if service else None,
                     baseline["per_vote_ms"][q] if baseline else None,
-                    aim=AIM,
+                    aim=AIMS[q],
                 )
             )
     return lines

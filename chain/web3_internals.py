@@ -303,6 +303,7 @@ _PROVIDER_METHODS = (
     "socket_recv",
     "send_batch_request",
     "form_request",
+    "encode_batch_request_dicts",
     "socket_send",
     "recv_for_batch_request",
     "connect",

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from core.errors import first_error
+from core.errors import DloopError, first_error
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -15,8 +15,8 @@ B = TypeVar("B")
 
 async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
     """Both results, awaited concurrently (a database read and a JSON-RPC round trip overlap). If one fails,
-    the other is cancelled and the failure is raised as itself (the first DloopError of several), so callers
-    catch what they would catch from either alone."""
+    the other is cancelled and the failure is raised as itself, so callers catch what they would catch from
+    either alone. Anything else among the failures (a bug, an interrupt) leaves as the group, unhidden."""
     results: dict[int, Any] = {}
 
     async def run(index: int, awaitable: Awaitable[Any]) -> None:
@@ -27,5 +27,15 @@ async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
             tg.start_soon(run, 0, first)
             tg.start_soon(run, 1, second)
     except BaseExceptionGroup as group:
-        raise first_error(group) from None
+        if all(isinstance(leaf, DloopError) for leaf in leaves(group)):
+            raise first_error(group) from None
+        raise
     return results[0], results[1]
+
+
+def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    return [
+        leaf
+        for inner in group.exceptions
+        for leaf in (leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
+    ]

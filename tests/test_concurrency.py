@@ -39,3 +39,17 @@ async def test_a_failure_is_raised_as_itself_and_cancels_the_other() -> None:
     with pytest.raises(TransientChainError, match="connection lost"):
         await both(waits(), fails())
     assert cancelled.is_set()
+
+
+async def test_a_bug_beside_a_chain_error_is_not_hidden_behind_it() -> None:
+    async def bug() -> None:
+        raise TypeError("a bug")
+
+    async def chain_trouble() -> None:
+        with anyio.CancelScope(shield=True):  # like a shielded write: it ends with its own error
+            await anyio.sleep(0.05)
+            raise TransientChainError("connection lost")
+
+    with pytest.raises(BaseExceptionGroup) as raised:
+        await both(chain_trouble(), bug())
+    assert any(isinstance(e, TypeError) for e in raised.value.exceptions)

@@ -142,13 +142,15 @@ def test_nonce_plan_counts_read_before_our_votes_were_mined_show_no_gap() -> Non
 
 def test_used_nonces_count_for_counts_read_before_they_were_seen() -> None:
     """A used nonce counts against a gap only for counts read before it was seen (a reorg may have freed it
-    since, and counts read later say so); forgotten `memory_s` before the read."""
+    since, and counts read later say so); forgotten `memory_s` after it was seen."""
     seen = {4: 100.0, 5: 105.0, 9: 20.0}
-    kept, used = used_after(seen, NonceCounts(mined=4, pending=6, read_at=101.0), 60.0)
-    assert (kept, used) == ({4: 100.0, 5: 105.0}, {5})  # 9: seen over a minute before the read
+    kept, used = used_after(seen, NonceCounts(mined=4, pending=6, read_at=101.0), now=110.0, memory_s=60.0)
+    assert (kept, used) == ({4: 100.0, 5: 105.0}, {5})  # 9: seen over a minute ago
     # Counts read later do not forget them: a batch may still sign with the older counts.
-    assert used_after(kept, NonceCounts(mined=6, pending=6, read_at=106.0), 60.0) == (kept, set())
-    assert used_after(kept, NonceCounts(mined=4, pending=6, read_at=99.0), 60.0) == (kept, {4, 5})
+    fresh = NonceCounts(mined=6, pending=6, read_at=106.0)
+    assert used_after(kept, fresh, now=110.0, memory_s=60.0) == (kept, set())
+    older = NonceCounts(mined=4, pending=6, read_at=99.0)
+    assert used_after(kept, older, now=110.0, memory_s=60.0) == (kept, {4, 5})
 
 
 def test_rows_by_node_keeps_batch_order() -> None:

@@ -42,17 +42,24 @@ def test_request_key_is_web3s_cache_key_of_the_id(request_id: int | str) -> None
     assert request_key(request_id) == generate_cache_key(request_id)
 
 
-def test_a_batch_is_sent_as_the_json_web3_would_send() -> None:
-    """The one-`json.dumps` encoding of a batch says what web3's per-request encoder says."""
+@pytest.mark.anyio
+async def test_a_batch_is_sent_as_the_json_web3_would_send() -> None:
+    """The provider's one-`json.dumps` encoding of a batch says what web3's per-request encoder says."""
     provider = FrameTolerantWebSocketProvider("ws://127.0.0.1:1")
+    sent: list[bytes] = []
+
+    async def socket_send(data: bytes) -> None:
+        sent.append(data)
+
+    provider.socket_send = socket_send  # type: ignore[method-assign,assignment]
     requests = [
         ("eth_call", [{"to": "0x" + "ab" * 20, "data": "0x1234"}, "0x10"]),
         ("eth_getTransactionCount", ["0x" + "cd" * 20, "pending"]),
         ("eth_blockNumber", []),
     ]
-    dicts = [provider.form_request(method, params) for method, params in requests]  # type: ignore[arg-type]
-    ours = json.loads(json.dumps(dicts, separators=(",", ":")))
-    assert ours == json.loads(provider.encode_batch_request_dicts(dicts))
+    dicts = await provider.send_batch_request(requests)  # type: ignore[arg-type]
+    assert [d["method"] for d in dicts] == [m for m, _ in requests] and provider._batches_sent == 1
+    assert json.loads(sent[0]) == json.loads(provider.encode_batch_request_dicts(dicts))
 
 
 def test_the_pinned_web3_is_the_version_the_internals_were_written_for() -> None:

@@ -32,7 +32,7 @@ from voter.strategies import NodeConfig
 log = logging.getLogger("dloop.voter")
 
 StepHook = Callable[[str], None]
-USED_NONCE_MEMORY_S = 30.0  # how long a used nonce is remembered for counts read before it was seen
+USED_NONCE_MEMORY_S = 60.0  # how long a used nonce is remembered, for counts read before it was seen
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,8 @@ class LaneState:
         self.free_nonces: list[int] = []  # unused nonces below next_nonce (a gap a reorg left)
         self.tracked: dict[int, Tracked] = {}
         self.fillers: dict[int, float] = {}  # nonce -> when a no-op was sent to fill that nonce gap
-        # nonce -> when a transaction of ours left `tracked` because its nonce is used (mined): not a gap
-        # for nonce counts read before that moment (see `nonce_plan`)
+        # nonce -> when it was seen used on chain (a vote or filler of ours mined, or a transaction not ours
+        # took it): not a gap for nonce counts read before that moment (see `nonce_plan`)
         self.used_nonces: dict[int, float] = {}
         self.gap_seen_at: float | None = None  # when the watcher first saw a nonce gap below a vote
         self.unfunded = False
@@ -158,7 +158,9 @@ class LaneState:
 
     def used_since(self, counts: NonceCounts) -> set[int]:
         """Our nonces seen used after `counts` were read (see `used_after`); the rest is forgotten."""
-        self.used_nonces, used = used_after(self.used_nonces, counts, USED_NONCE_MEMORY_S)
+        self.used_nonces, used = used_after(
+            self.used_nonces, counts, now=time.monotonic(), memory_s=USED_NONCE_MEMORY_S
+        )
         return used
 
     def held_nonces(self) -> set[int]:

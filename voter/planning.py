@@ -55,13 +55,13 @@ def nonce_gap(mined: int, below: int, held: Collection[int], used: Collection[in
 
 
 def used_after(
-    seen: Mapping[int, float], counts: NonceCounts, memory_s: float
+    seen: Mapping[int, float], counts: NonceCounts, *, now: float, memory_s: float
 ) -> tuple[dict[int, float], set[int]]:
     """Of our nonces seen used (nonce -> when), (those still worth remembering, those seen after `counts`
     were read). One seen before the read is the counts' to say (after a reorg took it away it is free
-    again, and the counts say so). Kept for `memory_s` before the read, not just until newer counts cover
-    it: a batch may sign with counts read before the newest ones."""
-    kept = {n: at for n, at in seen.items() if at >= counts.read_at - memory_s}
+    again, and the counts say so). Each is kept for `memory_s` (from `now`), not just until newer counts
+    cover it: a batch may sign with counts read before the newest ones."""
+    kept = {n: at for n, at in seen.items() if at >= now - memory_s}
     return kept, {n for n, at in kept.items() if at >= counts.read_at}
 
 

@@ -447,7 +447,10 @@ class LaneSender:
         self.state.last_error = f"unfunded: {error}"
 
     async def _rejected(self, tracked: Tracked, exc: ChainError, counters: Counters, fence: Fencing) -> None:
-        """The node refused a new transaction (lock held). Decide from the error what the row becomes."""
+        """The node refused a new transaction (lock held). Decide from the error what the row becomes,
+        unless the receipt poller settled the vote while the broadcast was answered (its path decided)."""
+        if tracked.vote_id not in self.state.tracked:
+            return
         action = classify(exc)
         if action == Action.BUMP_FEES and "replacement" in str(exc).lower():
             # A pending transaction we do not track holds this nonce (sent outside the service): never
@@ -472,10 +475,9 @@ class LaneSender:
             self.state.totals.sent += 1
             self.state.notify()
             return
-        # Refused for good: the nonce stays unused and the row goes back to the queue (or ends). Unless the
-        # receipt poller settled it while the broadcast was answered: then its path decided the row.
+        # Refused for good: the nonce stays unused and the row goes back to the queue (or ends).
         if self.state.tracked.pop(tracked.vote_id, None) is None:
-            return
+            return  # settled meanwhile (the bump above awaited)
         self._give_back_nonce(tracked.nonce)
         tx = tracked.latest
         if action == Action.UNFUNDED:

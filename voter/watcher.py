@@ -388,7 +388,11 @@ class ReceiptWatcher:
         the filler is sent only after the gap has stayed open for GAP_FILL_AFTER_S.
         """
         now = time.monotonic()
-        # Mined fillers are done; one the node dropped (still unmined after a while) may be sent again.
+        # Mined fillers are done (their nonces used, like a mined vote's); one the node dropped (still
+        # unmined after a while) may be sent again.
+        for nonce in self.state.fillers:
+            if nonce < mined:
+                self.state.nonce_used(nonce)
         self.state.fillers = {
             n: t for n, t in self.state.fillers.items() if n >= mined and now - t < FILLER_RESEND_S
         }

@@ -449,8 +449,6 @@ class LaneSender:
     async def _rejected(self, tracked: Tracked, exc: ChainError, counters: Counters, fence: Fencing) -> None:
         """The node refused a new transaction (lock held). Decide from the error what the row becomes,
         unless the receipt poller settled the vote while the broadcast was answered (its path decided)."""
-        if tracked.vote_id not in self.state.tracked:
-            return
         action = classify(exc)
         if action == Action.BUMP_FEES and "replacement" in str(exc).lower():
             # A pending transaction we do not track holds this nonce (sent outside the service): never
@@ -470,6 +468,8 @@ class LaneSender:
                 error=str(exc)[:200],
             )
             return
+        if tracked.vote_id not in self.state.tracked:
+            return  # settled meanwhile: nothing to bump or give back
         if action == Action.BUMP_FEES and await self._bump_rejected(tracked, fence):
             counters.sent += 1
             self.state.totals.sent += 1

@@ -23,6 +23,7 @@ from tests.support.waiting import wait_until
 # slow: starts anvil and a voter process it kills
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
+PROPOSALS = 40
 
 
 def start_runner(config: dict[str, Any]) -> subprocess.Popen[bytes]:
@@ -33,7 +34,9 @@ def start_runner(config: dict[str, Any]) -> subprocess.Popen[bytes]:
 
 
 async def test_sigkill_mid_batch_then_restart_votes_exactly_once(tmp_path: Path) -> None:
-    with devnet_chain(12) as (node, info):
+    # Enough proposals that every kill finds votes left to make: a run can vote many batches before its
+    # kill step (under load one ran out of work before its fifth kill, at the second vote persisted).
+    with devnet_chain(PROPOSALS) as (node, info):
         h = await make_harness(node, info, tmp_path)
         await queue_proposals(h)
         base = {
@@ -73,4 +76,4 @@ async def test_sigkill_mid_batch_then_restart_votes_exactly_once(tmp_path: Path)
         rows = await vote_rows(h.sessions)
         assert {r.state for r in rows} == {VoteState.CONFIRMED}, [r for r in rows if r.state != "confirmed"]
         per_node = check_exactly_once(node.http_url, info.contract_address, h.addresses)
-        assert list(per_node.values()) == [12] * 5
+        assert list(per_node.values()) == [PROPOSALS] * 5

@@ -153,8 +153,16 @@ class LaneState:
         return Held(paused) if paused is not None else fence
 
     def nonce_used(self, nonce: int) -> None:
-        """A transaction of ours with `nonce` is mined (it left `tracked` for that reason)."""
+        """`nonce` is used on chain (see `used_nonces`)."""
         self.used_nonces[nonce] = time.monotonic()
+
+    def untrack_used(self, vote_id: int) -> Tracked | None:
+        """The vote's transaction leaves `tracked` because its nonce is used on chain (mined, or taken by
+        another transaction); None when it was no longer tracked (settled by another path)."""
+        tracked = self.tracked.pop(vote_id, None)
+        if tracked is not None:
+            self.nonce_used(tracked.nonce)
+        return tracked
 
     def used_since(self, counts: NonceCounts) -> set[int]:
         """Our nonces seen used after `counts` were read (see `used_after`); the rest is forgotten."""

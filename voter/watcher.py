@@ -149,9 +149,7 @@ class ReceiptWatcher:
     ) -> tuple[list[tuple[Tracked, Receipt]], list[queue.Confirmation]]:
         """The mined ones still tracked, no longer tracked now, and the confirmations of those that
         succeeded (to be stored, then `settled`)."""
-        mined = [(t, r) for t, r in mined if self.state.tracked.pop(t.vote_id, None) is not None]
-        for t, _ in mined:
-            self.state.nonce_used(t.nonce)
+        mined = [(t, r) for t, r in mined if self.state.untrack_used(t.vote_id) is not None]
         confirmations = [
             queue.Confirmation(t.vote_id, r.tx_hash, r.block_number, r.gas_used, r.fee_wei)
             for t, r in mined
@@ -477,8 +475,7 @@ class ReceiptWatcher:
         if now - tracked.nonce_used_since < NONCE_USED_GRACE_S:
             return
         voted = await with_backoff(self.state.chain().has_voted, tracked.proposal_id, self.state.address)
-        if self.state.tracked.pop(tracked.vote_id, None) is not None:
-            self.state.nonce_used(tracked.nonce)
+        self.state.untrack_used(tracked.vote_id)
         used = f"nonce {tracked.nonce} was used by a transaction that is not one of this vote's"
         if voted:
             state = VoteState.ALREADY_VOTED
@@ -544,9 +541,7 @@ class ReceiptWatcher:
                 self.state.lane_lost(exc.why)
                 return
             if not stored:
-                # Settled elsewhere (e.g. the listener saw its VoteCast): its nonce is used.
-                if self.state.tracked.pop(tracked.vote_id, None) is not None:
-                    self.state.nonce_used(tracked.nonce)
+                self.state.untrack_used(tracked.vote_id)  # settled elsewhere (e.g. the listener)
                 return
             tracked.hashes.append(signed.tx_hash)
             tracked.latest = signed

@@ -42,7 +42,6 @@ from chain.reads import (
 from chain.requests import estimate_gas
 from chain.retrying import call_many_retrying
 from chain.types import ProposalData, ProposalType, status_name
-from core.concurrency import both
 from core.errors import ChainError, ConfigError, StorageError, TransientChainError, first_error
 from core.logs import log_event
 from core.retry import with_backoff
@@ -548,16 +547,11 @@ class Voter:
             if not planned:
                 drained = not candidates
                 break
-            # The chain is read for the planned rows while they are leased (a database write and a JSON-RPC
-            # batch at once); the snapshot covers the leased ones, which are all or some of them.
-            leased, snapshot = await both(
-                queue.lease(
-                    self.sessions,
-                    [row.vote_id for row in planned],
-                    owner=self.owner,
-                    lease_seconds=self.settings.lease_seconds,
-                ),
-                self._snapshot_or_error(client, planned),
+            leased = await queue.lease(
+                self.sessions,
+                [row.vote_id for row in planned],
+                owner=self.owner,
+                lease_seconds=self.settings.lease_seconds,
             )
             if not leased:
                 break  # another voter took them
@@ -568,7 +562,7 @@ class Voter:
             batches += 1
             leased_total += len(leased)
             self._step("leased")
-            await self._process_batch(client, leased, snapshot, deadline, counters)
+            await self._process_batch(client, leased, deadline, counters)
         deadline_reached = anyio.current_time() >= deadline
         sendable = self._sendable()
         left = (
@@ -628,25 +622,12 @@ class Voter:
         if self.step_hook is not None:
             self.step_hook(name)
 
-    async def _snapshot_or_error(
-        self, client: ChainClient, rows: Sequence[QueuedVote]
-    ) -> Snapshot | ChainError:
-        """`read_snapshot`, its failure returned (not raised: the lease beside it must not be cancelled)."""
-        try:
-            return await self.read_snapshot(client, rows)
-        except ChainError as exc:
-            return exc
-
     async def _process_batch(
-        self,
-        client: ChainClient,
-        rows: list[QueuedVote],
-        snapshot: Snapshot | ChainError,
-        deadline: float,
-        counters: Counters,
+        self, client: ChainClient, rows: list[QueuedVote], deadline: float, counters: Counters
     ) -> None:
-        if isinstance(snapshot, ChainError):
-            exc = snapshot
+        try:
+            snapshot = await self.read_snapshot(client, rows)
+        except ChainError as exc:
             transient = isinstance(exc, TransientChainError)
             await self._release(
                 rows,
@@ -655,7 +636,7 @@ class Voter:
                 defer=None if transient else READ_RETRY,
             )
             if transient:
-                raise exc
+                raise
             return
         await self._refresh_changed(rows, snapshot)
         own = await self._confirm_own_votes(client, rows, snapshot, counters)

@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, Select, Table, bindparam, case, func, inse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import LaneLost, StorageError
-from storage.lanes import NO_LANES, Fencing, hold, lanes_in_use
+from storage.lanes import NO_LANES, Fencing, hold, hold_fence, lanes_in_use
 from storage.models import Vote, VoteOutcome, VoteState, VoteTransaction, core_table, utcnow
 
 S = VoteState
@@ -231,7 +231,7 @@ async def record_sent(
     for index, (records, fence) in enumerate(lanes):
         if records and fence is not NO_LANES:
             try:
-                await hold(session, fence, now, node_ids=())
+                await hold_fence(session, fence, now)
             except LaneLost as exc:
                 lost[index] = exc
     unfenced = [i for i, (records, fence) in enumerate(lanes) if records and fence is NO_LANES]

@@ -39,7 +39,15 @@ from bench.harness import (
     voter,
     workdir,
 )
-from bench.report import Aim, SummaryLine, format_table, result_document, summary_line, write_result
+from bench.report import (
+    Aim,
+    SummaryLine,
+    absolute_line,
+    format_table,
+    result_document,
+    summary_line,
+    write_result,
+)
 from bench.rpc import WsRpc
 
 NAME = "burst"
@@ -183,30 +191,12 @@ def summarise(runs: Sequence[dict[str, Any]]) -> list[SummaryLine]:
     service_cpu = (service or {}).get("cpu_s", {}).get("service")
     if service is not None and service_cpu is not None and service.get("votes_mined"):
         per_vote_ms = service_cpu / service["votes_mined"] * 1000
-        lines.append(
-            summary_line(
-                NAME,
-                "service CPU per vote (process CPU time over the burst)",
-                "ms",
-                per_vote_ms,
-                None,
-                figure=per_vote_ms,
-                figure_name="ms",
-                aim=CPU_AIM_MS,
-            )
-        )
+        metric = "service CPU per vote (process CPU time over the burst)"
+        lines.append(absolute_line(NAME, metric, "ms", per_vote_ms, CPU_AIM_MS))
     if service is not None and service.get("memory"):
+        peak = service["memory"]["peak_rss_mb"]
         lines.append(
-            summary_line(
-                NAME,
-                "peak RSS of dloop run during the burst",
-                "MB",
-                service["memory"]["peak_rss_mb"],
-                None,
-                figure=service["memory"]["peak_rss_mb"],
-                figure_name="MB",
-                aim=Aim("<=", 200),
-            )
+            absolute_line(NAME, "peak RSS of dloop run during the burst", "MB", peak, Aim("<=", 200))
         )
     return lines
 

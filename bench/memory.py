@@ -33,7 +33,15 @@ from bench.harness import (
     stop_on_sigterm,
     workdir,
 )
-from bench.report import Aim, SummaryLine, format_table, result_document, summary_line, write_result
+from bench.report import (
+    Aim,
+    SummaryLine,
+    absolute_line,
+    format_table,
+    result_document,
+    summary_line,
+    write_result,
+)
 from bench.rpc import WsRpc
 
 NAME = "memory"
@@ -92,15 +100,8 @@ def summarise(details: dict[str, Any]) -> list[SummaryLine]:
     points = details["points"]
     last = points[-1]
     return [
-        summary_line(
-            NAME,
-            f"peak RSS over {last['proposals']:,} proposals",
-            "MB",
-            last["peak_rss_mb"],
-            None,
-            figure=last["peak_rss_mb"],
-            figure_name="MB",
-            aim=AIM_MB,
+        absolute_line(
+            NAME, f"peak RSS over {last['proposals']:,} proposals", "MB", last["peak_rss_mb"], AIM_MB
         ),
         summary_line(
             NAME,

@@ -110,6 +110,11 @@ def summary_line(
     )
 
 
+def absolute_line(benchmark: str, metric: str, unit: str, value: float | None, aim: Aim) -> SummaryLine:
+    """A summary line of the service alone, its aim on the value itself (MB, ms, s), not on a ratio."""
+    return summary_line(benchmark, metric, unit, value, None, figure=value, figure_name=unit, aim=aim)
+
+
 def fmt(value: Any, digits: int = 3) -> str:
     """A number for a table: significant digits, thousands separators; '-' for None."""
     if value is None:

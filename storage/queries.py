@@ -313,9 +313,9 @@ async def deployments_with_proposal(sessions: SessionFactory, scope: Scope, prop
         rows = await session.execute(
             select(scope.deployment())
             .where(scope.where(), Proposal.proposal_id == proposal_id)
-            .order_by(Proposal.id)
         )
-        return [str(name) for (name,) in rows]
+        # By name: the order rows were inserted in depends on which chain's listener was first.
+        return sorted({str(name) for (name,) in rows})
 
     return await read(sessions, work, what="deployments_with_proposal", brief=True)
 

@@ -272,6 +272,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def wait_until_idle(
+    pid: int, *, busy: float = 0.05, window: float = 1.0, timeout: float = 60.0
+) -> float:
+    """Wait until a process used under `busy` of a CPU over `window` seconds (at most `timeout`); returns the
+    seconds waited. anvil keeps a core busy for several seconds after thousands of transactions (its own
+    housekeeping): a pass measured meanwhile would be charged for it."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = cpu_seconds(pid)
+        await asyncio.sleep(window)
+        if cpu_seconds(pid) - before < busy * window:
+            break
+    return time.monotonic() - started
+
+
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:

@@ -29,11 +29,13 @@ from chain.requests import Request
 from chain.retrying import call_many_retrying
 from chain.types import ProposalData
 from chain.ws_client import ws_chain_client
+from core.concurrency import both
 from core.errors import ChainError, TransientChainError
 from core.logs import log_event
 from core.retry import backoff_delay, with_backoff
 from core.settings import Settings
 from listener.reconcile_plan import (
+    RecordPlan,
     VoteFix,
     ids_to_read,
     mined_sent_votes,
@@ -79,6 +81,16 @@ class ReconcileResult:
 class ReconcilerStatus:
     last_error: str | None = None  # of the last pass (cleared by a pass that completes)
     rpc_errors: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+@dataclass(frozen=True)
+class ChunkRead:
+    """A chunk of proposals as read at one block: what `_write_chunk` records."""
+
+    read_block: int
+    proposals: list[ProposalData]
+    plan: RecordPlan
+    has_voted: dict[tuple[int, int], bool]
 
 
 class Reconciler:
@@ -169,9 +181,18 @@ class Reconciler:
         new_ids: list[int] = []
         # A chunk of proposals at a time, all read at the same block: a pass over 10,000 open proposals held
         # every answer, 50,000 hasVoted results and vote rows at once (tens of MB that the allocator kept).
-        for start in range(0, len(wanted), self.pass_chunk):
-            chunk = wanted[start : start + self.pass_chunk]
-            tally += await self._reconcile_chunk(reads, chunk, chain_time, read_block, errors, new_ids)
+        # The next chunk is read while this one is written: the reads wait on the node, the writes on the
+        # database, and one after the other a first pass took their sum.
+        chunks = [wanted[start : start + self.pass_chunk] for start in range(0, len(wanted), self.pass_chunk)]
+        if chunks:
+            chunk_read = await self._read_chunk(reads, chunks[0], chain_time, read_block, errors)
+            for following in chunks[1:]:
+                written, chunk_read = await both(
+                    self._write_chunk(chunk_read, new_ids),
+                    self._read_chunk(reads, following, chain_time, read_block, errors),
+                )
+                tally += written
+            tally += await self._write_chunk(chunk_read, new_ids)
         resolved = await self._confirm_mined_sent(sent, head_block.number, confirmations) if sent else 0
         return ReconcileResult(
             proposal_count=count,
@@ -188,17 +209,10 @@ class Reconciler:
             new_proposal_ids=tuple(new_ids),
         )
 
-    async def _reconcile_chunk(
-        self,
-        reads: Reads,
-        wanted: Sequence[int],
-        chain_time: int,
-        read_block: int,
-        errors: list[str],
-        new_ids: list[int],
-    ) -> collections.Counter[str]:
-        """Read these proposals and their votes at `read_block`, then record and fix them in short
-        transactions."""
+    async def _read_chunk(
+        self, reads: Reads, wanted: Sequence[int], chain_time: int, read_block: int, errors: list[str]
+    ) -> ChunkRead:
+        """These proposals and the votes of the open ones, read at `read_block`."""
         proposals: list[ProposalData] = []
         for proposal_id, data in (await reads.proposals(wanted, read_block)).items():
             if isinstance(data, ChainError):
@@ -207,7 +221,12 @@ class Reconciler:
                 proposals.append(data)
         plan = plan_records(proposals, chain_time)
         has_voted = await self._has_voted(reads, sorted(plan.open_ids), read_block, errors)
-        tally: collections.Counter[str] = collections.Counter(scanned=len(proposals))
+        return ChunkRead(read_block, proposals, plan, has_voted)
+
+    async def _write_chunk(self, chunk: ChunkRead, new_ids: list[int]) -> collections.Counter[str]:
+        """Record a chunk's proposals and fix their vote rows, in short transactions."""
+        plan = chunk.plan
+        tally: collections.Counter[str] = collections.Counter(scanned=len(chunk.proposals))
         records = await record_proposals(
             self.sessions,
             chain_id=self.chain_id,
@@ -216,14 +235,14 @@ class Reconciler:
             source="reconcile",
             node_ids=[n.id for n in self.nodes],
         )
-        for data, recorded in zip(proposals, records, strict=True):
+        for data, recorded in zip(chunk.proposals, records, strict=True):
             tally["new"] += int(recorded.created)
             if recorded.created:
                 new_ids.append(data.proposal_id)
             if data.proposal_id in plan.open_ids:
                 tally["missing_votes"] += recorded.votes_added
         rows = await scan.vote_rows(self.sessions, self.chain_id, self.contract, plan.read_ids)
-        fixes = plan_vote_fixes(rows, plan.open_ids, plan.read_ids, has_voted, read_block)
+        fixes = plan_vote_fixes(rows, plan.open_ids, plan.read_ids, chunk.has_voted, chunk.read_block)
         tally.update(str(state) for state in await self._apply_fixes(fixes))
         return tally
 

@@ -46,7 +46,7 @@ class AbiFunction:
         return "0x" + (self.selector + abi_encode(list(self.input_types), list(args))).hex()
 
     def decode(self, data: bytes) -> tuple[Any, ...]:
-        fast = decode_static_words(self.output_types, data)
+        fast = decode_plain(self.output_types, data)
         return fast if fast is not None else tuple(abi_decode(list(self.output_types), data))
 
 
@@ -73,26 +73,46 @@ def _static_word(kind: str, value: Any) -> bytes | None:
     return None
 
 
-def decode_static_words(kinds: tuple[str, ...], data: bytes) -> tuple[Any, ...] | None:
-    """Values made only of uintN, bool and address words, exactly that long and in range, decoded as eth_abi
-    would (contract results, event topics and data);
-    None sends anything else (other types, padding eth_abi refuses, short or long data) through eth_abi."""
-    if not kinds or len(data) != _WORD * len(kinds):
+def decode_plain(kinds: tuple[str, ...], data: bytes) -> tuple[Any, ...] | None:
+    """Values made only of uintN, bool and address words and `string`/`bytes` tails, laid out exactly as
+    eth_abi encodes them (each tail right after the one before, zero padding, nothing after the last), decoded
+    as eth_abi would: contract results (getProposal), event data (ProposalCreated's description), topics.
+    None sends anything else (other types, padding or pointers eth_abi would check or follow, invalid UTF-8,
+    short or long data) through eth_abi, which decodes it or raises its own error."""
+    head = _WORD * len(kinds)
+    if not kinds or len(data) < head:
         return None
     values: list[Any] = []
+    tail = head  # where the next string or bytes must start
     for index, kind in enumerate(kinds):
         word = int.from_bytes(data[index * _WORD : (index + 1) * _WORD], "big")
         if kind == "bool" and word <= 1:
             values.append(word == 1)
-            continue
-        if kind == "address" and not word >> 160:
+        elif kind == "address" and not word >> 160:
             values.append("0x" + data[index * _WORD + 12 : (index + 1) * _WORD].hex())  # eth_abi's lowercase
-            continue
-        bits = _UINT_BITS.get(kind)
-        if bits is None or word >> bits:
-            return None
-        values.append(word)
-    return tuple(values)
+        elif kind in ("string", "bytes"):
+            if word != tail or tail + _WORD > len(data):
+                return None
+            size = int.from_bytes(data[tail : tail + _WORD], "big")
+            end = tail + _WORD + size
+            padded = tail + _WORD + -(-size // _WORD) * _WORD
+            if padded > len(data) or any(data[end:padded]):
+                return None
+            raw = data[tail + _WORD : end]
+            if kind == "bytes":
+                values.append(raw)
+            else:
+                try:
+                    values.append(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    return None
+            tail = padded
+        else:
+            bits = _UINT_BITS.get(kind)
+            if bits is None or word >> bits:
+                return None
+            values.append(word)
+    return tuple(values) if tail == len(data) else None
 
 
 @lru_cache(maxsize=4096)

@@ -22,7 +22,7 @@ from eth_abi import decode as abi_decode
 from eth_utils import keccak
 
 from chain.abis import assetdao_abi
-from chain.codec import canonical_type, checksum, dao_functions, decode_static_words
+from chain.codec import canonical_type, checksum, dao_functions, decode_plain
 
 PRODUCTION = "production"
 UPSTREAM = "upstream"
@@ -184,8 +184,8 @@ def decode_log(topics: Sequence[Any], data: Any) -> ChainEvent | OtherEvent:
 
 
 def _decode(kinds: tuple[str, ...], data: bytes) -> tuple[Any, ...]:
-    # A burst brings thousands of VoteCast logs: their uint/address/bool words skip eth_abi's setup.
-    fast = decode_static_words(kinds, data)
+    # A burst brings thousands of VoteCast and ProposalCreated logs: plain layouts skip eth_abi's setup.
+    fast = decode_plain(kinds, data)
     return fast if fast is not None else tuple(abi_decode(list(kinds), data))
 
 

@@ -9,7 +9,7 @@ from eth_abi import decode, encode
 from eth_abi.exceptions import NonEmptyPaddingBytes
 from eth_utils import keccak
 
-from chain.codec import AbiFunction, checksum, decode_revert, decode_static_words
+from chain.codec import AbiFunction, checksum, decode_plain, decode_revert
 from chain.events import (
     ProposalCanceled,
     ProposalCreated,
@@ -183,11 +183,60 @@ def test_checksum_is_eth_utils_own_and_refuses_what_it_refuses() -> None:
     ],
 )
 def test_static_addresses_decode_as_eth_abi_does(kinds: tuple[str, ...], data: bytes) -> None:
-    assert decode_static_words(kinds, data) == tuple(decode(list(kinds), data))
+    assert decode_plain(kinds, data) == tuple(decode(list(kinds), data))
 
 
 def test_an_address_word_with_high_bytes_set_is_left_to_eth_abi() -> None:
     data = b"\x01" + bytes(11) + bytes.fromhex(VOTER[2:])
-    assert decode_static_words(("address",), data) is None
+    assert decode_plain(("address",), data) is None
     with pytest.raises(NonEmptyPaddingBytes):
         decode(["address"], data)
+
+
+PROPOSAL = (
+    "uint256", "uint8", "address", "uint256", "string", "address", "uint256", "uint256", "uint256", "uint256",
+    "uint8", "bool",
+)  # fmt: skip
+PROPOSAL_VALUES = [7, 1, VOTER, 10**18, "Buy <b>ETH</b> ünïcode", VOTER, 1, 2, 3, 4, 0, True]
+
+
+@pytest.mark.parametrize("description", ["", "x" * 31, "y" * 32, "z" * 33, "é" * 100])
+def test_results_with_a_string_decode_as_eth_abi_does(description: str) -> None:
+    values = [*PROPOSAL_VALUES[:4], description, *PROPOSAL_VALUES[5:]]
+    data = encode(list(PROPOSAL), values)
+    fast = decode_plain(PROPOSAL, data)
+    assert fast is not None and fast == tuple(decode(list(PROPOSAL), data))
+    kinds = ("string", "bytes", "uint256")
+    both = encode(list(kinds), [description, description.encode() * 2, 5])
+    assert decode_plain(kinds, both) == tuple(decode(list(kinds), both))
+
+
+def _word(value: int) -> bytes:
+    return value.to_bytes(32, "big")
+
+
+CANONICAL = encode(list(PROPOSAL), PROPOSAL_VALUES)
+TAIL = 32 * len(PROPOSAL)  # where the description's length word is
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        CANONICAL + bytes(32),  # something after the last tail
+        CANONICAL[:-1],  # cut short
+        CANONICAL[: 4 * 32] + _word(TAIL + 32) + CANONICAL[5 * 32 :] + bytes(32),  # pointer elsewhere
+        CANONICAL[:TAIL] + _word(10**6) + CANONICAL[TAIL + 32 :],  # length past the end
+        CANONICAL[:-1] + b"\x01",  # non-zero padding
+        CANONICAL[:TAIL] + _word(2) + b"\xff\xfe" + bytes(30),  # not UTF-8
+    ],
+)
+def test_results_with_an_unusual_string_layout_are_left_to_eth_abi(data: bytes) -> None:
+    assert decode_plain(PROPOSAL, data) is None
+    fn = AbiFunction("getProposal", ("uint256",), PROPOSAL)
+    try:
+        expected: object = tuple(decode(list(PROPOSAL), data))
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            fn.decode(data)
+    else:
+        assert fn.decode(data) == expected

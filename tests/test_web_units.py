@@ -28,6 +28,7 @@ from storage.queries import ContractScope, DataVersion, writes_shown_tables
 from tests.support.database import Database, NodeSpec, made_up_nodes
 from web.active_cache import ActiveProposalsCache, ActiveSnapshot, needs_rebuild
 from web.auth import authorize_trigger, bearer_token, cross_site, is_loopback, trigger_guard
+from web.caches import HealthMemo
 from web.db_probe import DatabaseProbe, probe_is_fresh
 from web.errors import handle_http_exception
 from web.metrics import MetricsSnapshot, render
@@ -289,6 +290,14 @@ def test_probe_freshness() -> None:
 
 
 # -- health, node status, chain clock ---
+
+
+def test_a_health_answer_is_reused_for_a_tenth_of_a_second_only() -> None:
+    memo = HealthMemo()
+    assert memo.fresh(100.0) is None
+    memo.store((b'{"status":"healthy"}', 200), 100.0)
+    assert memo.fresh(100.05) == (b'{"status":"healthy"}', 200)
+    assert memo.fresh(100.2) is None  # a change is seen within max_age
 
 
 def test_health_checks_need_a_fresh_head() -> None:

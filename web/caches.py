@@ -33,12 +33,32 @@ class AnalyticsMemo:
         self.report, self.version, self.computed_at = report, version, clock
 
 
+@dataclass
+class HealthMemo:
+    """/health's encoded answer, reused for `max_age` seconds: a monitor or a load balancer polling hundreds
+    of times a second (during a voting burst, on the voter's event loop) costs one evaluation of every check
+    per interval. A tenth of a second is far below any probe's period, so no change goes unseen."""
+
+    max_age: float = 0.1
+    answer: tuple[bytes, int] | None = None
+    computed_at: float = 0.0
+
+    def fresh(self, clock: float) -> tuple[bytes, int] | None:
+        if self.answer is not None and clock - self.computed_at < self.max_age:
+            return self.answer
+        return None
+
+    def store(self, answer: tuple[bytes, int], clock: float) -> None:
+        self.answer, self.computed_at = answer, clock
+
+
 @dataclass(frozen=True)
 class WebCaches:
     active: ActiveProposalsCache  # every deployment
     database: DatabaseProbe
     version: DataVersion = field(repr=False)
     analytics: AnalyticsMemo = field(default_factory=AnalyticsMemo, repr=False)
+    health: HealthMemo = field(default_factory=HealthMemo, repr=False)
     # /active-proposals?deployment=NAME, one snapshot per deployment asked for
     by_deployment: dict[str, ActiveProposalsCache] = field(default_factory=dict, repr=False)
 

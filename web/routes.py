@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import Counter
 from typing import Annotated, Any
 
@@ -512,6 +513,10 @@ ROUTES = [
 
 
 async def health_answer(context: WebContext, caches: WebCaches) -> tuple[bytes, int]:
+    clock = time.monotonic()
+    recent = caches.health.fresh(clock)
+    if recent is not None:
+        return recent
     now = utcnow()
     database_error = await caches.database.error()  # one shared probe per second, not one per request
     checks = health_checks(
@@ -527,7 +532,9 @@ async def health_answer(context: WebContext, caches: WebCaches) -> tuple[bytes, 
         checks["lanes"] = lanes
     status = health_status(checks)
     body = HealthResponse(status, status == "healthy", now, checks, lanes_out(voter))
-    return msgspec.json.encode(body), 200 if status == "healthy" else 503
+    answer = msgspec.json.encode(body), 200 if status == "healthy" else 503
+    caches.health.store(answer, clock)
+    return answer
 
 
 async def active_proposals_answer(

@@ -85,6 +85,28 @@ def _in_scope(scope: ContractScope) -> ColumnElement[bool]:
     return Vote.proposal_ref.in_(select(Proposal.id).where(scope.where()))
 
 
+def _free_queued(node_ids: Collection[int], scope: ContractScope, now: dt.datetime) -> ColumnElement[bool]:
+    return and_(
+        Vote.state == VoteState.QUEUED,
+        _lease_free(now),
+        Vote.node_id.in_(list(node_ids)),
+        _in_scope(scope),
+    )
+
+
+def _most_urgent(free: ColumnElement[bool], max_proposals: int) -> Any:
+    """The row ids of the `max_proposals` proposals with free rows that end first, as a subquery."""
+    return (
+        select(Proposal.id)
+        .join(Vote, Vote.proposal_ref == Proposal.id)
+        .where(free)
+        .group_by(Proposal.id, Proposal.voting_ends_at)
+        .order_by(Proposal.voting_ends_at, Proposal.id)
+        .limit(max_proposals)
+        .scalar_subquery()
+    )
+
+
 async def queued_candidates(
     sessions: SessionFactory,
     *,
@@ -93,32 +115,46 @@ async def queued_candidates(
     scope: ContractScope,
     now: dt.datetime | None = None,
 ) -> list[QueuedVote]:
-    """Free queued rows of the `max_proposals` most urgent proposals (earliest end of voting first)."""
-    moment = now or utcnow()
+    """Free queued rows of the `max_proposals` most urgent proposals (earliest end of voting first): what
+    `lease_most_urgent` would take."""
+    free = _free_queued(node_ids, scope, now or utcnow())
 
     async def work(session: AsyncSession) -> list[QueuedVote]:
-        free = and_(
-            Vote.state == VoteState.QUEUED,
-            _lease_free(moment),
-            Vote.node_id.in_(list(node_ids)),
-            _in_scope(scope),
-        )
-        # One statement (the most urgent proposals as a subquery): each statement is several hops to the
-        # database's thread, and this read is on the way from every event to its votes.
-        proposals = (
-            select(Proposal.id)
-            .join(Vote, Vote.proposal_ref == Proposal.id)
-            .where(free)
-            .group_by(Proposal.id, Proposal.voting_ends_at)
-            .order_by(Proposal.voting_ends_at, Proposal.id)
-            .limit(max_proposals)
-        )
         rows = await session.execute(
-            _queued_select().where(free, Vote.proposal_ref.in_(proposals.scalar_subquery()))
+            _queued_select().where(free, Vote.proposal_ref.in_(_most_urgent(free, max_proposals)))
         )
         return [_queued(row) for row in rows.all()]
 
     return await read(sessions, work, what="vote queue")
+
+
+async def lease_most_urgent(
+    sessions: SessionFactory,
+    *,
+    node_ids: Collection[int],
+    max_proposals: int,
+    scope: ContractScope,
+    owner: str,
+    lease_seconds: float,
+    now: dt.datetime | None = None,
+) -> list[QueuedVote]:
+    """Lease the free queued rows of the `max_proposals` most urgent proposals for `owner`, in one
+    transaction (choosing and leasing apart took two, on the way from every event to its votes); returns
+    the rows this owner now holds."""
+    moment = now or utcnow()
+    expires = moment + dt.timedelta(seconds=lease_seconds)
+    free = _free_queued(node_ids, scope, moment)
+
+    async def work(session: AsyncSession) -> list[QueuedVote]:
+        await session.execute(
+            update(Vote)
+            .where(free, Vote.proposal_ref.in_(_most_urgent(free, max_proposals)))
+            .values(lease_owner=owner, lease_expires_at=expires)
+            .execution_options(synchronize_session=False)
+        )
+        return await _held(session, owner, expires, Vote.node_id.in_(list(node_ids)))
+
+    return await write(sessions, work, what="vote queue")
 
 
 def _queued_select() -> Any:
@@ -169,18 +205,25 @@ async def lease(
             .where(Vote.id.in_(list(vote_ids)), Vote.state == VoteState.QUEUED, _lease_free(moment))
             .values(lease_owner=owner, lease_expires_at=expires)
         )
-        # Read back what we hold: rows another voter leased first are not ours.
-        rows = await session.execute(
-            _queued_select().where(
-                Vote.id.in_(list(vote_ids)),
-                Vote.state == VoteState.QUEUED,
-                Vote.lease_owner == owner,
-                Vote.lease_expires_at == expires,
-            )
-        )
-        return [_queued(row) for row in rows.all()]
+        return await _held(session, owner, expires, Vote.id.in_(list(vote_ids)))
 
     return await write(sessions, work, what="vote queue")
+
+
+async def _held(
+    session: AsyncSession, owner: str, expires: dt.datetime, among: ColumnElement[bool]
+) -> list[QueuedVote]:
+    """The queued rows `owner` holds with the lease it just took: rows another voter leased first are not
+    ours."""
+    rows = await session.execute(
+        _queued_select().where(
+            among,
+            Vote.state == VoteState.QUEUED,
+            Vote.lease_owner == owner,
+            Vote.lease_expires_at == expires,
+        )
+    )
+    return [_queued(row) for row in rows.all()]
 
 
 async def release(

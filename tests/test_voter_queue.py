@@ -77,6 +77,39 @@ async def test_concurrent_leases_never_overlap(db: tuple[SessionFactory, list[in
     assert sorted(got["a"] + got["b"] + got["c"]) == ids  # each row to exactly one owner
 
 
+async def test_leasing_the_most_urgent_takes_whole_proposals_and_never_overlaps(
+    db: tuple[SessionFactory, list[int]],
+) -> None:
+    """What the voter leases per batch: the free rows of the most urgent proposals, chosen and leased in one
+    transaction; three voters at once share the rows out, each row to one of them."""
+    sessions, nodes = db
+    first = await queue.lease_most_urgent(
+        sessions, node_ids=nodes, max_proposals=2, scope=SCOPE, owner="a", lease_seconds=60
+    )
+    assert sorted({r.proposal_id for r in first}) == [1, 2] and len(first) == 4
+    elsewhere = ContractScope(1, "0xother")
+    assert (
+        await queue.lease_most_urgent(
+            sessions, node_ids=nodes, max_proposals=5, scope=elsewhere, owner="b", lease_seconds=60
+        )
+        == []
+    )
+    got: dict[str, list[int]] = {}
+
+    async def take(owner: str) -> None:
+        rows = await queue.lease_most_urgent(
+            sessions, node_ids=[nodes[1]], max_proposals=5, scope=SCOPE, owner=owner, lease_seconds=60
+        )
+        got[owner] = [r.vote_id for r in rows]
+
+    async with anyio.create_task_group() as tg:
+        for owner in ("b", "c", "d"):
+            tg.start_soon(take, owner)
+    taken = got["b"] + got["c"] + got["d"]
+    assert len(taken) == len(set(taken)) == 3  # the second node's rows of proposals 3-5, once each
+    assert await queue.count_leasable(sessions, node_ids=nodes, scope=SCOPE) == 3  # the first node's
+
+
 async def test_expired_lease_is_taken_up_again(db: tuple[SessionFactory, list[int]]) -> None:
     sessions, nodes = db
     ids = await all_ids(sessions)

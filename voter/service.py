@@ -537,24 +537,18 @@ class Voter:
             sendable = self._sendable()
             if not sendable:
                 break
-            candidates = await queue.queued_candidates(
+            held = await queue.lease_most_urgent(
                 self.sessions,
                 node_ids=sendable,
                 max_proposals=self.settings.batch_size,
                 scope=queue.ContractScope(self.chain_id, self.settings.contract_address),
-            )
-            planned = plan_batch(candidates, batch_size=self.settings.batch_size, node_ids=sendable)
-            if not planned:
-                drained = not candidates
-                break
-            leased = await queue.lease(
-                self.sessions,
-                [row.vote_id for row in planned],
                 owner=self.owner,
                 lease_seconds=self.settings.lease_seconds,
             )
+            leased = plan_batch(held, batch_size=self.settings.batch_size, node_ids=sendable)
             if not leased:
-                break  # another voter took them
+                drained = True  # nothing free was left (or another voter took it first)
+                break
             if all(handled[row.vote_id] >= MAX_TRIES_PER_ROUND for row in leased):
                 await self._release(leased, "tried again in the next round", counters)
                 break

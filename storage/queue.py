@@ -303,16 +303,7 @@ async def count_leasable(
     moment = now or utcnow()
 
     async def work(session: AsyncSession) -> int:
-        query = (
-            select(func.count())
-            .select_from(Vote)
-            .where(
-                Vote.state == VoteState.QUEUED,
-                _lease_free(moment),
-                Vote.node_id.in_(list(node_ids)),
-                _in_scope(scope),
-            )
-        )
+        query = select(func.count()).select_from(Vote).where(_free_queued(node_ids, scope, moment))
         return int((await session.execute(query)).scalar_one())
 
     return await read(sessions, work, what="vote queue")

@@ -557,6 +557,10 @@ class Voter:
             leased_total += len(leased)
             self._step("leased")
             await self._process_batch(client, leased, deadline, counters)
+            if len({row.proposal_row_id for row in leased}) < self.settings.batch_size:
+                # Nothing else was free a moment ago: count_leasable (a read) says whether rows came since,
+                # rather than another lease (a write) that would most often take nothing.
+                break
         deadline_reached = anyio.current_time() >= deadline
         sendable = self._sendable()
         left = (

@@ -311,8 +311,7 @@ async def deployments_with_proposal(sessions: SessionFactory, scope: Scope, prop
 
     async def work(session: AsyncSession) -> list[str]:
         rows = await session.execute(
-            select(scope.deployment())
-            .where(scope.where(), Proposal.proposal_id == proposal_id)
+            select(scope.deployment()).where(scope.where(), Proposal.proposal_id == proposal_id)
         )
         # By name: the order rows were inserted in depends on which chain's listener was first.
         return sorted({str(name) for (name,) in rows})

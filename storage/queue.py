@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, ScalarSelect, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import LaneLost
@@ -86,6 +86,7 @@ def _in_scope(scope: ContractScope) -> ColumnElement[bool]:
 
 
 def _free_queued(node_ids: Collection[int], scope: ContractScope, now: dt.datetime) -> ColumnElement[bool]:
+    """Rows a voter may lease: queued, not leased (or the lease ran out), of these nodes and deployment."""
     return and_(
         Vote.state == VoteState.QUEUED,
         _lease_free(now),
@@ -94,7 +95,7 @@ def _free_queued(node_ids: Collection[int], scope: ContractScope, now: dt.dateti
     )
 
 
-def _most_urgent(free: ColumnElement[bool], max_proposals: int) -> Any:
+def _most_urgent(free: ColumnElement[bool], max_proposals: int) -> ScalarSelect[int]:
     """The row ids of the `max_proposals` proposals with free rows that end first, as a subquery."""
     return (
         select(Proposal.id)

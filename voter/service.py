@@ -531,7 +531,6 @@ class Voter:
             ):  # rows sent by an earlier run, or reopened
                 await self._lane_safely(lane, lane.adopt_sent)
         handled: Counter[int] = Counter()  # what keeps coming back waits for the next round
-        drained = False  # the queue had nothing leasable left for the sendable nodes
         while anyio.current_time() < deadline:
             await self.pauses.current()  # read again when older than a second (another instance's change)
             sendable = self._sendable()
@@ -546,9 +545,10 @@ class Voter:
                 lease_seconds=self.settings.lease_seconds,
             )
             leased = plan_batch(held, batch_size=self.settings.batch_size, node_ids=sendable)
+            if len(leased) < len(held):  # never today (the lease chose these rows), but never keep rows idle
+                await self._release([r for r in held if r not in leased], "not in this batch", counters)
             if not leased:
-                drained = True  # nothing free was left (or another voter took it first)
-                break
+                break  # nothing free, or another voter was first: count_leasable below tells which
             if all(handled[row.vote_id] >= MAX_TRIES_PER_ROUND for row in leased):
                 await self._release(leased, "tried again in the next round", counters)
                 break
@@ -556,16 +556,17 @@ class Voter:
             batches += 1
             leased_total += len(leased)
             self._step("leased")
+            handed_back = (counters.deferred, counters.requeued, counters.paused)
             await self._process_batch(client, leased, deadline, counters)
-            if len({row.proposal_row_id for row in leased}) < self.settings.batch_size:
-                # Nothing else was free a moment ago: count_leasable (a read) says whether rows came since,
-                # rather than another lease (a write) that would most often take nothing.
+            partial = len({row.proposal_row_id for row in leased}) < self.settings.batch_size
+            if partial and (counters.deferred, counters.requeued, counters.paused) == handed_back:
+                # Nothing else was free a moment ago and nothing went back: count_leasable (a read) says
+                # whether rows came since, rather than another lease (a write) that would take nothing.
                 break
         deadline_reached = anyio.current_time() >= deadline
         sendable = self._sendable()
         left = (
             bool(sendable)
-            and not drained
             and await queue.count_leasable(
                 self.sessions,
                 node_ids=sendable,

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from core.errors import DloopError, first_error
+from core.errors import DloopError, error_leaves, first_error
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -27,15 +27,7 @@ async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
             tg.start_soon(run, 0, first)
             tg.start_soon(run, 1, second)
     except BaseExceptionGroup as group:
-        if all(isinstance(leaf, DloopError) for leaf in leaves(group)):
+        if all(isinstance(leaf, DloopError) for leaf in error_leaves(group)):
             raise first_error(group) from None
         raise
     return results[0], results[1]
-
-
-def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    return [
-        leaf
-        for inner in group.exceptions
-        for leaf in (leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
-    ]

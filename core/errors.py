@@ -82,6 +82,13 @@ class MalformedAnswer(TransientChainError):
         self.repeatable = repeatable
 
 
+def error_leaves(exc: BaseException) -> list[BaseException]:
+    """The errors inside (nested) exception groups; an error that is not a group is its own one leaf."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in error_leaves(inner)]
+    return [exc]
+
+
 def first_error(exc: BaseException) -> BaseException:
     """The error to report for `exc`: inside (nested) exception groups, the first DloopError, else the
     first leaf. A task group's own text ("unhandled errors in a TaskGroup") names nothing."""

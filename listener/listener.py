@@ -23,7 +23,7 @@ from eth_utils import to_checksum_address
 from chain import requests
 from chain.client import ChainClient, RpcErrorCounts
 from chain.ws_client import connected_client, read_subscriptions, subscribe_heads, subscribe_logs
-from core.errors import ChainError, ConfigError, DloopError, TransientChainError
+from core.errors import ChainError, ConfigError, DloopError, TransientChainError, error_leaves
 from core.logs import log_event
 from core.settings import Settings
 from core.signals import WorkSignal
@@ -151,7 +151,7 @@ class Listener:
                 if fatal is not None:
                     raise fatal from exc
                 reason = _describe(exc)
-                if not any(isinstance(leaf, DloopError) for leaf in _leaves(exc)):
+                if not any(isinstance(leaf, DloopError) for leaf in error_leaves(exc)):
                     logger.error("listener_unexpected_error", exc_info=exc)  # a bug: keep the traceback
             finally:
                 self._board.connected = False
@@ -413,16 +413,10 @@ async def _next_message(receive: MemoryObjectReceiveStream[Message], wait: float
     return None
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
 def _find(exc: BaseException, kind: type[ConfigError]) -> ConfigError | None:
-    return next((leaf for leaf in _leaves(exc) if isinstance(leaf, kind)), None)
+    return next((leaf for leaf in error_leaves(exc) if isinstance(leaf, kind)), None)
 
 
 def _describe(exc: BaseException) -> str:
-    leaves = _leaves(exc)
+    leaves = error_leaves(exc)
     return "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in leaves)[:500]

@@ -98,9 +98,7 @@ class LaneState:
     def connect(self, client: ChainClient | None) -> None:
         """A new connection: forget what was in flight and the nonces (the `sent` rows are adopted again)."""
         self.client = client
-        self.tracked.clear()
-        self.fillers.clear()
-        self.used_nonces.clear()
+        self.forget_in_flight()
         self.next_nonce = None
         self.free_nonces = []
 
@@ -151,6 +149,13 @@ class LaneState:
             return Held("dry run: nothing is signed")
         paused = (await self.pauses.current()).reason(self.node.name)
         return Held(paused) if paused is not None else fence
+
+    def forget_in_flight(self) -> None:
+        """Drop what this lane tracks of its transactions (votes, fillers, nonces seen used): a new connection
+        adopts its `sent` rows again, a lost lane leaves them to its new owner."""
+        self.tracked.clear()
+        self.fillers.clear()
+        self.used_nonces.clear()
 
     def nonce_used(self, nonce: int) -> None:
         """`nonce` is used on chain (see `used_nonces`)."""

@@ -105,9 +105,7 @@ class ReceiptWatcher:
         async with self.state.lock:
             if self.state.owned:
                 return  # attached again meanwhile
-            self.state.tracked.clear()
-            self.state.fillers.clear()
-            self.state.used_nonces.clear()
+            self.state.forget_in_flight()
         self.state.notify()
 
     def receipts_asked(self, mined: int | None = None) -> list[Tracked]:

@@ -544,9 +544,9 @@ class Voter:
                 owner=self.owner,
                 lease_seconds=self.settings.lease_seconds,
             )
+            # The lease took whole proposals of these nodes, at most batch_size of them: the plan keeps them
+            # all and puts them in batch order.
             leased = plan_batch(held, batch_size=self.settings.batch_size, node_ids=sendable)
-            if len(leased) < len(held):  # never today (the lease chose these rows), but never keep rows idle
-                await self._release([r for r in held if r not in leased], "not in this batch", counters)
             if not leased:
                 break  # nothing free, or another voter was first: count_leasable below tells which
             if all(handled[row.vote_id] >= MAX_TRIES_PER_ROUND for row in leased):

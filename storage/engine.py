@@ -1,5 +1,6 @@
-"""Engine and session factory. The only database-specific code of the service lives here: SQLite's pragmas
-and file checks, PostgreSQL's pool (both through SQLAlchemy's async drivers, aiosqlite and asyncpg)."""
+"""Engine and session factory. The only database-specific code of the service lives here (and in
+storage/sqlite_driver.py, SQLite's driver with one trip per statement): SQLite's pragmas and file checks,
+PostgreSQL's pool (both through SQLAlchemy's async drivers, aiosqlite and asyncpg)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from core.errors import ConfigError
+from storage.sqlite_driver import one_trip_dbapi
 
 SessionFactory = async_sessionmaker[AsyncSession]
 
@@ -101,7 +103,10 @@ def create_engine(database_url: str) -> AsyncEngine:
     url = make_url(database_url)
     if url.get_backend_name() == "postgresql":
         return create_async_engine(url, **POSTGRES_POOL)
-    engine = create_async_engine(url)
+    if url.get_backend_name() == "sqlite" and url.get_driver_name() == "aiosqlite":
+        engine = create_async_engine(url, module=one_trip_dbapi())
+    else:
+        engine = create_async_engine(url)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine

@@ -112,8 +112,8 @@ async def one_pass(chain: Devnet, database: Path, batch_size: int, ws_url: str) 
 
     @asynccontextmanager
     async def connect() -> AsyncIterator[ChainClient]:
-        async with open_ws(settings.rpc_ws_url, request_timeout=settings.rpc_timeout) as w3:
-            client = TimedChainClient(w3, settings.contract_address, timeout=settings.rpc_timeout)
+        async with open_ws(settings.rpc_ws_url, request_timeout=settings.rpc_timeout) as socket:
+            client = TimedChainClient(socket, settings.contract_address, timeout=settings.rpc_timeout)
             clients.append(client)
             yield client
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coincurve import PrivateKey as Secp256k1Key
-from eth_account import Account
 from eth_utils import keccak
 
+from chain.codec import checksum
 from core.settings import NodeSettings
 
 EIP1559 = b"\x02"
@@ -77,6 +77,56 @@ def _rlp_length(length: int, offset: int) -> bytes:
     return bytes([offset + 55 + len(size)]) + size
 
 
+def rlp_decode(data: bytes) -> RlpItem:
+    """The one item RLP-encoded in `data` (byte strings and lists; integers come out as their bytes)."""
+    item, end = _rlp_decode_at(data, 0)
+    if end != len(data):
+        raise ValueError(f"{len(data) - end} bytes after the RLP item")
+    return item
+
+
+def _rlp_decode_at(data: bytes, at: int) -> tuple[RlpItem, int]:
+    if at >= len(data):
+        raise ValueError("RLP ends early")
+    first = data[at]
+    if first < 0x80:
+        return data[at : at + 1], at + 1
+    is_list = first >= 0xC0
+    short = first - (0xC0 if is_list else 0x80)
+    if short < 56:
+        start, length = at + 1, short
+    else:
+        size = short - 55
+        start, length = at + 1 + size, int.from_bytes(data[at + 1 : at + 1 + size], "big")
+    end = start + length
+    if end > len(data):
+        raise ValueError("RLP ends early")
+    if not is_list:
+        return data[start:end], end
+    items: list[RlpItem] = []
+    while start < end:
+        item, start = _rlp_decode_at(data, start)
+        items.append(item)
+    if start != end:
+        raise ValueError("RLP list overruns its length")
+    return items, end
+
+
+def signed_calldata(raw_transaction: bytes) -> bytes:
+    """The call data of a signed EIP-1559 transaction (as `NodeAccount.sign_transaction` makes them)."""
+    if raw_transaction[:1] != EIP1559:
+        raise ValueError("not an EIP-1559 transaction")
+    fields = rlp_decode(raw_transaction[1:])
+    if not isinstance(fields, list) or len(fields) != 12 or not isinstance(fields[7], bytes):
+        raise ValueError("not a signed EIP-1559 transaction")
+    return fields[7]
+
+
+def address_of(key: Secp256k1Key) -> str:
+    """The checksummed account address of a private key: the last 20 bytes of keccak(public key)."""
+    return checksum("0x" + keccak(key.public_key.format(compressed=False)[1:])[-20:].hex())
+
+
 def _hex_bytes(value: str) -> bytes:
     return bytes.fromhex(value.removeprefix("0x"))
 
@@ -84,8 +134,6 @@ def _hex_bytes(value: str) -> bytes:
 def node_accounts(nodes: tuple[NodeSettings, ...]) -> tuple[NodeAccount, ...]:
     accounts = []
     for node in nodes:
-        secret = node.key.reveal()
-        address = Account.from_key(secret).address
-        key = Secp256k1Key(bytes.fromhex(secret.removeprefix("0x")))
-        accounts.append(NodeAccount(node.name, address, node.strategy, key))
+        key = Secp256k1Key(bytes.fromhex(node.key.reveal().removeprefix("0x")))
+        accounts.append(NodeAccount(node.name, address_of(key), node.strategy, key))
     return tuple(accounts)

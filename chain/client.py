@@ -10,14 +10,12 @@ from typing import Any, ParamSpec, TypeVar
 
 import anyio
 from eth_utils import to_checksum_address
-from web3 import AsyncWeb3
 
 from chain import requests as rq
-from chain import web3_internals
 from chain.codec import AbiFunction, checksum, dao_functions, erc20_functions
 from chain.connection import batch_refusal, classify_rpc_error, translate_exception
+from chain.rpc_socket import RpcSocket
 from chain.types import AssetInfo, ProposalData
-from chain.web3_internals import MalformedFrames
 from core.errors import ChainError, ContractRevert, MalformedAnswer, RateLimited, TransientChainError
 
 RpcErrorCounts = Counter[str]  # error kind (the exception's class name) -> how many
@@ -58,7 +56,7 @@ class RawLog:
 def _hex(value: Any) -> str:
     """A hash, topic or data as "0x..." lowercase hex, from the node's string or from bytes (HexBytes)."""
     if isinstance(value, str):
-        return value.lower()  # as web3's HexBytes made it: hashes compare equal whatever the node's case
+        return value.lower()  # hashes compare equal whatever the node's case
     if isinstance(value, bytes | bytearray):
         return "0x" + bytes(value).hex()
     return str(value)
@@ -175,24 +173,22 @@ class ChainClient:
 
     def __init__(
         self,
-        w3: AsyncWeb3[Any],
+        socket: RpcSocket,
         contract_address: str,
         *,
         timeout: float = 20.0,
         malformed_grace: float = MALFORMED_GRACE,
         error_counts: RpcErrorCounts | None = None,
     ) -> None:
-        self.w3 = w3
+        self.socket = socket
         # Every error the node answered (or the transport raised), by kind: shared by the service's clients
         # for /metrics. Counted per attempt, so a rate limit retried three times counts three.
         self.error_counts: RpcErrorCounts = error_counts if error_counts is not None else Counter()
         self.contract = to_checksum_address(contract_address)
         self.timeout = timeout
         self.malformed_grace = malformed_grace
-        self._frames: MalformedFrames | None = getattr(w3.provider, "malformed", None)
         self._assets: dict[str, AssetInfo] = {}
-        self._batch_lock = anyio.Lock()  # web3 gives every batch on a socket the same id
-        self._endpoint = str(getattr(w3.provider, "endpoint_uri", ""))
+        self._endpoint = socket.endpoint
 
     @property
     def batches_refused(self) -> bool:
@@ -224,9 +220,17 @@ class ChainClient:
         self._sent(1)
         try:
             with anyio.fail_after(self.timeout):
-                return await self._answer_or_malformed(
-                    web3_internals.socket_request(self.w3, method, params), method
+                answer = await self._answer_or_malformed(self.socket.request(method, params), method)
+            error = answer.get("error")
+            if error is not None:
+                raise classify_rpc_error(dict(error) if isinstance(error, dict) else {"message": str(error)})
+            if "result" not in answer:
+                raise MalformedAnswer(
+                    f"answer to {method} had neither a result nor an error",
+                    method=method,
+                    repeatable=method not in NOT_REPEATABLE,
                 )
+            return answer["result"]
         except MalformedAnswer as exc:
             self.error_counts[type(exc).__name__] += 1
             raise
@@ -248,9 +252,7 @@ class ChainClient:
         A request answered later than the grace after someone's bad frame is failed too (and retried):
         the price of not waiting the whole timeout for the one that will never be answered.
         """
-        frames = self._frames
-        if frames is None:
-            return await answer
+        frames = self.socket.malformed
         bad_frame = frames.next  # taken before the request goes out: only frames after it count
         number = frames.count + 1  # the number that frame will get
         outcome: list[T] = []
@@ -294,37 +296,30 @@ class ChainClient:
         return results
 
     async def _batch_once(self, requests: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-        async with self._batch_lock:
-            self._sent(len(requests))
-            cache_keys: list[str | None] = []
-            try:
-                with anyio.fail_after(self.timeout):
-                    sent = await web3_internals.send_batch(self.w3, requests)
-                    web3_internals.register_batch(self.w3, sent, cache_keys)
-                    responses = await self._answer_or_malformed(
-                        web3_internals.receive_batch(self.w3, sent), f"a batch of {len(sent)}"
-                    )
-            except MalformedAnswer as exc:
-                self.error_counts[type(exc).__name__] += 1
-                raise
-            except Exception as exc:
-                raise self._counted(translate_exception(exc)) from exc
-            finally:
-                web3_internals.forget_batch(self.w3, cache_keys)
+        self._sent(len(requests))
+        try:
+            with anyio.fail_after(self.timeout):
+                ids, responses = await self._answer_or_malformed(
+                    self.socket.batch(requests), f"a batch of {len(requests)}"
+                )
+        except MalformedAnswer as exc:
+            self.error_counts[type(exc).__name__] += 1
+            raise
+        except Exception as exc:
+            raise self._counted(translate_exception(exc)) from exc
         refusal = batch_refusal(responses)
         if refusal is not None:
             raise self._counted(classify_rpc_error(refusal))
-        answers: list[dict[str, Any]] = [dict(r) for r in responses if isinstance(r, dict)]
-        if len(answers) != len(requests):
+        # JSON-RPC lets a node answer a batch in any order: each answer is found by its request's id.
+        listed = responses if isinstance(responses, list) else []
+        answers = {a.get("id"): a for a in listed if isinstance(a, dict)}
+        if len(answers) != len(requests) or not all(request_id in answers for request_id in ids):
             raise self._counted(
-                ChainError(f"batch of {len(requests)} answered with {len(answers)} responses")
+                ChainError(f"batch of {len(requests)} answered with {len(answers)} responses to its ids")
             )
-        if [a.get("id") for a in answers] != [r["id"] for r in sent]:
-            # A late answer to an earlier batch given up on (see `_answer_or_malformed`): web3 files every
-            # batch answer under one key, so this socket can no longer tell batches apart.
-            raise self._counted(TransientChainError("a batch was answered with another batch's answer"))
         results: list[Any] = []
-        for answer in answers:
+        for request_id in ids:
+            answer = answers[request_id]
             error = answer.get("error")
             results.append(
                 self._counted(classify_rpc_error(dict(error)))
@@ -357,9 +352,8 @@ class ChainClient:
                 except TransientChainError:
                     raise  # rate limits, timeouts, a lost connection: not a refusal
                 except ChainError as exc:
-                    # A refusal (one error object, id null) is this batch's answer (see
-                    # FrameTolerantWebSocketProvider); one arriving after the batch was given up is a web3
-                    # "stray error" that spoils the socket. Remember the refusal; the caller reconnects once.
+                    # A refusal (one error object, id null) is this batch's answer (chain/rpc_socket.py).
+                    # Remember it for the endpoint; the caller reconnects once and asks one by one.
                     self.batches_refused = True
                     raise TransientChainError(
                         f"provider refused a JSON-RPC batch ({exc}); not batching"
@@ -437,7 +431,6 @@ class ChainClient:
         return AssetInfo(address, symbol, decimals)
 
     async def get_logs(self, from_block: int, to_block: int) -> list[RawLog]:
-        # The address as a list: web3's ENS middleware fails on a str here.
         # Every log of the contract, as the subscription: decoded by topic in chain/events.py.
         raw = await self.request(*rq.logs([self.contract], from_block, to_block))
         return [parse_log(item) for item in raw or []]

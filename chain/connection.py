@@ -1,29 +1,22 @@
-"""WebSocket connections to the node, and translation of web3/websockets errors into the service's tree."""
+"""WebSocket connections to the node, and translation of websockets/OS errors and JSON-RPC error answers
+into the service's tree."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from web3 import AsyncWeb3
-from web3.exceptions import (
-    BadResponseFormat,
-    PersistentConnectionError,
-    ProviderConnectionError,
-    TaskNotRunning,
-    TimeExhausted,
-    TooManyRequests,
-    Web3RPCError,
-)
-from websockets.exceptions import InvalidStatus
+import anyio
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus, WebSocketException
 
 from chain.codec import decode_revert
-from chain.web3_internals import FrameTolerantWebSocketProvider, is_batch_refusal
+from chain.rpc_socket import RpcSocket, is_batch_refusal
 from core.errors import (
     ChainError,
     ContractRevert,
@@ -49,10 +42,10 @@ def safe_url(url: str) -> str:
 
 def batch_refusal(responses: Any) -> dict[str, Any] | None:
     """The error object of a batch answered with one error instead of a list of answers, else None."""
-    if isinstance(responses, list):
-        if len(responses) != 1 or not isinstance(responses[0], dict) or not is_batch_refusal(responses[0]):
+    if isinstance(responses, list):  # the refusal repeated for each request, or once in a list
+        if not responses or not all(isinstance(r, dict) and is_batch_refusal(r) for r in responses):
             return None
-        responses = responses[0]  # as FrameTolerantWebSocketProvider files a refusal
+        responses = responses[0]
     error = responses.get("error", {}) if isinstance(responses, dict) else {}
     return dict(error) if isinstance(error, dict) else {"message": str(error)}
 
@@ -65,39 +58,43 @@ async def open_ws(
     ping_interval: float = 5.0,
     ping_timeout: float = 10.0,
     close_timeout: float = 2.0,
-) -> AsyncIterator[AsyncWeb3[Any]]:
-    """A fresh client per connection; tight pings so a frozen peer is noticed in seconds, not minutes.
+    claim_window: float = 3.0,
+) -> AsyncIterator[RpcSocket]:
+    """A fresh JSON-RPC socket per connection, its frames read by a task of its own until the block ends;
+    tight pings so a frozen peer is noticed in seconds, not minutes.
 
-    `close_timeout` bounds the closing handshake: a frozen peer never answers it (websockets waits 10 s).
+    `request_timeout` bounds the opening handshake; `close_timeout` the closing one (a frozen peer never
+    answers it: websockets would wait 10 s).
     """
-    provider = FrameTolerantWebSocketProvider(
-        url,
-        websocket_kwargs={
-            "ping_interval": ping_interval,
-            "ping_timeout": ping_timeout,
-            "close_timeout": close_timeout,
-            "max_size": 2**26,
-        },
-        request_timeout=request_timeout,
-        max_connection_retries=1,
-        subscription_response_queue_size=20_000,
-    )
     try:
-        # No default middleware: its validation step sent eth_chainId before and after every eth_call
-        # (three round trips for one read), and its ENS step rewrote filters. Requests go out as written.
-        w3 = AsyncWeb3(provider, middleware=[])
-        await provider.connect()
-    except (OSError, ProviderConnectionError, PersistentConnectionError, TimeoutError, InvalidStatus) as exc:
-        detail = str(exc).replace(url, safe_url(url))  # web3 repeats the full URL in its message
+        frames = await connect(
+            url,
+            open_timeout=request_timeout,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            close_timeout=close_timeout,
+            max_size=2**26,
+        )
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        detail = str(exc).replace(url, safe_url(url))  # an error may repeat the full URL
         if isinstance(translate_exception(exc), RateLimited) or "429" in detail:
             raise RateLimited(f"cannot connect to {safe_url(url)}: rate limited ({detail})") from exc
-        raise TransientChainError(f"cannot connect to {safe_url(url)}: {detail}") from exc
+        raise TransientChainError(
+            f"cannot connect to {safe_url(url)}: {type(exc).__name__}: {detail}"
+        ) from exc
+    socket = RpcSocket(frames, url, claim_window=claim_window)
+    # The reader is the connection's own task, like websockets' own (pings, buffering), cancelled and awaited
+    # on the way out: a task group around `yield` would hand the body's errors back in an ExceptionGroup.
+    reader = asyncio.ensure_future(socket.read_frames())
     try:
-        yield w3
+        yield socket
     finally:
-        # web3 re-raises the stray errors of a dead socket while closing it; the socket is gone either way.
-        with contextlib.suppress(Exception):
-            await provider.disconnect()
+        reader.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait([reader])
+            socket.close()
+            with contextlib.suppress(Exception):
+                await frames.close()  # the socket is gone either way
 
 
 # Providers word "your eth_getLogs range or result set is too big" in many ways (Infura even uses -32005).
@@ -150,24 +147,11 @@ def classify_rpc_error(error: dict[str, Any]) -> ChainError:
 
 
 def translate_exception(exc: BaseException) -> ChainError:
-    """Map an exception raised by web3/websockets/OS to the service's error tree."""
+    """Map an exception raised by websockets or the OS to the service's error tree."""
     if isinstance(exc, ChainError):
         return exc
-    if isinstance(exc, TooManyRequests):
-        return RateLimited(str(exc))
-    if isinstance(exc, Web3RPCError) and isinstance(exc.rpc_response, dict) and "error" in exc.rpc_response:
-        error = exc.rpc_response["error"]
-        if isinstance(error, dict):
-            return classify_rpc_error(dict(error))
-    if isinstance(
-        exc, OSError | TimeoutError | TimeExhausted | PersistentConnectionError | ProviderConnectionError
-    ):
+    if isinstance(exc, OSError | TimeoutError):
         return TransientChainError(f"{type(exc).__name__}: {exc}")
-    if isinstance(exc, json.JSONDecodeError | BadResponseFormat | TaskNotRunning):
-        # web3's listener task ended (FrameTolerantWebSocketProvider drops bad frames, so something else
-        # killed it): web3 re-raises its error on every later request of the socket. Only a new connection
-        # helps, so this is transient (reconnect), not a lasting error.
-        return TransientChainError(f"connection unusable: {type(exc).__name__}: {exc}")
     if isinstance(exc, InvalidStatus) and exc.response.status_code == 429:
         return RateLimited(f"handshake answered HTTP 429: {exc}")
     name = type(exc).__module__

@@ -6,7 +6,7 @@ Components never spell a method name: they build requests here and send them wit
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from chain.codec import AbiFunction
@@ -90,3 +90,15 @@ def max_priority_fee() -> Request:
 
 def fee_history(blocks: int = 1, newest: BlockTag = "latest") -> Request:
     return ("eth_feeHistory", [hex(blocks), block_tag(newest), []])
+
+
+def subscribe_heads() -> Request:
+    return ("eth_subscribe", ["newHeads"])
+
+
+def subscribe_logs(address: str, topics: Sequence[Any] | None = None) -> Request:
+    """Every log of `address` (matching `topics`, when given), as a subscription."""
+    query: dict[str, Any] = {"address": address}
+    if topics is not None:
+        query["topics"] = list(topics)
+    return ("eth_subscribe", ["logs", query])

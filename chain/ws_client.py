@@ -1,8 +1,8 @@
 """A `ChainClient` over a fresh WebSocket connection, and the subscriptions of that connection.
 
-Components open connections here and never see web3: `connected_client` for a long-lived connection whose
-errors end its owner's loop (the listener), `ws_chain_client` for short-lived ones whose closing must never
-hide the outcome of the work done on them (a reconcile pass, the API's reads).
+Components open connections here and never see the wire (chain/rpc_socket.py): `connected_client` for a
+long-lived connection whose errors end its owner's loop (the listener), `ws_chain_client` for short-lived ones
+whose closing must never hide the outcome of the work done on them (a reconcile pass, the API's reads).
 """
 
 from __future__ import annotations
@@ -10,14 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 import anyio
-from web3 import AsyncWeb3
-from web3.types import LogsSubscriptionArg
 
-from chain import web3_internals
-from chain.client import ChainClient, RpcErrorCounts, retry_rate_limited
+from chain import requests as rq
+from chain.client import ChainClient, RpcErrorCounts
 from chain.connection import open_ws, translate_exception
 from core.errors import ChainError, TransientChainError
 from core.logs import log_event
@@ -39,8 +37,8 @@ async def connected_client(
     """One connection and its client; closed (errors of the closing swallowed) when the block ends."""
     async with open_ws(
         url, request_timeout=timeout, ping_interval=ping_interval, ping_timeout=ping_timeout
-    ) as w3:
-        yield ChainClient(w3, contract, timeout=timeout, error_counts=error_counts)
+    ) as socket:
+        yield ChainClient(socket, contract, timeout=timeout, error_counts=error_counts)
 
 
 @asynccontextmanager
@@ -50,8 +48,8 @@ async def ws_chain_client(
     """`connected_client` with the settings' URL and contract, for one short use: a reconcile pass never
     depends on a long-lived socket.
 
-    An error web3 raises while disconnecting (e.g. a stray error answer left on the socket) is logged, never
-    allowed to replace the work's own outcome. The closing is shielded from cancellation.
+    An error raised while disconnecting is logged, never allowed to replace the work's own outcome. The
+    closing is shielded from cancellation.
     """
     connection = connected_client(
         settings.rpc_ws_url, settings.contract_address, timeout=settings.rpc_timeout, error_counts=rpc_errors
@@ -77,40 +75,33 @@ async def _close_quietly(connection: AbstractAsyncContextManager[Any], exc: Base
 # -- subscriptions ----------------------------------------------------------------------------------------
 
 
-async def _subscribe(w3: AsyncWeb3[Any], kind: str, arg: LogsSubscriptionArg | None) -> str:
-    async def once() -> str:
-        try:
-            return str(await w3.eth.subscribe(kind, arg))  # type: ignore[arg-type]
-        except Exception as exc:
-            raise translate_exception(exc) from exc
-
-    return await retry_rate_limited(once)
+async def _subscribe(client: ChainClient, request: rq.Request) -> str:
+    subscription = str(await client.request(*request))
+    client.socket.subscribed(subscription)
+    return subscription
 
 
 async def subscribe_heads(client: ChainClient) -> str:
     """eth_subscribe("newHeads"); the subscription id."""
-    return await _subscribe(client.w3, "newHeads", None)
+    return await _subscribe(client, rq.subscribe_heads())
 
 
 async def subscribe_logs(client: ChainClient, address: str, topics: Sequence[Any] | None = None) -> str:
     """eth_subscribe("logs", {address[, topics]}); the subscription id. No topics: every log of `address`."""
-    arg: dict[str, Any] = {"address": address}
-    if topics is not None:
-        arg["topics"] = list(topics)
-    return await _subscribe(client.w3, "logs", cast(LogsSubscriptionArg, arg))
+    return await _subscribe(client, rq.subscribe_logs(address, topics))
 
 
 async def read_subscriptions(
     client: ChainClient, on_message: Callable[[Mapping[str, Any]], None]
 ) -> NoReturn:
     """Hand every subscription notification of the client's connection to `on_message`, as the node sent
-    it: its `params`, `{"subscription": id, "result": ...}` with hex strings (web3's formatting skipped; our
-    parsers take the raw form). Notifications of any subscription come out: `on_message` picks its own.
-    Errors leave as ChainError; the stream ending (the connection closed) is a TransientChainError."""
+    it: its `params`, `{"subscription": id, "result": ...}` with hex strings. Notifications of any
+    subscription come out: `on_message` picks its own. Errors leave as ChainError; the stream ending (the
+    connection closed) is a TransientChainError."""
     try:
-        while (message := await web3_internals.next_notification(client.w3)) is not None:
+        while (message := await client.socket.next_notification()) is not None:
             params = message.get("params")
-            if isinstance(params, Mapping):  # without, it names no subscription: skipped, as web3 did
+            if isinstance(params, Mapping):  # without, it names no subscription: skipped
                 on_message(params)
     except ChainError:
         raise

@@ -1,6 +1,7 @@
 """The one exception tree of the service.
 
-Library code raises these; web3, SQLAlchemy and OS errors are translated where they are caught (`from exc`).
+Library code raises these; websockets, SQLAlchemy and OS errors are translated where they are caught
+(`from exc`).
 """
 
 from __future__ import annotations

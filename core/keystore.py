@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from eth_account import Account
-
 from core.errors import ConfigError
 
 
@@ -34,4 +32,8 @@ def load_keystore_dir(directory: Path, password_file: Path) -> list[str]:
 
 def decrypt(keyfile: Any, password: str) -> str:
     """The 0x-hex key of a parsed keystore; ValueError, KeyError or TypeError when it does not open."""
+    # Imported here: eth-account (and the pydantic models it builds) costs about 5 MB of every `dloop run`,
+    # and only a keystore directory needs it, once, at start-up.
+    from eth_account import Account
+
     return "0x" + bytes(Account.decrypt(keyfile, password)).hex()

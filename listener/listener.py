@@ -220,7 +220,8 @@ class Listener:
     async def _read_subscriptions(
         self, client: ChainClient, heads_id: str, logs_id: str, send: MemoryObjectSendStream[Message]
     ) -> None:
-        """Move every subscription message into our unbounded buffer at once: web3's queue never fills."""
+        """Move every subscription message into our unbounded buffer at once: the socket's queue never fills
+        (chain/rpc_socket.py: a full one holds back the reading of answers too)."""
 
         def on_message(message: Mapping[str, Any]) -> None:
             parsed = parse_subscription_message(message, heads_id=heads_id, logs_id=logs_id)

@@ -7,7 +7,9 @@ hearing back). The service must not crash, must back off, and every vote must la
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -15,6 +17,7 @@ from web3 import Web3
 
 from chain.client import ChainClient
 from chain.connection import open_ws
+from chain.ws_client import read_subscriptions, subscribe_heads
 from core.errors import ChainError, MalformedAnswer, TransientChainError, first_error
 from core.retry import is_retried
 from core.signals import WorkSignal
@@ -215,17 +218,22 @@ async def test_a_refused_batch_is_reported_by_its_caller_and_leaves_the_socket_u
     """Regression: the refusal (one error object, id null) was a web3 "stray error" that ended the socket's
     listener task, so the subscription stream or any concurrent request could report it first (a plain
     ChainError) and cancel the batch's caller before it remembered the refusal: the listener reconnected
-    and batched again, forever."""
+    and batched again, forever. chain/rpc_socket.py hands it to the batch waiting."""
     with AnvilProcess() as anvil:
-        async with rpc_proxy(anvil.ws_url, max_batch=0) as proxy, open_ws(proxy.url, request_timeout=5) as w3:
-            client = ChainClient(w3, "0x" + "11" * 20, timeout=5)
-            heads_id = await w3.eth.subscribe("newHeads")
+        async with (
+            rpc_proxy(anvil.ws_url, max_batch=0) as proxy,
+            open_ws(proxy.url, request_timeout=5) as socket,
+        ):
+            client = ChainClient(socket, "0x" + "11" * 20, timeout=5)
+            heads_id = await subscribe_heads(client)
             head_arrived = anyio.Event()
 
+            def on_head(message: Mapping[str, Any]) -> None:
+                assert message["subscription"] == heads_id
+                head_arrived.set()
+
             async def read_heads() -> None:
-                async for message in w3.socket.process_subscriptions():
-                    assert message["subscription"] == heads_id
-                    head_arrived.set()
+                await read_subscriptions(client, on_head)
 
             async def singles_meanwhile() -> None:
                 while True:

@@ -97,3 +97,21 @@ def test_dloop_run_loads_no_dev_tooling() -> None:
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "", f"dloop run imported {result.stdout.strip()}"
+
+
+@pytest.mark.slow  # runs a Python subprocess
+def test_dloop_run_loads_neither_web3_nor_eth_account() -> None:
+    """The service speaks JSON-RPC itself (chain/rpc_socket.py) and signs itself (chain/accounts.py):
+    web3 (with aiohttp and requests) and eth-account cost about 20 MB of every `dloop run` (#18's memory
+    aim). Dev tooling and the tests still use web3."""
+    probe = (
+        "import sys\n"
+        "from dloop import cli, commands, service\n"
+        "cli.build_parser()\n"
+        "heavy = ('web3', 'eth_account', 'aiohttp', 'requests')\n"
+        "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & set(heavy))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "", f"dloop run imported {result.stdout.strip()}"

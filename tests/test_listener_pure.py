@@ -196,7 +196,7 @@ def parsed_log(topics: list[str], data: str) -> RawLog:
     return message.log
 
 
-# The listener reads notifications as the node sent them (chain/web3_internals.py::next_notification);
+# The listener reads notifications as the node sent them (chain/rpc_socket.py::next_notification);
 # before, web3's formatters turned them into ints, HexBytes and checksummed addresses. Both must parse alike.
 RAW_HEAD = {
     "hash": "0x" + "11" * 32,

@@ -5,11 +5,14 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 import rlp
 from eth_account import Account
+from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from eth_utils import to_checksum_address
+from hexbytes import HexBytes
 
-from chain.accounts import node_accounts, rlp_list
+from chain.accounts import node_accounts, rlp_decode, rlp_list, signed_calldata
 from core.settings import NodeSettings, PrivateKey
 
 
@@ -45,3 +48,37 @@ def test_rlp_of_transaction_fields_is_the_rlp_librarys() -> None:
         if rng.random() < 0.5:
             fields.append([])
         assert rlp_list(fields) == rlp.encode(fields)
+
+
+def test_rlp_decoding_gives_back_what_the_rlp_library_encoded() -> None:
+    rng = random.Random(13)
+    edges: list[Any] = [b"", b"\x00", b"\x7f", b"\x80", bytes(55), bytes(56), rng.randbytes(300), []]
+    edges += [rng.randbytes(70_000), [b"\x01", [b"", [bytes(60)]]]]
+    for _ in range(200):
+        item: Any = [rng.choice(edges) for _ in range(rng.randrange(0, 12))]
+        assert rlp_decode(rlp.encode(item)) == item
+    assert rlp_decode(rlp.encode(b"\x05")) == b"\x05"
+    for broken in (b"", b"\x83ab", b"\xc3\x01\x02", b"\x01\x02", b"\xb9\x01"):
+        with pytest.raises(ValueError):
+            rlp_decode(broken)
+
+
+def test_the_call_data_read_back_from_a_signed_vote_is_eth_accounts() -> None:
+    rng = random.Random(17)
+    [account] = node_accounts((NodeSettings("n", PrivateKey("0x" + "42" * 32), "conservative"),))
+    for size in (0, 4, 55, 56, 68, 1_000):
+        data = "0x" + rng.randbytes(size).hex()
+        tx = {
+            "chainId": 31337,
+            "nonce": rng.randrange(0, 2**20),
+            "to": "0x" + "ab" * 20,
+            "data": data,
+            "gas": 90_000,
+            "maxFeePerGas": 10**9,
+            "maxPriorityFeePerGas": 10**8,
+        }
+        _, raw = account.sign_transaction(tx)
+        decoded = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
+        assert signed_calldata(raw) == bytes(decoded["data"]) == bytes.fromhex(data[2:])
+    with pytest.raises(ValueError):
+        signed_calldata(b"\x01" + raw[1:])  # not EIP-1559

@@ -6,9 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from eth_account.typed_transactions.typed_transaction import TypedTransaction
-from hexbytes import HexBytes
-
+from chain.accounts import signed_calldata
 from chain.codec import dao_functions
 from chain.types import ProposalData
 from core.errors import ChainError
@@ -96,5 +94,4 @@ class Tracked:
 
 def calldata_of(tx: SignedTx) -> str:
     """The call data of a stored signed transaction (a replacement re-signs the same call)."""
-    decoded = TypedTransaction.from_bytes(HexBytes(tx.raw_transaction)).as_dict()
-    return "0x" + bytes(decoded["data"]).hex()
+    return "0x" + signed_calldata(tx.raw_transaction).hex()

@@ -112,8 +112,8 @@ async def make_harness(
 
 
 async def read_proposals(h: Harness, ids: list[int] | None = None) -> list[ProposalData]:
-    async with open_ws(h.node.ws_url) as w3:
-        client = ChainClient(w3, h.info.contract_address)
+    async with open_ws(h.node.ws_url) as socket:
+        client = ChainClient(socket, h.info.contract_address)
         wanted = ids or list(range(1, await client.proposal_count() + 1))
         read = await Reads(client, batch_size=h.settings.rpc_batch_size).proposals(wanted)
     proposals = []

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from monitor.analytics import Outcome, ProposalFact, VoteFact
 from storage.engine import SessionFactory
-from storage.models import Node, Proposal, ProposalResult, Vote, utcnow
+from storage.models import Node, Proposal, ProposalResult, Vote, one_of, utcnow
 from storage.queries import ContractScope, Scope
 from storage.transactions import read, write
 
@@ -155,7 +155,7 @@ async def record_results(sessions: SessionFactory, results: Sequence[FinalResult
             (
                 await session.execute(
                     select(ProposalResult.proposal_ref).where(
-                        ProposalResult.proposal_ref.in_([r.ref for r in results])
+                        one_of(ProposalResult.proposal_ref, [r.ref for r in results])
                     )
                 )
             ).scalars()

@@ -25,6 +25,7 @@ from storage.models import (
     Vote,
     VoteState,
     core_table,
+    one_of,
     utcnow,
 )
 from storage.proposals import RecordResult, insert_new_in, record_proposal_in, refresh_tally
@@ -127,7 +128,7 @@ async def _put_blocks_in(
     numbers = [b.number for b in blocks]
     mine = RecentBlock.stream == stream
     # Delete-then-insert is the portable upsert; the table is small and bounded.
-    await session.execute(delete(RecentBlock).where(mine, RecentBlock.number.in_(numbers)))
+    await session.execute(delete(RecentBlock).where(mine, one_of(RecentBlock.number, numbers)))
     now = utcnow()
     # The table's Core INSERT (one executemany, no ORM unit of work): a head arrives with every block.
     await session.execute(
@@ -210,7 +211,7 @@ async def processed_log_keys(sessions: SessionFactory, keys: Iterable[LogKey]) -
     async def work(session: AsyncSession) -> set[LogKey]:
         rows = await session.execute(
             select(ChainLog.block_hash, ChainLog.log_index).where(
-                ChainLog.block_hash.in_(hashes), ChainLog.removed.is_(False)
+                one_of(ChainLog.block_hash, hashes), ChainLog.removed.is_(False)
             )
         )
         return {(h, i) for h, i in rows.all() if (h, i) in wanted}
@@ -229,7 +230,7 @@ async def logged_proposals(sessions: SessionFactory, stream: str, proposal_ids: 
             select(ChainLog.proposal_id).where(
                 ChainLog.stream == stream,
                 ChainLog.event == "ProposalCreated",
-                ChainLog.proposal_id.in_(wanted),
+                one_of(ChainLog.proposal_id, wanted),
                 ChainLog.removed.is_(False),
                 ChainLog.error.is_(None),
             )
@@ -281,7 +282,7 @@ async def _claim_logs_in(
     hashes = sorted({log.block_hash for log, *_ in logs})
     rows = await session.execute(
         select(ChainLog.block_hash, ChainLog.log_index, ChainLog.id, ChainLog.removed).where(
-            ChainLog.block_hash.in_(hashes)
+            one_of(ChainLog.block_hash, hashes)
         )
     )
     stored = {(h, i): (row_id, removed) for h, i, row_id, removed in rows.all()}
@@ -332,7 +333,7 @@ async def _proposal_row_ids_in(
         return {}
     rows = await session.execute(
         select(Proposal.proposal_id, Proposal.id).where(
-            Proposal.chain_id == chain_id, Proposal.contract == contract, Proposal.proposal_id.in_(wanted)
+            Proposal.chain_id == chain_id, Proposal.contract == contract, one_of(Proposal.proposal_id, wanted)
         )
     )
     return {int(pid): int(row_id) for pid, row_id in rows.all()}
@@ -611,7 +612,7 @@ async def refresh_proposal_tallies(
                     select(Proposal).where(
                         Proposal.chain_id == chain_id,
                         Proposal.contract == contract,
-                        Proposal.proposal_id.in_(list(by_id)),
+                        one_of(Proposal.proposal_id, by_id),
                     )
                 )
             )
@@ -674,7 +675,7 @@ async def orphan_after(
         if parked:
             await session.execute(
                 update(Proposal)
-                .where(Proposal.id.in_(list(parked)))
+                .where(one_of(Proposal.id, parked))
                 .values(
                     block_number=None, block_hash=None, tx_hash=None, log_index=None, updated_at=utcnow()
                 ),
@@ -690,7 +691,7 @@ async def orphan_after(
                     select(Proposal.id, Proposal.block_number).where(
                         Proposal.chain_id == chain_id,
                         Proposal.contract == contract,
-                        Proposal.proposal_id.in_(sorted(unclosed)),
+                        one_of(Proposal.proposal_id, sorted(unclosed)),
                     )
                 )
             ).all()

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import LaneLost
 from storage.engine import SessionFactory
-from storage.models import LaneLease, Node, UTCDateTime, utcnow
+from storage.models import LaneLease, Node, UTCDateTime, one_of, utcnow
 from storage.transactions import read, write
 
 # The alert evaluator's lease: one row under a key no lane can have (no chain has id 0, no account address
@@ -274,7 +274,8 @@ async def lanes_in_use(session: AsyncSession, node_ids: Collection[int] | Select
 async def _lane_lease_of(
     session: AsyncSession, node_ids: Collection[int] | Select[Any]
 ) -> Row[str, str] | None:
-    addresses = select(func.lower(Node.address)).where(Node.id.in_(node_ids))
+    nodes = Node.id.in_(node_ids) if isinstance(node_ids, Select) else one_of(Node.id, sorted(set(node_ids)))
+    addresses = select(func.lower(Node.address)).where(nodes)
     return (
         await session.execute(
             select(LaneLease.address, LaneLease.owner).where(LaneLease.address.in_(addresses)).limit(1)

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from chain.types import LogRef, ProposalData, format_units, status_name, type_name
 from storage import votes
 from storage.engine import SessionFactory
-from storage.models import Node, Proposal, VoteState, core_table
+from storage.models import Node, Proposal, VoteState, core_table, one_of
 from storage.transactions import write
 
 # A transaction that lost an insert race to another writer runs again and reads the winner's rows back.
@@ -184,7 +184,11 @@ async def _record_many_in(
     scope = (Proposal.chain_id == chain_id, Proposal.contract == contract)
     wanted = sorted({data.proposal_id for data, _ in items})
     known = set(
-        (await session.execute(select(Proposal.proposal_id).where(*scope, Proposal.proposal_id.in_(wanted))))
+        (
+            await session.execute(
+                select(Proposal.proposal_id).where(*scope, one_of(Proposal.proposal_id, wanted))
+            )
+        )
         .scalars()
         .all()
     )
@@ -247,7 +251,7 @@ async def insert_new_in(
     wanted = [data.proposal_id for data, _state, _log in fresh]
     found = await session.execute(
         select(Proposal.proposal_id, Proposal.id).where(
-            Proposal.chain_id == chain_id, Proposal.contract == contract, Proposal.proposal_id.in_(wanted)
+            Proposal.chain_id == chain_id, Proposal.contract == contract, one_of(Proposal.proposal_id, wanted)
         )
     )
     row_ids = {int(pid): int(row_id) for pid, row_id in found.all()}

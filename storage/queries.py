@@ -30,7 +30,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.expression import UpdateBase
 
 from storage.engine import SessionFactory
-from storage.models import OPEN_VOTE_STATES, Node, Proposal, Vote, VoteState, VoteTransaction
+from storage.models import OPEN_VOTE_STATES, Node, Proposal, Vote, VoteState, VoteTransaction, one_of
 from storage.transactions import read
 
 # The columns of /proposals/{id} and /votes, labelled with the field names of web.schemas.VoteOut,
@@ -294,7 +294,7 @@ async def proposal_detail(sessions: SessionFactory, scope: Scope, proposal_id: i
         if txs:
             for tx in await session.execute(
                 select(VoteTransaction.vote_id, *TRANSACTION_COLUMNS)
-                .where(VoteTransaction.vote_id.in_(list(txs)))
+                .where(one_of(VoteTransaction.vote_id, txs))
                 .order_by(VoteTransaction.vote_id, VoteTransaction.id)
             ):
                 txs[tx.vote_id].append({c.key: tx._mapping[c.key] for c in TRANSACTION_COLUMNS})

@@ -20,7 +20,16 @@ from core.errors import LaneLost
 from storage import votes
 from storage.engine import SessionFactory
 from storage.lanes import Fencing, hold
-from storage.models import NonceFiller, Proposal, Vote, VoteOutcome, VoteState, VoteTransaction, utcnow
+from storage.models import (
+    NonceFiller,
+    Proposal,
+    Vote,
+    VoteOutcome,
+    VoteState,
+    VoteTransaction,
+    one_of,
+    utcnow,
+)
 
 # The voter names its deployment's queue with it (defined with the API's reads).
 from storage.queries import ContractScope as ContractScope
@@ -203,10 +212,10 @@ async def lease(
     async def work(session: AsyncSession) -> list[QueuedVote]:
         await session.execute(
             update(Vote)
-            .where(Vote.id.in_(list(vote_ids)), Vote.state == VoteState.QUEUED, _lease_free(moment))
+            .where(one_of(Vote.id, vote_ids), Vote.state == VoteState.QUEUED, _lease_free(moment))
             .values(lease_owner=owner, lease_expires_at=expires)
         )
-        return await _held(session, owner, expires, Vote.id.in_(list(vote_ids)))
+        return await _held(session, owner, expires, one_of(Vote.id, vote_ids))
 
     return await write(sessions, work, what="vote queue")
 
@@ -248,7 +257,7 @@ async def release(
     async def work(session: AsyncSession) -> int:
         result = await session.execute(
             update(Vote)
-            .where(Vote.id.in_(list(vote_ids)), Vote.state == VoteState.QUEUED, Vote.lease_owner == owner)
+            .where(one_of(Vote.id, vote_ids), Vote.state == VoteState.QUEUED, Vote.lease_owner == owner)
             .values(**values)
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
@@ -447,7 +456,7 @@ async def own_transaction_hashes(sessions: SessionFactory, vote_ids: Collection[
     async def work(session: AsyncSession) -> dict[int, list[str]]:
         rows = await session.execute(
             select(VoteTransaction.vote_id, VoteTransaction.tx_hash)
-            .where(VoteTransaction.vote_id.in_(list(vote_ids)))
+            .where(one_of(VoteTransaction.vote_id, vote_ids))
             .order_by(VoteTransaction.id)
         )
         hashes: dict[int, list[str]] = {}
@@ -643,7 +652,7 @@ async def sent_votes(sessions: SessionFactory, node_id: int, *, scope: ContractS
         txs = (
             await session.execute(
                 select(VoteTransaction)
-                .where(VoteTransaction.vote_id.in_([r.id for r in rows]))
+                .where(one_of(VoteTransaction.vote_id, [r.id for r in rows]))
                 .order_by(VoteTransaction.id)
             )
         ).scalars()

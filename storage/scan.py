@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.engine import SessionFactory
-from storage.models import OPEN_VOTE_STATES, Proposal, Vote, VoteState, VoteTransaction
+from storage.models import OPEN_VOTE_STATES, Proposal, Vote, VoteState, VoteTransaction, one_of
 from storage.transactions import read
 
 
@@ -84,7 +84,7 @@ async def vote_rows(
             .where(
                 Proposal.chain_id == chain_id,
                 Proposal.contract == contract,
-                Proposal.proposal_id.in_(sorted(proposal_ids)),
+                one_of(Proposal.proposal_id, sorted(proposal_ids)),
             )
         )
         return [VoteRow(*row) for row in rows]

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import LaneLost, StorageError
 from storage.lanes import NO_LANES, Fencing, hold, hold_fence, lanes_in_use
-from storage.models import Vote, VoteOutcome, VoteState, VoteTransaction, core_table, utcnow
+from storage.models import Vote, VoteOutcome, VoteState, VoteTransaction, core_table, one_of, utcnow
 
 S = VoteState
 
@@ -251,7 +251,7 @@ async def record_sent(
 
 
 def _node_ids(records: Sequence[SentRecord]) -> Select[int]:
-    return select(Vote.node_id).where(Vote.id.in_([r.vote_id for r in records]))
+    return select(Vote.node_id).where(one_of(Vote.id, [r.vote_id for r in records]))
 
 
 async def _record_sent_rows(
@@ -305,7 +305,9 @@ async def _record_sent_rows(
     )
     # Which rows this statement moved (a row that had lost its lease is not sent with this hash).
     rows = await session.execute(
-        select(Vote.id, Vote.tx_hash).where(Vote.id.in_([r.vote_id for r in records]), Vote.state == S.SENT)
+        select(Vote.id, Vote.tx_hash).where(
+            one_of(Vote.id, [r.vote_id for r in records]), Vote.state == S.SENT
+        )
     )
     hashes = dict(rows.all())
     recorded = {r.vote_id for r in records if hashes.get(r.vote_id) == r.tx.tx_hash}
@@ -320,7 +322,7 @@ async def add_transactions(session: AsyncSession, txs: Sequence[tuple[int, Signe
         return
     stored = await session.execute(
         select(VoteTransaction.tx_hash, VoteTransaction.vote_id).where(
-            VoteTransaction.tx_hash.in_([tx.tx_hash for _, tx in txs])
+            one_of(VoteTransaction.tx_hash, [tx.tx_hash for _, tx in txs])
         )
     )
     known = {tx_hash: vote_id for tx_hash, vote_id in stored}
@@ -399,7 +401,7 @@ async def confirm_by_receipts(session: AsyncSession, confirmations: Sequence[Con
     # Which of them this statement confirmed (the write lock is held now: a consistent read).
     confirmed = await session.execute(
         select(Vote.id, Vote.tx_hash).where(
-            Vote.id.in_([c.vote_id for c in confirmations]), Vote.state == S.CONFIRMED
+            one_of(Vote.id, [c.vote_id for c in confirmations]), Vote.state == S.CONFIRMED
         )
     )
     hashes = {vote_id: tx_hash for vote_id, tx_hash in confirmed}
@@ -520,7 +522,7 @@ async def resolve_sent(
         values["reason"] = reason
     condition = [Vote.id == vote_id, _state_in(Vote.state, state, [S.SENT])]
     if only_if_tx_in is not None:
-        condition.append(Vote.tx_hash.in_(list(only_if_tx_in)))
+        condition.append(one_of(Vote.tx_hash, only_if_tx_in))
     if await _update(session, condition, values) != 1:
         return False
     if tx_outcome is not None:
@@ -537,13 +539,13 @@ async def reopen_confirmed(
 ) -> int:
     """confirmed -> sent, for votes whose transaction a reorg removed: the voter then resolves them from the
     chain (receipt again, rebroadcast from the stored bytes, or back to the queue)."""
-    match = or_(Vote.id.in_(list(vote_ids)), Vote.tx_hash.in_(list(tx_hashes)))
+    match = or_(one_of(Vote.id, vote_ids), one_of(Vote.tx_hash, tx_hashes))
     ids = list((await session.execute(select(Vote.id).where(match, Vote.state == S.CONFIRMED))).scalars())
     if not ids:
         return 0
     count = await _update(
         session,
-        [Vote.id.in_(ids), _state_in(Vote.state, S.SENT, [S.CONFIRMED])],
+        [one_of(Vote.id, ids), _state_in(Vote.state, S.SENT, [S.CONFIRMED])],
         {
             "state": S.SENT,
             "outcome": VoteOutcome.CONFIRMATION_REORGED,
@@ -556,7 +558,7 @@ async def reopen_confirmed(
     )
     await session.execute(
         update(VoteTransaction)
-        .where(VoteTransaction.vote_id.in_(ids), VoteTransaction.outcome.in_(["mined", "replaced"]))
+        .where(one_of(VoteTransaction.vote_id, ids), VoteTransaction.outcome.in_(["mined", "replaced"]))
         .values(outcome=None)
     )
     return count
@@ -570,7 +572,7 @@ async def queue_deep_pending(session: AsyncSession, proposal_refs: Any) -> int:
     now = utcnow()
     return await _update(
         session,
-        [_state_in(Vote.state, S.QUEUED, [S.PENDING]), Vote.proposal_ref.in_(proposal_refs)],
+        [_state_in(Vote.state, S.QUEUED, [S.PENDING]), one_of(Vote.proposal_ref, proposal_refs)],
         {"state": S.QUEUED, "outcome": VoteOutcome.DEEP_ENOUGH, "queued_at": now, "updated_at": now},
     )
 
@@ -635,7 +637,7 @@ async def confirm_by_logs(session: AsyncSession, logs: Sequence[LogConfirmation]
     refs = sorted({c.proposal_row_id for c in logs})
     rows = await session.execute(
         select(Vote.id, Vote.proposal_ref, Vote.node_id).where(
-            Vote.proposal_ref.in_(refs), _state_in(Vote.state, S.CONFIRMED, among)
+            one_of(Vote.proposal_ref, refs), _state_in(Vote.state, S.CONFIRMED, among)
         )
     )
     vote_ids = {(ref, node): vote_id for vote_id, ref, node in rows.all()}
@@ -689,7 +691,7 @@ async def park(session: AsyncSession, proposal_row_ids: Sequence[int]) -> int:
     """queued -> pending: the proposal's block left the chain; queued again when its log is seen again."""
     return await _update(
         session,
-        [Vote.proposal_ref.in_(list(proposal_row_ids)), _state_in(Vote.state, S.PENDING, [S.QUEUED])],
+        [one_of(Vote.proposal_ref, proposal_row_ids), _state_in(Vote.state, S.PENDING, [S.QUEUED])],
         {
             "state": S.PENDING,
             "outcome": VoteOutcome.PARKED_BY_REORG,
@@ -707,7 +709,7 @@ async def reopen_closed_by_event(
     return await _update(
         session,
         [
-            Vote.proposal_ref.in_(list(proposal_row_ids)),
+            one_of(Vote.proposal_ref, proposal_row_ids),
             _state_in(Vote.state, state, [S.CLOSED]),
             Vote.outcome == VoteOutcome.CLOSED_BY_EVENT,
         ],

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import aiosqlite
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, text, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from core.errors import StorageError
 from storage import transactions
 from storage.engine import SessionFactory, create_engine, session_factory
+from storage.models import one_of
 from storage.sqlite_driver import OneTripConnection
 
 pytestmark = pytest.mark.anyio
@@ -165,3 +166,28 @@ async def test_the_engine_uses_it_for_sqlite_files(engine: AsyncEngine) -> None:
         journal = (await connection.execute(text("PRAGMA journal_mode"))).scalar_one()
     assert journal == "wal"  # the connect-time pragmas went through it too
     assert sqlite3.sqlite_version_info >= (3, 35)  # RETURNING, which the storage layer relies on
+
+
+async def test_in_lists_of_any_length_share_a_few_statement_texts(
+    engine: AsyncEngine, sessions: SessionFactory
+) -> None:
+    """`one_of` pads an IN list to a power of two: the same rows, and at most a dozen SQL texts (each kept
+    prepared by sqlite3, per connection) however many lengths the lists have."""
+
+    async def add(session: AsyncSession) -> None:
+        await session.execute(insert(items), [{"name": f"n{i}", "count": i} for i in range(1, 301)])
+
+    await transactions.write(sessions, add, what="add")
+    texts: set[str] = set()
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        texts.add(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    for length in range(1, 301):
+        wanted = list(range(length, 0, -1))
+        query = select(items.c.count).where(one_of(items.c.id, wanted)).order_by(items.c.id)
+        async with sessions() as session:
+            assert await _scalars(session, query) == sorted(wanted)
+    event.remove(engine.sync_engine, "before_cursor_execute", seen)
+    assert len(texts) == 10  # 1, 2, 4, ... 512 placeholders

@@ -312,8 +312,8 @@ class ChainClient:
             raise self._counted(classify_rpc_error(refusal))
         # JSON-RPC lets a node answer a batch in any order: each answer is found by its request's id.
         listed = responses if isinstance(responses, list) else []
-        answers = {a.get("id"): a for a in listed if isinstance(a, dict)}
-        if len(answers) != len(requests) or not all(request_id in answers for request_id in ids):
+        answers = {a["id"]: a for a in listed if isinstance(a, dict) and isinstance(a.get("id"), int)}
+        if answers.keys() != set(ids):
             raise self._counted(
                 ChainError(f"batch of {len(requests)} answered with {len(answers)} responses to its ids")
             )

@@ -9,7 +9,7 @@ frames. What a node may send that is not a well-formed answer is handled here, o
   `claim_window` seconds ends the subscription stream with a TransientChainError (it may have been a
   notification: the subscriber reconnects and catches up rather than miss it);
 - an error object answering no id (`is_batch_refusal`: a provider capping or refusing batches) answers the
-  oldest batch waiting, and is logged when none is;
+  batch in flight (batches take turns, so there is at most one), and is logged when none is;
 - an answer to no request waiting (a late answer to one given up on) is logged and dropped: the socket is
   still good, unlike web3's provider, which ended its reader on such an error answer.
 
@@ -24,7 +24,6 @@ import contextlib
 import itertools
 import json
 import logging
-from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -111,15 +110,16 @@ class RpcSocket:
         self._frames = frames
         self._ids = itertools.count(1)
         self._requests: dict[int, _Waiter] = {}
-        self._batches: dict[int, _Waiter] = {}  # by each of a batch's ids
-        self._batch_order: deque[_Waiter] = deque()  # oldest first: who a refusal answers
+        # The batch in flight and its ids. One batch at a time: a refusal (an error object with id null)
+        # cannot say which batch it answers.
+        self._batch_turn = anyio.Lock()
+        self._batch: _Waiter | None = None
+        self._batch_ids: frozenset[int] = frozenset()
         self._subscriptions: set[str] = set()
         self._notify, self._notifications = anyio.create_memory_object_stream[dict[str, Any] | Exception](
             queue_size
         )
         self._ended: BaseException | None = None  # why the connection ended, once it has
-        # One batch at a time: a refusal (an error object with id null) cannot say which batch it answers.
-        self._batch_turn = anyio.Lock()
 
     # -- what ChainClient sends ------------------------------------------------------------------------
 
@@ -129,7 +129,7 @@ class RpcSocket:
         waiter = self._waiter()
         self._requests[request_id] = waiter
         try:
-            await self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)})
+            await self._send(_message(request_id, method, params))
             answer: dict[str, Any] = await waiter.wait()
             return answer
         finally:
@@ -140,23 +140,14 @@ class RpcSocket:
         error object of a refused batch."""
         async with self._batch_turn:
             ids = [next(self._ids) for _ in requests]
-            waiter = self._waiter()
-            for request_id in ids:
-                self._batches[request_id] = waiter
-            self._batch_order.append(waiter)
+            self._batch, self._batch_ids = self._waiter(), frozenset(ids)
             try:
                 await self._send(
-                    [
-                        {"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)}
-                        for request_id, (method, params) in zip(ids, requests, strict=True)
-                    ]
+                    [_message(i, method, params) for i, (method, params) in zip(ids, requests, strict=True)]
                 )
-                return ids, await waiter.wait()
+                return ids, await self._batch.wait()
             finally:
-                for request_id in ids:
-                    self._batches.pop(request_id, None)
-                with contextlib.suppress(ValueError):
-                    self._batch_order.remove(waiter)
+                self._batch, self._batch_ids = None, frozenset()
 
     def subscribed(self, subscription: str) -> None:
         """Note a subscription of this socket: an unclaimed bad frame may have been its notification."""
@@ -206,7 +197,7 @@ class RpcSocket:
 
     def _end(self, reason: BaseException) -> None:
         self._ended = reason
-        for waiter in [*self._requests.values(), *self._batch_order]:
+        for waiter in [*self._requests.values(), *([self._batch] if self._batch else [])]:
             waiter.fail(_reason(reason))
         self._notify.close()
 
@@ -220,8 +211,8 @@ class RpcSocket:
         elif isinstance(frame, dict):
             if frame.get("method") == "eth_subscription":
                 await self._notify.send(frame)
-            elif is_batch_refusal(frame) and self._batch_order:
-                self._batch_order.popleft().resolve(frame)
+            elif is_batch_refusal(frame) and self._batch is not None:
+                self._batch.resolve(frame)
             else:
                 self._answer_request(frame)
         else:
@@ -244,17 +235,12 @@ class RpcSocket:
         waiter.resolve(frame)
 
     def _answer_batch(self, answers: list[Any]) -> None:
-        for answer in answers:
-            request_id = answer.get("id") if isinstance(answer, dict) else None
-            waiter = self._batches.get(request_id) if isinstance(request_id, int) else None
-            if waiter is not None:
-                with contextlib.suppress(ValueError):
-                    self._batch_order.remove(waiter)
-                waiter.resolve(answers)  # ChainClient checks the answers against the ids it was given
-                return
-        refusals = all(isinstance(a, dict) and is_batch_refusal(a) for a in answers)
-        if answers and refusals and self._batch_order:
-            self._batch_order.popleft().resolve(answers)  # a refusal in a list: `batch_refusal` reads both
+        ids = {a["id"] for a in answers if isinstance(a, dict) and isinstance(a.get("id"), int)}
+        refusals = bool(answers) and all(isinstance(a, dict) and is_batch_refusal(a) for a in answers)
+        if self._batch is not None and (ids & self._batch_ids or refusals):
+            # ChainClient checks the answers against the ids it was given; `batch_refusal` reads a refusal
+            # in a list as one on its own.
+            self._batch.resolve(answers)
             return
         log_event(log, "rpc_unmatched_answer", level=logging.WARNING, id="batch", start=str(answers)[:80])
 
@@ -274,6 +260,10 @@ class RpcSocket:
         lost = TransientChainError(f"malformed frame {number} answered no request: a lost notification?")
         with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError):
             self._notify.send_nowait(lost)
+
+
+def _message(request_id: int, method: str, params: Sequence[Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)}
 
 
 class _CleanClose(Exception):

@@ -49,9 +49,8 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
     __slots__ = ("_outcome",)
 
-    def __init__(
-        self, adapt_connection: AsyncAdapt_dbapi_connection
-    ) -> None:  # no trip (the base's opens a cursor)
+    def __init__(self, adapt_connection: AsyncAdapt_dbapi_connection) -> None:
+        # Not the base's __init__: it opens an aiosqlite cursor, a trip of its own.
         self._adapt_connection = adapt_connection
         self._connection = adapt_connection._connection
         self._outcome = _NOTHING_YET
@@ -69,17 +68,17 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     def lastrowid(self) -> Any:
         return self._outcome.lastrowid
 
-    def execute(self, operation: Any, parameters: Any = None) -> Any:
-        return self._run(operation, () if parameters is None else parameters, many=False)
+    def execute(self, operation: Any, parameters: Any = None) -> None:
+        self._run(operation, () if parameters is None else parameters, many=False)
 
-    def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
-        return self._run(operation, seq_of_parameters, many=True)
+    def executemany(self, operation: Any, seq_of_parameters: Any) -> None:
+        self._run(operation, seq_of_parameters, many=True)
 
     def _run(self, operation: Any, parameters: Any, *, many: bool) -> None:
         adapt = self._adapt_connection
         assert isinstance(adapt, OneTripConnection)
         try:
-            self._outcome = await_(adapt.on_thread(_execute, adapt, operation, parameters, many))
+            self._outcome = await_(adapt.on_thread(_statement, adapt, operation, parameters, many))
         except Exception as error:
             adapt._handle_exception(error)
         self._rows = collections.deque(self._outcome.rows)
@@ -91,7 +90,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._rows.clear()
 
 
-def _execute(adapt: OneTripConnection, operation: Any, parameters: Any, many: bool) -> _Outcome:
+def _statement(adapt: OneTripConnection, operation: Any, parameters: Any, many: bool) -> _Outcome:
     """On the database thread: the whole statement, then whether a transaction is open now."""
     raw: sqlite3.Connection = adapt._connection._conn
     cursor = raw.cursor()
@@ -107,7 +106,8 @@ def _execute(adapt: OneTripConnection, operation: Any, parameters: Any, many: bo
         adapt.in_transaction = raw.in_transaction
 
 
-def _end(adapt: OneTripConnection, commit: bool) -> None:
+def _transaction_end(adapt: OneTripConnection, commit: bool) -> None:
+    """On the database thread: COMMIT or ROLLBACK, then whether a transaction is open now."""
     raw: sqlite3.Connection = adapt._connection._conn
     try:
         raw.commit() if commit else raw.rollback()
@@ -145,7 +145,7 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
 
     def _end(self, *, commit: bool) -> None:
         try:
-            await_(self.on_thread(_end, self, commit))
+            await_(self.on_thread(_transaction_end, self, commit))
         except Exception as error:
             self._handle_exception(error)
 

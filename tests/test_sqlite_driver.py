@@ -72,11 +72,11 @@ async def test_a_statement_is_one_trip_and_a_read_ends_without_one(
         await session.execute(insert(items).values(name="a", count=1))
 
     await transactions.write(sessions, add, what="add")
-    assert trips == ["_execute", "_end"]  # the INSERT, then the COMMIT; the pool's reset makes no trip
+    assert trips == ["_statement", "_transaction_end"]  # INSERT, COMMIT; the pool's reset makes no trip
 
     trips.clear()
     assert await transactions.read(sessions, lambda s: _count(s, "a"), what="read") == 1
-    assert trips == ["_execute"]  # no transaction was open: the end of the read stays on the event loop
+    assert trips == ["_statement"]  # no transaction was open: the end of the read stays on the event loop
 
     trips.clear()
 
@@ -85,7 +85,7 @@ async def test_a_statement_is_one_trip_and_a_read_ends_without_one(
         await session.execute(select(items.c.id))
 
     await transactions.write(sessions, two, what="two")
-    assert trips == ["_execute", "_execute", "_end"]
+    assert trips == ["_statement", "_statement", "_transaction_end"]
 
 
 async def test_a_failed_write_is_rolled_back_before_the_connection_is_used_again(

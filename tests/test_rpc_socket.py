@@ -172,7 +172,7 @@ async def test_an_answer_nobody_waits_for_is_dropped_and_the_socket_goes_on(
     assert "rpc_unmatched_answer" in caplog.text
 
 
-async def test_a_request_left_without_its_answer_by_a_bad_frame_is_asked_again() -> None:
+async def test_a_request_left_without_its_answer_by_a_bad_frame_fails_as_repeatable() -> None:
     async with fake_connection(silent=frozenset({"eth_getBalance"})) as (client, frames):
         asking = asyncio.ensure_future(client._request_once("eth_getBalance", ["0x1", "latest"]))
         await asyncio.sleep(0.01)

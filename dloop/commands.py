@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -23,6 +24,7 @@ from chain.accounts import node_accounts
 from chain.connection import safe_url
 from core.errors import ConfigError, DloopError
 from core.logs import configure_logging, log_event
+from core.memory import freeze_startup_objects, limit_malloc_arenas
 from core.settings import DeploymentSettings, Settings, load_settings, parse_database_url
 from dloop.preflight import ChainIdentity, check_apart, check_same_chain, preflight_chain
 from storage.engine import (
@@ -314,7 +316,12 @@ def run_command(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure_logging(settings.log_level, settings.log_format, secrets=settings.secrets())
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its schema check chatter is not an event
-    run_async(serve, settings)
+    limit_malloc_arenas()  # before the first thread (each database connection has one) allocates
+
+    def tune_memory(_service: object) -> None:  # once up: start-up's objects stay for the process's life
+        log_event(logger, "startup_objects_frozen", objects=freeze_startup_objects())
+
+    run_async(functools.partial(serve, settings, on_ready=tune_memory))
     return 0
 
 

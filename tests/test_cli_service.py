@@ -259,6 +259,7 @@ def test_run_status_trigger_and_a_clean_sigterm(
     assert code == 0, service.log.read_text()[-3000:]
     log = service.log.read_text()
     assert '"event": "shutdown_requested"' in log and '"event": "service_stopped"' in log
+    assert '"event": "startup_objects_frozen"' in log  # core.memory's tuning runs in `dloop run`
     assert "Traceback" not in log
 
 

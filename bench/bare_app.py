@@ -52,6 +52,7 @@ def main() -> int:
         host="127.0.0.1",
         port=args.port,
         log_config=None,
+        http="httptools",
         access_log=False,
         lifespan="on",
         proxy_headers=False,

@@ -67,6 +67,7 @@ class HttpServer:
                 host=host,
                 port=port,
                 log_config=None,
+                http="httptools",  # a declared dependency: never the slower pure-Python fallback by accident
                 access_log=False,
                 lifespan="on",
                 proxy_headers=False,  # the client address is the socket peer (see web.auth)

@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 PROBE = """
 import gc, json
 from core.memory import freeze_startup_objects, limit_malloc_arenas
@@ -25,6 +27,7 @@ print(json.dumps({"arenas": arenas, "frozen": frozen, "count": gc.get_freeze_cou
 """
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_startup_objects_are_frozen_and_later_garbage_still_collected() -> None:
     done = subprocess.run([sys.executable, "-c", PROBE], cwd="/", capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -183,7 +183,8 @@ def git_state() -> dict[str, Any]:
             )
         except (OSError, subprocess.SubprocessError):
             return ""
-        return done.stdout.strip()
+        # rstrip, not strip: a porcelain line starts with a status column that may be blank
+        return done.stdout.rstrip("\n")
 
     changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
     return {"commit": git("rev-parse", "--short", "HEAD") or None, "uncommitted_changes": changed}

@@ -17,32 +17,38 @@ from __future__ import annotations
 import ctypes
 import functools
 import gc
+from collections.abc import Callable
 
 M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
-ARENAS = 2  # the event loop's thread and, shared, the database threads
+ARENAS = 2  # a cap on their number; glibc still picks which thread uses which
 
 
 @functools.cache
-def _glibc() -> ctypes.CDLL | None:
+def _mallopt() -> Callable[[int, int], int] | None:
+    """glibc's mallopt, or None where there is none (musl, macOS, Windows)."""
     try:
-        libc = ctypes.CDLL(
-            None
-        )  # the process's own symbols, libc's among them (find_library spawns ldconfig)
-        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it (musl, macOS: no)
-    except (OSError, AttributeError):
+        # The process's own symbols, libc's among them (ctypes.util.find_library would spawn ldconfig).
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it; musl may have mallopt as a no-op stub
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows' CDLL takes no None
         return None
-    return libc
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return mallopt
 
 
 def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
     """Bound glibc's malloc arenas; call before any thread starts. True when glibc took the setting."""
-    libc = _glibc()
-    return libc is not None and bool(libc.mallopt(M_ARENA_MAX, arenas))
+    mallopt = _mallopt()
+    return mallopt is not None and bool(mallopt(M_ARENA_MAX, arenas))
 
 
 def freeze_startup_objects() -> int:
-    """Collect start-up's garbage, then exempt every object left from later collections (they are still
-    freed when nothing refers to them); the number frozen. Once, when the service is up."""
+    """Collect start-up's garbage, then exempt every object left from later collections; the number frozen.
+    Once, when the service is up. A frozen object is still freed when nothing refers to it, but one that
+    later ends up in a reference cycle never is: what is in flight at that moment (a request, a round's
+    tasks) can leak once, a bounded amount."""
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()

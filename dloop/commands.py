@@ -316,10 +316,11 @@ def run_command(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure_logging(settings.log_level, settings.log_format, secrets=settings.secrets())
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its schema check chatter is not an event
-    limit_malloc_arenas()  # before the first thread (each database connection has one) allocates
+    arenas_limited = limit_malloc_arenas()  # before the first thread (each database connection has one)
 
     def tune_memory(_service: object) -> None:  # once up: start-up's objects stay for the process's life
-        log_event(logger, "startup_objects_frozen", objects=freeze_startup_objects())
+        frozen = freeze_startup_objects()
+        log_event(logger, "startup_objects_frozen", objects=frozen, malloc_arenas_limited=arenas_limited)
 
     run_async(functools.partial(serve, settings, on_ready=tune_memory))
     return 0

@@ -274,8 +274,10 @@ async def lanes_in_use(session: AsyncSession, node_ids: Collection[int] | Select
 async def _lane_lease_of(
     session: AsyncSession, node_ids: Collection[int] | Select[Any]
 ) -> Row[str, str] | None:
-    nodes = Node.id.in_(node_ids) if isinstance(node_ids, Select) else one_of(Node.id, sorted(set(node_ids)))
-    addresses = select(func.lower(Node.address)).where(nodes)
+    wanted = (
+        node_ids if isinstance(node_ids, Select) else sorted(set(node_ids))
+    )  # one_of takes a subquery too
+    addresses = select(func.lower(Node.address)).where(one_of(Node.id, wanted))
     return (
         await session.execute(
             select(LaneLease.address, LaneLease.owner).where(LaneLease.address.in_(addresses)).limit(1)

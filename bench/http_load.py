@@ -166,10 +166,17 @@ async def idle_loads(server: str, base_url: str, duration: float, concurrency: i
 
 
 async def load_during_burst(
-    server: str, url: str, chain: Devnet, proposals: int, duration: float, concurrency: int, timeout: float
+    server: str,
+    base_url: str,
+    path: str,
+    chain: Devnet,
+    proposals: int,
+    duration: float,
+    concurrency: int,
+    timeout: float,
 ) -> dict[str, Any]:
-    """`url` loaded while a pre-signed burst (creates, then the 5N votes) is mined on `chain`: from the moment
-    every transaction is sent and the proposals are mined, for `duration` seconds."""
+    """`path` loaded while a pre-signed burst (creates, then the 5N votes) is mined on `chain`: from the
+    moment every transaction is sent and the proposals are mined, for `duration` seconds."""
     observer = ChainObserver()
     async with WsRpc(chain.ws_url) as rpc:
         await observer.attach(rpc, chain.info.contract_address)
@@ -183,10 +190,11 @@ async def load_during_burst(
             if not mined:
                 raise RuntimeError(f"the pre-signed burst's proposals were not mined within {timeout:g} s")
             before, kicks_before = observer.vote_count, watchdog.kicks
-            result = await generate_load(url, duration, concurrency)
+            result = await generate_load(base_url + path, duration, concurrency)
             result.update(
                 server=server,
                 condition="during burst",
+                endpoint=path,
                 votes_mined_during_load=observer.vote_count - before,
                 burst_still_running=observer.vote_count < expected,
                 # A kick means anvil sat idle for 0.5 s: one inside the load would flatter the baseline.
@@ -227,10 +235,11 @@ async def bare_phase(
         app.wait_log_line("ready", 30)
         with devnet() as chain:
             for path in ENDPOINTS:  # a burst each: one is over before a second load would end
-                result = await load_during_burst(
-                    "bare app", base_url + path, chain, proposals, duration, concurrency, timeout
+                loads.append(
+                    await load_during_burst(
+                        "bare app", base_url, path, chain, proposals, duration, concurrency, timeout
+                    )
                 )
-                loads.append({**result, "endpoint": path})
         loads += await idle_loads("bare app", base_url, duration, concurrency)
     finally:
         app.stop()

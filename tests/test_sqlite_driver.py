@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from core.errors import StorageError
 from storage import transactions
-from storage.engine import SessionFactory, create_engine, session_factory
+from storage.engine import SQLITE_SOFT_HEAP_LIMIT, SessionFactory, create_engine, session_factory
 from storage.models import one_of
 from storage.sqlite_driver import OneTripConnection
 
@@ -164,7 +164,9 @@ async def test_the_engine_uses_it_for_sqlite_files(engine: AsyncEngine) -> None:
         raw = await connection.get_raw_connection()
         assert isinstance(raw.dbapi_connection, OneTripConnection)
         journal = (await connection.execute(text("PRAGMA journal_mode"))).scalar_one()
+        heap_limit = (await connection.execute(text("PRAGMA soft_heap_limit"))).scalar_one()
     assert journal == "wal"  # the connect-time pragmas went through it too
+    assert heap_limit == SQLITE_SOFT_HEAP_LIMIT
     assert sqlite3.sqlite_version_info >= (3, 35)  # RETURNING, which the storage layer relies on
 
 

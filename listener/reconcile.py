@@ -51,6 +51,7 @@ from storage.rounds import ReconcileCounts
 
 logger = logging.getLogger(__name__)
 PASS_CHUNK = 500  # proposals read, recorded and fixed together in a reconcile pass
+KNOWN_WINDOW = 2_000  # proposal ids whose stored state is read at once, to decide which ones a pass reads
 
 ConnectChain = Callable[[], AbstractAsyncContextManager[ChainClient]]
 
@@ -109,6 +110,7 @@ class Reconciler:
         concurrency: int = 8,
         attempts: int = 5,
         pass_chunk: int = PASS_CHUNK,
+        known_window: int = KNOWN_WINDOW,
         rpc_errors: RpcErrorCounts | None = None,
     ) -> None:
         self.settings = settings
@@ -121,6 +123,7 @@ class Reconciler:
         self.concurrency = concurrency
         self.attempts = attempts
         self.pass_chunk = pass_chunk
+        self.known_window = known_window
         self.status = ReconcilerStatus(
             rpc_errors=rpc_errors if rpc_errors is not None else collections.Counter()
         )
@@ -173,8 +176,7 @@ class Reconciler:
         chain_time = head_block.timestamp  # a vote sent now is judged at (at least) this time
         count = await reads.proposal_count(read_block)
 
-        known = await scan.known_proposals(self.sessions, self.chain_id, self.contract)
-        wanted = ids_to_read(count, known, chain_time)
+        wanted = await self._ids_to_read(count, chain_time)
         errors: list[str] = []
         sent = await self._sent_receipts(reads) if self.confirm_sent else {}
         tally: collections.Counter[str] = collections.Counter()
@@ -208,6 +210,17 @@ class Reconciler:
             read_errors=tuple(errors),
             new_proposal_ids=tuple(new_ids),
         )
+
+    async def _ids_to_read(self, count: int, chain_time: int) -> list[int]:
+        """Ids 1..count that this pass reads (no cap). What the database knows of them is read a window at a
+        time: holding every stored proposal at once made each pass's peak grow with the contract's history,
+        and the allocator kept that peak after the pass."""
+        wanted: list[int] = []
+        for first in range(1, count + 1, self.known_window):
+            window = range(first, min(first + self.known_window, count + 1))
+            known = await scan.known_proposals(self.sessions, self.chain_id, self.contract, window)
+            wanted += ids_to_read(window, known, chain_time)
+        return wanted
 
     async def _read_chunk(
         self, reads: Reads, wanted: Sequence[int], chain_time: int, read_block: int, errors: list[str]

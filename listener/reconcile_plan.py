@@ -30,14 +30,15 @@ __all__ = [
 _WAITING = (VoteState.PENDING, VoteState.QUEUED)
 
 
-def ids_to_read(count: int, known: Mapping[int, KnownProposal], chain_time: int) -> list[int]:
-    """Ids 1..count (inclusive; id 0 does not exist) that are unknown or may still change.
+def ids_to_read(proposal_ids: range, known: Mapping[int, KnownProposal], chain_time: int) -> list[int]:
+    """The ids of `proposal_ids` (a window of 1..count; id 0 does not exist) that are unknown or may still
+    change.
 
     A known proposal is skipped once it can no longer be voted on and none of our votes on it is open:
     its tally cannot move after `votingEnds`, and executed/canceled proposals are final.
     """
     wanted = []
-    for proposal_id in range(1, count + 1):
+    for proposal_id in proposal_ids:
         entry = known.get(proposal_id)
         if (
             entry is None

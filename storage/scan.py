@@ -13,7 +13,7 @@ from storage.models import OPEN_VOTE_STATES, Proposal, Vote, VoteState, VoteTran
 from storage.transactions import read
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KnownProposal:
     """What the database already knows of a proposal."""
 
@@ -33,36 +33,40 @@ class VoteRow:
     confirmed_block: int | None = None
 
 
-async def known_proposals(sessions: SessionFactory, chain_id: int, contract: str) -> dict[int, KnownProposal]:
-    """Every stored proposal of the contract, by proposal id."""
+async def known_proposals(
+    sessions: SessionFactory, chain_id: int, contract: str, proposal_ids: range
+) -> dict[int, KnownProposal]:
+    """The stored proposals of the contract with an id in `proposal_ids` (a range: the pass reads a window of
+    ids at a time, not every proposal at once), by proposal id."""
+    in_window = (
+        Proposal.chain_id == chain_id,
+        Proposal.contract == contract,
+        Proposal.proposal_id >= proposal_ids.start,
+        Proposal.proposal_id < proposal_ids.stop,
+    )
 
     async def work(session: AsyncSession) -> dict[int, KnownProposal]:
-        rows = await session.execute(
-            select(Proposal.id, Proposal.proposal_id, Proposal.status, Proposal.voting_ends_at).where(
-                Proposal.chain_id == chain_id, Proposal.contract == contract
-            )
-        )
-        proposals = list(rows)
         open_states = [str(s) for s in OPEN_VOTE_STATES]
         open_refs = set(
             (
                 await session.execute(
                     select(Vote.proposal_ref)
                     .join(Proposal, Vote.proposal_ref == Proposal.id)
-                    .where(
-                        Proposal.chain_id == chain_id,
-                        Proposal.contract == contract,
-                        Vote.state.in_(open_states),
-                    )
+                    .where(*in_window, Vote.state.in_(open_states))
                     .distinct()
                 )
             )
             .scalars()
             .all()
         )
+        rows = await session.execute(
+            select(Proposal.id, Proposal.proposal_id, Proposal.status, Proposal.voting_ends_at).where(
+                *in_window
+            )
+        )
         return {
             pid: KnownProposal(pid, status, int(ends.timestamp()), ref in open_refs)
-            for ref, pid, status, ends in proposals
+            for ref, pid, status, ends in rows
         }
 
     return await read(sessions, work, what="read known proposals")

@@ -63,7 +63,8 @@ async def test_a_pass_finds_every_proposal_and_a_second_pass_changes_nothing(
 ) -> None:
     created = create_proposals(node, devnet, 23)
     assert created == list(range(1, 24))
-    rec = Reconciler(settings, db.sessions, db.nodes, 31337, pass_chunk=5)  # 5 chunks, the last short
+    # 5 chunks, the last short; the stored state read in 4 windows of ids, the last short too
+    rec = Reconciler(settings, db.sessions, db.nodes, 31337, pass_chunk=5, known_window=7)
     first = await rec.reconcile()
     assert (first.proposal_count, first.proposals_scanned, first.new_proposals) == (23, 23, 23)
     assert first.missing_votes == 23 * 5 and first.read_errors == ()
@@ -79,7 +80,7 @@ async def test_votes_cast_elsewhere_are_marked_and_ended_proposals_closed(
 ) -> None:
     create_proposals(node, devnet, 3)
     cast_vote(node, devnet, node_index=0, proposal_id=2, support=True)
-    rec = reconciler(settings, db, pass_chunk=2)
+    rec = reconciler(settings, db, pass_chunk=2, known_window=2)
     result = await rec.reconcile()
     assert result.already_voted == 1
     states = await vote_states(db)

@@ -43,8 +43,9 @@ def proposal(
 
 
 def test_what_to_read_starts_at_one_includes_the_newest_and_has_no_cap() -> None:
-    assert ids_to_read(0, {}, 100) == []
-    assert ids_to_read(120, {}, 100) == list(range(1, 121))
+    assert ids_to_read(range(1, 1), {}, 100) == []
+    assert ids_to_read(range(1, 121), {}, 100) == list(range(1, 121))
+    assert ids_to_read(range(101, 121), {}, 100) == list(range(101, 121))  # a later window
 
 
 def test_what_to_read_only_skips_proposals_that_can_no_longer_change() -> None:
@@ -56,7 +57,7 @@ def test_what_to_read_only_skips_proposals_that_can_no_longer_change() -> None:
         4: KnownProposal(4, status=active, voting_ends=500, has_open_votes=False),  # open: tally may move
         5: KnownProposal(5, status=canceled, voting_ends=500, has_open_votes=False),  # final
     }
-    assert ids_to_read(6, known, chain_time=100) == [2, 4, 6]
+    assert ids_to_read(range(1, 7), known, chain_time=100) == [2, 4, 6]
 
 
 def test_what_to_insert_open_proposals_queue_their_votes_the_others_start_closed() -> None:

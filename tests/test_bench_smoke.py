@@ -65,12 +65,42 @@ def test_latency(tmp_path: Path) -> None:
 def test_burst(tmp_path: Path) -> None:
     document = run_benchmark("burst.py", tmp_path)
     runs = document["details"]["runs"]
-    assert [r["voter"] for r in runs] == ["baseline (pre-signed)", "service"]
+    assert [(r["pair"], r["voter"]) for r in runs] == [(1, "baseline (pre-signed)"), (1, "service")]
     for run in runs:
         assert run["complete"] and run["votes_mined"] == run["votes_expected"] == 50, run
         assert run["duplicate_votes"] == 0
         assert run["votes_per_s"] > 0
     assert runs[1]["memory"]["peak_rss_mb"] > 0
+
+
+def test_burst_summary_takes_the_pair_with_the_median_ratio() -> None:
+    from bench.burst import median_pair, summarise
+
+    def run(pair: int, voter: str, votes_per_s: float | None, cpu_s: float = 10.0) -> dict[str, Any]:
+        return {
+            "pair": pair,
+            "voter": voter,
+            "proposals": 1000,
+            "votes_mined": 5000,
+            "votes_per_s": votes_per_s,
+            "cpu_s": {"service": cpu_s},
+        }
+
+    runs = [
+        run(1, "baseline (pre-signed)", 300.0),
+        run(1, "service", 120.0, cpu_s=15.0),  # 0.4
+        run(2, "baseline (pre-signed)", 200.0),
+        run(2, "service", 160.0, cpu_s=10.0),  # 0.8
+        run(3, "baseline (pre-signed)", 400.0),
+        run(3, "service", 240.0, cpu_s=12.5),  # 0.6: the median
+        run(4, "baseline (pre-signed)", None),  # an incomplete pair does not count
+        run(4, "service", 100.0),
+    ]
+    service, baseline = median_pair(runs)
+    assert (service or {})["pair"] == (baseline or {})["pair"] == 3
+    ratio, cpu = summarise(runs)
+    assert ratio.figure == pytest.approx(0.6) and ratio.met and "median of 4 pairs" in ratio.metric
+    assert cpu.figure == pytest.approx(2.0)  # the median of 3.0, 2.0, 2.5 and 2.0 ms (the lower middle)
 
 
 @pytest.mark.slow  # runs the benchmark script (anvil and the service)

@@ -50,7 +50,7 @@ from storage.queue import Confirmation
 from storage.rounds import ReconcileCounts
 
 logger = logging.getLogger(__name__)
-PASS_CHUNK = 500  # proposals read, recorded and fixed together in a reconcile pass
+PASS_CHUNK = 250  # proposals read, recorded and fixed together in a reconcile pass
 KNOWN_WINDOW = 2_000  # proposal ids whose stored state is read at once, to decide which ones a pass reads
 
 ConnectChain = Callable[[], AbstractAsyncContextManager[ChainClient]]

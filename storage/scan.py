@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.engine import SessionFactory
@@ -36,9 +36,16 @@ class VoteRow:
 async def known_proposals(
     sessions: SessionFactory, chain_id: int, contract: str, proposal_ids: range
 ) -> dict[int, KnownProposal]:
-    """The stored proposals of the contract with an id in `proposal_ids` (a range: the pass reads a window of
-    ids at a time, not every proposal at once), by proposal id."""
-    in_window = (
+    """The stored proposals of the contract with an id in `proposal_ids` (a window of consecutive ids: the
+    pass reads a window at a time, not every proposal at once), by proposal id."""
+    if proposal_ids.step != 1:
+        raise ValueError(f"a window of consecutive ids, not {proposal_ids!r}")
+    open_states = [str(s) for s in OPEN_VOTE_STATES]
+    # One statement: a vote reopened (or a proposal added) between two separate reads would be missed.
+    has_open_votes = (
+        exists().where(Vote.proposal_ref == Proposal.id, Vote.state.in_(open_states)).label("has_open_votes")
+    )
+    statement = select(Proposal.proposal_id, Proposal.status, Proposal.voting_ends_at, has_open_votes).where(
         Proposal.chain_id == chain_id,
         Proposal.contract == contract,
         Proposal.proposal_id >= proposal_ids.start,
@@ -46,27 +53,9 @@ async def known_proposals(
     )
 
     async def work(session: AsyncSession) -> dict[int, KnownProposal]:
-        open_states = [str(s) for s in OPEN_VOTE_STATES]
-        open_refs = set(
-            (
-                await session.execute(
-                    select(Vote.proposal_ref)
-                    .join(Proposal, Vote.proposal_ref == Proposal.id)
-                    .where(*in_window, Vote.state.in_(open_states))
-                    .distinct()
-                )
-            )
-            .scalars()
-            .all()
-        )
-        rows = await session.execute(
-            select(Proposal.id, Proposal.proposal_id, Proposal.status, Proposal.voting_ends_at).where(
-                *in_window
-            )
-        )
         return {
-            pid: KnownProposal(pid, status, int(ends.timestamp()), ref in open_refs)
-            for ref, pid, status, ends in rows
+            pid: KnownProposal(pid, status, int(ends.timestamp()), bool(open_votes))
+            for pid, status, ends, open_votes in await session.execute(statement)
         }
 
     return await read(sessions, work, what="read known proposals")

@@ -58,6 +58,7 @@ async def vote_states(db: Database) -> dict[tuple[int, int], str]:
         return {(pid, node_id): state for pid, node_id, state in rows}
 
 
+@pytest.mark.both_databases  # the windowed read of stored proposals is one SQL statement
 async def test_a_pass_finds_every_proposal_and_a_second_pass_changes_nothing(
     node: AnvilProcess, devnet: DevnetInfo, settings: Settings, db: Database
 ) -> None:
@@ -75,6 +76,7 @@ async def test_a_pass_finds_every_proposal_and_a_second_pass_changes_nothing(
     assert await vote_states(db) == states
 
 
+@pytest.mark.both_databases  # the windowed read of stored proposals is one SQL statement
 async def test_votes_cast_elsewhere_are_marked_and_ended_proposals_closed(
     node: AnvilProcess, devnet: DevnetInfo, settings: Settings, db: Database
 ) -> None:

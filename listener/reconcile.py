@@ -37,6 +37,7 @@ from core.settings import Settings
 from listener.reconcile_plan import (
     RecordPlan,
     VoteFix,
+    id_windows,
     ids_to_read,
     mined_sent_votes,
     plan_records,
@@ -122,6 +123,10 @@ class Reconciler:
         self._connect = connect or self._open_connection
         self.concurrency = concurrency
         self.attempts = attempts
+        if pass_chunk < 1 or known_window < 1:
+            raise ValueError(
+                f"pass_chunk and known_window must be positive, not {pass_chunk}, {known_window}"
+            )
         self.pass_chunk = pass_chunk
         self.known_window = known_window
         self.status = ReconcilerStatus(
@@ -216,8 +221,7 @@ class Reconciler:
         time: holding every stored proposal at once made each pass's peak grow with the contract's history,
         and the allocator kept that peak after the pass."""
         wanted: list[int] = []
-        for first in range(1, count + 1, self.known_window):
-            window = range(first, min(first + self.known_window, count + 1))
+        for window in id_windows(count, self.known_window):
             known = await scan.known_proposals(self.sessions, self.chain_id, self.contract, window)
             wanted += ids_to_read(window, known, chain_time)
         return wanted

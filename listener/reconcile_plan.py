@@ -21,6 +21,7 @@ __all__ = [
     "RecordPlan",
     "VoteFix",
     "VoteRow",
+    "id_windows",
     "ids_to_read",
     "mined_sent_votes",
     "plan_records",
@@ -28,6 +29,13 @@ __all__ = [
 ]
 
 _WAITING = (VoteState.PENDING, VoteState.QUEUED)
+
+
+def id_windows(count: int, size: int) -> list[range]:
+    """Ids 1..count inclusive (id 0 does not exist), cut into windows of at most `size` consecutive ids."""
+    if size < 1:
+        raise ValueError(f"a window of at least one id, not {size}")
+    return [range(first, min(first + size, count + 1)) for first in range(1, count + 1, size)]
 
 
 def ids_to_read(proposal_ids: range, known: Mapping[int, KnownProposal], chain_time: int) -> list[int]:

@@ -12,6 +12,7 @@ from listener.reconcile_plan import (
     KnownProposal,
     ProposalRecord,
     VoteRow,
+    id_windows,
     ids_to_read,
     mined_sent_votes,
     plan_records,
@@ -42,10 +43,16 @@ def proposal(
     )
 
 
-def test_what_to_read_starts_at_one_includes_the_newest_and_has_no_cap() -> None:
+def test_the_ids_to_consider_start_at_one_include_the_newest_and_have_no_cap() -> None:
+    assert id_windows(0, 3) == []
+    assert id_windows(3, 3) == [range(1, 4)]
+    assert id_windows(4, 3) == [range(1, 4), range(4, 5)]
+    assert id_windows(7, 3) == [range(1, 4), range(4, 7), range(7, 8)]
+    assert [i for w in id_windows(120, 7) for i in w] == list(range(1, 121))
+    with pytest.raises(ValueError, match="at least one id"):
+        id_windows(5, 0)
     assert ids_to_read(range(1, 1), {}, 100) == []
-    assert ids_to_read(range(1, 121), {}, 100) == list(range(1, 121))
-    assert ids_to_read(range(101, 121), {}, 100) == list(range(101, 121))  # a later window
+    assert ids_to_read(range(101, 121), {}, 100) == list(range(101, 121))  # a later window, all unknown
 
 
 def test_what_to_read_only_skips_proposals_that_can_no_longer_change() -> None:

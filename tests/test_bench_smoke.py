@@ -76,13 +76,16 @@ def test_burst(tmp_path: Path) -> None:
 def test_burst_summary_takes_the_pair_with_the_median_ratio() -> None:
     from bench.burst import median_pair, summarise
 
-    def run(pair: int, voter: str, votes_per_s: float | None, cpu_s: float = 10.0) -> dict[str, Any]:
+    def run(
+        pair: int, voter: str, votes_per_s: float, cpu_s: float = 10.0, complete: bool = True
+    ) -> dict[str, Any]:
         return {
             "pair": pair,
             "voter": voter,
             "proposals": 1000,
             "votes_mined": 5000,
             "votes_per_s": votes_per_s,
+            "complete": complete,
             "cpu_s": {"service": cpu_s},
         }
 
@@ -93,14 +96,24 @@ def test_burst_summary_takes_the_pair_with_the_median_ratio() -> None:
         run(2, "service", 160.0, cpu_s=10.0),  # 0.8
         run(3, "baseline (pre-signed)", 400.0),
         run(3, "service", 240.0, cpu_s=12.5),  # 0.6: the median
-        run(4, "baseline (pre-signed)", None),  # an incomplete pair does not count
-        run(4, "service", 100.0),
+        run(4, "baseline (pre-signed)", 100.0, complete=False),  # timed out: the pair does not count
+        run(4, "service", 100.0, cpu_s=5.0),
     ]
     service, baseline = median_pair(runs)
     assert (service or {})["pair"] == (baseline or {})["pair"] == 3
     ratio, cpu = summarise(runs)
-    assert ratio.figure == pytest.approx(0.6) and ratio.met and "median of 4 pairs" in ratio.metric
-    assert cpu.figure == pytest.approx(2.0)  # the median of 3.0, 2.0, 2.5 and 2.0 ms (the lower middle)
+    assert ratio.figure == pytest.approx(0.6) and ratio.met and "median of 3 complete pairs" in ratio.metric
+    assert cpu.figure == pytest.approx(2.5)  # 3.0, 2.0 and 2.5 ms in the complete pairs; not pair 4's 1.0
+
+    # Two complete pairs: the lower ratio and the higher CPU, the less flattering middles.
+    ratio, cpu = summarise(runs[:4])
+    assert ratio.figure == pytest.approx(0.4) and cpu.figure == pytest.approx(3.0)
+
+    # The service alone (`--voters service`): no ratio, the median of its finished runs' CPU.
+    alone = [r for r in runs if r["voter"] == "service"]
+    ratio, cpu = summarise(alone)
+    assert ratio.figure is None and "median" not in ratio.metric
+    assert cpu.figure == pytest.approx(2.5)  # 1.0, 2.0, 2.5 and 3.0 ms: the upper middle
 
 
 @pytest.mark.slow  # runs the benchmark script (anvil and the service)

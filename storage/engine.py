@@ -76,10 +76,11 @@ def sqlite_run_lock(database_url: str) -> Iterator[None]:
         os.close(fd)  # closing releases the lock; the file stays (removing it would race a new holder)
 
 
-# SQLite's heap in this process (every connection's page cache, summed): without a bound each pooled
-# connection keeps up to 2 MB of pages, so the service's RSS crept up as the database grew past its caches
-# (about 13 MB of SQLite heap after 10,000 proposals). Pages above the limit are recycled; the WAL file's
-# pages stay in the operating system's cache, so a re-read costs a copy, not a disk read.
+# SQLite's heap in this process (page caches, prepared statements, schemas: every connection's, summed).
+# Without a bound each pooled connection kept up to 2 MB of pages, and the service's RSS crept up as the
+# database outgrew them (9-13 MB of SQLite heap after 10,000 proposals). Over the limit, a connection
+# recycles its own least recently used pages instead of allocating more; a page read again usually comes
+# from the operating system's file cache.
 SQLITE_SOFT_HEAP_LIMIT = 8 * 2**20
 
 

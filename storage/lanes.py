@@ -274,9 +274,8 @@ async def lanes_in_use(session: AsyncSession, node_ids: Collection[int] | Select
 async def _lane_lease_of(
     session: AsyncSession, node_ids: Collection[int] | Select[Any]
 ) -> Row[str, str] | None:
-    wanted = (
-        node_ids if isinstance(node_ids, Select) else sorted(set(node_ids))
-    )  # one_of takes a subquery too
+    # one_of passes a subquery through; a collection is deduplicated and sorted first
+    wanted = node_ids if isinstance(node_ids, Select) else sorted(set(node_ids))
     addresses = select(func.lower(Node.address)).where(one_of(Node.id, wanted))
     return (
         await session.execute(

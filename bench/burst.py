@@ -27,6 +27,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+from bench import report
 from bench.harness import (
     NODE_COUNT,
     AnvilWatchdog,
@@ -188,31 +189,21 @@ def _finished(run: dict[str, Any] | None) -> bool:
     return bool(run and run.get("complete") and run.get("votes_per_s"))
 
 
-def complete_pairs(runs: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(service, baseline) of every pair in which both runs had all their votes mined."""
-    pairs: dict[int, dict[str, dict[str, Any]]] = {}
-    for run in runs:
-        pairs.setdefault(run.get("pair", 1), {})["service" if run["voter"] == "service" else "baseline"] = run
-    return [
-        (p["service"], p["baseline"])
-        for p in pairs.values()
-        if _finished(p.get("service")) and _finished(p.get("baseline"))
-    ]
-
-
 def median_pair(runs: Sequence[dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(service, baseline) of the complete pair whose votes/s ratio is the median (the lower middle one of an
     even count: the less flattering); without a complete pair, the first run of each side."""
-    complete = sorted(complete_pairs(runs), key=lambda p: p[0]["votes_per_s"] / p[1]["votes_per_s"])
-    if not complete:
+    middle = report.median_pair(
+        report.complete_pairs(runs, _finished), lambda s, b: s["votes_per_s"] / b["votes_per_s"], AIM
+    )
+    if middle is None:
         first = {r["voter"] == "service": r for r in reversed(runs)}
         return first.get(True), first.get(False)
-    return complete[(len(complete) - 1) // 2]
+    return middle
 
 
 def summarise(runs: Sequence[dict[str, Any]]) -> list[SummaryLine]:
     service, baseline = median_pair(runs)
-    complete = complete_pairs(runs)
+    complete = report.complete_pairs(runs, _finished)
     of_pairs = f", median of {len(complete)} complete pairs" if len(complete) > 1 else ""
     lines = [
         summary_line(

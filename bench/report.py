@@ -9,7 +9,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,32 @@ def summary_line(
 def absolute_line(benchmark: str, metric: str, unit: str, value: float | None, aim: Aim) -> SummaryLine:
     """A summary line of the service alone, its aim on the value itself (MB, ms, s), not on a ratio."""
     return summary_line(benchmark, metric, unit, value, None, figure=value, figure_name=unit, aim=aim)
+
+
+Run = dict[str, Any]
+
+
+def complete_pairs(runs: Sequence[Run], finished: Callable[[Run], bool]) -> list[tuple[Run, Run]]:
+    """(service, baseline) of every pair (runs numbered by "pair", 1 without) in which both runs finished."""
+    pairs: dict[int, dict[str, Run]] = {}
+    for run in runs:
+        pairs.setdefault(run.get("pair", 1), {})["service" if run["voter"] == "service" else "baseline"] = run
+    both = [(p.get("service"), p.get("baseline")) for p in pairs.values()]
+    return [(s, b) for s, b in both if s is not None and b is not None and finished(s) and finished(b)]
+
+
+def median_pair(
+    pairs: Sequence[tuple[Run, Run]], ratio_of: Callable[[Run, Run], float], aim: Aim
+) -> tuple[Run, Run] | None:
+    """The pair whose service/baseline ratio is the median; of an even count, the middle one further from
+    `aim` (the less flattering). None without pairs."""
+    ranked = sorted(pairs, key=lambda p: ratio_of(*p))
+    if not ranked:
+        return None
+    middle = len(ranked) // 2
+    if len(ranked) % 2 == 0:  # the lower middle misses an "at least" aim first, the upper an "at most" one
+        middle -= 1 if aim.op == ">=" else 0
+    return ranked[middle]
 
 
 def fmt(value: Any, digits: int = 3) -> str:

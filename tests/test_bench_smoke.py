@@ -116,6 +116,36 @@ def test_burst_summary_takes_the_pair_with_the_median_ratio() -> None:
     assert cpu.figure == pytest.approx(2.5)  # 1.0, 2.0, 2.5 and 3.0 ms: the upper middle
 
 
+def test_latency_summary_takes_each_quantile_from_the_pair_with_the_median_ratio() -> None:
+    from bench.latency import summarise
+
+    def run(pair: int, voter: str, p50: float | None, p99: float | None) -> dict[str, Any]:
+        return {"pair": pair, "voter": voter, "mining": "automine", "per_vote_ms": {"p50": p50, "p99": p99}}
+
+    runs = [
+        run(1, "baseline", 40.0, 100.0),
+        run(1, "service", 60.0, 120.0),  # 1.5, 1.2
+        run(2, "baseline", 40.0, 100.0),
+        run(2, "service", 48.0, 200.0),  # 1.2, 2.0
+        run(3, "baseline", 50.0, 100.0),
+        run(3, "service", 70.0, 150.0),  # 1.4, 1.5
+        run(4, "baseline", None, None),  # nothing measured: the pair does not count
+        run(4, "service", 10.0, 10.0),
+    ]
+    p50, p99 = summarise(runs)
+    assert (p50.service, p50.baseline) == (70.0, 50.0) and p50.met  # 1.4 of 1.2, 1.4 and 1.5
+    assert (p99.service, p99.baseline) == (150.0, 100.0) and p99.met
+    assert "median of 3 pairs" in p50.metric
+
+    # Two pairs: the upper middle ratio, the less flattering against an "at most" aim.
+    p50, p99 = summarise(runs[:4])
+    assert p50.figure == pytest.approx(1.5) and p99.figure == pytest.approx(2.0)
+
+    # One pair (the block-time mode, --size tiny): that pair, no median named.
+    p50, _ = summarise(runs[:2])
+    assert p50.figure == pytest.approx(1.5) and "median" not in p50.metric
+
+
 @pytest.mark.slow  # runs the benchmark script (anvil and the service)
 def test_reconcile_scan(tmp_path: Path) -> None:
     document = run_benchmark("reconcile_scan.py", tmp_path)

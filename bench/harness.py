@@ -535,7 +535,8 @@ class AnvilWatchdog:
     kicks: a run with kicks measured anvil's hiccup as well as the voter. With an empty pool and no progress
     for `lost_quiet` seconds (anvil lost transactions) `resend` is sent again. `quiet` is 0.5 s (it was
     1.5 s for both): at 1,000 proposals the lanes met the stall hundreds of times, and the run measured the
-    watchdog.
+    watchdog. With a block time, transactions rightly wait for the next block: bench/latency.py then passes
+    a `quiet` of two blocks and a half.
     """
 
     def __init__(

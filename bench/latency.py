@@ -150,7 +150,9 @@ def mode_name(block_time: float | None) -> str:
 
 
 def _measured(run: dict[str, Any]) -> bool:
-    return run["per_vote_ms"].get("p50") is not None
+    """Both quantiles measured (a ratio needs them above 0) and no proposal missed its five votes."""
+    per_vote = run["per_vote_ms"]
+    return bool(per_vote.get("p50")) and bool(per_vote.get("p99")) and not run.get("missed")
 
 
 def _ratio_at(q: str) -> Callable[[dict[str, Any], dict[str, Any]], float]:
@@ -158,17 +160,20 @@ def _ratio_at(q: str) -> Callable[[dict[str, Any], dict[str, Any]], float]:
 
 
 def summarise(runs: Sequence[dict[str, Any]]) -> list[SummaryLine]:
-    """Per mining mode and quantile, the service/baseline ratio of the pair with the median ratio (one
-    pair: its ratio); without a pair, the first run of each voter."""
+    """Per mining mode and quantile, the service/baseline ratio of the complete pair with the median ratio
+    (one pair: its ratio). Without a complete pair (one voter alone, or runs that missed proposals), each
+    voter's median run by that quantile among those that measured it (the upper middle: the slower)."""
     lines = []
     for mining in dict.fromkeys(r["mining"] for r in runs):
         mode_runs = [r for r in runs if r["mining"] == mining]
         pairs = complete_pairs(mode_runs, _measured)
         of_pairs = f", median of {len(pairs)} pairs" if len(pairs) > 1 else ""
-        first = {r["voter"]: r for r in reversed(mode_runs)}
         for q in ("p50", "p99"):
             middle = median_pair(pairs, _ratio_at(q), AIMS[q])
-            service, baseline = middle or (first.get("service"), first.get("baseline"))
+            service, baseline = middle or (
+                _median_run(mode_runs, "service", q),
+                _median_run(mode_runs, "baseline", q),
+            )
             lines.append(
                 summary_line(
                     NAME,
@@ -180,6 +185,14 @@ def summarise(runs: Sequence[dict[str, Any]]) -> list[SummaryLine]:
                 )
             )
     return lines
+
+
+def _median_run(runs: Sequence[dict[str, Any]], voter: str, q: str) -> dict[str, Any] | None:
+    measured = sorted(
+        (r for r in runs if r["voter"] == voter and r["per_vote_ms"].get(q) is not None),
+        key=lambda r: float(r["per_vote_ms"][q]),
+    )
+    return measured[len(measured) // 2] if measured else None
 
 
 def table(runs: Sequence[dict[str, Any]]) -> str:
@@ -250,7 +263,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     preset = SIZES[args.size]
     samples = args.samples or preset["samples"]
     block_time = args.block_time or preset["block_time"]
-    pairs = args.pairs or preset["pairs"]
+    pairs = preset["pairs"] if args.pairs is None else args.pairs
+    if pairs < 1:
+        parser.error("--pairs must be at least 1")
     modes = [None if m == "automine" else block_time for m in args.modes.split(",")]
     voters = args.voters.split(",")
     started_at, started = dt.datetime.now(dt.UTC), time.perf_counter()
@@ -268,13 +283,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     run = run_mode(kind, block, samples, directory / f"{kind}-{block}-{pair}", args.timeout)
                     runs.append({"pair": pair, **run})
     summary = summarise(runs)
-    params = {
+    params: dict[str, Any] = {
         "samples": samples,
         "warmup": WARMUP,
         "block_time": block_time,
         "voters": voters,
-        "automine_pairs": pairs,
     }
+    if None in modes:
+        params["automine_pairs"] = pairs
     document = result_document(
         NAME,
         args.size,

@@ -130,8 +130,8 @@ def complete_pairs(runs: Sequence[Run], finished: Callable[[Run], bool]) -> list
 def median_pair(
     pairs: Sequence[tuple[Run, Run]], ratio_of: Callable[[Run, Run], float], aim: Aim
 ) -> tuple[Run, Run] | None:
-    """The pair whose service/baseline ratio is the median; of an even count, the middle one further from
-    `aim` (the less flattering). None without pairs."""
+    """The pair whose service/baseline ratio is the median; of an even count, the less flattering middle
+    one (the lower for an "at least" aim, the higher for an "at most" one). None without pairs."""
     ranked = sorted(pairs, key=lambda p: ratio_of(*p))
     if not ranked:
         return None

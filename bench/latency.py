@@ -94,7 +94,7 @@ async def measure(chain: Devnet, samples: int, timeout: float, *, block_time: fl
         await observer.attach(rpc, chain.info.contract_address)
         for index, (proposal_id, raw) in enumerate(zip(proposals.ids, proposals.raw, strict=True)):
             await rpc.call("eth_sendRawTransaction", ["0x" + raw.hex()])  # one at a time anyway
-            accepted = time.perf_counter()
+            accepted, accepted_wall = time.perf_counter(), time.time()
             warmup = index < WARMUP
             voted = await observer.wait_until(
                 lambda pid=proposal_id: observer.votes_on(pid) >= NODE_COUNT,  # type: ignore[misc]
@@ -113,7 +113,9 @@ async def measure(chain: Devnet, samples: int, timeout: float, *, block_time: fl
             result.first_vote_ms.append(latencies[0])
             result.all_votes_ms.append(latencies[-1])
             result.blocks_to_vote += [v.block - created.block for v in votes]
-            result.observed[proposal_id] = ObservedProposal(created.wall, [v.wall for v in votes])
+            # The service's stages from the same origin as the latencies (else "created to recorded" < 0).
+            origin_wall = min(created.wall, accepted_wall) if automine else created.wall
+            result.observed[proposal_id] = ObservedProposal(origin_wall, [v.wall for v in votes])
         result.anvil_kicks = watchdog.kicks
     return result
 

@@ -46,7 +46,8 @@ def service_moments(lines: Iterable[str]) -> dict[int, ServiceMoments]:
 
 @dataclass(frozen=True)
 class ObservedProposal:
-    """Wall-clock seconds of the observer's ProposalCreated and five VoteCast announcements."""
+    """Wall-clock seconds of the latency clock's origin (the observer's ProposalCreated announcement or, under
+    automine, anvil's answer to the create when that came first) and of the five VoteCast announcements."""
 
     created: float
     votes: Sequence[float]

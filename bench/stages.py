@@ -1,7 +1,7 @@
 """Where the service's latency goes, from its own JSON log: per proposal, the moments the listener recorded
 it (`proposal_recorded`) and each node's vote was broadcast (`vote_sent`), against the benchmark's observer
-clock (wall time of the ProposalCreated and VoteCast announcements). Pure parsing; a log without these
-events yields no stages (the figures then only miss their breakdown).
+clock (wall time of the latency's origin and of the VoteCast announcements). Pure parsing; a log without
+these events yields no stages (the figures then only miss their breakdown).
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ class ObservedProposal:
 def stage_breakdown(
     observed: Mapping[int, ObservedProposal], moments: Mapping[int, ServiceMoments]
 ) -> dict[str, dict[str, float | int | None]]:
-    """Distributions (ms) of: log -> recorded, recorded -> first send, first -> last send, last send -> mined.
+    """Distributions (ms) of: origin -> recorded, recorded -> first send, first -> last send, last send ->
+    mined.
 
     The service logs with millisecond resolution, so stages under ~2 ms read as 0-1 ms.
     """

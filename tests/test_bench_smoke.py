@@ -145,16 +145,18 @@ def test_latency_summary_takes_each_quantile_from_the_pair_with_the_median_ratio
     p50, _ = summarise(runs[:2])
     assert p50.figure == pytest.approx(1.5) and "median" not in p50.metric
 
-    # The service alone (`--voters service`): its median run by each quantile, no ratio.
+    # The service alone (`--voters service`): its median run by each quantile (the slower middle), no ratio.
     p50, p99 = summarise([r for r in runs if r["voter"] == "service"])
     assert (p50.service, p99.service, p50.figure) == (60.0, 150.0, None)
 
-    # A baseline at 0 ms, or a run that missed proposals, makes no pair (and no division by zero).
+    # A baseline at 0 ms, or a run that missed proposals, makes no pair (and no division by zero): the
+    # figures are shown, without a verdict, and the metric says so.
     zero = [run(1, "baseline", 0.0, 0.0), run(1, "service", 5.0, 5.0)]
     missed = [run(1, "baseline", 40.0, 100.0), {**run(1, "service", 60.0, 120.0), "missed": 2}]
     for bad in (zero, missed):
         p50, _ = summarise(bad)
-        assert "median" not in p50.metric and p50.service == bad[1]["per_vote_ms"]["p50"]
+        assert p50.service == bad[1]["per_vote_ms"]["p50"] and p50.met is None
+        assert "no complete pair" in p50.metric and "median" not in p50.metric
 
 
 @pytest.mark.slow  # runs the benchmark script (anvil and the service)

@@ -243,6 +243,8 @@ def table(runs: Sequence[dict[str, Any]]) -> str:
             r["creates_mined_s"],
             r["first_vote_s"],
             per_vote_cpu_ms(r),
+            (r.get("cpu_s") or {}).get("anvil"),
+            r.get("anvil_kicks"),
             (r.get("memory") or {}).get("peak_rss_mb"),
         ]
         for r in runs
@@ -257,6 +259,8 @@ def table(runs: Sequence[dict[str, Any]]) -> str:
         "creates mined s",
         "1st vote s",
         "CPU ms/vote",
+        "anvil CPU s",
+        "anvil kicks",
         "peak MB",
     ]
     return format_table(headers, rows)

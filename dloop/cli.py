@@ -108,8 +108,14 @@ def build_parser(load_plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     trigger = sub.add_parser("trigger", help="start a voting round in the running service")
     _service_client(trigger)
-    trigger.add_argument("--wait", action="store_true", help="wait for the round to finish and print it")
-    trigger.add_argument("--timeout", type=float, default=300.0, help="seconds to wait with --wait")
+    trigger.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the round to finish and print it (asking again while the service answers 503)",
+    )
+    trigger.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds the whole command waits with --wait"
+    )
 
     alerts = sub.add_parser("alerts", help="alert notifications: `dloop alerts test`")
     alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)

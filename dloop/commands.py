@@ -350,6 +350,8 @@ def _first_dloop_error(exc: BaseException) -> DloopError | None:
 
 # -- status and trigger: clients of the running service ----------------------------------------------------
 
+TRIGGER_RETRY_SECONDS = 1.0  # `trigger --wait` asks a not-ready service (503) again after this long
+
 
 def _client_settings(args: argparse.Namespace) -> tuple[str, str | None]:
     """The service URL and API token. With `--url`, a client needs no node keys or RPC settings."""
@@ -385,7 +387,17 @@ def _json(response: httpx.Response) -> dict[str, Any]:
 
 def trigger_command(args: argparse.Namespace) -> int:
     base, token = _client_settings(args)
+    end = time.monotonic() + args.timeout  # with --wait: the whole command, the asking and the round
     response = _request("POST", f"{base}/trigger-voting", token=token)
+    told = False
+    # A 503 is a service not ready yet (starting, or reconnecting to its chain): --wait asks again.
+    while args.wait and response.status_code == 503 and time.monotonic() + TRIGGER_RETRY_SECONDS < end:
+        if not told:
+            reason = _json(response).get("reason")
+            print(f"dloop: the service is not ready ({reason}); asking again until the timeout")
+            told = True
+        time.sleep(TRIGGER_RETRY_SECONDS)
+        response = _request("POST", f"{base}/trigger-voting", token=token)
     body = _json(response)
     if response.status_code != 202:
         print(f"dloop: trigger refused ({response.status_code}): {body.get('reason', body)}")
@@ -396,7 +408,6 @@ def trigger_command(args: argparse.Namespace) -> int:
     if not args.wait:
         print(f"progress: curl -s {base}/rounds/{round_id}")
         return 0
-    end = time.monotonic() + args.timeout
     while time.monotonic() < end:
         result = _json(_request("GET", f"{base}/rounds/{round_id}"))["round"]
         if result["state"] != "running":

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from web3 import Web3
@@ -18,6 +19,7 @@ from dloop import cli
 from tests.support.chain import Chain
 from tests.support.chaos import DLOOP, DloopRun, audit_votes, clean_env, service_env, settled
 from tests.support.chaos import run_dloop as dloop
+from tests.support.proxy import TcpProxy
 from tests.support.service import create_proposals, devnet_environ
 from tests.support.waiting import poll_until
 
@@ -261,6 +263,42 @@ def test_run_status_trigger_and_a_clean_sigterm(
     assert '"event": "shutdown_requested"' in log and '"event": "service_stopped"' in log
     assert '"event": "startup_objects_frozen"' in log  # core.memory's tuning runs in `dloop run`
     assert "Traceback" not in log
+
+
+@pytest.mark.anyio
+async def test_trigger_wait_asks_again_until_the_started_service_has_reached_its_chain(
+    chain: Chain, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Between start-up's chain check and the deployment's first connection the service answers the trigger
+    503 (no round loop yet). Here the node refuses connections after that check, until the client has been
+    refused: `dloop trigger --wait` asks again, then starts the round and waits for it."""
+    anvil, _devnet = chain
+    async with TcpProxy(anvil.port) as proxy:
+        proxied = dict(env, DLOOP_RPC_WS_URL=proxy.ws_url)
+        assert (await anyio.to_thread.run_sync(dloop, ["migrate"], proxied, tmp_path)).returncode == 0
+        before = proxy.connections_opened
+        service = ServiceProcess(proxied, tmp_path, tmp_path / "run.log")
+        try:
+            await proxy.wait_until(lambda: proxy.connections_opened > before, timeout=30)  # the check
+            proxy.refuse_new = True
+            await anyio.to_thread.run_sync(service.wait_ready)
+            command = [*DLOOP, "trigger", "--wait", "--timeout", "90", "--url", service.url]
+            async with await anyio.open_process(
+                command, env=clean_env({}), cwd=tmp_path, stderr=subprocess.STDOUT
+            ) as client:
+                await anyio.sleep(2)  # answered 503 at least once by now
+                assert client.returncode is None
+                proxy.refuse_new = False
+                assert client.stdout is not None
+                with anyio.fail_after(90):
+                    out = b"".join([chunk async for chunk in client.stdout]).decode()
+                    await client.wait()
+            assert client.returncode == 0, out
+            assert out.count("the service is not ready (chain unavailable") == 1, out
+            assert "voting round" in out and " done: " in out, out
+            assert await anyio.to_thread.run_sync(service.stop) == 0
+        finally:
+            service.kill()
 
 
 def _states(db: Path) -> dict[str, int]:

@@ -386,15 +386,20 @@ def _json(response: httpx.Response) -> dict[str, Any]:
 
 
 def trigger_command(args: argparse.Namespace) -> int:
+    if args.wait and args.timeout <= 0:
+        raise DloopError(f"--timeout must be above 0 seconds, not {args.timeout:g}")
     base, token = _client_settings(args)
     end = time.monotonic() + args.timeout  # with --wait: the whole command, the asking and the round
     response = _request("POST", f"{base}/trigger-voting", token=token)
     told = False
-    # A 503 is a service not ready yet (starting, or reconnecting to its chain): --wait asks again.
+    # A 503 is a service unable to start a round for now (its round loop not started yet, its database
+    # away; a proxy's own 503 while it restarts): --wait asks again. A trigger during a round joins it.
     while args.wait and response.status_code == 503 and time.monotonic() + TRIGGER_RETRY_SECONDS < end:
         if not told:
-            reason = _json(response).get("reason")
-            print(f"dloop: the service is not ready ({reason}); asking again until the timeout")
+            print(
+                f"dloop: the service is not ready ({_reason(response)}); asking again until the timeout",
+                flush=True,
+            )
             told = True
         time.sleep(TRIGGER_RETRY_SECONDS)
         response = _request("POST", f"{base}/trigger-voting", token=token)
@@ -416,6 +421,15 @@ def trigger_command(args: argparse.Namespace) -> int:
         time.sleep(0.5)
     print(f"round {round_id} still running after {args.timeout:g} s")
     return 1
+
+
+def _reason(response: httpx.Response) -> str:
+    """An error answer's reason: the service's JSON `reason`, else the start of whatever came back."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:80].strip() or f"HTTP {response.status_code}"
+    return str(body.get("reason", body)) if isinstance(body, dict) else str(body)[:80]
 
 
 def _round_line(r: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import socket
 import sqlite3
@@ -286,7 +287,14 @@ async def test_trigger_wait_asks_again_until_the_started_service_has_reached_its
             async with await anyio.open_process(
                 command, env=clean_env({}), cwd=tmp_path, stderr=subprocess.STDOUT
             ) as client:
-                await anyio.sleep(2)  # answered 503 at least once by now
+                # Released once the service has answered the client 503 (its log says so).
+                refused = functools.partial(
+                    poll_until,
+                    lambda: '"path": "/trigger-voting"' in service.log.read_text(),
+                    timeout=30,
+                    what="the trigger to be answered 503",
+                )
+                await anyio.to_thread.run_sync(refused)
                 assert client.returncode is None
                 proxy.refuse_new = False
                 assert client.stdout is not None
@@ -299,6 +307,11 @@ async def test_trigger_wait_asks_again_until_the_started_service_has_reached_its
             assert await anyio.to_thread.run_sync(service.stop) == 0
         finally:
             service.kill()
+
+
+def test_trigger_wait_refuses_a_timeout_that_is_not_above_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["trigger", "--wait", "--timeout", "0", "--url", "http://127.0.0.1:9"]) == 2
+    assert "dloop: error: --timeout must be above 0 seconds, not 0" in capsys.readouterr().err
 
 
 def _states(db: Path) -> dict[str, int]:

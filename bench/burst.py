@@ -192,9 +192,13 @@ def _finished(run: dict[str, Any] | None) -> bool:
 def median_pair(runs: Sequence[dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(service, baseline) of the complete pair whose votes/s ratio is the median (the lower middle one of an
     even count: the less flattering); without a complete pair, the first run of each side."""
-    middle = report.median_pair(
-        report.complete_pairs(runs, _finished), lambda s, b: s["votes_per_s"] / b["votes_per_s"], AIM
-    )
+    return _median_of(report.complete_pairs(runs, _finished), runs)
+
+
+def _median_of(
+    complete: Sequence[tuple[dict[str, Any], dict[str, Any]]], runs: Sequence[dict[str, Any]]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    middle = report.median_pair(complete, lambda s, b: s["votes_per_s"] / b["votes_per_s"], AIM)
     if middle is None:
         first = {r["voter"] == "service": r for r in reversed(runs)}
         return first.get(True), first.get(False)
@@ -202,8 +206,8 @@ def median_pair(runs: Sequence[dict[str, Any]]) -> tuple[dict[str, Any] | None, 
 
 
 def summarise(runs: Sequence[dict[str, Any]]) -> list[SummaryLine]:
-    service, baseline = median_pair(runs)
     complete = report.complete_pairs(runs, _finished)
+    service, baseline = _median_of(complete, runs)
     of_pairs = f", median of {len(complete)} complete pairs" if len(complete) > 1 else ""
     lines = [
         summary_line(

@@ -176,10 +176,11 @@ def summarise(runs: Sequence[dict[str, Any]]) -> list[SummaryLine]:
             middle = median_pair(pairs, _ratio_at(q), AIMS[q])
             service: dict[str, Any] | None
             baseline: dict[str, Any] | None
-            aim: Aim | None
+            aim: Aim | None = AIMS[q]
+            note = of_pairs
             if middle is not None:
-                (service, baseline), aim, note = middle, AIMS[q], of_pairs
-            else:
+                service, baseline = middle
+            else:  # figures without a verdict
                 service = _median_run(mode_runs, "service", q, slower=True)
                 baseline = _median_run(mode_runs, "baseline", q, slower=False)
                 aim, note = None, " (no complete pair)" if service and baseline else ""

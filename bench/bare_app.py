@@ -53,6 +53,7 @@ def main() -> int:
         port=args.port,
         log_config=None,
         http="httptools",
+        loop="uvloop",  # the service's event loop by default (DLOOP_EVENT_LOOP=auto)
         access_log=False,
         lifespan="on",
         proxy_headers=False,

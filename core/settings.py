@@ -8,6 +8,7 @@ the field); secret values never appear in a message.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import io
 import math
 import re
@@ -32,6 +33,7 @@ DEFAULT_NODE_STRATEGIES = ("conservative", "aggressive", "conservative", "aggres
 _HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 WEBHOOK_FORMATS = ("generic", "slack", "discord")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 class PrivateKey:
@@ -89,8 +91,6 @@ DATABASE_EXAMPLES = "sqlite+aiosqlite:///dloop.db or postgresql+asyncpg://user:p
 def parse_database_url(name: str, raw: str) -> str:
     """A database URL the service can use: SQLite through aiosqlite or PostgreSQL through asyncpg (the
     `postgres` extra). `sqlite:///...` and `postgresql://...` (or `postgres://`) get their async driver."""
-    import importlib.util
-
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -177,6 +177,8 @@ class Settings:
     strategies: StrategySettings = StrategySettings()
     log_level: str = "INFO"
     log_format: str = "json"  # "json" (one object per line) or "console" (readable, for a terminal)
+    # `dloop run`'s event loop: "uvloop" (less CPU per vote and per request) or "asyncio"; never "auto" here
+    event_loop: str = "asyncio"
     # alerts (monitor/): rules evaluated every alert_interval seconds, notifications to the webhooks
     alert_interval: float = 15.0
     alert_deadline_hours: float = 6.0  # MissedVoteRisk: votingEnds within this many hours
@@ -332,6 +334,7 @@ class _Parser:
             strategies=self.strategy_settings(),
             log_level=self.log_level(),
             log_format=self.log_format(),
+            event_loop=self.event_loop(),
             alert_interval=self.number("DLOOP_ALERT_INTERVAL", 15.0, minimum=0.1),
             alert_deadline_hours=self.number("DLOOP_ALERT_DEADLINE_HOURS", 6.0, minimum=0.0),
             alert_min_votes=self.integer("DLOOP_ALERT_MIN_VOTES", 20, minimum=0),
@@ -437,6 +440,17 @@ class _Parser:
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError("DLOOP_LOG_LEVEL", f"must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
         return level
+
+    def event_loop(self) -> str:
+        """uvloop when installed (auto) or asked for, else asyncio; asking for a missing uvloop is refused."""
+        name = "DLOOP_EVENT_LOOP"
+        value = self.choice(name, "auto", EVENT_LOOPS)
+        installed = importlib.util.find_spec("uvloop") is not None
+        if value == "uvloop" and not installed:
+            raise ConfigError(name, "is uvloop, which is not installed (pip install uvloop, or set asyncio)")
+        if value == "auto":
+            return "uvloop" if installed else "asyncio"
+        return value
 
     def log_format(self) -> str:
         value = self.env.get("DLOOP_LOG_FORMAT", "json").strip().lower()

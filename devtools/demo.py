@@ -93,7 +93,7 @@ def demo_command(args: argparse.Namespace) -> int:
         settings = demo_settings(info, anvil.ws_url, database, args.port)
         anyio.run(upgrade, settings.database_url)
         try:
-            run_async(_demo, settings, info, anvil, args)
+            run_async(_demo, settings, info, anvil, args, event_loop=settings.event_loop)
         except ConfigError as exc:
             if exc.setting == "DLOOP_HTTP_PORT":
                 raise ConfigError("--port", f"{exc.problem} (choose another with --port)") from None

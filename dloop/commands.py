@@ -7,6 +7,7 @@ here, and every failure a user can fix leaves as a DloopError that the CLI print
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import functools
 import logging
@@ -175,6 +176,7 @@ async def _run_service(
                 contract_version=deployment.contract.name,
                 nodes=[n.name for n in deployment.nodes],
                 http=service.http.url,
+                event_loop=running_loop_name(),
             )
         for late in waiting:
             log_event(
@@ -322,19 +324,25 @@ def run_command(args: argparse.Namespace) -> int:
         frozen = freeze_startup_objects()
         log_event(logger, "startup_objects_frozen", objects=frozen, malloc_arenas_limited=arenas_limited)
 
-    run_async(functools.partial(serve, settings, on_ready=tune_memory))
+    run_async(functools.partial(serve, settings, on_ready=tune_memory), event_loop=settings.event_loop)
     return 0
 
 
-def run_async(function: Callable[..., Any], *args: Any) -> None:
-    """anyio.run, with a service error raised inside the task group surfacing as itself (one line)."""
+def run_async(function: Callable[..., Any], *args: Any, event_loop: str = "asyncio") -> None:
+    """anyio.run on `event_loop` ("uvloop" or "asyncio"), with a service error raised inside the task group
+    surfacing as itself (one line)."""
     try:
-        anyio.run(function, *args)
+        anyio.run(function, *args, backend_options={"use_uvloop": event_loop == "uvloop"})
     except BaseExceptionGroup as group:
         first = _first_dloop_error(group)
         if first is None:
             raise
         raise first from group
+
+
+def running_loop_name() -> str:
+    """The running event loop's implementation, "uvloop" or "asyncio" (the one start-up logs)."""
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
 
 
 def _first_dloop_error(exc: BaseException) -> DloopError | None:

@@ -105,7 +105,7 @@ def test_dloop_run_configures_logs_from_the_settings(monkeypatch: pytest.MonkeyP
     for name in ("DLOOP_RPC_WS_URL", "DLOOP_CONTRACT_ADDRESS", "AI_NODE_1_PRIVATE_KEY", "DLOOP_LOG_FORMAT"):
         monkeypatch.setenv(name, ENV[name])
     monkeypatch.setenv("DLOOP_API_TOKEN", TOKEN)
-    monkeypatch.setattr(commands, "run_async", lambda *_args: None)  # the settings and logs only
+    monkeypatch.setattr(commands, "run_async", lambda *_args, **_kw: None)  # the settings and logs only
     monkeypatch.chdir(tmp_path)
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)

@@ -185,8 +185,11 @@ def test_pip_install_into_a_fresh_virtualenv_migrates_and_runs(tmp_path: Path) -
     text = log.read_text(errors="replace")
     assert exit_code == 0, text[-4000:]
     assert health.status_code == 200, (health.status_code, health.text, text[-4000:])
-    events = [json.loads(line)["event"] for line in text.splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    events = [record["event"] for record in records]
     assert "service_starting" in events and "service_stopped" in events, events
+    # The package brings uvloop (Linux), and DLOOP_EVENT_LOOP's default (auto) takes it.
+    assert {r["event_loop"] for r in records if r["event"] == "service_starting"} == {"uvloop"}, records
     assert "Traceback" not in text, text[-4000:]
 
 

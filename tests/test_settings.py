@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -15,6 +16,7 @@ from eth_typing import HexStr
 
 from core.errors import ConfigError
 from core.settings import PrivateKey, load_settings, parse_address, read_env_file
+from dloop.commands import run_async, running_loop_name
 
 KEYS = [
     "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
@@ -92,6 +94,7 @@ def test_node_keys_from_comma_list() -> None:
         ("DLOOP_NODE_STRATEGIES", "conservative", "1 strategies for 5"),
         ("DLOOP_LOG_LEVEL", "LOUD", "DEBUG"),
         ("DLOOP_LOG_FORMAT", "xml", "json or console"),
+        ("DLOOP_EVENT_LOOP", "trio", "auto, uvloop, asyncio"),
         ("DLOOP_DRY_RUN", "perhaps", "must be 1 or 0"),
         ("DLOOP_CONSERVATIVE_MAX_VALUE", "lots", "must be a number"),
         ("DLOOP_AGGRESSIVE_MAX_VALUE", "-5", "at least 0"),
@@ -246,6 +249,33 @@ def test_log_format_setting_and_the_secrets_logs_must_mask() -> None:
     settings = load_settings(base_env(DLOOP_LOG_FORMAT="Console", DLOOP_API_TOKEN="tok-123456"))
     assert settings.log_format == "console"
     assert set(settings.secrets()) == {*("0x" + k.removeprefix("0x") for k in KEYS), "tok-123456"}
+
+
+def test_event_loop_setting_takes_uvloop_when_installed_and_refuses_it_when_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings(base_env()).event_loop == "uvloop"  # a dependency of the package (Linux)
+    assert load_settings(base_env(DLOOP_EVENT_LOOP="uvloop")).event_loop == "uvloop"
+    assert load_settings(base_env(DLOOP_EVENT_LOOP="AsyncIO")).event_loop == "asyncio"
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else find_spec(name, *a)
+    )
+    assert load_settings(base_env()).event_loop == "asyncio"  # auto, without uvloop (Windows)
+    with pytest.raises(ConfigError) as info:
+        load_settings(base_env(DLOOP_EVENT_LOOP="uvloop"))
+    assert str(info.value).startswith("DLOOP_EVENT_LOOP") and "not installed" in str(info.value)
+
+
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_run_async_runs_on_the_event_loop_the_settings_name(event_loop: str) -> None:
+    seen: list[str] = []
+
+    async def record() -> None:
+        seen.append(running_loop_name())
+
+    run_async(record, event_loop=event_loop)
+    assert seen == [event_loop]
 
 
 def _settings_read_by_core() -> set[str]:

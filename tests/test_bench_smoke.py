@@ -181,6 +181,47 @@ def test_http(tmp_path: Path) -> None:
     assert {(x["server"], x["condition"], x["endpoint"]) for x in loads} == expected
     for load in loads:
         assert load["ok"] > 0 and load["ok"] == load["requests"] and not load["errors"], load
+        assert load["pair"] == 1 and load["cpu_share"]["server"] > 0 and load["cpu_share"]["loadgen"] > 0, (
+            load
+        )
+        assert ("anvil" in load["cpu_share"]) == (
+            load["condition"] == "during burst" or load["server"] == "service"
+        )
+
+
+def test_http_summary_takes_the_pair_with_the_median_ratio() -> None:
+    from bench.http_load import summarise
+
+    def load(pair: int, server: str, condition: str, endpoint: str, req_per_s: float) -> dict[str, Any]:
+        return {
+            "pair": pair,
+            "server": server,
+            "condition": condition,
+            "endpoint": endpoint,
+            "ok": 100 if req_per_s else 0,
+            "req_per_s": req_per_s,
+            "latency_ms": {"p99": 1000.0 / req_per_s if req_per_s else None},
+        }
+
+    loads = []
+    for pair, service, bare in [(1, 600.0, 1000.0), (2, 900.0, 1000.0), (3, 1600.0, 2000.0), (4, 0.0, 900.0)]:
+        for endpoint in ("/health", "/active-proposals"):
+            loads += [
+                load(pair, "service", "during burst", endpoint, service),
+                load(pair, "bare app", "during burst", endpoint, bare),
+                load(pair, "bare app", "idle", endpoint, 2 * bare),
+            ]
+    *_, health, health_idle, health_p99 = summarise(loads)  # /active-proposals' lines first
+    # Ratios 0.6, 0.9 and 0.8; pair 4's service answered nothing: it makes no pair.
+    assert health.figure == pytest.approx(0.8) and health.met
+    assert "median of 3 pairs (0.60, 0.90, 0.80)" in health.metric
+    assert health_idle.baseline == 4000.0 and health_p99.service == pytest.approx(1000.0 / 1600.0)
+    # Two pairs: the lower middle, the one that misses an "at least" aim first.
+    *_, health, _, _ = summarise([x for x in loads if x["pair"] in (1, 3)])
+    assert health.figure == pytest.approx(0.6) and not health.met
+    # One pair: its ratio, without "median".
+    *_, health, _, _ = summarise([x for x in loads if x["pair"] == 2])
+    assert health.figure == pytest.approx(0.9) and "median" not in health.metric
 
 
 @pytest.mark.slow  # runs the benchmark script (anvil and the service)

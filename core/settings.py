@@ -12,12 +12,13 @@ import importlib.util
 import io
 import math
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -34,6 +35,7 @@ _HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 WEBHOOK_FORMATS = ("generic", "slack", "discord")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+EventLoop = Literal["uvloop", "asyncio"]  # what "auto" resolves to when the settings are loaded
 
 
 class PrivateKey:
@@ -178,7 +180,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"  # "json" (one object per line) or "console" (readable, for a terminal)
     # `dloop run`'s event loop: "uvloop" (less CPU per vote and per request) or "asyncio"; never "auto" here
-    event_loop: str = "asyncio"
+    event_loop: EventLoop = "asyncio"
     # alerts (monitor/): rules evaluated every alert_interval seconds, notifications to the webhooks
     alert_interval: float = 15.0
     alert_deadline_hours: float = 6.0  # MissedVoteRisk: votingEnds within this many hours
@@ -441,16 +443,19 @@ class _Parser:
             raise ConfigError("DLOOP_LOG_LEVEL", f"must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
         return level
 
-    def event_loop(self) -> str:
+    def event_loop(self) -> EventLoop:
         """uvloop when installed (auto) or asked for, else asyncio; asking for a missing uvloop is refused."""
         name = "DLOOP_EVENT_LOOP"
         value = self.choice(name, "auto", EVENT_LOOPS)
-        installed = importlib.util.find_spec("uvloop") is not None
+        if value == "asyncio":
+            return "asyncio"
+        # On Windows anyio would look for winloop, not uvloop (which has no Windows build).
+        installed = sys.platform != "win32" and importlib.util.find_spec("uvloop") is not None
         if value == "uvloop" and not installed:
+            if sys.platform == "win32":
+                raise ConfigError(name, "is uvloop, which does not run on Windows (set asyncio)")
             raise ConfigError(name, "is uvloop, which is not installed (pip install uvloop, or set asyncio)")
-        if value == "auto":
-            return "uvloop" if installed else "asyncio"
-        return value
+        return "uvloop" if installed else "asyncio"
 
     def log_format(self) -> str:
         value = self.env.get("DLOOP_LOG_FORMAT", "json").strip().lower()

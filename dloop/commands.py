@@ -26,7 +26,7 @@ from chain.connection import safe_url
 from core.errors import ConfigError, DloopError
 from core.logs import configure_logging, log_event
 from core.memory import freeze_startup_objects, limit_malloc_arenas
-from core.settings import DeploymentSettings, Settings, load_settings, parse_database_url
+from core.settings import DeploymentSettings, EventLoop, Settings, load_settings, parse_database_url
 from dloop.preflight import ChainIdentity, check_apart, check_same_chain, preflight_chain
 from storage.engine import (
     SessionFactory,
@@ -328,7 +328,7 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_async(function: Callable[..., Any], *args: Any, event_loop: str = "asyncio") -> None:
+def run_async(function: Callable[..., Any], *args: Any, event_loop: EventLoop = "asyncio") -> None:
     """anyio.run on `event_loop` ("uvloop" or "asyncio"), with a service error raised inside the task group
     surfacing as itself (one line)."""
     try:

@@ -76,9 +76,10 @@ def json_logs() -> None:
 
 
 @pytest.fixture(scope="session")
-def anyio_backend() -> str:
-    """`pytest.mark.anyio` tests run on asyncio (the service's loop), never trio."""
-    return "asyncio"
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    """`pytest.mark.anyio` tests run on uvloop, `dloop run`'s loop by default (DLOOP_EVENT_LOOP=auto), never
+    trio; tests/test_cli_service.py runs one `dloop run` on plain asyncio."""
+    return "asyncio", {"use_uvloop": True}
 
 
 # -- the session anvil ---------------------------------------------------------------------------------------

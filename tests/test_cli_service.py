@@ -263,6 +263,7 @@ def test_run_status_trigger_and_a_clean_sigterm(
     log = service.log.read_text()
     assert '"event": "shutdown_requested"' in log and '"event": "service_stopped"' in log
     assert '"event": "startup_objects_frozen"' in log  # core.memory's tuning runs in `dloop run`
+    assert '"event_loop": "uvloop"' in log  # DLOOP_EVENT_LOOP's default (auto)
     assert "Traceback" not in log
 
 
@@ -339,7 +340,8 @@ def test_sigterm_during_a_burst_then_restart_loses_nothing_and_doubles_nothing(
     stopped = _states(db)
     assert stopped.get("queued", 0) + stopped.get("sent", 0) > 0, stopped  # stopped mid-burst
 
-    second = ServiceProcess(env, tmp_path, tmp_path / "second.log")
+    # The restart runs on plain asyncio, the loop DLOOP_EVENT_LOOP keeps for those who want it.
+    second = ServiceProcess({**env, "DLOOP_EVENT_LOOP": "asyncio"}, tmp_path, tmp_path / "second.log")
     try:
         second.wait_ready()
         expected = (before + len(burst)) * 5
@@ -354,6 +356,7 @@ def test_sigterm_during_a_burst_then_restart_loses_nothing_and_doubles_nothing(
         assert second.stop(signal.SIGTERM) == 0
     finally:
         second.kill()
+    assert '"event_loop": "asyncio"' in second.log.read_text()
 
     # On chain: every node voted exactly once on every proposal of the burst.
     dao = asset_dao(w3, devnet.contract_address)

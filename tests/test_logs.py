@@ -105,7 +105,10 @@ def test_dloop_run_configures_logs_from_the_settings(monkeypatch: pytest.MonkeyP
     for name in ("DLOOP_RPC_WS_URL", "DLOOP_CONTRACT_ADDRESS", "AI_NODE_1_PRIVATE_KEY", "DLOOP_LOG_FORMAT"):
         monkeypatch.setenv(name, ENV[name])
     monkeypatch.setenv("DLOOP_API_TOKEN", TOKEN)
-    monkeypatch.setattr(commands, "run_async", lambda *_args, **_kw: None)  # the settings and logs only
+    monkeypatch.delenv("DLOOP_EVENT_LOOP", raising=False)
+    loops: list[str] = []
+    # The settings and logs only, and the event loop the service would run on.
+    monkeypatch.setattr(commands, "run_async", lambda *_args, event_loop: loops.append(event_loop))
     monkeypatch.chdir(tmp_path)
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
@@ -117,6 +120,7 @@ def test_dloop_run_configures_logs_from_the_settings(monkeypatch: pytest.MonkeyP
         root.handlers[:], root.level = saved[0], saved[1]
     assert isinstance(formatter, ConsoleFormatter)
     assert TOKEN not in text and KEY[2:] not in text and "oops <redacted> key=<redacted>" in text
+    assert loops == ["uvloop"]  # DLOOP_EVENT_LOOP's default, auto, with uvloop installed
 
 
 ENV = {

@@ -15,7 +15,7 @@ from eth_account import Account
 from eth_typing import HexStr
 
 from core.errors import ConfigError
-from core.settings import PrivateKey, load_settings, parse_address, read_env_file
+from core.settings import EventLoop, PrivateKey, load_settings, parse_address, read_env_file
 from dloop.commands import run_async, running_loop_name
 
 KEYS = [
@@ -267,8 +267,15 @@ def test_event_loop_setting_takes_uvloop_when_installed_and_refuses_it_when_not(
     assert str(info.value).startswith("DLOOP_EVENT_LOOP") and "not installed" in str(info.value)
 
 
+def test_event_loop_setting_on_windows_is_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "platform", "win32")  # where anyio would look for winloop instead
+    assert load_settings(base_env()).event_loop == "asyncio"
+    with pytest.raises(ConfigError, match="does not run on Windows"):
+        load_settings(base_env(DLOOP_EVENT_LOOP="uvloop"))
+
+
 @pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
-def test_run_async_runs_on_the_event_loop_the_settings_name(event_loop: str) -> None:
+def test_run_async_runs_on_the_event_loop_the_settings_name(event_loop: EventLoop) -> None:
     seen: list[str] = []
 
     async def record() -> None:

@@ -102,19 +102,27 @@ async def generate_load(
         cwd=REPO_ROOT,
     )
     assert process.stdout is not None
-    cue = await process.stdout.readline()  # "started": the load begins now
+    cues = [await process.stdout.readline()]  # "started": the load begins now
     cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
     wall_before = time.perf_counter()
-    out, err = await process.communicate()
+    cues.append(await process.stdout.readline())  # "ended"
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in watched.items()}
     wall = time.perf_counter() - wall_before
-    if process.returncode != 0 or cue.strip() != b"started":
-        raise RuntimeError(f"loadgen failed: {err.decode(errors='replace')[-2000:]}")
+    out, err = await process.communicate()
+    if process.returncode != 0 or [c.strip() for c in cues] != [b"started", b"ended"]:
+        raise RuntimeError(f"loadgen failed ({cues!r}): {err.decode(errors='replace')[-2000:]}")
     result: dict[str, Any] = json.loads(out)
     result["cpu_share"] = {
-        **{name: (cpu_seconds(pid) - cpu_before[name]) / wall for name, pid in watched.items()},
+        **{name: seconds / wall for name, seconds in cpu.items()},
         "loadgen": result.pop("loadgen_cpu_share", None),
     }
     return result
+
+
+def _watched(server_pid: int, chain: Devnet) -> dict[str, int]:
+    """The processes whose CPU share a load during a burst records."""
+    assert chain.anvil.pid is not None, "anvil is not running"
+    return {"server": server_pid, "anvil": chain.anvil.pid}
 
 
 def active_in_database(database: Path) -> int:
@@ -142,7 +150,7 @@ async def service_phase(
     loads: list[dict[str, Any]] = []
     with devnet() as chain, service(chain, directory / "service") as (process, _startup):
         base_url = process.base_url
-        watched = {"server": process.pid, "anvil": chain.anvil.pid or 0}
+        watched = _watched(process.pid, chain)
         observer = ChainObserver()
         async with WsRpc(chain.ws_url) as rpc:
             await observer.attach(rpc, chain.info.contract_address)
@@ -217,7 +225,7 @@ async def load_during_burst(
                 raise RuntimeError(f"the pre-signed burst's proposals were not mined within {timeout:g} s")
             before, kicks_before = observer.vote_count, watchdog.kicks
             name, pid = server
-            watched = {"server": pid, "anvil": chain.anvil.pid or 0}
+            watched = _watched(pid, chain)
             result = await generate_load(base_url + path, duration, concurrency, watched)
             result.update(
                 server=name,
@@ -284,7 +292,7 @@ async def bare_phase(
 def _pairs_of(loads: Sequence[Load], path: str) -> list[tuple[Load, Load]]:
     """(service, bare app) loads of `path` during their bursts, pair by pair, both with answers."""
     during = [
-        {**x, "voter": "service" if x["server"] == "service" else "baseline"}
+        {**x, "voter": x["server"]}  # complete_pairs' key: "service", or else the baseline
         for x in loads
         if x["endpoint"] == path and x["condition"] == "during burst"
     ]

@@ -3,8 +3,8 @@
 Bounded in count and in time, and 127.0.0.1 only. Raw asyncio streams rather than an HTTP client library so
 the generator itself costs little CPU (a few tens of microseconds per request): on a 2-core machine it shares
 the CPU with the server it measures. Run as its own process:
-`python bench/loadgen.py --url http://127.0.0.1:PORT/health --duration 5` prints `started` as the load starts,
-then one JSON object when it ends.
+`python bench/loadgen.py --url http://127.0.0.1:PORT/health --duration 5` prints `started` and `ended` around
+the load, then one JSON object.
 """
 
 from __future__ import annotations
@@ -117,6 +117,8 @@ async def run_load(url: str, *, concurrency: int, duration: float, max_requests:
         *(worker("127.0.0.1", parts.port, request, deadline, budget, tally) for _ in range(concurrency))
     )
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    print("ended", flush=True)  # the load's end, before the result is assembled and the process exits
     done = len(tally.latencies_ms)
     ok = tally.statuses.get(200, 0)
     return {
@@ -132,7 +134,7 @@ async def run_load(url: str, *, concurrency: int, duration: float, max_requests:
         "mean_body_bytes": tally.body_bytes / done if done else None,
         # On a 2-core machine the generator shares the CPU with the server it measures: its own share
         # (CPU seconds per second) shows when it, not the server, set the rate.
-        "loadgen_cpu_share": (time.process_time() - cpu_started) / elapsed if elapsed > 0 else None,
+        "loadgen_cpu_share": cpu / elapsed if elapsed > 0 else None,
     }
 
 

@@ -179,7 +179,7 @@ class Settings:
     strategies: StrategySettings = StrategySettings()
     log_level: str = "INFO"
     log_format: str = "json"  # "json" (one object per line) or "console" (readable, for a terminal)
-    # `dloop run`'s event loop: "uvloop" (less CPU per vote and per request) or "asyncio"; never "auto" here
+    # `dloop run`'s event loop: "uvloop" (less CPU per vote) or "asyncio"; never "auto" here
     event_loop: EventLoop = "asyncio"
     # alerts (monitor/): rules evaluated every alert_interval seconds, notifications to the webhooks
     alert_interval: float = 15.0

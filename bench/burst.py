@@ -41,9 +41,9 @@ from bench.harness import (
     sign_proposals,
     sign_votes,
     stop_on_sigterm,
-    voter,
     workdir,
 )
+from bench.harness import service as start_service
 from bench.report import (
     Aim,
     SummaryLine,
@@ -169,9 +169,9 @@ async def timed_burst(
 
 
 def run_service(proposals: int, directory: Path, timeout: float) -> dict[str, Any]:
-    with devnet() as chain, voter("service", chain, directory) as (process, startup):
+    with devnet() as chain, start_service(chain, directory) as (process, startup):
         result = asyncio.run(timed_burst(chain, proposals, timeout, presigned_votes=False, service=process))
-    return {"voter": "service", "startup_s": startup, **result}
+    return {"voter": "service", "startup_s": startup, "event_loop": process.event_loop(), **result}
 
 
 def run_baseline(proposals: int, timeout: float) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -427,6 +428,14 @@ class ServiceProcess(ManagedProcess):
         # In a thread of its own: the caller may be inside an event loop already.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pool.submit(lambda: asyncio.run(upgrade(url))).result()
+
+    def event_loop(self) -> str | None:
+        """The event loop `dloop run` said it runs on (`service_starting`); None before it said so."""
+        with contextlib.suppress(OSError):
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if '"event": "service_starting"' in line:
+                    return str(json.loads(line).get("event_loop"))
+        return None
 
     def start_ready(self, timeout: float = 60.0) -> float:
         """Migrate, start, wait until /health answers; the seconds that took."""

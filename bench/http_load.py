@@ -176,7 +176,9 @@ async def service_phase(
                 burst_s = time.perf_counter() - started
         loads += await idle_loads("service", base_url, duration, concurrency, watched)
         bodies = {path: json.loads(http_get(base_url + path, 30.0)[1]) for path in ENDPOINTS}
+        event_loop = process.event_loop()
     burst = {
+        "event_loop": event_loop,
         "listed_after_s": listed_after,
         "burst_s": burst_s,
         "all_voted": voted,

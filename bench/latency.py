@@ -38,6 +38,7 @@ from bench.harness import (
     AnvilWatchdog,
     ChainObserver,
     Devnet,
+    ServiceProcess,
     base_parser,
     devnet,
     sign_proposals,
@@ -129,6 +130,7 @@ def run_mode(
         measured = asyncio.run(measure(chain, samples, timeout, block_time=block_time))
         elapsed = time.perf_counter() - started
     stages = None
+    event_loop = process.event_loop() if isinstance(process, ServiceProcess) else None
     if kind == "service":  # the service's own log says where the time went
         with process.log_path.open(errors="replace") as log:
             stages = stage_breakdown(measured.observed, service_moments(log))
@@ -136,6 +138,7 @@ def run_mode(
         "voter": kind,
         "mining": mode_name(block_time),
         "startup_s": round(startup, 3),
+        "event_loop": event_loop,  # the service's; None for the baseline script
         "elapsed_s": round(elapsed, 3),
         "samples": samples,
         "missed": measured.missed,

@@ -80,7 +80,14 @@ async def measure(chunks: int, chunk: int, directory: Path, timeout: float) -> d
                     }
                 )
         duplicates = observer.duplicate_votes
-    return {"startup_s": startup, "points": points, "duplicate_votes": duplicates, "anvil_kicks": kicks}
+        event_loop = process.event_loop()
+    return {
+        "startup_s": startup,
+        "event_loop": event_loop,
+        "points": points,
+        "duplicate_votes": duplicates,
+        "anvil_kicks": kicks,
+    }
 
 
 def growth(points: Sequence[dict[str, Any]]) -> dict[str, float | None]:

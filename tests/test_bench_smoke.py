@@ -58,6 +58,8 @@ def test_latency(tmp_path: Path) -> None:
         assert run["missed"] == 0, run
         assert run["per_vote_ms"]["n"] == 5
         assert run["per_vote_ms"]["p50"] > 0
+        # The loop the service ran on is in the results (DLOOP_EVENT_LOOP's default); None for the script.
+        assert run["event_loop"] == ("uvloop" if run["voter"] == "service" else None), run
     assert {line["metric"] for line in document["summary"]} >= {"automine vote p50", "automine vote p99"}
 
 
@@ -70,7 +72,7 @@ def test_burst(tmp_path: Path) -> None:
         assert run["complete"] and run["votes_mined"] == run["votes_expected"] == 50, run
         assert run["duplicate_votes"] == 0
         assert run["votes_per_s"] > 0
-    assert runs[1]["memory"]["peak_rss_mb"] > 0
+    assert runs[1]["memory"]["peak_rss_mb"] > 0 and runs[1]["event_loop"] == "uvloop"
 
 
 def test_burst_summary_takes_the_pair_with_the_median_ratio() -> None:
@@ -187,6 +189,7 @@ def test_http(tmp_path: Path) -> None:
         assert ("anvil" in load["cpu_share"]) == (
             load["condition"] == "during burst" or load["server"] == "service"
         )
+    assert [b["event_loop"] for b in document["details"]["bursts"]] == ["uvloop"]
 
 
 def test_http_summary_takes_the_pair_with_the_median_ratio() -> None:
@@ -230,6 +233,7 @@ def test_memory(tmp_path: Path) -> None:
     points = document["details"]["points"]
     assert [p["proposals"] for p in points] == [0, 5, 10]
     assert all(p["rss_mb"] > 10 and p["peak_rss_mb"] >= p["rss_mb"] for p in points)
+    assert document["details"]["event_loop"] == "uvloop"
 
 
 @pytest.mark.slow  # runs the benchmark script

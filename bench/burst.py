@@ -38,6 +38,7 @@ from bench.harness import (
     cpu_seconds,
     devnet,
     memory_mb,
+    positive_int,
     sign_proposals,
     sign_votes,
     stop_on_sigterm,
@@ -274,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = base_parser(__doc__ or NAME)
     parser.add_argument("--proposals", type=int, help="proposals in the burst (default by --size)")
     parser.add_argument("--voters", default="baseline,service", help="baseline,service or one of them")
-    parser.add_argument("--pairs", type=int, help="baseline-then-service pairs to run (default by --size)")
+    parser.add_argument(
+        "--pairs", type=positive_int, help="baseline-then-service pairs to run (default by --size)"
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for all votes")
     args = parser.parse_args(argv)
     stop_on_sigterm()

@@ -45,6 +45,17 @@ NODE_COUNT = 5
 # -- command line -------------------------------------------------------------------------------------------
 
 
+def positive_int(text: str) -> int:
+    """An argparse type for counts such as `--pairs`: 0 is refused, not mistaken for "the size's preset"."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(

@@ -52,6 +52,7 @@ from bench.harness import (
     cpu_seconds,
     devnet,
     http_get,
+    positive_int,
     service,
     sign_proposals,
     sign_votes,
@@ -429,11 +430,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--duration", type=float, help="seconds of load per endpoint (default by --size)")
     parser.add_argument("--concurrency", type=int, default=8, help="keep-alive connections of the load")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the burst")
-    parser.add_argument("--pairs", type=int, help="service-then-bare-app pairs to run (default by --size)")
+    parser.add_argument(
+        "--pairs", type=positive_int, help="service-then-bare-app pairs to run (default by --size)"
+    )
     args = parser.parse_args(argv)
-    pairs = SIZES[args.size]["pairs"] if args.pairs is None else args.pairs
-    if pairs < 1:
-        parser.error("--pairs must be at least 1")
+    pairs = args.pairs or SIZES[args.size]["pairs"]
     stop_on_sigterm()
     proposals = args.proposals or SIZES[args.size]["proposals"]
     duration = args.duration or SIZES[args.size]["duration"]

@@ -41,6 +41,7 @@ from bench.harness import (
     ServiceProcess,
     base_parser,
     devnet,
+    positive_int,
     sign_proposals,
     stop_on_sigterm,
     workdir,
@@ -271,16 +272,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--block-time", type=float, help="seconds per block in the interval mode")
     parser.add_argument("--modes", default="automine,interval", help="automine,interval or one of them")
     parser.add_argument("--voters", default=",".join(VOTERS), help="baseline,service or one of them")
-    parser.add_argument("--pairs", type=int, help="automine baseline-then-service pairs (default by --size)")
+    parser.add_argument(
+        "--pairs", type=positive_int, help="automine baseline-then-service pairs (default by --size)"
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for five votes")
     args = parser.parse_args(argv)
     stop_on_sigterm()
     preset = SIZES[args.size]
     samples = args.samples or preset["samples"]
     block_time = args.block_time or preset["block_time"]
-    pairs = preset["pairs"] if args.pairs is None else args.pairs
-    if pairs < 1:
-        parser.error("--pairs must be at least 1")
+    pairs = args.pairs or preset["pairs"]
     modes = [None if m == "automine" else block_time for m in args.modes.split(",")]
     voters = args.voters.split(",")
     started_at, started = dt.datetime.now(dt.UTC), time.perf_counter()

@@ -442,8 +442,9 @@ class ServiceProcess(ManagedProcess):
 
     def event_loop(self) -> str | None:
         """The event loop `dloop run` said it runs on (`service_starting`); None before it said so."""
-        with contextlib.suppress(OSError):
-            for line in self.log_path.read_text(errors="replace").splitlines():
+        # Line by line: the answer is near the top of a log that a long run can make tens of MB long.
+        with contextlib.suppress(OSError), self.log_path.open(errors="replace") as log:
+            for line in log:
                 if '"event": "service_starting"' in line:
                     return str(json.loads(line).get("event_loop"))
         return None

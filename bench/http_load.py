@@ -203,7 +203,8 @@ async def idle_loads(
 
 
 async def load_during_burst(
-    server: tuple[str, int],
+    server: str,
+    server_pid: int,
     base_url: str,
     path: str,
     chain: Devnet,
@@ -227,11 +228,10 @@ async def load_during_burst(
             if not mined:
                 raise RuntimeError(f"the pre-signed burst's proposals were not mined within {timeout:g} s")
             before, kicks_before = observer.vote_count, watchdog.kicks
-            name, pid = server
-            watched = _watched(pid, chain)
+            watched = _watched(server_pid, chain)
             result = await generate_load(base_url + path, duration, concurrency, watched)
             result.update(
-                server=name,
+                server=server,
                 condition="during burst",
                 endpoint=path,
                 votes_mined_during_load=observer.vote_count - before,
@@ -276,7 +276,8 @@ async def bare_phase(
             for path in ENDPOINTS:  # a burst each: one is over before a second load would end
                 loads.append(
                     await load_during_burst(
-                        ("bare app", app.pid),
+                        "bare app",
+                        app.pid,
                         base_url,
                         path,
                         chain,
